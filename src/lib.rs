@@ -1,0 +1,16 @@
+//! adclick: an exactly-once ad click aggregator.
+//!
+//! I/O lives at the edges: [`redirect`] (the click endpoint), [`kafka`] (producers, the
+//! embedded broker, the outbox), [`spool`] (disk), [`loadgen`] (traffic and ground truth).
+//! The click itself ([`event`]), its signatures ([`token`]) and the configuration
+//! ([`config`]) are plain logic that every binary shares. The dataflows are in the
+//! `adclick-dataflows` crate.
+
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod kafka;
+pub mod redirect;
+pub mod spool;
+pub mod timefmt;
+pub mod token;
