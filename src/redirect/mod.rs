@@ -80,8 +80,9 @@ pub fn routes(
     };
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
 
-    let click = warp::get()
-        .and(warp::path!("api" / "v1" / "click" / String))
+    // Paths before methods, so an unknown path is 404 rather than 405.
+    let click = warp::path!("api" / "v1" / "click" / String)
+        .and(warp::get())
         .and(raw_query)
         .and(warp::header::headers_cloned())
         .and(warp::addr::remote())
@@ -102,8 +103,8 @@ pub fn routes(
             },
         );
 
-    let events = warp::post()
-        .and(warp::path!("api" / "v1" / "events"))
+    let events = warp::path!("api" / "v1" / "events")
+        .and(warp::post())
         .and(warp::header::headers_cloned())
         .and(warp::body::content_length_limit(
             state.config.redirect.max_batch_bytes,
@@ -114,12 +115,12 @@ pub fn routes(
             partner::handle(&state, &headers, &body)
         });
 
-    let healthz = warp::get()
-        .and(warp::path!("healthz"))
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
         .map(|| json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()));
 
-    let readyz = warp::get()
-        .and(warp::path!("readyz"))
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
         .and(with_state.clone())
         .map(|state: Arc<State>| {
             let ready = state.outbox.ready();
@@ -137,8 +138,8 @@ pub fn routes(
         });
 
     let metrics =
-        warp::get()
-            .and(warp::path!("metrics"))
+        warp::path!("metrics")
+            .and(warp::get())
             .and(with_state)
             .map(|state: Arc<State>| {
                 let mut text = String::new();

@@ -1,0 +1,117 @@
+//! A real Kafka-protocol broker process (Tansu, with its SQLite storage so records survive a
+//! restart) for durability and failure tests. `scripts/tansu.sh install` installs it; CI sets
+//! ADCLICK_REQUIRE_TANSU=1 so a missing broker fails instead of skipping.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Tansu {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+/// The tansu binary: $TANSU_BIN, then PATH, then the script's default install location.
+pub fn find_tansu() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let candidates = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join("tansu"))
+        .chain([PathBuf::from("/opt/tansu/bin/tansu")])
+        .collect::<Vec<_>>();
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Starts Tansu, or returns None (test skipped) when it is not installed and not required.
+pub fn start_tansu(dir: &Path) -> Option<Tansu> {
+    let Some(bin) = find_tansu() else {
+        if std::env::var("ADCLICK_REQUIRE_TANSU").as_deref() == Ok("1") {
+            panic!("tansu not found: run scripts/tansu.sh install");
+        }
+        eprintln!("SKIPPED: tansu not installed (scripts/tansu.sh install)");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut t = Tansu {
+        bin,
+        dir: dir.to_path_buf(),
+        port,
+        child: None,
+    };
+    t.start();
+    Some(t)
+}
+
+impl Tansu {
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the broker on the same port and storage.
+    pub fn start(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9: no goodbye to clients, whatever was not on disk is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(&self.bin)
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,28 @@
+//! No click lost or doubled while the embedded broker is down (see tests/common/outage.rs).
+
+mod common;
+
+use adclick::kafka::embedded::EmbeddedKafka;
+use common::outage::{self, Broker};
+
+struct Mock(EmbeddedKafka);
+
+impl Broker for Mock {
+    fn brokers(&self) -> String {
+        self.0.bootstrap_servers()
+    }
+    fn down(&mut self) {
+        self.0.broker_down().unwrap();
+    }
+    fn up(&mut self) {
+        self.0.broker_up().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_click_reaches_the_embedded_broker_exactly_once_across_an_outage() {
+    let mut config = adclick::config::KafkaConfig::default();
+    config.partitions = 4;
+    let mut broker = Mock(EmbeddedKafka::start(&config).unwrap());
+    outage::run(&mut broker).await;
+}
