@@ -23,7 +23,11 @@ pub fn find_tansu() -> Option<PathBuf> {
         .unwrap_or_default()
         .split(':')
         .map(|d| Path::new(d).join("tansu"))
-        .chain([PathBuf::from("/opt/tansu/bin/tansu")])
+        .chain([
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/adclick/tansu/bin/tansu"),
+            PathBuf::from("/opt/tansu/bin/tansu"),
+        ])
         .collect::<Vec<_>>();
     candidates.into_iter().find(|p| p.is_file())
 }

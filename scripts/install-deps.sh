@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what adclick's tests, demo and benchmarks need on a fresh Debian machine.
+# Idempotent: installs only what is missing.
+#   scripts/install-deps.sh          # build + test: protoc, Tansu (real broker for failure tests)
+#   scripts/install-deps.sh bench    # + wrk, hey, nginx for scripts/bench-*.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=(protoc:protobuf-compiler)
+if [[ "${1:-}" == "bench" ]]; then
+  want+=(wrk:wrk hey:hey nginx:nginx-light)
+fi
+missing=()
+for pair in "${want[@]}"; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  sudo_cmd=""; [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+scripts/tansu.sh install >&2
