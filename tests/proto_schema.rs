@@ -19,7 +19,11 @@ fn protoc(mode: &str, input: &[u8]) -> Vec<u8> {
         .expect("protoc is required (Debian package protobuf-compiler; scripts/install-deps.sh)");
     child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
