@@ -295,7 +295,7 @@ fn read_frame(r: &mut impl Read) -> io::Result<Option<(SpoolRecord, u64)>> {
     }
     let len = u32::from_le_bytes(head[..4].try_into().unwrap());
     let crc = u32::from_le_bytes(head[4..].try_into().unwrap());
-    if len > MAX_FRAME || len < 5 {
+    if !(5..=MAX_FRAME).contains(&len) {
         return Ok(None);
     }
     let mut body = vec![0u8; len as usize];

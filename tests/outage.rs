@@ -21,8 +21,10 @@ impl Broker for Mock {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_click_reaches_the_embedded_broker_exactly_once_across_an_outage() {
-    let mut config = adclick::config::KafkaConfig::default();
-    config.partitions = 4;
+    let config = adclick::config::KafkaConfig {
+        partitions: 4,
+        ..Default::default()
+    };
     let mut broker = Mock(EmbeddedKafka::start(&config).unwrap());
     outage::run(&mut broker).await;
 }

@@ -332,7 +332,8 @@ pub(crate) mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let cases: Vec<(fn(&mut ClickEvent), &str)> = vec![
+        type Breaker = fn(&mut ClickEvent);
+        let cases: Vec<(Breaker, &str)> = vec![
             (|e| e.impression_id.clear(), "impression_id"),
             (|e| e.click_id = "nope".into(), "click_id"),
             (|e| e.ad_id = "ad 9".into(), "ad_id"),

@@ -67,12 +67,9 @@ impl OutboxMetrics {
         let m = Self {
             routed: Family::default(),
             delivered: Counter::default(),
-            produce_latency: Histogram::new(
-                [
-                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
-                ]
-                .into_iter(),
-            ),
+            produce_latency: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
             queue_depth: Gauge::default(),
             spool_records: Gauge::default(),
             spool_bytes: Gauge::default(),

@@ -22,12 +22,9 @@ impl RedirectMetrics {
         let m = Self {
             requests: Family::default(),
             latency: Family::new_with_constructor(|| {
-                Histogram::new(
-                    [
-                        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25,
-                    ]
-                    .into_iter(),
-                )
+                Histogram::new([
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25,
+                ])
             }),
             partner_events: Family::default(),
         };
