@@ -164,18 +164,24 @@ async fn forged_expired_and_unknown_key_links_get_403_and_produce_nothing() {
     assert_eq!(keys, vec![b"imp-ok".to_vec()]);
 
     let metrics = get(&client, &format!("{base}/metrics")).await.body;
-    for label in [
-        "bad_signature",
-        "expired",
-        "unknown_key",
-        "malformed",
-        "redirected",
-    ] {
-        assert!(
-            metrics.contains(&format!("outcome=\"{label}\"")),
-            "{label} missing from /metrics:\n{metrics}"
-        );
-    }
+    let count = |outcome: &str| -> u64 {
+        let prefix =
+            format!("adclick_redirect_requests_total{{endpoint=\"click\",outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{outcome} missing from /metrics:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    // Six forgeries (altered, cut, unsigned, no query), a bad impression id, one expired link
+    // and one unknown key.
+    assert_eq!(count("bad_signature") + count("malformed"), 6);
+    assert_eq!(count("invalid_event"), 1);
+    assert!(count("bad_signature") >= 3);
+    assert_eq!(count("expired"), 1);
+    assert_eq!(count("unknown_key"), 1);
+    assert_eq!(count("redirected"), 1);
     server.stop().await;
 }
 
