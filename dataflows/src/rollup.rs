@@ -1,0 +1,52 @@
+//! Minute rows rolled up to hours and days, each with its own retention. Retention is a
+//! retraction scheduled at the row's end plus the retention period: once the frontier passes
+//! it, the arrangement compacts the row away, so state stays bounded by the retention.
+
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::dataflow::operators::vec::Map;
+
+use crate::click::{Measures, Row};
+use crate::time::window_start;
+
+/// How long rows of each granularity stay (seed 000's TTL policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub minute_ms: u64,
+    pub hour_ms: u64,
+    pub day_ms: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            minute_ms: 48 * crate::time::HOUR_MS,
+            hour_ms: 90 * crate::time::DAY_MS,
+            day_ms: 365 * crate::time::DAY_MS,
+        }
+    }
+}
+
+/// Rows of `len_ms` windows from minute rows, retired `retention_ms` after their window ends.
+pub fn rollup<'s>(
+    minute_rows: VecCollection<'s, u64, Row, Measures>,
+    len_ms: u64,
+    retention_ms: u64,
+) -> VecCollection<'s, u64, Row, Measures> {
+    minute_rows
+        .map(move |(start, dims)| (window_start(start, len_ms), dims))
+        .inner
+        .flat_map(move |(row, time, (clicks, dups))| {
+            let retire_at = row.0 + len_ms + retention_ms;
+            // An update that arrives after its row retired would resurrect it half-counted.
+            (retire_at > time)
+                .then(|| {
+                    [
+                        (row.clone(), time, (clicks, dups)),
+                        (row, retire_at, (-clicks, -dups)),
+                    ]
+                })
+                .into_iter()
+                .flatten()
+        })
+        .as_collection()
+}

@@ -1,0 +1,347 @@
+//! The whole aggregation against an independent oracle, on 1 and 2 workers: duplicates
+//! (some earlier than the original), reordering, allowed-late and too-late clicks, rejected
+//! records, an empty partition, clicks exactly on window boundaries and at the lateness limit.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use adclick_dataflows::click::{Click, Dims, Measures, Row};
+use adclick_dataflows::source::{PartitionReader, Polled, Record, Rejected, clock_source};
+use adclick_dataflows::time::{HOUR_MS, MINUTE_MS, window_start};
+use adclick_dataflows::topn::{RankKey, Ranking};
+use adclick_dataflows::watermark::TimeConfig;
+use adclick_dataflows::{AggregateConfig, aggregate};
+use timely::dataflow::operators::Inspect;
+
+const BOUND: u64 = 5_000;
+const LATENESS: u64 = 300_000;
+const START: u64 = 1_776_686_400_000; // 2026-04-20T12:00:00Z
+
+#[derive(Clone, Debug)]
+enum Item {
+    Click(Click),
+    Bad(String),
+}
+
+/// Deterministic pseudo-random numbers without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn dims(rng: &mut Rng) -> Dims {
+    let ad = rng.below(20);
+    Dims {
+        ad_id: format!("ad_{ad}"),
+        campaign_id: format!("cmp_{}", ad % 4),
+        advertiser_id: format!("adv_{}", ad % 2),
+        publisher_id: format!("pub_{}", rng.below(3)),
+        country: ["US", "DE", "JP"][rng.below(3) as usize].into(),
+        device: ["mobile", "desktop"][rng.below(2) as usize].into(),
+    }
+}
+
+/// Five partitions of traffic; partition 4 stays empty.
+fn traffic() -> Vec<Vec<Item>> {
+    let mut rng = Rng(0x5eed);
+    let mut parts: Vec<Vec<Item>> = vec![Vec::new(); 5];
+    let mut dup_later: Vec<(usize, u64, Click)> = Vec::new();
+    for i in 0..6_000u64 {
+        let now = START + i * 50; // 20 clicks/s of event time, 5 minutes in all
+        let p = (i % 4) as usize;
+        let mut c = Click {
+            impression_id: format!("imp-{i}"),
+            click_id: format!("c-{:08}", rng.below(100_000_000)),
+            event_time: now - rng.below(3_000),
+            dims: dims(&mut rng),
+        };
+        match rng.below(100) {
+            0..=2 => c.event_time = now - 60_000 - rng.below(100_000), // allowed late
+            3 if i > 400 => c.event_time = now - 400_000 - rng.below(60_000), // too late
+            4 => {
+                parts[p].push(Item::Bad(format!("garbage {i}")));
+                continue;
+            }
+            5 => c.event_time = window_start(now, MINUTE_MS), // exactly on a boundary
+            _ => {}
+        }
+        if rng.below(10) == 0 {
+            let mut d = c.clone();
+            d.click_id = format!("d-{:08}", rng.below(100_000_000));
+            d.event_time = (c.event_time + rng.below(4_000)).saturating_sub(2_000);
+            dup_later.push((p, i + 1 + rng.below(30), d));
+        }
+        if rng.below(50) == 0 {
+            dup_later.push((p, i + 1 + rng.below(30), c.clone())); // identical retry
+        }
+        parts[p].push(Item::Click(c));
+        for (pp, _, d) in dup_later.extract_if(.., |(_, at, _)| *at <= i) {
+            parts[pp].push(Item::Click(d));
+        }
+    }
+    // A click exactly at partition 0's lateness limit, and one a millisecond beyond.
+    let max0 = parts[0]
+        .iter()
+        .filter_map(|it| match it {
+            Item::Click(c) => Some(c.event_time),
+            _ => None,
+        })
+        .max()
+        .unwrap();
+    for (n, t) in [
+        (0, max0 - BOUND - LATENESS),
+        (1, max0 - BOUND - LATENESS - 1),
+    ] {
+        parts[0].push(Item::Click(Click {
+            impression_id: format!("limit-{n}"),
+            click_id: "l".into(),
+            event_time: t,
+            dims: Dims::default(),
+        }));
+    }
+    parts
+}
+
+struct Memory {
+    parts: Vec<Vec<Item>>,
+    next: Vec<usize>,
+}
+
+impl PartitionReader for Memory {
+    fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+    fn poll(&mut self, p: usize, max: usize, out: &mut Vec<Record>) -> Polled {
+        // Small reads, so partitions interleave differently from one run to another.
+        let end = (self.next[p] + max.min(7)).min(self.parts[p].len());
+        for item in &self.parts[p][self.next[p]..end] {
+            out.push(match item {
+                Item::Click(c) => Record::Click(c.clone()),
+                Item::Bad(s) => Record::Rejected(Rejected {
+                    code: "json".into(),
+                    reason: "not JSON".into(),
+                    origin: format!("mem/{p}"),
+                    key: vec![],
+                    payload: s.clone().into_bytes(),
+                }),
+            });
+        }
+        self.next[p] = end;
+        if end == self.parts[p].len() {
+            Polled::Finished
+        } else {
+            Polled::More
+        }
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Results {
+    minute: BTreeMap<Row, Measures>,
+    hour: BTreeMap<Row, Measures>,
+    top: BTreeMap<RankKey, Ranking>,
+    late: usize,
+    rejected: usize,
+}
+
+/// Accumulates updates up to the time the row became final; later ones are retention.
+fn fold(into: &mut BTreeMap<Row, Measures>, (row, t, d): (Row, u64, Measures), len: u64) {
+    if t < row.0 + len + LATENESS {
+        let m = into.entry(row).or_default();
+        m.0 += d.0;
+        m.1 += d.1;
+    }
+}
+
+fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
+    let shared = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new(), 0, 0)));
+    let out = shared.clone();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mine: Vec<Vec<Item>> = parts
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| p % peers == index)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let out = out.clone();
+        worker.dataflow::<u64, _, _>(move |scope| {
+            let reader = Memory {
+                next: vec![0; mine.len()],
+                parts: mine,
+            };
+            let cfg = TimeConfig {
+                out_of_orderness_ms: BOUND,
+                allowed_lateness_ms: LATENESS,
+                idle_timeout_ms: None,
+                tick_ms: 100,
+            };
+            let events = clock_source(scope, "Memory", reader, cfg, || 0);
+            let mut acfg = AggregateConfig::default();
+            acfg.top.n = 3;
+            acfg.top.window_minutes = vec![1, 5];
+            acfg.top.shards = 4;
+            let a = aggregate(events, &acfg);
+            let (o1, o2, o3, o4, o5) = (out.clone(), out.clone(), out.clone(), out.clone(), out);
+            a.minute
+                .inspect(move |u| o1.lock().unwrap().0.push(u.clone()));
+            a.hour
+                .inspect(move |u| o2.lock().unwrap().1.push(u.clone()));
+            a.top.inspect(move |u| o3.lock().unwrap().2.push(u.clone()));
+            a.late.inspect(move |_| o4.lock().unwrap().3 += 1);
+            a.rejected.inspect(move |_| o5.lock().unwrap().4 += 1);
+        });
+    })
+    .unwrap()
+    .join();
+    let (minute_u, hour_u, top_u, late, rejected) = std::mem::take(&mut *shared.lock().unwrap());
+    let mut r = Results {
+        late,
+        rejected,
+        ..Default::default()
+    };
+    for u in minute_u {
+        fold(&mut r.minute, u, MINUTE_MS);
+    }
+    for u in hour_u {
+        fold(&mut r.hour, u, HOUR_MS);
+    }
+    r.minute.retain(|_, m| *m != (0, 0));
+    r.hour.retain(|_, m| *m != (0, 0));
+    let mut top: BTreeMap<(RankKey, Ranking), isize> = BTreeMap::new();
+    for (k, t, d) in top_u {
+        if t < k.0.1 + MINUTE_MS + LATENESS {
+            *top.entry(k).or_default() += d;
+        }
+    }
+    for ((key, ranking), n) in top {
+        if n != 0 {
+            assert_eq!(n, 1, "one ranking per window");
+            assert!(
+                r.top.insert(key, ranking).is_none(),
+                "one ranking per window"
+            );
+        }
+    }
+    r
+}
+
+/// The oracle: the brief's rules, written as plainly as possible.
+fn oracle(parts: &[Vec<Item>]) -> Results {
+    let mut r = Results::default();
+    let mut on_time: Vec<Click> = Vec::new();
+    for part in parts {
+        let mut max_seen: Option<u64> = None;
+        for item in part {
+            match item {
+                Item::Bad(_) => r.rejected += 1,
+                Item::Click(c) => {
+                    let wm = max_seen.map_or(0, |m| m.saturating_sub(BOUND));
+                    if c.event_time < wm.saturating_sub(LATENESS) {
+                        r.late += 1;
+                    } else {
+                        max_seen = Some(max_seen.map_or(c.event_time, |m| m.max(c.event_time)));
+                        on_time.push(c.clone());
+                    }
+                }
+            }
+        }
+    }
+    let mut by_imp: BTreeMap<&str, Vec<&Click>> = BTreeMap::new();
+    for c in &on_time {
+        by_imp.entry(&c.impression_id).or_default().push(c);
+    }
+    for clicks in by_imp.values() {
+        let winner = clicks
+            .iter()
+            .min_by_key(|c| (c.event_time, &c.click_id))
+            .unwrap();
+        let mut winner_seen = false;
+        for c in clicks {
+            let is_winner =
+                !winner_seen && c.event_time == winner.event_time && c.click_id == winner.click_id;
+            winner_seen |= is_winner;
+            for (map, len) in [(&mut r.minute, MINUTE_MS), (&mut r.hour, HOUR_MS)] {
+                let m = map
+                    .entry((window_start(c.event_time, len), c.dims.clone()))
+                    .or_default();
+                if is_winner { m.0 += 1 } else { m.1 += 1 }
+            }
+        }
+    }
+    // Top 3 ads per (window length, window end, country or all).
+    let mut per_ad: BTreeMap<(u64, String, String), i64> = BTreeMap::new();
+    for ((minute, d), m) in &r.minute {
+        for country in [String::new(), d.country.clone()] {
+            *per_ad
+                .entry((*minute, country, d.ad_id.clone()))
+                .or_default() += m.0;
+        }
+    }
+    let mut windows: BTreeMap<RankKey, BTreeMap<String, i64>> = BTreeMap::new();
+    for ((minute, country, ad), clicks) in per_ad {
+        for m in [1u64, 5] {
+            for k in 0..m {
+                *windows
+                    .entry((m, minute + k * MINUTE_MS, country.clone()))
+                    .or_default()
+                    .entry(ad.clone())
+                    .or_default() += clicks;
+            }
+        }
+    }
+    for (key, ads) in windows {
+        let mut v: Ranking = ads.into_iter().filter(|(_, c)| *c > 0).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(3);
+        if !v.is_empty() {
+            r.top.insert(key, v);
+        }
+    }
+    r
+}
+
+#[test]
+fn matches_the_oracle_on_one_and_two_workers() {
+    let parts = traffic();
+    let expected = oracle(&parts);
+    assert!(
+        expected.late > 10 && expected.rejected > 10,
+        "{} {}",
+        expected.late,
+        expected.rejected
+    );
+    assert!(
+        expected.minute.values().map(|m| m.1).sum::<i64>() > 100,
+        "enough duplicates"
+    );
+    let total_in: usize = parts.iter().map(Vec::len).sum();
+    let counted: i64 = expected.minute.values().map(|m| m.0 + m.1).sum();
+    assert_eq!(
+        counted as usize + expected.late + expected.rejected,
+        total_in,
+        "tallies add up"
+    );
+    for workers in [1, 2] {
+        let got = run(workers, parts.clone());
+        assert_eq!(got.late, expected.late, "late, {workers} workers");
+        assert_eq!(
+            got.rejected, expected.rejected,
+            "rejected, {workers} workers"
+        );
+        assert_eq!(
+            got.minute, expected.minute,
+            "minute rows, {workers} workers"
+        );
+        assert_eq!(got.hour, expected.hour, "hour rows, {workers} workers");
+        assert_eq!(got.top, expected.top, "top-N, {workers} workers");
+    }
+}
