@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod kafka;
+pub mod loadgen;
 pub mod redirect;
 pub mod spool;
 pub mod timefmt;

@@ -1,0 +1,45 @@
+//! Seeded click traffic with its exact ground truth, into NDJSON files, the Kafka clicks
+//! topic, or a running adclick-redirect.
+
+use anyhow::bail;
+use clap::Parser;
+
+use adclick::cli::{CommonArgs, init_logging};
+use adclick::loadgen::args::LoadgenArgs;
+use adclick::loadgen::{self, LoadgenConfig};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "adclick's load generator: reproducible click traffic and its exact ground truth",
+    long_about = "adclick's load generator: reproducible click traffic and its exact ground \
+truth.\n\nThe same seed and settings give the same events. Alongside the traffic it writes \
+the truth (--truth): per minute, ad, campaign, advertiser, publisher, country and device, the \
+clicks an exactly-once aggregator must count and the duplicates it must drop, plus the late \
+and invalid tallies. Every flag is also a key of the [loadgen] section of --config and an \
+ADCLICK_LOADGEN_* variable."
+)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    loadgen: LoadgenArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let mut config = cli.common.load(cli.loadgen.overrides()?)?;
+    let cfg = LoadgenConfig::from_config(&config)?;
+    let embedded = cli.common.maybe_embedded_kafka(&mut config)?;
+    let summary = loadgen::run(&cfg, &config)?;
+    drop(embedded);
+    eprintln!("{summary}");
+    if summary.errors > 0 {
+        bail!(
+            "{} requests got an answer other than the one the truth assumes",
+            summary.errors
+        );
+    }
+    Ok(())
+}

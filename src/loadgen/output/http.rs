@@ -1,0 +1,564 @@
+//! Real HTTP to a running `adclick-redirect`: clicks (and forgeries) as GETs of signed click
+//! URLs with a browser's headers, allowed-late, too-late and malformed events as partner
+//! batches on `POST /api/v1/events`. Sent in real time at the configured rate by
+//! `concurrency` workers over keep-alive connections.
+//!
+//! The redirect stamps a click with its own clock, so the truth takes the time a GET was sent,
+//! and no GET is sent within `boundary_guard_ms` of a minute boundary: a click whose response
+//! still comes back in another minute is tallied `ambiguous`. Every emission of one impression
+//! goes through the same worker, so a duplicate is requested only after its original was
+//! answered, and the original wins.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HeaderName, USER_AGENT};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use indicatif::ProgressBar;
+
+use crate::config::Config;
+use crate::loadgen::catalog::Catalog;
+use crate::loadgen::encode::partner_line;
+use crate::loadgen::traffic::{Emission, Forgery, Kind, Traffic};
+use crate::loadgen::truth::GroundTruth;
+use crate::loadgen::{LoadgenConfig, Pacer};
+use crate::timefmt::now_millis;
+use crate::token::{ClickClaims, Keyring, SigningKey};
+
+/// Lifetime of the click URLs the loadgen mints.
+const LINK_TTL_S: i64 = 3_600;
+/// The key forgeries with an unknown `kid` are signed with.
+const ROGUE_KEY: (&str, &str) = ("loadgen-rogue", "a-key-no-redirect-should-have-0123");
+/// Unexpected answers logged in full; the rest are only counted.
+const LOGGED_ERRORS: u64 = 10;
+const MINUTE_MS: i64 = 60_000;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Everything needed to turn an emission into a request, and what the answer must be.
+pub struct Target {
+    base: String,
+    keyring: Keyring,
+    rogue: Keyring,
+    catalog: Catalog,
+    country_header: HeaderName,
+    ip_header: Option<HeaderName>,
+    user_id_cookie: String,
+    partner_key: Option<String>,
+}
+
+/// A request about to be sent.
+#[derive(Debug)]
+pub struct Planned {
+    pub request: Request<Full<Bytes>>,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// 302 to the landing page.
+    Redirect,
+    /// 403: a forgery.
+    Forbidden,
+    /// 200, and the one partner line accepted.
+    Accepted,
+    /// 200, and the one partner line rejected.
+    Rejected,
+}
+
+impl Target {
+    pub fn new(cfg: &LoadgenConfig, config: &Config, catalog: Catalog) -> anyhow::Result<Self> {
+        let keyring = Keyring::new(&config.signing.keys, config.signing.active_kid.as_deref())
+            .context("signing the click URLs (the redirect's [signing] keys)")?;
+        if config.signing.keys.iter().any(|k| k.kid == ROGUE_KEY.0) {
+            bail!("signing key id `{}` is reserved for forgeries", ROGUE_KEY.0);
+        }
+        let rogue = Keyring::new(
+            &[SigningKey {
+                kid: ROGUE_KEY.0.into(),
+                secret: ROGUE_KEY.1.into(),
+            }],
+            None,
+        )?;
+        let r = &config.redirect;
+        if r.country_header.is_empty() {
+            bail!(
+                "redirect.country_header is empty: the loadgen could not tell the redirect a \
+                 click's country, and the truth would not hold"
+            );
+        }
+        let header = |name: &str, key: &str| {
+            HeaderName::try_from(name).with_context(|| format!("{key}: bad header name"))
+        };
+        let partner_key = r.partners.first().map(|p| p.api_key.clone());
+        if partner_key.is_none()
+            && cfg.allowed_late_share + cfg.late_share + cfg.malformed_share > 0.0
+        {
+            bail!(
+                "redirect.partners is empty: late and malformed events are POSTed as a \
+                 partner (or set --allowed-late-share, --late-share and --malformed-share to 0)"
+            );
+        }
+        Ok(Self {
+            base: cfg.target.trim_end_matches('/').to_string(),
+            keyring,
+            rogue,
+            catalog,
+            country_header: header(&r.country_header, "redirect.country_header")?,
+            ip_header: (!r.client_ip_header.is_empty())
+                .then(|| header(&r.client_ip_header, "redirect.client_ip_header"))
+                .transpose()?,
+            user_id_cookie: r.user_id_cookie.clone(),
+            partner_key,
+        })
+    }
+
+    /// The request for `e` at wall-clock second `now_s`.
+    pub fn plan(&self, e: &Emission, now_s: i64) -> Planned {
+        match &e.kind {
+            Kind::Click | Kind::Bot | Kind::Duplicate | Kind::Retry => Planned {
+                request: self.get(e, &self.url(e, None, now_s)),
+                expect: Expect::Redirect,
+            },
+            Kind::Forged(forgery) => Planned {
+                request: self.get(e, &self.url(e, Some(*forgery), now_s)),
+                expect: Expect::Forbidden,
+            },
+            Kind::AllowedLate | Kind::TooLate | Kind::Malformed(_) => {
+                let mut body = partner_line(e);
+                body.push('\n');
+                let request = Request::builder()
+                    .method(Method::POST)
+                    .uri(format!("{}/api/v1/events", self.base))
+                    .header(CONTENT_TYPE, "application/x-ndjson")
+                    .header(
+                        AUTHORIZATION,
+                        format!("Bearer {}", self.partner_key.as_deref().unwrap_or("")),
+                    )
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("valid request parts");
+                let expect = if matches!(e.kind, Kind::Malformed(_)) {
+                    Expect::Rejected
+                } else {
+                    Expect::Accepted
+                };
+                Planned { request, expect }
+            }
+        }
+    }
+
+    /// A click URL for `e`, signed, or forged as asked.
+    fn url(&self, e: &Emission, forgery: Option<Forgery>, now_s: i64) -> String {
+        let ev = &e.click.event;
+        let mut claims = ClickClaims {
+            impression_id: ev.impression_id.clone(),
+            ad_id: ev.ad_id.clone(),
+            campaign_id: ev.campaign_id.clone(),
+            advertiser_id: ev.advertiser_id.clone(),
+            publisher_id: ev.publisher_id.clone(),
+            url: self.catalog.landing_url(e.click.ad),
+            exp: now_s + LINK_TTL_S,
+        };
+        let query = match forgery {
+            None => self.keyring.sign_query(&claims),
+            Some(Forgery::Expired) => {
+                claims.exp = now_s - 60;
+                self.keyring.sign_query(&claims)
+            }
+            Some(Forgery::UnknownKey) => self.rogue.sign_query(&claims),
+            Some(Forgery::BadSignature) => edit_query(&self.keyring.sign_query(&claims), "sig"),
+            Some(Forgery::AlteredParam) => {
+                edit_query(&self.keyring.sign_query(&claims), "publisher_id")
+            }
+        };
+        format!("{}/api/v1/click/{}?{query}", self.base, ev.impression_id)
+    }
+
+    fn get(&self, e: &Emission, url: &str) -> Request<Full<Bytes>> {
+        let c = &e.click;
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(url)
+            .header(USER_AGENT, &c.event.user_agent)
+            .header(&self.country_header, c.country);
+        if let Some(h) = &self.ip_header {
+            req = req.header(h, &c.ip);
+        }
+        if let Some(user) = c
+            .user_id
+            .as_deref()
+            .filter(|_| !self.user_id_cookie.is_empty())
+        {
+            req = req.header(COOKIE, format!("{}={user}", self.user_id_cookie));
+        }
+        req.body(Full::new(Bytes::new()))
+            .expect("generated URLs and headers are valid")
+    }
+}
+
+/// `query` with parameter `name`'s value changed: its first character swapped for another
+/// (which keeps a signature valid base64url, so it fails as a signature, not as a format).
+fn edit_query(query: &str, name: &str) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let v = if k == name {
+            let mut chars = v.chars();
+            let first = chars.next().unwrap_or('A');
+            let swapped = if first == 'A' { 'B' } else { 'A' };
+            std::iter::once(swapped).chain(chars).collect()
+        } else {
+            v.into_owned()
+        };
+        q.append_pair(&k, &v);
+    }
+    q.finish()
+}
+
+/// How long to wait so that a request sent now is at least `guard_ms` from a minute boundary.
+pub fn boundary_wait(now_ms: i64, guard_ms: i64) -> Option<Duration> {
+    let into = now_ms.rem_euclid(MINUTE_MS);
+    let wait = if into < guard_ms {
+        guard_ms - into
+    } else if into >= MINUTE_MS - guard_ms {
+        MINUTE_MS - into + guard_ms
+    } else {
+        return None;
+    };
+    Some(Duration::from_millis(wait as u64))
+}
+
+/// What the workers share.
+struct Shared {
+    target: Target,
+    client: HttpClient,
+    truth: Mutex<GroundTruth>,
+    errors: AtomicU64,
+    guard_ms: i64,
+    progress: ProgressBar,
+}
+
+/// Sends the traffic and returns the truth of what was sent and the number of unexpected
+/// answers (each is an error: the truth no longer describes what the redirect recorded).
+pub fn run(
+    cfg: &LoadgenConfig,
+    config: &Config,
+    traffic: Traffic,
+    truth: GroundTruth,
+    progress: ProgressBar,
+) -> anyhow::Result<(GroundTruth, u64)> {
+    let target = Target::new(cfg, config, traffic.catalog().clone())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(cfg.concurrency)
+            .build_http();
+        check_reachable(&client, &target.base).await?;
+        let shared = Arc::new(Shared {
+            target,
+            client,
+            truth: Mutex::new(truth),
+            errors: AtomicU64::new(0),
+            guard_ms: cfg.boundary_guard_ms,
+            progress,
+        });
+        let mut queues = Vec::with_capacity(cfg.concurrency);
+        let mut workers = Vec::with_capacity(cfg.concurrency);
+        for _ in 0..cfg.concurrency {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Emission>(256);
+            queues.push(tx);
+            workers.push(tokio::spawn(worker(rx, shared.clone())));
+        }
+        let pacer = Pacer::new(traffic.schedule().start_ms);
+        for e in traffic {
+            if let Some(wait) = pacer.wait(e.base_ms) {
+                tokio::time::sleep(wait).await;
+            }
+            let w = crc32fast::hash(e.click.event.impression_id.as_bytes()) as usize % queues.len();
+            queues[w]
+                .send(e)
+                .await
+                .map_err(|_| anyhow::anyhow!("an HTTP worker stopped"))?;
+        }
+        drop(queues);
+        for w in workers {
+            w.await.context("an HTTP worker panicked")?;
+        }
+        let shared =
+            Arc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("workers still hold the truth"))?;
+        let errors = shared.errors.into_inner();
+        Ok((shared.truth.into_inner().expect("not poisoned"), errors))
+    })
+}
+
+/// Fails fast, with the address, if nothing answers there.
+async fn check_reachable(client: &HttpClient, base: &str) -> anyhow::Result<()> {
+    let url = format!("{base}/healthz");
+    let req = Request::get(&url)
+        .body(Full::new(Bytes::new()))
+        .with_context(|| format!("--target {base}"))?;
+    let resp = client
+        .request(req)
+        .await
+        .with_context(|| format!("no adclick-redirect answering at {url}"))?;
+    if resp.status() != StatusCode::OK {
+        bail!("{url} answered {}", resp.status());
+    }
+    Ok(())
+}
+
+async fn worker(mut rx: tokio::sync::mpsc::Receiver<Emission>, s: Arc<Shared>) {
+    while let Some(mut e) = rx.recv().await {
+        let outcome = deliver(&s, &mut e).await;
+        let mut truth = s.truth.lock().expect("not poisoned");
+        truth.record(&e);
+        match outcome {
+            Ok(Delivered { ambiguous: true }) => truth.note_ambiguous(),
+            Ok(_) => {}
+            Err(err) => {
+                let n = s.errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if n <= LOGGED_ERRORS {
+                    tracing::error!(seq = e.seq, kind = e.kind.name(), "{err:#}");
+                }
+            }
+        }
+        drop(truth);
+        s.progress.inc(1);
+    }
+}
+
+struct Delivered {
+    ambiguous: bool,
+}
+
+/// Sends `e`, setting its event time to what the redirect will record, and checks the answer.
+async fn deliver(s: &Shared, e: &mut Emission) -> anyhow::Result<Delivered> {
+    let is_get = matches!(
+        e.kind,
+        Kind::Click | Kind::Bot | Kind::Duplicate | Kind::Retry | Kind::Forged(_)
+    );
+    if is_get {
+        while let Some(wait) = boundary_wait(now_millis(), s.guard_ms) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    let sent_ms = now_millis();
+    if is_get {
+        e.click.event.event_time_ms = sent_ms;
+    } else {
+        // Partner events keep their distance behind real time, however late the worker runs.
+        e.click.event.event_time_ms += sent_ms - e.base_ms;
+    }
+    let planned = s.target.plan(e, sent_ms.div_euclid(1000));
+    let resp = s
+        .client
+        .request(planned.request)
+        .await
+        .context("request failed")?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .context("reading the answer")?
+        .to_bytes();
+    let received_ms = now_millis();
+    let line_status = || -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        Some(v["results"][0]["status"].as_str()?.to_string())
+    };
+    let ok = match planned.expect {
+        Expect::Redirect => status == StatusCode::FOUND,
+        Expect::Forbidden => status == StatusCode::FORBIDDEN,
+        Expect::Accepted => {
+            status == StatusCode::OK && line_status().as_deref() == Some("accepted")
+        }
+        Expect::Rejected => {
+            status == StatusCode::OK && line_status().as_deref() == Some("rejected")
+        }
+    };
+    if !ok {
+        bail!(
+            "expected {:?}, got {status}: {}",
+            planned.expect,
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(Delivered {
+        ambiguous: planned.expect == Expect::Redirect
+            && sent_ms.div_euclid(MINUTE_MS) != received_ms.div_euclid(MINUTE_MS),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Partner;
+    use crate::loadgen::partition::Partitioner;
+    use crate::loadgen::traffic::{Flaw, Schedule};
+    use crate::token::TokenError;
+
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.signing.keys = vec![SigningKey {
+            kid: "k1".into(),
+            secret: "test-secret-0123456789".into(),
+        }];
+        c.redirect.partners = vec![Partner {
+            name: "p".into(),
+            api_key: "partner-key-0123456789".into(),
+        }];
+        c
+    }
+
+    fn emission() -> Emission {
+        let cfg = LoadgenConfig::default();
+        let mut t = Traffic::new(
+            &cfg,
+            Schedule {
+                start_ms: 1_776_686_400_000,
+                count: 10,
+                partitioner: Partitioner::Murmur2 { shards: 1 },
+                forgeries: true,
+            },
+            crate::event::enrich::Enricher::new("s"),
+        );
+        t.find(|e| e.kind == Kind::Click).unwrap()
+    }
+
+    fn target() -> Target {
+        let cfg = LoadgenConfig::default();
+        Target::new(&cfg, &config(), Catalog::new(cfg.catalog_size())).unwrap()
+    }
+
+    /// What the redirect's verifier makes of the planned request.
+    fn verify(e: &Emission) -> Result<ClickClaims, TokenError> {
+        let t = target();
+        let now_s = 1_776_686_400;
+        let planned = t.plan(e, now_s);
+        let uri = planned.request.uri();
+        let impression = uri.path().rsplit('/').next().unwrap();
+        assert_eq!(impression, e.click.event.impression_id);
+        Keyring::new(&config().signing.keys, None).unwrap().verify(
+            impression,
+            uri.query().unwrap(),
+            now_s,
+        )
+    }
+
+    #[test]
+    fn clicks_are_signed_with_the_browser_headers() {
+        let e = emission();
+        let claims = verify(&e).unwrap();
+        assert_eq!(claims.ad_id, e.click.event.ad_id);
+        assert_eq!(claims.publisher_id, e.click.event.publisher_id);
+        let planned = target().plan(&e, 0);
+        assert_eq!(planned.expect, Expect::Redirect);
+        let h = planned.request.headers();
+        assert_eq!(h[USER_AGENT], e.click.event.user_agent.as_str());
+        assert_eq!(h["x-edge-country"], e.click.country);
+        assert_eq!(
+            h[COOKIE],
+            format!("uid={}", e.click.user_id.as_deref().unwrap()).as_str()
+        );
+    }
+
+    #[test]
+    fn every_forgery_is_refused_for_its_own_reason() {
+        let mut e = emission();
+        for (forgery, label) in [
+            (Forgery::BadSignature, "bad_signature"),
+            (Forgery::AlteredParam, "bad_signature"),
+            (Forgery::Expired, "expired"),
+            (Forgery::UnknownKey, "unknown_key"),
+        ] {
+            e.kind = Kind::Forged(forgery);
+            assert_eq!(target().plan(&e, 0).expect, Expect::Forbidden);
+            assert_eq!(verify(&e).unwrap_err().label(), label, "{forgery:?}");
+        }
+    }
+
+    #[test]
+    fn late_and_malformed_events_are_partner_posts() {
+        let mut e = emission();
+        for (kind, expect) in [
+            (Kind::AllowedLate, Expect::Accepted),
+            (Kind::TooLate, Expect::Accepted),
+            (Kind::Malformed(Flaw::BadCountry), Expect::Rejected),
+        ] {
+            e.kind = kind;
+            let planned = target().plan(&e, 0);
+            assert_eq!(planned.expect, expect);
+            assert_eq!(planned.request.method(), Method::POST);
+            assert_eq!(planned.request.uri().path(), "/api/v1/events");
+            assert_eq!(
+                planned.request.headers()[AUTHORIZATION],
+                "Bearer partner-key-0123456789"
+            );
+        }
+    }
+
+    #[test]
+    fn misconfigurations_are_named() {
+        let cfg = LoadgenConfig::default();
+        let catalog = || Catalog::new(cfg.catalog_size());
+        let mut c = config();
+        c.redirect.partners.clear();
+        let err = Target::new(&cfg, &c, catalog()).err().unwrap();
+        assert!(err.to_string().contains("redirect.partners"), "{err}");
+        let quiet = LoadgenConfig {
+            allowed_late_share: 0.0,
+            late_share: 0.0,
+            malformed_share: 0.0,
+            ..cfg.clone()
+        };
+        Target::new(&quiet, &c, catalog()).unwrap();
+        let mut c = config();
+        c.redirect.country_header.clear();
+        let err = Target::new(&cfg, &c, catalog()).err().unwrap();
+        assert!(err.to_string().contains("country_header"), "{err}");
+        let mut c = config();
+        c.signing.keys.clear();
+        assert!(Target::new(&cfg, &c, catalog()).is_err());
+    }
+
+    #[test]
+    fn requests_keep_clear_of_minute_boundaries() {
+        let m = 1_776_686_400_000;
+        assert_eq!(boundary_wait(m + 30_000, 250), None);
+        assert_eq!(boundary_wait(m + 250, 250), None);
+        assert_eq!(
+            boundary_wait(m + 100, 250),
+            Some(Duration::from_millis(150))
+        );
+        assert_eq!(
+            boundary_wait(m - 100, 250),
+            Some(Duration::from_millis(350))
+        );
+        assert_eq!(
+            boundary_wait(m - 250, 250),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(boundary_wait(m - 251, 250), None);
+        assert_eq!(boundary_wait(m, 0), None);
+    }
+
+    #[test]
+    fn edited_queries_differ_in_one_parameter_only() {
+        let q = "ad_id=ad_1&sig=Abc&url=https%3A%2F%2Fx.example%2F";
+        assert_eq!(
+            edit_query(q, "sig"),
+            "ad_id=ad_1&sig=Bbc&url=https%3A%2F%2Fx.example%2F"
+        );
+        assert_eq!(
+            edit_query(q, "ad_id"),
+            "ad_id=Ad_1&sig=Abc&url=https%3A%2F%2Fx.example%2F"
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! Straight to the clicks topic, as the redirect's producer would write it: key =
+//! impression id, value = Protocol Buffers, or JSON for a `json_share` of records so both
+//! decoders get exercised. Records go to the partition Kafka's default partitioner picks for
+//! the key, set explicitly so the generator's view of partitions cannot drift from the
+//! broker's.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+use super::Sink;
+use crate::config::KafkaConfig;
+use crate::loadgen::encode::{Format, event_record};
+use crate::loadgen::traffic::Emission;
+
+/// How long `finish` waits for the last acknowledgements.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct KafkaSink {
+    producer: ThreadedProducer<Deliveries>,
+    topic: String,
+    partitions: u32,
+    /// Picks the JSON records; its own stream so the traffic does not depend on it.
+    format_rng: ChaCha8Rng,
+    json_share: f64,
+    sent: u64,
+}
+
+#[derive(Default)]
+struct Deliveries {
+    acknowledged: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.first_error.lock().expect("not poisoned");
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+impl KafkaSink {
+    /// Connects and learns the clicks topic's partition count, which must exist.
+    pub fn connect(kafka: &KafkaConfig, seed: u64, json_share: f64) -> anyhow::Result<Self> {
+        let producer: ThreadedProducer<Deliveries> = crate::kafka::producer_config(kafka)
+            .create_with_context(Deliveries::default())
+            .context("creating the Kafka producer")?;
+        let topic = kafka.clicks_topic.clone();
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+            .with_context(|| format!("fetching metadata of `{topic}` from {}", kafka.brokers))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as u32);
+        if partitions == 0 {
+            bail!(
+                "topic `{topic}` does not exist on {}: create it (or use --embedded-kafka)",
+                kafka.brokers
+            );
+        }
+        Ok(Self {
+            producer,
+            topic,
+            partitions,
+            format_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6a73_6f6e),
+            json_share,
+            sent: 0,
+        })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+}
+
+impl Sink for KafkaSink {
+    fn send(&mut self, e: &Emission) -> anyhow::Result<()> {
+        let format = if self.format_rng.random_bool(self.json_share) {
+            Format::Json
+        } else {
+            Format::Protobuf
+        };
+        let value = event_record(e, format);
+        let mut record = BaseRecord::to(&self.topic)
+            .key(e.click.event.impression_id.as_bytes())
+            .payload(&value)
+            .partition(e.shard as i32);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((err, _)) => bail!("producing to `{}`: {err}", self.topic),
+            }
+        }
+        self.sent += 1;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        let flushed = self.producer.flush(FLUSH_TIMEOUT);
+        let ctx = self.producer.context();
+        let acknowledged = ctx.acknowledged.load(Ordering::SeqCst);
+        let failed = ctx.failed.load(Ordering::SeqCst);
+        if flushed.is_err() || failed > 0 || acknowledged != self.sent {
+            let first = ctx.first_error.lock().expect("not poisoned").clone();
+            bail!(
+                "Kafka acknowledged {acknowledged} of {} records ({failed} failed{}, {} still \
+                 in flight after {FLUSH_TIMEOUT:?})",
+                self.sent,
+                first.map(|e| format!(", first: {e}")).unwrap_or_default(),
+                self.producer.in_flight_count()
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    use super::*;
+    use crate::config::KafkaConfig;
+    use crate::event::ClickEvent;
+    use crate::kafka::embedded::EmbeddedKafka;
+    use crate::loadgen::LoadgenConfig;
+    use crate::loadgen::partition::Partitioner;
+    use crate::loadgen::traffic::tests::traffic;
+
+    fn read_all(
+        brokers: &str,
+        topic: &str,
+        partitions: u32,
+        n: usize,
+    ) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "loadgen-test")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while out.len() < n && std::time::Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                out.push((
+                    m.partition(),
+                    m.key().unwrap().to_vec(),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn records_land_where_kafkas_partitioner_puts_their_key_in_both_encodings() {
+        let mut kafka_cfg = KafkaConfig {
+            partitions: 5,
+            ..KafkaConfig::default()
+        };
+        let broker = EmbeddedKafka::start(&kafka_cfg).unwrap();
+        kafka_cfg.brokers = broker.bootstrap_servers();
+        let mut sink = KafkaSink::connect(&kafka_cfg, 7, 0.3).unwrap();
+        assert_eq!(sink.partitions(), 5);
+        let cfg = LoadgenConfig {
+            malformed_share: 0.1,
+            ..LoadgenConfig::default()
+        };
+        let mut t = traffic(&cfg, 400, 1);
+        let mut sent = Vec::new();
+        let partitioner = Partitioner::Murmur2 { shards: 5 };
+        for mut e in t.by_ref() {
+            e.shard = partitioner.shard(e.click.event.impression_id.as_bytes());
+            sink.send(&e).unwrap();
+            sent.push(e);
+        }
+        sink.finish().unwrap();
+        let got = read_all(&kafka_cfg.brokers, &kafka_cfg.clicks_topic, 5, sent.len());
+        assert_eq!(got.len(), sent.len());
+        let (mut json, mut valid) = (0, 0);
+        for (partition, key, value) in &got {
+            assert_eq!(
+                *partition as u32,
+                partitioner.shard(key),
+                "explicit partition = murmur2"
+            );
+            if value.first() == Some(&b'{') {
+                json += 1;
+            }
+            if ClickEvent::decode(value).is_ok() {
+                valid += 1;
+            }
+        }
+        let malformed = sent
+            .iter()
+            .filter(|e| matches!(e.kind, crate::loadgen::traffic::Kind::Malformed(_)))
+            .count();
+        assert_eq!(valid, sent.len() - malformed);
+        assert!(json > 60 && json < 200, "{json} JSON records of 400");
+    }
+
+    /// The redirect lets librdkafka's `murmur2_random` partitioner place its records; the
+    /// loadgen computes the partition itself. They must agree, or one impression's clicks
+    /// from the two paths would sit in different partitions.
+    #[test]
+    fn murmur2_agrees_with_librdkafkas_partitioner() {
+        let mut kafka_cfg = KafkaConfig {
+            partitions: 7,
+            ..KafkaConfig::default()
+        };
+        let broker = EmbeddedKafka::start(&kafka_cfg).unwrap();
+        kafka_cfg.brokers = broker.bootstrap_servers();
+        let producer: ThreadedProducer<Deliveries> = crate::kafka::producer_config(&kafka_cfg)
+            .create_with_context(Deliveries::default())
+            .unwrap();
+        let keys: Vec<String> = (0..200).map(|i| format!("imp_2a_{i}")).collect();
+        for k in &keys {
+            producer
+                .send(
+                    BaseRecord::<_, _, ()>::to(&kafka_cfg.clicks_topic)
+                        .key(k.as_bytes())
+                        .payload("x"),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        let got = read_all(&kafka_cfg.brokers, &kafka_cfg.clicks_topic, 7, keys.len());
+        assert_eq!(got.len(), keys.len());
+        let p = Partitioner::Murmur2 { shards: 7 };
+        for (partition, key, _) in got {
+            assert_eq!(
+                partition as u32,
+                p.shard(&key),
+                "{}",
+                String::from_utf8_lossy(&key)
+            );
+        }
+    }
+}

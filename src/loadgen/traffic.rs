@@ -1,0 +1,711 @@
+//! The traffic model: a pure, seeded generator of [`Emission`]s. Same configuration and seed,
+//! same sequence, byte for byte, whatever the output; nothing here reads a clock.
+//!
+//! Emission `i` occupies the time slot `start_ms + i * 1000 / rate`. A slot carries either a
+//! follow-up that fell due (a duplicate or retry of an earlier click) or a fresh draw:
+//! malformed, forged (HTTP only), allowed-late, too-late, bot, or a normal click.
+//!
+//! Late events are where a load generator can silently lie, so their timing keeps wide
+//! margins on both sides of the consumer's lateness test (watermark = max event time seen in
+//! a partition − the out-of-orderness bound; late = behind it by more than the allowed
+//! lateness):
+//! - nothing emitted so far is later than `base + 2 s` (duplicates may run 2 s ahead of their
+//!   original), so an allowed-late click, at most `allowed_lateness − 30 s` behind `base`,
+//!   is at least 33 s short of being late under any interleaving;
+//! - a too-late click is only drawn once every shard has seen a click no older than
+//!   [`LATE_GUARD_MS`], so every partition's watermark is at most `guard + bound` behind
+//!   `base`; being `bound + allowed_lateness + 60 s` (or more) behind `base`, it is late by at
+//!   least 30 s in every partition, and under a global (min over partitions) watermark as
+//!   long as consumers read partitions within 30 s of each other.
+
+use std::collections::BTreeMap;
+
+use rand::distr::Distribution;
+use rand::distr::weighted::WeightedIndex;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::Zipf;
+use serde::Serialize;
+
+use super::LoadgenConfig;
+use super::audience;
+use super::catalog::Catalog;
+use super::partition::Partitioner;
+use crate::event::enrich::{Enricher, Observed};
+use crate::event::{ClickEvent, Device};
+
+/// The `source` of every event the load generator builds.
+pub const SOURCE: &str = "loadgen";
+/// Too-late clicks wait until every shard has seen a click at most this far behind `base`.
+pub const LATE_GUARD_MS: i64 = 30_000;
+/// ... and until this much simulated time has passed, so consumers have seen real traffic.
+pub const LATE_WARMUP_MS: i64 = 10_000;
+/// A follow-up (duplicate or retry) comes about 1 to this many emissions after its original.
+pub const MAX_FOLLOW_UP_DELAY: u64 = 50;
+/// A duplicate's event time is its original's ± up to this.
+pub const DUPLICATE_JITTER_MS: i64 = 2_000;
+
+/// The run-specific facts the generator needs beyond the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Schedule {
+    /// Simulated time of emission 0, epoch milliseconds.
+    pub start_ms: i64,
+    /// Number of emissions.
+    pub count: u64,
+    /// How impressions map to the output's shards (files, Kafka partitions).
+    pub partitioner: Partitioner,
+    /// Whether to draw forged clicks (only HTTP has signatures to forge).
+    pub forgeries: bool,
+}
+
+/// One record for an output to deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emission {
+    pub seq: u64,
+    /// This slot's simulated time; event times are derived from it.
+    pub base_ms: i64,
+    pub kind: Kind,
+    /// The click this emission is about. For malformed and forged emissions, the valid
+    /// click the defect was applied to.
+    pub click: Click,
+    /// `partitioner.shard(impression_id)`.
+    pub shard: u32,
+    /// No later emission concerns this impression, so the truth can settle it now.
+    pub settles: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Click,
+    Bot,
+    /// Another click on an earlier impression, with its own click id and event time.
+    Duplicate,
+    /// An earlier record re-sent unchanged (same click id).
+    Retry,
+    /// Behind the watermark but within the allowed lateness: corrects its window.
+    AllowedLate,
+    /// Beyond the allowed lateness: tallied late, never counted.
+    TooLate,
+    Malformed(Flaw),
+    Forged(Forgery),
+}
+
+impl Kind {
+    pub const NAMES: [&'static str; 8] = [
+        "click",
+        "bot",
+        "duplicate",
+        "retry",
+        "allowed_late",
+        "too_late",
+        "malformed",
+        "forged",
+    ];
+
+    pub fn name(&self) -> &'static str {
+        Self::NAMES[match self {
+            Kind::Click => 0,
+            Kind::Bot => 1,
+            Kind::Duplicate => 2,
+            Kind::Retry => 3,
+            Kind::AllowedLate => 4,
+            Kind::TooLate => 5,
+            Kind::Malformed(_) => 6,
+            Kind::Forged(_) => 7,
+        }]
+    }
+}
+
+/// What is wrong with a malformed record; each output renders it in its own format.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Flaw {
+    /// Bytes that encode nothing.
+    Garbage(Vec<u8>),
+    /// The record cut short at this fraction of its length, as by a torn write.
+    Truncated(f64),
+    /// A required field left out.
+    Missing(&'static str),
+    /// `XX`: shaped like a country code, assigned to none.
+    BadCountry,
+    ZeroTime,
+    /// An ad id with a space in it.
+    BadAdId,
+    /// A click id that is not a UUID.
+    BadClickId,
+}
+
+/// Fields every input format requires, named as in the click event.
+pub const REQUIRED_FIELDS: [&str; 6] = [
+    "impression_id",
+    "ad_id",
+    "campaign_id",
+    "advertiser_id",
+    "publisher_id",
+    "event_time",
+];
+
+/// How a forged click URL is broken; the redirect must answer 403 to each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgery {
+    BadSignature,
+    /// A signed parameter changed after signing.
+    AlteredParam,
+    Expired,
+    /// Signed with a key the redirect does not have.
+    UnknownKey,
+}
+
+/// A valid click and the intentions behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Click {
+    /// The event as the pipeline should record it: built by the same [`Enricher`] as the
+    /// redirect's, with a click id derived from the seed.
+    pub event: ClickEvent,
+    /// Catalog indices of the ad and publisher.
+    pub ad: u32,
+    pub publisher: u32,
+    /// The dimensions the truth counts under, as chosen (not as classified).
+    pub country: &'static str,
+    pub device: Device,
+    /// What the browser sends; only hashes of these are in `event`.
+    pub user_id: Option<String>,
+    pub ip: String,
+}
+
+pub struct Traffic {
+    cfg: LoadgenConfig,
+    schedule: Schedule,
+    catalog: Catalog,
+    enricher: Enricher,
+    rng: ChaCha8Rng,
+    zipf: Zipf<f64>,
+    countries: WeightedIndex<u32>,
+    devices: WeightedIndex<u32>,
+    impression_prefix: String,
+    seq: u64,
+    /// Follow-ups by (due slot, original slot).
+    pending: BTreeMap<(u64, u64), Emission>,
+    /// Latest event time of a valid click emitted to each shard.
+    shard_latest: Vec<i64>,
+}
+
+/// What a fresh slot holds, before any detail is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Draw {
+    Malformed,
+    Forged,
+    AllowedLate,
+    TooLate,
+    Bot,
+    Normal,
+}
+
+impl Traffic {
+    /// `cfg` must have passed [`LoadgenConfig::check`].
+    pub fn new(cfg: &LoadgenConfig, schedule: Schedule, enricher: Enricher) -> Self {
+        let catalog = Catalog::new(cfg.catalog_size());
+        Self {
+            zipf: Zipf::new(f64::from(cfg.ads), cfg.zipf_exponent)
+                .expect("checked: ads >= 1, exponent >= 0"),
+            countries: WeightedIndex::new(audience::COUNTRIES.iter().map(|c| c.1))
+                .expect("positive weights"),
+            devices: WeightedIndex::new(audience::DEVICES.iter().map(|d| d.1))
+                .expect("positive weights"),
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            impression_prefix: format!("imp_{:x}_", cfg.seed),
+            seq: 0,
+            pending: BTreeMap::new(),
+            shard_latest: vec![i64::MIN; schedule.partitioner.shards() as usize],
+            cfg: cfg.clone(),
+            schedule,
+            catalog,
+            enricher,
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// Simulated time of slot `seq`.
+    pub fn base_ms(&self, seq: u64) -> i64 {
+        self.schedule.start_ms + (seq as f64 * 1000.0 / self.cfg.rate) as i64
+    }
+
+    fn fresh(&mut self, seq: u64, base_ms: i64) -> Emission {
+        let draw = self.draw(base_ms);
+        let impression_id = format!("{}{seq}", self.impression_prefix);
+        let bot = draw == Draw::Bot;
+        let offset = match draw {
+            Draw::AllowedLate => self.rng.random_range(
+                self.cfg.out_of_orderness_ms + 5_000..=self.cfg.allowed_lateness_ms - 30_000,
+            ),
+            Draw::TooLate => {
+                self.cfg.out_of_orderness_ms
+                    + self.cfg.allowed_lateness_ms
+                    + 60_000
+                    + self.rng.random_range(0..=600_000)
+            }
+            _ => self.rng.random_range(0..=self.cfg.max_disorder_ms),
+        };
+        let click = self.click(impression_id, base_ms - offset, bot);
+        let kind = match draw {
+            Draw::Malformed => Kind::Malformed(self.flaw()),
+            Draw::Forged => Kind::Forged(self.forgery()),
+            Draw::AllowedLate => Kind::AllowedLate,
+            Draw::TooLate => Kind::TooLate,
+            Draw::Bot => Kind::Bot,
+            Draw::Normal => Kind::Click,
+        };
+        let mut emission = Emission {
+            seq,
+            base_ms,
+            kind,
+            shard: self
+                .schedule
+                .partitioner
+                .shard(click.event.impression_id.as_bytes()),
+            click,
+            settles: true,
+        };
+        if draw == Draw::Normal {
+            self.maybe_follow_up(&mut emission);
+        }
+        emission
+    }
+
+    fn draw(&mut self, base_ms: i64) -> Draw {
+        let c = &self.cfg;
+        let forged = if self.schedule.forgeries {
+            c.forged_share
+        } else {
+            0.0
+        };
+        let shares = [
+            (Draw::Malformed, c.malformed_share),
+            (Draw::Forged, forged),
+            (Draw::AllowedLate, c.allowed_late_share),
+            (Draw::TooLate, c.late_share),
+            (Draw::Bot, c.bot_share),
+        ];
+        let mut u: f64 = self.rng.random();
+        let draw = shares
+            .into_iter()
+            .find(|&(_, share)| {
+                u -= share;
+                u < 0.0
+            })
+            .map_or(Draw::Normal, |(d, _)| d);
+        if draw == Draw::TooLate && !self.late_is_safe(base_ms) {
+            Draw::Normal
+        } else {
+            draw
+        }
+    }
+
+    /// Whether a too-late click drawn now is late under every partition's watermark.
+    fn late_is_safe(&self, base_ms: i64) -> bool {
+        base_ms - self.schedule.start_ms >= LATE_WARMUP_MS
+            && self
+                .shard_latest
+                .iter()
+                .all(|&t| t >= base_ms - LATE_GUARD_MS)
+    }
+
+    fn click(&mut self, impression_id: String, event_time_ms: i64, bot: bool) -> Click {
+        let ad = if self.rng.random_bool(self.cfg.hot_ad_share) {
+            0
+        } else {
+            // Zipf draws ranks 1..=n; rank 1 is ad_0.
+            (self.zipf.sample(&mut self.rng) as u32 - 1).min(self.cfg.ads - 1)
+        };
+        let publisher = self.rng.random_range(0..self.cfg.publishers);
+        let country = audience::COUNTRIES[self.countries.sample(&mut self.rng)].0;
+        let (device, user_agent, user_id, ip) = if bot {
+            let ua = audience::BOT_USER_AGENTS
+                [self.rng.random_range(0..audience::BOT_USER_AGENTS.len())];
+            let ip = audience::BOT_IPS[self.rng.random_range(0..audience::BOT_IPS.len())];
+            (Device::Bot, ua, None, ip.to_string())
+        } else {
+            let device = audience::DEVICES[self.devices.sample(&mut self.rng)].0;
+            let agents = audience::user_agents(device);
+            let ua = agents[self.rng.random_range(0..agents.len())];
+            let user = self.rng.random_range(0..self.cfg.users);
+            (
+                device,
+                ua,
+                Some(format!("u_{user}")),
+                audience::user_ip(user),
+            )
+        };
+        let owner = self.catalog.ad(ad);
+        let observed = Observed {
+            impression_id,
+            ad_id: owner.ad_id.to_string(),
+            campaign_id: owner.campaign_id.to_string(),
+            advertiser_id: owner.advertiser_id.to_string(),
+            publisher_id: self.catalog.publisher_id(publisher).to_string(),
+            event_time_ms,
+            country: Some(country.to_string()),
+            ip: Some(ip.clone()),
+            user_id: user_id.clone(),
+            user_agent: Some(user_agent.to_string()),
+        };
+        let mut event = self
+            .enricher
+            .enrich(observed, SOURCE)
+            .expect("generated clicks are valid (checked: start within 2000..2099)");
+        event.click_id = self.click_id(event_time_ms);
+        Click {
+            event,
+            ad,
+            publisher,
+            country,
+            device,
+            user_id,
+            ip,
+        }
+    }
+
+    /// A UUIDv7 stamped with the event time, its random bits from the seed.
+    fn click_id(&mut self, event_time_ms: i64) -> String {
+        let mut random = [0u8; 10];
+        self.rng.fill(&mut random);
+        uuid::Builder::from_unix_timestamp_millis(event_time_ms as u64, &random)
+            .into_uuid()
+            .to_string()
+    }
+
+    /// Maybe schedules a duplicate or retry of `original`, due 1..=50 slots later. It is
+    /// skipped if it could not be emitted before the stream ends.
+    fn maybe_follow_up(&mut self, original: &mut Emission) {
+        let u: f64 = self.rng.random();
+        let delay = self.rng.random_range(1..=MAX_FOLLOW_UP_DELAY);
+        let kind = if u < self.cfg.duplicate_share {
+            Kind::Duplicate
+        } else if u < self.cfg.duplicate_share + self.cfg.retry_share {
+            Kind::Retry
+        } else {
+            return;
+        };
+        let due = original.seq + delay;
+        let room = self.schedule.count - original.seq - 1;
+        if due >= self.schedule.count || self.pending.len() as u64 >= room {
+            return;
+        }
+        let mut click = original.click.clone();
+        if kind == Kind::Duplicate {
+            let t = click.event.event_time_ms
+                + self
+                    .rng
+                    .random_range(-DUPLICATE_JITTER_MS..=DUPLICATE_JITTER_MS);
+            click.event.event_time_ms = t;
+            click.event.click_id = self.click_id(t);
+        }
+        original.settles = false;
+        let follow_up = Emission {
+            kind,
+            click,
+            settles: true,
+            ..original.clone()
+        };
+        self.pending.insert((due, original.seq), follow_up);
+    }
+
+    fn flaw(&mut self) -> Flaw {
+        match self.rng.random_range(0..7) {
+            0 => {
+                let len = self.rng.random_range(8..=64);
+                let mut bytes = vec![0u8; len];
+                self.rng.fill(&mut bytes[..]);
+                Flaw::Garbage(bytes)
+            }
+            1 => Flaw::Truncated(self.rng.random_range(0.1..0.9)),
+            2 => Flaw::Missing(REQUIRED_FIELDS[self.rng.random_range(0..REQUIRED_FIELDS.len())]),
+            3 => Flaw::BadCountry,
+            4 => Flaw::ZeroTime,
+            5 => Flaw::BadAdId,
+            _ => Flaw::BadClickId,
+        }
+    }
+
+    fn forgery(&mut self) -> Forgery {
+        [
+            Forgery::BadSignature,
+            Forgery::AlteredParam,
+            Forgery::Expired,
+            Forgery::UnknownKey,
+        ][self.rng.random_range(0..4)]
+    }
+
+    fn next_emission(&mut self) -> Option<Emission> {
+        let seq = self.seq;
+        if seq >= self.schedule.count {
+            return None;
+        }
+        self.seq += 1;
+        let base_ms = self.base_ms(seq);
+        let remaining = self.schedule.count - seq;
+        let follow_up_due = self
+            .pending
+            .first_key_value()
+            .is_some_and(|(&(due, _), _)| due <= seq || remaining <= self.pending.len() as u64);
+        let emission = if follow_up_due {
+            let (_, mut e) = self.pending.pop_first().expect("non-empty");
+            e.seq = seq;
+            e.base_ms = base_ms;
+            e
+        } else {
+            self.fresh(seq, base_ms)
+        };
+        if matches!(
+            emission.kind,
+            Kind::Click | Kind::Bot | Kind::Duplicate | Kind::Retry | Kind::AllowedLate
+        ) {
+            let latest = &mut self.shard_latest[emission.shard as usize];
+            *latest = (*latest).max(emission.click.event.event_time_ms);
+        }
+        Some(emission)
+    }
+}
+
+impl Iterator for Traffic {
+    type Item = Emission;
+
+    fn next(&mut self) -> Option<Emission> {
+        self.next_emission()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = (self.schedule.count - self.seq) as usize;
+        (left, Some(left))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// 2026-04-20T12:00:00Z
+    pub(crate) const START: i64 = 1_776_686_400_000;
+
+    pub(crate) fn traffic(cfg: &LoadgenConfig, count: u64, shards: u32) -> Traffic {
+        cfg.check().unwrap();
+        Traffic::new(
+            cfg,
+            Schedule {
+                start_ms: START,
+                count,
+                partitioner: Partitioner::Crc32 { shards },
+                forgeries: false,
+            },
+            Enricher::new("test-salt"),
+        )
+    }
+
+    fn counts(emissions: &[Emission]) -> HashMap<&'static str, usize> {
+        let mut m = HashMap::new();
+        for e in emissions {
+            *m.entry(e.kind.name()).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn same_seed_same_emissions_other_seed_others() {
+        let cfg = LoadgenConfig::default();
+        let a: Vec<_> = traffic(&cfg, 3_000, 3).collect();
+        let b: Vec<_> = traffic(&cfg, 3_000, 3).collect();
+        assert_eq!(a.len(), 3_000);
+        assert_eq!(a, b);
+        let other = LoadgenConfig {
+            seed: cfg.seed + 1,
+            ..cfg
+        };
+        let c: Vec<_> = traffic(&other, 3_000, 3).collect();
+        assert_ne!(a[0].click.event, c[0].click.event);
+        let differing = a.iter().zip(&c).filter(|(x, y)| x.click != y.click).count();
+        assert!(differing > 2_900, "{differing}");
+    }
+
+    #[test]
+    fn every_kind_appears_in_about_its_share() {
+        let cfg = LoadgenConfig {
+            late_share: 0.02,
+            ..LoadgenConfig::default()
+        };
+        let n = 100_000;
+        let all: Vec<_> = traffic(&cfg, n, 4).collect();
+        let got = counts(&all);
+        let near = |name: &str, share: f64| {
+            let want = share * n as f64;
+            let have = got.get(name).copied().unwrap_or(0) as f64;
+            assert!(
+                (have - want).abs() < 5.0 * want.sqrt() + 0.02 * want,
+                "{name}: {have} vs {want}"
+            );
+        };
+        near("malformed", cfg.malformed_share);
+        near("allowed_late", cfg.allowed_late_share);
+        near("bot", cfg.bot_share);
+        // Too-late clicks wait 10 s of 100 s, and normal clicks absorb the rest.
+        near("too_late", cfg.late_share * 0.9);
+        let normal = got["click"] as f64;
+        near("duplicate", cfg.duplicate_share * normal / n as f64);
+        near("retry", cfg.retry_share * normal / n as f64);
+        assert_eq!(got.get("forged"), None, "no forgeries without HTTP");
+    }
+
+    #[test]
+    fn event_times_keep_their_margins() {
+        let cfg = LoadgenConfig {
+            late_share: 0.02,
+            rate: 200.0,
+            ..LoadgenConfig::default()
+        };
+        let mut latest_per_shard: HashMap<u32, i64> = HashMap::new();
+        let mut latest = i64::MIN;
+        let mut originals: HashMap<String, i64> = HashMap::new();
+        for e in traffic(&cfg, 40_000, 3) {
+            let t = e.click.event.event_time_ms;
+            let behind = e.base_ms - t;
+            match e.kind {
+                Kind::Click | Kind::Bot => {
+                    assert!((0..=cfg.max_disorder_ms).contains(&behind));
+                    originals.insert(e.click.event.impression_id.clone(), t);
+                }
+                Kind::Duplicate | Kind::Retry => {
+                    let orig = originals[&e.click.event.impression_id];
+                    assert!((t - orig).abs() <= DUPLICATE_JITTER_MS);
+                    assert!(t <= e.base_ms + DUPLICATE_JITTER_MS);
+                }
+                Kind::AllowedLate => {
+                    // Never late, even under the most advanced watermark possible.
+                    let watermark = latest - cfg.out_of_orderness_ms;
+                    assert!(t > watermark - cfg.allowed_lateness_ms + 30_000);
+                    assert!(behind > cfg.out_of_orderness_ms);
+                }
+                Kind::TooLate => {
+                    assert!(e.base_ms - START >= LATE_WARMUP_MS, "too late too early");
+                    // Late under every shard's watermark, with room to spare.
+                    for shard in 0..3 {
+                        let watermark = latest_per_shard[&shard] - cfg.out_of_orderness_ms;
+                        assert!(t < watermark - cfg.allowed_lateness_ms - 29_000);
+                    }
+                }
+                _ => {}
+            }
+            if !matches!(e.kind, Kind::TooLate | Kind::Malformed(_) | Kind::Forged(_)) {
+                latest = latest.max(t);
+                let s = latest_per_shard.entry(e.shard).or_insert(t);
+                *s = (*s).max(t);
+            }
+        }
+    }
+
+    #[test]
+    fn duplicates_follow_their_original_and_all_are_emitted() {
+        let cfg = LoadgenConfig {
+            duplicate_share: 0.3,
+            retry_share: 0.2,
+            ..LoadgenConfig::default()
+        };
+        let all: Vec<_> = traffic(&cfg, 5_000, 2).collect();
+        assert_eq!(all.len(), 5_000);
+        let mut first: HashMap<&str, &Emission> = HashMap::new();
+        let mut earlier_duplicates = 0;
+        for e in &all {
+            let imp = e.click.event.impression_id.as_str();
+            match e.kind {
+                Kind::Duplicate | Kind::Retry => {
+                    let orig = first.remove(imp).expect("follow-up after its original");
+                    assert!(!orig.settles && e.settles);
+                    assert!(e.seq > orig.seq && e.seq - orig.seq < 3 * MAX_FOLLOW_UP_DELAY);
+                    assert_eq!(e.shard, orig.shard);
+                    if e.kind == Kind::Retry {
+                        assert_eq!(e.click, orig.click);
+                    } else {
+                        assert_ne!(e.click.event.click_id, orig.click.event.click_id);
+                        assert_eq!(e.click.event.user_id_hash, orig.click.event.user_id_hash);
+                        if e.click.event.event_time_ms < orig.click.event.event_time_ms {
+                            earlier_duplicates += 1;
+                        }
+                    }
+                }
+                _ => {
+                    assert!(first.insert(imp, e).is_none(), "impression ids are fresh");
+                }
+            }
+        }
+        assert!(
+            first.values().all(|e| e.settles),
+            "every announced follow-up came"
+        );
+        assert!(
+            earlier_duplicates > 50,
+            "duplicates can win: {earlier_duplicates}"
+        );
+    }
+
+    #[test]
+    fn hot_ad_share_is_honoured() {
+        let cfg = LoadgenConfig {
+            hot_ad_share: 0.3,
+            ads: 1_000,
+            ..LoadgenConfig::default()
+        };
+        let n = 50_000;
+        let clicks: Vec<_> = traffic(&cfg, n, 1)
+            .filter(|e| e.kind == Kind::Click)
+            .collect();
+        let on_hot = clicks.iter().filter(|e| e.click.ad == 0).count() as f64;
+        // Zipf's own rank 1 also lands on ad_0.
+        let harmonic: f64 = (1..=cfg.ads)
+            .map(|k| f64::from(k).powf(-cfg.zipf_exponent))
+            .sum();
+        let want = cfg.hot_ad_share + (1.0 - cfg.hot_ad_share) / harmonic;
+        let have = on_hot / clicks.len() as f64;
+        assert!((have - want).abs() < 0.01, "{have} vs {want}");
+        assert!(clicks.iter().all(|e| e.click.ad < cfg.ads));
+    }
+
+    #[test]
+    fn events_are_valid_and_carry_the_intended_dimensions() {
+        let cfg = LoadgenConfig::default();
+        for e in traffic(&cfg, 5_000, 1) {
+            let ev = &e.click.event;
+            ev.validate().unwrap();
+            assert_eq!(ev.country, e.click.country);
+            assert_eq!(ev.device(), Some(e.click.device));
+            assert_eq!(ev.source, SOURCE);
+            let id = uuid::Uuid::parse_str(&ev.click_id).unwrap();
+            assert_eq!(id.get_version_num(), 7);
+            let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+            assert_eq!(
+                secs as i64 * 1000 + i64::from(nanos) / 1_000_000,
+                ev.event_time_ms
+            );
+            assert_eq!(e.kind == Kind::Bot, e.click.device == Device::Bot);
+        }
+    }
+
+    #[test]
+    fn slots_follow_the_rate() {
+        let cfg = LoadgenConfig {
+            rate: 400.0,
+            ..LoadgenConfig::default()
+        };
+        let t = traffic(&cfg, 10, 1);
+        assert_eq!(t.base_ms(0), START);
+        assert_eq!(t.base_ms(1), START + 2);
+        assert_eq!(t.base_ms(400), START + 1_000);
+        let bases: Vec<_> = t.map(|e| e.base_ms).collect();
+        assert!(bases.windows(2).all(|w| w[0] <= w[1]));
+    }
+}
