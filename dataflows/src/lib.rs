@@ -10,6 +10,7 @@
 
 pub mod click;
 pub mod dedup;
+pub mod report;
 pub mod rollup;
 pub mod source;
 pub mod time;

@@ -1,0 +1,137 @@
+//! The `[aggregator]` section, with the flags that override it.
+
+use std::path::PathBuf;
+
+use adclick_dataflows::AggregateConfig;
+use adclick_dataflows::rollup::Retention;
+use adclick_dataflows::topn::TopNConfig;
+use adclick_dataflows::watermark::TimeConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Processes in the cluster, this one's index, and a file with one `host:port` per line
+    /// (process i listens on line i). Without a hostfile, processes use 127.0.0.1:2101+i.
+    pub processes: usize,
+    pub process: usize,
+    pub hostfile: Option<PathBuf>,
+    pub query_listen: String,
+    pub out_of_orderness_ms: u64,
+    pub allowed_lateness_ms: u64,
+    /// A partition without new records for this long stops holding the watermark back.
+    pub idle_timeout_ms: u64,
+    /// Granularity of the timely timestamps (a divisor of 60 000).
+    pub tick_ms: u64,
+    pub dedup_horizon_ms: u64,
+    pub minute_retention_ms: u64,
+    pub hour_retention_ms: u64,
+    pub day_retention_ms: u64,
+    pub top_n: usize,
+    pub top_window_minutes: Vec<u64>,
+    pub top_shards: u64,
+    /// Where window reports go as NDJSON: a file, or `-` for stdout.
+    pub output: String,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        let t = TimeConfig::default();
+        let a = AggregateConfig::default();
+        Self {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+            query_listen: "127.0.0.1:8081".into(),
+            out_of_orderness_ms: t.out_of_orderness_ms,
+            allowed_lateness_ms: t.allowed_lateness_ms,
+            idle_timeout_ms: t.idle_timeout_ms.unwrap_or(30_000),
+            tick_ms: t.tick_ms,
+            dedup_horizon_ms: a.dedup_horizon_ms,
+            minute_retention_ms: a.retention.minute_ms,
+            hour_retention_ms: a.retention.hour_ms,
+            day_retention_ms: a.retention.day_ms,
+            top_n: a.top.n,
+            top_window_minutes: a.top.window_minutes,
+            top_shards: a.top.shards,
+            output: "-".into(),
+        }
+    }
+}
+
+impl AggregatorConfig {
+    /// Checks what would otherwise fail deep inside the dataflow.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.workers >= 1, "aggregator.workers must be at least 1");
+        anyhow::ensure!(
+            self.process < self.processes.max(1),
+            "aggregator.process must be below aggregator.processes"
+        );
+        anyhow::ensure!(
+            self.tick_ms >= 1 && 60_000 % self.tick_ms == 0,
+            "aggregator.tick_ms must divide 60000"
+        );
+        anyhow::ensure!(self.top_n >= 1, "aggregator.top_n must be at least 1");
+        Ok(())
+    }
+
+    /// Time settings; `batch` sources (files, `--until-end`) never go idle, they finish.
+    pub fn time(&self, batch: bool) -> TimeConfig {
+        TimeConfig {
+            out_of_orderness_ms: self.out_of_orderness_ms,
+            allowed_lateness_ms: self.allowed_lateness_ms,
+            idle_timeout_ms: (!batch).then_some(self.idle_timeout_ms),
+            tick_ms: self.tick_ms,
+        }
+    }
+
+    pub fn aggregate(&self) -> AggregateConfig {
+        AggregateConfig {
+            dedup_horizon_ms: self.dedup_horizon_ms,
+            retention: Retention {
+                minute_ms: self.minute_retention_ms,
+                hour_ms: self.hour_retention_ms,
+                day_ms: self.day_retention_ms,
+            },
+            top: TopNConfig {
+                n: self.top_n,
+                window_minutes: self.top_window_minutes.clone(),
+                shards: self.top_shards,
+            },
+        }
+    }
+
+    /// Timely's communication settings for this shape.
+    pub fn communication(&self) -> anyhow::Result<timely::CommunicationConfig> {
+        if self.processes <= 1 {
+            return Ok(timely::CommunicationConfig::Process(self.workers));
+        }
+        let addresses = match &self.hostfile {
+            Some(path) => std::fs::read_to_string(path)?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect::<Vec<_>>(),
+            None => (0..self.processes)
+                .map(|i| format!("127.0.0.1:{}", 2101 + i))
+                .collect(),
+        };
+        anyhow::ensure!(
+            addresses.len() == self.processes,
+            "hostfile lists {} addresses for {} processes",
+            addresses.len(),
+            self.processes
+        );
+        Ok(timely::CommunicationConfig::Cluster {
+            threads: self.workers,
+            process: self.process,
+            addresses,
+            report: false,
+            zerocopy: false,
+        })
+    }
+}

@@ -1,0 +1,142 @@
+//! Kafka partitions as source partitions. Partitions are assigned statically over every
+//! worker of the cluster (partition p to worker p mod workers) with `assign`, not a consumer
+//! group: the dataflow owns its offsets, so it can resume and replay exactly, and no
+//! rebalance ever moves a partition under a running watermark.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adclick_dataflows::source::{PartitionReader, Polled, Record};
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::decode::kafka_record;
+
+pub struct KafkaReader {
+    consumer: Arc<BaseConsumer>,
+    topic: String,
+    partitions: Vec<i32>,
+    queues: Vec<rdkafka::consumer::base_consumer::PartitionQueue<DefaultConsumerContext>>,
+    /// With `--until-end`: the end offsets at start; reaching one finishes the partition.
+    stop_at: Option<Vec<i64>>,
+    next_offset: Vec<i64>,
+}
+
+impl KafkaReader {
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        index: usize,
+        peers: usize,
+        until_end: bool,
+    ) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            // librdkafka wants a group id even for assign(); nothing is committed to it.
+            .set("group.id", "adclick-aggregator")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .context("creating the Kafka consumer")?;
+        let consumer = Arc::new(consumer);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let count = loop {
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
+            match md {
+                Ok(md)
+                    if md
+                        .topics()
+                        .first()
+                        .is_some_and(|t| !t.partitions().is_empty()) =>
+                {
+                    break md.topics()[0].partitions().len() as i32;
+                }
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                Ok(_) => anyhow::bail!("topic {topic} has no partitions (does it exist?)"),
+                Err(e) => return Err(e).context(format!("metadata of topic {topic}")),
+            }
+        };
+        let partitions: Vec<i32> = (0..count)
+            .filter(|p| *p as usize % peers == index)
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let queues = partitions
+            .iter()
+            .map(|p| {
+                consumer
+                    .split_partition_queue(topic, *p)
+                    .with_context(|| format!("queue of {topic}/{p}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let stop_at = if until_end {
+            Some(
+                partitions
+                    .iter()
+                    .map(|p| {
+                        consumer
+                            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+                            .map(|(_, high)| high)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            next_offset: vec![0; partitions.len()],
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+            queues,
+            stop_at,
+        })
+    }
+}
+
+impl PartitionReader for KafkaReader {
+    fn partitions(&self) -> usize {
+        self.partitions.len()
+    }
+
+    fn poll(&mut self, i: usize, max: usize, out: &mut Vec<Record>) -> Polled {
+        let reached_end =
+            |next: i64, stop: &Option<Vec<i64>>| stop.as_ref().is_some_and(|s| next >= s[i]);
+        if reached_end(self.next_offset[i], &self.stop_at) {
+            return Polled::Finished;
+        }
+        // Serves the main queue's events (errors, statistics); records go to partition queues.
+        let _ = self.consumer.poll(Duration::ZERO);
+        let mut n = 0;
+        while n < max {
+            match self.queues[i].poll(Duration::ZERO) {
+                Some(Ok(m)) => {
+                    let (p, offset) = (m.partition(), m.offset());
+                    let topic = &self.topic;
+                    out.push(kafka_record(
+                        m.key().unwrap_or_default(),
+                        m.payload().unwrap_or_default(),
+                        || format!("{topic}/{p}@{offset}"),
+                    ));
+                    self.next_offset[i] = offset + 1;
+                    n += 1;
+                    if reached_end(self.next_offset[i], &self.stop_at) {
+                        return Polled::Finished;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("kafka {}/{}: {e}", self.topic, self.partitions[i]);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if n == 0 { Polled::Empty } else { Polled::More }
+    }
+}

@@ -1,0 +1,147 @@
+//! `adclick-aggregator`: the timely cluster that turns the clicks topic (or files) into
+//! deduplicated, windowed counts. The dataflow itself is `adclick_dataflows::aggregate`; this
+//! module wires sources and sinks around it and runs it on the configured cluster shape.
+
+pub mod config;
+pub mod decode;
+pub mod file_source;
+pub mod kafka_source;
+pub mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use adclick_dataflows::aggregate;
+use adclick_dataflows::report::reports;
+use adclick_dataflows::source::{SourceEvent, clock_source};
+use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Concatenate;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::Map;
+
+use crate::event::enrich::Enricher;
+pub use config::AggregatorConfig;
+use file_source::FileReader;
+use kafka_source::KafkaReader;
+use output::{Out, Writer};
+
+/// Where the clicks come from.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// NDJSON events or seed-003 log lines; a batch job.
+    Files(Vec<PathBuf>),
+    /// The clicks topic; with `until_end`, a batch job over what the topic holds at start.
+    Kafka {
+        brokers: String,
+        topic: String,
+        until_end: bool,
+    },
+}
+
+impl Input {
+    fn is_batch(&self) -> bool {
+        matches!(
+            self,
+            Input::Files(_)
+                | Input::Kafka {
+                    until_end: true,
+                    ..
+                }
+        )
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::timefmt::now_millis() as u64
+}
+
+/// Runs this process's part of the cluster until the input is exhausted (batch) or forever.
+pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::Result<()> {
+    cfg.check()?;
+    let timely_config = timely::Config {
+        communication: cfg.communication()?,
+        worker: timely::WorkerConfig::default(),
+    };
+    let results = timely::execute(timely_config, move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let time = cfg.time(input.is_batch());
+        let acfg = cfg.aggregate();
+        let lateness = cfg.allowed_lateness_ms;
+        let output = cfg.output.clone();
+        let input = input.clone();
+        let enricher = enricher.clone();
+        worker.dataflow::<u64, _, _>(move |scope| {
+            let events = match input {
+                Input::Files(files) => clock_source(
+                    scope,
+                    "FileSource",
+                    FileReader::new(&files, index, peers, enricher),
+                    time,
+                    now_ms,
+                ),
+                Input::Kafka {
+                    brokers,
+                    topic,
+                    until_end,
+                } => {
+                    let reader = KafkaReader::new(&brokers, &topic, index, peers, until_end)
+                        .unwrap_or_else(|e| panic!("worker {index}: {e:#}"));
+                    clock_source(scope, "KafkaSource", reader, time, now_ms)
+                }
+            };
+            let received = events
+                .clone()
+                .unary::<CapacityContainerBuilder<Vec<Out>>, _, _, _>(
+                    Pipeline,
+                    "CountReceived",
+                    |_, _| {
+                        move |input, output| {
+                            input.for_each(|cap, data: &mut Vec<SourceEvent>| {
+                                output.session(&cap).give(Out::Received(data.len() as u64));
+                            });
+                        }
+                    },
+                );
+            let a = aggregate(events, &acfg);
+            let lines = scope.concatenate([
+                received,
+                reports(a.minute, MINUTE_MS, lateness).map(Out::Report),
+                reports(a.hour, HOUR_MS, lateness).map(Out::Report),
+                reports(a.day, DAY_MS, lateness).map(Out::Report),
+                a.late.map(Out::Late),
+                a.rejected.map(Out::Rejected),
+            ]);
+            let mut writer = (index == 0)
+                .then(|| Writer::open(&output).unwrap_or_else(|e| panic!("opening {output}: {e}")));
+            lines.sink(
+                Exchange::new(|_: &Out| 0),
+                "WriteNdjson",
+                move |(input, frontier)| {
+                    input.for_each(|_, data| {
+                        if let Some(w) = writer.as_mut() {
+                            for item in data.drain(..) {
+                                w.write(item).expect("writing the report output");
+                            }
+                        }
+                    });
+                    if let Some(w) = writer.as_mut() {
+                        if frontier.is_empty() {
+                            w.finish().expect("writing the report output");
+                            writer = None;
+                        } else {
+                            w.flush().expect("writing the report output");
+                        }
+                    }
+                },
+            );
+        });
+        while worker.step_or_park(Some(Duration::from_millis(20))) {}
+    })
+    .map_err(|e| anyhow::anyhow!("starting the timely cluster: {e}"))?;
+    for r in results.join() {
+        r.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
+    }
+    Ok(())
+}
