@@ -6,6 +6,7 @@
 //! ([`config`]) are plain logic that every binary shares. The dataflows are in the
 //! `adclick-dataflows` crate.
 
+pub mod aggregator;
 pub mod cli;
 pub mod config;
 pub mod event;

@@ -24,15 +24,14 @@ pub fn event_record(e: &Emission, format: Format) -> Vec<u8> {
         _ => None,
     };
     let event = flawed(&e.click.event, flaw);
-    let whole = || match format {
-        Format::Json => {
+    let whole = || match (format, flaw) {
+        (Format::Json, Some(Flaw::Missing(field))) => {
             let mut obj = object(&event);
-            if let Some(Flaw::Missing(field)) = flaw {
-                obj.remove(*field);
-            }
+            obj.remove(*field);
             Value::Object(obj).to_string().into_bytes()
         }
-        Format::Protobuf => event.to_protobuf(),
+        (Format::Json, _) => event.to_json().into_bytes(),
+        (Format::Protobuf, _) => event.to_protobuf(),
     };
     match flaw {
         Some(Flaw::Garbage(bytes)) => match format {
