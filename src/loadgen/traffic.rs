@@ -562,17 +562,25 @@ pub(crate) mod tests {
         assert_eq!(got.get("forged"), None, "no forgeries without HTTP");
     }
 
+    /// Also at a trickle over many shards, where the late guard has real work to do.
     #[test]
     fn event_times_keep_their_margins() {
-        let cfg = LoadgenConfig {
-            late_share: 0.02,
-            rate: 200.0,
-            ..LoadgenConfig::default()
-        };
+        for (rate, shards, count) in [(200.0, 3, 40_000), (1.0, 16, 10_000)] {
+            let cfg = LoadgenConfig {
+                late_share: 0.05,
+                rate,
+                ..LoadgenConfig::default()
+            };
+            check_margins(&cfg, shards, count);
+        }
+    }
+
+    fn check_margins(cfg: &LoadgenConfig, shards: u32, count: u64) {
         let mut latest_per_shard: HashMap<u32, i64> = HashMap::new();
         let mut latest = i64::MIN;
         let mut originals: HashMap<String, i64> = HashMap::new();
-        for e in traffic(&cfg, 40_000, 3) {
+        let mut too_late = 0;
+        for e in traffic(cfg, count, shards) {
             let t = e.click.event.event_time_ms;
             let behind = e.base_ms - t;
             match e.kind {
@@ -592,11 +600,17 @@ pub(crate) mod tests {
                     assert!(behind > cfg.out_of_orderness_ms);
                 }
                 Kind::TooLate => {
+                    too_late += 1;
                     assert!(e.base_ms - START >= LATE_WARMUP_MS, "too late too early");
                     // Late under every shard's watermark, with room to spare.
-                    for shard in 0..3 {
-                        let watermark = latest_per_shard[&shard] - cfg.out_of_orderness_ms;
-                        assert!(t < watermark - cfg.allowed_lateness_ms - 29_000);
+                    for shard in 0..shards {
+                        let seen = latest_per_shard.get(&shard).copied();
+                        let watermark = seen.expect("shard has traffic") - cfg.out_of_orderness_ms;
+                        assert!(
+                            t < watermark - cfg.allowed_lateness_ms - 29_000,
+                            "seq {} shard {shard}",
+                            e.seq
+                        );
                     }
                 }
                 _ => {}
@@ -607,6 +621,7 @@ pub(crate) mod tests {
                 *s = (*s).max(t);
             }
         }
+        assert!(too_late > 10, "{too_late} too-late clicks at rate {}", cfg.rate);
     }
 
     #[test]
