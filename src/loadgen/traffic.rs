@@ -621,7 +621,11 @@ pub(crate) mod tests {
                 *s = (*s).max(t);
             }
         }
-        assert!(too_late > 10, "{too_late} too-late clicks at rate {}", cfg.rate);
+        assert!(
+            too_late > 10,
+            "{too_late} too-late clicks at rate {}",
+            cfg.rate
+        );
     }
 
     #[test]

@@ -1,0 +1,321 @@
+//! The load generator's ground truth against counts computed independently, from what it
+//! actually delivered: its NDJSON files, and the clicks topic behind a real redirect.
+//!
+//! The independent count knows only the brief's rules (decode and validate; per-partition
+//! watermark = max event time seen − 5 s; late = more than 5 min behind it; one click per
+//! impression, the earliest event time winning, ties to the smaller click id). Country and
+//! device come from the decoded events, so agreement also shows the classifier sees what the
+//! generator intended.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use adclick::config::{Config, KafkaConfig};
+use adclick::event::ClickEvent;
+use adclick::kafka::embedded::EmbeddedKafka;
+use adclick::loadgen::truth::{GroundTruth, Row, Tallies, TruthReport};
+use adclick::loadgen::{self, LoadgenConfig, OutputKind};
+
+const BOUND_MS: i64 = 5_000;
+const ALLOWED_LATENESS_MS: i64 = 300_000;
+/// 2026-04-20T12:00:00Z
+const START_MS: i64 = 1_776_686_400_000;
+
+/// (minute, ad, campaign, advertiser, publisher, country, device)
+type Dims = (i64, String, String, String, String, String, String);
+
+/// Counts and tallies from delivered records alone.
+#[derive(Default)]
+struct Independent {
+    tallies: Tallies,
+    valid: Vec<ClickEvent>,
+}
+
+impl Independent {
+    /// One partition's records, in order.
+    fn partition<'a>(&mut self, records: impl IntoIterator<Item = &'a [u8]>) {
+        let mut max_seen: Option<i64> = None;
+        for bytes in records {
+            self.tallies.emitted += 1;
+            let Ok(event) = ClickEvent::decode(bytes) else {
+                self.tallies.invalid += 1;
+                continue;
+            };
+            let t = event.event_time_ms;
+            if max_seen.is_some_and(|m| t < m - BOUND_MS - ALLOWED_LATENESS_MS) {
+                self.tallies.late += 1;
+                continue;
+            }
+            max_seen = Some(max_seen.map_or(t, |m| m.max(t)));
+            self.valid.push(event);
+        }
+    }
+
+    /// Deduplicates and counts; returns the sorted rows.
+    fn rows(&mut self) -> Vec<Row> {
+        let mut by_impression: HashMap<&str, Vec<&ClickEvent>> = HashMap::new();
+        for e in &self.valid {
+            by_impression.entry(&e.impression_id).or_default().push(e);
+        }
+        let mut rows: BTreeMap<Dims, (u64, u64)> = BTreeMap::new();
+        for clicks in by_impression.values() {
+            let w = clicks
+                .iter()
+                .min_by(|a, b| (a.event_time_ms, &a.click_id).cmp(&(b.event_time_ms, &b.click_id)))
+                .unwrap();
+            let minute = w.event_time_ms.div_euclid(60_000) * 60_000;
+            let key = (
+                minute,
+                w.ad_id.clone(),
+                w.campaign_id.clone(),
+                w.advertiser_id.clone(),
+                w.publisher_id.clone(),
+                w.country.clone(),
+                w.device().unwrap().as_str().to_string(),
+            );
+            let row = rows.entry(key).or_default();
+            row.0 += 1;
+            row.1 += clicks.len() as u64 - 1;
+            self.tallies.counted += 1;
+            self.tallies.duplicates += clicks.len() as u64 - 1;
+        }
+        rows.into_iter()
+            .map(
+                |((minute_ms, ad, cmp, adv, publ, country, device), (clicks, dups))| Row {
+                    minute: adclick::timefmt::format_millis(minute_ms),
+                    minute_ms,
+                    ad_id: ad,
+                    campaign_id: cmp,
+                    advertiser_id: adv,
+                    publisher_id: publ,
+                    country,
+                    device,
+                    clicks,
+                    duplicates: dups,
+                },
+            )
+            .collect()
+    }
+}
+
+/// Asserts row-for-row equality, reporting the first difference rather than two huge lists.
+fn assert_rows_equal(truth: &[Row], independent: &[Row]) {
+    for (i, (t, c)) in truth.iter().zip(independent).enumerate() {
+        assert_eq!(
+            t, c,
+            "row {i} differs (truth left, independent count right)"
+        );
+    }
+    assert_eq!(truth.len(), independent.len(), "row counts differ");
+}
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.privacy.salt = "loadgen-test-salt-0123456789".into();
+    c
+}
+
+/// Clicks pile up on few rows so duplicates and multi-click rows are common.
+fn busy_file_config(dir: &Path) -> LoadgenConfig {
+    LoadgenConfig {
+        output: OutputKind::File,
+        out_dir: dir.join("events"),
+        files: 4,
+        truth: dir.join("truth.json"),
+        count: Some(120_000),
+        rate: 1_000.0,
+        seed: 0x5eed,
+        start: Some(START_MS),
+        ads: 50,
+        campaigns: 10,
+        advertisers: 3,
+        publishers: 5,
+        duplicate_share: 0.08,
+        retry_share: 0.03,
+        allowed_late_share: 0.02,
+        late_share: 0.01,
+        malformed_share: 0.02,
+        bot_share: 0.03,
+        ..LoadgenConfig::default()
+    }
+}
+
+#[test]
+fn file_output_truth_equals_an_independent_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = busy_file_config(dir.path());
+    let summary = loadgen::run(&cfg, &config()).unwrap();
+    let truth = GroundTruth::read(&cfg.truth).unwrap();
+    assert_eq!(summary.tallies, truth.tallies);
+
+    // Every kind of traffic is in the files.
+    for kind in [
+        "click",
+        "bot",
+        "duplicate",
+        "retry",
+        "allowed_late",
+        "too_late",
+        "malformed",
+    ] {
+        assert!(
+            truth.kinds.get(kind).copied().unwrap_or(0) > 100,
+            "{kind}: {:?}",
+            truth.kinds
+        );
+    }
+
+    let mut count = Independent::default();
+    let mut out_of_order = 0;
+    for k in 0..cfg.files {
+        let text =
+            std::fs::read_to_string(cfg.out_dir.join(format!("events-{k:03}.ndjson"))).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() > 10_000, "file {k} has {} lines", lines.len());
+        let mut latest = i64::MIN;
+        for line in &lines {
+            if let Ok(e) = ClickEvent::decode(line.as_bytes()) {
+                out_of_order += usize::from(e.event_time_ms < latest);
+                latest = latest.max(e.event_time_ms);
+            }
+        }
+        count.partition(lines.iter().map(|l| l.as_bytes()));
+    }
+    assert!(
+        out_of_order > 10_000,
+        "events are reordered ({out_of_order})"
+    );
+    let rows = count.rows();
+    assert_rows_equal(&truth.windows, &rows);
+    count.tallies.malformed = count.tallies.invalid;
+    assert_eq!(count.tallies, truth.tallies);
+    assert_eq!(
+        truth.tallies.emitted,
+        truth.tallies.counted
+            + truth.tallies.duplicates
+            + truth.tallies.late
+            + truth.tallies.invalid
+    );
+    assert!(rows.iter().any(|r| r.clicks > 1 && r.duplicates > 0));
+}
+
+/// Runs the binary, returns the truth and the concatenated files.
+fn run_binary(dir: &Path, seed: u64) -> (TruthReport, Vec<u8>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_adclick-loadgen"))
+        .args(["--output", "file", "--files", "3", "--count", "20000"])
+        .args([
+            "--start",
+            "2026-04-20T12:00:00Z",
+            "--seed",
+            &seed.to_string(),
+        ])
+        .arg("--out-dir")
+        .arg(dir.join("events"))
+        .arg("--truth")
+        .arg(dir.join("truth.json"))
+        .env_remove("ADCLICK_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("adclick-loadgen: emitted 20000, counted"),
+        "one-line summary: {stderr}"
+    );
+    let truth = GroundTruth::read(&dir.join("truth.json")).unwrap();
+    let mut bytes = Vec::new();
+    for k in 0..3 {
+        bytes.extend(std::fs::read(dir.join(format!("events/events-{k:03}.ndjson"))).unwrap());
+    }
+    (truth, bytes)
+}
+
+#[test]
+fn the_binary_is_reproducible_per_seed() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (truth_a, files_a) = run_binary(dirs[0].path(), 42);
+    let (truth_b, files_b) = run_binary(dirs[1].path(), 42);
+    let (truth_c, files_c) = run_binary(dirs[2].path(), 43);
+    assert!(files_a == files_b, "same seed, same bytes");
+    assert_eq!(truth_a.windows, truth_b.windows);
+    assert_eq!(truth_a.tallies, truth_b.tallies);
+    assert!(files_a != files_c);
+    assert_ne!(truth_a.windows, truth_c.windows);
+    assert_eq!(truth_a.config["schedule"]["start_ms"], START_MS);
+}
+
+/// Real HTTP into an in-process redirect on the embedded broker; the truth is compared with
+/// what reached the clicks topic and the dead-letter topic.
+#[test]
+fn http_output_through_the_redirect_matches_what_reached_kafka() {
+    let kafka = EmbeddedKafka::start(&KafkaConfig {
+        partitions: 4,
+        ..KafkaConfig::default()
+    })
+    .unwrap();
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(&brokers, &dir.path().join("spool"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(common::RunningRedirect::start(config.clone()));
+
+    let cfg = LoadgenConfig {
+        output: OutputKind::Http,
+        target: server.base(),
+        truth: dir.path().join("truth.json"),
+        rate: 500.0,
+        count: Some(2_000),
+        concurrency: 8,
+        ads: 30,
+        publishers: 4,
+        duplicate_share: 0.1,
+        retry_share: 0.03,
+        allowed_late_share: 0.03,
+        malformed_share: 0.03,
+        forged_share: 0.03,
+        ..LoadgenConfig::default()
+    };
+    // The loadgen runs its own runtime on this thread; the redirect serves on `runtime`'s.
+    let summary = loadgen::run(&cfg, &config).unwrap();
+    assert_eq!(summary.errors, 0, "{summary}");
+    let truth = GroundTruth::read(&cfg.truth).unwrap();
+    let t = &truth.tallies;
+    assert!(
+        t.forged > 10 && t.malformed > 10 && t.duplicates > 100,
+        "{t:?}"
+    );
+
+    let expected = (t.emitted - t.invalid) as usize;
+    let records = common::read_topic(&brokers, "clicks", expected, Duration::from_secs(30));
+    assert_eq!(
+        records.len(),
+        expected,
+        "every click and accepted partner event, once"
+    );
+    let mut count = Independent::default();
+    count.partition(records.iter().map(|(_, v)| v.as_slice()));
+    assert_eq!(count.tallies.invalid, 0);
+    let rows = count.rows();
+    assert_eq!(count.tallies.counted, t.counted);
+    assert_eq!(count.tallies.duplicates, t.duplicates);
+    if t.ambiguous == 0 {
+        assert_rows_equal(&truth.windows, &rows);
+    }
+    let dead = common::read_topic(
+        &brokers,
+        "clicks-dlq",
+        t.malformed as usize,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        dead.len() as u64,
+        t.malformed,
+        "malformed partner lines are dead-lettered"
+    );
+
+    runtime.block_on(server.stop());
+}
