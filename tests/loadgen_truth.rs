@@ -12,6 +12,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use adclick::config::{Config, KafkaConfig};
@@ -148,7 +149,7 @@ fn busy_file_config(dir: &Path) -> LoadgenConfig {
 fn file_output_truth_equals_an_independent_count() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = busy_file_config(dir.path());
-    let summary = loadgen::run(&cfg, &config()).unwrap();
+    let summary = loadgen::run(&cfg, &config(), &AtomicBool::new(false)).unwrap();
     let truth = GroundTruth::read(&cfg.truth).unwrap();
     assert_eq!(summary.tallies, truth.tallies);
 
@@ -280,7 +281,7 @@ fn http_output_through_the_redirect_matches_what_reached_kafka() {
         ..LoadgenConfig::default()
     };
     // The loadgen runs its own runtime on this thread; the redirect serves on `runtime`'s.
-    let summary = loadgen::run(&cfg, &config).unwrap();
+    let summary = loadgen::run(&cfg, &config, &AtomicBool::new(false)).unwrap();
     assert_eq!(summary.errors, 0, "{summary}");
     let truth = GroundTruth::read(&cfg.truth).unwrap();
     let t = &truth.tallies;

@@ -1,10 +1,12 @@
 //! Seeded click traffic with its exact ground truth, into NDJSON files, the Kafka clicks
 //! topic, or a running adclick-redirect.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::bail;
 use clap::Parser;
 
-use adclick::cli::{CommonArgs, init_logging};
+use adclick::cli::{CommonArgs, init_logging, shutdown_signal};
 use adclick::loadgen::args::LoadgenArgs;
 use adclick::loadgen::{self, LoadgenConfig};
 
@@ -32,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     let mut config = cli.common.load(cli.loadgen.overrides()?)?;
     let cfg = LoadgenConfig::from_config(&config)?;
     let embedded = cli.common.maybe_embedded_kafka(&mut config)?;
-    let summary = loadgen::run(&cfg, &config)?;
+    let summary = loadgen::run(&cfg, &config, stop_on_signal()?)?;
     drop(embedded);
     eprintln!("{summary}");
     if summary.errors > 0 {
@@ -42,4 +44,19 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Raised by SIGINT or SIGTERM: the run then stops early, still writing the truth of what it
+/// sent (the demo stops its traffic this way).
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn stop_on_signal() -> anyhow::Result<&'static AtomicBool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(shutdown_signal());
+        STOP.store(true, Ordering::Relaxed);
+    });
+    Ok(&STOP)
 }

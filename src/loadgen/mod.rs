@@ -16,6 +16,7 @@ pub mod truth;
 use std::fmt;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -34,6 +35,8 @@ use truth::{GroundTruth, Tallies};
 
 /// Stream length when neither `duration` nor `count` is given.
 pub const DEFAULT_DURATION_S: f64 = 60.0;
+/// How stale a paced (`realtime`) stream's buffered output may get.
+const LIVE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -353,8 +356,9 @@ impl fmt::Display for Summary {
     }
 }
 
-/// Generates the configured traffic, delivers it, and writes the truth.
-pub fn run(cfg: &LoadgenConfig, config: &Config) -> anyhow::Result<Summary> {
+/// Generates the configured traffic, delivers it, and writes the truth. Setting `stop` ends
+/// the stream early (on a signal, say); the truth then describes what was delivered.
+pub fn run(cfg: &LoadgenConfig, config: &Config, stop: &AtomicBool) -> anyhow::Result<Summary> {
     cfg.check()?;
     let started = Instant::now();
     let now_ms = timefmt::now_millis();
@@ -373,7 +377,7 @@ pub fn run(cfg: &LoadgenConfig, config: &Config) -> anyhow::Result<Summary> {
                 begin(Partitioner::Crc32 { shards: cfg.files })?;
             let mut sink = output::file::FileSink::create(&cfg.out_dir, cfg.files)?;
             (
-                drive(cfg, traffic, truth, &mut sink, &progress)?,
+                drive(cfg, traffic, truth, &mut sink, &progress, stop)?,
                 description,
                 0,
             )
@@ -385,7 +389,7 @@ pub fn run(cfg: &LoadgenConfig, config: &Config) -> anyhow::Result<Summary> {
                 shards: sink.partitions(),
             })?;
             (
-                drive(cfg, traffic, truth, &mut sink, &progress)?,
+                drive(cfg, traffic, truth, &mut sink, &progress, stop)?,
                 description,
                 0,
             )
@@ -397,7 +401,7 @@ pub fn run(cfg: &LoadgenConfig, config: &Config) -> anyhow::Result<Summary> {
                 .context("kafka.partitions must be at least 1")?;
             let (traffic, truth, description, progress) =
                 begin(Partitioner::Murmur2 { shards: partitions })?;
-            let (truth, errors) = output::http::run(cfg, config, traffic, truth, progress)?;
+            let (truth, errors) = output::http::run(cfg, config, traffic, truth, progress, stop)?;
             (truth, description, errors)
         }
     };
@@ -418,12 +422,22 @@ fn drive(
     mut truth: GroundTruth,
     sink: &mut dyn Sink,
     progress: &ProgressBar,
+    stop: &AtomicBool,
 ) -> anyhow::Result<GroundTruth> {
     let pacer = cfg
         .realtime
         .then(|| Pacer::new(traffic.schedule().start_ms));
+    let mut flushed = Instant::now();
     for e in traffic {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         if let Some(wait) = pacer.as_ref().and_then(|p| p.wait(e.base_ms)) {
+            // Ahead of the clock: a good moment to let readers of a live stream see it.
+            if flushed.elapsed() >= LIVE_FLUSH_INTERVAL {
+                sink.flush()?;
+                flushed = Instant::now();
+            }
             std::thread::sleep(wait);
         }
         sink.send(&e)?;

@@ -58,6 +58,14 @@ impl Sink for FileSink {
             .with_context(|| format!("writing {}", path.display()))
     }
 
+    fn flush(&mut self) -> anyhow::Result<()> {
+        for (path, w) in &mut self.files {
+            w.flush()
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     fn finish(&mut self) -> anyhow::Result<()> {
         for (path, w) in &mut self.files {
             w.flush()

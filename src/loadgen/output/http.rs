@@ -9,7 +9,8 @@
 //! goes through the same worker, so a duplicate is requested only after its original was
 //! answered, and the original wins.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -120,11 +121,12 @@ impl Target {
         })
     }
 
-    /// The request for `e` at wall-clock second `now_s`.
-    pub fn plan(&self, e: &Emission, now_s: i64) -> Planned {
+    /// The request for `e` at wall-clock second `now_s`. A duplicate or retry requests `link`,
+    /// the URL its original requested, when given; other clicks get a freshly signed one.
+    pub fn plan(&self, e: &Emission, now_s: i64, link: Option<String>) -> Planned {
         match &e.kind {
             Kind::Click | Kind::Bot | Kind::Duplicate | Kind::Retry => Planned {
-                request: self.get(e, &self.url(e, None, now_s)),
+                request: self.get(e, &link.unwrap_or_else(|| self.url(e, None, now_s))),
                 expect: Expect::Redirect,
             },
             Kind::Forged(forgery) => Planned {
@@ -242,6 +244,8 @@ struct Shared {
     errors: AtomicU64,
     guard_ms: i64,
     progress: ProgressBar,
+    /// Set when the run is stopped early: queued emissions are dropped, not sent.
+    stopping: AtomicBool,
 }
 
 /// Sends the traffic and returns the truth of what was sent and the number of unexpected
@@ -252,6 +256,7 @@ pub fn run(
     traffic: Traffic,
     truth: GroundTruth,
     progress: ProgressBar,
+    stop: &AtomicBool,
 ) -> anyhow::Result<(GroundTruth, u64)> {
     let target = Target::new(cfg, config, traffic.catalog().clone())?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -267,6 +272,7 @@ pub fn run(
             errors: AtomicU64::new(0),
             guard_ms: cfg.boundary_guard_ms,
             progress,
+            stopping: AtomicBool::new(false),
         });
         let mut queues = Vec::with_capacity(cfg.concurrency);
         let mut workers = Vec::with_capacity(cfg.concurrency);
@@ -279,6 +285,10 @@ pub fn run(
         for e in traffic {
             if let Some(wait) = pacer.wait(e.base_ms) {
                 tokio::time::sleep(wait).await;
+            }
+            if stop.load(Ordering::Relaxed) {
+                shared.stopping.store(true, Ordering::Relaxed);
+                break;
             }
             let w = crc32fast::hash(e.click.event.impression_id.as_bytes()) as usize % queues.len();
             queues[w]
@@ -314,8 +324,13 @@ async fn check_reachable(client: &HttpClient, base: &str) -> anyhow::Result<()> 
 }
 
 async fn worker(mut rx: tokio::sync::mpsc::Receiver<Emission>, s: Arc<Shared>) {
+    // The URLs of clicks whose duplicate or retry is still to come.
+    let mut links: HashMap<String, String> = HashMap::new();
     while let Some(mut e) = rx.recv().await {
-        let outcome = deliver(&s, &mut e).await;
+        if s.stopping.load(Ordering::Relaxed) {
+            continue;
+        }
+        let outcome = deliver(&s, &mut e, &mut links).await;
         let mut truth = s.truth.lock().expect("not poisoned");
         truth.record(&e);
         match outcome {
@@ -338,7 +353,11 @@ struct Delivered {
 }
 
 /// Sends `e`, setting its event time to what the redirect will record, and checks the answer.
-async fn deliver(s: &Shared, e: &mut Emission) -> anyhow::Result<Delivered> {
+async fn deliver(
+    s: &Shared,
+    e: &mut Emission,
+    links: &mut HashMap<String, String>,
+) -> anyhow::Result<Delivered> {
     let is_get = matches!(
         e.kind,
         Kind::Click | Kind::Bot | Kind::Duplicate | Kind::Retry | Kind::Forged(_)
@@ -355,7 +374,13 @@ async fn deliver(s: &Shared, e: &mut Emission) -> anyhow::Result<Delivered> {
         // Partner events keep their distance behind real time, however late the worker runs.
         e.click.event.event_time_ms += sent_ms - e.base_ms;
     }
-    let planned = s.target.plan(e, sent_ms.div_euclid(1000));
+    let impression = &e.click.event.impression_id;
+    let planned = s
+        .target
+        .plan(e, sent_ms.div_euclid(1000), links.remove(impression));
+    if !e.settles {
+        links.insert(impression.clone(), planned.request.uri().to_string());
+    }
     let resp = s
         .client
         .request(planned.request)
@@ -441,7 +466,7 @@ mod tests {
     fn verify(e: &Emission) -> Result<ClickClaims, TokenError> {
         let t = target();
         let now_s = 1_776_686_400;
-        let planned = t.plan(e, now_s);
+        let planned = t.plan(e, now_s, None);
         let uri = planned.request.uri();
         let impression = uri.path().rsplit('/').next().unwrap();
         assert_eq!(impression, e.click.event.impression_id);
@@ -458,8 +483,16 @@ mod tests {
         let claims = verify(&e).unwrap();
         assert_eq!(claims.ad_id, e.click.event.ad_id);
         assert_eq!(claims.publisher_id, e.click.event.publisher_id);
-        let planned = target().plan(&e, 0);
+        let planned = target().plan(&e, 0, None);
         assert_eq!(planned.expect, Expect::Redirect);
+        // A double click requests the very same link again.
+        let link = planned.request.uri().to_string();
+        let again = target().plan(&e, 5_000, Some(link.clone()));
+        assert_eq!(again.request.uri().to_string(), link);
+        assert_ne!(
+            target().plan(&e, 5_000, None).request.uri().to_string(),
+            link
+        );
         let h = planned.request.headers();
         assert_eq!(h[USER_AGENT], e.click.event.user_agent.as_str());
         assert_eq!(h["x-edge-country"], e.click.country);
@@ -479,7 +512,7 @@ mod tests {
             (Forgery::UnknownKey, "unknown_key"),
         ] {
             e.kind = Kind::Forged(forgery);
-            assert_eq!(target().plan(&e, 0).expect, Expect::Forbidden);
+            assert_eq!(target().plan(&e, 0, None).expect, Expect::Forbidden);
             assert_eq!(verify(&e).unwrap_err().label(), label, "{forgery:?}");
         }
     }
@@ -493,7 +526,7 @@ mod tests {
             (Kind::Malformed(Flaw::BadCountry), Expect::Rejected),
         ] {
             e.kind = kind;
-            let planned = target().plan(&e, 0);
+            let planned = target().plan(&e, 0, None);
             assert_eq!(planned.expect, expect);
             assert_eq!(planned.request.method(), Method::POST);
             assert_eq!(planned.request.uri().path(), "/api/v1/events");
