@@ -187,7 +187,10 @@ impl LoadgenConfig {
             bail!("loadgen.rate must be a positive number of events per second");
         }
         match (self.duration, self.count) {
-            (Some(_), Some(_)) => bail!("give loadgen.duration or loadgen.count, not both"),
+            (Some(_), Some(_)) => bail!(
+                "loadgen.duration and loadgen.count are both set (by --config, flags or \
+                 ADCLICK_LOADGEN_*): keep one"
+            ),
             (Some(d), None) if !(d.is_finite() && d > 0.0) => {
                 bail!("loadgen.duration must be a positive number of seconds")
             }
@@ -383,8 +386,7 @@ pub fn run(cfg: &LoadgenConfig, config: &Config, stop: &AtomicBool) -> anyhow::R
             )
         }
         OutputKind::Kafka => {
-            let mut sink =
-                output::kafka::KafkaSink::connect(&config.kafka, cfg.seed, cfg.json_share)?;
+            let mut sink = output::kafka::KafkaSink::connect(&config.kafka, cfg.json_share)?;
             let (traffic, truth, description, progress) = begin(Partitioner::Murmur2 {
                 shards: sink.partitions(),
             })?;
@@ -507,7 +509,7 @@ mod tests {
             ("allowed_lateness_ms = 20000", "allowed_lateness_ms"),
             ("ads = 0", "ads"),
             ("rate = 0", "rate"),
-            ("duration = 5\ncount = 5", "not both"),
+            ("duration = 5\ncount = 5", "keep one"),
             ("bot_share = 0.5\nmalformed_share = 0.6", "more than 1"),
         ];
         for (text, needle) in cases {

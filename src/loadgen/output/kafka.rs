@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -28,8 +26,6 @@ pub struct KafkaSink {
     producer: ThreadedProducer<Deliveries>,
     topic: String,
     partitions: u32,
-    /// Picks the JSON records; its own stream so the traffic does not depend on it.
-    format_rng: ChaCha8Rng,
     json_share: f64,
     sent: u64,
 }
@@ -62,7 +58,7 @@ impl ProducerContext for Deliveries {
 
 impl KafkaSink {
     /// Connects and learns the clicks topic's partition count, which must exist.
-    pub fn connect(kafka: &KafkaConfig, seed: u64, json_share: f64) -> anyhow::Result<Self> {
+    pub fn connect(kafka: &KafkaConfig, json_share: f64) -> anyhow::Result<Self> {
         let producer: ThreadedProducer<Deliveries> = crate::kafka::producer_config(kafka)
             .create_with_context(Deliveries::default())
             .context("creating the Kafka producer")?;
@@ -86,7 +82,6 @@ impl KafkaSink {
             producer,
             topic,
             partitions,
-            format_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6a73_6f6e),
             json_share,
             sent: 0,
         })
@@ -95,16 +90,21 @@ impl KafkaSink {
     pub fn partitions(&self) -> u32 {
         self.partitions
     }
+
+    /// JSON for a `json_share` of click ids, chosen by hash so a retry is re-sent exactly as
+    /// its original was.
+    fn format(&self, click_id: &str) -> Format {
+        if f64::from(crc32fast::hash(click_id.as_bytes())) < self.json_share * 4_294_967_296.0 {
+            Format::Json
+        } else {
+            Format::Protobuf
+        }
+    }
 }
 
 impl Sink for KafkaSink {
     fn send(&mut self, e: &Emission) -> anyhow::Result<()> {
-        let format = if self.format_rng.random_bool(self.json_share) {
-            Format::Json
-        } else {
-            Format::Protobuf
-        };
-        let value = event_record(e, format);
+        let value = event_record(e, self.format(&e.click.event.click_id));
         let mut record = BaseRecord::to(&self.topic)
             .key(e.click.event.impression_id.as_bytes())
             .payload(&value)
@@ -154,6 +154,7 @@ mod tests {
     use crate::kafka::embedded::EmbeddedKafka;
     use crate::loadgen::LoadgenConfig;
     use crate::loadgen::partition::Partitioner;
+    use crate::loadgen::traffic::Kind;
     use crate::loadgen::traffic::tests::traffic;
 
     fn read_all(
@@ -196,10 +197,11 @@ mod tests {
         };
         let broker = EmbeddedKafka::start(&kafka_cfg).unwrap();
         kafka_cfg.brokers = broker.bootstrap_servers();
-        let mut sink = KafkaSink::connect(&kafka_cfg, 7, 0.3).unwrap();
+        let mut sink = KafkaSink::connect(&kafka_cfg, 0.3).unwrap();
         assert_eq!(sink.partitions(), 5);
         let cfg = LoadgenConfig {
             malformed_share: 0.1,
+            retry_share: 0.05,
             ..LoadgenConfig::default()
         };
         let mut t = traffic(&cfg, 400, 1);
@@ -229,9 +231,14 @@ mod tests {
         }
         let malformed = sent
             .iter()
-            .filter(|e| matches!(e.kind, crate::loadgen::traffic::Kind::Malformed(_)))
+            .filter(|e| matches!(e.kind, Kind::Malformed(_)))
             .count();
         assert_eq!(valid, sent.len() - malformed);
+        // A retry is its original's record again, byte for byte.
+        let retries = sent.iter().filter(|e| e.kind == Kind::Retry).count();
+        let distinct: std::collections::HashSet<_> = got.iter().map(|(_, k, v)| (k, v)).collect();
+        assert!(retries > 0);
+        assert_eq!(got.len() - distinct.len(), retries);
         assert!(json > 60 && json < 200, "{json} JSON records of 400");
     }
 
