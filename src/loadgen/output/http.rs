@@ -302,6 +302,7 @@ pub fn run(
         }
         let shared =
             Arc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("workers still hold the truth"))?;
+        shared.progress.finish_and_clear();
         let errors = shared.errors.into_inner();
         Ok((shared.truth.into_inner().expect("not poisoned"), errors))
     })
