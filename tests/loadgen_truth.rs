@@ -68,19 +68,27 @@ impl Independent {
                 .iter()
                 .min_by(|a, b| (a.event_time_ms, &a.click_id).cmp(&(b.event_time_ms, &b.click_id)))
                 .unwrap();
-            let minute = w.event_time_ms.div_euclid(60_000) * 60_000;
-            let key = (
-                minute,
-                w.ad_id.clone(),
-                w.campaign_id.clone(),
-                w.advertiser_id.clone(),
-                w.publisher_id.clone(),
-                w.country.clone(),
-                w.device().unwrap().as_str().to_string(),
-            );
-            let row = rows.entry(key).or_default();
-            row.0 += 1;
-            row.1 += clicks.len() as u64 - 1;
+            // The winner is a click in its row; every other click a duplicate in its own.
+            let mut winner_seen = false;
+            for c in clicks {
+                let is_winner = !winner_seen && std::ptr::eq(*c, *w);
+                winner_seen |= is_winner;
+                let key = (
+                    c.event_time_ms.div_euclid(60_000) * 60_000,
+                    c.ad_id.clone(),
+                    c.campaign_id.clone(),
+                    c.advertiser_id.clone(),
+                    c.publisher_id.clone(),
+                    c.country.clone(),
+                    c.device().unwrap().as_str().to_string(),
+                );
+                let row = rows.entry(key).or_default();
+                if is_winner {
+                    row.0 += 1;
+                } else {
+                    row.1 += 1;
+                }
+            }
             self.tallies.counted += 1;
             self.tallies.duplicates += clicks.len() as u64 - 1;
         }

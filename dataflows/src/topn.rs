@@ -39,11 +39,16 @@ pub fn top_n<'s>(
     cfg: &TopNConfig,
 ) -> VecCollection<'s, u64, (RankKey, Ranking), isize> {
     let (n, shards, windows) = (cfg.n, cfg.shards.max(1), cfg.window_minutes.clone());
-    // (minute, country, ad) with diff = clicks.
+    // (minute, country, ad) with diff = clicks, delayed to the next minute boundary: rankings
+    // are recomputed once a minute (seed 003: "aggregation every minute"), not on every tick.
     let ad_minutes = minute_rows
         .inner
         .flat_map(|((minute, dims), time, (clicks, _))| {
-            (clicks != 0).then_some(((minute, dims.country, dims.ad_id), time, clicks as isize))
+            (clicks != 0).then_some((
+                (minute, dims.country, dims.ad_id),
+                next_minute(time),
+                clicks as isize,
+            ))
         })
         .as_collection();
     let in_windows = ad_minutes.flat_map(move |(minute, country, ad)| {
@@ -72,6 +77,17 @@ pub fn top_n<'s>(
                 out.push((ranking, 1));
             },
         )
+}
+
+/// `t` rounded up to a minute boundary.
+pub fn next_minute(t: u64) -> u64 {
+    t.div_ceil(MINUTE_MS) * MINUTE_MS
+}
+
+/// The time after which the ranking of the window whose last minute starts at `end` no
+/// longer changes: its end, plus the allowed lateness, rounded up to the minute.
+pub fn final_at(end: u64, allowed_lateness_ms: u64) -> u64 {
+    next_minute(end + MINUTE_MS + allowed_lateness_ms)
 }
 
 /// The `n` best (ad, clicks): most clicks first, then smallest ad id; zero counts excluded.

@@ -218,7 +218,7 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
     r.hour.retain(|_, m| *m != (0, 0));
     let mut top: BTreeMap<(RankKey, Ranking), isize> = BTreeMap::new();
     for (k, t, d) in top_u {
-        if t < k.0.1 + MINUTE_MS + LATENESS {
+        if t <= adclick_dataflows::topn::final_at(k.0.1, LATENESS) {
             *top.entry(k).or_default() += d;
         }
     }

@@ -2,7 +2,8 @@
 //! emitted, computed exactly and independently of the pipeline.
 //!
 //! Per impression, the winner is the click with the earliest event time, ties broken by the
-//! smallest click id; every other click on it is a duplicate, counted in the winner's row.
+//! smallest click id; every other click on it is a duplicate, counted in its own row (the row of its own event
+//! time and dimensions), so a duplicate's measure never moves when the winner changes.
 //! Rows are keyed by (minute, ad, campaign, advertiser, publisher, country, device), with the
 //! country and device the generator intended. Every emission lands in exactly one tally:
 //! `emitted = counted + duplicates + late + invalid`.
@@ -155,12 +156,16 @@ impl GroundTruth {
         };
         let winner = match self.open.get_mut(&e.impression_id) {
             Some(w) => {
-                if (e.event_time_ms, click_id) < (w.event_time_ms, w.click_id) {
+                // The loser of the two is a duplicate, counted in its own row.
+                let loser = if (e.event_time_ms, click_id) < (w.event_time_ms, w.click_id) {
                     w.event_time_ms = e.event_time_ms;
                     w.click_id = click_id;
-                    w.row = row;
-                }
+                    std::mem::replace(&mut w.row, row)
+                } else {
+                    row
+                };
                 w.duplicates += 1;
+                self.rows.entry(loser).or_default().duplicates += 1;
                 if !settles {
                     return;
                 }
@@ -184,9 +189,7 @@ impl GroundTruth {
     }
 
     fn settle(&mut self, w: Winner) {
-        let counts = self.rows.entry(w.row).or_default();
-        counts.clicks += 1;
-        counts.duplicates += w.duplicates;
+        self.rows.entry(w.row).or_default().clicks += 1;
         self.tallies.counted += 1;
         self.tallies.duplicates += w.duplicates;
     }
@@ -384,13 +387,18 @@ mod tests {
 
     #[test]
     fn the_earlier_duplicate_wins_and_carries_the_row() {
+        // The later original loses: a duplicate in its own minute; the click counts in the
+        // duplicate's (earlier) minute.
         let r = pair(START + 60_500, START + 59_500, LOW, HIGH);
-        assert_eq!(r.windows.len(), 1);
+        assert_eq!(r.windows.len(), 2);
         assert_eq!(r.windows[0].minute_ms, START);
         assert_eq!(r.windows[0].minute, "2026-04-20T12:00:00Z");
-        assert_eq!((r.windows[0].clicks, r.windows[0].duplicates), (1, 1));
+        assert_eq!((r.windows[0].clicks, r.windows[0].duplicates), (1, 0));
+        assert_eq!(r.windows[1].minute_ms, START + 60_000);
+        assert_eq!((r.windows[1].clicks, r.windows[1].duplicates), (0, 1));
         let r = pair(START + 59_500, START + 60_500, HIGH, LOW);
-        assert_eq!(r.windows[0].minute_ms, START);
+        assert_eq!((r.windows[0].minute_ms, r.windows[0].clicks), (START, 1));
+        assert_eq!((r.windows[1].clicks, r.windows[1].duplicates), (0, 1));
     }
 
     #[test]
@@ -407,17 +415,22 @@ mod tests {
         dup.settles = true;
         dup.click.publisher = (orig.click.publisher + 1) % cfg.publishers;
         dup.click.event.click_id = LOW.into();
+        let counted = |r: &TruthReport| {
+            let rows: Vec<_> = r.windows.iter().filter(|w| w.clicks == 1).collect();
+            assert_eq!(rows.len(), 1);
+            assert_eq!(
+                r.windows.len(),
+                2,
+                "the loser is a duplicate in its own row"
+            );
+            rows[0].publisher_id.clone()
+        };
         let r = report(&cfg, &[orig.clone(), dup.clone()]);
-        let want = cfg_publisher(dup.click.publisher);
-        assert_eq!(r.windows.len(), 1);
-        assert_eq!(r.windows[0].publisher_id, want);
+        assert_eq!(counted(&r), cfg_publisher(dup.click.publisher));
         // And the other way round.
         dup.click.event.click_id = "01900000-0000-7000-8000-000000000003".into();
         let r = report(&cfg, &[orig.clone(), dup]);
-        assert_eq!(
-            r.windows[0].publisher_id,
-            cfg_publisher(orig.click.publisher)
-        );
+        assert_eq!(counted(&r), cfg_publisher(orig.click.publisher));
     }
 
     fn cfg_publisher(p: u32) -> String {
