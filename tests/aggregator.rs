@@ -106,22 +106,20 @@ fn read_output(path: &Path) -> (BTreeMap<Key, (i64, i64)>, Tallies) {
                 duplicates,
                 status,
                 ..
-            } if granularity == "minute" && status == "final" => {
-                if (clicks, duplicates) != (0, 0) {
-                    let dims = [
-                        ad_id,
-                        campaign_id,
-                        advertiser_id,
-                        publisher_id,
-                        country,
-                        device,
-                    ];
-                    assert!(
-                        rows.insert((window_start_ms, dims), (clicks, duplicates))
-                            .is_none(),
-                        "a window reported final twice"
-                    );
-                }
+            } if granularity == "minute" && status == "final" && (clicks, duplicates) != (0, 0) => {
+                let dims = [
+                    ad_id,
+                    campaign_id,
+                    advertiser_id,
+                    publisher_id,
+                    country,
+                    device,
+                ];
+                assert!(
+                    rows.insert((window_start_ms, dims), (clicks, duplicates))
+                        .is_none(),
+                    "a window reported final twice"
+                );
             }
             Line::Tallies(t) => tallies = Some(t),
             _ => {}
