@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: embedded Kafka, the redirect, and simulated traffic through real HTTP, with a
-# live view of clicks reaching Kafka. Ctrl-C stops it (or set DEMO_SECONDS).
+# The demo: embedded Kafka, the redirect, the aggregator, and simulated traffic through real
+# HTTP, with a live view of clicks reaching Kafka and windows completing. Ctrl-C stops it (or
+# set DEMO_SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${DEMO_RATE:-200}
@@ -26,6 +27,11 @@ echo "redirect:         http://127.0.0.1:8080  (metrics: http://127.0.0.1:8080/m
 echo "a signed click:   $("$BIN/adclick-redirect" --config config/demo.toml sign --impression-id demo-1 \
   --ad-id ad_1 --campaign-id cmp_1 --advertiser-id adv_1 --publisher-id pub_1 --url https://example.com/)"
 
+"$BIN/adclick-aggregator" --config config/demo.toml --brokers "$brokers" --workers 2 \
+  --output "$OUT/windows.ndjson" 2>"$OUT/aggregator.log" &
+pids+=($!)
+echo "aggregator:       2 workers; window reports in $OUT/windows.ndjson"
+
 "$BIN/adclick-loadgen" --config config/demo.toml --output http --target http://127.0.0.1:8080 \
   --rate "$RATE" --duration "$SECONDS_TO_RUN" --truth "$OUT/truth.json" 2>"$OUT/loadgen.log" &
 loadgen=$!
@@ -36,11 +42,12 @@ echo
 metric() { curl -s http://127.0.0.1:8080/metrics | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {print s+0}'; }
 while kill -0 "$loadgen" 2>/dev/null; do
   sleep 2
-  printf '\rredirected %8s   rejected %6s   delivered to Kafka %8s   in spool %5s ' \
+  printf '\rredirected %8s   rejected %6s   in Kafka %8s   spool %5s   windows complete %6s ' \
     "$(metric 'adclick_redirect_requests_total\{endpoint="click",outcome="redirected"')" \
     "$(curl -s http://127.0.0.1:8080/metrics | awk '/^adclick_redirect_requests_total\{endpoint="click"/ && !/redirected/ {s+=$2} END {print s+0}')" \
     "$(metric adclick_redirect_outbox_delivered_total)" \
-    "$(metric adclick_redirect_outbox_spool_records)"
+    "$(metric adclick_redirect_outbox_spool_records)" \
+    "$(grep -c '"status":"complete"' "$OUT/windows.ndjson" 2>/dev/null || echo 0)"
 done
 echo
 tail -n 1 "$OUT/loadgen.log"
