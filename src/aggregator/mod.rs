@@ -5,6 +5,7 @@
 pub mod config;
 pub mod decode;
 pub mod file_source;
+pub mod kafka_sink;
 pub mod kafka_source;
 pub mod output;
 
@@ -34,8 +35,7 @@ pub enum Input {
     Files(Vec<PathBuf>),
     /// The clicks topic; with `until_end`, a batch job over what the topic holds at start.
     Kafka {
-        brokers: String,
-        topic: String,
+        kafka: crate::config::KafkaConfig,
         until_end: bool,
     },
 }
@@ -74,20 +74,25 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         let enricher = enricher.clone();
         worker.dataflow::<u64, _, _>(move |scope| {
             let events = match input {
-                Input::Files(files) => clock_source(
+                Input::Files(ref files) => clock_source(
                     scope,
                     "FileSource",
-                    FileReader::new(&files, index, peers, enricher),
+                    FileReader::new(files, index, peers, enricher),
                     time,
                     now_ms,
                 ),
                 Input::Kafka {
-                    brokers,
-                    topic,
+                    ref kafka,
                     until_end,
                 } => {
-                    let reader = KafkaReader::new(&brokers, &topic, index, peers, until_end)
-                        .unwrap_or_else(|e| panic!("worker {index}: {e:#}"));
+                    let reader = KafkaReader::new(
+                        &kafka.brokers,
+                        &kafka.clicks_topic,
+                        index,
+                        peers,
+                        until_end,
+                    )
+                    .unwrap_or_else(|e| panic!("worker {index}: {e:#}"));
                     clock_source(scope, "KafkaSource", reader, time, now_ms)
                 }
             };
@@ -105,6 +110,10 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                     },
                 );
             let a = aggregate(events, &acfg);
+            if let Input::Kafka { kafka, .. } = &input {
+                kafka_sink::late_to_kafka(a.late.clone(), kafka);
+                kafka_sink::rejected_to_kafka(a.rejected.clone(), kafka);
+            }
             let lines = scope.concatenate([
                 received,
                 reports(a.minute, MINUTE_MS, lateness).map(Out::Report),

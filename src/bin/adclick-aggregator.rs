@@ -71,8 +71,7 @@ fn main() -> anyhow::Result<()> {
     let agg: AggregatorConfig = config.aggregator.clone().try_into()?;
     let input = if cli.inputs.is_empty() {
         Input::Kafka {
-            brokers: config.kafka.brokers.clone(),
-            topic: config.kafka.clicks_topic.clone(),
+            kafka: config.kafka.clone(),
             until_end: cli.until_end,
         }
     } else {
