@@ -24,7 +24,7 @@ use crate::click::{Click, Dims, Measures, Row};
 use crate::time::{MINUTE_MS, window_start};
 
 /// What the dedup remembers about an impression.
-struct Winner {
+pub struct Winner {
     event_time: u64,
     click_id: String,
     dims: Dims,
@@ -95,8 +95,9 @@ fn row(event_time: u64, dims: Dims) -> Row {
     (window_start(event_time, MINUTE_MS), dims)
 }
 
-/// The updates one click causes, given the state so far.
-fn decide(
+/// The updates one click causes, given the state so far (`winners` per impression, and the
+/// impressions to forget by eviction time).
+pub fn decide(
     winners: &mut HashMap<String, Winner>,
     evictions: &mut BTreeMap<u64, Vec<String>>,
     click: Click,

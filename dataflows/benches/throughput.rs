@@ -1,0 +1,156 @@
+//! The dataflow alone, on pre-built clicks in memory: events per second through source clock,
+//! dedup, minute/hour/day rows, top-N and window reports, on 1 and 2 workers; and the heap
+//! bytes the dedup keeps per tracked impression.
+//!
+//!     cargo bench -p adclick-dataflows --bench throughput -- [EVENTS] [ROUNDS]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
+
+use adclick_dataflows::click::{Click, Dims};
+use adclick_dataflows::dedup::decide;
+use adclick_dataflows::report::reports;
+use adclick_dataflows::source::{PartitionReader, Polled, Record, clock_source};
+use adclick_dataflows::time::MINUTE_MS;
+use adclick_dataflows::watermark::TimeConfig;
+use adclick_dataflows::{AggregateConfig, aggregate};
+use timely::dataflow::operators::Probe;
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+}
+#[global_allocator]
+static A: Counting = Counting;
+
+const START: u64 = 1_776_686_400_000;
+
+/// `n` clicks over 8 partitions at 50 000 clicks/s of event time, 10 000 ads (Zipf-ish via
+/// squaring), 5 % duplicates, up to 3 s of disorder.
+fn clicks(n: usize) -> Vec<Vec<Click>> {
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut parts = vec![Vec::with_capacity(n / 8 + 1); 8];
+    for i in 0..n as u64 {
+        let r = rnd();
+        let ad = ((r % 100) * (r % 100)) % 10_000;
+        let imp = if r % 20 == 0 && i > 10 { i - 1 - (r % 10) } else { i };
+        parts[(imp % 8) as usize].push(Click {
+            impression_id: format!("imp-{imp}"),
+            click_id: format!("{:016x}", rnd()),
+            event_time: START + i / 50 - (r >> 40) % 3_000,
+            dims: Dims {
+                ad_id: format!("ad_{ad}"),
+                campaign_id: format!("cmp_{}", ad % 1000),
+                advertiser_id: format!("adv_{}", ad % 100),
+                publisher_id: format!("pub_{}", r % 500),
+                country: ["US", "GB", "DE", "IN", "BR", "JP"][(r % 6) as usize].into(),
+                device: ["mobile", "desktop", "tablet"][(r % 3) as usize].into(),
+            },
+        });
+    }
+    parts
+}
+
+struct Memory(Vec<std::vec::IntoIter<Click>>);
+impl PartitionReader for Memory {
+    fn partitions(&self) -> usize {
+        self.0.len()
+    }
+    fn poll(&mut self, p: usize, max: usize, out: &mut Vec<Record>) -> Polled {
+        let before = out.len();
+        out.extend(self.0[p].by_ref().take(max).map(Record::Click));
+        if out.len() - before < max { Polled::Finished } else { Polled::More }
+    }
+}
+
+fn run(workers: usize, parts: Vec<Vec<Click>>, top_windows: Vec<u64>) -> f64 {
+    let total: usize = parts.iter().map(Vec::len).sum();
+    let started = Instant::now();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mine: Vec<_> = parts
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| p % peers == index)
+            .map(|(_, v)| v.clone().into_iter())
+            .collect();
+        let top = top_windows.clone();
+        let probe = worker.dataflow::<u64, _, _>(move |scope| {
+            let cfg = TimeConfig {
+                idle_timeout_ms: None,
+                ..TimeConfig::default()
+            };
+            let events = clock_source(scope, "Memory", Memory(mine), cfg, || 0);
+            let mut acfg = AggregateConfig::default();
+            acfg.top.window_minutes = top;
+            let a = aggregate(events, &acfg);
+            let (probe, _) = reports(a.minute, MINUTE_MS, 300_000).probe();
+            a.top.probe_with(&probe);
+            probe
+        });
+        while !probe.done() {
+            worker.step();
+        }
+    })
+    .unwrap()
+    .join();
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Heap bytes per impression the dedup keeps, with realistic ids (UUID-sized click ids).
+fn dedup_bytes_per_impression(n: usize) -> f64 {
+    let mut parts = clicks(n);
+    for c in parts.iter_mut().flatten() {
+        c.click_id = format!("0192f6a4-7c1e-7b3a-9c44-{:012x}", c.event_time);
+    }
+    let before = LIVE.load(Ordering::Relaxed);
+    let (mut winners, mut evictions) = (HashMap::new(), BTreeMap::new());
+    for c in parts.into_iter().flatten() {
+        decide(&mut winners, &mut evictions, c, 86_400_000);
+    }
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    held as f64 / winners.len() as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().filter(|a| !a.starts_with('-')).collect();
+    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let parts = clicks(n);
+    println!("{n} clicks in memory, median of {rounds} rounds");
+    for (label, top) in [("top-N over 1 min", vec![1]), ("top-N over 1, 5, 60 min", vec![1, 5, 60])] {
+        for workers in [1, 2] {
+            let r = median((0..rounds).map(|_| run(workers, parts.clone(), top.clone())).collect());
+            println!(
+                "{label:>24}, {workers} worker(s): {:>10.0} events/s ({:.0} per worker)",
+                r,
+                r / workers as f64
+            );
+        }
+    }
+    println!(
+        "dedup state: {:.0} heap bytes per tracked impression",
+        dedup_bytes_per_impression(n.min(1_000_000))
+    );
+}
