@@ -49,7 +49,11 @@ fn clicks(n: usize) -> Vec<Vec<Click>> {
     for i in 0..n as u64 {
         let r = rnd();
         let ad = ((r % 100) * (r % 100)) % 10_000;
-        let imp = if r % 20 == 0 && i > 10 { i - 1 - (r % 10) } else { i };
+        let imp = if r % 20 == 0 && i > 10 {
+            i - 1 - (r % 10)
+        } else {
+            i
+        };
         parts[(imp % 8) as usize].push(Click {
             impression_id: format!("imp-{imp}"),
             click_id: format!("{:016x}", rnd()),
@@ -75,7 +79,11 @@ impl PartitionReader for Memory {
     fn poll(&mut self, p: usize, max: usize, out: &mut Vec<Record>) -> Polled {
         let before = out.len();
         out.extend(self.0[p].by_ref().take(max).map(Record::Click));
-        if out.len() - before < max { Polled::Finished } else { Polled::More }
+        if out.len() - before < max {
+            Polled::Finished
+        } else {
+            Polled::More
+        }
     }
 }
 
@@ -115,11 +123,11 @@ fn run(workers: usize, parts: Vec<Vec<Click>>, top_windows: Vec<u64>) -> f64 {
 
 /// Heap bytes per impression the dedup keeps, with realistic ids (UUID-sized click ids).
 fn dedup_bytes_per_impression(n: usize) -> f64 {
+    let before = LIVE.load(Ordering::Relaxed);
     let mut parts = clicks(n);
     for c in parts.iter_mut().flatten() {
         c.click_id = format!("0192f6a4-7c1e-7b3a-9c44-{:012x}", c.event_time);
     }
-    let before = LIVE.load(Ordering::Relaxed);
     let (mut winners, mut evictions) = (HashMap::new(), BTreeMap::new());
     for c in parts.into_iter().flatten() {
         decide(&mut winners, &mut evictions, c, 86_400_000);
@@ -135,13 +143,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().filter(|a| !a.starts_with('-')).collect();
-    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = args
+        .get(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
     let parts = clicks(n);
     println!("{n} clicks in memory, median of {rounds} rounds");
-    for (label, top) in [("top-N over 1 min", vec![1]), ("top-N over 1, 5, 60 min", vec![1, 5, 60])] {
+    let shapes = [
+        ("no top-N", vec![]),
+        ("top-N over 1 min", vec![1]),
+        ("top-N over 1, 5, 60 min", vec![1, 5, 60]),
+    ];
+    for (label, top) in shapes {
         for workers in [1, 2] {
-            let r = median((0..rounds).map(|_| run(workers, parts.clone(), top.clone())).collect());
+            let r = median(
+                (0..rounds)
+                    .map(|_| run(workers, parts.clone(), top.clone()))
+                    .collect(),
+            );
             println!(
                 "{label:>24}, {workers} worker(s): {:>10.0} events/s ({:.0} per worker)",
                 r,

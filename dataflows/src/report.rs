@@ -3,7 +3,7 @@
 //! `final` once the frontier passes its end plus the allowed lateness, after which it never
 //! changes again (later updates to it are only its retention retraction, which is not news).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use differential_dataflow::{Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -31,9 +31,18 @@ pub struct WindowReport {
     pub status: Status,
 }
 
-struct RowState {
-    measures: Measures,
-    reported: Option<Measures>,
+/// Rows by the state of their window, so each activation touches only what changes.
+#[derive(Default)]
+struct Rows {
+    measures: HashMap<Row, Measures>,
+    /// Rows not yet reported, by window end.
+    unreported: BTreeMap<u64, HashSet<Row>>,
+    /// Reported rows, by the time they become final.
+    reported: BTreeMap<u64, HashSet<Row>>,
+    /// Reported rows changed since their last report.
+    changed: HashSet<Row>,
+    /// Rows already reported, with the measures they were last reported with.
+    last: HashMap<Row, Measures>,
 }
 
 /// Reports for rows of `window_ms` windows.
@@ -50,7 +59,7 @@ pub fn reports<'s>(
             move |cap, _info| {
                 let mut cap = Some(cap);
                 let mut pending: BTreeMap<u64, Vec<(Row, Measures)>> = BTreeMap::new();
-                let mut open: BTreeMap<Row, RowState> = BTreeMap::new();
+                let mut rows = Rows::default();
                 move |(input, frontier), output| {
                     input.for_each(|_cap, data| {
                         for (row, t, m) in data.drain(..) {
@@ -58,56 +67,78 @@ pub fn reports<'s>(
                         }
                     });
                     let bound = frontier.frontier().first().copied();
-                    let done = |t: u64| bound.is_none_or(|b| t < b);
-                    // Apply complete times in order; ignore updates to rows already final.
+                    let limit = bound.unwrap_or(u64::MAX);
+                    // Apply complete times in order; ignore updates to rows already final
+                    // (those are retention retractions).
                     while let Some(entry) = pending.first_entry() {
-                        if !done(*entry.key()) {
+                        if *entry.key() >= limit {
                             break;
                         }
                         let (t, updates) = entry.remove_entry();
                         for (row, (c, d)) in updates {
-                            if t >= row.0 + window_ms + lateness_ms {
+                            let end = row.0 + window_ms;
+                            if t >= end + lateness_ms {
                                 continue;
                             }
-                            let s = open.entry(row).or_insert(RowState {
-                                measures: (0, 0),
-                                reported: None,
-                            });
-                            s.measures.0 += c;
-                            s.measures.1 += d;
+                            let m = rows.measures.entry(row.clone()).or_insert_with(|| (0, 0));
+                            m.0 += c;
+                            m.1 += d;
+                            if rows.last.contains_key(&row) {
+                                rows.changed.insert(row);
+                            } else {
+                                rows.unreported.entry(end).or_default().insert(row);
+                            }
                         }
                     }
                     let Some(c) = cap.as_mut() else { return };
                     let mut out = Vec::new();
-                    let limit = bound.unwrap_or(u64::MAX);
-                    let mut finished = Vec::new();
-                    for (row, s) in open.range_mut(..) {
-                        let end = row.0 + window_ms;
-                        if end > limit {
-                            break;
-                        }
-                        let report = |status, m: Measures| WindowReport {
-                            window_ms,
-                            row: row.clone(),
-                            clicks: m.0,
-                            duplicates: m.1,
-                            status,
-                        };
-                        if end + lateness_ms <= limit {
-                            if s.measures != (0, 0) || s.reported.is_some() {
-                                out.push(report(Status::Final, s.measures));
-                            }
-                            finished.push(row.clone());
-                        } else if s.reported.is_none() {
-                            out.push(report(Status::Complete, s.measures));
-                            s.reported = Some(s.measures);
-                        } else if s.reported != Some(s.measures) {
-                            out.push(report(Status::Correction, s.measures));
-                            s.reported = Some(s.measures);
+                    let report = |row: &Row, m: Measures, status| WindowReport {
+                        window_ms,
+                        row: row.clone(),
+                        clicks: m.0,
+                        duplicates: m.1,
+                        status,
+                    };
+                    // Corrections of rows reported before.
+                    for row in rows.changed.drain() {
+                        let m = rows.measures[&row];
+                        if rows.last.get(&row) != Some(&m) {
+                            out.push(report(&row, m, Status::Correction));
+                            rows.last.insert(row, m);
                         }
                     }
-                    for row in finished {
-                        open.remove(&row);
+                    // Windows the frontier passed the end of: complete.
+                    while let Some(entry) = rows.unreported.first_entry() {
+                        if *entry.key() > limit {
+                            break;
+                        }
+                        let (end, bucket) = entry.remove_entry();
+                        for row in bucket {
+                            if end + lateness_ms <= limit {
+                                // Complete and final at once (a batch job's last step).
+                                let m = rows.measures.remove(&row).unwrap_or((0, 0));
+                                out.push(report(&row, m, Status::Final));
+                                continue;
+                            }
+                            let m = rows.measures[&row];
+                            out.push(report(&row, m, Status::Complete));
+                            rows.last.insert(row.clone(), m);
+                            rows.reported
+                                .entry(end + lateness_ms)
+                                .or_default()
+                                .insert(row);
+                        }
+                    }
+                    // Windows the frontier passed the end plus lateness of: final.
+                    while let Some(entry) = rows.reported.first_entry() {
+                        if *entry.key() > limit {
+                            break;
+                        }
+                        for row in entry.remove() {
+                            let m = rows.measures.remove(&row).unwrap_or((0, 0));
+                            rows.last.remove(&row);
+                            out.push(report(&row, m, Status::Final));
+                        }
                     }
                     if !out.is_empty() {
                         output.session(&*c).give_iterator(out.into_iter());
