@@ -45,7 +45,7 @@ fn clicks(n: usize) -> Vec<Vec<Click>> {
         x ^= x << 17;
         x
     };
-    let mut parts = vec![Vec::with_capacity(n / 8 + 1); 8];
+    let mut parts: Vec<Vec<Click>> = (0..8).map(|_| Vec::with_capacity(n / 8 + 1)).collect();
     for i in 0..n as u64 {
         let r = rnd();
         let ad = ((r % 100) * (r % 100)) % 10_000;
