@@ -31,6 +31,8 @@ use topn::{RankKey, Ranking, TopNConfig, top_n};
 pub struct AggregateConfig {
     /// Event time over which duplicates of an impression are recognised (default 24 h).
     pub dedup_horizon_ms: u64,
+    /// Must equal the sources' allowed lateness: it says when rankings are final.
+    pub allowed_lateness_ms: u64,
     pub retention: Retention,
     pub top: TopNConfig,
 }
@@ -39,6 +41,7 @@ impl Default for AggregateConfig {
     fn default() -> Self {
         Self {
             dedup_horizon_ms: 24 * HOUR_MS,
+            allowed_lateness_ms: watermark::TimeConfig::default().allowed_lateness_ms,
             retention: Retention::default(),
             top: TopNConfig::default(),
         }
@@ -79,7 +82,7 @@ pub fn aggregate<'s>(
     let minute = rollup(deduped.clone(), MINUTE_MS, r.minute_ms);
     let hour = rollup(deduped.clone(), HOUR_MS, r.hour_ms);
     let day = rollup(deduped.clone(), DAY_MS, r.day_ms);
-    let top = top_n(deduped, &cfg.top);
+    let top = top_n(deduped, &cfg.top, cfg.allowed_lateness_ms, r.minute_ms);
     Aggregates {
         minute,
         hour,

@@ -1,10 +1,24 @@
 //! The most clicked ads over sliding windows of M minutes ending at each minute, overall and
-//! per country, computed in two stages so that no single worker ranks every ad of a window:
-//! each of `shards` shards ranks its share of the ads, then one reduce per window merges the
-//! shards' candidates. The global top N is always among the shards' top N's.
+//! per country, in two stages so that no single worker ranks every ad:
+//!
+//! 1. Ads are sharded over the workers (exchange by ad). Each worker keeps per-minute click
+//!    counts of its ads, by scope (all countries, and each country). When the frontier passes
+//!    the end of a minute, it ranks its shard for every window ending at that minute; when a
+//!    late click changes a minute, it re-ranks the windows containing it, until they are
+//!    final. A ranking is the shard's top N, emitted as a differential update (the previous
+//!    one retracted).
+//! 2. One reduce per window merges the shards' candidates: the global top N is always among
+//!    the shards' top N's.
+//!
+//! Work is proportional to the windows that change, not to M times the clicks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
-use timely::dataflow::operators::vec::Map;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::click::{Measures, Row};
 use crate::time::MINUTE_MS;
@@ -14,7 +28,6 @@ pub struct TopNConfig {
     pub n: usize,
     /// Window lengths in minutes (seed 003: 1).
     pub window_minutes: Vec<u64>,
-    pub shards: u64,
 }
 
 impl Default for TopNConfig {
@@ -22,7 +35,6 @@ impl Default for TopNConfig {
         Self {
             n: 100,
             window_minutes: vec![1, 5, 60],
-            shards: 16,
         }
     }
 }
@@ -34,60 +46,207 @@ pub type RankKey = (u64, u64, String);
 /// One ranking: ads with their clicks, most clicked first, ties by ad id.
 pub type Ranking = Vec<(String, i64)>;
 
+/// The time after which the ranking of the window whose last minute starts at `end` no
+/// longer changes.
+pub fn final_at(end: u64, allowed_lateness_ms: u64) -> u64 {
+    end + MINUTE_MS + allowed_lateness_ms
+}
+
+/// When a final ranking leaves the collection (the minute rows' retention).
+pub fn retire_at(end: u64, retention_ms: u64) -> u64 {
+    end + MINUTE_MS + retention_ms
+}
+
+type Scope = String;
+type ShardUpdate = (((RankKey, u64), Ranking), u64, isize);
+
+/// Per-worker state of stage 1.
+#[derive(Default)]
+struct Shard {
+    /// (scope, minute) → ad → clicks.
+    minutes: BTreeMap<(Scope, u64), HashMap<String, i64>>,
+    /// The last ranking emitted per window, to retract when it changes.
+    emitted: HashMap<RankKey, Ranking>,
+}
+
+impl Shard {
+    fn rank(&self, (m, end, scope): &RankKey, n: usize) -> Ranking {
+        let mut sums: HashMap<&str, i64> = HashMap::new();
+        let first = end.saturating_sub((m - 1) * MINUTE_MS);
+        for (_, ads) in self
+            .minutes
+            .range((scope.clone(), first)..=(scope.clone(), *end))
+        {
+            for (ad, c) in ads {
+                *sums.entry(ad).or_default() += c;
+            }
+        }
+        best(sums.into_iter().map(|(a, c)| (a.to_string(), c)), n)
+    }
+}
+
 pub fn top_n<'s>(
     minute_rows: VecCollection<'s, u64, Row, Measures>,
     cfg: &TopNConfig,
+    allowed_lateness_ms: u64,
+    retention_ms: u64,
 ) -> VecCollection<'s, u64, (RankKey, Ranking), isize> {
-    let (n, shards, windows) = (cfg.n, cfg.shards.max(1), cfg.window_minutes.clone());
-    // (minute, country, ad) with diff = clicks, delayed to the next minute boundary: rankings
-    // are recomputed once a minute (seed 003: "aggregation every minute"), not on every tick.
-    let ad_minutes = minute_rows
+    let (n, windows) = (cfg.n, cfg.window_minutes.clone());
+    let longest = windows.iter().copied().max().unwrap_or(1);
+    let exchange = Exchange::new(|((_, d), _, _): &(Row, u64, Measures)| d.ad_id.hashed());
+    minute_rows
         .inner
-        .flat_map(|((minute, dims), time, (clicks, _))| {
-            (clicks != 0).then_some((
-                (minute, dims.country, dims.ad_id),
-                next_minute(time),
-                clicks as isize,
-            ))
-        })
-        .as_collection();
-    let in_windows = ad_minutes.flat_map(move |(minute, country, ad)| {
-        let mut out = Vec::new();
-        for &m in &windows {
-            for k in 0..m {
-                let end = minute + k * MINUTE_MS;
-                let shard = ad.hashed() % shards;
-                out.push(((m, end, String::new(), shard), ad.clone()));
-                out.push(((m, end, country.clone(), shard), ad.clone()));
-            }
-        }
-        out
-    });
-    in_windows
-        .reduce_named("TopNShard", move |_key, ads: &[(&String, isize)], out| {
-            for (ad, clicks) in best(ads.iter().map(|(a, c)| ((*a).clone(), *c as i64)), n) {
-                out.push(((ad, clicks), 1));
-            }
-        })
-        .map(|((m, end, country, _shard), candidate)| ((m, end, country), candidate))
-        .reduce_named(
-            "TopNMerge",
-            move |_key, candidates: &[(&(String, i64), isize)], out| {
-                let ranking = best(candidates.iter().map(|(c, _)| (*c).clone()), n);
-                out.push((ranking, 1));
+        .unary_frontier::<CapacityContainerBuilder<Vec<ShardUpdate>>, _, _, _>(
+            exchange,
+            "TopNShard",
+            move |cap, info| {
+                let shard_id = info.global_id as u64;
+                let mut cap = Some(cap);
+                let mut pending: BTreeMap<u64, Vec<(u64, String, String, i64)>> = BTreeMap::new();
+                let mut shard = Shard::default();
+                let mut scopes: BTreeSet<Scope> = BTreeSet::new();
+                // Minutes whose windows have been ranked at least once: everything before.
+                let mut ranked_through: Option<u64> = None;
+                move |(input, frontier), output| {
+                    input.for_each(|_, data| {
+                        for ((minute, dims), t, (clicks, _)) in data.drain(..) {
+                            if clicks != 0 {
+                                pending.entry(t).or_default().push((
+                                    minute,
+                                    dims.country,
+                                    dims.ad_id,
+                                    clicks,
+                                ));
+                            }
+                        }
+                    });
+                    let Some(c) = cap.as_mut() else { return };
+                    let bound = frontier.frontier().first().copied();
+                    let limit = bound.unwrap_or(u64::MAX);
+                    let mut updates: Vec<(RankKey, Ranking, u64)> = Vec::new();
+                    // An empty ranking is no ranking: nothing to emit unless one is retracted.
+                    let mut rerank = |shard: &mut Shard, key: RankKey, at: u64| {
+                        let ranking = shard.rank(&key, n);
+                        let old = shard.emitted.get(&key);
+                        if old != Some(&ranking) && !(old.is_none() && ranking.is_empty()) {
+                            updates.push((key, ranking, at));
+                        }
+                    };
+                    // Late changes to minutes already ranked: re-rank their windows, at the
+                    // change's time, while they are not final.
+                    while let Some(entry) = pending.first_entry() {
+                        if *entry.key() >= limit {
+                            break;
+                        }
+                        let (t, changes) = entry.remove_entry();
+                        let mut dirty: BTreeSet<(Scope, u64)> = BTreeSet::new();
+                        for (minute, country, ad, clicks) in changes {
+                            for scope in [String::new(), country] {
+                                *shard
+                                    .minutes
+                                    .entry((scope.clone(), minute))
+                                    .or_default()
+                                    .entry(ad.clone())
+                                    .or_default() += clicks;
+                                scopes.insert(scope.clone());
+                                dirty.insert((scope, minute));
+                            }
+                        }
+                        for (scope, minute) in dirty {
+                            if ranked_through.is_none_or(|r| minute > r) {
+                                continue; // ranked when the frontier passes it
+                            }
+                            for &m in &windows {
+                                for k in 0..m {
+                                    let end = minute + k * MINUTE_MS;
+                                    if ranked_through.is_some_and(|r| end <= r)
+                                        && t < final_at(end, allowed_lateness_ms)
+                                    {
+                                        rerank(&mut shard, (m, end, scope.clone()), t);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // Minutes the frontier has passed the end of: rank their windows.
+                    let first_new = ranked_through.map_or(
+                        shard
+                            .minutes
+                            .keys()
+                            .map(|(_, m)| *m)
+                            .min()
+                            .unwrap_or(u64::MAX),
+                        |r| r + MINUTE_MS,
+                    );
+                    let mut minute = first_new;
+                    while minute != u64::MAX && minute + MINUTE_MS <= limit {
+                        let last_data = shard.minutes.keys().map(|(_, m)| *m).max().unwrap_or(0);
+                        if minute > last_data + (longest - 1) * MINUTE_MS {
+                            break; // no window ending here or later holds data
+                        }
+                        let at = (minute + MINUTE_MS).max(*c.time());
+                        for scope in &scopes {
+                            for &m in &windows {
+                                rerank(&mut shard, (m, minute, scope.clone()), at);
+                            }
+                        }
+                        ranked_through = Some(minute);
+                        minute += MINUTE_MS;
+                    }
+                    // Emit: retract the previous ranking, insert the new one.
+                    let mut session = output.session(&*c);
+                    let mut delayed: Vec<ShardUpdate> = Vec::new();
+                    for (key, ranking, at) in updates {
+                        if let Some(old) = shard.emitted.remove(&key) {
+                            delayed.push((((key.clone(), shard_id), old), at, -1));
+                        }
+                        if !ranking.is_empty() {
+                            shard.emitted.insert(key.clone(), ranking.clone());
+                            delayed.push((((key, shard_id), ranking), at, 1));
+                        }
+                    }
+                    // Final rankings: schedule their retirement and forget them.
+                    let finals: Vec<RankKey> = shard
+                        .emitted
+                        .keys()
+                        .filter(|(_, end, _)| final_at(*end, allowed_lateness_ms) <= limit)
+                        .cloned()
+                        .collect();
+                    for key in finals {
+                        let ranking = shard.emitted.remove(&key).unwrap();
+                        let at = retire_at(key.1, retention_ms).max(*c.time());
+                        delayed.push((((key, shard_id), ranking), at, -1));
+                    }
+                    for (data, at, diff) in delayed {
+                        session.give((data, at.max(*c.time()), diff));
+                    }
+                    drop(session);
+                    // Minutes no window that can still change needs.
+                    let keep_from =
+                        limit.saturating_sub(allowed_lateness_ms + longest * MINUTE_MS + MINUTE_MS);
+                    shard
+                        .minutes
+                        .retain(|(_, m), _| *m >= keep_from || bound.is_none());
+                    match bound {
+                        Some(b) if b > *c.time() => c.downgrade(&b),
+                        Some(_) => {}
+                        None => cap = None::<Capability<u64>>,
+                    }
+                }
             },
         )
-}
-
-/// `t` rounded up to a minute boundary.
-pub fn next_minute(t: u64) -> u64 {
-    t.div_ceil(MINUTE_MS) * MINUTE_MS
-}
-
-/// The time after which the ranking of the window whose last minute starts at `end` no
-/// longer changes: its end, plus the allowed lateness, rounded up to the minute.
-pub fn final_at(end: u64, allowed_lateness_ms: u64) -> u64 {
-    next_minute(end + MINUTE_MS + allowed_lateness_ms)
+        .as_collection()
+        .map(|((key, _shard), ranking)| (key, ranking))
+        .reduce_named(
+            "TopNMerge",
+            move |_key, shards: &[(&Ranking, isize)], out| {
+                let candidates = shards.iter().flat_map(|(r, _)| r.iter().cloned());
+                let ranking = best(candidates, n);
+                if !ranking.is_empty() {
+                    out.push((ranking, 1));
+                }
+            },
+        )
 }
 
 /// The `n` best (ad, clicks): most clicks first, then smallest ad id; zero counts excluded.

@@ -188,7 +188,7 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
             let mut acfg = AggregateConfig::default();
             acfg.top.n = 3;
             acfg.top.window_minutes = vec![1, 5];
-            acfg.top.shards = 4;
+            acfg.allowed_lateness_ms = LATENESS;
             let a = aggregate(events, &acfg);
             let (o1, o2, o3, o4, o5) = (out.clone(), out.clone(), out.clone(), out.clone(), out);
             a.minute
@@ -218,7 +218,7 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
     r.hour.retain(|_, m| *m != (0, 0));
     let mut top: BTreeMap<(RankKey, Ranking), isize> = BTreeMap::new();
     for (k, t, d) in top_u {
-        if t <= adclick_dataflows::topn::final_at(k.0.1, LATENESS) {
+        if t < adclick_dataflows::topn::retire_at(k.0.1, 48 * HOUR_MS) {
             *top.entry(k).or_default() += d;
         }
     }

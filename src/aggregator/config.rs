@@ -31,7 +31,6 @@ pub struct AggregatorConfig {
     pub day_retention_ms: u64,
     pub top_n: usize,
     pub top_window_minutes: Vec<u64>,
-    pub top_shards: u64,
     /// Where window reports go as NDJSON: a file, or `-` for stdout.
     pub output: String,
 }
@@ -56,7 +55,6 @@ impl Default for AggregatorConfig {
             day_retention_ms: a.retention.day_ms,
             top_n: a.top.n,
             top_window_minutes: a.top.window_minutes,
-            top_shards: a.top.shards,
             output: "-".into(),
         }
     }
@@ -91,6 +89,7 @@ impl AggregatorConfig {
     pub fn aggregate(&self) -> AggregateConfig {
         AggregateConfig {
             dedup_horizon_ms: self.dedup_horizon_ms,
+            allowed_lateness_ms: self.allowed_lateness_ms,
             retention: Retention {
                 minute_ms: self.minute_retention_ms,
                 hour_ms: self.hour_retention_ms,
@@ -99,7 +98,6 @@ impl AggregatorConfig {
             top: TopNConfig {
                 n: self.top_n,
                 window_minutes: self.top_window_minutes.clone(),
-                shards: self.top_shards,
             },
         }
     }
