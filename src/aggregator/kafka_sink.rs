@@ -51,18 +51,20 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], v
     }
 }
 
-pub fn late_to_kafka(late: Stream<'_, u64, Vec<Click>>, kafka: &KafkaConfig) {
+/// Sends every item of `stream` to `topic`, as `record(item) = (key, value)`.
+fn to_kafka<D: Clone + 'static>(
+    stream: Stream<'_, u64, Vec<D>>,
+    kafka: &KafkaConfig,
+    topic: String,
+    name: &str,
+    record: impl Fn(D) -> (Vec<u8>, String) + 'static,
+) {
     let p = producer(kafka);
-    let topic = kafka.late_topic.clone();
-    late.sink(Pipeline, "LateToKafka", move |(input, frontier)| {
+    stream.sink(Pipeline, name, move |(input, frontier)| {
         input.for_each(|_, data| {
-            for c in data.drain(..) {
-                send(
-                    &p,
-                    &topic,
-                    c.impression_id.as_bytes(),
-                    late_json(&c).as_bytes(),
-                );
+            for item in data.drain(..) {
+                let (key, value) = record(item);
+                send(&p, &topic, &key, value.as_bytes());
             }
         });
         if frontier.is_empty() {
@@ -71,19 +73,22 @@ pub fn late_to_kafka(late: Stream<'_, u64, Vec<Click>>, kafka: &KafkaConfig) {
     });
 }
 
-pub fn rejected_to_kafka(rejected: Stream<'_, u64, Vec<Rejected>>, kafka: &KafkaConfig) {
-    let p = producer(kafka);
-    let topic = kafka.dlq_topic.clone();
-    rejected.sink(Pipeline, "DeadLettersToKafka", move |(input, frontier)| {
-        input.for_each(|_, data| {
-            for r in data.drain(..) {
-                let mut letter = DeadLetter::new(r.code, r.reason, "aggregator", &r.payload);
-                letter.rejected_by = format!("aggregator ({})", r.origin);
-                send(&p, &topic, &r.key, letter.to_json().as_bytes());
-            }
-        });
-        if frontier.is_empty() {
-            let _ = p.flush(Duration::from_secs(30));
-        }
+pub fn late_to_kafka(late: Stream<'_, u64, Vec<Click>>, kafka: &KafkaConfig) {
+    to_kafka(late, kafka, kafka.late_topic.clone(), "LateToKafka", |c| {
+        (c.impression_id.clone().into_bytes(), late_json(&c))
     });
+}
+
+pub fn rejected_to_kafka(rejected: Stream<'_, u64, Vec<Rejected>>, kafka: &KafkaConfig) {
+    to_kafka(
+        rejected,
+        kafka,
+        kafka.dlq_topic.clone(),
+        "DeadLettersToKafka",
+        |r| {
+            let rejected_by = format!("aggregator ({})", r.origin);
+            let letter = DeadLetter::new(r.code, r.reason, &rejected_by, &r.payload);
+            (r.key, letter.to_json())
+        },
+    );
 }
