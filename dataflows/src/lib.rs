@@ -18,8 +18,12 @@ pub mod topn;
 pub mod watermark;
 
 use differential_dataflow::VecCollection;
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
 use timely::dataflow::Stream;
 use timely::dataflow::operators::vec::Map;
+use timely::progress::frontier::AntichainRef;
 
 use click::{Click, Measures, Row};
 use rollup::{Retention, rollup};
@@ -90,5 +94,41 @@ pub fn aggregate<'s>(
         top,
         late,
         rejected,
+    }
+}
+
+/// Rows by (window start, dimensions), their measures accumulated: what queries read.
+pub type RowTrace = TraceAgent<KeySpine<Row, u64, Measures>>;
+/// Rankings by (window length, window end, country or all).
+pub type RankTrace = TraceAgent<ValSpine<RankKey, Ranking, u64, isize>>;
+
+/// The arrangements a worker keeps for its share of the rows and rankings.
+pub struct Traces {
+    pub minute: RowTrace,
+    pub hour: RowTrace,
+    pub day: RowTrace,
+    pub top: RankTrace,
+}
+
+impl Traces {
+    /// Arranges the aggregates (each worker holds the rows that hash to it).
+    pub fn arrange(a: &Aggregates<'_>) -> Self {
+        Self {
+            minute: a.minute.clone().arrange_by_self_named("MinuteRows").trace,
+            hour: a.hour.clone().arrange_by_self_named("HourRows").trace,
+            day: a.day.clone().arrange_by_self_named("DayRows").trace,
+            top: a.top.clone().arrange_by_key_named("Rankings").trace,
+        }
+    }
+
+    /// Lets the arrangements forget history before `frontier`: queries read at the frontier,
+    /// and retired rows disappear once their retraction is compacted with their insertion.
+    pub fn compact_to(&mut self, frontier: AntichainRef<'_, u64>) {
+        for t in [&mut self.minute, &mut self.hour, &mut self.day] {
+            t.set_logical_compaction(frontier);
+            t.set_physical_compaction(frontier);
+        }
+        self.top.set_logical_compaction(frontier);
+        self.top.set_physical_compaction(frontier);
     }
 }

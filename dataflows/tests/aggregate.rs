@@ -10,7 +10,9 @@ use adclick_dataflows::source::{PartitionReader, Polled, Record, Rejected, clock
 use adclick_dataflows::time::{HOUR_MS, MINUTE_MS, window_start};
 use adclick_dataflows::topn::{RankKey, Ranking};
 use adclick_dataflows::watermark::TimeConfig;
-use adclick_dataflows::{AggregateConfig, aggregate};
+use adclick_dataflows::{AggregateConfig, Traces, aggregate};
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::trace::cursor::{Cursor, cursor_list};
 use timely::dataflow::operators::Inspect;
 
 const BOUND: u64 = 5_000;
@@ -164,6 +166,8 @@ fn fold(into: &mut BTreeMap<Row, Measures>, (row, t, d): (Row, u64, Measures), l
 fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
     let shared = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new(), 0, 0)));
     let out = shared.clone();
+    let arranged = Arc::new(Mutex::new(Vec::new()));
+    let arranged_out = arranged.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let mine: Vec<Vec<Item>> = parts
@@ -173,7 +177,7 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
             .map(|(_, v)| v.clone())
             .collect();
         let out = out.clone();
-        worker.dataflow::<u64, _, _>(move |scope| {
+        let mut traces = worker.dataflow::<u64, _, _>(move |scope| {
             let reader = Memory {
                 next: vec![0; mine.len()],
                 parts: mine,
@@ -191,6 +195,7 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
             acfg.allowed_lateness_ms = LATENESS;
             let a = aggregate(events, &acfg);
             let (o1, o2, o3, o4, o5) = (out.clone(), out.clone(), out.clone(), out.clone(), out);
+            let traces = Traces::arrange(&a);
             a.minute
                 .inspect(move |u| o1.lock().unwrap().0.push(u.clone()));
             a.hour
@@ -198,7 +203,20 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
             a.top.inspect(move |u| o3.lock().unwrap().2.push(u.clone()));
             a.late.inspect(move |_| o4.lock().unwrap().3 += 1);
             a.rejected.inspect(move |_| o5.lock().unwrap().4 += 1);
+            traces
         });
+        while worker.step_or_park(None) {}
+        // What the minute arrangement holds, for the same comparison as the update stream.
+        let spans = traces
+            .minute
+            .spans_through(timely::progress::Antichain::new().borrow())
+            .unwrap();
+        let (mut cursor, storage) =
+            cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+        for ((row, ()), times) in cursor.to_vec(&storage, |k| k.clone(), |_| ()) {
+            let mut a = arranged_out.lock().unwrap();
+            a.extend(times.into_iter().map(|(t, d)| (row.clone(), t, d)));
+        }
     })
     .unwrap()
     .join();
@@ -216,6 +234,15 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
     }
     r.minute.retain(|_, m| *m != (0, 0));
     r.hour.retain(|_, m| *m != (0, 0));
+    let mut from_trace = BTreeMap::new();
+    for u in std::mem::take(&mut *arranged.lock().unwrap()) {
+        fold(&mut from_trace, u, MINUTE_MS);
+    }
+    from_trace.retain(|_, m| *m != (0, 0));
+    assert_eq!(
+        from_trace, r.minute,
+        "the minute arrangement holds what the stream said"
+    );
     let mut top: BTreeMap<(RankKey, Ranking), isize> = BTreeMap::new();
     for (k, t, d) in top_u {
         if t < adclick_dataflows::topn::retire_at(k.0.1, 48 * HOUR_MS) {

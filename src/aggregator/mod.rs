@@ -12,10 +12,10 @@ pub mod output;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use adclick_dataflows::aggregate;
 use adclick_dataflows::report::reports;
 use adclick_dataflows::source::{SourceEvent, clock_source};
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
+use adclick_dataflows::{Traces, aggregate};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Concatenate;
@@ -72,7 +72,9 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         let output = cfg.output.clone();
         let input = input.clone();
         let enricher = enricher.clone();
-        worker.dataflow::<u64, _, _>(move |scope| {
+        let probe = timely::dataflow::ProbeHandle::new();
+        let probe_in = probe.clone();
+        let mut traces = worker.dataflow::<u64, _, _>(move |scope| {
             let events = match input {
                 Input::Files(ref files) => clock_source(
                     scope,
@@ -110,6 +112,8 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                     },
                 );
             let a = aggregate(events, &acfg);
+            let traces = Traces::arrange(&a);
+            a.minute.clone().probe_with(&probe_in);
             if let Input::Kafka { kafka, .. } = &input {
                 kafka_sink::late_to_kafka(a.late.clone(), kafka);
                 kafka_sink::rejected_to_kafka(a.rejected.clone(), kafka);
@@ -145,8 +149,13 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                     }
                 },
             );
+            traces
         });
-        while worker.step_or_park(Some(Duration::from_millis(20))) {}
+        // Queries (next: the query server) read the traces at the frontier; history before
+        // it is compacted away, and with it rows past their retention.
+        while worker.step_or_park(Some(Duration::from_millis(20))) {
+            probe.with_frontier(|f| traces.compact_to(f));
+        }
     })
     .map_err(|e| anyhow::anyhow!("starting the timely cluster: {e}"))?;
     for r in results.join() {
