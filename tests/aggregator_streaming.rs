@@ -1,0 +1,110 @@
+//! Streaming from Kafka: a partition that never receives data must not hold the watermark back
+//! forever. After the idle timeout it is released, and windows complete.
+
+mod common;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use adclick::aggregator::output::Line;
+use adclick::event::{ClickEvent, Device, device_to_proto};
+use adclick::kafka::embedded::EmbeddedKafka;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+const START: i64 = 1_776_686_400_000; // a minute boundary
+
+fn event(i: i64) -> ClickEvent {
+    ClickEvent {
+        impression_id: format!("imp-{i}"),
+        click_id: format!("0192f6a4-7c1e-7b3a-9c44-{i:012x}"),
+        ad_id: format!("ad_{}", i % 3),
+        campaign_id: "cmp_1".into(),
+        advertiser_id: "adv_1".into(),
+        publisher_id: "pub_1".into(),
+        event_time_ms: START + i * 500,
+        country: "US".into(),
+        device: device_to_proto(Device::Mobile),
+        ip_hash: String::new(),
+        user_id_hash: String::new(),
+        user_agent: String::new(),
+        source: "test".into(),
+    }
+}
+
+#[test]
+fn an_empty_partition_is_released_after_the_idle_timeout() {
+    let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
+        partitions: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let brokers = kafka.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    // 300 clicks, 2 per second of event time over 150 s, on partitions 0 to 2; 3 stays empty.
+    for i in 0..300 {
+        let e = event(i);
+        let value = e.to_protobuf();
+        producer
+            .send(
+                BaseRecord::to("clicks")
+                    .partition((i % 3) as i32)
+                    .key(e.impression_id.as_bytes())
+                    .payload(&value),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"))
+        .args(["--brokers", &brokers, "--workers", "2", "--output"])
+        .arg(&out)
+        .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "1000")
+        .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first minute holds clicks 0..120: it must be reported complete, with all of them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first_minute = None;
+    while first_minute.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(f) = std::fs::File::open(&out) else {
+            continue;
+        };
+        let mut clicks = 0;
+        let mut complete = false;
+        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+            if let Ok(Line::Window {
+                granularity,
+                window_start_ms,
+                status,
+                clicks: c,
+                ..
+            }) = serde_json::from_str::<Line>(&line)
+                && granularity == "minute"
+                && window_start_ms == START as u64
+                && status == "complete"
+            {
+                complete = true;
+                clicks += c;
+            }
+        }
+        if complete {
+            first_minute = Some(clicks);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        first_minute,
+        Some(120),
+        "the first minute completes, with its 120 clicks"
+    );
+}
