@@ -3,15 +3,19 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A dimension value. Rows are copied at every stage (rollups, retention, reports), so values
+/// are shared, not duplicated: a copy is a reference count, not an allocation.
+pub type Text = std::sync::Arc<str>;
+
 /// The dimensions a window is counted by (brief §2).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Dims {
-    pub ad_id: String,
-    pub campaign_id: String,
-    pub advertiser_id: String,
-    pub publisher_id: String,
-    pub country: String,
-    pub device: String,
+    pub ad_id: Text,
+    pub campaign_id: Text,
+    pub advertiser_id: Text,
+    pub publisher_id: Text,
+    pub country: Text,
+    pub device: Text,
 }
 
 /// One valid, on-time click.

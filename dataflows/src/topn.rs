@@ -20,7 +20,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use crate::click::{Measures, Row};
+use crate::click::{Measures, Row, Text};
 use crate::time::MINUTE_MS;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,14 +57,14 @@ pub fn retire_at(end: u64, retention_ms: u64) -> u64 {
     end + MINUTE_MS + retention_ms
 }
 
-type Scope = String;
+type Scope = Text;
 type ShardUpdate = (((RankKey, u64), Ranking), u64, isize);
 
 /// Per-worker state of stage 1.
 #[derive(Default)]
 struct Shard {
     /// (scope, minute) → ad → clicks.
-    minutes: BTreeMap<(Scope, u64), HashMap<String, i64>>,
+    minutes: BTreeMap<(Scope, u64), HashMap<Text, i64>>,
     /// The last ranking emitted per window, to retract when it changes.
     emitted: HashMap<RankKey, Ranking>,
 }
@@ -73,12 +73,10 @@ impl Shard {
     fn rank(&self, (m, end, scope): &RankKey, n: usize) -> Ranking {
         let mut sums: HashMap<&str, i64> = HashMap::new();
         let first = end.saturating_sub((m - 1) * MINUTE_MS);
-        for (_, ads) in self
-            .minutes
-            .range((scope.clone(), first)..=(scope.clone(), *end))
-        {
+        let scope = Text::from(scope.as_str());
+        for (_, ads) in self.minutes.range((scope.clone(), first)..=(scope, *end)) {
             for (ad, c) in ads {
-                *sums.entry(ad).or_default() += c;
+                *sums.entry(&**ad).or_default() += c;
             }
         }
         best(sums.into_iter().map(|(a, c)| (a.to_string(), c)), n)
@@ -102,7 +100,7 @@ pub fn top_n<'s>(
             move |cap, info| {
                 let shard_id = info.global_id as u64;
                 let mut cap = Some(cap);
-                let mut pending: BTreeMap<u64, Vec<(u64, String, String, i64)>> = BTreeMap::new();
+                let mut pending: BTreeMap<u64, Vec<(u64, Text, Text, i64)>> = BTreeMap::new();
                 let mut shard = Shard::default();
                 let mut scopes: BTreeSet<Scope> = BTreeSet::new();
                 // Minutes whose windows have been ranked at least once: everything before.
@@ -141,7 +139,7 @@ pub fn top_n<'s>(
                         let (t, changes) = entry.remove_entry();
                         let mut dirty: BTreeSet<(Scope, u64)> = BTreeSet::new();
                         for (minute, country, ad, clicks) in changes {
-                            for scope in [String::new(), country] {
+                            for scope in [Text::from(""), country] {
                                 *shard
                                     .minutes
                                     .entry((scope.clone(), minute))
@@ -162,7 +160,7 @@ pub fn top_n<'s>(
                                     if ranked_through.is_some_and(|r| end <= r)
                                         && t < final_at(end, allowed_lateness_ms)
                                     {
-                                        rerank(&mut shard, (m, end, scope.clone()), t);
+                                        rerank(&mut shard, (m, end, scope.to_string()), t);
                                     }
                                 }
                             }
@@ -187,7 +185,7 @@ pub fn top_n<'s>(
                         let at = (minute + MINUTE_MS).max(*c.time());
                         for scope in &scopes {
                             for &m in &windows {
-                                rerank(&mut shard, (m, minute, scope.clone()), at);
+                                rerank(&mut shard, (m, minute, scope.to_string()), at);
                             }
                         }
                         ranked_through = Some(minute);

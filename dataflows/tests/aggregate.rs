@@ -42,10 +42,10 @@ impl Rng {
 fn dims(rng: &mut Rng) -> Dims {
     let ad = rng.below(20);
     Dims {
-        ad_id: format!("ad_{ad}"),
-        campaign_id: format!("cmp_{}", ad % 4),
-        advertiser_id: format!("adv_{}", ad % 2),
-        publisher_id: format!("pub_{}", rng.below(3)),
+        ad_id: format!("ad_{ad}").into(),
+        campaign_id: format!("cmp_{}", ad % 4).into(),
+        advertiser_id: format!("adv_{}", ad % 2).into(),
+        publisher_id: format!("pub_{}", rng.below(3)).into(),
         country: ["US", "DE", "JP"][rng.below(3) as usize].into(),
         device: ["mobile", "desktop"][rng.below(2) as usize].into(),
     }
@@ -307,9 +307,9 @@ fn oracle(parts: &[Vec<Item>]) -> Results {
     // Top 3 ads per (window length, window end, country or all).
     let mut per_ad: BTreeMap<(u64, String, String), i64> = BTreeMap::new();
     for ((minute, d), m) in &r.minute {
-        for country in [String::new(), d.country.clone()] {
+        for country in [String::new(), d.country.to_string()] {
             *per_ad
-                .entry((*minute, country, d.ad_id.clone()))
+                .entry((*minute, country, d.ad_id.to_string()))
                 .or_default() += m.0;
         }
     }

@@ -9,16 +9,16 @@ use crate::event::{ClickEvent, DecodeError};
 
 /// The dataflow's view of a valid event.
 pub fn to_click(e: ClickEvent) -> Click {
-    let device = e.device().map_or("other", |d| d.as_str()).to_string();
+    let device = e.device().map_or("other", |d| d.as_str());
     Click {
         event_time: e.event_time_ms as u64,
         dims: Dims {
-            ad_id: e.ad_id,
-            campaign_id: e.campaign_id,
-            advertiser_id: e.advertiser_id,
-            publisher_id: e.publisher_id,
-            country: e.country,
-            device,
+            ad_id: e.ad_id.into(),
+            campaign_id: e.campaign_id.into(),
+            advertiser_id: e.advertiser_id.into(),
+            publisher_id: e.publisher_id.into(),
+            country: e.country.into(),
+            device: device.into(),
         },
         impression_id: e.impression_id,
         click_id: e.click_id,

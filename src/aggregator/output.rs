@@ -109,12 +109,12 @@ impl Writer {
                     granularity: granularity(r.window_ms).into(),
                     window_start: format_millis(start as i64),
                     window_start_ms: start,
-                    ad_id: d.ad_id,
-                    campaign_id: d.campaign_id,
-                    advertiser_id: d.advertiser_id,
-                    publisher_id: d.publisher_id,
-                    country: d.country,
-                    device: d.device,
+                    ad_id: d.ad_id.to_string(),
+                    campaign_id: d.campaign_id.to_string(),
+                    advertiser_id: d.advertiser_id.to_string(),
+                    publisher_id: d.publisher_id.to_string(),
+                    country: d.country.to_string(),
+                    device: d.device.to_string(),
                     clicks: r.clicks,
                     duplicates: r.duplicates,
                     status: match r.status {
@@ -131,7 +131,7 @@ impl Writer {
                     impression_id: c.impression_id,
                     click_id: c.click_id,
                     event_time: c.event_time,
-                    ad_id: c.dims.ad_id,
+                    ad_id: c.dims.ad_id.to_string(),
                 }
             }
             Out::Rejected(r) => {
