@@ -5,7 +5,9 @@
 //!     cargo bench -p adclick-dataflows --bench throughput -- [EVENTS] [ROUNDS]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::Instant;
 

@@ -11,7 +11,9 @@
 //! State is evicted once the frontier passes the winner's event time plus the horizon: a click
 //! for the same impression after that counts again, by definition of the horizon.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use timely::container::CapacityContainerBuilder;

@@ -3,7 +3,9 @@
 //! `final` once the frontier passes its end plus the allowed lateness, after which it never
 //! changes again (later updates to it are only its retention retraction, which is not news).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashSet};
 
 use differential_dataflow::{Hashable, VecCollection};
 use serde::{Deserialize, Serialize};

@@ -12,7 +12,9 @@
 //!
 //! Work is proportional to the windows that change, not to M times the clicks.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt};
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use timely::container::CapacityContainerBuilder;
