@@ -5,14 +5,13 @@
 //!     cargo bench -p adclick-dataflows --bench throughput -- [EVENTS] [ROUNDS]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::BTreeMap;
 
-use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use adclick_dataflows::click::{Click, Dims};
-use adclick_dataflows::dedup::decide;
+use adclick_dataflows::click::{Click, Labels, RawClick};
+use adclick_dataflows::dedup::{DedupConfig, DedupState};
 use adclick_dataflows::report::reports;
 use adclick_dataflows::source::{PartitionReader, Polled, Record, clock_source};
 use adclick_dataflows::time::MINUTE_MS;
@@ -45,7 +44,7 @@ const START: u64 = 1_776_686_400_000;
 
 /// `n` clicks over 8 partitions at 50 000 clicks/s of event time, 10 000 ads (Zipf-ish via
 /// squaring), 5 % duplicates, up to 3 s of disorder.
-fn clicks(n: usize) -> Vec<Vec<Click>> {
+fn clicks(n: usize) -> Vec<Vec<RawClick>> {
     let mut x: u64 = 0x9e3779b97f4a7c15;
     let mut rnd = move || {
         x ^= x << 13;
@@ -53,7 +52,7 @@ fn clicks(n: usize) -> Vec<Vec<Click>> {
         x ^= x << 17;
         x
     };
-    let mut parts: Vec<Vec<Click>> = (0..8).map(|_| Vec::with_capacity(n / 8 + 1)).collect();
+    let mut parts: Vec<Vec<RawClick>> = (0..8).map(|_| Vec::with_capacity(n / 8 + 1)).collect();
     for i in 0..n as u64 {
         let r = rnd();
         let ad = ((r % 100) * (r % 100)) % 10_000;
@@ -62,15 +61,15 @@ fn clicks(n: usize) -> Vec<Vec<Click>> {
         } else {
             i
         };
-        parts[(imp % 8) as usize].push(Click {
+        parts[(imp % 8) as usize].push(RawClick {
             impression_id: format!("imp-{imp}"),
             click_id: format!("{:016x}", rnd()),
             event_time: START + i / 50 - (r >> 40) % 3_000,
-            dims: Dims {
-                ad_id: format!("ad_{ad}").into(),
-                campaign_id: format!("cmp_{}", ad % 1000).into(),
-                advertiser_id: format!("adv_{}", ad % 100).into(),
-                publisher_id: format!("pub_{}", r % 500).into(),
+            labels: Labels {
+                ad_id: format!("ad_{ad}"),
+                campaign_id: format!("cmp_{}", ad % 1000),
+                advertiser_id: format!("adv_{}", ad % 100),
+                publisher_id: format!("pub_{}", r % 500),
                 country: ["US", "GB", "DE", "IN", "BR", "JP"][(r % 6) as usize].into(),
                 device: ["mobile", "desktop", "tablet"][(r % 3) as usize].into(),
             },
@@ -79,7 +78,7 @@ fn clicks(n: usize) -> Vec<Vec<Click>> {
     parts
 }
 
-struct Memory(Vec<std::vec::IntoIter<Click>>);
+struct Memory(Vec<std::vec::IntoIter<RawClick>>);
 impl PartitionReader for Memory {
     fn partitions(&self) -> usize {
         self.0.len()
@@ -95,17 +94,17 @@ impl PartitionReader for Memory {
     }
 }
 
-fn run(workers: usize, parts: Vec<Vec<Click>>, top_windows: Vec<u64>) -> f64 {
+fn run(workers: usize, parts: Vec<Vec<RawClick>>, top_windows: Vec<u64>) -> f64 {
     let total: usize = parts.iter().map(Vec::len).sum();
+    // Each worker's partitions, handed over outside the timed region.
+    let mut shares: Vec<Vec<std::vec::IntoIter<RawClick>>> = (0..workers).map(|_| vec![]).collect();
+    for (p, part) in parts.into_iter().enumerate() {
+        shares[p % workers].push(part.into_iter());
+    }
+    let shares = Arc::new(Mutex::new(shares));
     let started = Instant::now();
     timely::execute(timely::Config::process(workers), move |worker| {
-        let (index, peers) = (worker.index(), worker.peers());
-        let mine: Vec<_> = parts
-            .iter()
-            .enumerate()
-            .filter(|(p, _)| p % peers == index)
-            .map(|(_, v)| v.clone().into_iter())
-            .collect();
+        let mine = std::mem::take(&mut shares.lock().unwrap()[worker.index()]);
         let top = top_windows.clone();
         let probe = worker.dataflow::<u64, _, _>(move |scope| {
             let cfg = TimeConfig {
@@ -131,19 +130,22 @@ fn run(workers: usize, parts: Vec<Vec<Click>>, top_windows: Vec<u64>) -> f64 {
 
 /// Heap bytes per impression the dedup keeps, with realistic ids (UUID-sized click ids).
 fn dedup_bytes_per_impression(n: usize) -> f64 {
+    let clicks: Vec<Click> = clicks(n).iter().flatten().map(Click::of).collect();
     COUNTING.store(true, Ordering::SeqCst);
     let before = LIVE.load(Ordering::Relaxed);
-    let mut parts = clicks(n);
-    for c in parts.iter_mut().flatten() {
-        c.click_id = format!("0192f6a4-7c1e-7b3a-9c44-{:012x}", c.event_time);
+    let mut state = DedupState::new(DedupConfig {
+        horizon_ms: 86_400_000,
+        allowed_lateness_ms: 300_000,
+    });
+    let mut updates = Vec::new();
+    for c in &clicks {
+        state.decide(c, &mut updates);
+        updates.clear();
     }
-    let (mut winners, mut evictions) = (HashMap::new(), BTreeMap::new());
-    for c in parts.into_iter().flatten() {
-        decide(&mut winners, &mut evictions, c, 86_400_000);
-    }
+    drop(updates);
     let held = LIVE.load(Ordering::Relaxed) - before;
     COUNTING.store(false, Ordering::SeqCst);
-    held as f64 / winners.len() as f64
+    held as f64 / state.len() as f64
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

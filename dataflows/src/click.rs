@@ -1,28 +1,98 @@
-//! The records the dataflows work on: a click as the dedup sees it, and the row key of every
-//! window (window start, dimensions).
+//! The records the dataflows work on: a click as a reader produces it ([`RawClick`], texts),
+//! the compact click the dataflow counts ([`Click`], fixed-size fingerprints), and the row key
+//! of every window (window start, dimensions).
+//!
+//! Every stage copies, hashes, compares and exchanges rows, so rows are fixed-size and `Copy`:
+//! each dimension value travels as its 64-bit fingerprint ([`Sym`]) and its text is announced
+//! once per source in the [`crate::names`] dictionary, which the edges (writers, query server)
+//! use to turn fingerprints back into texts.
 
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
-/// A dimension value. Rows are copied at every stage (rollups, retention, reports), so values
-/// are shared, not duplicated: a copy is a reference count, not an allocation.
-pub type Text = std::sync::Arc<str>;
+/// A dimension value, by the 64-bit fingerprint of its text (xxh3, unseeded, so every process
+/// of a cluster computes the same one). Two texts with one fingerprint are detected by the
+/// dictionary; among millions of distinct values the chance is below 10⁻⁶.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Sym(pub u64);
 
-/// The dimensions a window is counted by (brief §2).
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Dims {
-    pub ad_id: Text,
-    pub campaign_id: Text,
-    pub advertiser_id: Text,
-    pub publisher_id: Text,
-    pub country: Text,
-    pub device: Text,
+impl Sym {
+    pub fn of(text: &str) -> Self {
+        Sym(xxh3_64(text.as_bytes()))
+    }
 }
 
-/// One valid, on-time click.
+/// The dimensions a window is counted by (brief §2), as fingerprints.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Dims {
+    pub ad_id: Sym,
+    pub campaign_id: Sym,
+    pub advertiser_id: Sym,
+    pub publisher_id: Sym,
+    pub country: Sym,
+    pub device: Sym,
+}
+
+/// The dimension texts of a click as read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Labels {
+    pub ad_id: String,
+    pub campaign_id: String,
+    pub advertiser_id: String,
+    pub publisher_id: String,
+    pub country: String,
+    pub device: String,
+}
+
+impl Labels {
+    /// The texts in `Dims` field order, for announcing them to the dictionary.
+    pub fn texts(&self) -> [&str; 6] {
+        [
+            &self.ad_id,
+            &self.campaign_id,
+            &self.advertiser_id,
+            &self.publisher_id,
+            &self.country,
+            &self.device,
+        ]
+    }
+
+    pub fn dims(&self) -> Dims {
+        Dims {
+            ad_id: Sym::of(&self.ad_id),
+            campaign_id: Sym::of(&self.campaign_id),
+            advertiser_id: Sym::of(&self.advertiser_id),
+            publisher_id: Sym::of(&self.publisher_id),
+            country: Sym::of(&self.country),
+            device: Sym::of(&self.device),
+        }
+    }
+}
+
+/// One valid click as a reader produced it. Late clicks leave the dataflow in this form, for
+/// the late topic.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Click {
+pub struct RawClick {
     pub impression_id: String,
     pub click_id: String,
+    /// Event time, ms since the epoch.
+    pub event_time: u64,
+    pub labels: Labels,
+}
+
+/// One valid, on-time click, compact: what dedup and the windows see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Click {
+    /// 128-bit fingerprint of the impression id: the dedup key. A collision would merge two
+    /// impressions; at 10⁹ impressions per horizon its chance is about 10⁻²¹.
+    pub impression: u128,
+    /// 54-bit fingerprint of the click id, the tie-breaker between clicks of one impression
+    /// with the same event time (54 bits so that dedup packs it beside the event time).
+    pub click: u64,
     /// Event time, ms since the epoch. The timely time it travels at may be later (a late but
     /// allowed click travels at its source's watermark); its window is always this one's.
     pub event_time: u64,
@@ -30,10 +100,19 @@ pub struct Click {
 }
 
 impl Click {
+    pub fn of(raw: &RawClick) -> Self {
+        Click {
+            impression: xxh3_128(raw.impression_id.as_bytes()),
+            click: xxh3_64(raw.click_id.as_bytes()) >> 10,
+            event_time: raw.event_time,
+            dims: raw.labels.dims(),
+        }
+    }
+
     /// The order that picks the winner among an impression's clicks: earliest event time, then
-    /// smallest click id. It depends only on the clicks, never on when they arrived.
-    pub fn rank(&self) -> (u64, &str) {
-        (self.event_time, &self.click_id)
+    /// smallest click fingerprint. It depends only on the clicks, never on when they arrived.
+    pub fn rank(&self) -> (u64, u64) {
+        (self.event_time, self.click)
     }
 }
 

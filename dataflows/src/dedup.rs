@@ -2,20 +2,25 @@
 //! collection of window rows with (clicks, duplicates) measures.
 //!
 //! Clicks are exchanged by impression, so each worker owns its impressions' state: the current
-//! winner (earliest event time, then smallest click id). Input is processed in timely-time
-//! order once the frontier passes each time, so every update is stamped with the time at which
-//! it became true. A new winner retracts the old one's click (which becomes a duplicate in its
-//! own row); every other click of the impression is a duplicate in its own row. The final
-//! result depends only on the set of clicks, not on their arrival order.
+//! winner (earliest event time, then smallest click fingerprint). Input is processed in
+//! timely-time order once the frontier passes each time, so every update is stamped with the
+//! time at which it became true. A new winner retracts the old one's click (which becomes a
+//! duplicate in its own row); every other click of the impression is a duplicate in its own
+//! row. The final result depends only on the set of clicks, not on their arrival order.
 //!
-//! State is evicted once the frontier passes the winner's event time plus the horizon: a click
-//! for the same impression after that counts again, by definition of the horizon.
+//! The horizon: a click more than `horizon_ms` of event time after its impression's winner
+//! counts again (signed links expire long before a day, so real duplicates are never that far
+//! apart). State is swept once no click that could still arrive can be within the horizon of
+//! it: the sweep frees memory and never changes a verdict.
+//!
+//! Memory: 32 bytes of table slot per tracked impression (a 128-bit impression fingerprint;
+//! event time, 54-bit click fingerprint and a per-worker index of the winner's dimensions
+//! packed in 128 bits), plus one entry per distinct dimension combination.
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
-use foldhash::{HashMap, HashMapExt};
-
-use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
@@ -25,30 +30,177 @@ use timely::dataflow::operators::generic::operator::Operator;
 use crate::click::{Click, Dims, Measures, Row};
 use crate::time::{MINUTE_MS, window_start};
 
-/// What the dedup remembers about an impression.
-pub struct Winner {
-    event_time: u64,
-    click_id: String,
-    dims: Dims,
-    evict_at: u64,
+/// The dedup's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupConfig {
+    /// Event time over which duplicates of an impression are recognised (default 24 h).
+    pub horizon_ms: u64,
+    /// The sources' allowed lateness: how far behind the frontier a click can still be.
+    pub allowed_lateness_ms: u64,
+}
+
+/// The impression fingerprint is already a uniform hash: use its low bits as they are.
+#[derive(Default)]
+pub struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+type Winners = std::collections::HashMap<u128, Winner, BuildHasherDefault<PassThrough>>;
+
+const CLICK_BITS: u32 = 54;
+const TIME_SHIFT: u32 = CLICK_BITS - 32;
+
+/// An impression's winner in 16 bytes: event time (42 bits, ms: years up to 2109) and the high
+/// 22 bits of the click fingerprint; its low 32 bits and the winner's dimension index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Winner(u64, u64);
+
+impl Winner {
+    fn new(event_time: u64, click: u64, dims: u32) -> Self {
+        debug_assert!(event_time < 1 << 42 && click < 1 << CLICK_BITS);
+        Winner(
+            event_time << TIME_SHIFT | click >> 32,
+            (click & 0xFFFF_FFFF) << 32 | u64::from(dims),
+        )
+    }
+    fn event_time(&self) -> u64 {
+        self.0 >> TIME_SHIFT
+    }
+    /// (event time, click fingerprint): the same order as [`Click::rank`].
+    fn rank(&self) -> (u64, u64) {
+        let click = (self.0 & ((1 << TIME_SHIFT) - 1)) << 32 | self.1 >> 32;
+        (self.event_time(), click)
+    }
+    fn dims(&self) -> u32 {
+        self.1 as u32
+    }
+    fn with_dims(self, dims: u32) -> Self {
+        Winner(self.0, self.1 & !0xFFFF_FFFF | u64::from(dims))
+    }
+}
+
+/// Distinct dimension combinations of this worker's winners, by index.
+#[derive(Default)]
+struct DimsTable {
+    all: Vec<Dims>,
+    index: foldhash::HashMap<Dims, u32>,
+}
+
+impl DimsTable {
+    fn intern(&mut self, d: Dims) -> u32 {
+        *self.index.entry(d).or_insert_with(|| {
+            self.all.push(d);
+            (self.all.len() - 1) as u32
+        })
+    }
+}
+
+/// One worker's dedup state.
+pub struct DedupState {
+    cfg: DedupConfig,
+    winners: Winners,
+    dims: DimsTable,
+    next_sweep: u64,
+}
+
+impl DedupState {
+    pub fn new(cfg: DedupConfig) -> Self {
+        Self {
+            cfg,
+            winners: Winners::default(),
+            dims: DimsTable::default(),
+            next_sweep: 0,
+        }
+    }
+
+    /// Impressions tracked.
+    pub fn len(&self) -> usize {
+        self.winners.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.winners.is_empty()
+    }
+
+    /// Appends the updates `click` causes, given the state so far.
+    pub fn decide(&mut self, click: &Click, out: &mut Vec<(Row, Measures)>) {
+        let row = |t: u64, d: Dims| (window_start(t, MINUTE_MS), d);
+        let horizon = self.cfg.horizon_ms;
+        match self.winners.get_mut(&click.impression) {
+            Some(w) if click.event_time < w.event_time().saturating_add(horizon) => {
+                if click.rank() < w.rank() {
+                    let old = self.dims.all[w.dims() as usize];
+                    out.push((row(w.event_time(), old), (-1, 1)));
+                    let d = self.dims.intern(click.dims);
+                    *w = Winner::new(click.event_time, click.click, d);
+                    out.push((row(click.event_time, click.dims), (1, 0)));
+                } else {
+                    out.push((row(click.event_time, click.dims), (0, 1)));
+                }
+            }
+            // First click of the impression, or beyond the previous winner's horizon.
+            _ => {
+                let d = self.dims.intern(click.dims);
+                let w = Winner::new(click.event_time, click.click, d);
+                self.winners.insert(click.impression, w);
+                out.push((row(click.event_time, click.dims), (1, 0)));
+            }
+        }
+    }
+
+    /// Frees what no click at or after `frontier` can match: such a click has event time at
+    /// least `frontier - allowed_lateness`, beyond the horizon of winners older than that.
+    /// Sweeps every 1/16 of the horizon, so each entry is visited a bounded number of times.
+    pub fn sweep(&mut self, frontier: u64) {
+        if frontier < self.next_sweep {
+            return;
+        }
+        let (h, l) = (self.cfg.horizon_ms, self.cfg.allowed_lateness_ms);
+        self.winners
+            .retain(|_, w| w.event_time().saturating_add(h + l) >= frontier);
+        // Rebuild the dimension table from the survivors.
+        let old = std::mem::take(&mut self.dims);
+        let mut remap = vec![u32::MAX; old.all.len()];
+        for w in self.winners.values_mut() {
+            let i = w.dims() as usize;
+            if remap[i] == u32::MAX {
+                remap[i] = self.dims.intern(old.all[i]);
+            }
+            *w = w.with_dims(remap[i]);
+        }
+        self.winners.shrink_to_fit();
+        self.next_sweep = frontier.saturating_add((h / 16).max(MINUTE_MS));
+    }
 }
 
 type Update = (Row, u64, Measures);
 
-/// Deduplicates `clicks` (any timely time ≥ nothing in particular) over `horizon_ms` of event time.
+/// Deduplicates `clicks` over the configured horizon.
 pub fn dedup<'s>(
     clicks: Stream<'s, u64, Vec<Click>>,
-    horizon_ms: u64,
+    cfg: DedupConfig,
 ) -> VecCollection<'s, u64, Row, Measures> {
-    let exchange = Exchange::new(|c: &Click| c.impression_id.hashed());
+    let exchange = Exchange::new(|c: &Click| c.impression as u64);
     clicks
         .unary_frontier::<CapacityContainerBuilder<Vec<Update>>, _, _, _>(
             exchange,
             "Dedup",
             move |_cap, _info| {
                 let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Click>)> = BTreeMap::new();
-                let mut winners: HashMap<String, Winner> = HashMap::new();
-                let mut evictions: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+                let mut state = DedupState::new(cfg);
+                let mut updates = Vec::new();
                 move |(input, frontier), output| {
                     input.for_each_stamp(|cap, data| {
                         let Some(cap) = cap.retain_least(0) else {
@@ -68,126 +220,109 @@ pub fn dedup<'s>(
                         }
                         let (cap, clicks) = entry.remove();
                         let time = *cap.time();
-                        let mut session = output.session(&cap);
-                        for click in clicks {
-                            for update in decide(&mut winners, &mut evictions, click, horizon_ms) {
-                                session.give((update.0, time, update.1));
-                            }
+                        for click in &clicks {
+                            state.decide(click, &mut updates);
                         }
+                        output
+                            .session(&cap)
+                            .give_iterator(updates.drain(..).map(|(r, m)| (r, time, m)));
                     }
-                    // Forget impressions whose horizon the frontier has passed.
                     let done_before = frontier.frontier().first().copied().unwrap_or(u64::MAX);
-                    while let Some(entry) = evictions.first_entry() {
-                        if *entry.key() >= done_before {
-                            break;
-                        }
-                        for imp in entry.remove() {
-                            if winners.get(&imp).is_some_and(|w| w.evict_at < done_before) {
-                                winners.remove(&imp);
-                            }
-                        }
-                    }
+                    state.sweep(done_before);
                 }
             },
         )
         .as_collection()
 }
 
-fn row(event_time: u64, dims: Dims) -> Row {
-    (window_start(event_time, MINUTE_MS), dims)
-}
-
-/// The updates one click causes, given the state so far (`winners` per impression, and the
-/// impressions to forget by eviction time).
-pub fn decide(
-    winners: &mut HashMap<String, Winner>,
-    evictions: &mut BTreeMap<u64, Vec<String>>,
-    click: Click,
-    horizon_ms: u64,
-) -> Vec<(Row, Measures)> {
-    match winners.get_mut(&click.impression_id) {
-        None => {
-            let evict_at = click.event_time.saturating_add(horizon_ms);
-            evictions
-                .entry(evict_at)
-                .or_default()
-                .push(click.impression_id.clone());
-            let update = (row(click.event_time, click.dims.clone()), (1, 0));
-            winners.insert(
-                click.impression_id,
-                Winner {
-                    event_time: click.event_time,
-                    click_id: click.click_id,
-                    dims: click.dims,
-                    evict_at,
-                },
-            );
-            vec![update]
-        }
-        Some(w) if click.rank() < (w.event_time, w.click_id.as_str()) => {
-            let old = row(w.event_time, std::mem::take(&mut w.dims));
-            w.event_time = click.event_time;
-            w.click_id = click.click_id;
-            w.dims = click.dims.clone();
-            vec![(old, (-1, 1)), (row(click.event_time, click.dims), (1, 0))]
-        }
-        Some(_) => vec![(row(click.event_time, click.dims), (0, 1))],
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::click::Sym;
 
-    fn click(imp: &str, id: &str, t: u64, ad: &str) -> Click {
+    fn click(imp: u128, id: u64, t: u64, ad: &str) -> Click {
         Click {
-            impression_id: imp.into(),
-            click_id: id.into(),
+            impression: imp,
+            click: id,
             event_time: t,
             dims: Dims {
-                ad_id: ad.into(),
+                ad_id: Sym::of(ad),
                 ..Dims::default()
             },
         }
     }
 
+    fn cfg() -> DedupConfig {
+        DedupConfig {
+            horizon_ms: 86_400_000,
+            allowed_lateness_ms: 300_000,
+        }
+    }
+
     fn net(clicks: Vec<Click>) -> BTreeMap<Row, Measures> {
-        let (mut w, mut e) = (HashMap::new(), BTreeMap::new());
+        let mut state = DedupState::new(cfg());
+        let mut updates = Vec::new();
+        for c in &clicks {
+            state.decide(c, &mut updates);
+        }
         let mut out: BTreeMap<Row, Measures> = BTreeMap::new();
-        for c in clicks {
-            for (r, (a, b)) in decide(&mut w, &mut e, c, 86_400_000) {
-                let m = out.entry(r).or_default();
-                m.0 += a;
-                m.1 += b;
-            }
+        for (r, (a, b)) in updates {
+            let m = out.entry(r).or_default();
+            m.0 += a;
+            m.1 += b;
         }
         out.retain(|_, m| *m != (0, 0));
         out
     }
 
     #[test]
+    fn winners_pack_and_unpack() {
+        let w = Winner::new((1 << 42) - 1, (1 << CLICK_BITS) - 2, 7);
+        assert_eq!(w.rank(), ((1 << 42) - 1, (1 << CLICK_BITS) - 2));
+        assert_eq!(w.dims(), 7);
+        assert_eq!(w.with_dims(u32::MAX).rank(), w.rank());
+        assert_eq!(std::mem::size_of::<(u128, Winner)>(), 32);
+    }
+
+    #[test]
     fn the_winner_does_not_depend_on_arrival_order() {
-        let a = click("i", "b-id", 59_000, "x");
-        let b = click("i", "a-id", 61_000, "x");
-        let c = click("i", "c-id", 59_000, "x");
-        let orders = [
-            vec![a.clone(), b.clone(), c.clone()],
-            vec![b.clone(), c.clone(), a.clone()],
-            vec![c.clone(), a.clone(), b.clone()],
-        ];
+        let a = click(1, 2, 59_000, "x");
+        let b = click(1, 1, 61_000, "x");
+        let c = click(1, 3, 59_000, "x");
+        let orders = [vec![a, b, c], vec![b, c, a], vec![c, a, b], vec![c, b, a]];
         let results: Vec<_> = orders.into_iter().map(net).collect();
         assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
-        // Winner: 59 000 with the smaller click id ("b-id"); minute 0 has it and one duplicate,
-        // minute 60 000 has one duplicate.
+        // Winner: 59 000 with the smaller click fingerprint (a); minute 0 has it and one
+        // duplicate, minute 60 000 has one duplicate.
         let r = &results[0];
-        assert_eq!(r[&(0, a.dims.clone())], (1, 1));
-        assert_eq!(r[&(60_000, a.dims.clone())], (0, 1));
+        assert_eq!(r[&(0, a.dims)], (1, 1));
+        assert_eq!(r[&(60_000, a.dims)], (0, 1));
     }
 
     #[test]
     fn an_identical_retry_is_a_duplicate() {
-        let a = click("i", "id", 1_000, "x");
-        let r = net(vec![a.clone(), a.clone()]);
+        let a = click(1, 5, 1_000, "x");
+        let r = net(vec![a, a]);
         assert_eq!(r[&(0, a.dims)], (1, 1));
+    }
+
+    #[test]
+    fn beyond_the_horizon_counts_again_and_sweeps_do_not_change_verdicts() {
+        let a = click(1, 5, 1_000, "x");
+        let mut later = a;
+        later.event_time += 86_400_000;
+        assert_eq!(net(vec![a, later]).values().map(|m| m.0).sum::<i64>(), 2);
+        let mut inside = a;
+        inside.event_time += 86_399_999;
+        let mut state = DedupState::new(cfg());
+        let mut updates = Vec::new();
+        state.decide(&a, &mut updates);
+        // The earliest frontier at which `inside` could still arrive: it is kept for it.
+        state.sweep(inside.event_time + 300_000);
+        assert_eq!(state.len(), 1);
+        state.decide(&inside, &mut updates);
+        assert_eq!(updates.last().unwrap().1, (0, 1));
+        state.sweep(a.event_time + 86_400_000 + 300_000 + 6_000_000);
+        assert_eq!(state.len(), 0);
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod click;
 pub mod dedup;
+pub mod names;
 pub mod report;
 pub mod rollup;
 pub mod source;
@@ -25,7 +26,9 @@ use timely::dataflow::Stream;
 use timely::dataflow::operators::vec::Map;
 use timely::progress::frontier::AntichainRef;
 
-use click::{Click, Measures, Row};
+use click::{Measures, RawClick, Row};
+use dedup::DedupConfig;
+use names::Name;
 use rollup::{Retention, rollup};
 use source::{Rejected, SourceEvent};
 use time::{DAY_MS, HOUR_MS, MINUTE_MS};
@@ -58,8 +61,11 @@ pub struct Aggregates<'s> {
     pub hour: VecCollection<'s, u64, Row, Measures>,
     pub day: VecCollection<'s, u64, Row, Measures>,
     pub top: VecCollection<'s, u64, (RankKey, Ranking), isize>,
-    pub late: Stream<'s, u64, Vec<Click>>,
+    pub late: Stream<'s, u64, Vec<RawClick>>,
     pub rejected: Stream<'s, u64, Vec<Rejected>>,
+    /// Dimension texts, each announced by a source at the time of the first click it counted
+    /// with it (not broadcast: each consumer routes them where it resolves texts).
+    pub names: Stream<'s, u64, Vec<Name>>,
 }
 
 /// The whole aggregation, as a function of the sources' events.
@@ -75,13 +81,21 @@ pub fn aggregate<'s>(
         SourceEvent::Late(c) => Some(c),
         _ => None,
     });
-    let rejected = events.flat_map(|e| match e {
+    let rejected = events.clone().flat_map(|e| match e {
         SourceEvent::Rejected(r) => Some(r),
+        _ => None,
+    });
+    let names = events.flat_map(|e| match e {
+        SourceEvent::Name(n) => Some(n),
         _ => None,
     });
     // Local pre-aggregation before rows are exchanged: a hot ad's clicks are summed on every
     // worker first, so no single worker receives them one by one.
-    let deduped = dedup::dedup(on_time, cfg.dedup_horizon_ms).consolidate_stream();
+    let dedup_cfg = DedupConfig {
+        horizon_ms: cfg.dedup_horizon_ms,
+        allowed_lateness_ms: cfg.allowed_lateness_ms,
+    };
+    let deduped = dedup::dedup(on_time, dedup_cfg).consolidate_stream();
     let r = cfg.retention;
     let minute = rollup(deduped.clone(), MINUTE_MS, r.minute_ms);
     let hour = rollup(deduped.clone(), HOUR_MS, r.hour_ms);
@@ -94,6 +108,7 @@ pub fn aggregate<'s>(
         top,
         late,
         rejected,
+        names,
     }
 }
 

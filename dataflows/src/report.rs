@@ -62,6 +62,10 @@ pub fn reports<'s>(
                 let mut cap = Some(cap);
                 let mut pending: BTreeMap<u64, Vec<(Row, Measures)>> = BTreeMap::new();
                 let mut rows = Rows::default();
+                // The latest time of any update applied: reports go out no earlier, so a
+                // consumer that has seen everything up to a report's time has seen the
+                // texts its dimensions need (announced at the times of their clicks).
+                let mut latest = 0;
                 move |(input, frontier), output| {
                     input.for_each(|_cap, data| {
                         for (row, t, m) in data.drain(..) {
@@ -77,12 +81,13 @@ pub fn reports<'s>(
                             break;
                         }
                         let (t, updates) = entry.remove_entry();
+                        latest = latest.max(t);
                         for (row, (c, d)) in updates {
                             let end = row.0 + window_ms;
                             if t >= end + lateness_ms {
                                 continue;
                             }
-                            let m = rows.measures.entry(row.clone()).or_insert_with(|| (0, 0));
+                            let m = rows.measures.entry(row).or_insert_with(|| (0, 0));
                             m.0 += c;
                             m.1 += d;
                             if rows.last.contains_key(&row) {
@@ -96,7 +101,7 @@ pub fn reports<'s>(
                     let mut out = Vec::new();
                     let report = |row: &Row, m: Measures, status| WindowReport {
                         window_ms,
-                        row: row.clone(),
+                        row: *row,
                         clicks: m.0,
                         duplicates: m.1,
                         status,
@@ -124,7 +129,7 @@ pub fn reports<'s>(
                             }
                             let m = rows.measures[&row];
                             out.push(report(&row, m, Status::Complete));
-                            rows.last.insert(row.clone(), m);
+                            rows.last.insert(row, m);
                             rows.reported
                                 .entry(end + lateness_ms)
                                 .or_default()
@@ -142,13 +147,17 @@ pub fn reports<'s>(
                             out.push(report(&row, m, Status::Final));
                         }
                     }
-                    if !out.is_empty() {
-                        output.session(&*c).give_iterator(out.into_iter());
+                    if let Some(b) = bound
+                        && b > *c.time()
+                    {
+                        c.downgrade(&b);
                     }
-                    match bound {
-                        Some(b) if b > *c.time() => c.downgrade(&b),
-                        Some(_) => {}
-                        None => cap = None::<Capability<u64>>,
+                    if !out.is_empty() {
+                        let at = c.delayed(&latest.max(*c.time()));
+                        output.session(&at).give_iterator(out.into_iter());
+                    }
+                    if bound.is_none() {
+                        cap = None::<Capability<u64>>;
                     }
                 }
             },

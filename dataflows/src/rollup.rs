@@ -41,7 +41,7 @@ pub fn rollup<'s>(
             (retire_at > time)
                 .then(|| {
                     [
-                        (row.clone(), time, (clicks, dups)),
+                        (row, time, (clicks, dups)),
                         (row, retire_at, (-clicks, -dups)),
                     ]
                 })

@@ -3,7 +3,6 @@
 //! watermark. The reading itself (Kafka, files, memory) is a [`PartitionReader`], so this
 //! operator has no I/O of its own and tests drive it with plain vectors.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +10,8 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
-use crate::click::Click;
+use crate::click::{Click, RawClick};
+use crate::names::{Announcer, Name};
 use crate::watermark::{SourceClock, TimeConfig, Verdict};
 
 /// A record a reader could not turn into a click, kept for the dead-letter sink.
@@ -29,7 +29,7 @@ pub struct Rejected {
 
 /// One record from a partition.
 pub enum Record {
-    Click(Click),
+    Click(RawClick),
     Rejected(Rejected),
 }
 
@@ -55,13 +55,31 @@ pub trait PartitionReader: 'static {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum SourceEvent {
     OnTime(Click),
-    /// Beyond the allowed lateness; travels at the capability.
-    Late(Click),
+    /// Beyond the allowed lateness; travels at the capability, with its texts for the late
+    /// topic.
+    Late(RawClick),
     Rejected(Rejected),
+    /// A dimension text this source counts for the first time, at the time of the click that
+    /// carries it.
+    Name(Name),
 }
 
 /// Records read per partition per activation, so one busy partition cannot starve the rest.
 const BATCH: usize = 4_096;
+
+/// Events grouped by timely time. A partition's times mostly repeat or grow, so the group is
+/// nearly always the last one or close to it: cheaper than a map lookup per record.
+#[derive(Default)]
+struct ByTime(Vec<(u64, Vec<SourceEvent>)>);
+
+impl ByTime {
+    fn push(&mut self, at: u64, event: SourceEvent) {
+        match self.0.iter_mut().rev().find(|(t, _)| *t == at) {
+            Some((_, events)) => events.push(event),
+            None => self.0.push((at, vec![event])),
+        }
+    }
+}
 
 /// A source operator over `reader`. `now_ms` is processing time, for idle timeouts.
 pub fn clock_source<'s, R: PartitionReader>(
@@ -81,9 +99,11 @@ pub fn clock_source<'s, R: PartitionReader>(
             // A worker without partitions holds nothing back: `advance` finds them all finished.
             let mut cap = Some(capability);
             let mut buf = Vec::new();
+            let mut announcer = Announcer::default();
+            let mut names = Vec::new();
             move |output| {
                 let Some(c) = cap.as_mut() else { return };
-                let mut by_time: BTreeMap<u64, Vec<SourceEvent>> = BTreeMap::new();
+                let mut by_time = ByTime::default();
                 let mut busy = false;
                 let now = now_ms();
                 for (p, done) in finished.iter_mut().enumerate() {
@@ -95,20 +115,27 @@ pub fn clock_source<'s, R: PartitionReader>(
                     busy |= polled == Polled::More;
                     for record in buf.drain(..) {
                         let (at, event) = match record {
-                            Record::Click(click) => match clock.observe(p, click.event_time, now) {
-                                Verdict::Emit { at } => (at, SourceEvent::OnTime(click)),
-                                Verdict::Late => (clock.capability(), SourceEvent::Late(click)),
+                            Record::Click(raw) => match clock.observe(p, raw.event_time, now) {
+                                Verdict::Emit { at } => {
+                                    let click = Click::of(&raw);
+                                    announcer.announce(&raw.labels, &click.dims, &mut names);
+                                    for name in names.drain(..) {
+                                        by_time.push(at, SourceEvent::Name(name));
+                                    }
+                                    (at, SourceEvent::OnTime(click))
+                                }
+                                Verdict::Late => (clock.capability(), SourceEvent::Late(raw)),
                             },
                             Record::Rejected(r) => (clock.capability(), SourceEvent::Rejected(r)),
                         };
-                        by_time.entry(at).or_default().push(event);
+                        by_time.push(at, event);
                     }
                     if polled == Polled::Finished {
                         *done = true;
                         clock.finish(p);
                     }
                 }
-                for (time, events) in by_time {
+                for (time, events) in by_time.0 {
                     let delayed = c.delayed(&time);
                     output.session(&delayed).give_iterator(events.into_iter());
                 }

@@ -16,13 +16,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::{HashMap, HashMapExt};
 
-use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use crate::click::{Measures, Row, Text};
+use crate::click::{Measures, Row, Sym};
 use crate::time::MINUTE_MS;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,11 +42,17 @@ impl Default for TopNConfig {
 }
 
 /// Which ranking: (window length in minutes, start of the window's last minute, country or
-/// `""` for all countries).
-pub type RankKey = (u64, u64, String);
+/// [`all_countries`]).
+pub type RankKey = (u64, u64, Sym);
 
-/// One ranking: ads with their clicks, most clicked first, ties by ad id.
-pub type Ranking = Vec<(String, i64)>;
+/// One ranking: ads with their clicks, most clicked first, ties by ad fingerprint (an order
+/// that every process computes alike without knowing the texts).
+pub type Ranking = Vec<(Sym, i64)>;
+
+/// The scope of the rankings over all countries (no country code is empty).
+pub fn all_countries() -> Sym {
+    Sym::of("")
+}
 
 /// The time after which the ranking of the window whose last minute starts at `end` no
 /// longer changes.
@@ -59,29 +65,28 @@ pub fn retire_at(end: u64, retention_ms: u64) -> u64 {
     end + MINUTE_MS + retention_ms
 }
 
-type Scope = Text;
+type Scope = Sym;
 type ShardUpdate = (((RankKey, u64), Ranking), u64, isize);
 
 /// Per-worker state of stage 1.
 #[derive(Default)]
 struct Shard {
     /// (scope, minute) → ad → clicks.
-    minutes: BTreeMap<(Scope, u64), HashMap<Text, i64>>,
+    minutes: BTreeMap<(Scope, u64), HashMap<Sym, i64>>,
     /// The last ranking emitted per window, to retract when it changes.
     emitted: HashMap<RankKey, Ranking>,
 }
 
 impl Shard {
     fn rank(&self, (m, end, scope): &RankKey, n: usize) -> Ranking {
-        let mut sums: HashMap<&str, i64> = HashMap::new();
+        let mut sums: HashMap<Sym, i64> = HashMap::new();
         let first = end.saturating_sub((m - 1) * MINUTE_MS);
-        let scope = Text::from(scope.as_str());
-        for (_, ads) in self.minutes.range((scope.clone(), first)..=(scope, *end)) {
+        for (_, ads) in self.minutes.range((*scope, first)..=(*scope, *end)) {
             for (ad, c) in ads {
-                *sums.entry(&**ad).or_default() += c;
+                *sums.entry(*ad).or_default() += c;
             }
         }
-        best(sums.into_iter().map(|(a, c)| (a.to_string(), c)), n)
+        best(sums.into_iter(), n)
     }
 }
 
@@ -93,7 +98,7 @@ pub fn top_n<'s>(
 ) -> VecCollection<'s, u64, (RankKey, Ranking), isize> {
     let (n, windows) = (cfg.n, cfg.window_minutes.clone());
     let longest = windows.iter().copied().max().unwrap_or(1);
-    let exchange = Exchange::new(|((_, d), _, _): &(Row, u64, Measures)| d.ad_id.hashed());
+    let exchange = Exchange::new(|((_, d), _, _): &(Row, u64, Measures)| d.ad_id.0);
     minute_rows
         .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<ShardUpdate>>, _, _, _>(
@@ -102,7 +107,7 @@ pub fn top_n<'s>(
             move |cap, info| {
                 let shard_id = info.global_id as u64;
                 let mut cap = Some(cap);
-                let mut pending: BTreeMap<u64, Vec<(u64, Text, Text, i64)>> = BTreeMap::new();
+                let mut pending: BTreeMap<u64, Vec<(u64, Sym, Sym, i64)>> = BTreeMap::new();
                 let mut shard = Shard::default();
                 let mut scopes: BTreeSet<Scope> = BTreeSet::new();
                 // Minutes whose windows have been ranked at least once: everything before.
@@ -141,14 +146,14 @@ pub fn top_n<'s>(
                         let (t, changes) = entry.remove_entry();
                         let mut dirty: BTreeSet<(Scope, u64)> = BTreeSet::new();
                         for (minute, country, ad, clicks) in changes {
-                            for scope in [Text::from(""), country] {
+                            for scope in [all_countries(), country] {
                                 *shard
                                     .minutes
-                                    .entry((scope.clone(), minute))
+                                    .entry((scope, minute))
                                     .or_default()
-                                    .entry(ad.clone())
+                                    .entry(ad)
                                     .or_default() += clicks;
-                                scopes.insert(scope.clone());
+                                scopes.insert(scope);
                                 dirty.insert((scope, minute));
                             }
                         }
@@ -162,7 +167,7 @@ pub fn top_n<'s>(
                                     if ranked_through.is_some_and(|r| end <= r)
                                         && t < final_at(end, allowed_lateness_ms)
                                     {
-                                        rerank(&mut shard, (m, end, scope.to_string()), t);
+                                        rerank(&mut shard, (m, end, scope), t);
                                     }
                                 }
                             }
@@ -187,7 +192,7 @@ pub fn top_n<'s>(
                         let at = (minute + MINUTE_MS).max(*c.time());
                         for scope in &scopes {
                             for &m in &windows {
-                                rerank(&mut shard, (m, minute, scope.to_string()), at);
+                                rerank(&mut shard, (m, minute, *scope), at);
                             }
                         }
                         ranked_through = Some(minute);
@@ -198,10 +203,10 @@ pub fn top_n<'s>(
                     let mut delayed: Vec<ShardUpdate> = Vec::new();
                     for (key, ranking, at) in updates {
                         if let Some(old) = shard.emitted.remove(&key) {
-                            delayed.push((((key.clone(), shard_id), old), at, -1));
+                            delayed.push((((key, shard_id), old), at, -1));
                         }
                         if !ranking.is_empty() {
-                            shard.emitted.insert(key.clone(), ranking.clone());
+                            shard.emitted.insert(key, ranking.clone());
                             delayed.push((((key, shard_id), ranking), at, 1));
                         }
                     }
@@ -210,7 +215,7 @@ pub fn top_n<'s>(
                         .emitted
                         .keys()
                         .filter(|(_, end, _)| final_at(*end, allowed_lateness_ms) <= limit)
-                        .cloned()
+                        .copied()
                         .collect();
                     for key in finals {
                         let ranking = shard.emitted.remove(&key).unwrap();
@@ -240,7 +245,7 @@ pub fn top_n<'s>(
         .reduce_named(
             "TopNMerge",
             move |_key, shards: &[(&Ranking, isize)], out| {
-                let candidates = shards.iter().flat_map(|(r, _)| r.iter().cloned());
+                let candidates = shards.iter().flat_map(|(r, _)| r.iter().copied());
                 let ranking = best(candidates, n);
                 if !ranking.is_empty() {
                     out.push((ranking, 1));
@@ -249,8 +254,9 @@ pub fn top_n<'s>(
         )
 }
 
-/// The `n` best (ad, clicks): most clicks first, then smallest ad id; zero counts excluded.
-fn best(ads: impl Iterator<Item = (String, i64)>, n: usize) -> Ranking {
+/// The `n` best (ad, clicks): most clicks first, then smallest ad fingerprint; zero counts
+/// excluded.
+pub fn best(ads: impl Iterator<Item = (Sym, i64)>, n: usize) -> Ranking {
     let mut all: Ranking = ads.filter(|(_, c)| *c > 0).collect();
     all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     all.truncate(n);
@@ -259,16 +265,16 @@ fn best(ads: impl Iterator<Item = (String, i64)>, n: usize) -> Ranking {
 
 #[cfg(test)]
 mod tests {
-    use super::best;
+    use super::*;
 
     #[test]
-    fn ranking_breaks_ties_by_ad_id_and_drops_zeros() {
+    fn ranking_breaks_ties_by_ad_fingerprint_and_drops_zeros() {
         let r = best(
-            [("b", 3), ("a", 3), ("c", 5), ("z", 0)]
+            [(2, 3), (1, 3), (3, 5), (9, 0)]
                 .into_iter()
-                .map(|(a, c)| (a.to_string(), c)),
+                .map(|(a, c)| (Sym(a), c)),
             3,
         );
-        assert_eq!(r, vec![("c".into(), 5), ("a".into(), 3), ("b".into(), 3)]);
+        assert_eq!(r, vec![(Sym(3), 5), (Sym(1), 3), (Sym(2), 3)]);
     }
 }

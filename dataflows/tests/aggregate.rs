@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use adclick_dataflows::click::{Click, Dims, Measures, Row};
+use adclick_dataflows::click::{Click, Labels, Measures, RawClick, Row, Sym};
 use adclick_dataflows::source::{PartitionReader, Polled, Record, Rejected, clock_source};
 use adclick_dataflows::time::{HOUR_MS, MINUTE_MS, window_start};
-use adclick_dataflows::topn::{RankKey, Ranking};
+use adclick_dataflows::topn::{RankKey, Ranking, all_countries};
 use adclick_dataflows::watermark::TimeConfig;
 use adclick_dataflows::{AggregateConfig, Traces, aggregate};
 use differential_dataflow::trace::TraceReader;
@@ -21,7 +21,7 @@ const START: u64 = 1_776_686_400_000; // 2026-04-20T12:00:00Z
 
 #[derive(Clone, Debug)]
 enum Item {
-    Click(Click),
+    Click(RawClick),
     Bad(String),
 }
 
@@ -39,13 +39,13 @@ impl Rng {
     }
 }
 
-fn dims(rng: &mut Rng) -> Dims {
+fn labels(rng: &mut Rng) -> Labels {
     let ad = rng.below(20);
-    Dims {
-        ad_id: format!("ad_{ad}").into(),
-        campaign_id: format!("cmp_{}", ad % 4).into(),
-        advertiser_id: format!("adv_{}", ad % 2).into(),
-        publisher_id: format!("pub_{}", rng.below(3)).into(),
+    Labels {
+        ad_id: format!("ad_{ad}"),
+        campaign_id: format!("cmp_{}", ad % 4),
+        advertiser_id: format!("adv_{}", ad % 2),
+        publisher_id: format!("pub_{}", rng.below(3)),
         country: ["US", "DE", "JP"][rng.below(3) as usize].into(),
         device: ["mobile", "desktop"][rng.below(2) as usize].into(),
     }
@@ -55,15 +55,15 @@ fn dims(rng: &mut Rng) -> Dims {
 fn traffic() -> Vec<Vec<Item>> {
     let mut rng = Rng(0x5eed);
     let mut parts: Vec<Vec<Item>> = vec![Vec::new(); 5];
-    let mut dup_later: Vec<(usize, u64, Click)> = Vec::new();
+    let mut dup_later: Vec<(usize, u64, RawClick)> = Vec::new();
     for i in 0..6_000u64 {
         let now = START + i * 50; // 20 clicks/s of event time, 5 minutes in all
         let p = (i % 4) as usize;
-        let mut c = Click {
+        let mut c = RawClick {
             impression_id: format!("imp-{i}"),
             click_id: format!("c-{:08}", rng.below(100_000_000)),
             event_time: now - rng.below(3_000),
-            dims: dims(&mut rng),
+            labels: labels(&mut rng),
         };
         match rng.below(100) {
             0..=2 => c.event_time = now - 60_000 - rng.below(100_000), // allowed late
@@ -102,11 +102,11 @@ fn traffic() -> Vec<Vec<Item>> {
         (0, max0 - BOUND - LATENESS),
         (1, max0 - BOUND - LATENESS - 1),
     ] {
-        parts[0].push(Item::Click(Click {
+        parts[0].push(Item::Click(RawClick {
             impression_id: format!("limit-{n}"),
             click_id: "l".into(),
             event_time: t,
-            dims: Dims::default(),
+            labels: Labels::default(),
         }));
     }
     parts
@@ -196,10 +196,8 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
             let a = aggregate(events, &acfg);
             let (o1, o2, o3, o4, o5) = (out.clone(), out.clone(), out.clone(), out.clone(), out);
             let traces = Traces::arrange(&a);
-            a.minute
-                .inspect(move |u| o1.lock().unwrap().0.push(u.clone()));
-            a.hour
-                .inspect(move |u| o2.lock().unwrap().1.push(u.clone()));
+            a.minute.inspect(move |u| o1.lock().unwrap().0.push(*u));
+            a.hour.inspect(move |u| o2.lock().unwrap().1.push(*u));
             a.top.inspect(move |u| o3.lock().unwrap().2.push(u.clone()));
             a.late.inspect(move |_| o4.lock().unwrap().3 += 1);
             a.rejected.inspect(move |_| o5.lock().unwrap().4 += 1);
@@ -213,9 +211,9 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
             .unwrap();
         let (mut cursor, storage) =
             cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
-        for ((row, ()), times) in cursor.to_vec(&storage, |k| k.clone(), |_| ()) {
+        for ((row, ()), times) in cursor.to_vec(&storage, |k| *k, |_| ()) {
             let mut a = arranged_out.lock().unwrap();
-            a.extend(times.into_iter().map(|(t, d)| (row.clone(), t, d)));
+            a.extend(times.into_iter().map(|(t, d)| (row, t, d)));
         }
     })
     .unwrap()
@@ -264,7 +262,7 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
 /// The oracle: the brief's rules, written as plainly as possible.
 fn oracle(parts: &[Vec<Item>]) -> Results {
     let mut r = Results::default();
-    let mut on_time: Vec<Click> = Vec::new();
+    let mut on_time: Vec<RawClick> = Vec::new();
     for part in parts {
         let mut max_seen: Option<u64> = None;
         for item in part {
@@ -282,15 +280,12 @@ fn oracle(parts: &[Vec<Item>]) -> Results {
             }
         }
     }
-    let mut by_imp: BTreeMap<&str, Vec<&Click>> = BTreeMap::new();
+    let mut by_imp: BTreeMap<&str, Vec<&RawClick>> = BTreeMap::new();
     for c in &on_time {
         by_imp.entry(&c.impression_id).or_default().push(c);
     }
     for clicks in by_imp.values() {
-        let winner = clicks
-            .iter()
-            .min_by_key(|c| (c.event_time, &c.click_id))
-            .unwrap();
+        let winner = clicks.iter().min_by_key(|c| Click::of(c).rank()).unwrap();
         let mut winner_seen = false;
         for c in clicks {
             let is_winner =
@@ -298,29 +293,27 @@ fn oracle(parts: &[Vec<Item>]) -> Results {
             winner_seen |= is_winner;
             for (map, len) in [(&mut r.minute, MINUTE_MS), (&mut r.hour, HOUR_MS)] {
                 let m = map
-                    .entry((window_start(c.event_time, len), c.dims.clone()))
+                    .entry((window_start(c.event_time, len), c.labels.dims()))
                     .or_default();
                 if is_winner { m.0 += 1 } else { m.1 += 1 }
             }
         }
     }
     // Top 3 ads per (window length, window end, country or all).
-    let mut per_ad: BTreeMap<(u64, String, String), i64> = BTreeMap::new();
+    let mut per_ad: BTreeMap<(u64, Sym, Sym), i64> = BTreeMap::new();
     for ((minute, d), m) in &r.minute {
-        for country in [String::new(), d.country.to_string()] {
-            *per_ad
-                .entry((*minute, country, d.ad_id.to_string()))
-                .or_default() += m.0;
+        for country in [all_countries(), d.country] {
+            *per_ad.entry((*minute, country, d.ad_id)).or_default() += m.0;
         }
     }
-    let mut windows: BTreeMap<RankKey, BTreeMap<String, i64>> = BTreeMap::new();
+    let mut windows: BTreeMap<RankKey, BTreeMap<Sym, i64>> = BTreeMap::new();
     for ((minute, country, ad), clicks) in per_ad {
         for m in [1u64, 5] {
             for k in 0..m {
                 *windows
-                    .entry((m, minute + k * MINUTE_MS, country.clone()))
+                    .entry((m, minute + k * MINUTE_MS, country))
                     .or_default()
-                    .entry(ad.clone())
+                    .entry(ad)
                     .or_default() += clicks;
             }
         }

@@ -1,6 +1,6 @@
 //! From input bytes to what the dataflow counts: a [`Click`] or a [`Rejected`] record.
 
-use adclick_dataflows::click::{Click, Dims};
+use adclick_dataflows::click::{Labels, RawClick};
 use adclick_dataflows::source::{Record, Rejected};
 
 use crate::event::enrich::Enricher;
@@ -8,16 +8,16 @@ use crate::event::observed::parse_log_line;
 use crate::event::{ClickEvent, DecodeError};
 
 /// The dataflow's view of a valid event.
-pub fn to_click(e: ClickEvent) -> Click {
+pub fn to_click(e: ClickEvent) -> RawClick {
     let device = e.device().map_or("other", |d| d.as_str());
-    Click {
+    RawClick {
         event_time: e.event_time_ms as u64,
-        dims: Dims {
-            ad_id: e.ad_id.into(),
-            campaign_id: e.campaign_id.into(),
-            advertiser_id: e.advertiser_id.into(),
-            publisher_id: e.publisher_id.into(),
-            country: e.country.into(),
+        labels: Labels {
+            ad_id: e.ad_id,
+            campaign_id: e.campaign_id,
+            advertiser_id: e.advertiser_id,
+            publisher_id: e.publisher_id,
+            country: e.country,
             device: device.into(),
         },
         impression_id: e.impression_id,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use adclick_dataflows::click::Click;
+use adclick_dataflows::click::RawClick;
 use adclick_dataflows::source::Rejected;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use timely::dataflow::Stream;
@@ -15,17 +15,17 @@ use crate::config::KafkaConfig;
 use crate::event::dead_letter::DeadLetter;
 
 /// The late topic's record: what the aggregator knew of the click.
-pub fn late_json(c: &Click) -> String {
+pub fn late_json(c: &RawClick) -> String {
     serde_json::json!({
         "impression_id": c.impression_id,
         "click_id": c.click_id,
         "event_time": c.event_time,
-        "ad_id": c.dims.ad_id,
-        "campaign_id": c.dims.campaign_id,
-        "advertiser_id": c.dims.advertiser_id,
-        "publisher_id": c.dims.publisher_id,
-        "country": c.dims.country,
-        "device": c.dims.device,
+        "ad_id": c.labels.ad_id,
+        "campaign_id": c.labels.campaign_id,
+        "advertiser_id": c.labels.advertiser_id,
+        "publisher_id": c.labels.publisher_id,
+        "country": c.labels.country,
+        "device": c.labels.device,
     })
     .to_string()
 }
@@ -73,7 +73,7 @@ fn to_kafka<D: Clone + 'static>(
     });
 }
 
-pub fn late_to_kafka(late: Stream<'_, u64, Vec<Click>>, kafka: &KafkaConfig) {
+pub fn late_to_kafka(late: Stream<'_, u64, Vec<RawClick>>, kafka: &KafkaConfig) {
     to_kafka(late, kafka, kafka.late_topic.clone(), "LateToKafka", |c| {
         (c.impression_id.clone().into_bytes(), late_json(&c))
     });

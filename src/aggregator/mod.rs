@@ -9,6 +9,7 @@ pub mod kafka_sink;
 pub mod kafka_source;
 pub mod output;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -106,7 +107,11 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                     |_, _| {
                         move |input, output| {
                             input.for_each(|cap, data: &mut Vec<SourceEvent>| {
-                                output.session(&cap).give(Out::Received(data.len() as u64));
+                                let records = data
+                                    .iter()
+                                    .filter(|e| !matches!(e, SourceEvent::Name(_)))
+                                    .count();
+                                output.session(&cap).give(Out::Received(records as u64));
                             });
                         }
                     },
@@ -125,20 +130,29 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                 reports(a.day, DAY_MS, lateness).map(Out::Report),
                 a.late.map(Out::Late),
                 a.rejected.map(Out::Rejected),
+                a.names.map(Out::Name),
             ]);
             let mut writer = (index == 0)
                 .then(|| Writer::open(&output).unwrap_or_else(|e| panic!("opening {output}: {e}")));
+            let mut pending: BTreeMap<u64, Vec<Out>> = BTreeMap::new();
             lines.sink(
                 Exchange::new(|_: &Out| 0),
                 "WriteNdjson",
                 move |(input, frontier)| {
-                    input.for_each(|_, data| {
-                        if let Some(w) = writer.as_mut() {
-                            for item in data.drain(..) {
-                                w.write(item).expect("writing the report output");
-                            }
-                        }
+                    input.for_each(|cap, data| {
+                        let time = *cap.least().expect("a totally ordered time");
+                        pending.entry(time).or_default().append(data);
                     });
+                    // Times the frontier has passed, in order: all their texts have arrived.
+                    while let Some(entry) = pending.first_entry() {
+                        if frontier.less_equal(entry.key()) {
+                            break;
+                        }
+                        let items = entry.remove();
+                        if let Some(w) = writer.as_mut() {
+                            w.write_time(items).expect("writing the report output");
+                        }
+                    }
                     if let Some(w) = writer.as_mut() {
                         if frontier.is_empty() {
                             w.finish().expect("writing the report output");

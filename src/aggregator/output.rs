@@ -4,7 +4,8 @@
 
 use std::io::Write;
 
-use adclick_dataflows::click::Click;
+use adclick_dataflows::click::RawClick;
+use adclick_dataflows::names::{Dictionary, Name};
 use adclick_dataflows::report::{Status, WindowReport};
 use adclick_dataflows::source::Rejected;
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
@@ -16,8 +17,10 @@ use crate::timefmt::format_millis;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Out {
     Report(WindowReport),
-    Late(Click),
+    Late(RawClick),
     Rejected(Rejected),
+    /// A dimension text, needed before any report that uses it is written.
+    Name(Name),
     /// Records a source read in one batch.
     Received(u64),
 }
@@ -77,6 +80,7 @@ pub fn granularity(window_ms: u64) -> &'static str {
 /// Writes lines and keeps the tallies.
 pub struct Writer {
     out: Box<dyn Write>,
+    names: Dictionary,
     pub tallies: Tallies,
 }
 
@@ -89,12 +93,29 @@ impl Writer {
         };
         Ok(Self {
             out,
+            names: Dictionary::new(),
             tallies: Tallies::default(),
         })
     }
 
-    pub fn write(&mut self, item: Out) -> std::io::Result<()> {
+    /// Writes everything of one timely time. The caller hands times over in order, once the
+    /// frontier has passed them, so every text a report needs has arrived: a text is announced
+    /// no later than the first click that carries it, and reports come no earlier.
+    pub fn write_time(&mut self, items: Vec<Out>) -> std::io::Result<()> {
+        let (names, rest): (Vec<Out>, Vec<Out>) =
+            items.into_iter().partition(|i| matches!(i, Out::Name(_)));
+        for item in names.into_iter().chain(rest) {
+            self.write(item)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, item: Out) -> std::io::Result<()> {
         let line = match item {
+            Out::Name(n) => {
+                self.names.insert(n);
+                return Ok(());
+            }
             Out::Received(n) => {
                 self.tallies.received += n;
                 return Ok(());
@@ -104,17 +125,18 @@ impl Writer {
                     self.tallies.counted += r.clicks;
                     self.tallies.duplicates += r.duplicates;
                 }
-                let (start, d) = r.row;
+                let (start, dims) = r.row;
+                let d = self.names.labels(&dims);
                 Line::Window {
                     granularity: granularity(r.window_ms).into(),
                     window_start: format_millis(start as i64),
                     window_start_ms: start,
-                    ad_id: d.ad_id.to_string(),
-                    campaign_id: d.campaign_id.to_string(),
-                    advertiser_id: d.advertiser_id.to_string(),
-                    publisher_id: d.publisher_id.to_string(),
-                    country: d.country.to_string(),
-                    device: d.device.to_string(),
+                    ad_id: d.ad_id,
+                    campaign_id: d.campaign_id,
+                    advertiser_id: d.advertiser_id,
+                    publisher_id: d.publisher_id,
+                    country: d.country,
+                    device: d.device,
                     clicks: r.clicks,
                     duplicates: r.duplicates,
                     status: match r.status {
@@ -131,7 +153,7 @@ impl Writer {
                     impression_id: c.impression_id,
                     click_id: c.click_id,
                     event_time: c.event_time,
-                    ad_id: c.dims.ad_id.to_string(),
+                    ad_id: c.labels.ad_id,
                 }
             }
             Out::Rejected(r) => {
