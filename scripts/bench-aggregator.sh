@@ -21,7 +21,7 @@ pids+=($!)
 for _ in $(seq 100); do grep -q "listening on" "$work/redirect.out" 2>/dev/null && break; sleep 0.1; done
 brokers=$(sed -n 's/^embedded kafka: //p' "$work/redirect.out")
 
-common=(--config config/demo.toml --count "$EVENTS" --rate 20000 --seed 1 --truth "$work/truth.json")
+common=(--config config/demo.toml --count "$EVENTS" --rate "${RATE:-100000}" --seed 1 --truth "$work/truth.json")
 "$B/adclick-loadgen" "${common[@]}" --output kafka --brokers "$brokers" 2>"$work/loadgen.log"
 "$B/adclick-loadgen" "${common[@]}" --output file --files 8 --out-dir "$work/files" 2>/dev/null
 

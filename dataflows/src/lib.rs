@@ -23,7 +23,7 @@ use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
 use timely::dataflow::Stream;
-use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::vec::{Map, Partition};
 use timely::progress::frontier::AntichainRef;
 
 use click::{Measures, RawClick, Row};
@@ -66,6 +66,8 @@ pub struct Aggregates<'s> {
     /// Dimension texts, each announced by a source at the time of the first click it counted
     /// with it (not broadcast: each consumer routes them where it resolves texts).
     pub names: Stream<'s, u64, Vec<Name>>,
+    /// Records the sources read, in batch counts: the `received` tally.
+    pub received: Stream<'s, u64, Vec<u64>>,
 }
 
 /// The whole aggregation, as a function of the sources' events.
@@ -73,20 +75,38 @@ pub fn aggregate<'s>(
     events: Stream<'s, u64, Vec<SourceEvent>>,
     cfg: &AggregateConfig,
 ) -> Aggregates<'s> {
-    let on_time = events.clone().flat_map(|e| match e {
+    // One pass routes every event to its stream (no copies, unlike one filter per kind).
+    let mut kinds = events
+        .partition(5, |e| {
+            let kind = match &e {
+                SourceEvent::OnTime(_) => 0,
+                SourceEvent::Late(_) => 1,
+                SourceEvent::Rejected(_) => 2,
+                SourceEvent::Name(_) => 3,
+                SourceEvent::Read(_) => 4,
+            };
+            (kind, e)
+        })
+        .into_iter();
+    let mut next = || kinds.next().expect("five kinds");
+    let on_time = next().flat_map(|e| match e {
         SourceEvent::OnTime(c) => Some(c),
         _ => None,
     });
-    let late = events.clone().flat_map(|e| match e {
+    let late = next().flat_map(|e| match e {
         SourceEvent::Late(c) => Some(c),
         _ => None,
     });
-    let rejected = events.clone().flat_map(|e| match e {
+    let rejected = next().flat_map(|e| match e {
         SourceEvent::Rejected(r) => Some(r),
         _ => None,
     });
-    let names = events.flat_map(|e| match e {
+    let names = next().flat_map(|e| match e {
         SourceEvent::Name(n) => Some(n),
+        _ => None,
+    });
+    let received = next().flat_map(|e| match e {
+        SourceEvent::Read(n) => Some(n),
         _ => None,
     });
     // Local pre-aggregation before rows are exchanged: a hot ad's clicks are summed on every
@@ -109,6 +129,7 @@ pub fn aggregate<'s>(
         late,
         rejected,
         names,
+        received,
     }
 }
 

@@ -62,6 +62,9 @@ pub enum SourceEvent {
     /// A dimension text this source counts for the first time, at the time of the click that
     /// carries it.
     Name(Name),
+    /// How many records the source read in one activation (each became exactly one of
+    /// `OnTime`, `Late`, `Rejected`): the `received` tally, counted where records enter.
+    Read(u64),
 }
 
 /// Records read per partition per activation, so one busy partition cannot starve the rest.
@@ -105,6 +108,7 @@ pub fn clock_source<'s, R: PartitionReader>(
                 let Some(c) = cap.as_mut() else { return };
                 let mut by_time = ByTime::default();
                 let mut busy = false;
+                let mut read = 0;
                 let now = now_ms();
                 for (p, done) in finished.iter_mut().enumerate() {
                     if *done {
@@ -113,6 +117,7 @@ pub fn clock_source<'s, R: PartitionReader>(
                     buf.clear();
                     let polled = reader.poll(p, BATCH, &mut buf);
                     busy |= polled == Polled::More;
+                    read += buf.len() as u64;
                     for record in buf.drain(..) {
                         let (at, event) = match record {
                             Record::Click(raw) => match clock.observe(p, raw.event_time, now) {
@@ -134,6 +139,9 @@ pub fn clock_source<'s, R: PartitionReader>(
                         *done = true;
                         clock.finish(p);
                     }
+                }
+                if read > 0 {
+                    by_time.push(*c.time(), SourceEvent::Read(read));
                 }
                 for (time, events) in by_time.0 {
                     let delayed = c.delayed(&time);

@@ -14,11 +14,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use adclick_dataflows::report::reports;
-use adclick_dataflows::source::{SourceEvent, clock_source};
+use adclick_dataflows::source::clock_source;
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use adclick_dataflows::{Traces, aggregate};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Concatenate;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
@@ -99,23 +98,6 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                     clock_source(scope, "KafkaSource", reader, time, now_ms)
                 }
             };
-            let received = events
-                .clone()
-                .unary::<CapacityContainerBuilder<Vec<Out>>, _, _, _>(
-                    Pipeline,
-                    "CountReceived",
-                    |_, _| {
-                        move |input, output| {
-                            input.for_each(|cap, data: &mut Vec<SourceEvent>| {
-                                let records = data
-                                    .iter()
-                                    .filter(|e| !matches!(e, SourceEvent::Name(_)))
-                                    .count();
-                                output.session(&cap).give(Out::Received(records as u64));
-                            });
-                        }
-                    },
-                );
             let a = aggregate(events, &acfg);
             let traces = Traces::arrange(&a);
             a.minute.clone().probe_with(&probe_in);
@@ -124,7 +106,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                 kafka_sink::rejected_to_kafka(a.rejected.clone(), kafka);
             }
             let lines = scope.concatenate([
-                received,
+                a.received.map(Out::Received),
                 reports(a.minute, MINUTE_MS, lateness).map(Out::Report),
                 reports(a.hour, HOUR_MS, lateness).map(Out::Report),
                 reports(a.day, DAY_MS, lateness).map(Out::Report),
