@@ -11,6 +11,7 @@
 pub mod click;
 pub mod dedup;
 pub mod names;
+pub mod query;
 pub mod report;
 pub mod rollup;
 pub mod source;
@@ -21,12 +22,12 @@ pub mod watermark;
 use differential_dataflow::VecCollection;
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::TraceReader;
-use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
+use differential_dataflow::trace::implementations::ValSpine;
 use timely::dataflow::Stream;
 use timely::dataflow::operators::vec::{Map, Partition};
 use timely::progress::frontier::AntichainRef;
 
-use click::{Measures, RawClick, Row};
+use click::{Measures, RawClick, Row, Sym};
 use dedup::DedupConfig;
 use names::Name;
 use rollup::{Retention, rollup};
@@ -133,27 +134,44 @@ pub fn aggregate<'s>(
     }
 }
 
-/// Rows by (window start, dimensions), their measures accumulated: what queries read.
-pub type RowTrace = TraceAgent<KeySpine<Row, u64, Measures>>;
+/// Rows by ad: (ad, (window start, dimensions)) with their measures, what queries read. Keyed
+/// by ad so that one ad's count is a seek, not a scan.
+pub type AdTrace = TraceAgent<ValSpine<Sym, Row, u64, Measures>>;
 /// Rankings by (window length, window end, country or all).
 pub type RankTrace = TraceAgent<ValSpine<RankKey, Ranking, u64, isize>>;
 
 /// The arrangements a worker keeps for its share of the rows and rankings.
 pub struct Traces {
-    pub minute: RowTrace,
-    pub hour: RowTrace,
-    pub day: RowTrace,
+    pub minute: AdTrace,
+    pub hour: AdTrace,
+    pub day: AdTrace,
     pub top: RankTrace,
 }
 
 impl Traces {
-    /// Arranges the aggregates (each worker holds the rows that hash to it).
+    /// Arranges the aggregates (each worker holds the ads that hash to it).
     pub fn arrange(a: &Aggregates<'_>) -> Self {
+        let by_ad = |rows: &VecCollection<'_, u64, Row, Measures>, name: &str| {
+            rows.clone()
+                .map(|row| (row.1.ad_id, row))
+                .arrange_by_key_named(name)
+                .trace
+        };
         Self {
-            minute: a.minute.clone().arrange_by_self_named("MinuteRows").trace,
-            hour: a.hour.clone().arrange_by_self_named("HourRows").trace,
-            day: a.day.clone().arrange_by_self_named("DayRows").trace,
+            minute: by_ad(&a.minute, "MinuteRowsByAd"),
+            hour: by_ad(&a.hour, "HourRowsByAd"),
+            day: by_ad(&a.day, "DayRowsByAd"),
             top: a.top.clone().arrange_by_key_named("Rankings").trace,
+        }
+    }
+
+    /// Handles for the query dataflow (each holds compaction back on its own).
+    pub fn for_queries(&self) -> query::QueryTraces {
+        query::QueryTraces {
+            minute: self.minute.clone(),
+            hour: self.hour.clone(),
+            day: self.day.clone(),
+            top: self.top.clone(),
         }
     }
 

@@ -47,7 +47,11 @@ pub type RankKey = (u64, u64, Sym);
 
 /// One ranking: ads with their clicks, most clicked first, ties by ad fingerprint (an order
 /// that every process computes alike without knowing the texts).
-pub type Ranking = Vec<(Sym, i64)>;
+pub type Ranking = Vec<(Ad, i64)>;
+
+/// An ad with its advertiser (the signed link ties each ad to one advertiser), so that a
+/// ranking can be cut to one advertiser's ads without looking anything up.
+pub type Ad = (Sym, Sym);
 
 /// The scope of the rankings over all countries (no country code is empty).
 pub fn all_countries() -> Sym {
@@ -72,14 +76,14 @@ type ShardUpdate = (((RankKey, u64), Ranking), u64, isize);
 #[derive(Default)]
 struct Shard {
     /// (scope, minute) → ad → clicks.
-    minutes: BTreeMap<(Scope, u64), HashMap<Sym, i64>>,
+    minutes: BTreeMap<(Scope, u64), HashMap<Ad, i64>>,
     /// The last ranking emitted per window, to retract when it changes.
     emitted: HashMap<RankKey, Ranking>,
 }
 
 impl Shard {
     fn rank(&self, (m, end, scope): &RankKey, n: usize) -> Ranking {
-        let mut sums: HashMap<Sym, i64> = HashMap::new();
+        let mut sums: HashMap<Ad, i64> = HashMap::new();
         let first = end.saturating_sub((m - 1) * MINUTE_MS);
         for (_, ads) in self.minutes.range((*scope, first)..=(*scope, *end)) {
             for (ad, c) in ads {
@@ -107,7 +111,7 @@ pub fn top_n<'s>(
             move |cap, info| {
                 let shard_id = info.global_id as u64;
                 let mut cap = Some(cap);
-                let mut pending: BTreeMap<u64, Vec<(u64, Sym, Sym, i64)>> = BTreeMap::new();
+                let mut pending: BTreeMap<u64, Vec<(u64, Sym, Ad, i64)>> = BTreeMap::new();
                 let mut shard = Shard::default();
                 let mut scopes: BTreeSet<Scope> = BTreeSet::new();
                 // Minutes whose windows have been ranked at least once: everything before.
@@ -119,7 +123,7 @@ pub fn top_n<'s>(
                                 pending.entry(t).or_default().push((
                                     minute,
                                     dims.country,
-                                    dims.ad_id,
+                                    (dims.ad_id, dims.advertiser_id),
                                     clicks,
                                 ));
                             }
@@ -256,7 +260,7 @@ pub fn top_n<'s>(
 
 /// The `n` best (ad, clicks): most clicks first, then smallest ad fingerprint; zero counts
 /// excluded.
-pub fn best(ads: impl Iterator<Item = (Sym, i64)>, n: usize) -> Ranking {
+pub fn best(ads: impl Iterator<Item = (Ad, i64)>, n: usize) -> Ranking {
     let mut all: Ranking = ads.filter(|(_, c)| *c > 0).collect();
     all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     all.truncate(n);
@@ -272,9 +276,10 @@ mod tests {
         let r = best(
             [(2, 3), (1, 3), (3, 5), (9, 0)]
                 .into_iter()
-                .map(|(a, c)| (Sym(a), c)),
+                .map(|(a, c)| ((Sym(a), Sym(0)), c)),
             3,
         );
-        assert_eq!(r, vec![(Sym(3), 5), (Sym(1), 3), (Sym(2), 3)]);
+        let ad = |a| (Sym(a), Sym(0));
+        assert_eq!(r, vec![(ad(3), 5), (ad(1), 3), (ad(2), 3)]);
     }
 }

@@ -211,7 +211,7 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
             .unwrap();
         let (mut cursor, storage) =
             cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
-        for ((row, ()), times) in cursor.to_vec(&storage, |k| *k, |_| ()) {
+        for ((_ad, row), times) in cursor.to_vec(&storage, |k| *k, |v| *v) {
             let mut a = arranged_out.lock().unwrap();
             a.extend(times.into_iter().map(|(t, d)| (row, t, d)));
         }
@@ -300,13 +300,15 @@ fn oracle(parts: &[Vec<Item>]) -> Results {
         }
     }
     // Top 3 ads per (window length, window end, country or all).
-    let mut per_ad: BTreeMap<(u64, Sym, Sym), i64> = BTreeMap::new();
+    let mut per_ad: BTreeMap<(u64, Sym, (Sym, Sym)), i64> = BTreeMap::new();
     for ((minute, d), m) in &r.minute {
         for country in [all_countries(), d.country] {
-            *per_ad.entry((*minute, country, d.ad_id)).or_default() += m.0;
+            *per_ad
+                .entry((*minute, country, (d.ad_id, d.advertiser_id)))
+                .or_default() += m.0;
         }
     }
-    let mut windows: BTreeMap<RankKey, BTreeMap<Sym, i64>> = BTreeMap::new();
+    let mut windows: BTreeMap<RankKey, BTreeMap<(Sym, Sym), i64>> = BTreeMap::new();
     for ((minute, country, ad), clicks) in per_ad {
         for m in [1u64, 5] {
             for k in 0..m {

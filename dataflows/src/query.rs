@@ -1,0 +1,443 @@
+//! Queries over the live arrangements, answered inside the cluster.
+//!
+//! A query enters a second dataflow (the query dataflow, on every worker) with a timestamp
+//! `(read_at, sequence)`. `read_at` is a time the data frontier has already passed, chosen by
+//! the worker that took the query; every worker answers from its own shard of the traces,
+//! accumulating exactly the updates at times ≤ `read_at`, so the merged answer is consistent at
+//! one frontier (`read_at + 1`) across all workers and processes. Each worker's handles on the
+//! traces hold logical compaction at the least `read_at` a future query may carry (the query
+//! stream's frontier), so those reads stay exact while the traces compact behind them.
+//!
+//! Partial answers are exchanged to worker 0, which merges them once the query dataflow's
+//! frontier passes the query's timestamp (all workers have answered) and hands the result to
+//! the edge (`deliver`), which resolves fingerprints to texts and replies.
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+use serde::{Deserialize, Serialize};
+use timely::PartialOrder;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::order::Product;
+use timely::progress::Antichain;
+
+use crate::click::{Dims, Measures, Row, Sym};
+use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS, window_start};
+use crate::topn::{RankKey, Ranking};
+use crate::{AdTrace, RankTrace};
+
+/// (read_at, sequence): queries are ordered by sequence, reads by `read_at`.
+pub type QueryTime = Product<u64, u64>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Granularity {
+    pub fn ms(self) -> u64 {
+        match self {
+            Granularity::Minute => MINUTE_MS,
+            Granularity::Hour => HOUR_MS,
+            Granularity::Day => DAY_MS,
+        }
+    }
+}
+
+/// Dimension equalities a row must meet (`None`: any value).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Filter {
+    pub ad_id: Option<Sym>,
+    pub campaign_id: Option<Sym>,
+    pub advertiser_id: Option<Sym>,
+    pub publisher_id: Option<Sym>,
+    pub country: Option<Sym>,
+    pub device: Option<Sym>,
+}
+
+impl Filter {
+    pub fn matches(&self, d: &Dims) -> bool {
+        let ok = |want: Option<Sym>, have: Sym| want.is_none_or(|w| w == have);
+        ok(self.ad_id, d.ad_id)
+            && ok(self.campaign_id, d.campaign_id)
+            && ok(self.advertiser_id, d.advertiser_id)
+            && ok(self.publisher_id, d.publisher_id)
+            && ok(self.country, d.country)
+            && ok(self.device, d.device)
+    }
+}
+
+/// The dimensions a report groups by, in `Dims` field order.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct GroupBy {
+    pub time: Option<Granularity>,
+    /// ad, campaign, advertiser, publisher, country, device.
+    pub dims: [bool; 6],
+}
+
+/// A report row's key: the time bucket and the grouped dimensions (others `None`).
+pub type GroupKey = (Option<u64>, [Option<Sym>; 6]);
+
+impl GroupBy {
+    pub fn key(&self, (start, d): &Row) -> GroupKey {
+        let all = [
+            d.ad_id,
+            d.campaign_id,
+            d.advertiser_id,
+            d.publisher_id,
+            d.country,
+            d.device,
+        ];
+        let mut dims = [None; 6];
+        for (i, on) in self.dims.iter().enumerate() {
+            if *on {
+                dims[i] = Some(all[i]);
+            }
+        }
+        (self.time.map(|g| window_start(*start, g.ms())), dims)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum QueryKind {
+    /// One ad's clicks over [from, to), read from rows of `source` granularity.
+    AdCount {
+        ad: Sym,
+        from: u64,
+        to: u64,
+        source: Granularity,
+        filter: Filter,
+    },
+    /// Rows over [from, to) matching `filter`, summed by `group`.
+    Report {
+        from: u64,
+        to: u64,
+        source: Granularity,
+        group: GroupBy,
+        filter: Filter,
+    },
+    /// One ranking, cut to `n` ads, keeping only `advertiser`'s ads if given.
+    Top {
+        key: RankKey,
+        n: usize,
+        advertiser: Option<Sym>,
+    },
+}
+
+/// A query, with its place in the query dataflow: it travels at `(read_at, id)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Query {
+    /// Sequence number, increasing per submitting worker.
+    pub id: u64,
+    /// The reads include exactly the updates at times ≤ this.
+    pub read_at: u64,
+    pub kind: QueryKind,
+}
+
+impl Query {
+    pub fn time(&self) -> QueryTime {
+        Product::new(self.read_at, self.id)
+    }
+}
+
+/// What one worker found.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Partial {
+    /// Measures in range, and whether the ad has any rows at all (whatever the range and
+    /// filter): an advertiser may only learn of ads it owns.
+    Count {
+        measures: Measures,
+        ad_seen: bool,
+    },
+    Rows(Vec<(GroupKey, Measures)>),
+    Top(Ranking),
+}
+
+/// The merged answer, still in fingerprints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Count { measures: Measures, ad_seen: bool },
+    Rows(Vec<(GroupKey, Measures)>),
+    Top(Ranking),
+}
+
+/// The traces a worker answers from.
+#[derive(Clone)]
+pub struct QueryTraces {
+    pub minute: AdTrace,
+    pub hour: AdTrace,
+    pub day: AdTrace,
+    pub top: RankTrace,
+}
+
+impl QueryTraces {
+    fn rows(&mut self, g: Granularity) -> &mut AdTrace {
+        match g {
+            Granularity::Minute => &mut self.minute,
+            Granularity::Hour => &mut self.hour,
+            Granularity::Day => &mut self.day,
+        }
+    }
+
+    fn set_logical_compaction(&mut self, frontier: &Antichain<u64>) {
+        for t in [&mut self.minute, &mut self.hour, &mut self.day] {
+            t.set_logical_compaction(frontier.borrow());
+        }
+        self.top.set_logical_compaction(frontier.borrow());
+    }
+
+    /// Whether every trace holds all updates at times ≤ `read_at`.
+    fn ready(&mut self, read_at: u64) -> bool {
+        let mut upper = Antichain::new();
+        let mut ok = |t: &mut dyn FnMut(&mut Antichain<u64>)| {
+            t(&mut upper);
+            !upper.less_equal(&read_at)
+        };
+        ok(&mut |u| self.minute.read_upper(u))
+            && ok(&mut |u| self.hour.read_upper(u))
+            && ok(&mut |u| self.day.read_upper(u))
+            && ok(&mut |u| self.top.read_upper(u))
+    }
+}
+
+/// Sums, per row of `trace` at times ≤ `read_at`, the rows of `ad` (or of every ad) that
+/// `keep` accepts; reports whether `ad` has any row at all.
+fn scan_rows(
+    trace: &mut AdTrace,
+    ad: Option<Sym>,
+    read_at: u64,
+    mut keep: impl FnMut(&Row, Measures),
+) -> bool {
+    let Some(spans) = trace.spans_through(Antichain::new().borrow()) else {
+        return false;
+    };
+    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+    let mut seen = false;
+    if let Some(ad) = ad {
+        cursor.seek_key(&storage, &ad);
+    }
+    while let Some(key) = cursor.get_key(&storage) {
+        if ad.is_some_and(|a| *key != a) {
+            break;
+        }
+        while let Some(row) = cursor.get_val(&storage) {
+            let mut m: Measures = (0, 0);
+            cursor.map_times(&storage, |t, d| {
+                if t.less_equal(&read_at) {
+                    m.0 += d.0;
+                    m.1 += d.1;
+                }
+            });
+            if m != (0, 0) {
+                seen = true;
+                keep(row, m);
+            }
+            cursor.step_val(&storage);
+        }
+        cursor.step_key(&storage);
+    }
+    seen
+}
+
+fn ranking(trace: &mut RankTrace, key: &RankKey, read_at: u64) -> Ranking {
+    let Some(spans) = trace.spans_through(Antichain::new().borrow()) else {
+        return Ranking::new();
+    };
+    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+    cursor.seek_key(&storage, key);
+    let mut found = Ranking::new();
+    if cursor.get_key(&storage) == Some(key) {
+        while let Some(r) = cursor.get_val(&storage) {
+            let mut n = 0;
+            cursor.map_times(&storage, |t, d| {
+                if t.less_equal(&read_at) {
+                    n += *d;
+                }
+            });
+            if n > 0 {
+                found = r.clone();
+            }
+            cursor.step_val(&storage);
+        }
+    }
+    found
+}
+
+/// This worker's part of the answer.
+pub fn answer_locally(traces: &mut QueryTraces, q: &Query) -> Partial {
+    match &q.kind {
+        QueryKind::AdCount {
+            ad,
+            from,
+            to,
+            source,
+            filter,
+        } => {
+            let mut measures = (0, 0);
+            let ad_seen = scan_rows(traces.rows(*source), Some(*ad), q.read_at, |row, m| {
+                if (*from..*to).contains(&row.0) && filter.matches(&row.1) {
+                    measures.0 += m.0;
+                    measures.1 += m.1;
+                }
+            });
+            Partial::Count { measures, ad_seen }
+        }
+        QueryKind::Report {
+            from,
+            to,
+            source,
+            group,
+            filter,
+        } => {
+            let mut sums: BTreeMap<GroupKey, Measures> = BTreeMap::new();
+            scan_rows(traces.rows(*source), filter.ad_id, q.read_at, |row, m| {
+                if (*from..*to).contains(&row.0) && filter.matches(&row.1) {
+                    let s = sums.entry(group.key(row)).or_default();
+                    s.0 += m.0;
+                    s.1 += m.1;
+                }
+            });
+            Partial::Rows(sums.into_iter().collect())
+        }
+        QueryKind::Top { key, .. } => Partial::Top(ranking(&mut traces.top, key, q.read_at)),
+    }
+}
+
+/// Worker 0's merge of every worker's part.
+pub fn merge(kind: &QueryKind, parts: Vec<Partial>) -> Answer {
+    match kind {
+        QueryKind::AdCount { .. } => {
+            let (mut measures, mut ad_seen) = ((0, 0), false);
+            for p in parts {
+                if let Partial::Count {
+                    measures: m,
+                    ad_seen: s,
+                } = p
+                {
+                    measures.0 += m.0;
+                    measures.1 += m.1;
+                    ad_seen |= s;
+                }
+            }
+            Answer::Count { measures, ad_seen }
+        }
+        QueryKind::Report { .. } => {
+            let mut sums: BTreeMap<GroupKey, Measures> = BTreeMap::new();
+            for p in parts {
+                if let Partial::Rows(rows) = p {
+                    for (k, m) in rows {
+                        let s = sums.entry(k).or_default();
+                        s.0 += m.0;
+                        s.1 += m.1;
+                    }
+                }
+            }
+            sums.retain(|_, m| *m != (0, 0));
+            Answer::Rows(sums.into_iter().collect())
+        }
+        QueryKind::Top { n, advertiser, .. } => {
+            // A ranking lives on one worker; the others found none.
+            let mut ranking: Ranking = parts
+                .into_iter()
+                .filter_map(|p| match p {
+                    Partial::Top(r) if !r.is_empty() => Some(r),
+                    _ => None,
+                })
+                .next()
+                .unwrap_or_default();
+            if let Some(adv) = advertiser {
+                ranking.retain(|((_, a), _)| a == adv);
+            }
+            ranking.truncate(*n);
+            Answer::Top(ranking)
+        }
+    }
+}
+
+/// The query dataflow's body: every worker answers every query from its traces; worker 0
+/// merges and calls `deliver(query, answer)`.
+pub fn serve<'s>(
+    queries: Stream<'s, QueryTime, Vec<Query>>,
+    mut traces: QueryTraces,
+    mut deliver: impl FnMut(Query, Answer) + 'static,
+) {
+    let scope = queries.scope();
+    let partials = queries
+        .broadcast()
+        .unary_frontier::<CapacityContainerBuilder<Vec<(Query, Partial)>>, _, _, _>(
+            Pipeline,
+            "AnswerLocally",
+            move |_cap, info| {
+                let activator = scope.activator_for(info.address);
+                let mut pending = Vec::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        for q in data.drain(..) {
+                            pending.push((cap.delayed(&q.time(), 0), q));
+                        }
+                    });
+                    // Answer what the traces can answer exactly; wait (briefly) for the rest.
+                    let mut waiting = Vec::new();
+                    for (cap, q) in pending.drain(..) {
+                        if traces.ready(q.read_at) {
+                            let part = answer_locally(&mut traces, &q);
+                            output.session(&cap).give((q, part));
+                        } else {
+                            waiting.push((cap, q));
+                        }
+                    }
+                    pending = waiting;
+                    if !pending.is_empty() {
+                        activator.activate();
+                    }
+                    // Future queries read at or after the frontier's `read_at`s.
+                    let mut lowest = Antichain::new();
+                    for t in frontier.frontier().iter() {
+                        lowest.insert(t.outer);
+                    }
+                    for (_, q) in &pending {
+                        lowest.insert(q.read_at);
+                    }
+                    traces.set_logical_compaction(&lowest);
+                }
+            },
+        );
+    let mut parts: BTreeMap<u64, (Query, Vec<Partial>)> = BTreeMap::new();
+    partials.sink(
+        Exchange::new(|_: &(Query, Partial)| 0),
+        "MergeAnswers",
+        move |(input, frontier)| {
+            input.for_each(|_, data| {
+                for (q, p) in data.drain(..) {
+                    parts
+                        .entry(q.id)
+                        .or_insert_with(|| (q, Vec::new()))
+                        .1
+                        .push(p);
+                }
+            });
+            // Once the frontier has passed a query's time, every worker's part is in.
+            let done: Vec<u64> = parts
+                .values()
+                .filter(|(q, _)| !frontier.less_equal(&q.time()))
+                .map(|(q, _)| q.id)
+                .collect();
+            for id in done {
+                let (q, ps) = parts.remove(&id).expect("listed above");
+                let answer = merge(&q.kind, ps);
+                deliver(q, answer);
+            }
+        },
+    );
+}
