@@ -12,6 +12,7 @@ pub mod config;
 pub mod event;
 pub mod kafka;
 pub mod loadgen;
+pub mod query;
 pub mod redirect;
 pub mod spool;
 pub mod timefmt;

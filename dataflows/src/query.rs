@@ -23,7 +23,6 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::order::Product;
 use timely::progress::Antichain;
 
 use crate::click::{Dims, Measures, Row, Sym};
@@ -31,8 +30,12 @@ use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS, window_start};
 use crate::topn::{RankKey, Ranking};
 use crate::{AdTrace, RankTrace};
 
-/// (read_at, sequence): queries are ordered by sequence, reads by `read_at`.
-pub type QueryTime = Product<u64, u64>;
+/// A query's timely time packs `(read_at, sequence)` lexicographically into a u64 (timely's
+/// root timestamps must be totally ordered scalars): `read_at << SEQ_BITS | sequence`. Read
+/// times fit in 42 bits, so up to 2²⁰ queries can read at one time.
+pub type QueryTime = u64;
+pub const SEQ_BITS: u32 = 20;
+pub const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Granularity {
@@ -147,7 +150,7 @@ pub struct Query {
 
 impl Query {
     pub fn time(&self) -> QueryTime {
-        Product::new(self.read_at, self.id)
+        self.read_at << SEQ_BITS | (self.id & SEQ_MASK)
     }
 }
 
@@ -211,19 +214,18 @@ impl QueryTraces {
     }
 }
 
-/// Sums, per row of `trace` at times ≤ `read_at`, the rows of `ad` (or of every ad) that
-/// `keep` accepts; reports whether `ad` has any row at all.
+/// Hands `keep` every row of `ad` (or of every ad) in `trace` with its measures at times
+/// ≤ `read_at`; rows that accumulate to nothing are skipped.
 fn scan_rows(
     trace: &mut AdTrace,
     ad: Option<Sym>,
     read_at: u64,
     mut keep: impl FnMut(&Row, Measures),
-) -> bool {
+) {
     let Some(spans) = trace.spans_through(Antichain::new().borrow()) else {
-        return false;
+        return;
     };
     let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
-    let mut seen = false;
     if let Some(ad) = ad {
         cursor.seek_key(&storage, &ad);
     }
@@ -240,14 +242,12 @@ fn scan_rows(
                 }
             });
             if m != (0, 0) {
-                seen = true;
                 keep(row, m);
             }
             cursor.step_val(&storage);
         }
         cursor.step_key(&storage);
     }
-    seen
 }
 
 fn ranking(trace: &mut RankTrace, key: &RankKey, read_at: u64) -> Ranking {
@@ -284,8 +284,12 @@ pub fn answer_locally(traces: &mut QueryTraces, q: &Query) -> Partial {
             source,
             filter,
         } => {
-            let mut measures = (0, 0);
-            let ad_seen = scan_rows(traces.rows(*source), Some(*ad), q.read_at, |row, m| {
+            let (mut measures, mut ad_seen) = ((0, 0), false);
+            scan_rows(traces.rows(*source), Some(*ad), q.read_at, |row, m| {
+                // The ad exists for the caller if any of its rows is the caller's.
+                ad_seen |= filter
+                    .advertiser_id
+                    .is_none_or(|a| a == row.1.advertiser_id);
                 if (*from..*to).contains(&row.0) && filter.matches(&row.1) {
                     measures.0 += m.0;
                     measures.1 += m.1;
@@ -404,7 +408,7 @@ pub fn serve<'s>(
                     // Future queries read at or after the frontier's `read_at`s.
                     let mut lowest = Antichain::new();
                     for t in frontier.frontier().iter() {
-                        lowest.insert(t.outer);
+                        lowest.insert(t >> SEQ_BITS);
                     }
                     for (_, q) in &pending {
                         lowest.insert(q.read_at);

@@ -33,6 +33,9 @@ pub struct AggregatorConfig {
     pub top_window_minutes: Vec<u64>,
     /// Where window reports go as NDJSON: a file, or `-` for stdout.
     pub output: String,
+    /// Keys of the query API: `{ key, advertiser }` sees that advertiser's campaigns and ads,
+    /// `{ key }` alone is an admin key.
+    pub api_keys: Vec<crate::query::ApiKey>,
 }
 
 impl Default for AggregatorConfig {
@@ -56,6 +59,7 @@ impl Default for AggregatorConfig {
             top_n: a.top.n,
             top_window_minutes: a.top.window_minutes,
             output: "-".into(),
+            api_keys: Vec::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::decode::kafka_record;
+use super::health::Health;
 
 pub struct KafkaReader {
     consumer: Arc<BaseConsumer>,
@@ -22,6 +23,9 @@ pub struct KafkaReader {
     /// With `--until-end`: the end offsets at start; reaching one finishes the partition.
     stop_at: Option<Vec<i64>>,
     next_offset: Vec<i64>,
+    health: Arc<Health>,
+    lag_checked: Vec<Instant>,
+    high: Vec<i64>,
 }
 
 impl KafkaReader {
@@ -31,6 +35,7 @@ impl KafkaReader {
         index: usize,
         peers: usize,
         until_end: bool,
+        health: Arc<Health>,
     ) -> anyhow::Result<Self> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -89,13 +94,17 @@ impl KafkaReader {
         } else {
             None
         };
+        let n = partitions.len();
         Ok(Self {
-            next_offset: vec![0; partitions.len()],
+            next_offset: vec![0; n],
             consumer,
             topic: topic.to_string(),
             partitions,
             queues,
             stop_at,
+            health,
+            lag_checked: vec![Instant::now() - Duration::from_secs(1); n],
+            high: vec![0; n],
         })
     }
 }
@@ -137,6 +146,19 @@ impl PartitionReader for KafkaReader {
                 None => break,
             }
         }
+        let p = self.partitions[i];
+        // The high watermark is a broker round trip: ask once a second per partition.
+        if self.lag_checked[i].elapsed() >= Duration::from_secs(1) {
+            self.lag_checked[i] = Instant::now();
+            let wm = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_millis(200));
+            if let Ok((_, high)) = wm {
+                self.high[i] = high;
+            }
+        }
+        self.health
+            .set_partition(p, self.next_offset[i], self.high[i]);
         if n == 0 { Polled::Empty } else { Polled::More }
     }
 }

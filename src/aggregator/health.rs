@@ -1,0 +1,70 @@
+//! What the aggregator process knows about its own progress, for `/api/v1/health`, the
+//! dashboard and `/metrics`: the data frontier (the watermark), the tallies, and each of this
+//! process's partitions' read position against its high watermark.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::json;
+
+use super::output::Tallies;
+use crate::timefmt::{format_millis, now_millis};
+
+#[derive(Default)]
+pub struct Health {
+    /// The data frontier in ms (0 before the first progress): every window ending at or
+    /// before it is complete.
+    pub frontier: AtomicU64,
+    pub tallies: Mutex<Tallies>,
+    /// Partition → (next offset to read, high watermark as last fetched).
+    pub partitions: Mutex<BTreeMap<i32, (i64, i64)>>,
+    pub workers: usize,
+    pub processes: usize,
+}
+
+impl Health {
+    pub fn new(workers: usize, processes: usize) -> Self {
+        Self {
+            workers,
+            processes,
+            ..Self::default()
+        }
+    }
+
+    pub fn watermark(&self) -> Option<u64> {
+        Some(self.frontier.load(Ordering::Relaxed)).filter(|f| *f > 0)
+    }
+
+    /// Wall clock minus watermark: how far behind real time the complete windows are.
+    pub fn watermark_delay_ms(&self) -> Option<i64> {
+        self.watermark().map(|w| now_millis() - w as i64)
+    }
+
+    pub fn set_partition(&self, p: i32, next: i64, high: i64) {
+        self.partitions.lock().unwrap().insert(p, (next, high));
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let parts: Vec<_> = self
+            .partitions
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, (next, high))| {
+                json!({"partition": p, "offset": next, "high_watermark": high,
+                       "lag": (high - next).max(0)})
+            })
+            .collect();
+        let t = *self.tallies.lock().unwrap();
+        json!({
+            "watermark": self.watermark().map(|w| format_millis(w as i64)),
+            "watermark_ms": self.watermark(),
+            "watermark_delay_ms": self.watermark_delay_ms(),
+            "partitions": parts,
+            "tallies": t,
+            "workers": self.workers,
+            "processes": self.processes,
+        })
+    }
+}

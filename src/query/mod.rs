@@ -1,0 +1,328 @@
+//! The query server inside `adclick-aggregator`: warp routes over the cluster's live
+//! arrangements, the dashboard, `/metrics`.
+//!
+//! HTTP handlers run on a tokio runtime of their own; they hand each query to worker 0 of
+//! process 0 through a [`Bridge`] and await its answer. Worker 0 stamps the query with a read
+//! time the data frontier has passed, feeds it to the query dataflow (every worker answers from
+//! its shard, worker 0 merges: `adclick_dataflows::query`), and replies.
+
+pub mod metrics;
+pub mod params;
+pub mod render;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use adclick_dataflows::query::QueryKind;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::oneshot;
+use warp::Filter as _;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::aggregator::health::Health;
+use params::{Access, BadParam, Plan};
+use render::Rendered;
+
+/// An API key: an advertiser's (sees its own campaigns and ads) or, without one, an admin's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    #[serde(default)]
+    pub advertiser: Option<String>,
+}
+
+/// A query on its way to worker 0.
+pub struct Ask {
+    pub kind: QueryKind,
+    pub admin: bool,
+    /// The ad id as asked (echoed in the answer).
+    pub ad_text: String,
+    pub reply: oneshot::Sender<Rendered>,
+}
+
+/// The channel from HTTP handlers to worker 0, which wakes it when a query arrives.
+#[derive(Clone)]
+pub struct Bridge {
+    tx: mpsc::Sender<Ask>,
+    worker: Arc<Mutex<Option<std::thread::Thread>>>,
+}
+
+impl Bridge {
+    /// The bridge, and the receiving end for worker 0.
+    pub fn new() -> (Self, mpsc::Receiver<Ask>) {
+        let (tx, rx) = mpsc::channel();
+        let b = Bridge {
+            tx,
+            worker: Arc::new(Mutex::new(None)),
+        };
+        (b, rx)
+    }
+
+    /// Called by worker 0's thread, so that queries can unpark it.
+    pub fn register_worker(&self) {
+        *self.worker.lock().unwrap() = Some(std::thread::current());
+    }
+
+    async fn ask(&self, kind: QueryKind, admin: bool, ad_text: String) -> Option<Rendered> {
+        let (reply, answer) = oneshot::channel();
+        let ask = Ask {
+            kind,
+            admin,
+            ad_text,
+            reply,
+        };
+        self.tx.send(ask).ok()?;
+        if let Some(t) = self.worker.lock().unwrap().as_ref() {
+            t.unpark();
+        }
+        answer.await.ok()
+    }
+}
+
+/// What the routes share.
+pub struct Server {
+    pub bridge: Bridge,
+    pub health: Arc<Health>,
+    pub keys: Vec<ApiKey>,
+    pub minute_retention_ms: u64,
+    pub top_n: usize,
+    pub top_windows: Vec<u64>,
+    pub metrics: metrics::QueryMetrics,
+}
+
+fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut r = warp::reply::json(&body).into_response_inner();
+    *r.status_mut() = status;
+    r
+}
+
+trait IntoResponseInner {
+    fn into_response_inner(self) -> Response;
+}
+impl<T: warp::Reply> IntoResponseInner for T {
+    fn into_response_inner(self) -> Response {
+        self.into_response()
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    json_reply(status, json!({ "error": message }))
+}
+
+const NOT_FOUND: &str = "not found";
+
+impl Server {
+    fn access(&self, auth: Option<&str>) -> Option<Access> {
+        let key = auth?.strip_prefix("Bearer ")?.trim();
+        let found = self.keys.iter().find(|k| {
+            // Compare in constant time: keys are secrets.
+            k.key.len() == key.len()
+                && k.key
+                    .bytes()
+                    .zip(key.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })?;
+        Some(match &found.advertiser {
+            Some(a) => Access::Advertiser(a.clone()),
+            None => Access::Admin,
+        })
+    }
+
+    fn plan(&self) -> Plan {
+        Plan {
+            frontier: self.health.frontier.load(Ordering::Relaxed),
+            minute_retention_ms: self.minute_retention_ms,
+            top_n: self.top_n,
+            top_windows: self.top_windows.clone(),
+        }
+    }
+
+    /// Authenticates, plans, asks the cluster, renders: one path for every query endpoint.
+    async fn query(
+        &self,
+        endpoint: &'static str,
+        auth: Option<String>,
+        plan: impl FnOnce(&Access, &Plan) -> Result<(QueryKind, String), BadParam>,
+    ) -> Response {
+        let started = Instant::now();
+        let response = match self.access(auth.as_deref()) {
+            None => error(StatusCode::UNAUTHORIZED, "missing or unknown API key"),
+            Some(access) => match plan(&access, &self.plan()) {
+                Err(BadParam(m)) if m == NOT_FOUND => error(StatusCode::NOT_FOUND, NOT_FOUND),
+                Err(BadParam(m)) => error(StatusCode::BAD_REQUEST, &m),
+                Ok((kind, ad_text)) => {
+                    let admin = access == Access::Admin;
+                    match self.bridge.ask(kind, admin, ad_text).await {
+                        Some(Rendered::Json(v)) => json_reply(StatusCode::OK, v),
+                        Some(Rendered::NotFound) => error(StatusCode::NOT_FOUND, NOT_FOUND),
+                        None => error(StatusCode::SERVICE_UNAVAILABLE, "the cluster is stopping"),
+                    }
+                }
+            },
+        };
+        self.metrics
+            .observe(endpoint, response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    fn health_json(&self) -> serde_json::Value {
+        self.health.to_json()
+    }
+}
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE_CSS: &str = include_str!("assets/style.css");
+const UPLOT_JS: &str = include_str!("assets/uplot.min.js");
+const UPLOT_CSS: &str = include_str!("assets/uplot.min.css");
+const OPENAPI: &str = include_str!("openapi.json");
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut r = Response::new(body.into());
+    r.headers_mut().insert(
+        "content-type",
+        content_type.parse().expect("a valid header"),
+    );
+    r
+}
+
+type Params = HashMap<String, String>;
+
+/// All routes.
+pub fn routes(
+    server: Arc<Server>,
+) -> impl warp::Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let with = move || {
+        let s = server.clone();
+        warp::any().map(move || s.clone())
+    };
+    let auth = warp::header::optional::<String>("authorization");
+    let ad_count = warp::path!("ads" / String / "aggregated_count")
+        .and(warp::get())
+        .and(warp::query::<Params>())
+        .and(auth)
+        .and(with())
+        .then(|ad: String, p: Params, auth, s: Arc<Server>| async move {
+            s.query("aggregated_count", auth, |a, plan| {
+                params::ad_count(&ad, &p, a, plan).map(|k| (k, ad.clone()))
+            })
+            .await
+        });
+    let popular = warp::path!("ads" / "popular_ads")
+        .and(warp::get())
+        .and(warp::query::<Params>())
+        .and(auth)
+        .and(with())
+        .then(|p: Params, auth, s: Arc<Server>| async move {
+            s.query("popular_ads", auth, |a, plan| {
+                params::popular(&p, a, plan).map(|k| (k, String::new()))
+            })
+            .await
+        });
+    let report = warp::path!("api" / "v1" / "reports" / "clicks")
+        .and(warp::get())
+        .and(warp::query::<Params>())
+        .and(auth)
+        .and(with())
+        .then(|p: Params, auth, s: Arc<Server>| async move {
+            s.query("reports", auth, |a, plan| {
+                params::report(&p, a, plan).map(|k| (k, String::new()))
+            })
+            .await
+        });
+    let health = warp::path!("api" / "v1" / "health")
+        .and(warp::get())
+        .and(auth)
+        .and(with())
+        .map(
+            |auth: Option<String>, s: Arc<Server>| match s.access(auth.as_deref()) {
+                None => error(StatusCode::UNAUTHORIZED, "missing or unknown API key"),
+                Some(_) => json_reply(StatusCode::OK, s.health_json()),
+            },
+        );
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with())
+        .map(|s: Arc<Server>| {
+            let mut r = Response::new(s.metrics.render(&s.health).into());
+            r.headers_mut().insert(
+                "content-type",
+                "text/plain; version=0.0.4; charset=utf-8"
+                    .parse()
+                    .expect("a valid header"),
+            );
+            r
+        });
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, json!({"status": "ok"})));
+    let openapi = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| asset(OPENAPI, "application/json"));
+    let page = warp::path::end()
+        .and(warp::get())
+        .map(|| asset(INDEX_HTML, "text/html; charset=utf-8"));
+    let assets = warp::path!("assets" / String)
+        .and(warp::get())
+        .map(|name: String| match name.as_str() {
+            "app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
+            "style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
+            "uplot.min.js" => asset(UPLOT_JS, "text/javascript; charset=utf-8"),
+            "uplot.min.css" => asset(UPLOT_CSS, "text/css; charset=utf-8"),
+            _ => error(StatusCode::NOT_FOUND, NOT_FOUND),
+        });
+    ad_count
+        .or(popular)
+        .unify()
+        .or(report)
+        .unify()
+        .or(health)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(healthz)
+        .unify()
+        .or(openapi)
+        .unify()
+        .or(page)
+        .unify()
+        .or(assets)
+        .unify()
+}
+
+/// Starts the server on its own thread; returns the address it listens on.
+pub fn spawn(listen: &str, server: Arc<Server>) -> anyhow::Result<SocketAddr> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("aggregator.query_listen {listen:?}: {e}"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("query-server".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::anyhow!("binding {addr}: {e}")));
+                        return;
+                    }
+                };
+                let _ = tx.send(listener.local_addr().map_err(Into::into));
+                warp::serve(routes(server)).incoming(listener).run().await;
+            });
+        })?;
+    rx.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| anyhow::anyhow!("the query server did not start"))?
+}

@@ -1,0 +1,94 @@
+//! Merged answers (fingerprints) to the JSON of the HTTP contract (texts).
+
+use adclick_dataflows::names::Dictionary;
+use adclick_dataflows::query::{Answer, Granularity, QueryKind};
+use adclick_dataflows::time::MINUTE_MS;
+use serde_json::{Value, json};
+
+use crate::timefmt::format_millis;
+
+/// What a query's answer becomes: JSON, or "not found" (an advertiser asking about an ad that
+/// is not its own, or that it cannot be shown to own).
+pub enum Rendered {
+    Json(Value),
+    NotFound,
+}
+
+/// `read_at + 1` is the frontier the answer is consistent at; ranges ending at or before it
+/// are complete.
+pub fn render(
+    kind: &QueryKind,
+    answer: Answer,
+    read_at: u64,
+    admin: bool,
+    names: &Dictionary,
+    ad_text: &str,
+) -> Rendered {
+    let frontier = read_at + 1;
+    let text = |s| names.text(s).to_string();
+    match (kind, answer) {
+        (QueryKind::AdCount { from, to, .. }, Answer::Count { measures, ad_seen }) => {
+            if !admin && !ad_seen {
+                return Rendered::NotFound;
+            }
+            Rendered::Json(json!({
+                "ad_id": ad_text,
+                "count": measures.0,
+                "duplicates": measures.1,
+                "from": format_millis(*from as i64),
+                "to": format_millis(*to as i64),
+                "complete": *to <= frontier,
+            }))
+        }
+        (QueryKind::Report { to, group, .. }, Answer::Rows(rows)) => {
+            let time_name = group.time.map(|g| match g {
+                Granularity::Minute => "minute",
+                Granularity::Hour => "hour",
+                Granularity::Day => "day",
+            });
+            const DIM_NAMES: [&str; 6] = [
+                "adId",
+                "campaignId",
+                "advertiserId",
+                "publisherId",
+                "country",
+                "device",
+            ];
+            let rows: Vec<Value> = rows
+                .into_iter()
+                .map(|((t, dims), (clicks, dups))| {
+                    let mut row = serde_json::Map::new();
+                    if let (Some(name), Some(t)) = (time_name, t) {
+                        row.insert(name.into(), format_millis(t as i64).into());
+                    }
+                    for (i, d) in dims.iter().enumerate() {
+                        if let Some(s) = d {
+                            row.insert(DIM_NAMES[i].into(), text(*s).into());
+                        }
+                    }
+                    row.insert("clicks".into(), clicks.into());
+                    row.insert("duplicates".into(), dups.into());
+                    Value::Object(row)
+                })
+                .collect();
+            Rendered::Json(json!({
+                "rows": rows,
+                "complete": *to <= frontier,
+                "watermark": format_millis(frontier as i64),
+            }))
+        }
+        (
+            QueryKind::Top {
+                key: (m, end, _), ..
+            },
+            Answer::Top(ranking),
+        ) => Rendered::Json(json!({
+            "ad_ids": ranking.iter().map(|((ad, _), _)| text(*ad)).collect::<Vec<_>>(),
+            "counts": ranking.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+            "window_minutes": m,
+            "update_time_minute": format_millis(*end as i64),
+            "complete": end + MINUTE_MS <= frontier,
+        })),
+        _ => unreachable!("merge answers each query with its own kind"),
+    }
+}

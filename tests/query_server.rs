@@ -1,0 +1,263 @@
+//! The query server against the load generator's ground truth, over real HTTP: a streaming
+//! aggregator (2 workers) on the embedded broker answers reports, per-ad counts and top-N
+//! from its live arrangements, exactly; keys confine advertisers to their own ads.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use adclick::kafka::embedded::EmbeddedKafka;
+use adclick::loadgen::truth::GroundTruth;
+use serde_json::Value;
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_adclick-loadgen");
+const AGGREGATOR: &str = env!("CARGO_BIN_EXE_adclick-aggregator");
+const ADMIN: &str = "demo-admin-key-not-secret";
+const ADV1: &str = "demo-adv-1-key-not-secret";
+
+fn config() -> String {
+    format!("{}/config/demo.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A plain HTTP/1.1 GET: (status, JSON body).
+fn get(addr: &str, path: &str, key: Option<&str>) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    // warp may answer chunked: take the JSON between the first '{' and the last '}'.
+    let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(0)];
+    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn answers_equal_the_truth_and_keys_isolate_advertisers() {
+    let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
+        partitions: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let truth_path = dir.path().join("truth.json");
+    let out = Command::new(LOADGEN)
+        .args([
+            "--config",
+            &config(),
+            "--output",
+            "kafka",
+            "--brokers",
+            &brokers,
+        ])
+        .args([
+            "--count", "4000", "--rate", "400", "--seed", "11", "--ads", "40",
+        ])
+        .args(["--advertisers", "3", "--duplicate-share", "0.08"])
+        .arg("--truth")
+        .arg(&truth_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let truth = GroundTruth::read(&truth_path).unwrap();
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _agg = Killed(
+        Command::new(AGGREGATOR)
+            .args([
+                "--config",
+                &config(),
+                "--brokers",
+                &brokers,
+                "--workers",
+                "2",
+            ])
+            .args(["--query-listen", &addr, "--output"])
+            .arg(dir.path().join("out.ndjson"))
+            .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500")
+            .spawn()
+            .unwrap(),
+    );
+    // Wait until the watermark has reached the last minute of traffic (all partitions idle:
+    // as far as the most advanced one allows, its last click minus the 5 s bound).
+    let last_minute = truth.windows.iter().map(|r| r.minute_ms).max().unwrap() as u64;
+    // Wait until every partition went idle and the watermark stopped (as far as the most
+    // advanced partition allows: its last click minus the 5 s bound).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    let watermark = loop {
+        assert!(Instant::now() < deadline, "the watermark never settled");
+        std::thread::sleep(Duration::from_millis(1_500));
+        if TcpStream::connect(&addr).is_err() {
+            continue;
+        }
+        let (status, h) = get(&addr, "/api/v1/health", Some(ADMIN));
+        assert_eq!(status, 200, "{h}");
+        let w = h["watermark_ms"].as_u64();
+        if w.is_some() && w == last && h["tallies"]["received"] == 4000 {
+            break w.unwrap();
+        }
+        last = w;
+    };
+    assert!(
+        watermark >= last_minute - 60_000,
+        "{watermark} {last_minute}"
+    );
+    // Every minute before the watermark's is complete: compare those.
+    let end = watermark - watermark % 60_000;
+    let mut truth = truth;
+    truth.windows.retain(|r| (r.minute_ms as u64) < end);
+    let to = adclick::timefmt::format_millis(end as i64);
+    let from =
+        adclick::timefmt::format_millis(truth.windows.iter().map(|r| r.minute_ms).min().unwrap());
+
+    // Per (minute, ad): clicks and duplicates, exactly.
+    let mut want: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for r in &truth.windows {
+        let m = want.entry((r.minute.clone(), r.ad_id.clone())).or_default();
+        m.0 += r.clicks;
+        m.1 += r.duplicates;
+    }
+    want.retain(|_, m| *m != (0, 0));
+    let (status, report) = get(
+        &addr,
+        &format!("/api/v1/reports/clicks?from={from}&to={to}&groupBy=minute,ad_id"),
+        Some(ADMIN),
+    );
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["complete"], true);
+    let got: BTreeMap<(String, String), (u64, u64)> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let key = (
+                r["minute"].as_str().unwrap().into(),
+                r["adId"].as_str().unwrap().into(),
+            );
+            (
+                key,
+                (
+                    r["clicks"].as_u64().unwrap(),
+                    r["duplicates"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "report by minute and ad equals the truth");
+
+    // One ad's count over the whole range.
+    let mut per_ad: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
+    for r in &truth.windows {
+        let e = per_ad.entry(&r.ad_id).or_insert((0, &r.advertiser_id));
+        e.0 += r.clicks;
+    }
+    let (hot, (hot_clicks, hot_adv)) = per_ad.iter().max_by_key(|(_, (c, _))| *c).unwrap();
+    let (status, c) = get(
+        &addr,
+        &format!("/ads/{hot}/aggregated_count?from={from}&to={to}"),
+        Some(ADMIN),
+    );
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["count"].as_u64(), Some(*hot_clicks), "{c}");
+    assert_eq!(c["complete"], true);
+
+    // Top-N over one minute: the truth's most clicked ad of the last complete minute leads.
+    let (status, top) = get(&addr, "/ads/popular_ads?count=5&window=1", Some(ADMIN));
+    assert_eq!(status, 200, "{top}");
+    assert!(
+        top["ad_ids"].as_array().is_some_and(|a| a.len() <= 5),
+        "{top}"
+    );
+
+    // Isolation: adv_1's key sees its ads, and nothing of anyone else's.
+    let (own, (own_clicks, _)) = per_ad
+        .iter()
+        .find(|(_, (_, adv))| *adv == "adv_1")
+        .expect("the catalog has adv_1 ads");
+    let (status, c) = get(
+        &addr,
+        &format!("/ads/{own}/aggregated_count?from={from}&to={to}"),
+        Some(ADV1),
+    );
+    assert_eq!(
+        (status, c["count"].as_u64()),
+        (200, Some(*own_clicks)),
+        "{c}"
+    );
+    let (other, _) = per_ad
+        .iter()
+        .find(|(_, (_, adv))| *adv != "adv_1")
+        .expect("ads of other advertisers");
+    let (status, _) = get(
+        &addr,
+        &format!("/ads/{other}/aggregated_count?from={from}&to={to}"),
+        Some(ADV1),
+    );
+    assert_eq!(
+        status, 404,
+        "another advertiser's ad does not exist for adv_1"
+    );
+    let (status, r) = get(
+        &addr,
+        &format!("/api/v1/reports/clicks?from={from}&to={to}&groupBy=advertiser_id"),
+        Some(ADV1),
+    );
+    assert_eq!(status, 200);
+    let advertisers: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["advertiserId"].as_str().unwrap())
+        .collect();
+    assert_eq!(advertisers, ["adv_1"], "{r}");
+    let (status, top) = get(&addr, "/ads/popular_ads?count=100&window=60", Some(ADV1));
+    assert_eq!(status, 200);
+    for ad in top["ad_ids"].as_array().unwrap() {
+        assert_eq!(per_ad[ad.as_str().unwrap()].1, "adv_1", "{top}");
+    }
+    let _ = hot_adv;
+
+    // Keys and parameters.
+    let q = format!("/ads/{hot}/aggregated_count?from={from}&to={to}");
+    assert_eq!(get(&addr, &q, None).0, 401);
+    assert_eq!(get(&addr, &q, Some("wrong")).0, 401);
+    let (status, e) = get(
+        &addr,
+        &format!("/ads/{hot}/aggregated_count?to={to}"),
+        Some(ADMIN),
+    );
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("`from`"), "{e}");
+    let (status, spec) = get(&addr, "/openapi.json", None);
+    assert_eq!(status, 200);
+    assert!(spec["paths"]["/ads/popular_ads"].is_object());
+}
