@@ -122,8 +122,8 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
         let (status, h) = get(&addr, "/api/v1/health", Some(ADMIN));
         assert_eq!(status, 200, "{h}");
         let w = h["watermark_ms"].as_u64();
-        if w.is_some() && w == last && h["tallies"]["received"] == 4000 {
-            break w.unwrap();
+        if let Some(settled) = w.filter(|_| w == last && h["tallies"]["received"] == 4000) {
+            break settled;
         }
         last = w;
     };

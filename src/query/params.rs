@@ -90,7 +90,7 @@ fn source(plan: &Plan, from: u64, to: u64) -> Result<Granularity, BadParam> {
         return Ok(Granularity::Minute);
     }
     for g in [Granularity::Hour, Granularity::Day] {
-        if from % g.ms() == 0 && to % g.ms() == 0 {
+        if from.is_multiple_of(g.ms()) && to.is_multiple_of(g.ms()) {
             return Ok(g);
         }
     }
