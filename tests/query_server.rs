@@ -180,7 +180,7 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
         let e = per_ad.entry(&r.ad_id).or_insert((0, &r.advertiser_id));
         e.0 += r.clicks;
     }
-    let (hot, (hot_clicks, hot_adv)) = per_ad.iter().max_by_key(|(_, (c, _))| *c).unwrap();
+    let (hot, (hot_clicks, _)) = per_ad.iter().max_by_key(|(_, (c, _))| *c).unwrap();
     let (status, c) = get(
         &addr,
         &format!("/ads/{hot}/aggregated_count?from={from}&to={to}"),
@@ -244,7 +244,6 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
     for ad in top["ad_ids"].as_array().unwrap() {
         assert_eq!(per_ad[ad.as_str().unwrap()].1, "adv_1", "{top}");
     }
-    let _ = hot_adv;
 
     // Keys and parameters.
     let q = format!("/ads/{hot}/aggregated_count?from={from}&to={to}");

@@ -7,10 +7,12 @@
 //!
 //!     cargo bench -p adclick-dataflows --bench latency -- [RATE] [SECONDS] [WORKERS]
 
+mod traffic;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use adclick_dataflows::click::{Labels, RawClick};
+use adclick_dataflows::click::RawClick;
 use adclick_dataflows::report::reports;
 use adclick_dataflows::source::{PartitionReader, Polled, Record, clock_source};
 use adclick_dataflows::time::MINUTE_MS;
@@ -49,19 +51,11 @@ impl PartitionReader for Paced {
         for _ in 0..n {
             self.seq = self.seq.wrapping_mul(6364136223846793005).wrapping_add(1);
             let r = self.seq >> 11;
-            let ad = (r % 100) * (r % 100) % 10_000;
             out.push(Record::Click(RawClick {
                 impression_id: format!("imp-{p}-{}", self.emitted[p]),
                 click_id: format!("{r:016x}"),
                 event_time: now - (r >> 20) % 3_000,
-                labels: Labels {
-                    ad_id: format!("ad_{ad}"),
-                    campaign_id: format!("cmp_{}", ad % 1000),
-                    advertiser_id: format!("adv_{}", ad % 100),
-                    publisher_id: format!("pub_{}", r % 500),
-                    country: ["US", "GB", "DE", "IN", "BR", "JP"][(r % 6) as usize].into(),
-                    device: ["mobile", "desktop", "tablet"][(r % 3) as usize].into(),
-                },
+                labels: traffic::labels(r),
             }));
             self.emitted[p] += 1;
         }

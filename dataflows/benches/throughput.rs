@@ -4,13 +4,15 @@
 //!
 //!     cargo bench -p adclick-dataflows --bench throughput -- [EVENTS] [ROUNDS]
 
+mod traffic;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use adclick_dataflows::click::{Click, Labels, RawClick};
+use adclick_dataflows::click::{Click, RawClick};
 use adclick_dataflows::dedup::{DedupConfig, DedupState};
 use adclick_dataflows::report::reports;
 use adclick_dataflows::source::{PartitionReader, Polled, Record, clock_source};
@@ -55,7 +57,6 @@ fn clicks(n: usize) -> Vec<Vec<RawClick>> {
     let mut parts: Vec<Vec<RawClick>> = (0..8).map(|_| Vec::with_capacity(n / 8 + 1)).collect();
     for i in 0..n as u64 {
         let r = rnd();
-        let ad = ((r % 100) * (r % 100)) % 10_000;
         let imp = if r % 20 == 0 && i > 10 {
             i - 1 - (r % 10)
         } else {
@@ -65,14 +66,7 @@ fn clicks(n: usize) -> Vec<Vec<RawClick>> {
             impression_id: format!("imp-{imp}"),
             click_id: format!("{:016x}", rnd()),
             event_time: START + i / 50 - (r >> 40) % 3_000,
-            labels: Labels {
-                ad_id: format!("ad_{ad}"),
-                campaign_id: format!("cmp_{}", ad % 1000),
-                advertiser_id: format!("adv_{}", ad % 100),
-                publisher_id: format!("pub_{}", r % 500),
-                country: ["US", "GB", "DE", "IN", "BR", "JP"][(r % 6) as usize].into(),
-                device: ["mobile", "desktop", "tablet"][(r % 3) as usize].into(),
-            },
+            labels: traffic::labels(r),
         });
     }
     parts

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
 use warp::Filter as _;
+use warp::Reply as _;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -97,18 +98,7 @@ pub struct Server {
 }
 
 fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
-    let mut r = warp::reply::json(&body).into_response_inner();
-    *r.status_mut() = status;
-    r
-}
-
-trait IntoResponseInner {
-    fn into_response_inner(self) -> Response;
-}
-impl<T: warp::Reply> IntoResponseInner for T {
-    fn into_response_inner(self) -> Response {
-        self.into_response()
-    }
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

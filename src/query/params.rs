@@ -46,6 +46,16 @@ pub struct Plan {
 
 type Params = HashMap<String, String>;
 
+/// The dimensions rows can be filtered and grouped by, in `Dims` field order.
+const DIMENSIONS: [&str; 6] = [
+    "ad_id",
+    "campaign_id",
+    "advertiser_id",
+    "publisher_id",
+    "country",
+    "device",
+];
+
 fn only(params: &Params, allowed: &[&str]) -> Result<(), BadParam> {
     match params.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(bad(
@@ -119,14 +129,7 @@ fn filter(params: &Params, access: &Access) -> Result<Filter, BadParam> {
         *slot = Some(Sym::of(value));
         Ok(())
     };
-    for dim in [
-        "ad_id",
-        "campaign_id",
-        "advertiser_id",
-        "publisher_id",
-        "country",
-        "device",
-    ] {
+    for dim in DIMENSIONS {
         if let Some(v) = params.get(dim) {
             set(dim, v, dim)?;
         }
@@ -177,21 +180,9 @@ pub fn ad_count(
 }
 
 pub fn report(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind, BadParam> {
-    only(
-        params,
-        &[
-            "from",
-            "to",
-            "groupBy",
-            "filter",
-            "ad_id",
-            "campaign_id",
-            "advertiser_id",
-            "publisher_id",
-            "country",
-            "device",
-        ],
-    )?;
+    let mut allowed = vec!["from", "to", "groupBy", "filter"];
+    allowed.extend(DIMENSIONS);
+    only(params, &allowed)?;
     let (from, to) = range(params)?;
     let mut group = GroupBy::default();
     for g in params
@@ -212,21 +203,18 @@ pub fn report(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind
             "minute" => time(&mut group, Granularity::Minute)?,
             "hour" => time(&mut group, Granularity::Hour)?,
             "day" => time(&mut group, Granularity::Day)?,
-            "ad_id" => group.dims[0] = true,
-            "campaign_id" => group.dims[1] = true,
-            "advertiser_id" => group.dims[2] = true,
-            "publisher_id" => group.dims[3] = true,
-            "country" => group.dims[4] = true,
-            "device" => group.dims[5] = true,
-            other => {
-                return Err(bad(
-                    "groupBy",
-                    format!(
-                        "{other:?} is not one of minute, hour, day, ad_id, campaign_id, \
-                         advertiser_id, publisher_id, country, device"
-                    ),
-                ));
-            }
+            other => match DIMENSIONS.iter().position(|d| *d == other) {
+                Some(i) => group.dims[i] = true,
+                None => {
+                    return Err(bad(
+                        "groupBy",
+                        format!(
+                            "{other:?} is not one of minute, hour, day, {}",
+                            DIMENSIONS.join(", ")
+                        ),
+                    ));
+                }
+            },
         }
     }
     let src = source(plan, from, to)?;
