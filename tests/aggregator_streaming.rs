@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,48 +64,50 @@ fn an_empty_partition_is_released_after_the_idle_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
     let mut child = Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"))
-        .args(["--brokers", &brokers, "--workers", "2", "--output"])
+        .args(["--brokers", &brokers, "--workers", "2"])
+        .args(["--query-listen", "127.0.0.1:0", "--output"])
         .arg(&out)
         .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "1000")
         .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789")
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // The first minute holds clicks 0..120: it must be reported complete, with all of them.
+    // The first minute holds clicks 0..120, 40 for each of the three ads: each ad's row must be
+    // reported complete. Workers report their rows as their own shards see the frontier pass, so
+    // the rows may arrive in separate writes; wait for all three.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut first_minute = None;
-    while first_minute.is_none() && Instant::now() < deadline {
+    let mut first_minute = BTreeMap::new();
+    while first_minute.len() < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         let Ok(f) = std::fs::File::open(&out) else {
             continue;
         };
-        let mut clicks = 0;
-        let mut complete = false;
+        first_minute.clear();
         for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
             if let Ok(Line::Window {
                 granularity,
                 window_start_ms,
                 status,
-                clicks: c,
+                ad_id,
+                clicks,
                 ..
             }) = serde_json::from_str::<Line>(&line)
                 && granularity == "minute"
                 && window_start_ms == START as u64
                 && status == "complete"
             {
-                complete = true;
-                clicks += c;
+                assert!(
+                    first_minute.insert(ad_id, clicks).is_none(),
+                    "a row reported complete twice"
+                );
             }
-        }
-        if complete {
-            first_minute = Some(clicks);
         }
     }
     let _ = child.kill();
     let _ = child.wait();
+    let want: BTreeMap<String, i64> = (0..3).map(|a| (format!("ad_{a}"), 40)).collect();
     assert_eq!(
-        first_minute,
-        Some(120),
+        first_minute, want,
         "the first minute completes, with its 120 clicks"
     );
 }

@@ -147,14 +147,18 @@ pub fn reports<'s>(
                             out.push(report(&row, m, Status::Final));
                         }
                     }
+                    // Sent before the capability moves up to the new frontier: at a time the
+                    // frontier has already passed once the updates behind them are done, so
+                    // a consumer waiting for the frontier is never left waiting for more
+                    // input that may not come.
+                    if !out.is_empty() {
+                        let at = c.delayed(&latest.max(*c.time()));
+                        output.session(&at).give_iterator(out.into_iter());
+                    }
                     if let Some(b) = bound
                         && b > *c.time()
                     {
                         c.downgrade(&b);
-                    }
-                    if !out.is_empty() {
-                        let at = c.delayed(&latest.max(*c.time()));
-                        output.session(&at).give_iterator(out.into_iter());
                     }
                     if bound.is_none() {
                         cap = None::<Capability<u64>>;

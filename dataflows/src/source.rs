@@ -40,6 +40,9 @@ pub enum Polled {
     More,
     /// Nothing new right now.
     Empty,
+    /// Nothing delivered yet, but the partition is known to hold unread records (a consumer
+    /// still connecting, or fetching): it is not idle, whatever the idle timeout says.
+    Behind,
     /// The partition is exhausted for good (end of a file; never for Kafka).
     Finished,
 }
@@ -135,9 +138,13 @@ pub fn clock_source<'s, R: PartitionReader>(
                         };
                         by_time.push(at, event);
                     }
-                    if polled == Polled::Finished {
-                        *done = true;
-                        clock.finish(p);
+                    match polled {
+                        Polled::Finished => {
+                            *done = true;
+                            clock.finish(p);
+                        }
+                        Polled::Behind => clock.active(p, now),
+                        Polled::More | Polled::Empty => {}
                     }
                 }
                 if read > 0 {

@@ -94,7 +94,12 @@ impl SourceClock {
         }
     }
 
-    /// Notes that partition `p` was polled and had nothing new (it may go idle).
+    /// Notes that partition `p` has records still to deliver, so it is not idle.
+    pub fn active(&mut self, p: usize, now_ms: u64) {
+        self.partitions[p].last_activity_ms = now_ms;
+    }
+
+    /// Notes that partition `p` is exhausted for good.
     pub fn finish(&mut self, p: usize) {
         self.partitions[p].finished = true;
     }
@@ -204,6 +209,20 @@ mod tests {
         c2.observe(0, 1_000_000, 61_000);
         assert_eq!(c2.advance(61_000), Some(995_000), "partition 1 idle again");
         assert_eq!(c2.observe(1, 90_000, 61_000), Verdict::Late);
+    }
+
+    #[test]
+    fn a_partition_with_unread_records_is_never_idle() {
+        let mut c = SourceClock::new(2, cfg(Some(30_000)), 0);
+        c.observe(0, 100_000, 0);
+        // Partition 1 has a backlog its consumer has not delivered yet.
+        c.active(1, 29_000);
+        assert_eq!(c.advance(30_000), Some(0), "partition 1 still holds it");
+        assert_eq!(
+            c.advance(59_000),
+            Some(95_000),
+            "idle 30 s after its last sign"
+        );
     }
 
     #[test]

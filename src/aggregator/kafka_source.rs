@@ -25,7 +25,8 @@ pub struct KafkaReader {
     next_offset: Vec<i64>,
     health: Arc<Health>,
     lag_checked: Vec<Instant>,
-    high: Vec<i64>,
+    /// The latest (low, high) watermarks the broker reported per partition.
+    offsets: Vec<(i64, i64)>,
 }
 
 impl KafkaReader {
@@ -80,31 +81,26 @@ impl KafkaReader {
                     .with_context(|| format!("queue of {topic}/{p}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let stop_at = if until_end {
-            Some(
-                partitions
-                    .iter()
-                    .map(|p| {
-                        consumer
-                            .fetch_watermarks(topic, *p, Duration::from_secs(10))
-                            .map(|(_, high)| high)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            )
-        } else {
-            None
-        };
+        // Known from the start, so a partition with a backlog is never taken for idle while
+        // its consumer is still connecting.
+        let offsets = partitions
+            .iter()
+            .map(|p| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("offsets of topic {topic}"))?;
+        let stop_at = until_end.then(|| offsets.iter().map(|(_, high)| *high).collect());
         let n = partitions.len();
         Ok(Self {
-            next_offset: vec![0; n],
+            // Reading starts at the log's start, which retention may have moved past 0.
+            next_offset: offsets.iter().map(|(low, _)| *low).collect(),
             consumer,
             topic: topic.to_string(),
             partitions,
             queues,
             stop_at,
             health,
-            lag_checked: vec![Instant::now() - Duration::from_secs(1); n],
-            high: vec![0; n],
+            lag_checked: vec![Instant::now(); n],
+            offsets,
         })
     }
 }
@@ -153,12 +149,20 @@ impl PartitionReader for KafkaReader {
             let wm = self
                 .consumer
                 .fetch_watermarks(&self.topic, p, Duration::from_millis(200));
-            if let Ok((_, high)) = wm {
-                self.high[i] = high;
+            if let Ok(wm) = wm {
+                self.offsets[i] = wm;
             }
         }
-        self.health
-            .set_partition(p, self.next_offset[i], self.high[i]);
-        if n == 0 { Polled::Empty } else { Polled::More }
+        let (low, high) = self.offsets[i];
+        // Retention may delete records before we read them.
+        let position = self.next_offset[i].max(low);
+        self.health.set_partition(p, position, high);
+        if n > 0 {
+            Polled::More
+        } else if position < high {
+            Polled::Behind
+        } else {
+            Polled::Empty
+        }
     }
 }
