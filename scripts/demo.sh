@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: embedded Kafka, the redirect, the aggregator, and simulated traffic through real
-# HTTP, with a live view of clicks reaching Kafka and windows completing. Ctrl-C stops it (or
+# The demo: embedded Kafka, the redirect, the aggregator with its query server and dashboard,
+# and simulated traffic through real HTTP, with a live view of clicks reaching Kafka and
+# windows completing. Ctrl-C stops it (or
 # set DEMO_SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +29,14 @@ echo "a signed click:   $("$BIN/adclick-redirect" --config config/demo.toml sign
   --ad-id ad_1 --campaign-id cmp_1 --advertiser-id adv_1 --publisher-id pub_1 --url https://example.com/)"
 
 "$BIN/adclick-aggregator" --config config/demo.toml --brokers "$brokers" --workers 2 \
-  --output "$OUT/windows.ndjson" 2>"$OUT/aggregator.log" &
+  --query-listen "${DEMO_QUERY_LISTEN:-127.0.0.1:8081}" \
+  --output "$OUT/windows.ndjson" >"$OUT/aggregator.out" 2>"$OUT/aggregator.log" &
 pids+=($!)
+for _ in $(seq 100); do grep -q "query server:" "$OUT/aggregator.out" 2>/dev/null && break; sleep 0.1; done
+query=$(sed -n 's/^query server: //p' "$OUT/aggregator.out")
 echo "aggregator:       2 workers; window reports in $OUT/windows.ndjson"
+echo "dashboard:        ${query}?key=demo-admin-key-not-secret   (advertiser adv_1: ?key=demo-adv-1-key-not-secret)"
+echo "metrics:          ${query}metrics"
 
 "$BIN/adclick-loadgen" --config config/demo.toml --output http --target http://127.0.0.1:8080 \
   --rate "$RATE" --duration "$SECONDS_TO_RUN" --truth "$OUT/truth.json" 2>"$OUT/loadgen.log" &

@@ -9,7 +9,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use adclick::kafka::embedded::EmbeddedKafka;
-use adclick::loadgen::truth::GroundTruth;
+use adclick::loadgen::truth::{GroundTruth, TruthReport};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_adclick-loadgen");
@@ -259,4 +259,88 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
     let (status, spec) = get(&addr, "/openapi.json", None);
     assert_eq!(status, 200);
     assert!(spec["paths"]["/ads/popular_ads"].is_object());
+
+    the_dashboard_shows_the_truth(&addr, &truth, end);
+}
+
+/// The dashboard in Debian's headless Chromium: the page loads without errors, and the clicks
+/// it plots per minute equal the API's report for the same range and, for complete minutes
+/// (before `end`), the ground truth. The screenshot is kept as a test artifact.
+fn the_dashboard_shows_the_truth(addr: &str, truth: &TruthReport, end: u64) {
+    let browser_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new(browser_dir)
+            .join("node_modules/playwright-core")
+            .is_dir()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Debian's chromium and tests/browser/node_modules: run \
+         scripts/install-deps.sh"
+    );
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let out = Command::new("node")
+        .arg(format!("{browser_dir}/dashboard.mjs"))
+        .args(["--url", &format!("http://{addr}/"), "--key", ADMIN])
+        .arg("--screenshot")
+        .arg(&screenshot)
+        .args(["--timeout-ms", "30000"])
+        .output()
+        .expect("running node");
+    assert!(
+        out.status.success(),
+        "dashboard.mjs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("dashboard screenshot: {}", screenshot.display());
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("dashboard.mjs prints JSON");
+    let plotted = &shown["plotted"];
+    let minutes: Vec<&str> = plotted["minutes"]
+        .as_array()
+        .expect("the chart plotted minutes")
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    let clicks: Vec<u64> = plotted["clicks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect();
+    assert_eq!(minutes.len(), clicks.len());
+    assert!(minutes.len() >= 60, "an hour of minutes: {plotted}");
+    let (first, last) = (minutes[0], *minutes.last().unwrap());
+
+    // The API's report for the chart's range, minute by minute.
+    let millis = |iso: &str| adclick::timefmt::parse_millis(iso).unwrap();
+    let to = adclick::timefmt::format_millis(millis(last) + 60_000);
+    let (status, report) = get(
+        addr,
+        &format!("/api/v1/reports/clicks?from={first}&to={to}&groupBy=minute"),
+        Some(ADMIN),
+    );
+    assert_eq!(status, 200, "{report}");
+    let api: BTreeMap<i64, u64> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                millis(r["minute"].as_str().unwrap()),
+                r["clicks"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want: BTreeMap<i64, u64> = BTreeMap::new();
+    for r in &truth.windows {
+        *want.entry(r.minute_ms).or_default() += r.clicks;
+    }
+    let mut complete_clicks = 0;
+    for (m, c) in minutes.iter().zip(&clicks) {
+        let t = millis(m);
+        assert_eq!(*c, api.get(&t).copied().unwrap_or(0), "chart vs API at {m}");
+        if (t as u64) < end {
+            assert_eq!(*c, want.get(&t).copied().unwrap_or(0), "chart vs truth at {m}");
+            complete_clicks += c;
+        }
+    }
+    assert!(complete_clicks > 0, "the chart shows the traffic: {plotted}");
 }

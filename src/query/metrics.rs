@@ -112,3 +112,131 @@ impl QueryMetrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::Ordering;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    const DASHBOARD: &str = include_str!("../../docs/grafana/adclick-aggregator.json");
+
+    /// Every `expr` of every panel target, rows' nested panels included, and every query
+    /// variable's query.
+    fn exprs(dashboard: &Value) -> Vec<String> {
+        fn walk(panels: &Value, out: &mut Vec<String>) {
+            for panel in panels.as_array().into_iter().flatten() {
+                for target in panel["targets"].as_array().into_iter().flatten() {
+                    let expr = target["expr"].as_str().expect("a target without expr");
+                    out.push(expr.to_string());
+                }
+                walk(&panel["panels"], out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&dashboard["panels"], &mut out);
+        for var in dashboard["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if var["type"] == "query" {
+                let q = &var["query"];
+                out.push(q["query"].as_str().or(q.as_str()).unwrap().to_string());
+            }
+        }
+        out
+    }
+
+    /// Identifiers starting with `adclick_`.
+    fn metric_names(expr: &str) -> Vec<String> {
+        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+        let mut names = Vec::new();
+        let mut rest = expr;
+        let mut prev_ident = false;
+        while let Some(c) = rest.chars().next() {
+            if !prev_ident && rest.starts_with("adclick_") {
+                let end = rest.find(|c: char| !ident(c)).unwrap_or(rest.len());
+                names.push(rest[..end].to_string());
+                rest = &rest[end..];
+                prev_ident = true;
+                continue;
+            }
+            prev_ident = ident(c);
+            rest = &rest[c.len_utf8()..];
+        }
+        names
+    }
+
+    /// The sample names in a text exposition with one observation in every family.
+    fn exposed() -> BTreeSet<String> {
+        let m = QueryMetrics::default();
+        m.observe("stats", 200, Duration::from_millis(3));
+        m.window_completion.observe(0.2);
+        let health = Health::default();
+        health.tallies.lock().unwrap().received = 5;
+        health.frontier.store(1, Ordering::Relaxed);
+        health.set_partition(0, 10, 12);
+        m.render(&health)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l[..l.find(['{', ' ']).unwrap_or(l.len())].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_grafana_dashboard_only_uses_exported_metrics() {
+        let dashboard: Value = serde_json::from_str(DASHBOARD).expect("dashboard JSON");
+        assert_eq!(dashboard["title"], "adclick aggregator");
+        let panels = dashboard["panels"].as_array().expect("panels");
+        let graphs = panels.iter().filter(|p| p["type"] != "row").count();
+        assert!(graphs >= 6, "only {graphs} panels");
+        for p in panels {
+            assert!(p["gridPos"]["w"].as_u64().is_some(), "no gridPos: {p}");
+        }
+
+        let exposed = exposed();
+        for family in [
+            "query_duration_seconds_bucket",
+            "window_completion_latency_seconds_count",
+            "records",
+            "watermark_delay_seconds",
+            "partition_lag_records",
+        ] {
+            assert!(
+                exposed.contains(&format!("adclick_aggregator_{family}")),
+                "{family} not in {exposed:?}"
+            );
+        }
+        assert!(!exposed.contains("adclick_aggregator_record"));
+
+        let exprs = exprs(&dashboard);
+        assert!(exprs.len() >= 6, "{exprs:?}");
+        let mut used = 0;
+        for expr in &exprs {
+            for name in metric_names(expr) {
+                assert!(
+                    exposed.contains(&name),
+                    "the dashboard uses {name}, which /metrics does not export, in {expr}\n\
+                     exported: {exposed:?}"
+                );
+                used += 1;
+            }
+        }
+        assert!(
+            used >= exprs.len(),
+            "an expr without an adclick_ metric: {exprs:?}"
+        );
+    }
+
+    #[test]
+    fn metric_names_are_whole_identifiers() {
+        assert_eq!(
+            metric_names(r#"sum(rate(adclick_a_b{x="y"}[5m])) / xadclick_c + adclick_d:e"#),
+            ["adclick_a_b", "adclick_d:e"]
+        );
+    }
+}

@@ -3,8 +3,9 @@
 // page has loaded its data, takes a full-page screenshot and prints what the
 // page shows as one line of JSON:
 //
-//   {"chart": [[minuteIso, clicks], ...], "top": [[adId, count], ...],
-//    "health": {...}, "errors": [...]}
+//   {"chart": [[minuteIso, clicks], ...],
+//    "plotted": {"minutes": [iso, ...], "clicks": [n, ...], "duplicates": [n, ...]},
+//    "top": [[adId, count], ...], "health": {...}, "errors": [...]}
 //
 // Usage:
 //   node tests/browser/dashboard.mjs --url http://127.0.0.1:PORT/ --key API_KEY \
@@ -89,7 +90,7 @@ function watchErrors(page, errors) {
 async function readDashboard(page) {
   return page.evaluate(() => {
     const d = window.__dashboard || {};
-    return { chart: d.chart ?? null, top: d.top ?? null, health: d.health ?? null };
+    return { chart: d.chart ?? null, plotted: d.plotted ?? null, top: d.top ?? null, health: d.health ?? null };
   });
 }
 
