@@ -338,9 +338,16 @@ fn the_dashboard_shows_the_truth(addr: &str, truth: &TruthReport, end: u64) {
         let t = millis(m);
         assert_eq!(*c, api.get(&t).copied().unwrap_or(0), "chart vs API at {m}");
         if (t as u64) < end {
-            assert_eq!(*c, want.get(&t).copied().unwrap_or(0), "chart vs truth at {m}");
+            assert_eq!(
+                *c,
+                want.get(&t).copied().unwrap_or(0),
+                "chart vs truth at {m}"
+            );
             complete_clicks += c;
         }
     }
-    assert!(complete_clicks > 0, "the chart shows the traffic: {plotted}");
+    assert!(
+        complete_clicks > 0,
+        "the chart shows the traffic: {plotted}"
+    );
 }
