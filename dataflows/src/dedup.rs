@@ -134,6 +134,27 @@ impl DedupState {
         self.winners.is_empty()
     }
 
+    /// Every tracked impression's winner: (impression, event time, click fingerprint,
+    /// dimensions), what a checkpoint keeps.
+    pub fn winners(&self) -> impl Iterator<Item = (u128, u64, u64, Dims)> + '_ {
+        self.winners.iter().map(|(imp, w)| {
+            let (t, click) = w.rank();
+            (*imp, t, click, self.dims.all[w.dims() as usize])
+        })
+    }
+
+    /// Puts back a winner from a checkpoint.
+    pub fn restore_winner(&mut self, impression: u128, event_time: u64, click: u64, dims: Dims) {
+        let d = self.dims.intern(dims);
+        self.winners
+            .insert(impression, Winner::new(event_time, click, d));
+    }
+
+    /// Which of `peers` workers owns `impression` (as the dedup's exchange routes it).
+    pub fn owner(impression: u128, peers: usize) -> usize {
+        ((impression as u64) % peers as u64) as usize
+    }
+
     /// Appends the updates `click` causes, given the state so far.
     pub fn decide(&mut self, click: &Click, out: &mut Vec<(Row, Measures)>) {
         let row = |t: u64, d: Dims| (window_start(t, MINUTE_MS), d);
@@ -187,21 +208,52 @@ impl DedupState {
 
 type Update = (Row, u64, Measures);
 
+/// Checkpoints of the dedup state: frontiers `F` arrive on `requests` (at time `F`, on every
+/// worker), and `save` gets the state holding exactly the clicks at times before `F`.
+pub struct DedupCheckpoints<'s> {
+    pub requests: Stream<'s, u64, Vec<u64>>,
+    pub save: SaveDedup,
+}
+
+/// Where a worker's dedup state goes at a checkpoint frontier.
+pub type SaveDedup = Box<dyn FnMut(u64, &DedupState)>;
+
 /// Deduplicates `clicks` over the configured horizon.
 pub fn dedup<'s>(
     clicks: Stream<'s, u64, Vec<Click>>,
     cfg: DedupConfig,
 ) -> VecCollection<'s, u64, Row, Measures> {
+    checkpointed_dedup(clicks, DedupState::new(cfg), None)
+}
+
+/// [`dedup`] starting from `state` (restored from a checkpoint, or empty), saving checkpoints.
+pub fn checkpointed_dedup<'s>(
+    clicks: Stream<'s, u64, Vec<Click>>,
+    state: DedupState,
+    checkpoints: Option<DedupCheckpoints<'s>>,
+) -> VecCollection<'s, u64, Row, Measures> {
+    let scope = clicks.scope();
+    let (requests, mut save) = match checkpoints {
+        Some(c) => (c.requests, Some(c.save)),
+        None => (
+            timely::dataflow::operators::vec::ToStream::to_stream(Vec::<u64>::new(), scope),
+            None,
+        ),
+    };
     let exchange = Exchange::new(|c: &Click| c.impression as u64);
     clicks
-        .unary_frontier::<CapacityContainerBuilder<Vec<Update>>, _, _, _>(
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<Update>>, _, _, _, _>(
+            requests,
             exchange,
+            timely::dataflow::channels::pact::Pipeline,
             "Dedup",
             move |_cap, _info| {
                 let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Click>)> = BTreeMap::new();
-                let mut state = DedupState::new(cfg);
+                let mut asked: std::collections::BTreeSet<u64> = Default::default();
+                let mut state = state;
                 let mut updates = Vec::new();
-                move |(input, frontier), output| {
+                move |(input, frontier), (requests, asked_frontier), output| {
+                    requests.for_each(|_cap, data| asked.extend(data.drain(..)));
                     input.for_each_stamp(|cap, data| {
                         let Some(cap) = cap.retain_least(0) else {
                             return;
@@ -213,12 +265,25 @@ pub fn dedup<'s>(
                             entry.1.append(batch);
                         }
                     });
-                    // Times the frontier has passed are complete: process them in order.
-                    while let Some(entry) = pending.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
+                    // Times both frontiers have passed are complete: process them in order,
+                    // saving a checkpoint's state between the times before and after it.
+                    let passed = |t: &u64| !frontier.less_equal(t) && !asked_frontier.less_equal(t);
+                    loop {
+                        let next = pending.first_key_value().map(|(t, _)| *t);
+                        if let Some(&f) = asked.first()
+                            && next.is_none_or(|t| f <= t)
+                            && (f == 0 || passed(&(f - 1)))
+                        {
+                            asked.pop_first();
+                            if let Some(save) = save.as_mut() {
+                                save(f, &state);
+                            }
+                            continue;
                         }
-                        let (cap, clicks) = entry.remove();
+                        let Some(t) = next.filter(|t| passed(t)) else {
+                            break;
+                        };
+                        let (cap, clicks) = pending.remove(&t).expect("a pending time");
                         let time = *cap.time();
                         for click in &clicks {
                             state.decide(click, &mut updates);
@@ -228,7 +293,8 @@ pub fn dedup<'s>(
                             .give_iterator(updates.drain(..).map(|(r, m)| (r, time, m)));
                     }
                     let done_before = frontier.frontier().first().copied().unwrap_or(u64::MAX);
-                    state.sweep(done_before);
+                    let asked_before = asked_frontier.frontier().first().copied();
+                    state.sweep(done_before.min(asked_before.unwrap_or(u64::MAX)));
                 }
             },
         )

@@ -19,11 +19,13 @@ pub mod time;
 pub mod topn;
 pub mod watermark;
 
+use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::implementations::ValSpine;
 use timely::dataflow::Stream;
+use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::vec::{Map, Partition};
 use timely::progress::frontier::AntichainRef;
 
@@ -71,11 +73,71 @@ pub struct Aggregates<'s> {
     pub received: Stream<'s, u64, Vec<u64>>,
 }
 
+/// What a checkpoint restores into the aggregation, at its frontier: this worker's share of
+/// the rows of each granularity as they stood, and of the dimension texts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RestoredRows {
+    pub frontier: u64,
+    pub minute: Vec<(Row, Measures)>,
+    pub hour: Vec<(Row, Measures)>,
+    pub day: Vec<(Row, Measures)>,
+    pub names: Vec<Name>,
+}
+
+/// Where the aggregation starts from, and how it saves checkpoints.
+pub struct Resume<'s> {
+    pub dedup: dedup::DedupState,
+    pub rows: Option<RestoredRows>,
+    pub checkpoints: Option<dedup::DedupCheckpoints<'s>>,
+}
+
+/// `data` as a stream at time `at`.
+fn at_time<'s, D: Clone + 'static>(
+    scope: timely::dataflow::Scope<'s, u64>,
+    at: u64,
+    data: Vec<D>,
+) -> Stream<'s, u64, Vec<D>> {
+    use timely::container::CapacityContainerBuilder;
+    let mut data = Some(data);
+    timely::dataflow::operators::generic::operator::source::<
+        _,
+        CapacityContainerBuilder<Vec<D>>,
+        _,
+        _,
+    >(scope, "Restored", move |mut cap, _info| {
+        cap.downgrade(&at);
+        let mut cap = Some(cap);
+        move |output| {
+            if let (Some(c), Some(d)) = (cap.take(), data.take()) {
+                output.session(&c).give_iterator(d.into_iter());
+            }
+        }
+    })
+}
+
 /// The whole aggregation, as a function of the sources' events.
 pub fn aggregate<'s>(
     events: Stream<'s, u64, Vec<SourceEvent>>,
     cfg: &AggregateConfig,
 ) -> Aggregates<'s> {
+    let resume = Resume {
+        dedup: dedup::DedupState::new(DedupConfig {
+            horizon_ms: cfg.dedup_horizon_ms,
+            allowed_lateness_ms: cfg.allowed_lateness_ms,
+        }),
+        rows: None,
+        checkpoints: None,
+    };
+    resumed_aggregate(events, cfg, resume)
+}
+
+/// [`aggregate`], resumed from a checkpoint's state and saving checkpoints.
+pub fn resumed_aggregate<'s>(
+    events: Stream<'s, u64, Vec<SourceEvent>>,
+    cfg: &AggregateConfig,
+    resume: Resume<'s>,
+) -> Aggregates<'s> {
+    let scope = events.scope();
     // One pass routes every event to its stream (no copies, unlike one filter per kind).
     let mut kinds = events
         .partition(5, |e| {
@@ -102,7 +164,7 @@ pub fn aggregate<'s>(
         SourceEvent::Rejected(r) => Some(r),
         _ => None,
     });
-    let names = next().flat_map(|e| match e {
+    let mut names = next().flat_map(|e| match e {
         SourceEvent::Name(n) => Some(n),
         _ => None,
     });
@@ -112,16 +174,26 @@ pub fn aggregate<'s>(
     });
     // Local pre-aggregation before rows are exchanged: a hot ad's clicks are summed on every
     // worker first, so no single worker receives them one by one.
-    let dedup_cfg = DedupConfig {
-        horizon_ms: cfg.dedup_horizon_ms,
-        allowed_lateness_ms: cfg.allowed_lateness_ms,
+    let deduped =
+        dedup::checkpointed_dedup(on_time, resume.dedup, resume.checkpoints).consolidate_stream();
+    // Restored rows join at the checkpoint's frontier, each granularity on its own: hour and
+    // day rows outlive the minute rows they came from.
+    let restored = resume.rows.unwrap_or_default();
+    let f = restored.frontier;
+    let rows = |rows: Vec<(Row, Measures)>| {
+        deduped.clone().concat(
+            at_time(scope, f, rows)
+                .map(move |(row, m)| (row, f, m))
+                .as_collection(),
+        )
     };
-    let deduped = dedup::dedup(on_time, dedup_cfg).consolidate_stream();
+    names = names.concat(at_time(scope, f, restored.names));
+    let minute_rows = rows(restored.minute);
     let r = cfg.retention;
-    let minute = rollup(deduped.clone(), MINUTE_MS, r.minute_ms);
-    let hour = rollup(deduped.clone(), HOUR_MS, r.hour_ms);
-    let day = rollup(deduped.clone(), DAY_MS, r.day_ms);
-    let top = top_n(deduped, &cfg.top, cfg.allowed_lateness_ms, r.minute_ms);
+    let minute = rollup(minute_rows.clone(), MINUTE_MS, r.minute_ms);
+    let hour = rollup(rows(restored.hour), HOUR_MS, r.hour_ms);
+    let day = rollup(rows(restored.day), DAY_MS, r.day_ms);
+    let top = top_n(minute_rows, &cfg.top, cfg.allowed_lateness_ms, r.minute_ms);
     Aggregates {
         minute,
         hour,

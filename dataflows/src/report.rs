@@ -84,7 +84,11 @@ pub fn reports<'s>(
                         latest = latest.max(t);
                         for (row, (c, d)) in updates {
                             let end = row.0 + window_ms;
-                            if t >= end + lateness_ms {
+                            // No click reaches a window at or after end + lateness (the
+                            // sources judge it late first); a row restored from a checkpoint
+                            // taken exactly then is the one update that may, and it still
+                            // owes its final report.
+                            if t > end + lateness_ms {
                                 continue;
                             }
                             let m = rows.measures.entry(row).or_insert_with(|| (0, 0));
@@ -99,6 +103,11 @@ pub fn reports<'s>(
                     }
                     let Some(c) = cap.as_mut() else { return };
                     let mut out = Vec::new();
+                    // Final reports go out at their window's end + lateness exactly (never
+                    // earlier than the capability): a function of the input alone, so a
+                    // checkpoint at frontier F holds exactly the finals before F, and after a
+                    // restore from it the others are reported, once.
+                    let mut finals: BTreeMap<u64, Vec<WindowReport>> = BTreeMap::new();
                     let report = |row: &Row, m: Measures, status| WindowReport {
                         window_ms,
                         row: *row,
@@ -124,7 +133,11 @@ pub fn reports<'s>(
                             if end + lateness_ms <= limit {
                                 // Complete and final at once (a batch job's last step).
                                 let m = rows.measures.remove(&row).unwrap_or((0, 0));
-                                out.push(report(&row, m, Status::Final));
+                                let at = (end + lateness_ms).max(*c.time());
+                                finals
+                                    .entry(at)
+                                    .or_default()
+                                    .push(report(&row, m, Status::Final));
                                 continue;
                             }
                             let m = rows.measures[&row];
@@ -141,10 +154,15 @@ pub fn reports<'s>(
                         if *entry.key() > limit {
                             break;
                         }
-                        for row in entry.remove() {
+                        let (at, bucket) = entry.remove_entry();
+                        let at = at.max(*c.time());
+                        for row in bucket {
                             let m = rows.measures.remove(&row).unwrap_or((0, 0));
                             rows.last.remove(&row);
-                            out.push(report(&row, m, Status::Final));
+                            finals
+                                .entry(at)
+                                .or_default()
+                                .push(report(&row, m, Status::Final));
                         }
                     }
                     // Sent before the capability moves up to the new frontier: at a time the
@@ -154,6 +172,11 @@ pub fn reports<'s>(
                     if !out.is_empty() {
                         let at = c.delayed(&latest.max(*c.time()));
                         output.session(&at).give_iterator(out.into_iter());
+                    }
+                    for (at, reports) in finals {
+                        output
+                            .session(&c.delayed(&at))
+                            .give_iterator(reports.into_iter());
                     }
                     if let Some(b) = bound
                         && b > *c.time()

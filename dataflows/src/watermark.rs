@@ -13,6 +13,8 @@
 //! global frontier is never ahead of the source's capability, a click judged on time always
 //! reaches a window that is not final yet (see docs/design.md).
 
+use serde::{Deserialize, Serialize};
+
 use crate::time::quantize;
 
 /// The time settings of a source (brief §3).
@@ -141,6 +143,32 @@ impl SourceClock {
     pub fn capability(&self) -> u64 {
         self.capability
     }
+
+    /// What a checkpoint keeps: per partition the largest event time seen, and the capability.
+    /// Idle timers are processing time and start afresh.
+    pub fn state(&self) -> ClockState {
+        ClockState {
+            max_seen: self.partitions.iter().map(|p| p.max_seen).collect(),
+            capability: self.capability,
+        }
+    }
+
+    /// A clock that goes on from `state` (one entry per partition, in the same order).
+    pub fn restore(state: &ClockState, cfg: TimeConfig, now_ms: u64) -> Self {
+        let mut clock = Self::new(state.max_seen.len(), cfg, now_ms);
+        for (p, m) in clock.partitions.iter_mut().zip(&state.max_seen) {
+            p.max_seen = *m;
+        }
+        clock.capability = state.capability;
+        clock
+    }
+}
+
+/// A [`SourceClock`] as a checkpoint keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockState {
+    pub max_seen: Vec<Option<u64>>,
+    pub capability: u64,
 }
 
 #[cfg(test)]

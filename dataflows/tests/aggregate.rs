@@ -6,14 +6,26 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use adclick_dataflows::click::{Click, Labels, Measures, RawClick, Row, Sym};
-use adclick_dataflows::source::{PartitionReader, Polled, Record, Rejected, clock_source};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use adclick_dataflows::click::Dims;
+use adclick_dataflows::dedup::{DedupCheckpoints, DedupConfig, DedupState, SaveDedup};
+use adclick_dataflows::names::Name;
+use adclick_dataflows::source::{
+    Cuts, PartitionReader, Polled, Record, Rejected, SourceSnapshot, checkpointed_source,
+    clock_source,
+};
 use adclick_dataflows::time::{HOUR_MS, MINUTE_MS, window_start};
 use adclick_dataflows::topn::{RankKey, Ranking, all_countries};
 use adclick_dataflows::watermark::TimeConfig;
 use adclick_dataflows::{AggregateConfig, Traces, aggregate};
+use adclick_dataflows::{RestoredRows, Resume, resumed_aggregate};
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+use timely::dataflow::operators::Input;
 use timely::dataflow::operators::Inspect;
+use timely::dataflow::operators::vec::Broadcast;
 
 const BOUND: u64 = 5_000;
 const LATENESS: u64 = 300_000;
@@ -120,6 +132,9 @@ struct Memory {
 impl PartitionReader for Memory {
     fn partitions(&self) -> usize {
         self.parts.len()
+    }
+    fn position(&self, p: usize) -> u64 {
+        self.next[p] as u64
     }
     fn poll(&mut self, p: usize, max: usize, out: &mut Vec<Record>) -> Polled {
         // Small reads, so partitions interleave differently from one run to another.
@@ -365,5 +380,276 @@ fn matches_the_oracle_on_one_and_two_workers() {
         );
         assert_eq!(got.hour, expected.hour, "hour rows, {workers} workers");
         assert_eq!(got.top, expected.top, "top-N, {workers} workers");
+    }
+}
+
+/// Updates at times before `f` in `trace`, accumulated per row.
+fn rows_before(trace: &mut adclick_dataflows::AdTrace, f: u64) -> Vec<(Row, Measures)> {
+    let spans = trace
+        .spans_through(timely::progress::Antichain::new().borrow())
+        .unwrap();
+    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+    let mut rows = Vec::new();
+    for ((_ad, row), times) in cursor.to_vec(&storage, |k| *k, |v| *v) {
+        let m = times
+            .into_iter()
+            .filter(|(t, _)| *t < f)
+            .fold((0, 0), |a, (_, d)| (a.0 + d.0, a.1 + d.1));
+        if m != (0, 0) {
+            rows.push((row, m));
+        }
+    }
+    rows
+}
+
+/// One worker's part of a checkpoint at frontier `f`.
+#[derive(Clone, Default)]
+struct Part {
+    source: SourceSnapshot,
+    winners: Vec<(u128, u64, u64, Dims)>,
+    rows: RestoredRows,
+    late: usize,
+    rejected: usize,
+}
+
+fn time_config() -> TimeConfig {
+    TimeConfig {
+        out_of_orderness_ms: BOUND,
+        allowed_lateness_ms: LATENESS,
+        idle_timeout_ms: None,
+        tick_ms: 100,
+    }
+}
+
+fn aggregate_config() -> AggregateConfig {
+    AggregateConfig {
+        allowed_lateness_ms: LATENESS,
+        ..Default::default()
+    }
+}
+
+/// Runs the whole input, taking a checkpoint at `f` on the way: each worker's part.
+fn checkpoint(workers: usize, parts: Vec<Vec<Item>>, f: u64) -> Vec<Part> {
+    let saved = Arc::new(Mutex::new(vec![Part::default(); workers]));
+    let out = saved.clone();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mine: Vec<Vec<Item>> = parts
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| p % peers == index)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let cuts = Rc::new(RefCell::new(Cuts::default()));
+        let names: Rc<RefCell<Vec<Name>>> = Rc::default();
+        let counts: Rc<RefCell<(usize, usize)>> = Rc::default();
+        let (cuts_in, names_in, counts_in, out_in) =
+            (cuts.clone(), names.clone(), counts.clone(), out.clone());
+        let (mut requests, mut traces) = worker.dataflow::<u64, _, _>(move |scope| {
+            let reader = Memory {
+                next: vec![0; mine.len()],
+                parts: mine,
+            };
+            let events = checkpointed_source(
+                scope,
+                "Memory",
+                reader,
+                time_config(),
+                || 0,
+                Some(cuts_in),
+                None,
+            );
+            let (input, requests) = scope.new_input::<Vec<u64>>();
+            let save: SaveDedup = Box::new(move |at, state: &DedupState| {
+                assert_eq!(at, f);
+                out_in.lock().unwrap()[index].winners = state.winners().collect();
+            });
+            let acfg = aggregate_config();
+            let resume = Resume {
+                dedup: DedupState::new(dedup_config()),
+                rows: None,
+                checkpoints: Some(DedupCheckpoints {
+                    requests: requests.broadcast(),
+                    save,
+                }),
+            };
+            let a = resumed_aggregate(events, &acfg, resume);
+            let traces = Traces::arrange(&a);
+            let c2 = counts_in.clone();
+            let before_f =
+                move |stamp: &timely::progress::Stamp<u64>| stamp.least().is_some_and(|t| *t < f);
+            a.names.clone().inspect_core(move |e| {
+                if let Ok((stamp, data)) = e
+                    && before_f(stamp)
+                {
+                    names_in.borrow_mut().extend(data.iter().cloned());
+                }
+            });
+            a.late.clone().inspect_core(move |e| {
+                if let Ok((stamp, data)) = e
+                    && before_f(stamp)
+                {
+                    counts_in.borrow_mut().0 += data.len();
+                }
+            });
+            a.rejected.clone().inspect_core(move |e| {
+                if let Ok((stamp, data)) = e
+                    && before_f(stamp)
+                {
+                    c2.borrow_mut().1 += data.len();
+                }
+            });
+            (input, traces)
+        });
+        if index == 0 {
+            requests.advance_to(f);
+            requests.send(f);
+        }
+        requests.close();
+        while worker.step_or_park(None) {}
+        let mut saved = out.lock().unwrap();
+        let part = &mut saved[index];
+        part.source = cuts
+            .borrow()
+            .at(f)
+            .expect("the source crossed the checkpoint");
+        part.rows = RestoredRows {
+            frontier: f,
+            minute: rows_before(&mut traces.minute, f),
+            hour: rows_before(&mut traces.hour, f),
+            day: rows_before(&mut traces.day, f),
+            names: names.borrow().clone(),
+        };
+        (part.late, part.rejected) = *counts.borrow();
+    })
+    .unwrap()
+    .join();
+    std::mem::take(&mut *saved.lock().unwrap())
+}
+
+fn dedup_config() -> DedupConfig {
+    DedupConfig {
+        horizon_ms: aggregate_config().dedup_horizon_ms,
+        allowed_lateness_ms: LATENESS,
+    }
+}
+
+/// Goes on from a checkpoint's `saved` parts: the minute and hour rows and the tallies at
+/// the end, checkpointed state included.
+fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
+    let workers = saved.len();
+    let shared = Arc::new(Mutex::new((Vec::new(), Vec::new(), 0, 0)));
+    let out = shared.clone();
+    let all_winners: Vec<_> = saved.iter().flat_map(|p| p.winners.clone()).collect();
+    let before: (usize, usize) = saved
+        .iter()
+        .fold((0, 0), |a, p| (a.0 + p.late, a.1 + p.rejected));
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mine: Vec<Vec<Item>> = parts
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| p % peers == index)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let part = saved[index].clone();
+        let mut dedup = DedupState::new(dedup_config());
+        for (imp, t, click, dims) in &all_winners {
+            if DedupState::owner(*imp, peers) == index {
+                dedup.restore_winner(*imp, *t, *click, *dims);
+            }
+        }
+        let out = out.clone();
+        worker.dataflow::<u64, _, _>(move |scope| {
+            let reader = Memory {
+                next: part.source.positions.iter().map(|p| *p as usize).collect(),
+                parts: mine,
+            };
+            let events = checkpointed_source(
+                scope,
+                "Memory",
+                reader,
+                time_config(),
+                || 0,
+                None,
+                Some(part.source),
+            );
+            let resume = Resume {
+                dedup,
+                rows: Some(part.rows),
+                checkpoints: None,
+            };
+            let a = resumed_aggregate(events, &aggregate_config(), resume);
+            let (o1, o2, o3, o4) = (out.clone(), out.clone(), out.clone(), out);
+            a.minute.inspect(move |u| o1.lock().unwrap().0.push(*u));
+            a.hour.inspect(move |u| o2.lock().unwrap().1.push(*u));
+            a.late.inspect(move |_| o3.lock().unwrap().2 += 1);
+            a.rejected.inspect(move |_| o4.lock().unwrap().3 += 1);
+        });
+        while worker.step_or_park(None) {}
+    })
+    .unwrap()
+    .join();
+    let (minute_u, hour_u, late, rejected) = std::mem::take(&mut *shared.lock().unwrap());
+    let mut r = Results {
+        late: before.0 + late,
+        rejected: before.1 + rejected,
+        ..Default::default()
+    };
+    // Restored rows arrive at the checkpoint's frontier, possibly after their window became
+    // final: keep every update but the retention retractions.
+    let retention = aggregate_config().retention;
+    for (row, t, d) in minute_u {
+        fold(
+            &mut r.minute,
+            (row, t, d),
+            MINUTE_MS + retention.minute_ms - LATENESS,
+        );
+    }
+    for (row, t, d) in hour_u {
+        fold(
+            &mut r.hour,
+            (row, t, d),
+            HOUR_MS + retention.hour_ms - LATENESS,
+        );
+    }
+    r.minute.retain(|_, m| *m != (0, 0));
+    r.hour.retain(|_, m| *m != (0, 0));
+    r
+}
+
+#[test]
+fn resumed_from_a_checkpoint_equals_the_oracle() {
+    let parts = traffic();
+    let expected = oracle(&parts);
+    // Checkpoints in the middle of the stream and near its ends.
+    for f in [START + 150_000, START + 20_000, START + 290_000] {
+        for workers in [1, 2] {
+            let saved = checkpoint(workers, parts.clone(), f);
+            assert!(
+                saved
+                    .iter()
+                    .any(|p| !p.winners.is_empty() && !p.rows.minute.is_empty()),
+                "the checkpoint holds state"
+            );
+            let got = resume(parts.clone(), saved);
+            let what = format!("checkpoint at +{} ms, {workers} workers", f - START);
+            assert_eq!(got.late, expected.late, "late, {what}");
+            assert_eq!(got.rejected, expected.rejected, "rejected, {what}");
+            let diff: Vec<_> = expected
+                .minute
+                .iter()
+                .filter(|(k, v)| got.minute.get(*k) != Some(v))
+                .map(|(k, v)| (k.0 as i64 - START as i64, *v, got.minute.get(k).copied()))
+                .take(5)
+                .collect();
+            assert!(
+                diff.is_empty() && got.minute.len() == expected.minute.len(),
+                "minute rows, {what}: {} vs {} rows, differing (minute, want, got): {diff:?}",
+                got.minute.len(),
+                expected.minute.len()
+            );
+            assert_eq!(got.hour, expected.hour, "hour rows, {what}");
+        }
     }
 }
