@@ -122,7 +122,7 @@ impl Phase {
 #[derive(Default)]
 struct Seen {
     latencies: Vec<Duration>,
-    /// Non-200 answers, and the first few of them (status, path, body).
+    /// Non-200 answers, and the first few of them (status, path, body; 5 in all).
     failures: usize,
     examples: Vec<String>,
     /// `ad_count`: answers with a count above zero, and the sum of the counts.
@@ -243,6 +243,7 @@ async fn run(
         all.latencies.extend(s.latencies);
         all.failures += s.failures;
         all.examples.extend(s.examples);
+        all.examples.truncate(5);
         all.nonzero += s.nonzero;
         all.clicks += s.clicks;
         all.listed += s.listed;

@@ -121,6 +121,9 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
         }
         let (status, h) = get(&addr, "/api/v1/health", Some(ADMIN));
         assert_eq!(status, 200, "{h}");
+        // Queries keep being answered while the frontier moves between them.
+        let (status, top) = get(&addr, "/ads/popular_ads?count=3&window=1", Some(ADMIN));
+        assert_eq!(status, 200, "a query while ingesting: {top}");
         let w = h["watermark_ms"].as_u64();
         if let Some(settled) = w.filter(|_| w == last && h["tallies"]["received"] == 4000) {
             break settled;

@@ -232,7 +232,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         } else {
             bridge.register_worker();
         }
-        let (mut next_id, mut last_frontier) = (0u64, None::<u64>);
+        let mut last_frontier = None::<u64>;
         let (mut last_read, mut slot) = (0u64, 0u64);
         let park = if asks.is_some() { 2 } else { 20 };
         while worker.step_or_park(Some(Duration::from_millis(park))) {
@@ -255,16 +255,18 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                 // At most 2^20 queries per read time; the rest wait for the frontier to move.
                 while slot < SEQ_MASK {
                     let Ok(ask) = asks.try_recv() else { break };
+                    // The id is the query's time: unique, since read times only grow and
+                    // slots restart with each one.
+                    let id = read_at << SEQ_BITS | slot;
                     let q = Query {
-                        id: next_id,
+                        id,
                         read_at,
                         kind: ask.kind.clone(),
                     };
-                    debug_assert_eq!(q.time(), read_at << SEQ_BITS | slot);
+                    debug_assert_eq!(q.time(), id);
                     input.advance_to(q.time());
                     input.send(q);
-                    waiting.borrow_mut().insert(next_id, ask);
-                    next_id = (next_id + 1) & SEQ_MASK;
+                    waiting.borrow_mut().insert(id, ask);
                     slot += 1;
                 }
                 input.advance_to(read_at << SEQ_BITS | slot);
