@@ -169,13 +169,29 @@ struct Results {
     rejected: usize,
 }
 
-/// Accumulates updates up to the time the row became final; later ones are retention.
-fn fold(into: &mut BTreeMap<Row, Measures>, (row, t, d): (Row, u64, Measures), len: u64) {
-    if t < row.0 + len + LATENESS {
-        let m = into.entry(row).or_default();
-        m.0 += d.0;
-        m.1 += d.1;
+/// Rows from their updates, keeping those at times before the row's start plus `until`
+/// (later ones are retention retractions); rows that add up to nothing are left out.
+fn fold(updates: Vec<(Row, u64, Measures)>, until: u64) -> BTreeMap<Row, Measures> {
+    let mut rows: BTreeMap<Row, Measures> = BTreeMap::new();
+    for (row, t, d) in updates {
+        if t < row.0 + until {
+            let m = rows.entry(row).or_default();
+            m.0 += d.0;
+            m.1 += d.1;
+        }
     }
+    rows.retain(|_, m| *m != (0, 0));
+    rows
+}
+
+/// The partitions worker `index` of `peers` reads (the aggregator's assignment).
+fn mine(parts: &[Vec<Item>], index: usize, peers: usize) -> Vec<Vec<Item>> {
+    parts
+        .iter()
+        .enumerate()
+        .filter(|(p, _)| p % peers == index)
+        .map(|(_, v)| v.clone())
+        .collect()
 }
 
 fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
@@ -185,29 +201,17 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
     let arranged_out = arranged.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        let mine: Vec<Vec<Item>> = parts
-            .iter()
-            .enumerate()
-            .filter(|(p, _)| p % peers == index)
-            .map(|(_, v)| v.clone())
-            .collect();
+        let mine = mine(&parts, index, peers);
         let out = out.clone();
         let mut traces = worker.dataflow::<u64, _, _>(move |scope| {
             let reader = Memory {
                 next: vec![0; mine.len()],
                 parts: mine,
             };
-            let cfg = TimeConfig {
-                out_of_orderness_ms: BOUND,
-                allowed_lateness_ms: LATENESS,
-                idle_timeout_ms: None,
-                tick_ms: 100,
-            };
-            let events = clock_source(scope, "Memory", reader, cfg, || 0);
-            let mut acfg = AggregateConfig::default();
+            let events = clock_source(scope, "Memory", reader, time_config(), || 0);
+            let mut acfg = aggregate_config();
             acfg.top.n = 3;
             acfg.top.window_minutes = vec![1, 5];
-            acfg.allowed_lateness_ms = LATENESS;
             let a = aggregate(events, &acfg);
             let (o1, o2, o3, o4, o5) = (out.clone(), out.clone(), out.clone(), out.clone(), out);
             let traces = Traces::arrange(&a);
@@ -239,19 +243,13 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
         rejected,
         ..Default::default()
     };
-    for u in minute_u {
-        fold(&mut r.minute, u, MINUTE_MS);
-    }
-    for u in hour_u {
-        fold(&mut r.hour, u, HOUR_MS);
-    }
-    r.minute.retain(|_, m| *m != (0, 0));
-    r.hour.retain(|_, m| *m != (0, 0));
-    let mut from_trace = BTreeMap::new();
-    for u in std::mem::take(&mut *arranged.lock().unwrap()) {
-        fold(&mut from_trace, u, MINUTE_MS);
-    }
-    from_trace.retain(|_, m| *m != (0, 0));
+    // Up to the time each row became final.
+    r.minute = fold(minute_u, MINUTE_MS + LATENESS);
+    r.hour = fold(hour_u, HOUR_MS + LATENESS);
+    let from_trace = fold(
+        std::mem::take(&mut *arranged.lock().unwrap()),
+        MINUTE_MS + LATENESS,
+    );
     assert_eq!(
         from_trace, r.minute,
         "the minute arrangement holds what the stream said"
@@ -434,12 +432,7 @@ fn checkpoint(workers: usize, parts: Vec<Vec<Item>>, f: u64) -> Vec<Part> {
     let out = saved.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        let mine: Vec<Vec<Item>> = parts
-            .iter()
-            .enumerate()
-            .filter(|(p, _)| p % peers == index)
-            .map(|(_, v)| v.clone())
-            .collect();
+        let mine = mine(&parts, index, peers);
         let cuts = Rc::new(RefCell::new(Cuts::default()));
         let names: Rc<RefCell<Vec<Name>>> = Rc::default();
         let counts: Rc<RefCell<(usize, usize)>> = Rc::default();
@@ -546,12 +539,7 @@ fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
         .fold((0, 0), |a, p| (a.0 + p.late, a.1 + p.rejected));
     timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        let mine: Vec<Vec<Item>> = parts
-            .iter()
-            .enumerate()
-            .filter(|(p, _)| p % peers == index)
-            .map(|(_, v)| v.clone())
-            .collect();
+        let mine = mine(&parts, index, peers);
         let part = saved[index].clone();
         let mut dedup = DedupState::new(dedup_config());
         for (imp, t, click, dims) in &all_winners {
@@ -599,22 +587,8 @@ fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
     // Restored rows arrive at the checkpoint's frontier, possibly after their window became
     // final: keep every update but the retention retractions.
     let retention = aggregate_config().retention;
-    for (row, t, d) in minute_u {
-        fold(
-            &mut r.minute,
-            (row, t, d),
-            MINUTE_MS + retention.minute_ms - LATENESS,
-        );
-    }
-    for (row, t, d) in hour_u {
-        fold(
-            &mut r.hour,
-            (row, t, d),
-            HOUR_MS + retention.hour_ms - LATENESS,
-        );
-    }
-    r.minute.retain(|_, m| *m != (0, 0));
-    r.hour.retain(|_, m| *m != (0, 0));
+    r.minute = fold(minute_u, MINUTE_MS + retention.minute_ms);
+    r.hour = fold(hour_u, HOUR_MS + retention.hour_ms);
     r
 }
 
