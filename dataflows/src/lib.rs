@@ -13,6 +13,7 @@ pub mod dedup;
 pub mod names;
 pub mod query;
 pub mod report;
+pub mod retire;
 pub mod rollup;
 pub mod source;
 pub mod time;

@@ -1,11 +1,12 @@
 //! Minute rows rolled up to hours and days, each with its own retention. Retention is a
-//! retraction scheduled at the row's end plus the retention period: once the frontier passes
-//! it, the arrangement compacts the row away, so state stays bounded by the retention.
+//! retraction scheduled at the row's end plus the retention period ([`retire`]): once the
+//! frontier passes it, the arrangement compacts the row away, so state stays bounded by the
+//! retention.
 
-use differential_dataflow::{AsCollection, VecCollection};
-use timely::dataflow::operators::vec::Map;
+use differential_dataflow::VecCollection;
 
 use crate::click::{Measures, Row};
+use crate::retire::retire;
 use crate::time::window_start;
 
 /// How long rows of each granularity stay (seed 000's TTL policy).
@@ -32,21 +33,6 @@ pub fn rollup<'s>(
     len_ms: u64,
     retention_ms: u64,
 ) -> VecCollection<'s, u64, Row, Measures> {
-    minute_rows
-        .map(move |(start, dims)| (window_start(start, len_ms), dims))
-        .inner
-        .flat_map(move |(row, time, (clicks, dups))| {
-            let retire_at = row.0 + len_ms + retention_ms;
-            // An update that arrives after its row retired would resurrect it half-counted.
-            (retire_at > time)
-                .then(|| {
-                    [
-                        (row, time, (clicks, dups)),
-                        (row, retire_at, (-clicks, -dups)),
-                    ]
-                })
-                .into_iter()
-                .flatten()
-        })
-        .as_collection()
+    let rows = minute_rows.map(move |(start, dims)| (window_start(start, len_ms), dims));
+    retire(rows, move |(start, _)| start + len_ms + retention_ms)
 }

@@ -23,6 +23,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::click::{Measures, Row, Sym};
+use crate::retire::retire;
 use crate::time::MINUTE_MS;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +104,7 @@ pub fn top_n<'s>(
     let (n, windows) = (cfg.n, cfg.window_minutes.clone());
     let longest = windows.iter().copied().max().unwrap_or(1);
     let exchange = Exchange::new(|((_, d), _, _): &(Row, u64, Measures)| d.ad_id.0);
-    minute_rows
+    let shards = minute_rows
         .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<ShardUpdate>>, _, _, _>(
             exchange,
@@ -214,18 +215,10 @@ pub fn top_n<'s>(
                             delayed.push((((key, shard_id), ranking), at, 1));
                         }
                     }
-                    // Final rankings: schedule their retirement and forget them.
-                    let finals: Vec<RankKey> = shard
+                    // Final rankings no longer change: forget them ([`retire`] retracts them).
+                    shard
                         .emitted
-                        .keys()
-                        .filter(|(_, end, _)| final_at(*end, allowed_lateness_ms) <= limit)
-                        .copied()
-                        .collect();
-                    for key in finals {
-                        let ranking = shard.emitted.remove(&key).unwrap();
-                        let at = retire_at(key.1, retention_ms).max(*c.time());
-                        delayed.push((((key, shard_id), ranking), at, -1));
-                    }
+                        .retain(|(_, end, _), _| final_at(*end, allowed_lateness_ms) > limit);
                     for (data, at, diff) in delayed {
                         session.give((data, at.max(*c.time()), diff));
                     }
@@ -244,18 +237,21 @@ pub fn top_n<'s>(
                 }
             },
         )
-        .as_collection()
-        .map(|((key, _shard), ranking)| (key, ranking))
-        .reduce_named(
-            "TopNMerge",
-            move |_key, shards: &[(&Ranking, isize)], out| {
-                let candidates = shards.iter().flat_map(|(r, _)| r.iter().copied());
-                let ranking = best(candidates, n);
-                if !ranking.is_empty() {
-                    out.push((ranking, 1));
-                }
-            },
-        )
+        .as_collection();
+    retire(shards, move |(((_, end, _), _), _)| {
+        retire_at(*end, retention_ms)
+    })
+    .map(|((key, _shard), ranking)| (key, ranking))
+    .reduce_named(
+        "TopNMerge",
+        move |_key, shards: &[(&Ranking, isize)], out| {
+            let candidates = shards.iter().flat_map(|(r, _)| r.iter().copied());
+            let ranking = best(candidates, n);
+            if !ranking.is_empty() {
+                out.push((ranking, 1));
+            }
+        },
+    )
 }
 
 /// The `n` best (ad, clicks): most clicks first, then smallest ad fingerprint; zero counts

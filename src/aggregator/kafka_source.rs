@@ -4,6 +4,7 @@
 //! rebalance ever moves a partition under a running watermark.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use adclick_dataflows::source::{PartitionReader, Polled, Record};
@@ -24,9 +25,62 @@ pub struct KafkaReader {
     stop_at: Option<Vec<i64>>,
     next_offset: Vec<i64>,
     health: Arc<Health>,
-    lag_checked: Vec<Instant>,
-    /// The latest (low, high) watermarks the broker reported per partition.
-    offsets: Vec<(i64, i64)>,
+    offsets: Watermarks,
+}
+
+/// The latest (low, high) offsets the broker reported per partition, kept fresh by a thread
+/// of their own: asking is a broker round trip, which must not stall a worker (it did, by up
+/// to its timeout, when the broker was busy).
+struct Watermarks {
+    latest: Arc<Vec<(AtomicI64, AtomicI64)>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Watermarks {
+    fn watch(
+        consumer: Arc<BaseConsumer>,
+        topic: &str,
+        partitions: &[i32],
+        initial: &[(i64, i64)],
+    ) -> Self {
+        let latest: Arc<Vec<_>> = Arc::new(
+            initial
+                .iter()
+                .map(|(l, h)| (AtomicI64::new(*l), AtomicI64::new(*h)))
+                .collect(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (topic, partitions) = (topic.to_string(), partitions.to_vec());
+        let (l, s) = (latest.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name(format!("offsets-{topic}"))
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    for (i, p) in partitions.iter().enumerate() {
+                        if let Ok((low, high)) =
+                            consumer.fetch_watermarks(&topic, *p, Duration::from_secs(5))
+                        {
+                            l[i].0.store(low, Ordering::Relaxed);
+                            l[i].1.store(high, Ordering::Relaxed);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+            .expect("spawning the offsets thread");
+        Self { latest, stop }
+    }
+
+    fn get(&self, i: usize) -> (i64, i64) {
+        let (l, h) = &self.latest[i];
+        (l.load(Ordering::Relaxed), h.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Watermarks {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl KafkaReader {
@@ -89,18 +143,16 @@ impl KafkaReader {
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("offsets of topic {topic}"))?;
         let stop_at = until_end.then(|| offsets.iter().map(|(_, high)| *high).collect());
-        let n = partitions.len();
         Ok(Self {
             // Reading starts at the log's start, which retention may have moved past 0.
             next_offset: offsets.iter().map(|(low, _)| *low).collect(),
+            offsets: Watermarks::watch(consumer.clone(), topic, &partitions, &offsets),
             consumer,
             topic: topic.to_string(),
             partitions,
             queues,
             stop_at,
             health,
-            lag_checked: vec![Instant::now(); n],
-            offsets,
         })
     }
 }
@@ -143,17 +195,7 @@ impl PartitionReader for KafkaReader {
             }
         }
         let p = self.partitions[i];
-        // The high watermark is a broker round trip: ask once a second per partition.
-        if self.lag_checked[i].elapsed() >= Duration::from_secs(1) {
-            self.lag_checked[i] = Instant::now();
-            let wm = self
-                .consumer
-                .fetch_watermarks(&self.topic, p, Duration::from_millis(200));
-            if let Ok(wm) = wm {
-                self.offsets[i] = wm;
-            }
-        }
-        let (low, high) = self.offsets[i];
+        let (low, high) = self.offsets.get(i);
         // Retention may delete records before we read them.
         let position = self.next_offset[i].max(low);
         self.health.set_partition(p, position, high);
