@@ -285,3 +285,76 @@ fn an_empty_topic_finishes_with_zero_tallies() {
     assert!(rows.is_empty());
     assert_eq!(tallies, Tallies::default());
 }
+
+/// Crashes: the aggregator is killed with SIGKILL at a dozen moments while the load generator
+/// produces in real time, and each restart goes on from the newest checkpoint, alternately on
+/// one and two workers. A last run goes on from the newest checkpoint to the topic's end. Its
+/// output, written across all the runs, holds every final window once, equal to the truth,
+/// and the tallies add up to it.
+#[test]
+fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
+    let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
+        partitions: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, out) = (
+        dir.path().join("checkpoints"),
+        dir.path().join("out.ndjson"),
+    );
+    let truth_path = dir.path().join("truth.json");
+    let generator = {
+        let (brokers, truth_path) = (brokers.clone(), truth_path.clone());
+        std::thread::spawn(move || {
+            loadgen(
+                &["--output", "kafka", "--brokers", &brokers, "--realtime"],
+                &truth_path,
+            )
+        })
+    };
+    let common: Vec<String> = [
+        "--brokers",
+        &brokers,
+        "--checkpoint-dir",
+        &ckpt.display().to_string(),
+        "--output",
+        &out.display().to_string(),
+        "--query-listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut kills = 0;
+    let mut rng = 7u64;
+    while !generator.is_finished() || kills < 10 {
+        let mut args = common.clone();
+        args.extend(["--workers".into(), (1 + kills % 2).to_string()]);
+        let mut child = Command::new(AGGREGATOR)
+            .args(["--config", &demo_config()])
+            .args(&args)
+            .env("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "200")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // 0.7 to 2.2 s: some runs die before their first checkpoint, most after a few.
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(std::time::Duration::from_millis(700 + (rng >> 33) % 1500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let truth = generator.join().unwrap();
+    let committed = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("MANIFEST.json").exists())
+        .count();
+    assert!(committed >= 1, "checkpoints were committed");
+    let mut args = common;
+    args.extend(["--workers", "2", "--until-end"].map(String::from));
+    wait_ok(aggregator(&args));
+    check(&out, &truth, &format!("after {kills} kills"));
+}

@@ -59,6 +59,16 @@ impl Default for AggregateConfig {
     }
 }
 
+impl AggregateConfig {
+    /// The dedup's share of the settings.
+    pub fn dedup(&self) -> DedupConfig {
+        DedupConfig {
+            horizon_ms: self.dedup_horizon_ms,
+            allowed_lateness_ms: self.allowed_lateness_ms,
+        }
+    }
+}
+
 /// What the aggregation produces; sinks and the query server take it from here.
 pub struct Aggregates<'s> {
     pub minute: VecCollection<'s, u64, Row, Measures>,
@@ -122,10 +132,7 @@ pub fn aggregate<'s>(
     cfg: &AggregateConfig,
 ) -> Aggregates<'s> {
     let resume = Resume {
-        dedup: dedup::DedupState::new(DedupConfig {
-            horizon_ms: cfg.dedup_horizon_ms,
-            allowed_lateness_ms: cfg.allowed_lateness_ms,
-        }),
+        dedup: dedup::DedupState::new(cfg.dedup()),
         rows: None,
         checkpoints: None,
     };
@@ -207,6 +214,32 @@ pub fn resumed_aggregate<'s>(
     }
 }
 
+fn rows_before(trace: &mut AdTrace, f: u64) -> Vec<(Row, Measures)> {
+    use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+    let Some(spans) = trace.spans_through(timely::progress::Antichain::new().borrow()) else {
+        return Vec::new();
+    };
+    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+    let mut rows = Vec::new();
+    while let Some(_ad) = cursor.get_key(&storage) {
+        while let Some(row) = cursor.get_val(&storage) {
+            let mut m: Measures = (0, 0);
+            cursor.map_times(&storage, |t, d| {
+                if *t < f {
+                    m.0 += d.0;
+                    m.1 += d.1;
+                }
+            });
+            if m != (0, 0) {
+                rows.push((*row, m));
+            }
+            cursor.step_val(&storage);
+        }
+        cursor.step_key(&storage);
+    }
+    rows
+}
+
 /// Rows by ad: (ad, (window start, dimensions)) with their measures, what queries read. Keyed
 /// by ad so that one ad's count is a seek, not a scan.
 pub type AdTrace = TraceAgent<ValSpine<Sym, Row, u64, Measures>>;
@@ -245,6 +278,32 @@ impl Traces {
             hour: self.hour.clone(),
             day: self.day.clone(),
             top: self.top.clone(),
+        }
+    }
+
+    /// Whether every update before `f` is in all four arrangements (their batches sealed up
+    /// to `f`), so that [`Traces::rows_before`] sees all of them.
+    pub fn sealed_through(&mut self, f: u64) -> bool {
+        let mut upper = timely::progress::Antichain::new();
+        let mut sealed = |t: &mut dyn FnMut(&mut timely::progress::Antichain<u64>)| {
+            t(&mut upper);
+            upper.iter().all(|u| *u >= f)
+        };
+        sealed(&mut |u| self.minute.read_upper(u))
+            && sealed(&mut |u| self.hour.read_upper(u))
+            && sealed(&mut |u| self.day.read_upper(u))
+    }
+
+    /// This worker's rows of each granularity as they stood at frontier `f`: the updates at
+    /// times before `f`, summed. The caller keeps logical compaction at or below `f − 1`
+    /// until it has read them, so those times are still told apart from later ones.
+    pub fn rows_before(&mut self, f: u64) -> RestoredRows {
+        RestoredRows {
+            frontier: f,
+            minute: rows_before(&mut self.minute, f),
+            hour: rows_before(&mut self.hour, f),
+            day: rows_before(&mut self.day, f),
+            names: Vec::new(),
         }
     }
 

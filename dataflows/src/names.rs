@@ -83,6 +83,11 @@ impl Dictionary {
             .unwrap_or_else(|| Text::from(format!("#{:016x}", sym.0)))
     }
 
+    /// Every text known, for a checkpoint to restore.
+    pub fn names(&self) -> Vec<Name> {
+        self.texts.iter().map(|(s, t)| (*s, t.clone())).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.texts.len()
     }

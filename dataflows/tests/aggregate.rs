@@ -382,24 +382,6 @@ fn matches_the_oracle_on_one_and_two_workers() {
 }
 
 /// Updates at times before `f` in `trace`, accumulated per row.
-fn rows_before(trace: &mut adclick_dataflows::AdTrace, f: u64) -> Vec<(Row, Measures)> {
-    let spans = trace
-        .spans_through(timely::progress::Antichain::new().borrow())
-        .unwrap();
-    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
-    let mut rows = Vec::new();
-    for ((_ad, row), times) in cursor.to_vec(&storage, |k| *k, |v| *v) {
-        let m = times
-            .into_iter()
-            .filter(|(t, _)| *t < f)
-            .fold((0, 0), |a, (_, d)| (a.0 + d.0, a.1 + d.1));
-        if m != (0, 0) {
-            rows.push((row, m));
-        }
-    }
-    rows
-}
-
 /// One worker's part of a checkpoint at frontier `f`.
 #[derive(Clone, Default)]
 struct Part {
@@ -507,11 +489,8 @@ fn checkpoint(workers: usize, parts: Vec<Vec<Item>>, f: u64) -> Vec<Part> {
             .at(f)
             .expect("the source crossed the checkpoint");
         part.rows = RestoredRows {
-            frontier: f,
-            minute: rows_before(&mut traces.minute, f),
-            hour: rows_before(&mut traces.hour, f),
-            day: rows_before(&mut traces.day, f),
             names: names.borrow().clone(),
+            ..traces.rows_before(f)
         };
         (part.late, part.rejected) = *counts.borrow();
     })

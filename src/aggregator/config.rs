@@ -36,6 +36,12 @@ pub struct AggregatorConfig {
     /// Keys of the query API: `{ key, advertiser }` sees that advertiser's campaigns and ads,
     /// `{ key }` alone is an admin key.
     pub api_keys: Vec<crate::query::ApiKey>,
+    /// Where checkpoints go (streaming from Kafka only); none: no checkpoints, and a restart
+    /// reads the topic from its start.
+    pub checkpoint_dir: Option<PathBuf>,
+    pub checkpoint_interval_ms: u64,
+    /// Complete checkpoints kept on disk.
+    pub checkpoints_kept: usize,
 }
 
 impl Default for AggregatorConfig {
@@ -60,6 +66,9 @@ impl Default for AggregatorConfig {
             top_window_minutes: a.top.window_minutes,
             output: "-".into(),
             api_keys: Vec::new(),
+            checkpoint_dir: None,
+            checkpoint_interval_ms: 10_000,
+            checkpoints_kept: 2,
         }
     }
 }
@@ -77,6 +86,10 @@ impl AggregatorConfig {
             "aggregator.tick_ms must divide 60000"
         );
         anyhow::ensure!(self.top_n >= 1, "aggregator.top_n must be at least 1");
+        anyhow::ensure!(
+            self.checkpoint_interval_ms >= 100,
+            "aggregator.checkpoint_interval_ms must be at least 100"
+        );
         Ok(())
     }
 
@@ -104,6 +117,15 @@ impl AggregatorConfig {
                 window_minutes: self.top_window_minutes.clone(),
             },
         }
+    }
+
+    /// Checkpointing, if a directory is set.
+    pub fn checkpoints(&self) -> Option<crate::aggregator::checkpoint::CheckpointConfig> {
+        Some(crate::aggregator::checkpoint::CheckpointConfig {
+            dir: self.checkpoint_dir.clone()?,
+            interval: std::time::Duration::from_millis(self.checkpoint_interval_ms),
+            keep: self.checkpoints_kept,
+        })
     }
 
     /// Timely's communication settings for this shape.

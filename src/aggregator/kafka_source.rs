@@ -91,6 +91,7 @@ impl KafkaReader {
         peers: usize,
         until_end: bool,
         health: Arc<Health>,
+        resume: &std::collections::BTreeMap<i32, u64>,
     ) -> anyhow::Result<Self> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -122,9 +123,12 @@ impl KafkaReader {
         let partitions: Vec<i32> = (0..count)
             .filter(|p| *p as usize % peers == index)
             .collect();
+        // A partition resumes where a checkpoint left it, or starts at the log's start.
+        let start = |p: &i32| resume.get(p).map(|o| *o as i64);
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
-            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+            let offset = start(p).map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(topic, *p, offset)?;
         }
         consumer.assign(&tpl)?;
         let queues = partitions
@@ -144,8 +148,12 @@ impl KafkaReader {
             .with_context(|| format!("offsets of topic {topic}"))?;
         let stop_at = until_end.then(|| offsets.iter().map(|(_, high)| *high).collect());
         Ok(Self {
-            // Reading starts at the log's start, which retention may have moved past 0.
-            next_offset: offsets.iter().map(|(low, _)| *low).collect(),
+            // Retention may have moved the log's start past 0, or past a resumed offset.
+            next_offset: partitions
+                .iter()
+                .zip(&offsets)
+                .map(|(p, (low, _))| start(p).unwrap_or(*low).max(*low))
+                .collect(),
             offsets: Watermarks::watch(consumer.clone(), topic, &partitions, &offsets),
             consumer,
             topic: topic.to_string(),
@@ -157,9 +165,20 @@ impl KafkaReader {
     }
 }
 
+impl KafkaReader {
+    /// The partitions this worker reads, in the order the source numbers them.
+    pub fn partition_ids(&self) -> &[i32] {
+        &self.partitions
+    }
+}
+
 impl PartitionReader for KafkaReader {
     fn partitions(&self) -> usize {
         self.partitions.len()
+    }
+
+    fn position(&self, i: usize) -> u64 {
+        self.next_offset[i] as u64
     }
 
     fn poll(&mut self, i: usize, max: usize, out: &mut Vec<Record>) -> Polled {

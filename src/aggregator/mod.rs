@@ -2,6 +2,7 @@
 //! deduplicated, windowed counts. The dataflow itself is `adclick_dataflows::aggregate`; this
 //! module wires sources and sinks around it and runs it on the configured cluster shape.
 
+pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod file_source;
@@ -18,12 +19,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use adclick_dataflows::dedup::{DedupCheckpoints, DedupState};
 use adclick_dataflows::names::Dictionary;
 use adclick_dataflows::query::{Query, QueryTime, SEQ_BITS, SEQ_MASK, serve};
 use adclick_dataflows::report::reports;
-use adclick_dataflows::source::clock_source;
+use adclick_dataflows::source::{checkpointed_source, clock_source};
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
-use adclick_dataflows::{Traces, aggregate};
+use adclick_dataflows::{Resume, Traces, resumed_aggregate};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Concatenate;
 use timely::dataflow::operators::generic::operator::Operator;
@@ -33,11 +35,13 @@ use crate::event::enrich::Enricher;
 use crate::query::metrics::QueryMetrics;
 use crate::query::render::render;
 use crate::query::{self, Ask, Bridge, Server};
+use checkpoint::Checkpointer;
 pub use config::AggregatorConfig;
 use file_source::FileReader;
 use health::Health;
 use kafka_source::KafkaReader;
 use output::{Out, Writer};
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Exchange as _, Input as _, Inspect, Probe};
 
 /// Where the clicks come from.
@@ -111,6 +115,16 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         let addr = query::spawn(&cfg.query_listen, server.clone())?;
         println!("query server: http://{addr}/");
     }
+    // Checkpoints are for Kafka, whose offsets can be sought; a job over files starts over.
+    // With --until-end, a job goes on from the last checkpoint to the topic's end.
+    let checkpoints = match &input {
+        Input::Kafka { .. } => cfg.checkpoints(),
+        Input::Files(_) => None,
+    };
+    let restored = match &checkpoints {
+        Some(c) => checkpoint::restore(c, cfg.process == 0)?.map(Arc::new),
+        None => None,
+    };
     let results = timely::execute(timely_config, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let health = health.clone();
@@ -125,7 +139,12 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         let enricher = enricher.clone();
         let probe = timely::dataflow::ProbeHandle::new();
         let probe_in = probe.clone();
-        let mut traces = worker.dataflow::<u64, _, _>(move |scope| {
+        let sources = timely::dataflow::ProbeHandle::new();
+        let sources_in = sources.clone();
+        let restored = restored.clone();
+        let checkpoints = checkpoints.clone();
+        let (mut traces, mut checkpointer) = worker.dataflow::<u64, _, _>(move |scope| {
+            let mut checkpointer = None;
             let events = match input {
                 Input::Files(ref files) => clock_source(
                     scope,
@@ -138,6 +157,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                     ref kafka,
                     until_end,
                 } => {
+                    let offsets = restored.as_ref().map(|r| r.offsets()).unwrap_or_default();
                     let reader = KafkaReader::new(
                         &kafka.brokers,
                         &kafka.clicks_topic,
@@ -145,12 +165,42 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                         peers,
                         until_end,
                         health_in.clone(),
+                        &offsets,
                     )
                     .unwrap_or_else(|e| panic!("worker {index}: {e:#}"));
-                    clock_source(scope, "KafkaSource", reader, time, now_ms)
+                    let partitions = reader.partition_ids().to_vec();
+                    let snapshot = restored
+                        .as_ref()
+                        .map(|r| r.source_for(index, peers, &partitions));
+                    checkpointer = checkpoints.map(|c| {
+                        Checkpointer::new(c, index, peers, partitions)
+                            .unwrap_or_else(|e| panic!("worker {index}: {e:#}"))
+                    });
+                    let cuts = checkpointer.as_ref().map(|c| c.cuts.clone());
+                    checkpointed_source(scope, "KafkaSource", reader, time, now_ms, cuts, snapshot)
                 }
             };
-            let a = aggregate(events, &acfg);
+            events.clone().probe_with(&sources_in);
+            let restored_at = restored.as_ref().map(|r| r.frontier);
+            let resume = Resume {
+                dedup: restored.as_ref().map_or_else(
+                    || DedupState::new(acfg.dedup()),
+                    |r| r.dedup_for(index, peers, acfg.dedup()),
+                ),
+                rows: restored.as_ref().map(|r| r.rows_for(index, peers)),
+                checkpoints: checkpointer.as_mut().map(|c| {
+                    let (input, requests) = scope.new_input::<Vec<u64>>();
+                    // Worker 0 asks; the other workers' inputs close here.
+                    if index == 0 {
+                        c.take_requests(input, restored_at);
+                    }
+                    DedupCheckpoints {
+                        requests: requests.broadcast(),
+                        save: c.save_dedup(),
+                    }
+                }),
+            };
+            let a = resumed_aggregate(events, &acfg, resume);
             let traces = Traces::arrange(&a);
             a.minute.clone().probe_with(&probe_in);
             // Worker 0's dictionary for query answers; the probe covers it, so texts of every
@@ -173,8 +223,14 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                 a.rejected.map(Out::Rejected),
                 a.names.map(Out::Name),
             ]);
-            let mut writer = (index == 0)
-                .then(|| Writer::open(&output).unwrap_or_else(|e| panic!("opening {output}: {e}")));
+            let resumed = restored.as_ref().and_then(|r| r.writer());
+            let mut writer = (index == 0).then(|| {
+                Writer::resume(&output, resumed).unwrap_or_else(|e| panic!("opening {output}: {e}"))
+            });
+            let hook = checkpointer
+                .as_ref()
+                .filter(|_| index == 0)
+                .map(|c| c.writer_hook());
             let mut pending: BTreeMap<u64, Vec<Out>> = BTreeMap::new();
             lines.sink(
                 Exchange::new(|_: &Out| 0),
@@ -189,11 +245,18 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                         if frontier.less_equal(entry.key()) {
                             break;
                         }
-                        let items = entry.remove();
+                        let (t, items) = entry.remove_entry();
                         if let Some(w) = writer.as_mut() {
+                            if let Some(h) = &hook {
+                                h.record(|f| f <= t, w).expect("syncing the report output");
+                            }
                             w.write_time(items).expect("writing the report output");
                             *health_in.tallies.lock().unwrap() = w.tallies;
                         }
+                    }
+                    if let (Some(w), Some(h)) = (writer.as_mut(), &hook) {
+                        h.record(|f| !frontier.less_than(&f), w)
+                            .expect("syncing the report output");
                     }
                     if let Some(w) = writer.as_mut() {
                         if frontier.is_empty() {
@@ -205,7 +268,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                     }
                 },
             );
-            traces
+            (traces, checkpointer)
         });
         // The query dataflow: every worker answers from its traces, worker 0 merges.
         let waiting: Rc<RefCell<HashMap<u64, Ask>>> = Rc::default();
@@ -236,10 +299,20 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         let (mut last_read, mut slot) = (0u64, 0u64);
         let park = if asks.is_some() { 2 } else { 20 };
         while worker.step_or_park(Some(Duration::from_millis(park))) {
-            let frontier = probe.with_frontier(|f| {
-                traces.compact_to(f);
-                f.first().copied()
-            });
+            let frontier = probe.with_frontier(|f| f.first().copied());
+            let mut compact_to = frontier;
+            if let Some(c) = checkpointer.as_mut() {
+                let names = dictionary.borrow();
+                let source_frontier = sources.with_frontier(|f| f.first().copied());
+                c.step(
+                    source_frontier,
+                    &mut traces,
+                    (index == 0).then_some(&*names),
+                );
+                compact_to = c.compaction_bound(frontier);
+            }
+            let bound: timely::progress::Antichain<u64> = compact_to.into_iter().collect();
+            traces.compact_to(bound.borrow());
             let Some(f) = frontier else { continue };
             if index == 0 {
                 health.frontier.store(f, Ordering::Relaxed);

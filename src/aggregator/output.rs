@@ -77,24 +77,70 @@ pub fn granularity(window_ms: u64) -> &'static str {
     }
 }
 
+/// The writer as a checkpoint keeps it: the output's length once every line before the
+/// checkpoint's frontier was written (lines after it are cut off on restore), and the tallies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterState {
+    pub output_len: u64,
+    pub tallies: Tallies,
+}
+
 /// Writes lines and keeps the tallies.
 pub struct Writer {
     out: Box<dyn Write>,
+    /// The output file, to sync at checkpoints (none for stdout).
+    file: Option<std::fs::File>,
+    /// Bytes written so far: where a restore cuts the file back to.
+    len: u64,
     names: Dictionary,
     pub tallies: Tallies,
 }
 
 impl Writer {
     pub fn open(target: &str) -> std::io::Result<Self> {
-        let out: Box<dyn Write> = if target == "-" {
-            Box::new(std::io::BufWriter::new(std::io::stdout()))
+        Self::resume(target, None)
+    }
+
+    /// Goes on from a checkpoint: the file is cut back to the checkpoint's length (dropping
+    /// what was written after it, which the restored run writes again) and appended to.
+    /// Without a checkpoint, the file starts empty. Stdout cannot be cut: lines written after
+    /// the checkpoint appear twice there.
+    pub fn resume(target: &str, from: Option<WriterState>) -> std::io::Result<Self> {
+        let WriterState {
+            output_len: len,
+            tallies,
+        } = from.unwrap_or_default();
+        let (out, file): (Box<dyn Write>, _) = if target == "-" {
+            (Box::new(std::io::BufWriter::new(std::io::stdout())), None)
         } else {
-            Box::new(std::io::BufWriter::new(std::fs::File::create(target)?))
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(target)?;
+            file.set_len(len)?;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len))?;
+            let sync = file.try_clone()?;
+            (Box::new(std::io::BufWriter::new(file)), Some(sync))
         };
         Ok(Self {
             out,
+            file,
+            len,
             names: Dictionary::new(),
-            tallies: Tallies::default(),
+            tallies,
+        })
+    }
+
+    /// Flushes and syncs what was written: its length and the tallies, for a checkpoint.
+    pub fn sync(&mut self) -> std::io::Result<WriterState> {
+        self.out.flush()?;
+        if let Some(f) = &self.file {
+            f.sync_data()?;
+        }
+        Ok(WriterState {
+            output_len: self.len,
+            tallies: self.tallies,
         })
     }
 
@@ -166,14 +212,20 @@ impl Writer {
                 }
             }
         };
-        serde_json::to_writer(&mut self.out, &line)?;
-        self.out.write_all(b"\n")
+        self.line(&line)
+    }
+
+    fn line(&mut self, line: &Line) -> std::io::Result<()> {
+        let mut bytes = serde_json::to_vec(line)?;
+        bytes.push(b'\n');
+        self.out.write_all(&bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
     }
 
     /// The last line, once the input is exhausted.
     pub fn finish(&mut self) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, &Line::Tallies(self.tallies))?;
-        self.out.write_all(b"\n")?;
+        self.line(&Line::Tallies(self.tallies))?;
         self.out.flush()
     }
 

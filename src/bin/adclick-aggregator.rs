@@ -41,6 +41,10 @@ struct Cli {
     /// Window reports as NDJSON: a file or - for stdout (overrides aggregator.output).
     #[arg(long)]
     output: Option<String>,
+    /// Take checkpoints in this directory, and restore the newest on start (overrides
+    /// aggregator.checkpoint_dir).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +69,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(o) = &cli.output {
         flags.push(("aggregator.output", o.clone().into()));
+    }
+    if let Some(d) = &cli.checkpoint_dir {
+        flags.push(("aggregator.checkpoint_dir", d.display().to_string().into()));
     }
     let mut config = cli.common.load(flags)?;
     let _embedded = cli.common.maybe_embedded_kafka(&mut config)?;

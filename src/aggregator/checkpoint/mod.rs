@@ -1,0 +1,295 @@
+//! Consistent checkpoints of the running aggregator (issue 5). The cut itself is the
+//! dataflows crate's (docs/design.md, "Checkpoints"): worker 0 asks for a frontier `F`, every
+//! dedup saves its state between the times before `F` and after, every source remembers where
+//! it stood when its capability crossed `F`, and the arrangements hold their history back
+//! until their rows before `F` are read. This module gathers those pieces per worker, writes
+//! them off the worker thread, and has worker 0 commit the checkpoint once every part is on
+//! disk.
+
+pub mod part;
+pub mod store;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use adclick_dataflows::Traces;
+use adclick_dataflows::dedup::{DedupState, SaveDedup};
+use adclick_dataflows::names::Dictionary;
+use adclick_dataflows::source::{Cuts, SourceSnapshot};
+use timely::dataflow::InputHandleVec;
+
+pub use part::{Restored, WorkerPart, WriterState};
+pub use store::{Manifest, Store};
+
+use part::Winners;
+
+use super::output::Writer;
+
+/// Where and how often.
+#[derive(Clone, Debug)]
+pub struct CheckpointConfig {
+    pub dir: PathBuf,
+    pub interval: Duration,
+    /// Complete checkpoints kept on disk (the newest ones).
+    pub keep: usize,
+}
+
+/// Loads the newest complete checkpoint, after clearing what a crash left half written.
+/// `clear` on exactly one process of the cluster.
+pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Restored>> {
+    let store = Store::new(&cfg.dir)?;
+    if clear {
+        store.remove_incomplete()?;
+    }
+    let Some(manifest) = store.latest()? else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let parts = store.read_parts(&manifest)?;
+    tracing::info!(
+        frontier = manifest.frontier,
+        workers = manifest.workers,
+        bytes = manifest.bytes,
+        read_ms = started.elapsed().as_millis() as u64,
+        "restoring checkpoint"
+    );
+    Ok(Some(Restored::new(manifest.frontier, parts)))
+}
+
+/// One worker's side of checkpointing.
+pub struct Checkpointer {
+    store: Arc<Store>,
+    cfg: CheckpointConfig,
+    worker: usize,
+    peers: usize,
+    partitions: Vec<i32>,
+    /// The source's cuts.
+    pub cuts: Rc<RefCell<Cuts>>,
+    /// Dedup winners saved at each asked frontier whose part is not yet written.
+    saved: Rc<RefCell<BTreeMap<u64, (Instant, Winners)>>>,
+    /// Worker 0: the report writer's state at each asked frontier.
+    written: Rc<RefCell<BTreeMap<u64, WriterState>>>,
+    /// Worker 0: the frontiers the writer must record its state at.
+    asked: Rc<RefCell<std::collections::BTreeSet<u64>>>,
+    requests: Option<Requests>,
+}
+
+/// The report writer's side: at each asked frontier `F`, once every line of the times before
+/// `F` is written and none after, the writer's state goes into the checkpoint.
+pub struct WriterHook {
+    asked: Rc<RefCell<std::collections::BTreeSet<u64>>>,
+    written: Rc<RefCell<BTreeMap<u64, WriterState>>>,
+}
+
+impl WriterHook {
+    /// Records the writer's state for every asked frontier `F` with `reached(F)`: called with
+    /// `F ≤ t` before the lines of time `t` are written, and with "the input frontier is at
+    /// or past `F`" once the writable times are written.
+    pub fn record(
+        &self,
+        reached: impl Fn(u64) -> bool,
+        writer: &mut Writer,
+    ) -> std::io::Result<()> {
+        let mut asked = self.asked.borrow_mut();
+        while let Some(&f) = asked.first() {
+            if !reached(f) {
+                break;
+            }
+            asked.pop_first();
+            self.written.borrow_mut().insert(f, writer.sync()?);
+        }
+        Ok(())
+    }
+}
+
+/// Worker 0's request input, and the last checkpoint settled (committed or failed).
+struct Requests {
+    input: InputHandleVec<u64, u64>,
+    last_asked: u64,
+    asked_at: Instant,
+    settled: Arc<AtomicU64>,
+}
+
+impl Checkpointer {
+    pub fn new(
+        cfg: CheckpointConfig,
+        worker: usize,
+        peers: usize,
+        partitions: Vec<i32>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            store: Arc::new(Store::new(&cfg.dir)?),
+            cfg,
+            worker,
+            peers,
+            partitions,
+            cuts: Rc::default(),
+            saved: Rc::default(),
+            written: Rc::default(),
+            asked: Rc::default(),
+            requests: None,
+        })
+    }
+
+    /// Where the dedup puts its state at an asked frontier.
+    pub fn save_dedup(&self) -> SaveDedup {
+        let saved = self.saved.clone();
+        Box::new(move |f, state: &DedupState| {
+            saved
+                .borrow_mut()
+                .insert(f, (Instant::now(), Winners::of(state)));
+        })
+    }
+
+    /// Worker 0 asks for checkpoints through `input` (the other workers close theirs); the
+    /// first waits a full interval, and none repeats the one restored from.
+    pub fn take_requests(&mut self, input: InputHandleVec<u64, u64>, restored_at: Option<u64>) {
+        let start = restored_at.unwrap_or(0);
+        self.requests = Some(Requests {
+            input,
+            last_asked: start,
+            asked_at: Instant::now(),
+            settled: Arc::new(AtomicU64::new(start)),
+        });
+    }
+
+    /// What the report writer needs to record its state at asked frontiers (worker 0).
+    pub fn writer_hook(&self) -> WriterHook {
+        WriterHook {
+            asked: self.asked.clone(),
+            written: self.written.clone(),
+        }
+    }
+
+    /// How far the arrangements may compact: not past the rows a pending part still reads.
+    pub fn compaction_bound(&self, frontier: Option<u64>) -> Option<u64> {
+        let hold = self.saved.borrow().keys().next().map(|f| f - 1);
+        match (frontier, hold) {
+            (Some(f), Some(h)) => Some(f.min(h)),
+            (f, None) => f,
+            (None, h) => h,
+        }
+    }
+
+    /// Asks for a checkpoint when one is due (worker 0), and writes this worker's parts whose
+    /// pieces are all in. `sources` is the sources' frontier; `names`, worker 0's texts.
+    pub fn step(&mut self, sources: Option<u64>, traces: &mut Traces, names: Option<&Dictionary>) {
+        self.ask(sources);
+        loop {
+            let Some(f) = self.saved.borrow().keys().next().copied() else {
+                break;
+            };
+            if !traces.sealed_through(f) {
+                break;
+            }
+            let writer = if self.worker == 0 {
+                match self.written.borrow_mut().remove(&f) {
+                    Some(w) => Some(w),
+                    None => break,
+                }
+            } else {
+                None
+            };
+            let (asked_at, winners) = self.saved.borrow_mut().remove(&f).expect("saved");
+            let mut rows = traces.rows_before(f);
+            if let Some(names) = names {
+                // Texts of clicks after `F` too, which is harmless: a text never changes.
+                rows.names = names.names();
+            }
+            let mut cuts = self.cuts.borrow_mut();
+            let source = cuts.at(f).unwrap_or_else(|| SourceSnapshot {
+                // A worker without partitions: its source finished at once.
+                clock: adclick_dataflows::watermark::ClockState {
+                    max_seen: Vec::new(),
+                    capability: f,
+                },
+                ..SourceSnapshot::default()
+            });
+            cuts.release_before(f);
+            let part = WorkerPart {
+                worker: self.worker,
+                peers: self.peers,
+                partitions: self.partitions.clone(),
+                source,
+                winners,
+                rows,
+                writer,
+            };
+            self.write(f, part, asked_at);
+        }
+    }
+
+    fn ask(&mut self, sources: Option<u64>) {
+        let Some(r) = self.requests.as_mut() else {
+            return;
+        };
+        let Some(sf) = sources else {
+            // The input is exhausted: no checkpoint can be asked for any more.
+            self.requests = None;
+            return;
+        };
+        let settled = r.settled.load(Ordering::Acquire) >= r.last_asked;
+        if settled && sf > r.last_asked && r.asked_at.elapsed() >= self.cfg.interval {
+            r.input.advance_to(sf);
+            r.input.send(sf);
+            r.last_asked = sf;
+            r.asked_at = Instant::now();
+            self.asked.borrow_mut().insert(sf);
+        }
+        if sf > *r.input.time() {
+            r.input.advance_to(sf);
+        }
+    }
+
+    /// Writes the part on a thread of its own; worker 0's thread then waits for every other
+    /// part and commits the checkpoint.
+    fn write(&self, f: u64, part: WorkerPart, asked_at: Instant) {
+        let store = self.store.clone();
+        let peers = self.peers;
+        let keep = self.cfg.keep;
+        let settled = self.requests.as_ref().map(|r| r.settled.clone());
+        let commit = self.worker == 0;
+        let run = move || -> anyhow::Result<()> {
+            store.write_part(f, &part)?;
+            drop(part);
+            if !commit {
+                return Ok(());
+            }
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !store.parts_written(f, peers) {
+                anyhow::ensure!(Instant::now() < deadline, "parts of {f} never arrived");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let manifest = Manifest {
+                frontier: f,
+                workers: peers,
+                bytes: store.parts_size(f, peers),
+                duration_ms: asked_at.elapsed().as_millis() as u64,
+            };
+            store.commit(&manifest, keep)?;
+            tracing::info!(
+                frontier = f,
+                bytes = manifest.bytes,
+                duration_ms = manifest.duration_ms,
+                "checkpoint committed"
+            );
+            Ok(())
+        };
+        std::thread::Builder::new()
+            .name(format!("checkpoint-{f}"))
+            .spawn(move || {
+                if let Err(e) = run() {
+                    tracing::error!("checkpoint at {f}: {e:#}");
+                }
+                if let Some(s) = settled {
+                    s.store(f, Ordering::Release);
+                }
+            })
+            .expect("spawning a checkpoint writer");
+    }
+}

@@ -1,0 +1,265 @@
+//! What one worker contributes to a checkpoint, and how a restarted cluster, of the same
+//! shape or another, divides a checkpoint's parts among its workers.
+//!
+//! Each piece goes where the running dataflow would route it, so the worker count may change
+//! across a restart: dedup winners to the worker their impression's exchange reaches, Kafka
+//! partitions with their offsets and clocks to the worker that now reads them. Rows and the
+//! events a source had sent ahead may start on any worker (the dataflow exchanges them).
+
+use std::collections::BTreeMap;
+
+use adclick_dataflows::RestoredRows;
+use adclick_dataflows::click::Dims;
+use adclick_dataflows::dedup::{DedupConfig, DedupState};
+use adclick_dataflows::source::SourceSnapshot;
+use adclick_dataflows::watermark::ClockState;
+use serde::{Deserialize, Serialize};
+
+pub use crate::aggregator::output::WriterState;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerPart {
+    pub worker: usize,
+    pub peers: usize,
+    /// The Kafka partitions this worker read, in its reader's order (the snapshot's order).
+    pub partitions: Vec<i32>,
+    pub source: SourceSnapshot,
+    pub winners: Winners,
+    /// This worker's rows; worker 0's also carries every dimension text.
+    pub rows: RestoredRows,
+    /// Worker 0 only: the report output as it stood.
+    pub writer: Option<WriterState>,
+}
+
+impl WorkerPart {
+    pub fn empty(worker: usize, peers: usize) -> Self {
+        Self {
+            worker,
+            peers,
+            partitions: Vec::new(),
+            source: SourceSnapshot::default(),
+            winners: Winners::default(),
+            rows: RestoredRows::default(),
+            writer: None,
+        }
+    }
+}
+
+/// Dedup winners with their dimensions stored once per distinct combination, which is far
+/// fewer than the impressions: (impression, event time, click id, index into `dims`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Winners {
+    dims: Vec<Dims>,
+    entries: Vec<(u128, u64, u64, u32)>,
+}
+
+impl Winners {
+    pub fn of(state: &DedupState) -> Self {
+        let mut index: BTreeMap<Dims, u32> = BTreeMap::new();
+        let mut dims = Vec::new();
+        let entries = state
+            .winners()
+            .map(|(imp, t, click, d)| {
+                let i = *index.entry(d).or_insert_with(|| {
+                    dims.push(d);
+                    dims.len() as u32 - 1
+                });
+                (imp, t, click, i)
+            })
+            .collect();
+        Self { dims, entries }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u128, u64, u64, Dims)> + '_ {
+        self.entries
+            .iter()
+            .map(|(imp, t, c, d)| (*imp, *t, *c, self.dims[*d as usize]))
+    }
+}
+
+/// A complete checkpoint, read back for a cluster that may have another shape.
+pub struct Restored {
+    pub frontier: u64,
+    parts: Vec<WorkerPart>,
+}
+
+impl Restored {
+    pub fn new(frontier: u64, parts: Vec<WorkerPart>) -> Self {
+        Self { frontier, parts }
+    }
+
+    /// Where every partition resumes.
+    pub fn offsets(&self) -> BTreeMap<i32, u64> {
+        self.parts
+            .iter()
+            .flat_map(|p| p.partitions.iter().copied().zip(p.source.positions.clone()))
+            .collect()
+    }
+
+    /// The snapshot for worker `worker` of `peers` that reads `partitions` (in its reader's
+    /// order). Its clock starts at the earliest capability among the old workers that read
+    /// those partitions (each at or past the frontier); partitions new since the checkpoint
+    /// start with no clock of their own.
+    pub fn source_for(&self, worker: usize, peers: usize, partitions: &[i32]) -> SourceSnapshot {
+        let mut positions = Vec::new();
+        let mut max_seen = Vec::new();
+        let mut capability: Option<u64> = None;
+        for p in partitions {
+            let old = self.parts.iter().find_map(|part| {
+                let i = part.partitions.iter().position(|q| q == p)?;
+                Some((part, i))
+            });
+            match old {
+                Some((part, i)) => {
+                    positions.push(part.source.positions[i]);
+                    max_seen.push(part.source.clock.max_seen[i]);
+                    let c = part.source.clock.capability;
+                    capability = Some(capability.map_or(c, |m| m.min(c)));
+                }
+                None => {
+                    positions.push(0);
+                    max_seen.push(None);
+                }
+            }
+        }
+        let events = self
+            .parts
+            .iter()
+            .filter(|p| p.worker % peers == worker)
+            .flat_map(|p| p.source.events.iter().cloned())
+            .collect();
+        SourceSnapshot {
+            positions,
+            clock: ClockState {
+                max_seen,
+                capability: capability.unwrap_or(self.frontier).max(self.frontier),
+            },
+            events,
+        }
+    }
+
+    /// The winners worker `worker` of `peers` decides for.
+    pub fn dedup_for(&self, worker: usize, peers: usize, cfg: DedupConfig) -> DedupState {
+        let mut state = DedupState::new(cfg);
+        for part in &self.parts {
+            for (imp, t, click, dims) in part.winners.iter() {
+                if DedupState::owner(imp, peers) == worker {
+                    state.restore_winner(imp, t, click, dims);
+                }
+            }
+        }
+        state
+    }
+
+    /// Rows (and texts) to start worker `worker` of `peers` with.
+    pub fn rows_for(&self, worker: usize, peers: usize) -> RestoredRows {
+        let mut rows = RestoredRows {
+            frontier: self.frontier,
+            ..RestoredRows::default()
+        };
+        for part in self.parts.iter().filter(|p| p.worker % peers == worker) {
+            rows.minute.extend(part.rows.minute.iter().copied());
+            rows.hour.extend(part.rows.hour.iter().copied());
+            rows.day.extend(part.rows.day.iter().copied());
+            rows.names.extend(part.rows.names.iter().cloned());
+        }
+        rows
+    }
+
+    /// The report writer's state (worker 0's).
+    pub fn writer(&self) -> Option<WriterState> {
+        self.parts.iter().find_map(|p| p.writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use adclick_dataflows::click::Sym;
+
+    use super::*;
+
+    fn part(worker: usize, peers: usize, partitions: &[i32], capability: u64) -> WorkerPart {
+        let mut p = WorkerPart::empty(worker, peers);
+        p.partitions = partitions.to_vec();
+        p.source.positions = partitions.iter().map(|q| 100 + *q as u64).collect();
+        p.source.clock = ClockState {
+            max_seen: partitions.iter().map(|q| Some(1_000 + *q as u64)).collect(),
+            capability,
+        };
+        p
+    }
+
+    #[test]
+    fn partitions_keep_their_offsets_and_clocks_when_the_worker_count_changes() {
+        // Two workers read partitions {0, 2} and {1, 3}; one worker now reads them all.
+        let r = Restored::new(
+            500,
+            vec![part(0, 2, &[0, 2], 700), part(1, 2, &[1, 3], 600)],
+        );
+        let s = r.source_for(0, 1, &[0, 1, 2, 3]);
+        assert_eq!(s.positions, vec![100, 101, 102, 103]);
+        assert_eq!(
+            s.clock.max_seen,
+            vec![Some(1_000), Some(1_001), Some(1_002), Some(1_003)]
+        );
+        assert_eq!(s.clock.capability, 600);
+        // Three workers: worker 2 reads partition 2 alone; worker 0 reads 0 and 3.
+        assert_eq!(r.source_for(2, 3, &[2]).positions, vec![102]);
+        assert_eq!(r.source_for(2, 3, &[2]).clock.capability, 700);
+        assert_eq!(r.source_for(0, 3, &[0, 3]).clock.capability, 600);
+        // A partition the checkpoint never saw starts afresh.
+        let new = r.source_for(0, 1, &[4]);
+        assert_eq!(new.positions, vec![0]);
+        assert_eq!(new.clock.max_seen, vec![None]);
+        assert_eq!(new.clock.capability, 500);
+        assert_eq!(
+            r.offsets(),
+            BTreeMap::from([(0, 100), (1, 101), (2, 102), (3, 103)])
+        );
+    }
+
+    #[test]
+    fn winners_go_to_the_worker_their_impression_is_routed_to() {
+        let cfg = DedupConfig {
+            horizon_ms: 86_400_000,
+            allowed_lateness_ms: 300_000,
+        };
+        let mut state = DedupState::new(cfg);
+        let dims = |ad: &str| Dims {
+            ad_id: Sym::of(ad),
+            ..Dims::default()
+        };
+        for imp in 0..10u128 {
+            state.restore_winner(
+                imp,
+                1_000 + imp as u64,
+                imp as u64,
+                dims(&format!("{}", imp % 2)),
+            );
+        }
+        let mut p = WorkerPart::empty(0, 1);
+        p.winners = Winners::of(&state);
+        assert_eq!(p.winners.dims.len(), 2, "dimensions are stored once");
+        let r = Restored::new(0, vec![p]);
+        for peers in [1, 3] {
+            let mut seen = Vec::new();
+            for w in 0..peers {
+                let s = r.dedup_for(w, peers, cfg);
+                for (imp, ..) in s.winners() {
+                    assert_eq!(DedupState::owner(imp, peers), w);
+                    seen.push(imp);
+                }
+            }
+            seen.sort();
+            assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        }
+    }
+}

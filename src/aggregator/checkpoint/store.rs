@@ -1,0 +1,219 @@
+//! Checkpoints on disk: one directory per checkpoint frontier, one file per worker, and a
+//! manifest written last. A checkpoint without its manifest is incomplete and never read, so
+//! a crash at any moment leaves either a whole checkpoint or none.
+//!
+//! ```text
+//! DIR/ckpt-00000001763833260000/worker-0.bin   (postcard: a WorkerPart)
+//!                              /worker-1.bin
+//!                              /MANIFEST.json  (renamed into place once every part is)
+//! ```
+//!
+//! Every process of a cluster writes into the same directory (shared storage when the
+//! processes run on several hosts).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::part::WorkerPart;
+
+/// What a complete checkpoint holds, written once all its parts are in place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Every update before this event time (ms) is in the checkpoint, none after.
+    pub frontier: u64,
+    /// The cluster's worker count when it was taken: one part per worker.
+    pub workers: usize,
+    /// Total size of the parts.
+    pub bytes: u64,
+    /// Wall clock from the request to the manifest.
+    pub duration_ms: u64,
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+const MANIFEST: &str = "MANIFEST.json";
+
+impl Store {
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating checkpoint directory {}", dir.display()))?;
+        Ok(Self { dir: dir.into() })
+    }
+
+    fn checkpoint_dir(&self, frontier: u64) -> PathBuf {
+        self.dir.join(format!("ckpt-{frontier:020}"))
+    }
+
+    fn part_path(&self, frontier: u64, worker: usize) -> PathBuf {
+        self.checkpoint_dir(frontier)
+            .join(format!("worker-{worker}.bin"))
+    }
+
+    /// Writes one worker's part whole or not at all: into a temporary file, synced, then
+    /// renamed. Returns its size.
+    pub fn write_part(&self, frontier: u64, part: &WorkerPart) -> anyhow::Result<u64> {
+        let dir = self.checkpoint_dir(frontier);
+        std::fs::create_dir_all(&dir)?;
+        let path = self.part_path(frontier, part.worker);
+        let bytes = postcard::to_stdvec(part).context("encoding a checkpoint part")?;
+        write_atomically(&path, &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Whether the parts of all `workers` are in place for `frontier`.
+    pub fn parts_written(&self, frontier: u64, workers: usize) -> bool {
+        (0..workers).all(|w| self.part_path(frontier, w).exists())
+    }
+
+    /// Sizes of the parts of `frontier`.
+    pub fn parts_size(&self, frontier: u64, workers: usize) -> u64 {
+        (0..workers)
+            .filter_map(|w| std::fs::metadata(self.part_path(frontier, w)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Makes the checkpoint complete by writing its manifest, then prunes all but the `keep`
+    /// newest complete checkpoints.
+    pub fn commit(&self, manifest: &Manifest, keep: usize) -> anyhow::Result<()> {
+        let dir = self.checkpoint_dir(manifest.frontier);
+        write_atomically(&dir.join(MANIFEST), &serde_json::to_vec_pretty(manifest)?)?;
+        self.prune(keep.max(1))
+    }
+
+    /// Checkpoint frontiers on disk, oldest first, with whether each is complete.
+    fn list(&self) -> anyhow::Result<Vec<(u64, bool)>> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(f) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("ckpt-"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            all.push((f, entry.path().join(MANIFEST).exists()));
+        }
+        all.sort();
+        Ok(all)
+    }
+
+    /// Removes complete checkpoints older than the `keep` newest, and incomplete ones older
+    /// than the newest complete one (abandoned by a crash).
+    fn prune(&self, keep: usize) -> anyhow::Result<()> {
+        let all = self.list()?;
+        let complete: Vec<u64> = all.iter().filter(|(_, c)| *c).map(|(f, _)| *f).collect();
+        let Some(&newest) = complete.last() else {
+            return Ok(());
+        };
+        let oldest_kept = complete[complete.len().saturating_sub(keep)];
+        for (f, done) in all {
+            if (done && f < oldest_kept) || (!done && f < newest) {
+                std::fs::remove_dir_all(self.checkpoint_dir(f))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every incomplete checkpoint: at start, before any is taken, so that parts a
+    /// crashed run left behind are never mistaken for parts of a new one.
+    pub fn remove_incomplete(&self) -> anyhow::Result<()> {
+        for (f, done) in self.list()? {
+            if !done {
+                std::fs::remove_dir_all(self.checkpoint_dir(f))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest complete checkpoint's manifest.
+    pub fn latest(&self) -> anyhow::Result<Option<Manifest>> {
+        let Some((f, _)) = self.list()?.into_iter().rev().find(|(_, done)| *done) else {
+            return Ok(None);
+        };
+        let path = self.checkpoint_dir(f).join(MANIFEST);
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some(
+            serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?,
+        ))
+    }
+
+    /// All parts of a complete checkpoint.
+    pub fn read_parts(&self, manifest: &Manifest) -> anyhow::Result<Vec<WorkerPart>> {
+        (0..manifest.workers)
+            .map(|w| {
+                let path = self.part_path(manifest.frontier, w);
+                let bytes =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                postcard::from_bytes(&bytes).with_context(|| format!("decoding {}", path.display()))
+            })
+            .collect()
+    }
+}
+
+/// `bytes` at `path`, or nothing there: a synced temporary file renamed into place, and the
+/// directory synced so the rename itself survives a power cut.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(frontier: u64) -> Manifest {
+        Manifest {
+            frontier,
+            workers: 1,
+            bytes: 0,
+            duration_ms: 0,
+        }
+    }
+
+    fn part(frontier: u64) -> WorkerPart {
+        let mut p = WorkerPart::empty(0, 1);
+        p.rows.frontier = frontier;
+        p
+    }
+
+    #[test]
+    fn only_complete_checkpoints_are_read_and_old_ones_are_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path()).unwrap();
+        assert_eq!(store.latest().unwrap(), None);
+        for f in [1_000, 2_000, 3_000] {
+            store.write_part(f, &part(f)).unwrap();
+            assert!(store.parts_written(f, 1));
+            store.commit(&manifest(f), 2).unwrap();
+        }
+        // A part without its manifest: a crash mid-checkpoint.
+        store.write_part(4_000, &part(4_000)).unwrap();
+        let latest = store.latest().unwrap().unwrap();
+        assert_eq!(latest.frontier, 3_000);
+        let parts = store.read_parts(&latest).unwrap();
+        assert_eq!(parts, vec![part(3_000)]);
+        assert_eq!(
+            store.list().unwrap(),
+            vec![(2_000, true), (3_000, true), (4_000, false)]
+        );
+        store.remove_incomplete().unwrap();
+        assert_eq!(store.list().unwrap(), vec![(2_000, true), (3_000, true)]);
+    }
+}
