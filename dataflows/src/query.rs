@@ -141,7 +141,7 @@ pub enum QueryKind {
 /// A query, with its place in the query dataflow: it travels at `(read_at, id)`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Query {
-    /// Sequence number, increasing per submitting worker.
+    /// Unique per submitting worker: its time ([`Stamps`]).
     pub id: u64,
     /// The reads include exactly the updates at times ≤ this.
     pub read_at: u64,
@@ -151,6 +151,48 @@ pub struct Query {
 impl Query {
     pub fn time(&self) -> QueryTime {
         self.read_at << SEQ_BITS | (self.id & SEQ_MASK)
+    }
+}
+
+/// Stamps queries for the one worker that submits them: each query's id is its time, read
+/// times never move backwards, and slots restart with each read time, so the query input only
+/// ever advances (an id counter kept across read times once moved it backwards: a panic).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stamps {
+    read_at: u64,
+    slot: u64,
+}
+
+impl Stamps {
+    /// Reads from now on see exactly the updates before `frontier`.
+    pub fn frontier(&mut self, frontier: u64) {
+        let read_at = frontier.saturating_sub(1);
+        if read_at > self.read_at {
+            (self.read_at, self.slot) = (read_at, 0);
+        }
+    }
+
+    /// Whether the current read time's slots are used up.
+    pub fn full(&self) -> bool {
+        self.slot >= SEQ_MASK
+    }
+
+    /// A query of `kind` at the current read time, or `None` if it is [`Stamps::full`].
+    pub fn stamp(&mut self, kind: QueryKind) -> Option<Query> {
+        (!self.full()).then(|| {
+            let id = self.read_at << SEQ_BITS | self.slot;
+            self.slot += 1;
+            Query {
+                id,
+                read_at: self.read_at,
+                kind,
+            }
+        })
+    }
+
+    /// Where the query input may advance to: past every query stamped so far.
+    pub fn next_time(&self) -> QueryTime {
+        self.read_at << SEQ_BITS | self.slot
     }
 }
 
@@ -444,4 +486,39 @@ pub fn serve<'s>(
             }
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_times_only_grow_as_the_read_time_moves() {
+        let kind = || QueryKind::Top {
+            key: (1, 0, crate::topn::all_countries()),
+            n: 1,
+            advertiser: None,
+        };
+        let mut stamps = Stamps::default();
+        let mut last: Option<QueryTime> = None;
+        let mut input = 0;
+        // Frontiers as a busy server sees them: repeating, moving on, once lower than before;
+        // a few queries at each.
+        for (frontier, queries) in [(5, 3), (5, 2), (9, 1), (7, 4), (12, 0), (13, 5)] {
+            stamps.frontier(frontier);
+            for _ in 0..queries {
+                let q = stamps.stamp(kind()).unwrap();
+                assert_eq!(q.time(), q.id);
+                assert!(
+                    q.read_at < frontier.max(9),
+                    "reads only what the frontier passed"
+                );
+                assert!(last.is_none_or(|l| q.time() > l), "times strictly grow");
+                assert!(q.time() >= input, "never behind the input");
+                last = Some(q.time());
+            }
+            assert!(stamps.next_time() >= input);
+            input = stamps.next_time();
+        }
+    }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use adclick_dataflows::dedup::{DedupCheckpoints, DedupState};
 use adclick_dataflows::names::Dictionary;
-use adclick_dataflows::query::{Query, QueryTime, SEQ_BITS, SEQ_MASK, serve};
+use adclick_dataflows::query::{Query, QueryTime, Stamps, serve};
 use adclick_dataflows::report::reports;
 use adclick_dataflows::source::{checkpointed_source, clock_source};
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
@@ -296,7 +296,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
             bridge.register_worker();
         }
         let mut last_frontier = None::<u64>;
-        let (mut last_read, mut slot) = (0u64, 0u64);
+        let mut stamps = Stamps::default();
         let park = if asks.is_some() { 2 } else { 20 };
         while worker.step_or_park(Some(Duration::from_millis(park))) {
             let frontier = probe.with_frontier(|f| f.first().copied());
@@ -321,28 +321,16 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
             }
             if let (Some(input), Some(asks)) = (queries.as_mut(), asks.as_ref()) {
                 // Reads see exactly the updates before the frontier.
-                let read_at = f.saturating_sub(1).max(last_read);
-                if read_at > last_read {
-                    (last_read, slot) = (read_at, 0);
-                }
-                // At most 2^20 queries per read time; the rest wait for the frontier to move.
-                while slot < SEQ_MASK {
+                stamps.frontier(f);
+                // A full read time leaves the rest waiting for the frontier to move.
+                while !stamps.full() {
                     let Ok(ask) = asks.try_recv() else { break };
-                    // The id is the query's time: unique, since read times only grow and
-                    // slots restart with each one.
-                    let id = read_at << SEQ_BITS | slot;
-                    let q = Query {
-                        id,
-                        read_at,
-                        kind: ask.kind.clone(),
-                    };
-                    debug_assert_eq!(q.time(), id);
+                    let q = stamps.stamp(ask.kind.clone()).expect("a free slot");
                     input.advance_to(q.time());
+                    waiting.borrow_mut().insert(q.id, ask);
                     input.send(q);
-                    waiting.borrow_mut().insert(id, ask);
-                    slot += 1;
                 }
-                input.advance_to(read_at << SEQ_BITS | slot);
+                input.advance_to(stamps.next_time());
             }
         }
     })
