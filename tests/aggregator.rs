@@ -5,24 +5,32 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
+use std::time::Duration;
+
+use adclick::aggregator::aggregates_sink::{AggregateRecord, CommittedReader};
 use adclick::aggregator::output::{Line, Tallies};
 use adclick::kafka::embedded::EmbeddedKafka;
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
+use common::truth::{check, compare_rows, final_rows, output_lines, read_output};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_adclick-loadgen");
 const AGGREGATOR: &str = env!("CARGO_BIN_EXE_adclick-aggregator");
-
-type Key = (u64, [String; 6]);
+/// The crash test's allowed lateness (ms), the least the load generator supports.
+const LATENESS: &str = "40000";
 
 fn demo_config() -> String {
     format!("{}/config/demo.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn loadgen(args: &[&str], truth: &Path) -> TruthReport {
+    loadgen_at("400", args, truth)
+}
+
+/// 8000 events at `rate` per simulated second, with enough of every kind of trouble.
+fn loadgen_at(rate: &str, args: &[&str], truth: &Path) -> TruthReport {
     let out = Command::new(LOADGEN)
         .args([
             "--config",
@@ -30,7 +38,7 @@ fn loadgen(args: &[&str], truth: &Path) -> TruthReport {
             "--count",
             "8000",
             "--rate",
-            "400",
+            rate,
         ])
         .args(["--seed", "7", "--ads", "300", "--hot-ad-share", "0.5"])
         .args(["--duplicate-share", "0.08", "--late-share", "0.01"])
@@ -64,110 +72,6 @@ fn aggregator(args: &[String]) -> Child {
 fn wait_ok(mut c: Child) {
     let status = c.wait().unwrap();
     assert!(status.success(), "aggregator exited with {status}");
-}
-
-fn expected(t: &TruthReport) -> BTreeMap<Key, (i64, i64)> {
-    t.windows
-        .iter()
-        .map(|w| {
-            let dims = [
-                &w.ad_id,
-                &w.campaign_id,
-                &w.advertiser_id,
-                &w.publisher_id,
-                &w.country,
-                &w.device,
-            ]
-            .map(|s| s.to_string());
-            (
-                (w.minute_ms as u64, dims),
-                (w.clicks as i64, w.duplicates as i64),
-            )
-        })
-        .collect()
-}
-
-/// Final minute rows and the tallies from the aggregator's NDJSON output.
-fn read_output(path: &Path) -> (BTreeMap<Key, (i64, i64)>, Tallies) {
-    let mut rows = BTreeMap::new();
-    let mut tallies = None;
-    for line in std::fs::read_to_string(path).unwrap().lines() {
-        match serde_json::from_str::<Line>(line).unwrap() {
-            Line::Window {
-                granularity,
-                window_start_ms,
-                ad_id,
-                campaign_id,
-                advertiser_id,
-                publisher_id,
-                country,
-                device,
-                clicks,
-                duplicates,
-                status,
-                ..
-            } if granularity == "minute" && status == "final" && (clicks, duplicates) != (0, 0) => {
-                let dims = [
-                    ad_id,
-                    campaign_id,
-                    advertiser_id,
-                    publisher_id,
-                    country,
-                    device,
-                ];
-                assert!(
-                    rows.insert((window_start_ms, dims), (clicks, duplicates))
-                        .is_none(),
-                    "a window reported final twice"
-                );
-            }
-            Line::Tallies(t) => tallies = Some(t),
-            _ => {}
-        }
-    }
-    (rows, tallies.expect("the output ends with the tallies"))
-}
-
-fn check(out: &Path, truth: &TruthReport, what: &str) {
-    let (rows, tallies) = read_output(out);
-    let want = expected(truth);
-    let missing: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| rows.get(*k) != Some(v))
-        .take(3)
-        .collect();
-    let extra: Vec<_> = rows
-        .iter()
-        .filter(|(k, _)| !want.contains_key(*k))
-        .take(3)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{what}: differs from the truth: missing/wrong {missing:?}, extra {extra:?}"
-    );
-    let t = &truth.tallies;
-    assert_eq!(
-        (
-            tallies.received,
-            tallies.counted,
-            tallies.duplicates,
-            tallies.late,
-            tallies.dead_lettered
-        ),
-        (
-            t.emitted - t.forged,
-            t.counted as i64,
-            t.duplicates as i64,
-            t.late,
-            t.malformed
-        ),
-        "{what}: tallies"
-    );
-    assert_eq!(
-        tallies.received as i64,
-        tallies.counted + tallies.duplicates + tallies.late as i64 + tallies.dead_lettered as i64,
-        "{what}: tallies add up"
-    );
 }
 
 fn free_port() -> u16 {
@@ -250,6 +154,21 @@ fn files_on_every_cluster_shape_equal_the_truth() {
     every_shape(dir.path(), &input, &truth);
 }
 
+/// The committed final rows of the click-aggregates topic, read as a consumer that honours
+/// the commit markers would.
+fn read_aggregates(brokers: &str) -> common::truth::Rows {
+    let mut lines = Vec::new();
+    let topic = common::read_partitions(brokers, "click-aggregates", 1, Duration::from_secs(20));
+    for (_, records) in topic {
+        let mut reader = CommittedReader::default();
+        for (_, value) in records {
+            let record: AggregateRecord = serde_json::from_slice(&value).unwrap();
+            lines.extend(reader.push(record));
+        }
+    }
+    final_rows(lines.into_iter()).0
+}
+
 #[test]
 fn kafka_on_every_cluster_shape_equals_the_truth() {
     let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
@@ -287,10 +206,12 @@ fn an_empty_topic_finishes_with_zero_tallies() {
 }
 
 /// Crashes: the aggregator is killed with SIGKILL at a dozen moments while the load generator
-/// produces in real time, and each restart goes on from the newest checkpoint, alternately on
-/// one and two workers. A last run goes on from the newest checkpoint to the topic's end. Its
-/// output, written across all the runs, holds every final window once, equal to the truth,
-/// and the tallies add up to it.
+/// produces 200 s of event time in 20 s, and each restart goes on from the newest checkpoint,
+/// alternately on one and two workers. The allowed lateness is 40 s, so windows become final
+/// while the crashes go on. A last run goes on from the newest checkpoint to the topic's end.
+/// Its output, written across all the runs, and the click-aggregates topic as a reader that
+/// honours commit markers sees it, hold every final window once, equal to the truth, and the
+/// tallies add up to it.
 #[test]
 fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
     let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
@@ -299,7 +220,12 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
     })
     .unwrap();
     let brokers = kafka.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
+    // ADCLICK_KEEP_TEST_DIRS=1 keeps the checkpoints, output and truth for a post-mortem.
+    if std::env::var("ADCLICK_KEEP_TEST_DIRS").as_deref() == Ok("1") {
+        dir.disable_cleanup(true);
+        eprintln!("keeping {}", dir.path().display());
+    }
     let (ckpt, out) = (
         dir.path().join("checkpoints"),
         dir.path().join("out.ndjson"),
@@ -308,8 +234,18 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
     let generator = {
         let (brokers, truth_path) = (brokers.clone(), truth_path.clone());
         std::thread::spawn(move || {
-            loadgen(
-                &["--output", "kafka", "--brokers", &brokers, "--realtime"],
+            loadgen_at(
+                "40",
+                &[
+                    "--output",
+                    "kafka",
+                    "--brokers",
+                    &brokers,
+                    "--pace",
+                    "10",
+                    "--allowed-lateness-ms",
+                    LATENESS,
+                ],
                 &truth_path,
             )
         })
@@ -335,6 +271,7 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
             .args(["--config", &demo_config()])
             .args(&args)
             .env("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "200")
+            .env("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", LATENESS)
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -353,8 +290,27 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
         .filter(|e| e.as_ref().unwrap().path().join("MANIFEST.json").exists())
         .count();
     assert!(committed >= 1, "checkpoints were committed");
+    let finals_while_crashing = output_lines(&out)
+        .filter(|l| matches!(l, Line::Window { status, .. } if status == "final"))
+        .count();
+    assert!(
+        finals_while_crashing > 0,
+        "windows became final between the crashes"
+    );
     let mut args = common;
     args.extend(["--workers", "2", "--until-end"].map(String::from));
-    wait_ok(aggregator(&args));
+    let status = Command::new(AGGREGATOR)
+        .args(["--config", &demo_config()])
+        .args(&args)
+        .env("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", LATENESS)
+        .status()
+        .unwrap();
+    assert!(status.success());
     check(&out, &truth, &format!("after {kills} kills"));
+    let topic = read_aggregates(&brokers);
+    compare_rows(
+        &topic,
+        &truth,
+        &format!("click-aggregates after {kills} kills"),
+    );
 }

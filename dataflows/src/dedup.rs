@@ -249,11 +249,18 @@ pub fn checkpointed_dedup<'s>(
             "Dedup",
             move |_cap, _info| {
                 let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Click>)> = BTreeMap::new();
-                let mut asked: std::collections::BTreeSet<u64> = Default::default();
+                // Asked frontiers, each holding a capability at itself until saved: no frontier
+                // downstream passes `F` before the state of `F` is saved (so the arrangements
+                // still tell the updates before `F` apart when their rows are read).
+                let mut asked: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
                 let mut state = state;
                 let mut updates = Vec::new();
                 move |(input, frontier), (requests, asked_frontier), output| {
-                    requests.for_each(|_cap, data| asked.extend(data.drain(..)));
+                    requests.for_each(|cap, data| {
+                        for f in data.drain(..) {
+                            asked.insert(f, cap.delayed(&f, 0));
+                        }
+                    });
                     input.for_each_stamp(|cap, data| {
                         let Some(cap) = cap.retain_least(0) else {
                             return;
@@ -270,7 +277,7 @@ pub fn checkpointed_dedup<'s>(
                     let passed = |t: &u64| !frontier.less_equal(t) && !asked_frontier.less_equal(t);
                     loop {
                         let next = pending.first_key_value().map(|(t, _)| *t);
-                        if let Some(&f) = asked.first()
+                        if let Some((&f, _)) = asked.first_key_value()
                             && next.is_none_or(|t| f <= t)
                             && (f == 0 || passed(&(f - 1)))
                         {

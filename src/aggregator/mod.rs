@@ -2,6 +2,7 @@
 //! deduplicated, windowed counts. The dataflow itself is `adclick_dataflows::aggregate`; this
 //! module wires sources and sinks around it and runs it on the configured cluster shape.
 
+pub mod aggregates_sink;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
@@ -10,9 +11,10 @@ pub mod health;
 pub mod kafka_sink;
 pub mod kafka_source;
 pub mod output;
+pub mod report_sink;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -35,12 +37,14 @@ use crate::event::enrich::Enricher;
 use crate::query::metrics::QueryMetrics;
 use crate::query::render::render;
 use crate::query::{self, Ask, Bridge, Server};
+use aggregates_sink::AggregatesSink;
 use checkpoint::Checkpointer;
 pub use config::AggregatorConfig;
 use file_source::FileReader;
 use health::Health;
 use kafka_source::KafkaReader;
 use output::{Out, Writer};
+use report_sink::ReportSink;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Exchange as _, Input as _, Inspect, Probe};
 
@@ -125,6 +129,25 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         Some(c) => checkpoint::restore(c, cfg.process == 0)?.map(Arc::new),
         None => None,
     };
+    // This run's id, carried by its records in the click-aggregates topic.
+    let run = uuid::Uuid::now_v7().to_string();
+    let interval = Duration::from_millis(cfg.checkpoint_interval_ms);
+    let aggregates = match &input {
+        Input::Kafka { kafka, .. } if cfg.process == 0 => {
+            let since = restored.as_ref().map_or(0, |r| r.frontier);
+            let sink = AggregatesSink::new(kafka, &run, since)?;
+            if let Some(r) = &restored {
+                // The crash may have come between the manifest and its commit markers.
+                while let Err(e) = sink.committer().commit(&r.run, r.frontier) {
+                    tracing::warn!("click-aggregates: re-committing {}: {e:#}", r.frontier);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            Some(sink)
+        }
+        _ => None,
+    };
+    let aggregates = Arc::new(Mutex::new(aggregates));
     let results = timely::execute(timely_config, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let health = health.clone();
@@ -143,6 +166,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         let sources_in = sources.clone();
         let restored = restored.clone();
         let checkpoints = checkpoints.clone();
+        let (run, aggregates) = (run.clone(), aggregates.clone());
         let (mut traces, mut checkpointer) = worker.dataflow::<u64, _, _>(move |scope| {
             let mut checkpointer = None;
             let events = match input {
@@ -172,8 +196,12 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                     let snapshot = restored
                         .as_ref()
                         .map(|r| r.source_for(index, peers, &partitions));
+                    // Worker 0 commits the click-aggregates records of each checkpoint.
+                    let sinks = (index == 0)
+                        .then(|| aggregates.lock().unwrap().as_ref().map(|s| s.committer()))
+                        .flatten();
                     checkpointer = checkpoints.map(|c| {
-                        Checkpointer::new(c, index, peers, partitions)
+                        Checkpointer::new(c, index, peers, partitions, &run, sinks)
                             .unwrap_or_else(|e| panic!("worker {index}: {e:#}"))
                     });
                     let cuts = checkpointer.as_ref().map(|c| c.cuts.clone());
@@ -223,51 +251,27 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                 a.rejected.map(Out::Rejected),
                 a.names.map(Out::Name),
             ]);
-            let resumed = restored.as_ref().and_then(|r| r.writer());
-            let mut writer = (index == 0).then(|| {
-                Writer::resume(&output, resumed).unwrap_or_else(|e| panic!("opening {output}: {e}"))
-            });
-            let hook = checkpointer
-                .as_ref()
-                .filter(|_| index == 0)
-                .map(|c| c.writer_hook());
-            let mut pending: BTreeMap<u64, Vec<Out>> = BTreeMap::new();
-            lines.sink(
-                Exchange::new(|_: &Out| 0),
-                "WriteNdjson",
-                move |(input, frontier)| {
-                    input.for_each(|cap, data| {
-                        let time = *cap.least().expect("a totally ordered time");
-                        pending.entry(time).or_default().append(data);
-                    });
-                    // Times the frontier has passed, in order: all their texts have arrived.
-                    while let Some(entry) = pending.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
-                        }
-                        let (t, items) = entry.remove_entry();
-                        if let Some(w) = writer.as_mut() {
-                            if let Some(h) = &hook {
-                                h.record(|f| f <= t, w).expect("syncing the report output");
-                            }
-                            w.write_time(items).expect("writing the report output");
-                            *health_in.tallies.lock().unwrap() = w.tallies;
-                        }
-                    }
-                    if let (Some(w), Some(h)) = (writer.as_mut(), &hook) {
-                        h.record(|f| !frontier.less_than(&f), w)
-                            .expect("syncing the report output");
-                    }
-                    if let Some(w) = writer.as_mut() {
-                        if frontier.is_empty() {
-                            w.finish().expect("writing the report output");
-                            writer = None;
-                        } else {
-                            w.flush().expect("writing the report output");
-                        }
-                    }
-                },
-            );
+            if index == 0 {
+                let resumed = restored.as_ref().and_then(|r| r.writer());
+                let writer = Writer::resume(&output, resumed)
+                    .unwrap_or_else(|e| panic!("opening {output}: {e}"));
+                let hook = checkpointer.as_ref().map(|c| c.writer_hook());
+                let kafka = aggregates.lock().unwrap().take();
+                let mut sink =
+                    ReportSink::new(writer, kafka, hook, interval, &run, health_in.clone());
+                lines.sink(
+                    Exchange::new(|_: &Out| 0),
+                    "WriteReports",
+                    move |(input, frontier)| {
+                        input.for_each(|cap, data| {
+                            sink.add(*cap.least().expect("a totally ordered time"), data);
+                        });
+                        sink.write_ready(frontier).expect("writing the reports");
+                    },
+                );
+            } else {
+                lines.sink(Exchange::new(|_: &Out| 0), "WriteReports", |_| {});
+            }
             (traces, checkpointer)
         });
         // The query dataflow: every worker answers from its traces, worker 0 merges.

@@ -147,24 +147,35 @@ impl Writer {
     /// Writes everything of one timely time. The caller hands times over in order, once the
     /// frontier has passed them, so every text a report needs has arrived: a text is announced
     /// no later than the first click that carries it, and reports come no earlier.
-    pub fn write_time(&mut self, items: Vec<Out>) -> std::io::Result<()> {
+    /// Final window reports also go to `finals` (the Kafka sink).
+    pub fn write_time(
+        &mut self,
+        items: Vec<Out>,
+        finals: &mut dyn FnMut(&Line),
+    ) -> std::io::Result<()> {
         let (names, rest): (Vec<Out>, Vec<Out>) =
             items.into_iter().partition(|i| matches!(i, Out::Name(_)));
         for item in names.into_iter().chain(rest) {
-            self.write(item)?;
+            let is_final = matches!(&item, Out::Report(r) if r.status == Status::Final);
+            if let Some(line) = self.write(item)?
+                && is_final
+            {
+                finals(&line);
+            }
         }
         Ok(())
     }
 
-    fn write(&mut self, item: Out) -> std::io::Result<()> {
+    /// Writes the line of `item`, if it has one, and returns it.
+    fn write(&mut self, item: Out) -> std::io::Result<Option<Line>> {
         let line = match item {
             Out::Name(n) => {
                 self.names.insert(n);
-                return Ok(());
+                return Ok(None);
             }
             Out::Received(n) => {
                 self.tallies.received += n;
-                return Ok(());
+                return Ok(None);
             }
             Out::Report(r) => {
                 if r.window_ms == MINUTE_MS && r.status == Status::Final {
@@ -212,7 +223,8 @@ impl Writer {
                 }
             }
         };
-        self.line(&line)
+        self.line(&line)?;
+        Ok(Some(line))
     }
 
     fn line(&mut self, line: &Line) -> std::io::Result<()> {

@@ -47,6 +47,11 @@ pub struct LoadgenArgs {
     /// is).
     #[arg(long)]
     pub realtime: bool,
+    /// Pace file and Kafka output at this many simulated seconds per wall-clock second, the
+    /// event times as without --realtime: a long stream, compressed, arriving while the
+    /// consumer runs (crash tests).
+    #[arg(long, conflicts_with = "realtime")]
+    pub pace: Option<f64>,
     /// Where to write the ground truth (JSON) [default: truth.json].
     #[arg(long)]
     pub truth: Option<PathBuf>,
@@ -135,6 +140,7 @@ impl LoadgenArgs {
             count,
             seed,
             start,
+            pace,
             truth,
             ads,
             campaigns,

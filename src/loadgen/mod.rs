@@ -75,6 +75,8 @@ pub struct LoadgenConfig {
     )]
     pub start: Option<i64>,
     pub realtime: bool,
+    /// Simulated seconds per wall-clock second, for file and Kafka output without `realtime`.
+    pub pace: Option<f64>,
     pub truth: PathBuf,
     pub ads: u32,
     pub campaigns: u32,
@@ -113,6 +115,7 @@ impl Default for LoadgenConfig {
             seed: 1,
             start: None,
             realtime: false,
+            pace: None,
             truth: "truth.json".into(),
             ads: 10_000,
             campaigns: 1_000,
@@ -167,6 +170,11 @@ impl LoadgenConfig {
 
     /// Rejects settings the generator cannot honour, naming the key.
     pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(p) = self.pace
+            && !(p.is_finite() && p > 0.0)
+        {
+            bail!("loadgen.pace must be a positive number of simulated seconds per second");
+        }
         let positive = [
             ("files", self.files),
             ("ads", self.ads),
@@ -305,19 +313,23 @@ impl LoadgenConfig {
 pub struct Pacer {
     start_ms: i64,
     started: Instant,
+    /// Simulated time per wall-clock time.
+    speed: f64,
 }
 
 impl Pacer {
-    pub fn new(start_ms: i64) -> Self {
+    pub fn new(start_ms: i64, speed: f64) -> Self {
         Self {
             start_ms,
             started: Instant::now(),
+            speed,
         }
     }
 
     /// How long to wait before emitting at `base_ms`; `None` when due (or overdue).
     pub fn wait(&self, base_ms: i64) -> Option<Duration> {
-        let due = self.started + Duration::from_millis((base_ms - self.start_ms).max(0) as u64);
+        let simulated = (base_ms - self.start_ms).max(0) as f64;
+        let due = self.started + Duration::from_secs_f64(simulated / self.speed / 1000.0);
         due.checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
     }
@@ -426,9 +438,8 @@ fn drive(
     progress: &ProgressBar,
     stop: &AtomicBool,
 ) -> anyhow::Result<GroundTruth> {
-    let pacer = cfg
-        .realtime
-        .then(|| Pacer::new(traffic.schedule().start_ms));
+    let speed = if cfg.realtime { Some(1.0) } else { cfg.pace };
+    let pacer = speed.map(|s| Pacer::new(traffic.schedule().start_ms, s));
     let mut flushed = Instant::now();
     for e in traffic {
         if stop.load(Ordering::Relaxed) {
@@ -561,7 +572,7 @@ mod tests {
 
     #[test]
     fn pacer_waits_only_when_ahead() {
-        let p = Pacer::new(1_000);
+        let p = Pacer::new(1_000, 1.0);
         assert!(p.wait(0).is_none());
         assert!(p.wait(1_000).is_none());
         let w = p.wait(61_000).unwrap();

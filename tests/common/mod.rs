@@ -4,6 +4,7 @@
 
 pub mod outage;
 pub mod tansu;
+pub mod truth;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -125,6 +126,9 @@ pub async fn get(client: &Client<HttpConnector, Full<Bytes>>, url: &str) -> Http
     request(client, "GET", url, &[], "").await
 }
 
+/// A record's key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Every record in `topic`, read from the beginning of each partition, once at least
 /// `expected` have arrived and nothing new came for a second (or `timeout` passed).
 pub fn read_topic(
@@ -132,7 +136,20 @@ pub fn read_topic(
     topic: &str,
     expected: usize,
     timeout: Duration,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
+) -> Vec<KeyValue> {
+    read_partitions(brokers, topic, expected, timeout)
+        .into_values()
+        .flatten()
+        .collect()
+}
+
+/// [`read_topic`], by partition, each in its order.
+pub fn read_partitions(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> std::collections::BTreeMap<i32, Vec<KeyValue>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "adclick-tests")
@@ -160,19 +177,20 @@ pub fn read_topic(
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut last_new = Instant::now();
+    let mut out: std::collections::BTreeMap<i32, Vec<_>> = Default::default();
+    let (mut n, mut last_new) = (0, Instant::now());
     while Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                out.push((
+                out.entry(m.partition()).or_default().push((
                     m.key().unwrap_or_default().to_vec(),
                     m.payload().unwrap_or_default().to_vec(),
                 ));
+                n += 1;
                 last_new = Instant::now();
             }
             Some(Err(e)) => eprintln!("consumer: {e}"),
-            None if out.len() >= expected && last_new.elapsed() > Duration::from_secs(1) => break,
+            None if n >= expected && last_new.elapsed() > Duration::from_secs(1) => break,
             None => {}
         }
     }

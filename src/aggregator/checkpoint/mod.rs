@@ -28,6 +28,7 @@ pub use store::{Manifest, Store};
 
 use part::Winners;
 
+use super::aggregates_sink::{AggregatesSink, Committer};
 use super::output::Writer;
 
 /// Where and how often.
@@ -58,7 +59,7 @@ pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Res
         read_ms = started.elapsed().as_millis() as u64,
         "restoring checkpoint"
     );
-    Ok(Some(Restored::new(manifest.frontier, parts)))
+    Ok(Some(Restored::new(manifest.frontier, manifest.run, parts)))
 }
 
 /// One worker's side of checkpointing.
@@ -68,6 +69,10 @@ pub struct Checkpointer {
     worker: usize,
     peers: usize,
     partitions: Vec<i32>,
+    /// This run's id, for the manifests.
+    run: String,
+    /// Worker 0: commits the sinks' records of each checkpoint once it is complete.
+    sinks: Option<Committer>,
     /// The source's cuts.
     pub cuts: Rc<RefCell<Cuts>>,
     /// Dedup winners saved at each asked frontier whose part is not yet written.
@@ -89,11 +94,12 @@ pub struct WriterHook {
 impl WriterHook {
     /// Records the writer's state for every asked frontier `F` with `reached(F)`: called with
     /// `F ≤ t` before the lines of time `t` are written, and with "the input frontier is at
-    /// or past `F`" once the writable times are written.
+    /// or past `F`" once the writable times are written. The Kafka sink's epoch ends there.
     pub fn record(
         &self,
         reached: impl Fn(u64) -> bool,
         writer: &mut Writer,
+        mut sink: Option<&mut AggregatesSink>,
     ) -> std::io::Result<()> {
         let mut asked = self.asked.borrow_mut();
         while let Some(&f) = asked.first() {
@@ -101,6 +107,9 @@ impl WriterHook {
                 break;
             }
             asked.pop_first();
+            if let Some(s) = sink.as_deref_mut() {
+                s.seal(f);
+            }
             self.written.borrow_mut().insert(f, writer.sync()?);
         }
         Ok(())
@@ -121,6 +130,8 @@ impl Checkpointer {
         worker: usize,
         peers: usize,
         partitions: Vec<i32>,
+        run: &str,
+        sinks: Option<Committer>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             store: Arc::new(Store::new(&cfg.dir)?),
@@ -128,6 +139,8 @@ impl Checkpointer {
             worker,
             peers,
             partitions,
+            run: run.into(),
+            sinks,
             cuts: Rc::default(),
             saved: Rc::default(),
             written: Rc::default(),
@@ -166,9 +179,13 @@ impl Checkpointer {
         }
     }
 
-    /// How far the arrangements may compact: not past the rows a pending part still reads.
+    /// How far the arrangements may compact: to `frontier − 1`, not `frontier`, since the
+    /// frontier may be exactly a checkpoint frontier `F` whose dedup has not saved yet (it
+    /// saves as the frontier reaches `F`), and compacting to `F` would fold the updates at
+    /// `F − 1` into `F`; and no further than `F − 1` while a part still has its rows to read.
     pub fn compaction_bound(&self, frontier: Option<u64>) -> Option<u64> {
         let hold = self.saved.borrow().keys().next().map(|f| f - 1);
+        let frontier = frontier.map(|f| f.saturating_sub(1));
         match (frontier, hold) {
             (Some(f), Some(h)) => Some(f.min(h)),
             (f, None) => f,
@@ -254,6 +271,7 @@ impl Checkpointer {
         let keep = self.cfg.keep;
         let settled = self.requests.as_ref().map(|r| r.settled.clone());
         let commit = self.worker == 0;
+        let (run_id, sinks) = (self.run.clone(), self.sinks.clone());
         let run = move || -> anyhow::Result<()> {
             store.write_part(f, &part)?;
             drop(part);
@@ -270,8 +288,12 @@ impl Checkpointer {
                 workers: peers,
                 bytes: store.parts_size(f, peers),
                 duration_ms: asked_at.elapsed().as_millis() as u64,
+                run: run_id.clone(),
             };
             store.commit(&manifest, keep)?;
+            if let Some(sinks) = &sinks {
+                sinks.commit(&run_id, f)?;
+            }
             tracing::info!(
                 frontier = f,
                 bytes = manifest.bytes,

@@ -88,12 +88,18 @@ impl Winners {
 /// A complete checkpoint, read back for a cluster that may have another shape.
 pub struct Restored {
     pub frontier: u64,
+    /// The run that took it.
+    pub run: String,
     parts: Vec<WorkerPart>,
 }
 
 impl Restored {
-    pub fn new(frontier: u64, parts: Vec<WorkerPart>) -> Self {
-        Self { frontier, parts }
+    pub fn new(frontier: u64, run: String, parts: Vec<WorkerPart>) -> Self {
+        Self {
+            frontier,
+            run,
+            parts,
+        }
     }
 
     /// Where every partition resumes.
@@ -202,6 +208,7 @@ mod tests {
         // Two workers read partitions {0, 2} and {1, 3}; one worker now reads them all.
         let r = Restored::new(
             500,
+            String::new(),
             vec![part(0, 2, &[0, 2], 700), part(1, 2, &[1, 3], 600)],
         );
         let s = r.source_for(0, 1, &[0, 1, 2, 3]);
@@ -248,7 +255,7 @@ mod tests {
         let mut p = WorkerPart::empty(0, 1);
         p.winners = Winners::of(&state);
         assert_eq!(p.winners.dims.len(), 2, "dimensions are stored once");
-        let r = Restored::new(0, vec![p]);
+        let r = Restored::new(0, String::new(), vec![p]);
         for peers in [1, 3] {
             let mut seen = Vec::new();
             for w in 0..peers {

@@ -31,6 +31,8 @@ pub struct Manifest {
     pub bytes: u64,
     /// Wall clock from the request to the manifest.
     pub duration_ms: u64,
+    /// The run that took it: its sinks' records before `frontier` carry this id.
+    pub run: String,
 }
 
 pub struct Store {
@@ -184,6 +186,7 @@ mod tests {
             workers: 1,
             bytes: 0,
             duration_ms: 0,
+            run: "test".into(),
         }
     }
 

@@ -281,7 +281,7 @@ pub fn run(
             queues.push(tx);
             workers.push(tokio::spawn(worker(rx, shared.clone())));
         }
-        let pacer = Pacer::new(traffic.schedule().start_ms);
+        let pacer = Pacer::new(traffic.schedule().start_ms, 1.0);
         for e in traffic {
             if let Some(wait) = pacer.wait(e.base_ms) {
                 tokio::time::sleep(wait).await;

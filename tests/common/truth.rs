@@ -1,0 +1,196 @@
+//! The aggregator's NDJSON output against the load generator's ground truth, exactly: every
+//! final window (minute, and its hour and day rollups) reported once and equal to the truth,
+//! none missing, none extra, and the tallies equal to the truth's and adding up. Used by
+//! tests/aggregator.rs and, through the chaos test's checker, by scripts/chaos.sh.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use adclick::aggregator::output::{Line, Tallies};
+use adclick::loadgen::truth::TruthReport;
+use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
+
+/// (granularity, window start, [ad, campaign, advertiser, publisher, country, device]).
+pub type Key = (&'static str, u64, [String; 6]);
+pub type Rows = BTreeMap<Key, (i64, i64)>;
+
+pub const GRANULARITIES: [(&str, u64); 3] =
+    [("minute", MINUTE_MS), ("hour", HOUR_MS), ("day", DAY_MS)];
+
+fn granularity(name: &str) -> Option<&'static str> {
+    GRANULARITIES
+        .iter()
+        .find(|(g, _)| *g == name)
+        .map(|(g, _)| *g)
+}
+
+/// The truth's rows at every granularity: its minute rows, and their sums per hour and day.
+pub fn expected(t: &TruthReport) -> Rows {
+    let mut rows = Rows::new();
+    for w in &t.windows {
+        let dims = [
+            &w.ad_id,
+            &w.campaign_id,
+            &w.advertiser_id,
+            &w.publisher_id,
+            &w.country,
+            &w.device,
+        ]
+        .map(|s| s.to_string());
+        for (g, ms) in GRANULARITIES {
+            let start = (w.minute_ms as u64) / ms * ms;
+            let v = rows.entry((g, start, dims.clone())).or_default();
+            v.0 += w.clicks as i64;
+            v.1 += w.duplicates as i64;
+        }
+    }
+    rows
+}
+
+/// Final window rows (empty ones left out) and the tallies from the aggregator's NDJSON
+/// output. Panics if a window is reported final twice or the tallies are missing.
+pub fn read_output(path: &Path) -> (Rows, Tallies) {
+    let (rows, tallies) = final_rows(output_lines(path));
+    (rows, tallies.expect("the output ends with the tallies"))
+}
+
+/// The lines of an NDJSON output.
+pub fn output_lines(path: &Path) -> impl Iterator<Item = Line> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let lines: Vec<Line> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    lines.into_iter()
+}
+
+/// Final window rows (empty ones left out) and the tallies, if any, of `lines`. Panics if a
+/// window is final twice.
+pub fn final_rows(lines: impl Iterator<Item = Line>) -> (Rows, Option<Tallies>) {
+    let mut rows = Rows::new();
+    let mut tallies = None;
+    for line in lines {
+        match line {
+            Line::Window {
+                granularity: g,
+                window_start_ms,
+                ad_id,
+                campaign_id,
+                advertiser_id,
+                publisher_id,
+                country,
+                device,
+                clicks,
+                duplicates,
+                status,
+                ..
+            } if status == "final" && (clicks, duplicates) != (0, 0) => {
+                let g = granularity(&g).unwrap_or_else(|| panic!("granularity {g:?}"));
+                let dims = [
+                    ad_id,
+                    campaign_id,
+                    advertiser_id,
+                    publisher_id,
+                    country,
+                    device,
+                ];
+                let key = (g, window_start_ms, dims);
+                assert!(
+                    rows.insert(key.clone(), (clicks, duplicates)).is_none(),
+                    "a window reported final twice: {key:?}"
+                );
+            }
+            Line::Tallies(t) => tallies = Some(t),
+            _ => {}
+        }
+    }
+    (rows, tallies)
+}
+
+/// The tallies an exactly-once aggregator reports for the truth's traffic. Through the
+/// redirect (`--output http`), forged links are refused and malformed partner lines rejected
+/// (to `clicks-dlq`) before anything reaches the clicks topic; written straight to Kafka or
+/// files, malformed records reach the aggregator and are dead-lettered there.
+pub fn expected_tallies(truth: &TruthReport) -> Tallies {
+    let t = &truth.tallies;
+    let via_redirect = truth.config["loadgen"]["output"] == "http";
+    let (received, dead_lettered) = if via_redirect {
+        (t.emitted - t.forged - t.malformed, 0)
+    } else {
+        (t.emitted - t.forged, t.malformed)
+    };
+    Tallies {
+        received,
+        counted: t.counted as i64,
+        duplicates: t.duplicates as i64,
+        late: t.late,
+        dead_lettered,
+    }
+}
+
+/// What [`check`] compared.
+#[derive(Debug, Clone)]
+pub struct Compared {
+    /// Final windows per granularity, in the order of [`GRANULARITIES`].
+    pub windows: [usize; 3],
+    pub tallies: Tallies,
+}
+
+/// Compares the output at `out` with the truth; panics, naming `what`, on any difference.
+pub fn check(out: &Path, truth: &TruthReport, what: &str) -> Compared {
+    let (rows, tallies) = read_output(out);
+    compare_rows(&rows, truth, what);
+    assert_eq!(
+        tallies,
+        expected_tallies(truth),
+        "{what}: tallies (left: output, right: truth){}",
+        ambiguity(truth)
+    );
+    assert_eq!(
+        tallies.received as i64,
+        tallies.counted + tallies.duplicates + tallies.late as i64 + tallies.dead_lettered as i64,
+        "{what}: tallies add up"
+    );
+    let windows = GRANULARITIES.map(|(g, _)| rows.keys().filter(|k| k.0 == g).count());
+    Compared { windows, tallies }
+}
+
+fn ambiguity(truth: &TruthReport) -> String {
+    match truth.tallies.ambiguous {
+        0 => String::new(),
+        n => format!(
+            " ({n} HTTP clicks were answered in another minute than they were sent, so the \
+             truth may place them in the wrong minute)"
+        ),
+    }
+}
+
+/// Final window rows equal the truth's, exactly; panics, naming `what`, on any difference.
+pub fn compare_rows(rows: &Rows, truth: &TruthReport, what: &str) {
+    let want = expected(truth);
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| rows.get(*k) != Some(v))
+        .map(|(k, v)| (k, v, rows.get(k)))
+        .collect();
+    let extra: Vec<_> = rows
+        .iter()
+        .filter(|(k, _)| !want.contains_key(*k))
+        .collect();
+    let ambiguous = ambiguity(truth);
+    let by_granularity = GRANULARITIES.map(|(g, _)| {
+        let wrong = wrong.iter().filter(|(k, ..)| k.0 == g).count();
+        let extra = extra.iter().filter(|(k, _)| k.0 == g).count();
+        format!("{g}: {wrong} missing or wrong, {extra} extra")
+    });
+    assert!(
+        wrong.is_empty() && extra.is_empty(),
+        "{what}: differs from the truth{ambiguous} ({by_granularity:?}): {} windows missing or \
+         wrong (key, truth, output), e.g. {:?}; {} extra, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(3)],
+        extra.len(),
+        &extra[..extra.len().min(3)],
+    );
+}
