@@ -21,6 +21,9 @@ pub struct Health {
     pub partitions: Mutex<BTreeMap<i32, (i64, i64)>>,
     pub workers: usize,
     pub processes: usize,
+    /// The newest checkpoint committed by this process, and how many it committed.
+    pub checkpoint: Mutex<Option<super::checkpoint::Manifest>>,
+    pub checkpoints_committed: AtomicU64,
 }
 
 impl Health {

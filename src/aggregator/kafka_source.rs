@@ -26,6 +26,8 @@ pub struct KafkaReader {
     next_offset: Vec<i64>,
     health: Arc<Health>,
     offsets: Watermarks,
+    /// Per partition, records the main queue delivered ([`KafkaReader::serve_main_queue`]).
+    early: Vec<std::collections::VecDeque<rdkafka::message::OwnedMessage>>,
 }
 
 /// The latest (low, high) offsets the broker reported per partition, kept fresh by a thread
@@ -147,6 +149,7 @@ impl KafkaReader {
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("offsets of topic {topic}"))?;
         let stop_at = until_end.then(|| offsets.iter().map(|(_, high)| *high).collect());
+        let n = partitions.len();
         Ok(Self {
             // Retention may have moved the log's start past 0, or past a resumed offset.
             next_offset: partitions
@@ -161,11 +164,32 @@ impl KafkaReader {
             queues,
             stop_at,
             health,
+            early: vec![Default::default(); n],
         })
     }
 }
 
 impl KafkaReader {
+    /// Serves the main queue: errors and statistics, and records fetched before their
+    /// partition's queue was split off (librdkafka keeps delivering those here). Dropping
+    /// them lost records whenever a consumer started on a backlog; they are kept for their
+    /// partition's next poll.
+    fn serve_main_queue(&mut self) {
+        while let Some(event) = self.consumer.poll(Duration::ZERO) {
+            match event {
+                Ok(m) => match self.partitions.iter().position(|p| *p == m.partition()) {
+                    Some(i) => self.early[i].push_back(m.detach()),
+                    None => tracing::error!(
+                        "kafka {}/{}: a record of a partition not assigned here",
+                        self.topic,
+                        m.partition()
+                    ),
+                },
+                Err(e) => tracing::warn!("kafka {}: {e}", self.topic),
+            }
+        }
+    }
+
     /// The partitions this worker reads, in the order the source numbers them.
     pub fn partition_ids(&self) -> &[i32] {
         &self.partitions
@@ -187,13 +211,22 @@ impl PartitionReader for KafkaReader {
         if reached_end(self.next_offset[i], &self.stop_at) {
             return Polled::Finished;
         }
-        // Serves the main queue's events (errors, statistics); records go to partition queues.
-        let _ = self.consumer.poll(Duration::ZERO);
+        self.serve_main_queue();
         let mut n = 0;
         while n < max {
-            match self.queues[i].poll(Duration::ZERO) {
+            // Records the main queue got first are older than the partition queue's.
+            let next = match self.early[i].pop_front() {
+                Some(m) => Some(Ok(m)),
+                None => self.queues[i]
+                    .poll(Duration::ZERO)
+                    .map(|r| r.map(|m| m.detach())),
+            };
+            match next {
                 Some(Ok(m)) => {
                     let (p, offset) = (m.partition(), m.offset());
+                    if offset < self.next_offset[i] {
+                        continue; // already read (never expected; harmless to skip)
+                    }
                     let topic = &self.topic;
                     out.push(kafka_record(
                         m.key().unwrap_or_default(),

@@ -201,8 +201,16 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                         .then(|| aggregates.lock().unwrap().as_ref().map(|s| s.committer()))
                         .flatten();
                     checkpointer = checkpoints.map(|c| {
-                        Checkpointer::new(c, index, peers, partitions, &run, sinks)
-                            .unwrap_or_else(|e| panic!("worker {index}: {e:#}"))
+                        Checkpointer::new(
+                            c,
+                            index,
+                            peers,
+                            partitions,
+                            &run,
+                            sinks,
+                            health_in.clone(),
+                        )
+                        .unwrap_or_else(|e| panic!("worker {index}: {e:#}"))
                     });
                     let cuts = checkpointer.as_ref().map(|c| c.cuts.clone());
                     checkpointed_source(scope, "KafkaSource", reader, time, now_ms, cuts, snapshot)

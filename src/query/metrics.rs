@@ -3,6 +3,7 @@
 //! delay and each partition's lag.
 
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -23,6 +24,7 @@ pub struct QueryMetrics {
     tallies: Family<Labels, Gauge>,
     watermark_delay: Gauge<f64, std::sync::atomic::AtomicU64>,
     lag: Family<Labels, Gauge>,
+    checkpoint: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for QueryMetrics {
@@ -38,6 +40,7 @@ impl Default for QueryMetrics {
         let tallies = Family::<Labels, Gauge>::default();
         let watermark_delay = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let lag = Family::<Labels, Gauge>::default();
+        let checkpoint = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "query_duration_seconds",
             "Query answer time by endpoint and status",
@@ -65,8 +68,15 @@ impl Default for QueryMetrics {
             "High watermark minus next offset, per partition of this process",
             lag.clone(),
         );
+        registry.register(
+            "checkpoint",
+            "The newest checkpoint this process committed: frontier (s since the epoch), \
+             duration (s from request to manifest), bytes, and committed (count since start)",
+            checkpoint.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            checkpoint,
             queries,
             window_completion,
             tallies,
@@ -106,6 +116,19 @@ impl QueryMetrics {
             self.lag
                 .get_or_create(&vec![("partition", p.to_string())])
                 .set((high - next).max(0));
+        }
+        if let Some(m) = health.checkpoint.lock().unwrap().as_ref() {
+            let committed = health.checkpoints_committed.load(Ordering::Relaxed);
+            for (what, v) in [
+                ("frontier", m.frontier as f64 / 1000.0),
+                ("duration", m.duration_ms as f64 / 1000.0),
+                ("bytes", m.bytes as f64),
+                ("committed", committed as f64),
+            ] {
+                self.checkpoint
+                    .get_or_create(&vec![("value", what.to_string())])
+                    .set(v);
+            }
         }
         let mut out = String::new();
         encode(&mut out, &self.registry.lock().unwrap()).expect("writing to a String");

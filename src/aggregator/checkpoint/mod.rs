@@ -29,6 +29,7 @@ pub use store::{Manifest, Store};
 use part::Winners;
 
 use super::aggregates_sink::{AggregatesSink, Committer};
+use super::health::Health;
 use super::output::Writer;
 
 /// Where and how often.
@@ -73,6 +74,7 @@ pub struct Checkpointer {
     run: String,
     /// Worker 0: commits the sinks' records of each checkpoint once it is complete.
     sinks: Option<Committer>,
+    health: Arc<Health>,
     /// The source's cuts.
     pub cuts: Rc<RefCell<Cuts>>,
     /// Dedup winners saved at each asked frontier whose part is not yet written.
@@ -132,6 +134,7 @@ impl Checkpointer {
         partitions: Vec<i32>,
         run: &str,
         sinks: Option<Committer>,
+        health: Arc<Health>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             store: Arc::new(Store::new(&cfg.dir)?),
@@ -141,6 +144,7 @@ impl Checkpointer {
             partitions,
             run: run.into(),
             sinks,
+            health,
             cuts: Rc::default(),
             saved: Rc::default(),
             written: Rc::default(),
@@ -271,7 +275,7 @@ impl Checkpointer {
         let keep = self.cfg.keep;
         let settled = self.requests.as_ref().map(|r| r.settled.clone());
         let commit = self.worker == 0;
-        let (run_id, sinks) = (self.run.clone(), self.sinks.clone());
+        let (run_id, sinks, health) = (self.run.clone(), self.sinks.clone(), self.health.clone());
         let run = move || -> anyhow::Result<()> {
             store.write_part(f, &part)?;
             drop(part);
@@ -300,6 +304,8 @@ impl Checkpointer {
                 duration_ms = manifest.duration_ms,
                 "checkpoint committed"
             );
+            health.checkpoints_committed.fetch_add(1, Ordering::Relaxed);
+            *health.checkpoint.lock().unwrap() = Some(manifest);
             Ok(())
         };
         std::thread::Builder::new()
