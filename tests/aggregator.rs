@@ -8,13 +8,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use std::time::Duration;
-
-use adclick::aggregator::aggregates_sink::{AggregateRecord, CommittedReader};
 use adclick::aggregator::output::{Line, Tallies};
 use adclick::kafka::embedded::EmbeddedKafka;
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
-use common::truth::{check, compare_rows, final_rows, output_lines, read_output};
+use common::truth::{
+    check, compare_rows, expected_tallies, output_lines, read_aggregates, read_output,
+    read_parquet_windows, read_raw_archive,
+};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_adclick-loadgen");
 const AGGREGATOR: &str = env!("CARGO_BIN_EXE_adclick-aggregator");
@@ -154,21 +154,6 @@ fn files_on_every_cluster_shape_equal_the_truth() {
     every_shape(dir.path(), &input, &truth);
 }
 
-/// The committed final rows of the click-aggregates topic, read as a consumer that honours
-/// the commit markers would.
-fn read_aggregates(brokers: &str) -> common::truth::Rows {
-    let mut lines = Vec::new();
-    let topic = common::read_partitions(brokers, "click-aggregates", 1, Duration::from_secs(20));
-    for (_, records) in topic {
-        let mut reader = CommittedReader::default();
-        for (_, value) in records {
-            let record: AggregateRecord = serde_json::from_slice(&value).unwrap();
-            lines.extend(reader.push(record));
-        }
-    }
-    final_rows(lines.into_iter()).0
-}
-
 #[test]
 fn kafka_on_every_cluster_shape_equals_the_truth() {
     let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
@@ -230,6 +215,7 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
         dir.path().join("checkpoints"),
         dir.path().join("out.ndjson"),
     );
+    let parquet = dir.path().join("parquet");
     let truth_path = dir.path().join("truth.json");
     let generator = {
         let (brokers, truth_path) = (brokers.clone(), truth_path.clone());
@@ -257,6 +243,8 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
         &ckpt.display().to_string(),
         "--output",
         &out.display().to_string(),
+        "--parquet-dir",
+        &parquet.display().to_string(),
         "--query-listen",
         "127.0.0.1:0",
     ]
@@ -303,6 +291,7 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
         .args(["--config", &demo_config()])
         .args(&args)
         .env("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", LATENESS)
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());
@@ -312,5 +301,19 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
         &topic,
         &truth,
         &format!("click-aggregates after {kills} kills"),
+    );
+    let files = read_parquet_windows(&parquet);
+    compare_rows(
+        &files,
+        &truth,
+        &format!("Parquet windows after {kills} kills"),
+    );
+    // The raw archive holds every accepted click once: all but the dead letters.
+    let archived = read_raw_archive(&parquet);
+    let t = expected_tallies(&truth);
+    assert_eq!(
+        archived.len() as u64,
+        t.received - t.dead_lettered,
+        "raw archive after {kills} kills"
     );
 }

@@ -42,6 +42,8 @@ pub struct AggregatorConfig {
     pub checkpoint_interval_ms: u64,
     /// Complete checkpoints kept on disk.
     pub checkpoints_kept: usize,
+    /// Where the Parquet sinks write: final windows, and (with checkpoints) the raw archive.
+    pub parquet_dir: Option<PathBuf>,
 }
 
 impl Default for AggregatorConfig {
@@ -69,6 +71,7 @@ impl Default for AggregatorConfig {
             checkpoint_dir: None,
             checkpoint_interval_ms: 10_000,
             checkpoints_kept: 2,
+            parquet_dir: None,
         }
     }
 }

@@ -13,8 +13,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use super::decode::kafka_record;
 use super::health::Health;
+use super::parquet_sink::{Archived, RawBuffer};
 
 pub struct KafkaReader {
     consumer: Arc<BaseConsumer>,
@@ -28,6 +32,8 @@ pub struct KafkaReader {
     offsets: Watermarks,
     /// Per partition, records the main queue delivered ([`KafkaReader::serve_main_queue`]).
     early: Vec<std::collections::VecDeque<rdkafka::message::OwnedMessage>>,
+    /// Where accepted clicks go for the raw archive, if it is kept.
+    archive: Option<Rc<RefCell<RawBuffer>>>,
 }
 
 /// The latest (low, high) offsets the broker reported per partition, kept fresh by a thread
@@ -165,11 +171,17 @@ impl KafkaReader {
             stop_at,
             health,
             early: vec![Default::default(); n],
+            archive: None,
         })
     }
 }
 
 impl KafkaReader {
+    /// Keeps every accepted click, with its partition and offset, in `buffer` too.
+    pub fn archive_into(&mut self, buffer: Rc<RefCell<RawBuffer>>) {
+        self.archive = Some(buffer);
+    }
+
     /// Serves the main queue: errors and statistics, and records fetched before their
     /// partition's queue was split off (librdkafka keeps delivering those here). Dropping
     /// them lost records whenever a consumer started on a backlog; they are kept for their
@@ -228,11 +240,19 @@ impl PartitionReader for KafkaReader {
                         continue; // already read (never expected; harmless to skip)
                     }
                     let topic = &self.topic;
-                    out.push(kafka_record(
+                    let record = kafka_record(
                         m.key().unwrap_or_default(),
                         m.payload().unwrap_or_default(),
                         || format!("{topic}/{p}@{offset}"),
-                    ));
+                    );
+                    if let (Some(a), Record::Click(click)) = (&self.archive, &record) {
+                        a.borrow_mut().push(Archived {
+                            partition: p,
+                            offset,
+                            click: click.clone(),
+                        });
+                    }
+                    out.push(record);
                     self.next_offset[i] = offset + 1;
                     n += 1;
                     if reached_end(self.next_offset[i], &self.stop_at) {

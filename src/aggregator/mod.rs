@@ -11,6 +11,8 @@ pub mod health;
 pub mod kafka_sink;
 pub mod kafka_source;
 pub mod output;
+pub mod parquet;
+pub mod parquet_sink;
 pub mod report_sink;
 
 use std::cell::RefCell;
@@ -38,13 +40,14 @@ use crate::query::metrics::QueryMetrics;
 use crate::query::render::render;
 use crate::query::{self, Ask, Bridge, Server};
 use aggregates_sink::AggregatesSink;
-use checkpoint::Checkpointer;
+use checkpoint::{Checkpointer, Publish};
 pub use config::AggregatorConfig;
 use file_source::FileReader;
 use health::Health;
 use kafka_source::KafkaReader;
 use output::{Out, Writer};
-use report_sink::ReportSink;
+use parquet_sink::WindowFiles;
+use report_sink::{ReportSink, Sinks};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Exchange as _, Input as _, Inspect, Probe};
 
@@ -148,6 +151,15 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         _ => None,
     };
     let aggregates = Arc::new(Mutex::new(aggregates));
+    if let Some(dir) = &cfg.parquet_dir
+        && cfg.process == 0
+    {
+        parquet::recover(dir, restored.as_ref().map(|r| r.frontier))?;
+        if checkpoints.is_none() {
+            tracing::warn!("no checkpoint directory: the raw Parquet archive is not written");
+        }
+    }
+    let archive_dir = cfg.parquet_dir.clone();
     let results = timely::execute(timely_config, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let health = health.clone();
@@ -167,6 +179,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         let restored = restored.clone();
         let checkpoints = checkpoints.clone();
         let (run, aggregates) = (run.clone(), aggregates.clone());
+        let parquet_dir = cfg.parquet_dir.clone();
         let (mut traces, mut checkpointer) = worker.dataflow::<u64, _, _>(move |scope| {
             let mut checkpointer = None;
             let events = match input {
@@ -192,6 +205,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                         &offsets,
                     )
                     .unwrap_or_else(|e| panic!("worker {index}: {e:#}"));
+                    let mut reader = reader;
                     let partitions = reader.partition_ids().to_vec();
                     let snapshot = restored
                         .as_ref()
@@ -201,17 +215,18 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                         .then(|| aggregates.lock().unwrap().as_ref().map(|s| s.committer()))
                         .flatten();
                     checkpointer = checkpoints.map(|c| {
-                        Checkpointer::new(
-                            c,
-                            index,
-                            peers,
-                            partitions,
-                            &run,
+                        let publish = Publish {
+                            run: run.clone(),
                             sinks,
-                            health_in.clone(),
-                        )
-                        .unwrap_or_else(|e| panic!("worker {index}: {e:#}"))
+                            parquet: parquet_dir.clone(),
+                            health: health_in.clone(),
+                        };
+                        Checkpointer::new(c, index, peers, partitions, publish)
+                            .unwrap_or_else(|e| panic!("worker {index}: {e:#}"))
                     });
+                    if let Some(raw) = checkpointer.as_ref().and_then(|c| c.raw.clone()) {
+                        reader.archive_into(raw);
+                    }
                     let cuts = checkpointer.as_ref().map(|c| c.cuts.clone());
                     checkpointed_source(scope, "KafkaSource", reader, time, now_ms, cuts, snapshot)
                 }
@@ -265,8 +280,12 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                     .unwrap_or_else(|e| panic!("opening {output}: {e}"));
                 let hook = checkpointer.as_ref().map(|c| c.writer_hook());
                 let kafka = aggregates.lock().unwrap().take();
+                let windows = parquet_dir.as_ref().map(|d| {
+                    WindowFiles::new(d).unwrap_or_else(|e| panic!("{}: {e:#}", d.display()))
+                });
+                let sinks = Sinks { kafka, windows };
                 let mut sink =
-                    ReportSink::new(writer, kafka, hook, interval, &run, health_in.clone());
+                    ReportSink::new(writer, sinks, hook, interval, &run, health_in.clone());
                 lines.sink(
                     Exchange::new(|_: &Out| 0),
                     "WriteReports",
@@ -345,10 +364,19 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                 input.advance_to(stamps.next_time());
             }
         }
+        // The input is exhausted: every click read is in the results.
+        if let Some(c) = checkpointer.as_mut() {
+            c.archive_the_rest()
+                .unwrap_or_else(|e| panic!("worker {index}: archiving: {e:#}"));
+        }
     })
     .map_err(|e| anyhow::anyhow!("starting the timely cluster: {e}"))?;
     for r in results.join() {
         r.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
+    }
+    // This process's last archive files, written above.
+    if let Some(dir) = &archive_dir {
+        parquet::commit(dir, u64::MAX)?;
     }
     Ok(())
 }

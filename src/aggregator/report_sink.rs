@@ -11,11 +11,40 @@ use timely::progress::frontier::MutableAntichain;
 use super::aggregates_sink::AggregatesSink;
 use super::checkpoint::WriterHook;
 use super::health::Health;
-use super::output::{Out, Writer};
+use super::output::{Line, Out, Writer};
+use super::parquet_sink::WindowFiles;
+
+/// Where final windows go besides the NDJSON output.
+pub struct Sinks {
+    pub kafka: Option<AggregatesSink>,
+    pub windows: Option<WindowFiles>,
+}
+
+impl Sinks {
+    fn send(&mut self, line: &Line) {
+        if let Some(k) = self.kafka.as_mut() {
+            k.send(line);
+        }
+        if let Some(p) = self.windows.as_mut() {
+            p.push(line);
+        }
+    }
+
+    /// Ends the epoch at checkpoint frontier `f`.
+    fn seal(&mut self, f: u64) -> anyhow::Result<()> {
+        if let Some(k) = self.kafka.as_mut() {
+            k.seal(f);
+        }
+        if let Some(p) = self.windows.as_mut() {
+            p.seal(f)?;
+        }
+        Ok(())
+    }
+}
 
 pub struct ReportSink {
     writer: Option<Writer>,
-    kafka: Option<AggregatesSink>,
+    sinks: Sinks,
     /// With checkpoints: records the writer's state at their frontiers (and ends the topic's
     /// epochs there).
     hook: Option<WriterHook>,
@@ -30,7 +59,7 @@ pub struct ReportSink {
 impl ReportSink {
     pub fn new(
         writer: Writer,
-        kafka: Option<AggregatesSink>,
+        sinks: Sinks,
         hook: Option<WriterHook>,
         interval: Duration,
         run: &str,
@@ -39,7 +68,7 @@ impl ReportSink {
         let alone = hook.is_none().then(|| (Instant::now(), interval));
         Self {
             writer: Some(writer),
-            kafka,
+            sinks,
             hook,
             alone,
             run: run.into(),
@@ -53,44 +82,45 @@ impl ReportSink {
     }
 
     /// Writes the times the frontier has passed, in order: all their texts have arrived.
-    pub fn write_ready(&mut self, frontier: &MutableAntichain<u64>) -> std::io::Result<()> {
+    pub fn write_ready(&mut self, frontier: &MutableAntichain<u64>) -> anyhow::Result<()> {
         let Some(w) = self.writer.as_mut() else {
             return Ok(());
         };
+        let sinks = &mut self.sinks;
         while let Some(entry) = self.pending.first_entry() {
             if frontier.less_equal(entry.key()) {
                 break;
             }
             let (t, items) = entry.remove_entry();
             if let Some(h) = &self.hook {
-                h.record(|f| f <= t, w, self.kafka.as_mut())?;
+                h.record(|f| f <= t, w, &mut |f| sinks.seal(f))?;
             }
-            let kafka = &mut self.kafka;
-            w.write_time(items, &mut |line| {
-                if let Some(k) = kafka.as_mut() {
-                    k.send(line);
-                }
-            })?;
+            w.write_time(items, &mut |line| sinks.send(line))?;
             *self.health.tallies.lock().unwrap() = w.tallies;
         }
         if let Some(h) = &self.hook {
-            h.record(|f| !frontier.less_than(&f), w, self.kafka.as_mut())?;
+            h.record(|f| !frontier.less_than(&f), w, &mut |f| sinks.seal(f))?;
         }
         let done = frontier.is_empty();
-        if let (Some(k), Some((last, interval))) = (self.kafka.as_mut(), self.alone.as_mut())
-            && last.elapsed() >= *interval
-            && let Some(&f) = frontier.frontier().first()
-        {
-            k.seal(f);
-            commit(k, &self.run, f);
-            *last = Instant::now();
+        // Without checkpoints the sinks commit their own epochs; the end of the input closes
+        // the last one in any case.
+        let own_epoch = match self.alone.as_mut() {
+            Some((last, interval)) if last.elapsed() >= *interval => {
+                *last = std::time::Instant::now();
+                frontier.frontier().first().copied()
+            }
+            _ => None,
+        };
+        if let Some(f) = own_epoch.or(done.then_some(u64::MAX)) {
+            sinks.seal(f)?;
+            if let Some(k) = sinks.kafka.as_ref() {
+                commit(k, &self.run, f);
+            }
+            if let Some(p) = &sinks.windows {
+                super::parquet::commit(p.root(), f)?;
+            }
         }
         if done {
-            // The end of the input closes the last epoch.
-            if let Some(k) = self.kafka.as_mut() {
-                k.seal(u64::MAX);
-                commit(k, &self.run, u64::MAX);
-            }
             w.finish()?;
             self.writer = None;
         } else {

@@ -45,6 +45,10 @@ struct Cli {
     /// aggregator.checkpoint_dir).
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
+    /// Write final windows and the raw archive as Parquet here (overrides
+    /// aggregator.parquet_dir).
+    #[arg(long)]
+    parquet_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +76,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(d) = &cli.checkpoint_dir {
         flags.push(("aggregator.checkpoint_dir", d.display().to_string().into()));
+    }
+    if let Some(d) = &cli.parquet_dir {
+        flags.push(("aggregator.parquet_dir", d.display().to_string().into()));
     }
     let mut config = cli.common.load(flags)?;
     let _embedded = cli.common.maybe_embedded_kafka(&mut config)?;

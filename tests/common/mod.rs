@@ -131,12 +131,7 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// Every record in `topic`, read from the beginning of each partition, once at least
 /// `expected` have arrived and nothing new came for a second (or `timeout` passed).
-pub fn read_topic(
-    brokers: &str,
-    topic: &str,
-    expected: usize,
-    timeout: Duration,
-) -> Vec<KeyValue> {
+pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<KeyValue> {
     read_partitions(brokers, topic, expected, timeout)
         .into_values()
         .flatten()

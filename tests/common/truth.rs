@@ -5,8 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
+use adclick::aggregator::aggregates_sink::{AggregateRecord, CommittedReader};
 use adclick::aggregator::output::{Line, Tallies};
+use adclick::aggregator::parquet::{Value, read_table};
 use adclick::loadgen::truth::TruthReport;
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 
@@ -60,7 +63,11 @@ pub fn output_lines(path: &Path) -> impl Iterator<Item = Line> {
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let lines: Vec<Line> = text
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{} line {}: {e}: {:.80?}", path.display(), i + 1, l))
+        })
         .collect();
     lines.into_iter()
 }
@@ -193,4 +200,83 @@ pub fn compare_rows(rows: &Rows, truth: &TruthReport, what: &str) {
         extra.len(),
         &extra[..extra.len().min(3)],
     );
+}
+
+/// The committed final rows of the click-aggregates topic, read as a consumer that honours
+/// the commit markers would.
+pub fn read_aggregates(brokers: &str) -> Rows {
+    let mut lines = Vec::new();
+    let topic = super::read_partitions(brokers, "click-aggregates", 1, Duration::from_secs(20));
+    for (_, records) in topic {
+        let mut reader = CommittedReader::default();
+        for (_, value) in records {
+            let record: AggregateRecord = serde_json::from_slice(&value).unwrap();
+            lines.extend(reader.push(record));
+        }
+    }
+    final_rows(lines.into_iter()).0
+}
+
+/// Published Parquet files (`*.parquet`) under `dir`, at any depth.
+fn parquet_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            parquet_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            out.push(path);
+        }
+    }
+}
+
+fn parquet_rows(dir: &Path) -> Vec<BTreeMap<String, Value>> {
+    let mut files = Vec::new();
+    parquet_files(dir, &mut files);
+    files
+        .iter()
+        .flat_map(|f| read_table(f).unwrap())
+        .map(|row| row.into_iter().collect())
+        .collect()
+}
+
+/// The final window rows of the Parquet sink's published files (`DIR/windows`).
+pub fn read_parquet_windows(root: &Path) -> Rows {
+    let text = |r: &BTreeMap<String, Value>, k: &str| match &r[k] {
+        Value::Text(s) => s.clone(),
+        v => panic!("{k}: {v:?}"),
+    };
+    let long = |r: &BTreeMap<String, Value>, k: &str| match &r[k] {
+        Value::Long(n) => *n,
+        v => panic!("{k}: {v:?}"),
+    };
+    let lines = parquet_rows(&root.join("windows"))
+        .into_iter()
+        .map(|r| Line::Window {
+            granularity: text(&r, "granularity"),
+            window_start: String::new(),
+            window_start_ms: long(&r, "window_start") as u64,
+            ad_id: text(&r, "ad_id"),
+            campaign_id: text(&r, "campaign_id"),
+            advertiser_id: text(&r, "advertiser_id"),
+            publisher_id: text(&r, "publisher_id"),
+            country: text(&r, "country"),
+            device: text(&r, "device"),
+            clicks: long(&r, "clicks"),
+            duplicates: long(&r, "duplicates"),
+            status: "final".into(),
+        });
+    final_rows(lines).0
+}
+
+/// The (partition, offset) of every published row of the raw archive (`DIR/raw`); panics if
+/// a record is archived twice.
+pub fn read_raw_archive(root: &Path) -> std::collections::BTreeSet<(i64, i64)> {
+    let mut seen = std::collections::BTreeSet::new();
+    for r in parquet_rows(&root.join("raw")) {
+        let (Value::Long(p), Value::Long(o)) = (&r["partition"], &r["offset"]) else {
+            panic!("partition and offset are integers");
+        };
+        assert!(seen.insert((*p, *o)), "record {p}@{o} archived twice");
+    }
+    seen
 }

@@ -28,9 +28,10 @@ pub use store::{Manifest, Store};
 
 use part::Winners;
 
-use super::aggregates_sink::{AggregatesSink, Committer};
+use super::aggregates_sink::Committer;
 use super::health::Health;
 use super::output::Writer;
+use super::parquet_sink::{Archived, RawBuffer, archive};
 
 /// Where and how often.
 #[derive(Clone, Debug)]
@@ -70,11 +71,9 @@ pub struct Checkpointer {
     worker: usize,
     peers: usize,
     partitions: Vec<i32>,
-    /// This run's id, for the manifests.
-    run: String,
-    /// Worker 0: commits the sinks' records of each checkpoint once it is complete.
-    sinks: Option<Committer>,
-    health: Arc<Health>,
+    publish: Arc<Publish>,
+    /// With a Parquet directory: the clicks this worker read, until archived.
+    pub raw: Option<Rc<RefCell<RawBuffer>>>,
     /// The source's cuts.
     pub cuts: Rc<RefCell<Cuts>>,
     /// Dedup winners saved at each asked frontier whose part is not yet written.
@@ -96,26 +95,37 @@ pub struct WriterHook {
 impl WriterHook {
     /// Records the writer's state for every asked frontier `F` with `reached(F)`: called with
     /// `F ≤ t` before the lines of time `t` are written, and with "the input frontier is at
-    /// or past `F`" once the writable times are written. The Kafka sink's epoch ends there.
+    /// or past `F`" once the writable times are written. The sinks' epochs end there
+    /// (`seal`), before the state is recorded.
     pub fn record(
         &self,
         reached: impl Fn(u64) -> bool,
         writer: &mut Writer,
-        mut sink: Option<&mut AggregatesSink>,
-    ) -> std::io::Result<()> {
+        seal: &mut dyn FnMut(u64) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let mut asked = self.asked.borrow_mut();
         while let Some(&f) = asked.first() {
             if !reached(f) {
                 break;
             }
             asked.pop_first();
-            if let Some(s) = sink.as_deref_mut() {
-                s.seal(f);
-            }
+            seal(f)?;
             self.written.borrow_mut().insert(f, writer.sync()?);
         }
         Ok(())
     }
+}
+
+/// What a committed checkpoint makes visible, and where it is reported.
+pub struct Publish {
+    /// This run's id, for the manifests.
+    pub run: String,
+    /// Worker 0: commits the click-aggregates records of each checkpoint.
+    pub sinks: Option<Committer>,
+    /// The Parquet sinks' directory: each worker archives its clicks there, worker 0
+    /// publishes each checkpoint's files.
+    pub parquet: Option<PathBuf>,
+    pub health: Arc<Health>,
 }
 
 /// Worker 0's request input, and the last checkpoint settled (committed or failed).
@@ -132,9 +142,7 @@ impl Checkpointer {
         worker: usize,
         peers: usize,
         partitions: Vec<i32>,
-        run: &str,
-        sinks: Option<Committer>,
-        health: Arc<Health>,
+        publish: Publish,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             store: Arc::new(Store::new(&cfg.dir)?),
@@ -142,9 +150,8 @@ impl Checkpointer {
             worker,
             peers,
             partitions,
-            run: run.into(),
-            sinks,
-            health,
+            raw: publish.parquet.as_ref().map(|_| Rc::default()),
+            publish: Arc::new(publish),
             cuts: Rc::default(),
             saved: Rc::default(),
             written: Rc::default(),
@@ -232,6 +239,16 @@ impl Checkpointer {
                 ..SourceSnapshot::default()
             });
             cuts.release_before(f);
+            // The clicks the checkpoint's state has read, for the raw archive.
+            let raw = self.raw.as_ref().map(|r| {
+                let positions = self
+                    .partitions
+                    .iter()
+                    .copied()
+                    .zip(source.positions.iter().copied())
+                    .collect();
+                r.borrow_mut().take_before(&positions)
+            });
             let part = WorkerPart {
                 worker: self.worker,
                 peers: self.peers,
@@ -241,8 +258,18 @@ impl Checkpointer {
                 rows,
                 writer,
             };
-            self.write(f, part, asked_at);
+            self.write(f, part, raw.unwrap_or_default(), asked_at);
         }
+    }
+
+    /// Archives every click still buffered, in the epoch that ends the job (`u64::MAX`):
+    /// once the input is exhausted, all of them are in the results.
+    pub fn archive_the_rest(&mut self) -> anyhow::Result<()> {
+        let (Some(dir), Some(raw)) = (&self.publish.parquet, &self.raw) else {
+            return Ok(());
+        };
+        let rest = std::mem::take(&mut *raw.borrow_mut()).into_records();
+        archive(dir, u64::MAX, self.worker, rest)
     }
 
     fn ask(&mut self, sources: Option<u64>) {
@@ -269,14 +296,18 @@ impl Checkpointer {
 
     /// Writes the part on a thread of its own; worker 0's thread then waits for every other
     /// part and commits the checkpoint.
-    fn write(&self, f: u64, part: WorkerPart, asked_at: Instant) {
+    fn write(&self, f: u64, part: WorkerPart, raw: Vec<Archived>, asked_at: Instant) {
         let store = self.store.clone();
         let peers = self.peers;
         let keep = self.cfg.keep;
         let settled = self.requests.as_ref().map(|r| r.settled.clone());
         let commit = self.worker == 0;
-        let (run_id, sinks, health) = (self.run.clone(), self.sinks.clone(), self.health.clone());
+        let (publish, worker) = (self.publish.clone(), self.worker);
         let run = move || -> anyhow::Result<()> {
+            // The archive's files first: a part on disk implies its worker's are too.
+            if let Some(dir) = &publish.parquet {
+                archive(dir, f, worker, raw)?;
+            }
             store.write_part(f, &part)?;
             drop(part);
             if !commit {
@@ -292,11 +323,14 @@ impl Checkpointer {
                 workers: peers,
                 bytes: store.parts_size(f, peers),
                 duration_ms: asked_at.elapsed().as_millis() as u64,
-                run: run_id.clone(),
+                run: publish.run.clone(),
             };
             store.commit(&manifest, keep)?;
-            if let Some(sinks) = &sinks {
-                sinks.commit(&run_id, f)?;
+            if let Some(sinks) = &publish.sinks {
+                sinks.commit(&publish.run, f)?;
+            }
+            if let Some(dir) = &publish.parquet {
+                super::parquet::commit(dir, f)?;
             }
             tracing::info!(
                 frontier = f,
@@ -304,6 +338,7 @@ impl Checkpointer {
                 duration_ms = manifest.duration_ms,
                 "checkpoint committed"
             );
+            let health = &publish.health;
             health.checkpoints_committed.fetch_add(1, Ordering::Relaxed);
             *health.checkpoint.lock().unwrap() = Some(manifest);
             Ok(())
