@@ -215,7 +215,7 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
         dir.path().join("checkpoints"),
         dir.path().join("out.ndjson"),
     );
-    let parquet = dir.path().join("parquet");
+    let parquet_dir = dir.path().join("parquet");
     let truth_path = dir.path().join("truth.json");
     let generator = {
         let (brokers, truth_path) = (brokers.clone(), truth_path.clone());
@@ -244,7 +244,7 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
         "--output",
         &out.display().to_string(),
         "--parquet-dir",
-        &parquet.display().to_string(),
+        &parquet_dir.display().to_string(),
         "--query-listen",
         "127.0.0.1:0",
     ]
@@ -302,18 +302,63 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
         &truth,
         &format!("click-aggregates after {kills} kills"),
     );
-    let files = read_parquet_windows(&parquet);
+    let files = read_parquet_windows(&parquet_dir);
     compare_rows(
         &files,
         &truth,
         &format!("Parquet windows after {kills} kills"),
     );
     // The raw archive holds every accepted click once: all but the dead letters.
-    let archived = read_raw_archive(&parquet);
+    let archived = read_raw_archive(&parquet_dir);
     let t = expected_tallies(&truth);
     assert_eq!(
         archived.len() as u64,
         t.received - t.dead_lettered,
         "raw archive after {kills} kills"
+    );
+    // Reconciliation recomputes every day of the traffic from the archive and finds the
+    // sinks equal; with one final window dropped from an output, it finds the difference.
+    let first = truth.windows.iter().map(|w| w.minute_ms).min().unwrap();
+    let last = truth.windows.iter().map(|w| w.minute_ms).max().unwrap();
+    let day = 86_400_000;
+    let (from, to) = (first / day * day, (last / day + 1) * day);
+    let reconcile = |against: &Path, parquet: bool| {
+        let mut cmd = Command::new(AGGREGATOR);
+        cmd.args(["--config", &demo_config(), "reconcile", "--archive"])
+            .arg(&parquet_dir)
+            .args(["--from", &from.to_string(), "--to", &to.to_string()])
+            .arg("--against")
+            .arg(against)
+            .env("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", LATENESS);
+        if !parquet {
+            cmd.arg("--no-parquet");
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, report) = reconcile(&out, true);
+    assert_eq!(code, Some(0), "reconcile: {report}");
+    assert_eq!(report.matches(": OK").count(), 2, "{report}");
+    let tampered = dir.path().join("tampered.ndjson");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let drop = text
+        .lines()
+        .position(|l| l.contains(r#""status":"final""#))
+        .unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != drop)
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(&tampered, kept.join("\n") + "\n").unwrap();
+    let (code, report) = reconcile(&tampered, false);
+    assert_eq!(code, Some(1), "reconcile of a tampered output: {report}");
+    assert!(
+        report.contains("1 windows missing from the sink"),
+        "{report}"
     );
 }

@@ -1,14 +1,16 @@
 //! The dictionary from dimension fingerprints back to their texts.
 //!
-//! Rows carry [`Sym`]s; people read texts. Each source announces a text the first time it
-//! counts a click carrying it, at that click's timely time, so once a consumer's frontier has
-//! passed a row's time, every text the row needs has been announced. Announcements are
+//! Rows carry [`Sym`]s; people read texts. Each source announces a text at the timely time of
+//! the first click it counts carrying it, and again whenever a click carrying it travels at an
+//! earlier time than any announcement so far (a source reads its partitions in turns, so a
+//! later read can be an earlier time). So once a consumer's frontier has passed a row's time,
+//! every text the row needs has been announced. Announcements are
 //! broadcast: every worker keeps the whole dictionary (one entry per distinct ad, campaign,
 //! advertiser, publisher, country and device, not per click).
 
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashMapExt, HashSet};
+use foldhash::{HashMap, HashMapExt};
 
 use crate::click::{Dims, Labels, Sym};
 
@@ -18,15 +20,17 @@ pub type Text = Arc<str>;
 /// One announcement.
 pub type Name = (Sym, Text);
 
-/// Remembers what a source announced, so each text goes out once per source.
+/// Remembers what a source announced and the earliest time it did, so a text goes out again
+/// only for a click at an earlier time.
 #[derive(Default)]
 pub struct Announcer {
-    seen: HashSet<Sym>,
+    earliest: HashMap<Sym, u64>,
 }
 
 impl Announcer {
-    /// Appends the texts of `labels` not announced before (`dims` are their fingerprints).
-    pub fn announce(&mut self, labels: &Labels, dims: &Dims, out: &mut Vec<Name>) {
+    /// Appends the texts of `labels` (fingerprints `dims`) a click at time `at` needs
+    /// announced: those never announced, or announced only at later times.
+    pub fn announce(&mut self, labels: &Labels, dims: &Dims, at: u64, out: &mut Vec<Name>) {
         let syms = [
             dims.ad_id,
             dims.campaign_id,
@@ -36,7 +40,9 @@ impl Announcer {
             dims.device,
         ];
         for (sym, text) in syms.into_iter().zip(labels.texts()) {
-            if self.seen.insert(sym) {
+            let earliest = self.earliest.entry(sym).or_insert(u64::MAX);
+            if at < *earliest {
+                *earliest = at;
                 out.push((sym, Text::from(text)));
             }
         }
@@ -119,7 +125,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn announces_each_text_once_and_resolves_it() {
+    fn announces_each_text_once_unless_a_click_comes_earlier_and_resolves_it() {
         let labels = Labels {
             ad_id: "ad_1".into(),
             campaign_id: "cmp_1".into(),
@@ -130,9 +136,13 @@ mod tests {
         };
         let dims = labels.dims();
         let (mut a, mut out) = (Announcer::default(), Vec::new());
-        a.announce(&labels, &dims, &mut out);
-        a.announce(&labels, &dims, &mut out);
-        assert_eq!(out.len(), 6);
+        a.announce(&labels, &dims, 200, &mut out);
+        a.announce(&labels, &dims, 300, &mut out);
+        assert_eq!(out.len(), 6, "a later click needs no announcement");
+        // A click read later but at an earlier time (another partition, behind): the texts
+        // go out again at its time, so its rows never wait on a later announcement.
+        a.announce(&labels, &dims, 100, &mut out);
+        assert_eq!(out.len(), 12);
         let mut d = Dictionary::new();
         out.into_iter().for_each(|n| d.insert(n));
         assert_eq!(d.labels(&dims), labels);

@@ -243,7 +243,7 @@ pub fn checkpointed_source<'s, R: PartitionReader>(
                             Record::Click(raw) => match clock.observe(p, raw.event_time, now) {
                                 Verdict::Emit { at } => {
                                     let click = Click::of(&raw);
-                                    announcer.announce(&raw.labels, &click.dims, &mut names);
+                                    announcer.announce(&raw.labels, &click.dims, at, &mut names);
                                     for name in names.drain(..) {
                                         by_time.push(at, SourceEvent::Name(name));
                                     }

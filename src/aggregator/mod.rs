@@ -3,6 +3,7 @@
 //! module wires sources and sinks around it and runs it on the configured cluster shape.
 
 pub mod aggregates_sink;
+pub mod archive_source;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
@@ -13,10 +14,11 @@ pub mod kafka_source;
 pub mod output;
 pub mod parquet;
 pub mod parquet_sink;
+pub mod reconcile;
 pub mod report_sink;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -40,6 +42,7 @@ use crate::query::metrics::QueryMetrics;
 use crate::query::render::render;
 use crate::query::{self, Ask, Bridge, Server};
 use aggregates_sink::AggregatesSink;
+use archive_source::ArchiveReader;
 use checkpoint::{Checkpointer, Publish};
 pub use config::AggregatorConfig;
 use file_source::FileReader;
@@ -61,6 +64,9 @@ pub enum Input {
         kafka: crate::config::KafkaConfig,
         until_end: bool,
     },
+    /// The raw Parquet archive's clicks, by partition; a batch job (replay, reconciliation)
+    /// that writes only its own output.
+    Archive(Arc<BTreeMap<i32, Vec<parquet_sink::Archived>>>),
 }
 
 impl Input {
@@ -68,6 +74,7 @@ impl Input {
         matches!(
             self,
             Input::Files(_)
+                | Input::Archive(_)
                 | Input::Kafka {
                     until_end: true,
                     ..
@@ -126,7 +133,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
     // With --until-end, a job goes on from the last checkpoint to the topic's end.
     let checkpoints = match &input {
         Input::Kafka { .. } => cfg.checkpoints(),
-        Input::Files(_) => None,
+        Input::Files(_) | Input::Archive(_) => None,
     };
     let restored = match &checkpoints {
         Some(c) => checkpoint::restore(c, cfg.process == 0)?.map(Arc::new),
@@ -187,6 +194,13 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                     scope,
                     "FileSource",
                     FileReader::new(files, index, peers, enricher),
+                    time,
+                    now_ms,
+                ),
+                Input::Archive(ref archive) => clock_source(
+                    scope,
+                    "ArchiveSource",
+                    ArchiveReader::new(archive, index, peers),
                     time,
                     now_ms,
                 ),

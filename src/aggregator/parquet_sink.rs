@@ -18,7 +18,7 @@ use adclick_dataflows::click::RawClick;
 use adclick_dataflows::time::HOUR_MS;
 
 use super::output::Line;
-use super::parquet::{Column, pending_path, write_table};
+use super::parquet::{Column, Value, pending_path, read_table, write_table};
 use crate::timefmt::format_millis;
 
 /// Final windows of the current epoch, written when it ends.
@@ -204,4 +204,127 @@ pub fn archive(root: &Path, f: u64, worker: usize, records: Vec<Archived>) -> an
 pub fn hour_partition(hour_ms: u64) -> String {
     let t = format_millis(hour_ms as i64);
     format!("hour={}", &t[..13])
+}
+
+/// Published Parquet files (`*.parquet`) under `dir`, at any depth, in name order.
+fn published(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Rows of the published files under `dir`, each as column → value.
+fn rows(dir: &Path) -> anyhow::Result<Vec<BTreeMap<String, Value>>> {
+    let mut all = Vec::new();
+    for file in published(dir)? {
+        all.extend(
+            read_table(&file)?
+                .into_iter()
+                .map(|r| r.into_iter().collect()),
+        );
+    }
+    Ok(all)
+}
+
+fn text(row: &BTreeMap<String, Value>, column: &str) -> anyhow::Result<String> {
+    match row.get(column) {
+        Some(Value::Text(s)) => Ok(s.clone()),
+        other => anyhow::bail!("column {column}: {other:?}, not text"),
+    }
+}
+
+fn long(row: &BTreeMap<String, Value>, column: &str) -> anyhow::Result<i64> {
+    match row.get(column) {
+        Some(Value::Long(n)) => Ok(*n),
+        other => anyhow::bail!("column {column}: {other:?}, not an integer"),
+    }
+}
+
+/// The final windows the window sink published under `root`, as report lines.
+pub fn read_windows(root: &Path) -> anyhow::Result<Vec<Line>> {
+    rows(&root.join("windows"))?
+        .iter()
+        .map(|r| {
+            let start = long(r, "window_start")?;
+            Ok(Line::Window {
+                granularity: text(r, "granularity")?,
+                window_start: format_millis(start),
+                window_start_ms: start as u64,
+                ad_id: text(r, "ad_id")?,
+                campaign_id: text(r, "campaign_id")?,
+                advertiser_id: text(r, "advertiser_id")?,
+                publisher_id: text(r, "publisher_id")?,
+                country: text(r, "country")?,
+                device: text(r, "device")?,
+                clicks: long(r, "clicks")?,
+                duplicates: long(r, "duplicates")?,
+                status: "final".into(),
+            })
+        })
+        .collect()
+}
+
+/// The archived clicks under `root` whose hour of event time is in `hours` (ms, hour
+/// aligned; all of them if `None`), by partition in offset order: each partition's records
+/// as it was read.
+pub fn read_archive(
+    root: &Path,
+    hours: Option<std::ops::Range<u64>>,
+) -> anyhow::Result<BTreeMap<i32, Vec<Archived>>> {
+    let raw = root.join("raw");
+    let dirs = match hours {
+        Some(hours) => (hours.start / HOUR_MS..hours.end.div_ceil(HOUR_MS))
+            .map(|h| raw.join(hour_partition(h * HOUR_MS)))
+            .collect(),
+        None => vec![raw],
+    };
+    let mut by_partition: BTreeMap<i32, Vec<Archived>> = BTreeMap::new();
+    for dir in dirs {
+        for r in rows(&dir)? {
+            let record = archived(&r)?;
+            by_partition
+                .entry(record.partition)
+                .or_default()
+                .push(record);
+        }
+    }
+    for records in by_partition.values_mut() {
+        records.sort_by_key(|r| r.offset);
+    }
+    Ok(by_partition)
+}
+
+fn archived(r: &BTreeMap<String, Value>) -> anyhow::Result<Archived> {
+    Ok(Archived {
+        partition: long(r, "partition")? as i32,
+        offset: long(r, "offset")?,
+        click: RawClick {
+            impression_id: text(r, "impression_id")?,
+            click_id: text(r, "click_id")?,
+            event_time: long(r, "event_time")? as u64,
+            labels: adclick_dataflows::click::Labels {
+                ad_id: text(r, "ad_id")?,
+                campaign_id: text(r, "campaign_id")?,
+                advertiser_id: text(r, "advertiser_id")?,
+                publisher_id: text(r, "publisher_id")?,
+                country: text(r, "country")?,
+                device: text(r, "device")?,
+            },
+        },
+    })
 }

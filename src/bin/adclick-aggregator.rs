@@ -1,11 +1,12 @@
 //! The aggregation cluster. One process of it: `--workers W` threads, and with
-//! `--processes N --process I [--hostfile F]` one of N processes.
+//! `--processes N --process I [--hostfile F]` one of N processes. `replay` and `reconcile`
+//! recompute a time range from the raw Parquet archive with the same dataflow.
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
-use adclick::aggregator::{self, AggregatorConfig, Input};
+use adclick::aggregator::{self, AggregatorConfig, Input, reconcile};
 use adclick::cli::{CommonArgs, init_logging};
 use adclick::event::enrich::Enricher;
 
@@ -49,6 +50,45 @@ struct Cli {
     /// aggregator.parquet_dir).
     #[arg(long)]
     parquet_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Recompute the final windows of [--from, --to) from the raw archive into --output, a
+    /// batch job beside the live one (its checkpoints and sinks are not touched).
+    Replay(Range),
+    /// Recompute [--from, --to) from the raw archive and compare every final window with the
+    /// Parquet window sink (and each --against NDJSON output); print a report, exit 1 on any
+    /// mismatch.
+    Reconcile {
+        #[command(flatten)]
+        range: Range,
+        /// NDJSON outputs of the live job to compare too.
+        #[arg(long)]
+        against: Vec<PathBuf>,
+        /// Do not compare the Parquet window sink under --archive.
+        #[arg(long)]
+        no_parquet: bool,
+    },
+}
+
+#[derive(Args)]
+struct Range {
+    /// The Parquet directory the live job writes (its `raw/` is the archive).
+    #[arg(long)]
+    archive: PathBuf,
+    /// Start of the range: RFC 3339 time or epoch ms; windows wholly inside are compared.
+    #[arg(long, value_parser = parse_time)]
+    from: u64,
+    /// End of the range (exclusive).
+    #[arg(long, value_parser = parse_time)]
+    to: u64,
+}
+
+fn parse_time(text: &str) -> Result<u64, String> {
+    adclick::timefmt::parse_millis(text).map(|ms| ms.max(0) as u64)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +121,41 @@ fn main() -> anyhow::Result<()> {
         flags.push(("aggregator.parquet_dir", d.display().to_string().into()));
     }
     let mut config = cli.common.load(flags)?;
+    let enricher = Enricher::new(config.privacy.salt.as_bytes());
+    if let Some(command) = cli.command {
+        let mut agg: AggregatorConfig = config.aggregator.clone().try_into()?;
+        // A batch job of its own: no checkpoints, no Parquet sinks, no query server.
+        (agg.checkpoint_dir, agg.parquet_dir) = (None, None);
+        return match command {
+            Command::Replay(r) => {
+                let input = reconcile::replay_input(&agg, &r.archive, r.from, r.to)?;
+                aggregator::run(agg, input, enricher)
+            }
+            Command::Reconcile {
+                range: r,
+                against,
+                no_parquet,
+            } => {
+                let input = reconcile::replay_input(&agg, &r.archive, r.from, r.to)?;
+                let out = std::env::temp_dir()
+                    .join(format!("adclick-reconcile-{}.ndjson", std::process::id()));
+                agg.output = out.display().to_string();
+                aggregator::run(agg, input, enricher)?;
+                let parquet = (!no_parquet).then_some(r.archive.as_path());
+                let reports = reconcile::check_sinks(&out, parquet, &against, r.from, r.to);
+                let _ = std::fs::remove_file(&out);
+                let reports = reports?;
+                for report in &reports {
+                    print!("{report}");
+                }
+                if reports.iter().all(|r| r.ok()) {
+                    Ok(())
+                } else {
+                    std::process::exit(1)
+                }
+            }
+        };
+    }
     let _embedded = cli.common.maybe_embedded_kafka(&mut config)?;
     let agg: AggregatorConfig = config.aggregator.clone().try_into()?;
     let input = if cli.inputs.is_empty() {
@@ -91,6 +166,5 @@ fn main() -> anyhow::Result<()> {
     } else {
         Input::Files(cli.inputs)
     };
-    let enricher = Enricher::new(config.privacy.salt.as_bytes());
     aggregator::run(agg, input, enricher)
 }

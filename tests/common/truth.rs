@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use adclick::aggregator::aggregates_sink::{AggregateRecord, CommittedReader};
 use adclick::aggregator::output::{Line, Tallies};
-use adclick::aggregator::parquet::{Value, read_table};
+use adclick::aggregator::parquet_sink::{read_archive, read_windows};
 use adclick::loadgen::truth::TruthReport;
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 
@@ -217,66 +217,22 @@ pub fn read_aggregates(brokers: &str) -> Rows {
     final_rows(lines.into_iter()).0
 }
 
-/// Published Parquet files (`*.parquet`) under `dir`, at any depth.
-fn parquet_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).into_iter().flatten() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            parquet_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "parquet") {
-            out.push(path);
-        }
-    }
-}
-
-fn parquet_rows(dir: &Path) -> Vec<BTreeMap<String, Value>> {
-    let mut files = Vec::new();
-    parquet_files(dir, &mut files);
-    files
-        .iter()
-        .flat_map(|f| read_table(f).unwrap())
-        .map(|row| row.into_iter().collect())
-        .collect()
-}
-
 /// The final window rows of the Parquet sink's published files (`DIR/windows`).
 pub fn read_parquet_windows(root: &Path) -> Rows {
-    let text = |r: &BTreeMap<String, Value>, k: &str| match &r[k] {
-        Value::Text(s) => s.clone(),
-        v => panic!("{k}: {v:?}"),
-    };
-    let long = |r: &BTreeMap<String, Value>, k: &str| match &r[k] {
-        Value::Long(n) => *n,
-        v => panic!("{k}: {v:?}"),
-    };
-    let lines = parquet_rows(&root.join("windows"))
-        .into_iter()
-        .map(|r| Line::Window {
-            granularity: text(&r, "granularity"),
-            window_start: String::new(),
-            window_start_ms: long(&r, "window_start") as u64,
-            ad_id: text(&r, "ad_id"),
-            campaign_id: text(&r, "campaign_id"),
-            advertiser_id: text(&r, "advertiser_id"),
-            publisher_id: text(&r, "publisher_id"),
-            country: text(&r, "country"),
-            device: text(&r, "device"),
-            clicks: long(&r, "clicks"),
-            duplicates: long(&r, "duplicates"),
-            status: "final".into(),
-        });
-    final_rows(lines).0
+    final_rows(read_windows(root).unwrap().into_iter()).0
 }
 
 /// The (partition, offset) of every published row of the raw archive (`DIR/raw`); panics if
 /// a record is archived twice.
-pub fn read_raw_archive(root: &Path) -> std::collections::BTreeSet<(i64, i64)> {
+pub fn read_raw_archive(root: &Path) -> std::collections::BTreeSet<(i32, i64)> {
     let mut seen = std::collections::BTreeSet::new();
-    for r in parquet_rows(&root.join("raw")) {
-        let (Value::Long(p), Value::Long(o)) = (&r["partition"], &r["offset"]) else {
-            panic!("partition and offset are integers");
-        };
-        assert!(seen.insert((*p, *o)), "record {p}@{o} archived twice");
+    for r in read_archive(root, None).unwrap().into_values().flatten() {
+        assert!(
+            seen.insert((r.partition, r.offset)),
+            "record {}@{} archived twice",
+            r.partition,
+            r.offset
+        );
     }
     seen
 }
