@@ -118,6 +118,16 @@ impl Writer {
                 .write(true)
                 .truncate(false)
                 .open(target)?;
+            // A file shorter than the checkpoint lost lines the restored state counts as
+            // written: going on would leave a hole (and pad it with zeros).
+            let have = file.metadata()?.len();
+            if have < len {
+                return Err(std::io::Error::other(format!(
+                    "{target} holds {have} bytes but the checkpoint restored from wrote {len}: \
+                     the output was lost or cut; restore it, or start over without the \
+                     checkpoints"
+                )));
+            }
             file.set_len(len)?;
             std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len))?;
             let sync = file.try_clone()?;
@@ -243,5 +253,43 @@ impl Writer {
 
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter() -> Out {
+        Out::Rejected(Rejected {
+            code: "test".into(),
+            reason: "a test record".into(),
+            origin: "test:1".into(),
+            key: Vec::new(),
+            payload: b"{}".to_vec(),
+        })
+    }
+
+    #[test]
+    fn resuming_cuts_the_output_back_and_refuses_one_that_lost_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ndjson");
+        let target = path.to_str().unwrap();
+        let mut w = Writer::open(target).unwrap();
+        w.write_time(vec![Out::Received(3)], &mut |_| {}).unwrap();
+        w.write_time(vec![letter()], &mut |_| {}).unwrap();
+        let state = w.sync().unwrap();
+        assert_eq!(state.tallies.received, 3);
+        w.write_time(vec![letter()], &mut |_| {}).unwrap();
+        w.flush().unwrap();
+        drop(w);
+        // Lines after the checkpoint are cut off; the tallies are the checkpoint's.
+        let w = Writer::resume(target, Some(state)).unwrap();
+        assert_eq!(w.tallies, state.tallies);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), state.output_len);
+        drop(w);
+        std::fs::write(&path, b"").unwrap();
+        let err = Writer::resume(target, Some(state)).err().unwrap();
+        assert!(err.to_string().contains("lost or cut"), "{err}");
     }
 }

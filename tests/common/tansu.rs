@@ -32,15 +32,22 @@ pub fn find_tansu() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-/// Starts Tansu, or returns None (test skipped) when it is not installed and not required.
-pub fn start_tansu(dir: &Path) -> Option<Tansu> {
-    let Some(bin) = find_tansu() else {
+/// The tansu binary, or None (test skipped, with a note) when it is not installed and not
+/// required; panics when ADCLICK_REQUIRE_TANSU=1 (CI) and it is missing.
+pub fn tansu_or_skip() -> Option<PathBuf> {
+    let bin = find_tansu();
+    if bin.is_none() {
         if std::env::var("ADCLICK_REQUIRE_TANSU").as_deref() == Ok("1") {
             panic!("tansu not found: run scripts/tansu.sh install");
         }
         eprintln!("SKIPPED: tansu not installed (scripts/tansu.sh install)");
-        return None;
-    };
+    }
+    bin
+}
+
+/// Starts Tansu, or returns None (test skipped) when it is not installed and not required.
+pub fn start_tansu(dir: &Path) -> Option<Tansu> {
+    let bin = tansu_or_skip()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
