@@ -103,8 +103,8 @@ impl Writer {
 
     /// Goes on from a checkpoint: the file is cut back to the checkpoint's length (dropping
     /// what was written after it, which the restored run writes again) and appended to.
-    /// Without a checkpoint, the file starts empty. Stdout cannot be cut: lines written after
-    /// the checkpoint appear twice there.
+    /// Without a checkpoint, the file starts empty. Stdout and devices cannot be cut: lines
+    /// written after the checkpoint appear twice there.
     pub fn resume(target: &str, from: Option<WriterState>) -> std::io::Result<Self> {
         let WriterState {
             output_len: len,
@@ -112,24 +112,32 @@ impl Writer {
         } = from.unwrap_or_default();
         let (out, file): (Box<dyn Write>, _) = if target == "-" {
             (Box::new(std::io::BufWriter::new(std::io::stdout())), None)
+        } else if from.is_none() {
+            let file = std::fs::File::create(target)?;
+            let sync = file.try_clone()?;
+            (Box::new(std::io::BufWriter::new(file)), Some(sync))
         } else {
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .write(true)
                 .truncate(false)
                 .open(target)?;
+            let meta = file.metadata()?;
             // A file shorter than the checkpoint lost lines the restored state counts as
-            // written: going on would leave a hole (and pad it with zeros).
-            let have = file.metadata()?.len();
-            if have < len {
-                return Err(std::io::Error::other(format!(
-                    "{target} holds {have} bytes but the checkpoint restored from wrote {len}: \
-                     the output was lost or cut; restore it, or start over without the \
-                     checkpoints"
-                )));
+            // written: going on would leave a hole (and pad it with zeros). Devices and pipes
+            // cannot be cut back: lines after the checkpoint appear there twice.
+            if meta.is_file() {
+                let have = meta.len();
+                if have < len {
+                    return Err(std::io::Error::other(format!(
+                        "{target} holds {have} bytes but the checkpoint restored from wrote \
+                         {len}: the output was lost or cut; restore it, or start over without \
+                         the checkpoints"
+                    )));
+                }
+                file.set_len(len)?;
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len))?;
             }
-            file.set_len(len)?;
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len))?;
             let sync = file.try_clone()?;
             (Box::new(std::io::BufWriter::new(file)), Some(sync))
         };

@@ -94,6 +94,13 @@ fn parse_time(text: &str) -> Result<u64, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
+    // A panicking worker leaves its peers waiting for it forever: end the process instead,
+    // so that a supervisor restarts it from the newest checkpoint.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::exit(101);
+    }));
     let mut flags: Vec<(&str, toml::Value)> = Vec::new();
     let as_int = |v: usize| toml::Value::Integer(v as i64);
     if let Some(w) = cli.workers {

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Recovery after kill -9, and what checkpoints cost (issue 5), loopback only. On the embedded
+# broker (hosted by an idle adclick-redirect), with 2 workers:
+#  1. baseline: an aggregator without checkpoints reads BASELINE s of event time at RATE
+#     clicks/s (preloaded in chunks while it reads), from empty state: records/s;
+#  2. the same amount again, for an aggregator that checkpoints every INTERVAL_MS, from empty
+#     state: records/s, the ratio to the baseline measured in the same run;
+#  3. that aggregator goes on to DURATION s of event time in all (1 h at 10 k clicks/s: 36 M
+#     clicks), waits for a checkpoint past the end, answers one ad's count over the hour, is
+#     killed with SIGKILL and started again: time to its query server, and time until the
+#     same query gives the same answer (serving again); checkpoint duration and size.
+# Usage: scripts/bench-recovery.sh
+#   (env: RATE=10000 DURATION=3600 BASELINE=300 ADS=100 PUBLISHERS=10 INTERVAL_MS=10000
+#         CHUNK_EVENTS=80000 IDLE_MS=5000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATE=${RATE:-10000}
+DURATION=${DURATION:-3600}
+BASELINE=${BASELINE:-300}
+ADS=${ADS:-100}
+PUBLISHERS=${PUBLISHERS:-10}
+INTERVAL_MS=${INTERVAL_MS:-10000}
+CHUNK_EVENTS=${CHUNK_EVENTS:-80000}
+cargo build --release --quiet --bins
+source scripts/lib/bench.sh
+start_broker
+end_ms=$(($(now_ms) / 60000 * 60000))
+hour_start=$((end_ms - DURATION * 1000))
+base_start=$((hour_start - BASELINE * 1000))
+echo "date: $(date -u +%Y-%m-%dT%H:%MZ)   rate: $RATE clicks per simulated s, $ADS ads, $PUBLISHERS publishers, 2 workers"
+
+echo "== 1. baseline: no checkpoints, $BASELINE s of event time"
+start_aggregator baseline --workers 2 --output /dev/null
+preload "$base_start" "$hour_start" --publishers "$PUBLISHERS"
+base_records=$emitted base_s=$preload_s
+awk -v n="$base_records" -v s="$base_s" 'BEGIN {printf "   %d records in %.1f s: %.0f records/s\n", n, s, n/s}'
+kill -9 "$agg_pid"
+wait "$agg_pid" 2>/dev/null || true
+
+echo "== 2. checkpoints every $INTERVAL_MS ms, the same amount from empty state"
+ckpt_args=(--workers 2 --output "$work/out.ndjson" --checkpoint-dir "$work/checkpoints")
+export ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS=$INTERVAL_MS
+start_aggregator checkpointed "${ckpt_args[@]}"
+before=$emitted
+preload "$hour_start" "$((hour_start + BASELINE * 1000))" --publishers "$PUBLISHERS"
+awk -v n="$((emitted - before))" -v s="$preload_s" -v b="$base_records" -v bs="$base_s" \
+  'BEGIN {printf "   %d records in %.1f s: %.0f records/s, %.3f of the baseline\n", n, s, n/s, (n/s)/(b/bs)}'
+
+echo "== 3. on to $DURATION s of event time in all"
+preload "$((hour_start + BASELINE * 1000))" "$end_ms" --publishers "$PUBLISHERS"
+wait_watermark "$end_ms"
+echo "   $((emitted - before)) records in the hour's state; aggregator $(rss "$agg_pid")"
+metric() { curl -sf "${base}metrics" | sed -n "s/^adclick_aggregator_checkpoint{value=\"$1\"} //p"; }
+for _ in $(seq 600); do
+  f=$(metric frontier || true)
+  [ -n "$f" ] && awk -v f="$f" -v e="$end_ms" 'BEGIN {exit !(f * 1000 >= e - 60000)}' && break
+  sleep 0.5
+done
+echo "   newest checkpoint: $(metric duration) s from request to manifest, $(metric bytes) bytes," \
+  "$(metric committed) committed by this process"
+grep "checkpoint committed" "$agg_log" | sed 's/\x1b\[[0-9;]*m//g' |
+  awk '{for (i = 1; i <= NF; i++) if ($i ~ /^(bytes|duration_ms)=/) print $i}' |
+  awk -F= '{v[$1] = v[$1] " " $2} END {for (k in v) print "   all checkpoints, " k ":" v[k]}' |
+  cut -c1-400
+query="ads/ad_0/aggregated_count?from=$(iso "$hour_start")&to=$(iso "$end_ms")"
+answer() { curl -sf -H "Authorization: Bearer $KEY" "${base}$query" | jq -c '{count, duplicates}'; }
+want=$(answer)
+echo "   ad_0 over the hour: $want"
+
+echo "== 4. kill -9 and restart"
+kill -9 "$agg_pid"
+wait "$agg_pid" 2>/dev/null || true
+t0=$(date +%s.%N)
+start_aggregator restarted "${ckpt_args[@]}"
+t1=$(date +%s.%N)
+for _ in $(seq 6000); do
+  alive
+  [ "$(answer 2>/dev/null || true)" = "$want" ] && break
+  sleep 0.05
+done
+t2=$(date +%s.%N)
+[ "$(answer)" = "$want" ] || { echo "the restarted aggregator answers $(answer), not $want"; exit 1; }
+sed 's/\x1b\[[0-9;]*m//g' "$agg_log" | grep -m1 "restoring checkpoint" | sed 's/.*restoring/   restoring/'
+awk -v a="$t0" -v b="$t1" -v c="$t2" \
+  'BEGIN {printf "   query server up after %.2f s; the same answer after %.2f s (serving again)\n", b-a, c-a}'
+echo "   aggregator after the restart: $(rss "$agg_pid")"

@@ -1,0 +1,97 @@
+# Shared by the benchmark scripts (sourced from the repository root, after `set -euo
+# pipefail`): a work directory and its processes cleaned up on exit, the embedded broker,
+# aggregators and their health, and the chunked preload of event time.
+B=target/release
+KEY=demo-admin-key-not-secret
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  # Newest first: a live load generator flushes to the broker while it still runs.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill "${pids[i]}" 2>/dev/null || continue
+    for _ in $(seq 50); do kill -0 "${pids[i]}" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "${pids[i]}" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+now_ms() { date +%s%3N; }
+iso() { date -u -d "@$(($1 / 1000))" +%Y-%m-%dT%H:%M:%SZ; }
+rss() { awk '/^VmRSS|^VmHWM/ {printf "%s %.0f MiB  ", $1, $2 / 1024}' "/proc/$1/status"; echo; }
+
+# The embedded broker (librdkafka's mock cluster), hosted by an idle adclick-redirect: sets
+# `brokers` and `broker_pid`.
+start_broker() {
+  ADCLICK_REDIRECT_SPOOL_DIR="$work/spool" "$B/adclick-redirect" --config config/demo.toml \
+    --embedded-kafka --listen 127.0.0.1:0 >"$work/redirect.out" 2>/dev/null &
+  pids+=($!)
+  broker_pid=$!
+  for _ in $(seq 100); do grep -q "listening on" "$work/redirect.out" 2>/dev/null && break; sleep 0.1; done
+  brokers=$(sed -n 's/^embedded kafka: //p' "$work/redirect.out")
+}
+
+# A streaming aggregator named NAME (its logs are $work/NAME.out and .log) with the query
+# server on, reading `brokers`, with the extra arguments given: sets `agg_pid` and `base`.
+start_aggregator() {
+  local name=$1
+  shift
+  ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS=${IDLE_MS:-5000} "${AGGREGATOR:-$B/adclick-aggregator}" \
+    --config config/demo.toml --brokers "$brokers" --query-listen 127.0.0.1:0 "$@" \
+    >"$work/$name.out" 2>"$work/$name.log" &
+  pids+=($!)
+  agg_pid=$!
+  agg_log="$work/$name.log"
+  for _ in $(seq 600); do grep -q "query server:" "$work/$name.out" 2>/dev/null && break; sleep 0.05; done
+  base=$(sed -n 's/^query server: //p' "$work/$name.out")
+}
+health() { curl -sf -H "Authorization: Bearer $KEY" "${base}api/v1/health"; }
+alive() { kill -0 "$agg_pid" 2>/dev/null || { echo "the aggregator died:"; tail "$agg_log"; exit 1; }; }
+
+# preload START_MS END_MS [LOADGEN ARGS...]: event time [START_MS, END_MS) at RATE clicks per
+# simulated second over ADS ads. The embedded broker keeps only the last 5 MiB of each
+# partition, so the load generator produces it in chunks of about CHUNK_EVENTS records, each
+# once the aggregator has read everything before it (the partitions' read offsets add up to
+# the records produced). Adds to `emitted` and `counted`; sets `preload_s`.
+emitted=0 counted=0 chunks=0
+preload() {
+  local start=$1 end=$2 c d line read_to t0 t1
+  shift 2
+  local chunk_s=$((CHUNK_EVENTS / RATE / 60 * 60))
+  ((chunk_s >= 60)) || chunk_s=60
+  t0=$(date +%s.%N)
+  for ((c = start; c < end; c += chunk_s * 1000)); do
+    d=$(((end - c) / 1000))
+    ((d <= chunk_s)) || d=$chunk_s
+    "$B/adclick-loadgen" --config config/demo.toml --output kafka --brokers "$brokers" \
+      --ads "$ADS" --rate "$RATE" --duration "$d" --start "$c" --seed "$((chunks + 1))" \
+      --truth "$work/truth.json" "$@" 2>"$work/preload.log"
+    line=$(tail -n 1 "$work/preload.log")
+    emitted=$((emitted + $(sed -n 's/.*emitted \([0-9]*\).*/\1/p' <<<"$line")))
+    counted=$((counted + $(sed -n 's/.*counted \([0-9]*\).*/\1/p' <<<"$line")))
+    chunks=$((chunks + 1))
+    for _ in $(seq 6000); do
+      alive
+      read_to=$(health | jq '[.partitions[].offset] | add // 0' || echo 0)
+      ((read_to < emitted)) || break
+      sleep 0.2
+    done
+    ((read_to >= emitted)) || { echo "the aggregator stopped reading at $read_to of $emitted"; exit 1; }
+    ((chunks % 20)) || echo "  $chunks chunks, $emitted records read; aggregator $(rss "$agg_pid")"
+  done
+  t1=$(date +%s.%N)
+  preload_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
+}
+
+# wait_watermark MS: until the aggregator's watermark is within a minute of MS.
+wait_watermark() {
+  local i h
+  for i in $(seq 600); do
+    alive
+    h=$(health || true)
+    jq -e --argjson e "$1" '(.watermark_ms // 0) >= $e - 60000' >/dev/null <<<"$h" && return 0
+    sleep 0.5
+  done
+  echo "the watermark did not reach $(iso "$1"): $h"
+  exit 1
+}
