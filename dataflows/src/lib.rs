@@ -84,8 +84,8 @@ pub struct Aggregates<'s> {
     pub received: Stream<'s, u64, Vec<u64>>,
 }
 
-/// What a checkpoint restores into the aggregation, at its frontier: this worker's share of
-/// the rows of each granularity as they stood, and of the dimension texts.
+/// What a checkpoint restores into the aggregation, just before its frontier (at `F − 1`):
+/// this worker's share of the rows of each granularity as they stood, and of the texts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RestoredRows {
     pub frontier: u64,
@@ -184,10 +184,12 @@ pub fn resumed_aggregate<'s>(
     // worker first, so no single worker receives them one by one.
     let deduped =
         dedup::checkpointed_dedup(on_time, resume.dedup, resume.checkpoints).consolidate_stream();
-    // Restored rows join at the checkpoint's frontier, each granularity on its own: hour and
-    // day rows outlive the minute rows they came from.
+    // Restored rows join just before the checkpoint's frontier, at F − 1, each granularity on
+    // its own (hour and day rows outlive the minute rows they came from): once the frontier
+    // reaches F, which the restored sources' capabilities already allow, queries reading at
+    // F − 1 see the whole restored state without waiting for new input.
     let restored = resume.rows.unwrap_or_default();
-    let f = restored.frontier;
+    let f = restored.frontier.saturating_sub(1);
     let rows = |rows: Vec<(Row, Measures)>| {
         deduped.clone().concat(
             at_time(scope, f, rows)

@@ -85,10 +85,11 @@ pub fn reports<'s>(
                         for (row, (c, d)) in updates {
                             let end = row.0 + window_ms;
                             // No click reaches a window at or after end + lateness (the
-                            // sources judge it late first); a row restored from a checkpoint
-                            // taken exactly then is the one update that may, and it still
-                            // owes its final report.
-                            if t > end + lateness_ms {
+                            // sources judge it late first). Rows restored from a checkpoint at
+                            // F arrive at F − 1: those final at F − 1 or before were reported
+                            // final before the checkpoint, and those final at F or later still
+                            // owe their final report.
+                            if t >= end + lateness_ms {
                                 continue;
                             }
                             let m = rows.measures.entry(row).or_insert_with(|| (0, 0));
