@@ -41,22 +41,13 @@ pub enum AggregateRecord {
 /// Key of a window's record: window and dimensions, so that a compacted topic keeps one per
 /// window.
 fn key(line: &Line) -> Option<String> {
-    match line {
-        Line::Window {
-            granularity,
-            window_start_ms,
-            ad_id,
-            campaign_id,
-            advertiser_id,
-            publisher_id,
-            country,
-            device,
-            ..
-        } => Some(format!(
-            "{granularity}|{window_start_ms}|{ad_id}|{campaign_id}|{advertiser_id}|{publisher_id}|{country}|{device}"
-        )),
-        _ => None,
-    }
+    let w = line.window()?;
+    Some(format!(
+        "{}|{}|{}",
+        w.granularity,
+        w.start,
+        w.dims.join("|")
+    ))
 }
 
 type Kafka = ThreadedProducer<DefaultProducerContext>;

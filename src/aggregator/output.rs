@@ -58,6 +58,56 @@ pub enum Line {
     Tallies(Tallies),
 }
 
+/// A window line's parts, for the readers that key windows (sinks, reconciliation, tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowParts<'a> {
+    pub granularity: &'a str,
+    pub start: u64,
+    /// Ad, campaign, advertiser, publisher, country, device.
+    pub dims: [&'a str; 6],
+    pub clicks: i64,
+    pub duplicates: i64,
+    pub status: &'a str,
+}
+
+impl Line {
+    /// The parts of a window line; `None` for other lines.
+    pub fn window(&self) -> Option<WindowParts<'_>> {
+        let Line::Window {
+            granularity,
+            window_start_ms,
+            ad_id,
+            campaign_id,
+            advertiser_id,
+            publisher_id,
+            country,
+            device,
+            clicks,
+            duplicates,
+            status,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        Some(WindowParts {
+            granularity,
+            start: *window_start_ms,
+            dims: [
+                ad_id,
+                campaign_id,
+                advertiser_id,
+                publisher_id,
+                country,
+                device,
+            ],
+            clicks: *clicks,
+            duplicates: *duplicates,
+            status,
+        })
+    }
+}
+
 /// Every input record ends up in exactly one of counted, duplicates, late, dead_lettered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tallies {

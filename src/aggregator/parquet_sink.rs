@@ -58,37 +58,14 @@ impl WindowFiles {
         let mut text: [Vec<String>; 7] = Default::default();
         let mut long: [Vec<i64>; 3] = Default::default();
         for line in std::mem::take(&mut self.lines) {
-            let Line::Window {
-                granularity,
-                window_start_ms,
-                ad_id,
-                campaign_id,
-                advertiser_id,
-                publisher_id,
-                country,
-                device,
-                clicks,
-                duplicates,
-                ..
-            } = line
-            else {
-                continue;
-            };
-            let texts = [
-                granularity,
-                ad_id,
-                campaign_id,
-                advertiser_id,
-                publisher_id,
-                country,
-                device,
-            ];
+            let Some(w) = line.window() else { continue };
+            let texts = std::iter::once(w.granularity).chain(w.dims);
             for (column, v) in text.iter_mut().zip(texts) {
-                column.push(v);
+                column.push(v.to_string());
             }
             for (column, v) in long
                 .iter_mut()
-                .zip([window_start_ms as i64, clicks, duplicates])
+                .zip([w.start as i64, w.clicks, w.duplicates])
             {
                 column.push(v);
             }

@@ -33,39 +33,18 @@ pub fn finals_in(
     let mut windows = Windows::new();
     let mut twice = Vec::new();
     for line in lines {
-        let Line::Window {
-            granularity,
-            window_start_ms: start,
-            ad_id,
-            campaign_id,
-            advertiser_id,
-            publisher_id,
-            country,
-            device,
-            clicks,
-            duplicates,
-            status,
-            ..
-        } = line
-        else {
+        let Some(w) = line.window() else {
             continue;
         };
-        let Some(len) = window_ms(&granularity) else {
+        let Some(len) = window_ms(w.granularity) else {
             continue;
         };
-        if status != "final" || (clicks, duplicates) == (0, 0) || start < from || start + len > to {
+        let (start, measures) = (w.start, (w.clicks, w.duplicates));
+        if w.status != "final" || measures == (0, 0) || start < from || start + len > to {
             continue;
         }
-        let dims = [
-            ad_id,
-            campaign_id,
-            advertiser_id,
-            publisher_id,
-            country,
-            device,
-        ];
-        let key = (granularity, start, dims);
-        if windows.insert(key.clone(), (clicks, duplicates)).is_some() {
+        let key = (w.granularity.to_string(), start, w.dims.map(String::from));
+        if windows.insert(key.clone(), measures).is_some() {
             twice.push(key);
         }
     }

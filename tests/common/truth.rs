@@ -78,38 +78,20 @@ pub fn final_rows(lines: impl Iterator<Item = Line>) -> (Rows, Option<Tallies>) 
     let mut rows = Rows::new();
     let mut tallies = None;
     for line in lines {
-        match line {
-            Line::Window {
-                granularity: g,
-                window_start_ms,
-                ad_id,
-                campaign_id,
-                advertiser_id,
-                publisher_id,
-                country,
-                device,
-                clicks,
-                duplicates,
-                status,
-                ..
-            } if status == "final" && (clicks, duplicates) != (0, 0) => {
-                let g = granularity(&g).unwrap_or_else(|| panic!("granularity {g:?}"));
-                let dims = [
-                    ad_id,
-                    campaign_id,
-                    advertiser_id,
-                    publisher_id,
-                    country,
-                    device,
-                ];
-                let key = (g, window_start_ms, dims);
+        if let Some(w) = line.window() {
+            if w.status == "final" && (w.clicks, w.duplicates) != (0, 0) {
+                let g = w.granularity;
+                let g = granularity(g).unwrap_or_else(|| panic!("granularity {g:?}"));
+                let key = (g, w.start, w.dims.map(String::from));
                 assert!(
-                    rows.insert(key.clone(), (clicks, duplicates)).is_none(),
+                    rows.insert(key.clone(), (w.clicks, w.duplicates)).is_none(),
                     "a window reported final twice: {key:?}"
                 );
             }
-            Line::Tallies(t) => tallies = Some(t),
-            _ => {}
+            continue;
+        }
+        if let Line::Tallies(t) = line {
+            tallies = Some(t);
         }
     }
     (rows, tallies)
