@@ -143,6 +143,17 @@ impl DedupState {
         })
     }
 
+    /// [`DedupState::winners`] with their dimensions as indices into the returned table (the
+    /// state's own, each combination once): what a checkpoint stores, without re-interning.
+    #[allow(clippy::type_complexity)]
+    pub fn interned_winners(&self) -> (&[Dims], impl Iterator<Item = (u128, u64, u64, u32)> + '_) {
+        let winners = self.winners.iter().map(|(imp, w)| {
+            let (t, click) = w.rank();
+            (*imp, t, click, w.dims())
+        });
+        (&self.dims.all, winners)
+    }
+
     /// Puts back a winner from a checkpoint.
     pub fn restore_winner(&mut self, impression: u128, event_time: u64, click: u64, dims: Dims) {
         let d = self.dims.intern(dims);

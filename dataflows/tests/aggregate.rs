@@ -13,8 +13,8 @@ use adclick_dataflows::click::Dims;
 use adclick_dataflows::dedup::{DedupCheckpoints, DedupConfig, DedupState, SaveDedup};
 use adclick_dataflows::names::Name;
 use adclick_dataflows::source::{
-    Cuts, PartitionReader, Polled, Record, Rejected, SourceSnapshot, checkpointed_source,
-    clock_source,
+    Cuts, PartitionReader, Polled, Record, Rejected, SourceEvent, SourceSnapshot,
+    checkpointed_source,
 };
 use adclick_dataflows::time::{HOUR_MS, MINUTE_MS, window_start};
 use adclick_dataflows::topn::{RankKey, Ranking, all_countries};
@@ -129,6 +129,22 @@ struct Memory {
     next: Vec<usize>,
 }
 
+/// The source of this worker's partitions `mine`, from their start or from `restore`, keeping
+/// its cuts in `cuts`.
+fn memory_source<'s>(
+    scope: timely::dataflow::Scope<'s, u64>,
+    mine: Vec<Vec<Item>>,
+    cuts: Option<Rc<RefCell<Cuts>>>,
+    restore: Option<SourceSnapshot>,
+) -> timely::dataflow::Stream<'s, u64, Vec<SourceEvent>> {
+    let next = match &restore {
+        Some(s) => s.positions.iter().map(|p| *p as usize).collect(),
+        None => vec![0; mine.len()],
+    };
+    let reader = Memory { next, parts: mine };
+    checkpointed_source(scope, "Memory", reader, time_config(), || 0, cuts, restore)
+}
+
 impl PartitionReader for Memory {
     fn partitions(&self) -> usize {
         self.parts.len()
@@ -204,11 +220,7 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
         let mine = mine(&parts, index, peers);
         let out = out.clone();
         let mut traces = worker.dataflow::<u64, _, _>(move |scope| {
-            let reader = Memory {
-                next: vec![0; mine.len()],
-                parts: mine,
-            };
-            let events = clock_source(scope, "Memory", reader, time_config(), || 0);
+            let events = memory_source(scope, mine, None, None);
             let mut acfg = aggregate_config();
             acfg.top.n = 3;
             acfg.top.window_minutes = vec![1, 5];
@@ -421,19 +433,7 @@ fn checkpoint(workers: usize, parts: Vec<Vec<Item>>, f: u64) -> Vec<Part> {
         let (cuts_in, names_in, counts_in, out_in) =
             (cuts.clone(), names.clone(), counts.clone(), out.clone());
         let (mut requests, mut traces) = worker.dataflow::<u64, _, _>(move |scope| {
-            let reader = Memory {
-                next: vec![0; mine.len()],
-                parts: mine,
-            };
-            let events = checkpointed_source(
-                scope,
-                "Memory",
-                reader,
-                time_config(),
-                || 0,
-                Some(cuts_in),
-                None,
-            );
+            let events = memory_source(scope, mine, Some(cuts_in), None);
             let (input, requests) = scope.new_input::<Vec<u64>>();
             let save: SaveDedup = Box::new(move |at, state: &DedupState| {
                 assert_eq!(at, f);
@@ -528,19 +528,7 @@ fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
         }
         let out = out.clone();
         worker.dataflow::<u64, _, _>(move |scope| {
-            let reader = Memory {
-                next: part.source.positions.iter().map(|p| *p as usize).collect(),
-                parts: mine,
-            };
-            let events = checkpointed_source(
-                scope,
-                "Memory",
-                reader,
-                time_config(),
-                || 0,
-                None,
-                Some(part.source),
-            );
+            let events = memory_source(scope, mine, None, Some(part.source));
             let resume = Resume {
                 dedup,
                 rows: Some(part.rows),

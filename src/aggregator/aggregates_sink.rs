@@ -21,6 +21,7 @@ use std::time::Duration;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde::{Deserialize, Serialize};
 
+use super::kafka_sink::send;
 use super::output::Line;
 use crate::config::KafkaConfig;
 
@@ -133,20 +134,6 @@ impl Committer {
         }
         self.producer.flush(Duration::from_secs(30))?;
         Ok(())
-    }
-}
-
-fn send(p: &Kafka, topic: &str, key: &[u8], value: &[u8]) {
-    let mut record = BaseRecord::to(topic).key(key).payload(value);
-    loop {
-        match p.send(record) {
-            Ok(()) => return,
-            Err((e, r)) => {
-                tracing::debug!("{topic}: {e}; retrying");
-                record = r;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
     }
 }
 

@@ -37,13 +37,18 @@ fn producer(kafka: &KafkaConfig) -> ThreadedProducer<DefaultProducerContext> {
 }
 
 /// Sends a record, waiting while librdkafka's queue is full rather than dropping it.
-fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], value: &[u8]) {
+pub(super) fn send(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+) {
     let mut record = BaseRecord::to(topic).key(key).payload(value);
     loop {
         match p.send(record) {
             Ok(()) => return,
             Err((e, r)) => {
-                tracing::debug!("side output {topic}: {e}; retrying");
+                tracing::debug!("{topic}: {e}; retrying");
                 record = r;
                 std::thread::sleep(Duration::from_millis(5));
             }

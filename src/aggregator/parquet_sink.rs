@@ -232,22 +232,35 @@ fn long(row: &BTreeMap<String, Value>, column: &str) -> anyhow::Result<i64> {
     }
 }
 
+/// The dimension columns both tables share.
+fn labels(r: &BTreeMap<String, Value>) -> anyhow::Result<adclick_dataflows::click::Labels> {
+    Ok(adclick_dataflows::click::Labels {
+        ad_id: text(r, "ad_id")?,
+        campaign_id: text(r, "campaign_id")?,
+        advertiser_id: text(r, "advertiser_id")?,
+        publisher_id: text(r, "publisher_id")?,
+        country: text(r, "country")?,
+        device: text(r, "device")?,
+    })
+}
+
 /// The final windows the window sink published under `root`, as report lines.
 pub fn read_windows(root: &Path) -> anyhow::Result<Vec<Line>> {
     rows(&root.join("windows"))?
         .iter()
         .map(|r| {
             let start = long(r, "window_start")?;
+            let l = labels(r)?;
             Ok(Line::Window {
                 granularity: text(r, "granularity")?,
                 window_start: format_millis(start),
                 window_start_ms: start as u64,
-                ad_id: text(r, "ad_id")?,
-                campaign_id: text(r, "campaign_id")?,
-                advertiser_id: text(r, "advertiser_id")?,
-                publisher_id: text(r, "publisher_id")?,
-                country: text(r, "country")?,
-                device: text(r, "device")?,
+                ad_id: l.ad_id,
+                campaign_id: l.campaign_id,
+                advertiser_id: l.advertiser_id,
+                publisher_id: l.publisher_id,
+                country: l.country,
+                device: l.device,
                 clicks: long(r, "clicks")?,
                 duplicates: long(r, "duplicates")?,
                 status: "final".into(),
@@ -294,14 +307,7 @@ fn archived(r: &BTreeMap<String, Value>) -> anyhow::Result<Archived> {
             impression_id: text(r, "impression_id")?,
             click_id: text(r, "click_id")?,
             event_time: long(r, "event_time")? as u64,
-            labels: adclick_dataflows::click::Labels {
-                ad_id: text(r, "ad_id")?,
-                campaign_id: text(r, "campaign_id")?,
-                advertiser_id: text(r, "advertiser_id")?,
-                publisher_id: text(r, "publisher_id")?,
-                country: text(r, "country")?,
-                device: text(r, "device")?,
-            },
+            labels: labels(r)?,
         },
     })
 }

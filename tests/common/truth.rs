@@ -27,19 +27,24 @@ fn granularity(name: &str) -> Option<&'static str> {
         .map(|(g, _)| *g)
 }
 
+/// A truth row's dimensions, in the order of a window key.
+pub fn dims_of(w: &adclick::loadgen::truth::Row) -> [String; 6] {
+    [
+        &w.ad_id,
+        &w.campaign_id,
+        &w.advertiser_id,
+        &w.publisher_id,
+        &w.country,
+        &w.device,
+    ]
+    .map(|s| s.to_string())
+}
+
 /// The truth's rows at every granularity: its minute rows, and their sums per hour and day.
 pub fn expected(t: &TruthReport) -> Rows {
     let mut rows = Rows::new();
     for w in &t.windows {
-        let dims = [
-            &w.ad_id,
-            &w.campaign_id,
-            &w.advertiser_id,
-            &w.publisher_id,
-            &w.country,
-            &w.device,
-        ]
-        .map(|s| s.to_string());
+        let dims = dims_of(w);
         for (g, ms) in GRANULARITIES {
             let start = (w.minute_ms as u64) / ms * ms;
             let v = rows.entry((g, start, dims.clone())).or_default();

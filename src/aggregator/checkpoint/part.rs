@@ -45,8 +45,9 @@ impl WorkerPart {
     }
 }
 
-/// Dedup winners with their dimensions stored once per distinct combination, which is far
-/// fewer than the impressions: (impression, event time, click id, index into `dims`).
+/// Dedup winners with their dimensions stored once per distinct combination (the dedup's
+/// own table), which is far fewer than the impressions: (impression, event time, click id,
+/// index into `dims`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Winners {
     dims: Vec<Dims>,
@@ -55,19 +56,11 @@ pub struct Winners {
 
 impl Winners {
     pub fn of(state: &DedupState) -> Self {
-        let mut index: BTreeMap<Dims, u32> = BTreeMap::new();
-        let mut dims = Vec::new();
-        let entries = state
-            .winners()
-            .map(|(imp, t, click, d)| {
-                let i = *index.entry(d).or_insert_with(|| {
-                    dims.push(d);
-                    dims.len() as u32 - 1
-                });
-                (imp, t, click, i)
-            })
-            .collect();
-        Self { dims, entries }
+        let (dims, winners) = state.interned_winners();
+        Self {
+            dims: dims.to_vec(),
+            entries: winners.collect(),
+        }
     }
 
     pub fn len(&self) -> usize {
