@@ -25,12 +25,14 @@
 #   DURATION=120 KILLS=20 scripts/chaos.sh
 # tests/chaos.rs runs a short form of this script (debug binaries, 45 s of traffic) in CI.
 #
-# The redirect is killed at a quiet moment: the load generator is paused (SIGSTOP) and the
-# redirect's in-memory queue and spool are empty when the SIGKILL comes. Two reasons, both
-# documented behaviour: a SIGKILL loses what sits in librdkafka's in-memory queue (clicks
+# The redirect is killed at a quiet moment: the load generator is paused (SIGUSR1: every
+# request answered, its connections closed) and the redirect's in-memory queue and spool are
+# empty when the SIGKILL comes; it resumes (SIGUSR2) once the redirect is back. Two reasons,
+# both documented behaviour: a SIGKILL loses what sits in librdkafka's in-memory queue (clicks
 # already answered 302), and the load generator's truth counts every click it sent, whatever
 # the answer (it reports failed requests as errors, but cannot take them out of the truth).
-# The aggregator and the broker are killed at any moment.
+# Freezing the load generator (SIGSTOP) is not quiet enough: a request or connection caught
+# half way reaches the dead process. The aggregator and the broker are killed at any moment.
 #
 # Settings (environment), with their defaults:
 #   DURATION=300         seconds of traffic          RATE=200       events per second
@@ -74,7 +76,17 @@ LIFE_MAX=${LIFE_MS##*:}
 RANDOM=$SEED
 
 log() { printf '[chaos %6.1fs] %s\n' "$(($(now_ms) - T0))e-3" "$*"; }
-die() { log "FAILED: $*"; exit 1; }
+die() { log "FAILED: $*"; show_logs; exit 1; }
+# The last lines of every log, without ANSI colours or backtrace frames: a CI run keeps only
+# what is printed, not the work directory.
+show_logs() {
+  local f
+  for f in loadgen.log redirect.log aggregator.log tansu.log; do
+    [[ -s ${WORK:-}/$f ]] || continue
+    echo "--- last lines of $f"
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/$f" | grep -Ev '^ +([0-9]+: |at )' | tail -n 15
+  done
+}
 now_ms() { date +%s%3N; }
 T0=$(now_ms)
 command -v curl >/dev/null || die "curl is needed"
@@ -107,7 +119,6 @@ fi
 tansu_pid="" redirect_pid="" agg_pid="" loadgen_pid=""
 ok=0
 cleanup() {
-  if [[ -n $loadgen_pid ]]; then kill -CONT "$loadgen_pid" 2>/dev/null || true; fi
   for p in $agg_pid $loadgen_pid $redirect_pid $tansu_pid; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   if ((ok && !keep)); then rm -rf "$WORK"; else log "logs, spool, checkpoints, output, truth: $WORK"; fi
@@ -211,19 +222,23 @@ kill_aggregator() {
 
 # --- chaos ----------------------------------------------------------------------------------
 redirect_kills=0 broker_restarts=0 kills=0
+pauses=0
 kill_redirect() {
-  local paused=0 t
+  local paused=0
   if alive "$loadgen_pid"; then
-    # The pause must not straddle a minute: a click timed just before it would be stamped by
-    # the redirect after it, in the next minute.
-    while t=$(date +%S); ((10#$t < 1 || 10#$t > 45)); do sleep 0.2; done
-    kill -STOP "$loadgen_pid"; paused=1
+    pauses=$((pauses + 1))
+    kill -USR1 "$loadgen_pid"
+    while (($(grep -c "traffic paused" "$WORK/loadgen.log") < pauses)); do
+      alive "$loadgen_pid" || break
+      sleep 0.05
+    done
+    paused=1
   fi
   settle_redirect 60 || die "the redirect did not settle (queue or spool not empty)"
   kill -9 "$redirect_pid"; wait "$redirect_pid" 2>/dev/null || true
   sleep "$REDIRECT_DOWN_S"
   start_redirect
-  ((paused)) && kill -CONT "$loadgen_pid"
+  if ((paused)); then kill -USR2 "$loadgen_pid" 2>/dev/null || true; fi
   redirect_kills=$((redirect_kills + 1))
   log "redirect killed (SIGKILL) and restarted on its spool (${redirect_kills}/$REDIRECT_KILLS)"
 }
@@ -273,7 +288,7 @@ done
 status=0; wait "$loadgen_pid" || status=$?
 loadgen_pid=""
 traffic_end=$(date -r "$WORK/truth.json" +%s%3N) # written as the traffic ends
-tail -n 1 "$WORK/loadgen.log"
+grep "emitted" "$WORK/loadgen.log" | tail -n 1 || true
 ((status == 0)) || die "the load generator failed (status $status): its truth does not hold (loadgen.log)"
 
 # --- the end: drain, last run, compare ------------------------------------------------------

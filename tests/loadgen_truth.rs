@@ -328,3 +328,153 @@ fn http_output_through_the_redirect_matches_what_reached_kafka() {
 
     runtime.block_on(server.stop());
 }
+
+/// A redirect process listening on `port` (0: any), with its outbox spool in `spool`.
+// The caller waits for the child it gets back.
+#[allow(clippy::zombie_processes)]
+fn spawn_redirect(brokers: &str, spool: &Path, port: u16) -> (std::process::Child, u16) {
+    let out = spool.with_extension(format!("out-{port}"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adclick-redirect"))
+        .arg("--config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
+        .args([
+            "--brokers",
+            brokers,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--spool-dir")
+        .arg(spool)
+        .env("ADCLICK_KAFKA_PARTITIONS", "4")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&out).unwrap();
+        if let Some(addr) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("adclick-redirect listening on http://"))
+        {
+            let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
+            return (child, port);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the redirect did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The sum of a metric of the redirect on `port`, over its label sets.
+fn metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Failure tests kill the redirect under running traffic. Paused (SIGUSR1) and resumed
+/// (SIGUSR2) around each SIGKILL, the load generator has no request in flight and sends none
+/// over a connection to the old process, so every request reaches a redirect and the truth
+/// holds exactly: what reached the clicks topic, counted independently, equals it.
+#[test]
+fn traffic_paused_around_redirect_restarts_reaches_kafka_whole() {
+    use std::io::Read;
+    let kafka = EmbeddedKafka::start(&KafkaConfig {
+        partitions: 4,
+        ..KafkaConfig::default()
+    })
+    .unwrap();
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let (mut redirect, port) = spawn_redirect(&brokers, &spool, 0);
+    let log = dir.path().join("loadgen.log");
+    let mut loadgen = Command::new(env!("CARGO_BIN_EXE_adclick-loadgen"))
+        .arg("--config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
+        .args([
+            "--output",
+            "http",
+            "--target",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .args(["--rate", "1000", "--duration", "8", "--seed", "3"])
+        .arg("--truth")
+        .arg(dir.path().join("truth.json"))
+        .env("ADCLICK_KAFKA_PARTITIONS", "4")
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let paused = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("traffic paused")
+            .count()
+    };
+    for restart in 1..=4 {
+        std::thread::sleep(Duration::from_millis(1_200));
+        signal(loadgen.id(), "USR1");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while paused() < restart {
+            assert!(std::time::Instant::now() < deadline, "no pause {restart}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Killed once Kafka has every record it took (nothing left in memory or the spool).
+        while metric(port, "adclick_redirect_outbox_queue_depth") > 0.0
+            || metric(port, "adclick_redirect_outbox_spool_records") > 0.0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the outbox did not drain"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redirect.kill().unwrap();
+        redirect.wait().unwrap();
+        (redirect, _) = spawn_redirect(&brokers, &spool, port);
+        signal(loadgen.id(), "USR2");
+    }
+    let status = loadgen.wait().unwrap();
+    let mut text = String::new();
+    std::fs::File::open(&log)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(status.success(), "{text}");
+    assert_eq!(text.matches("traffic resumed").count(), 4, "{text}");
+
+    let truth = GroundTruth::read(&dir.path().join("truth.json")).unwrap();
+    let t = &truth.tallies;
+    let expected = (t.emitted - t.invalid) as usize;
+    let records = common::read_topic(&brokers, "clicks", expected, Duration::from_secs(30));
+    signal(redirect.id(), "TERM");
+    redirect.wait().unwrap();
+    assert_eq!(records.len(), expected, "every accepted request, once");
+    let mut count = Independent::default();
+    count.partition(records.iter().map(|(_, v)| v.as_slice()));
+    let rows = count.rows();
+    assert_eq!(count.tallies.counted, t.counted);
+    assert_eq!(count.tallies.duplicates, t.duplicates);
+    if t.ambiguous == 0 {
+        assert_rows_equal(&truth.windows, &rows);
+    }
+}

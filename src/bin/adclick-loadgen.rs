@@ -19,7 +19,8 @@ truth.\n\nThe same seed and settings give the same events. Alongside the traffic
 the truth (--truth): per minute, ad, campaign, advertiser, publisher, country and device, the \
 clicks an exactly-once aggregator must count and the duplicates it must drop, plus the late \
 and invalid tallies. Every flag is also a key of the [loadgen] section of --config and an \
-ADCLICK_LOADGEN_* variable."
+ADCLICK_LOADGEN_* variable.\n\nWith --output http, SIGUSR1 pauses the traffic (every request \
+answered, connections closed; logged as 'traffic paused') and SIGUSR2 resumes it."
 )]
 struct Cli {
     #[command(flatten)]

@@ -333,6 +333,11 @@ impl Pacer {
         due.checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
     }
+
+    /// Moves the rest of the schedule later by `by` (the time traffic was paused).
+    pub fn shift(&mut self, by: Duration) {
+        self.started += by;
+    }
 }
 
 /// The outcome of a run, printed as one line at the end.
@@ -577,5 +582,13 @@ mod tests {
         assert!(p.wait(1_000).is_none());
         let w = p.wait(61_000).unwrap();
         assert!(w > Duration::from_secs(59) && w <= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_pause_moves_the_rest_of_the_schedule_later() {
+        let mut p = Pacer::new(1_000, 1.0);
+        p.shift(Duration::from_secs(30));
+        let w = p.wait(1_000).unwrap();
+        assert!(w > Duration::from_secs(29) && w <= Duration::from_secs(30));
     }
 }

@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -27,6 +27,7 @@ use indicatif::ProgressBar;
 use crate::config::Config;
 use crate::loadgen::catalog::Catalog;
 use crate::loadgen::encode::partner_line;
+use crate::loadgen::output::pause::PauseSwitch;
 use crate::loadgen::traffic::{Emission, Forgery, Kind, Traffic};
 use crate::loadgen::truth::GroundTruth;
 use crate::loadgen::{LoadgenConfig, Pacer};
@@ -239,7 +240,10 @@ pub fn boundary_wait(now_ms: i64, guard_ms: i64) -> Option<Duration> {
 /// What the workers share.
 struct Shared {
     target: Target,
-    client: HttpClient,
+    /// Replaced, with its connections, at each pause.
+    client: RwLock<HttpClient>,
+    /// Emissions handed to workers and not yet answered and recorded.
+    outstanding: AtomicU64,
     truth: Mutex<GroundTruth>,
     errors: AtomicU64,
     guard_ms: i64,
@@ -261,13 +265,18 @@ pub fn run(
     let target = Target::new(cfg, config, traffic.catalog().clone())?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.concurrency)
-            .build_http();
+        let new_client = || -> HttpClient {
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(cfg.concurrency)
+                .build_http()
+        };
+        let client = new_client();
         check_reachable(&client, &target.base).await?;
+        let pause = PauseSwitch::on_signals().context("listening for SIGUSR1 and SIGUSR2")?;
         let shared = Arc::new(Shared {
             target,
-            client,
+            client: RwLock::new(client),
+            outstanding: AtomicU64::new(0),
             truth: Mutex::new(truth),
             errors: AtomicU64::new(0),
             guard_ms: cfg.boundary_guard_ms,
@@ -281,16 +290,32 @@ pub fn run(
             queues.push(tx);
             workers.push(tokio::spawn(worker(rx, shared.clone())));
         }
-        let pacer = Pacer::new(traffic.schedule().start_ms, 1.0);
+        let mut pacer = Pacer::new(traffic.schedule().start_ms, 1.0);
         for e in traffic {
-            if let Some(wait) = pacer.wait(e.base_ms) {
-                tokio::time::sleep(wait).await;
+            loop {
+                if let Some(wait) = pacer.wait(e.base_ms) {
+                    tokio::time::sleep(wait).await;
+                }
+                if !pause.is_paused() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let paused_at = Instant::now();
+                quiesce(&shared, new_client()).await;
+                while pause.is_paused() && !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                pacer.shift(paused_at.elapsed());
+                tracing::info!(
+                    "traffic resumed after {:.1} s",
+                    paused_at.elapsed().as_secs_f64()
+                );
             }
             if stop.load(Ordering::Relaxed) {
                 shared.stopping.store(true, Ordering::Relaxed);
                 break;
             }
             let w = crc32fast::hash(e.click.event.impression_id.as_bytes()) as usize % queues.len();
+            shared.outstanding.fetch_add(1, Ordering::SeqCst);
             queues[w]
                 .send(e)
                 .await
@@ -306,6 +331,20 @@ pub fn run(
         let errors = shared.errors.into_inner();
         Ok((shared.truth.into_inner().expect("not poisoned"), errors))
     })
+}
+
+/// Waits until every request sent has been answered and recorded, then closes the
+/// connections (by dropping the client that holds them), so that nothing is in flight and no
+/// later request goes over a connection opened before the pause.
+async fn quiesce(s: &Shared, fresh: HttpClient) {
+    while s.outstanding.load(Ordering::SeqCst) > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(std::mem::replace(
+        &mut *s.client.write().expect("not poisoned"),
+        fresh,
+    ));
+    tracing::info!("traffic paused: every request answered, connections closed");
 }
 
 /// Fails fast, with the address, if nothing answers there.
@@ -329,6 +368,7 @@ async fn worker(mut rx: tokio::sync::mpsc::Receiver<Emission>, s: Arc<Shared>) {
     let mut links: HashMap<String, String> = HashMap::new();
     while let Some(mut e) = rx.recv().await {
         if s.stopping.load(Ordering::Relaxed) {
+            s.outstanding.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
         let outcome = deliver(&s, &mut e, &mut links).await;
@@ -345,6 +385,7 @@ async fn worker(mut rx: tokio::sync::mpsc::Receiver<Emission>, s: Arc<Shared>) {
             }
         }
         drop(truth);
+        s.outstanding.fetch_sub(1, Ordering::SeqCst);
         s.progress.inc(1);
     }
 }
@@ -382,8 +423,8 @@ async fn deliver(
     if !e.settles {
         links.insert(impression.clone(), planned.request.uri().to_string());
     }
-    let resp = s
-        .client
+    let client = s.client.read().expect("not poisoned").clone();
+    let resp = client
         .request(planned.request)
         .await
         .context("request failed")?;

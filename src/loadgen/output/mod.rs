@@ -4,6 +4,7 @@
 pub mod file;
 pub mod http;
 pub mod kafka;
+pub mod pause;
 
 use super::traffic::Emission;
 
