@@ -154,11 +154,35 @@ impl DedupState {
         (&self.dims.all, winners)
     }
 
-    /// Puts back a winner from a checkpoint.
+    /// Room for `winners` impressions from the start (a restore knows how many it brings).
+    pub fn with_capacity(cfg: DedupConfig, winners: usize) -> Self {
+        let mut state = Self::new(cfg);
+        state.winners.reserve(winners);
+        state
+    }
+
+    /// Puts back one winner.
     pub fn restore_winner(&mut self, impression: u128, event_time: u64, click: u64, dims: Dims) {
-        let d = self.dims.intern(dims);
-        self.winners
-            .insert(impression, Winner::new(event_time, click, d));
+        self.restore_winners(&[dims], std::iter::once((impression, event_time, click, 0)));
+    }
+
+    /// Puts back winners from a checkpoint part: (impression, event time, click fingerprint,
+    /// index into `dims`, the part's table). Each of the part's combinations is interned
+    /// once, not once per winner.
+    pub fn restore_winners(
+        &mut self,
+        dims: &[Dims],
+        winners: impl Iterator<Item = (u128, u64, u64, u32)>,
+    ) {
+        let mut remap = vec![u32::MAX; dims.len()];
+        for (impression, event_time, click, d) in winners {
+            let mine = &mut remap[d as usize];
+            if *mine == u32::MAX {
+                *mine = self.dims.intern(dims[d as usize]);
+            }
+            self.winners
+                .insert(impression, Winner::new(event_time, click, *mine));
+        }
     }
 
     /// Which of `peers` workers owns `impression` (as the dedup's exchange routes it).

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use adclick_dataflows::dedup::{DedupCheckpoints, DedupState};
 use adclick_dataflows::names::Dictionary;
@@ -105,6 +105,7 @@ fn observe_completions(server: &Server, last: Option<u64>, frontier: u64, bound_
 
 /// Runs this process's part of the cluster until the input is exhausted (batch) or forever.
 pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::Result<()> {
+    let process_started = Instant::now();
     cfg.check()?;
     let timely_config = timely::Config {
         communication: cfg.communication()?,
@@ -184,6 +185,8 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         let sources = timely::dataflow::ProbeHandle::new();
         let sources_in = sources.clone();
         let restored = restored.clone();
+        // Worker 0 reports when the restored state is first readable: a restart's downtime.
+        let mut restoring = restored.as_ref().map(|r| r.frontier).filter(|_| index == 0);
         let checkpoints = checkpoints.clone();
         let (run, aggregates) = (run.clone(), aggregates.clone());
         let parquet_dir = cfg.parquet_dir.clone();
@@ -250,7 +253,17 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
             let resume = Resume {
                 dedup: restored.as_ref().map_or_else(
                     || DedupState::new(acfg.dedup()),
-                    |r| r.dedup_for(index, peers, acfg.dedup()),
+                    |r| {
+                        let started = Instant::now();
+                        let dedup = r.dedup_for(index, peers, acfg.dedup());
+                        tracing::info!(
+                            worker = index,
+                            winners = dedup.len(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "dedup state restored"
+                        );
+                        dedup
+                    },
                 ),
                 rows: restored.as_ref().map(|r| r.rows_for(index, peers)),
                 checkpoints: checkpointer.as_mut().map(|c| {
@@ -359,6 +372,14 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
             let bound: timely::progress::Antichain<u64> = compact_to.into_iter().collect();
             traces.compact_to(bound.borrow());
             let Some(f) = frontier else { continue };
+            if let Some(at) = restoring.filter(|at| f >= *at) {
+                tracing::info!(
+                    frontier = at,
+                    ms = process_started.elapsed().as_millis() as u64,
+                    "restored state readable"
+                );
+                restoring = None;
+            }
             if index == 0 {
                 health.frontier.store(f, Ordering::Relaxed);
                 observe_completions(&server, last_frontier, f, time.out_of_orderness_ms);

@@ -70,12 +70,6 @@ impl Winners {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-
-    fn iter(&self) -> impl Iterator<Item = (u128, u64, u64, Dims)> + '_ {
-        self.entries
-            .iter()
-            .map(|(imp, t, c, d)| (*imp, *t, *c, self.dims[*d as usize]))
-    }
 }
 
 /// A complete checkpoint, read back for a cluster that may have another shape.
@@ -147,13 +141,17 @@ impl Restored {
 
     /// The winners worker `worker` of `peers` decides for.
     pub fn dedup_for(&self, worker: usize, peers: usize, cfg: DedupConfig) -> DedupState {
-        let mut state = DedupState::new(cfg);
+        let total: usize = self.parts.iter().map(|p| p.winners.len()).sum();
+        // Impressions spread evenly over workers; a little room spares a late rehash.
+        let mut state = DedupState::with_capacity(cfg, total / peers + total / peers / 16);
         for part in &self.parts {
-            for (imp, t, click, dims) in part.winners.iter() {
-                if DedupState::owner(imp, peers) == worker {
-                    state.restore_winner(imp, t, click, dims);
-                }
-            }
+            let mine = part
+                .winners
+                .entries
+                .iter()
+                .filter(|(imp, ..)| DedupState::owner(*imp, peers) == worker)
+                .copied();
+            state.restore_winners(&part.winners.dims, mine);
         }
         state
     }

@@ -149,15 +149,26 @@ impl Store {
     }
 
     /// All parts of a complete checkpoint.
+    /// Every part of `manifest`'s checkpoint, each read and decoded on a thread of its own (a
+    /// restart waits for all of them, and one part is about one worker's share of the state).
     pub fn read_parts(&self, manifest: &Manifest) -> anyhow::Result<Vec<WorkerPart>> {
-        (0..manifest.workers)
-            .map(|w| {
-                let path = self.part_path(manifest.frontier, w);
-                let bytes =
-                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                postcard::from_bytes(&bytes).with_context(|| format!("decoding {}", path.display()))
-            })
-            .collect()
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = (0..manifest.workers)
+                .map(|w| {
+                    let path = self.part_path(manifest.frontier, w);
+                    scope.spawn(move || -> anyhow::Result<WorkerPart> {
+                        let bytes = std::fs::read(&path)
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        postcard::from_bytes(&bytes)
+                            .with_context(|| format!("decoding {}", path.display()))
+                    })
+                })
+                .collect();
+            readers
+                .into_iter()
+                .map(|r| r.join().expect("a checkpoint reader panicked"))
+                .collect()
+        })
     }
 }
 
