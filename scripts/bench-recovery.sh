@@ -80,7 +80,10 @@ for _ in $(seq 6000); do
 done
 t2=$(date +%s.%N)
 [ "$(answer)" = "$want" ] || { echo "the restarted aggregator answers $(answer), not $want"; exit 1; }
-sed 's/\x1b\[[0-9;]*m//g' "$agg_log" | grep -m1 "restoring checkpoint" | sed 's/.*restoring/   restoring/'
+# The restore's phases, as the restarted aggregator logs them.
+sed 's/\x1b\[[0-9;]*m//g' "$agg_log" |
+  grep -E "restoring checkpoint|dedup state restored|restored state readable" |
+  sed -E 's/^[^ ]+ +INFO +[^ ]+ //; s/^/   /'
 awk -v a="$t0" -v b="$t1" -v c="$t2" \
   'BEGIN {printf "   query server up after %.2f s; the same answer after %.2f s (serving again)\n", b-a, c-a}'
 echo "   aggregator after the restart: $(rss "$agg_pid")"
