@@ -55,16 +55,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn answers_equal_the_truth_and_keys_isolate_advertisers() {
-    let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
-        partitions: 4,
-        ..Default::default()
-    })
-    .unwrap();
-    let brokers = kafka.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    let truth_path = dir.path().join("truth.json");
+/// The load generator's traffic, with `args` beside the usual flags, into `brokers`, and its
+/// truth.
+fn traffic(brokers: &str, dir: &std::path::Path, args: &[&str]) -> TruthReport {
+    let truth_path = dir.join("truth.json");
     let out = Command::new(LOADGEN)
         .args([
             "--config",
@@ -72,12 +66,9 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
             "--output",
             "kafka",
             "--brokers",
-            &brokers,
+            brokers,
         ])
-        .args([
-            "--count", "4000", "--rate", "400", "--seed", "11", "--ads", "40",
-        ])
-        .args(["--advertisers", "3", "--duplicate-share", "0.08"])
+        .args(args)
         .arg("--truth")
         .arg(&truth_path)
         .output()
@@ -87,33 +78,38 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let truth = GroundTruth::read(&truth_path).unwrap();
+    GroundTruth::read(&truth_path).unwrap()
+}
 
+/// A streaming aggregator (2 workers) serving queries, once it has read `received` records
+/// and every partition went idle, so its watermark stopped (as far as the most advanced
+/// partition allows: its last click minus the 5 s bound). Returns it, its address and the
+/// watermark.
+fn settled_aggregator(
+    brokers: &str,
+    dir: &std::path::Path,
+    received: u64,
+) -> (Killed, String, u64) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let _agg = Killed(
+    let agg = Killed(
         Command::new(AGGREGATOR)
             .args([
                 "--config",
                 &config(),
                 "--brokers",
-                &brokers,
+                brokers,
                 "--workers",
                 "2",
             ])
             .args(["--query-listen", &addr, "--output"])
-            .arg(dir.path().join("out.ndjson"))
+            .arg(dir.join("out.ndjson"))
             .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500")
             .spawn()
             .unwrap(),
     );
-    // Wait until the watermark has reached the last minute of traffic (all partitions idle:
-    // as far as the most advanced one allows, its last click minus the 5 s bound).
-    let last_minute = truth.windows.iter().map(|r| r.minute_ms).max().unwrap() as u64;
-    // Wait until every partition went idle and the watermark stopped (as far as the most
-    // advanced partition allows: its last click minus the 5 s bound).
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = None;
-    let watermark = loop {
+    loop {
         assert!(Instant::now() < deadline, "the watermark never settled");
         std::thread::sleep(Duration::from_millis(1_500));
         if TcpStream::connect(&addr).is_err() {
@@ -125,11 +121,42 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
         let (status, top) = get(&addr, "/ads/popular_ads?count=3&window=1", Some(ADMIN));
         assert_eq!(status, 200, "a query while ingesting: {top}");
         let w = h["watermark_ms"].as_u64();
-        if let Some(settled) = w.filter(|_| w == last && h["tallies"]["received"] == 4000) {
-            break settled;
+        if let Some(settled) = w.filter(|_| w == last && h["tallies"]["received"] == received) {
+            return (agg, addr, settled);
         }
         last = w;
-    };
+    }
+}
+
+#[test]
+fn answers_equal_the_truth_and_keys_isolate_advertisers() {
+    let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
+        partitions: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let truth = traffic(
+        &brokers,
+        dir.path(),
+        &[
+            "--count",
+            "4000",
+            "--rate",
+            "400",
+            "--seed",
+            "11",
+            "--ads",
+            "40",
+            "--advertisers",
+            "3",
+            "--duplicate-share",
+            "0.08",
+        ],
+    );
+    let last_minute = truth.windows.iter().map(|r| r.minute_ms).max().unwrap() as u64;
+    let (_agg, addr, watermark) = settled_aggregator(&brokers, dir.path(), 4000);
     assert!(
         watermark >= last_minute - 60_000,
         "{watermark} {last_minute}"
@@ -264,6 +291,78 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
     assert!(spec["paths"]["/ads/popular_ads"].is_object());
 
     the_dashboard_shows_the_truth(&addr, &truth, end);
+}
+
+/// One ad's count over ranges that cross hour boundaries, start and end inside hours, or sit
+/// inside one hour: whole hours are read from hour rows and the ends from minute rows, and
+/// every answer equals the truth's sum of the ad's minutes in the range.
+#[test]
+fn counts_over_ranges_across_hours_equal_the_truth() {
+    const HOUR: u64 = 3_600_000;
+    let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
+        partitions: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    // 2 clicks per simulated second for 16,000 clicks: 133 minutes of event time, so at least
+    // one whole hour.
+    let truth = traffic(
+        &brokers,
+        dir.path(),
+        &[
+            "--count", "16000", "--rate", "2", "--seed", "5", "--ads", "12",
+        ],
+    );
+    let (_agg, addr, watermark) = settled_aggregator(&brokers, dir.path(), 16000);
+    // The minutes before the watermark's: every click in them is visible to a read.
+    let end = watermark - watermark % 60_000;
+    let start = truth.windows.iter().map(|r| r.minute_ms).min().unwrap() as u64;
+    let first_hour = start.next_multiple_of(HOUR);
+    const M: u64 = 60_000;
+    let ranges = [
+        (start, end),
+        (start + 7 * M, end - 3 * M),
+        (first_hour + M, first_hour + 59 * M),
+        (first_hour - 5 * M, first_hour + 5 * M),
+        (first_hour, first_hour + HOUR),
+        (first_hour - M, first_hour + HOUR + M),
+    ];
+    assert!(
+        ranges.iter().all(|(_, to)| *to <= end),
+        "{ranges:?} end {end}"
+    );
+    let mut per_ad: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in &truth.windows {
+        *per_ad.entry(&r.ad_id).or_default() += r.clicks;
+    }
+    let mut ads: Vec<(&str, u64)> = per_ad.into_iter().collect();
+    ads.sort_by_key(|(_, c)| std::cmp::Reverse(*c));
+    for (ad, _) in ads.iter().take(3) {
+        for &(from, to) in &ranges {
+            let want: (u64, u64) = truth
+                .windows
+                .iter()
+                .filter(|r| r.ad_id == *ad && (from..to).contains(&(r.minute_ms as u64)))
+                .fold((0, 0), |m, r| (m.0 + r.clicks, m.1 + r.duplicates));
+            let (f, t) = (
+                adclick::timefmt::format_millis(from as i64),
+                adclick::timefmt::format_millis(to as i64),
+            );
+            let (status, c) = get(
+                &addr,
+                &format!("/ads/{ad}/aggregated_count?from={f}&to={t}"),
+                Some(ADMIN),
+            );
+            assert_eq!(status, 200, "{c}");
+            assert_eq!(
+                (c["count"].as_u64(), c["duplicates"].as_u64()),
+                (Some(want.0), Some(want.1)),
+                "{ad} over [{f}, {t}): {c}"
+            );
+        }
+    }
 }
 
 /// The dashboard in Debian's headless Chromium: the page loads without errors, and the clicks

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use differential_dataflow::trace::TraceReader;
-use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+use differential_dataflow::trace::cursor::{Cursor, Navigable, cursor_list};
 use serde::{Deserialize, Serialize};
 use timely::PartialOrder;
 use timely::container::CapacityContainerBuilder;
@@ -256,40 +256,95 @@ impl QueryTraces {
     }
 }
 
-/// Hands `keep` every row of `ad` (or of every ad) in `trace` with its measures at times
-/// ≤ `read_at`; rows that accumulate to nothing are skipped.
-fn scan_rows(
+/// Adds up, through `add`, the updates at times ≤ `read_at` of every row of `ad` (or of every
+/// ad) in `trace` whose window starts in `windows`. Each batch is read on its own: sums need
+/// no consolidation across batches, and a batch's cursor seeks straight to the range (rows
+/// sort by window first) and stops after it. `add` may see a row more than once, and a row
+/// whose updates cancel out.
+fn sum_rows(
     trace: &mut AdTrace,
     ad: Option<Sym>,
+    windows: std::ops::Range<u64>,
     read_at: u64,
-    mut keep: impl FnMut(&Row, Measures),
+    mut add: impl FnMut(&Row, Measures),
 ) {
     let Some(spans) = trace.spans_through(Antichain::new().borrow()) else {
         return;
     };
-    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
-    if let Some(ad) = ad {
-        cursor.seek_key(&storage, &ad);
-    }
-    while let Some(key) = cursor.get_key(&storage) {
-        if ad.is_some_and(|a| *key != a) {
-            break;
+    let first: Row = (windows.start, Dims::default());
+    for batch in spans.into_iter().filter_map(|s| s.inner) {
+        let mut cursor = batch.cursor();
+        if let Some(ad) = ad {
+            cursor.seek_key(&batch, &ad);
         }
-        while let Some(row) = cursor.get_val(&storage) {
-            let mut m: Measures = (0, 0);
-            cursor.map_times(&storage, |t, d| {
-                if t.less_equal(&read_at) {
-                    m.0 += d.0;
-                    m.1 += d.1;
-                }
-            });
-            if m != (0, 0) {
-                keep(row, m);
+        while let Some(key) = cursor.get_key(&batch) {
+            if ad.is_some_and(|a| *key != a) {
+                break;
             }
-            cursor.step_val(&storage);
+            cursor.seek_val(&batch, &first);
+            while let Some(row) = cursor.get_val(&batch) {
+                if row.0 >= windows.end {
+                    break;
+                }
+                let mut m: Measures = (0, 0);
+                cursor.map_times(&batch, |t, d| {
+                    if t.less_equal(&read_at) {
+                        m.0 += d.0;
+                        m.1 += d.1;
+                    }
+                });
+                add(row, m);
+                cursor.step_val(&batch);
+            }
+            cursor.step_key(&batch);
         }
-        cursor.step_key(&storage);
     }
+}
+
+/// Whether `ad` has a row in `trace`, in any window, with measures at times ≤ `read_at` that
+/// do not cancel out and that `visible` accepts. Reads consolidated rows (all batches at
+/// once), and stops at the first.
+fn any_row(trace: &mut AdTrace, ad: Sym, read_at: u64, visible: impl Fn(&Row) -> bool) -> bool {
+    let Some(spans) = trace.spans_through(Antichain::new().borrow()) else {
+        return false;
+    };
+    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+    cursor.seek_key(&storage, &ad);
+    if cursor.get_key(&storage) != Some(&ad) {
+        return false;
+    }
+    while let Some(row) = cursor.get_val(&storage) {
+        let mut m: Measures = (0, 0);
+        cursor.map_times(&storage, |t, d| {
+            if t.less_equal(&read_at) {
+                m.0 += d.0;
+                m.1 += d.1;
+            }
+        });
+        if m != (0, 0) && visible(row) {
+            return true;
+        }
+        cursor.step_val(&storage);
+    }
+    false
+}
+
+/// [from, to) as spans each read from the coarsest rows that hold it exactly: whole hours
+/// inside a range of minute rows come from hour rows (the same clicks, summed by the same
+/// dataflow at the same times), so a day's count reads 24 rows per combination, not 1,440.
+fn spans(from: u64, to: u64, source: Granularity) -> Vec<(Granularity, u64, u64)> {
+    let (first_hour, last_hour) = (from.next_multiple_of(HOUR_MS), to / HOUR_MS * HOUR_MS);
+    if source != Granularity::Minute || first_hour >= last_hour {
+        return vec![(source, from, to)];
+    }
+    [
+        (Granularity::Minute, from, first_hour),
+        (Granularity::Hour, first_hour, last_hour),
+        (Granularity::Minute, last_hour, to),
+    ]
+    .into_iter()
+    .filter(|(_, a, b)| a < b)
+    .collect()
 }
 
 fn ranking(trace: &mut RankTrace, key: &RankKey, read_at: u64) -> Ranking {
@@ -326,17 +381,21 @@ pub fn answer_locally(traces: &mut QueryTraces, q: &Query) -> Partial {
             source,
             filter,
         } => {
-            let (mut measures, mut ad_seen) = ((0, 0), false);
-            scan_rows(traces.rows(*source), Some(*ad), q.read_at, |row, m| {
-                // The ad exists for the caller if any of its rows is the caller's.
-                ad_seen |= filter
+            // The ad exists for the caller if any of its rows, in any window, is the caller's.
+            let ad_seen = any_row(traces.rows(*source), *ad, q.read_at, |row| {
+                filter
                     .advertiser_id
-                    .is_none_or(|a| a == row.1.advertiser_id);
-                if (*from..*to).contains(&row.0) && filter.matches(&row.1) {
-                    measures.0 += m.0;
-                    measures.1 += m.1;
-                }
+                    .is_none_or(|a| a == row.1.advertiser_id)
             });
+            let mut measures = (0, 0);
+            for (g, from, to) in spans(*from, *to, *source) {
+                sum_rows(traces.rows(g), Some(*ad), from..to, q.read_at, |row, m| {
+                    if filter.matches(&row.1) {
+                        measures.0 += m.0;
+                        measures.1 += m.1;
+                    }
+                });
+            }
             Partial::Count { measures, ad_seen }
         }
         QueryKind::Report {
@@ -347,13 +406,19 @@ pub fn answer_locally(traces: &mut QueryTraces, q: &Query) -> Partial {
             filter,
         } => {
             let mut sums: BTreeMap<GroupKey, Measures> = BTreeMap::new();
-            scan_rows(traces.rows(*source), filter.ad_id, q.read_at, |row, m| {
-                if (*from..*to).contains(&row.0) && filter.matches(&row.1) {
-                    let s = sums.entry(group.key(row)).or_default();
-                    s.0 += m.0;
-                    s.1 += m.1;
-                }
-            });
+            sum_rows(
+                traces.rows(*source),
+                filter.ad_id,
+                *from..*to,
+                q.read_at,
+                |row, m| {
+                    if m != (0, 0) && filter.matches(&row.1) {
+                        let s = sums.entry(group.key(row)).or_default();
+                        s.0 += m.0;
+                        s.1 += m.1;
+                    }
+                },
+            );
             Partial::Rows(sums.into_iter().collect())
         }
         QueryKind::Top { key, .. } => Partial::Top(ranking(&mut traces.top, key, q.read_at)),
@@ -491,6 +556,27 @@ pub fn serve<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_hours_of_a_minute_range_are_read_from_hour_rows() {
+        use Granularity::{Day, Hour, Minute};
+        let (h, m) = (HOUR_MS, MINUTE_MS);
+        assert_eq!(
+            spans(h - m, 3 * h + 2 * m, Minute),
+            [
+                (Minute, h - m, h),
+                (Hour, h, 3 * h),
+                (Minute, 3 * h, 3 * h + 2 * m)
+            ]
+        );
+        assert_eq!(spans(h, 2 * h, Minute), [(Hour, h, 2 * h)]);
+        assert_eq!(
+            spans(h + m, 2 * h - m, Minute),
+            [(Minute, h + m, 2 * h - m)]
+        );
+        assert_eq!(spans(h - m, h + m, Minute), [(Minute, h - m, h + m)]);
+        assert_eq!(spans(0, DAY_MS, Day), [(Day, 0, DAY_MS)]);
+    }
 
     #[test]
     fn query_times_only_grow_as_the_read_time_moves() {
