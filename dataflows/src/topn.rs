@@ -93,6 +93,25 @@ impl Shard {
         }
         best(sums.into_iter(), n)
     }
+
+    /// `ad`'s clicks over the window `key`.
+    fn total(&self, (m, end, scope): &RankKey, ad: &Ad) -> i64 {
+        let first = end.saturating_sub((m - 1) * MINUTE_MS);
+        self.minutes
+            .range((*scope, first)..=(*scope, *end))
+            .filter_map(|(_, ads)| ads.get(ad))
+            .sum()
+    }
+
+    /// The ranking of `key` once the clicks of `ads` in it have only grown, from the ranking
+    /// before (`current`): every other ad's total is unchanged, so only the grown ads can
+    /// enter or move, and the cut stays exact. (After a decrease an ad outside the ranking
+    /// may have to enter, which only a full [`Shard::rank`] can tell.)
+    fn grown(&self, key: &RankKey, current: &Ranking, ads: &BTreeSet<Ad>, n: usize) -> Ranking {
+        let others = current.iter().filter(|(ad, _)| !ads.contains(ad)).copied();
+        let grown = ads.iter().map(|ad| (*ad, self.total(key, ad)));
+        best(others.chain(grown), n)
+    }
 }
 
 pub fn top_n<'s>(
@@ -134,14 +153,27 @@ pub fn top_n<'s>(
                     let bound = frontier.frontier().first().copied();
                     let limit = bound.unwrap_or(u64::MAX);
                     let mut updates: Vec<(RankKey, Ranking, u64)> = Vec::new();
-                    // An empty ranking is no ranking: nothing to emit unless one is retracted.
-                    let mut rerank = |shard: &mut Shard, key: RankKey, at: u64| {
-                        let ranking = shard.rank(&key, n);
-                        let old = shard.emitted.get(&key);
-                        if old != Some(&ranking) && !(old.is_none() && ranking.is_empty()) {
-                            updates.push((key, ranking, at));
-                        }
-                    };
+                    // This activation's newest ranking per window, ahead of `emitted`: a window
+                    // may change more than once before anything is emitted.
+                    let mut latest: HashMap<RankKey, Ranking> = HashMap::new();
+                    // Sets `key`'s ranking at `at` to `next(shard, newest ranking so far)`. An
+                    // empty ranking is no ranking: nothing to emit unless one is retracted.
+                    let mut update =
+                        |shard: &Shard,
+                         key: RankKey,
+                         at: u64,
+                         next: &dyn Fn(&Shard, &Ranking) -> Ranking| {
+                            let none = Ranking::new();
+                            let current = latest
+                                .get(&key)
+                                .or_else(|| shard.emitted.get(&key))
+                                .unwrap_or(&none);
+                            let ranking = next(shard, current);
+                            if ranking != *current {
+                                latest.insert(key, ranking.clone());
+                                updates.push((key, ranking, at));
+                            }
+                        };
                     // Late changes to minutes already ranked: re-rank their windows, at the
                     // change's time, while they are not final.
                     while let Some(entry) = pending.first_entry() {
@@ -149,7 +181,9 @@ pub fn top_n<'s>(
                             break;
                         }
                         let (t, changes) = entry.remove_entry();
-                        let mut dirty: BTreeSet<(Scope, u64)> = BTreeSet::new();
+                        // Windows already ranked and not final that a change falls in: the ads
+                        // that changed in each, and whether any of them lost clicks.
+                        let mut dirty: BTreeMap<RankKey, (BTreeSet<Ad>, bool)> = BTreeMap::new();
                         for (minute, country, ad, clicks) in changes {
                             for scope in [all_countries(), country] {
                                 *shard
@@ -159,22 +193,28 @@ pub fn top_n<'s>(
                                     .entry(ad)
                                     .or_default() += clicks;
                                 scopes.insert(scope);
-                                dirty.insert((scope, minute));
-                            }
-                        }
-                        for (scope, minute) in dirty {
-                            if ranked_through.is_none_or(|r| minute > r) {
-                                continue; // ranked when the frontier passes it
-                            }
-                            for &m in &windows {
-                                for k in 0..m {
-                                    let end = minute + k * MINUTE_MS;
-                                    if ranked_through.is_some_and(|r| end <= r)
-                                        && t < final_at(end, allowed_lateness_ms)
-                                    {
-                                        rerank(&mut shard, (m, end, scope), t);
+                                if ranked_through.is_none_or(|r| minute > r) {
+                                    continue; // ranked when the frontier passes it
+                                }
+                                for &m in &windows {
+                                    for k in 0..m {
+                                        let end = minute + k * MINUTE_MS;
+                                        if ranked_through.is_some_and(|r| end <= r)
+                                            && t < final_at(end, allowed_lateness_ms)
+                                        {
+                                            let d = dirty.entry((m, end, scope)).or_default();
+                                            d.0.insert(ad);
+                                            d.1 |= clicks < 0;
+                                        }
                                     }
                                 }
+                            }
+                        }
+                        for (key, (ads, lost)) in dirty {
+                            if lost {
+                                update(&shard, key, t, &|s, _| s.rank(&key, n));
+                            } else {
+                                update(&shard, key, t, &|s, cur| s.grown(&key, cur, &ads, n));
                             }
                         }
                     }
@@ -197,7 +237,8 @@ pub fn top_n<'s>(
                         let at = (minute + MINUTE_MS).max(*c.time());
                         for scope in &scopes {
                             for &m in &windows {
-                                rerank(&mut shard, (m, minute, *scope), at);
+                                let key = (m, minute, *scope);
+                                update(&shard, key, at, &|s, _| s.rank(&key, n));
                             }
                         }
                         ranked_through = Some(minute);
