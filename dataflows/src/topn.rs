@@ -103,14 +103,29 @@ impl Shard {
             .sum()
     }
 
-    /// The ranking of `key` once the clicks of `ads` in it have only grown, from the ranking
-    /// before (`current`): every other ad's total is unchanged, so only the grown ads can
-    /// enter or move, and the cut stays exact. (After a decrease an ad outside the ranking
-    /// may have to enter, which only a full [`Shard::rank`] can tell.)
-    fn grown(&self, key: &RankKey, current: &Ranking, ads: &BTreeSet<Ad>, n: usize) -> Ranking {
-        let others = current.iter().filter(|(ad, _)| !ads.contains(ad)).copied();
-        let grown = ads.iter().map(|ad| (*ad, self.total(key, ad)));
-        best(others.chain(grown), n)
+    /// The ranking of `key` once the clicks of `changed` ads in it changed, from the ranking
+    /// before (`current`), of which `lost` are the ads that lost clicks. Unless one of
+    /// `current`'s ads lost clicks, every ad it held has at least its old total, so no ad
+    /// outside it and unchanged can enter: only the changed ads (their totals summed over the
+    /// window, one lookup per minute) can enter or move. Otherwise an ad outside may have to
+    /// take the place, which only a full [`Shard::rank`] can tell.
+    fn rerank(
+        &self,
+        key: &RankKey,
+        current: &Ranking,
+        changed: &BTreeSet<Ad>,
+        lost: &BTreeSet<Ad>,
+        n: usize,
+    ) -> Ranking {
+        if current.iter().any(|(ad, _)| lost.contains(ad)) {
+            return self.rank(key, n);
+        }
+        let others = current
+            .iter()
+            .filter(|(ad, _)| !changed.contains(ad))
+            .copied();
+        let totals = changed.iter().map(|ad| (*ad, self.total(key, ad)));
+        best(others.chain(totals), n)
     }
 }
 
@@ -182,8 +197,9 @@ pub fn top_n<'s>(
                         }
                         let (t, changes) = entry.remove_entry();
                         // Windows already ranked and not final that a change falls in: the ads
-                        // that changed in each, and whether any of them lost clicks.
-                        let mut dirty: BTreeMap<RankKey, (BTreeSet<Ad>, bool)> = BTreeMap::new();
+                        // that changed in each, and those that lost clicks.
+                        type Changed = (BTreeSet<Ad>, BTreeSet<Ad>);
+                        let mut dirty: BTreeMap<RankKey, Changed> = BTreeMap::new();
                         for (minute, country, ad, clicks) in changes {
                             for scope in [all_countries(), country] {
                                 *shard
@@ -204,18 +220,18 @@ pub fn top_n<'s>(
                                         {
                                             let d = dirty.entry((m, end, scope)).or_default();
                                             d.0.insert(ad);
-                                            d.1 |= clicks < 0;
+                                            if clicks < 0 {
+                                                d.1.insert(ad);
+                                            }
                                         }
                                     }
                                 }
                             }
                         }
-                        for (key, (ads, lost)) in dirty {
-                            if lost {
-                                update(&shard, key, t, &|s, _| s.rank(&key, n));
-                            } else {
-                                update(&shard, key, t, &|s, cur| s.grown(&key, cur, &ads, n));
-                            }
+                        for (key, (changed, lost)) in dirty {
+                            update(&shard, key, t, &|s, cur| {
+                                s.rerank(&key, cur, &changed, &lost, n)
+                            });
                         }
                     }
                     // Minutes the frontier has passed the end of: rank their windows.
@@ -318,5 +334,52 @@ mod tests {
         );
         let ad = |a| (Sym(a), Sym(0));
         assert_eq!(r, vec![(ad(3), 5), (ad(1), 3), (ad(2), 3)]);
+    }
+
+    /// Every kind of late change, applied to a window of two minutes ranked to 2 ads: the
+    /// ranking updated from the one before equals a full re-rank.
+    #[test]
+    fn a_late_change_reranks_a_window_as_a_full_rank_would() {
+        let ad = |a| (Sym(a), Sym(0));
+        let scope = all_countries();
+        let key: RankKey = (2, MINUTE_MS, scope);
+        // (ad, minute, clicks) changes, each from the same starting counts: A 5, B 4, C 3, D 1.
+        let cases: [&[(u64, u64, i64)]; 6] = [
+            &[(3, 0, 2)],             // an outside ad grows past the cut
+            &[(2, MINUTE_MS, 1)],     // a ranked ad grows
+            &[(4, 0, -1)],            // an outside ad loses clicks: nothing changes
+            &[(2, 0, -2)],            // a ranked ad loses clicks: an outside ad enters
+            &[(1, 0, -5), (4, 0, 9)], // both at once
+            &[(5, MINUTE_MS, 7)],     // a new ad
+        ];
+        for changes in cases {
+            let mut shard = Shard::default();
+            for (a, c) in [(1, 5), (2, 4), (3, 3), (4, 1)] {
+                shard
+                    .minutes
+                    .entry((scope, 0))
+                    .or_default()
+                    .insert(ad(a), c);
+            }
+            let before = shard.rank(&key, 2);
+            let (mut changed, mut lost) = (BTreeSet::new(), BTreeSet::new());
+            for &(a, minute, c) in changes {
+                *shard
+                    .minutes
+                    .entry((scope, minute))
+                    .or_default()
+                    .entry(ad(a))
+                    .or_default() += c;
+                changed.insert(ad(a));
+                if c < 0 {
+                    lost.insert(ad(a));
+                }
+            }
+            assert_eq!(
+                shard.rerank(&key, &before, &changed, &lost, 2),
+                shard.rank(&key, 2),
+                "{changes:?}"
+            );
+        }
     }
 }
