@@ -242,17 +242,23 @@ impl QueryTraces {
         self.top.set_logical_compaction(frontier.borrow());
     }
 
-    /// Whether every trace holds all updates at times ≤ `read_at`.
-    fn ready(&mut self, read_at: u64) -> bool {
+    /// Whether the traces `kind` reads hold all updates at times ≤ `read_at`. Rows and
+    /// rankings are waited for apart: the rankings come a few operators after the rows, and a
+    /// count need not wait for them (nor a ranking for the rows).
+    fn ready(&mut self, kind: &QueryKind, read_at: u64) -> bool {
         let mut upper = Antichain::new();
         let mut ok = |t: &mut dyn FnMut(&mut Antichain<u64>)| {
             t(&mut upper);
             !upper.less_equal(&read_at)
         };
-        ok(&mut |u| self.minute.read_upper(u))
-            && ok(&mut |u| self.hour.read_upper(u))
-            && ok(&mut |u| self.day.read_upper(u))
-            && ok(&mut |u| self.top.read_upper(u))
+        match kind {
+            QueryKind::AdCount { .. } | QueryKind::Report { .. } => {
+                ok(&mut |u| self.minute.read_upper(u))
+                    && ok(&mut |u| self.hour.read_upper(u))
+                    && ok(&mut |u| self.day.read_upper(u))
+            }
+            QueryKind::Top { .. } => ok(&mut |u| self.top.read_upper(u)),
+        }
     }
 }
 
@@ -501,7 +507,7 @@ pub fn serve<'s>(
                     // Answer what the traces can answer exactly; wait (briefly) for the rest.
                     let mut waiting = Vec::new();
                     for (cap, q) in pending.drain(..) {
-                        if traces.ready(q.read_at) {
+                        if traces.ready(&q.kind, q.read_at) {
                             let part = answer_locally(&mut traces, &q);
                             output.session(&cap).give((q, part));
                         } else {
