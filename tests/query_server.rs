@@ -47,14 +47,6 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The load generator's traffic, with `args` beside the usual flags, into `brokers`, and its
 /// truth.
 fn traffic(brokers: &str, dir: &std::path::Path, args: &[&str]) -> TruthReport {
@@ -90,8 +82,10 @@ fn settled_aggregator(
     dir: &std::path::Path,
     received: u64,
 ) -> (Killed, String, u64) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let agg = Killed(
+    // Port 0: the aggregator binds a free port itself and prints it, so tests running side
+    // by side never race for one.
+    let printed = dir.join("aggregator.out");
+    let mut agg = Killed(
         Command::new(AGGREGATOR)
             .args([
                 "--config",
@@ -101,22 +95,35 @@ fn settled_aggregator(
                 "--workers",
                 "2",
             ])
-            .args(["--query-listen", &addr, "--output"])
+            .args(["--query-listen", "127.0.0.1:0", "--output"])
             .arg(dir.join("out.ndjson"))
             .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500")
+            .stdout(std::fs::File::create(&printed).unwrap())
             .spawn()
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        assert!(Instant::now() < deadline, "the query server never started");
+        assert!(agg.0.try_wait().unwrap().is_none(), "the aggregator exited");
+        let text = std::fs::read_to_string(&printed).unwrap();
+        if let Some(a) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("query server: http://"))
+        {
+            break a.trim_end_matches('/').to_string();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let mut last = None;
     loop {
-        assert!(Instant::now() < deadline, "the watermark never settled");
         std::thread::sleep(Duration::from_millis(1_500));
-        if TcpStream::connect(&addr).is_err() {
-            continue;
-        }
         let (status, h) = get(&addr, "/api/v1/health", Some(ADMIN));
         assert_eq!(status, 200, "{h}");
+        assert!(
+            Instant::now() < deadline,
+            "the watermark never settled: {h}"
+        );
         // Queries keep being answered while the frontier moves between them.
         let (status, top) = get(&addr, "/ads/popular_ads?count=3&window=1", Some(ADMIN));
         assert_eq!(status, 200, "a query while ingesting: {top}");
