@@ -74,12 +74,12 @@ fn wait_ok(mut c: Child) {
     assert!(status.success(), "aggregator exited with {status}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free ports: all held at once while they are picked, so none comes back twice.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<_> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// Runs every cluster shape over the same input arguments.
@@ -97,11 +97,8 @@ fn every_shape(dir: &Path, input: &[String], truth: &TruthReport) {
         check(&out, truth, &format!("{workers} worker(s)"));
     }
     let hostfile = dir.join("hosts");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    let [a, b] = free_ports();
+    std::fs::write(&hostfile, format!("127.0.0.1:{a}\n127.0.0.1:{b}\n")).unwrap();
     let out = dir.join("out-2x2.ndjson");
     let procs: Vec<Child> = (0..2)
         .map(|i| {
