@@ -153,11 +153,7 @@ fn files_on_every_cluster_shape_equal_the_truth() {
 
 #[test]
 fn kafka_on_every_cluster_shape_equals_the_truth() {
-    let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
-        partitions: 6,
-        ..Default::default()
-    })
-    .unwrap();
+    let kafka = common::embedded_kafka(6);
     let brokers = kafka.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let truth = loadgen(
@@ -196,11 +192,7 @@ fn an_empty_topic_finishes_with_zero_tallies() {
 /// tallies add up to it.
 #[test]
 fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
-    let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
-        partitions: 4,
-        ..Default::default()
-    })
-    .unwrap();
+    let kafka = common::embedded_kafka(4);
     let brokers = kafka.bootstrap_servers();
     let mut dir = tempfile::tempdir().unwrap();
     // ADCLICK_KEEP_TEST_DIRS=1 keeps the checkpoints, output and truth for a post-mortem.

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use adclick::aggregator::output::Line;
 use adclick::event::{ClickEvent, Device, device_to_proto};
-use adclick::kafka::embedded::EmbeddedKafka;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -36,11 +35,7 @@ fn event(i: i64) -> ClickEvent {
 
 #[test]
 fn an_empty_partition_is_released_after_the_idle_timeout() {
-    let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
-        partitions: 4,
-        ..Default::default()
-    })
-    .unwrap();
+    let kafka = common::embedded_kafka(4);
     let brokers = kafka.bootstrap_servers();
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)

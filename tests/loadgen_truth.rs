@@ -15,9 +15,8 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use adclick::config::{Config, KafkaConfig};
+use adclick::config::Config;
 use adclick::event::ClickEvent;
-use adclick::kafka::embedded::EmbeddedKafka;
 use adclick::loadgen::truth::{GroundTruth, Row, Tallies, TruthReport};
 use adclick::loadgen::{self, LoadgenConfig, OutputKind};
 
@@ -261,11 +260,7 @@ fn the_binary_is_reproducible_per_seed() {
 /// what reached the clicks topic and the dead-letter topic.
 #[test]
 fn http_output_through_the_redirect_matches_what_reached_kafka() {
-    let kafka = EmbeddedKafka::start(&KafkaConfig {
-        partitions: 4,
-        ..KafkaConfig::default()
-    })
-    .unwrap();
+    let kafka = common::embedded_kafka(4);
     let brokers = kafka.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let config = common::test_config(&brokers, &dir.path().join("spool"));
@@ -397,11 +392,7 @@ fn signal(pid: u32, name: &str) {
 #[test]
 fn traffic_paused_around_redirect_restarts_reaches_kafka_whole() {
     use std::io::Read;
-    let kafka = EmbeddedKafka::start(&KafkaConfig {
-        partitions: 4,
-        ..KafkaConfig::default()
-    })
-    .unwrap();
+    let kafka = common::embedded_kafka(4);
     let brokers = kafka.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");

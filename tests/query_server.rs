@@ -2,13 +2,14 @@
 //! aggregator (2 workers) on the embedded broker answers reports, per-ad counts and top-N
 //! from its live arrangements, exactly; keys confine advertisers to their own ads.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use adclick::kafka::embedded::EmbeddedKafka;
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
 use serde_json::Value;
 
@@ -137,11 +138,7 @@ fn settled_aggregator(
 
 #[test]
 fn answers_equal_the_truth_and_keys_isolate_advertisers() {
-    let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
-        partitions: 4,
-        ..Default::default()
-    })
-    .unwrap();
+    let kafka = common::embedded_kafka(4);
     let brokers = kafka.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let truth = traffic(
@@ -306,11 +303,7 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
 #[test]
 fn counts_over_ranges_across_hours_equal_the_truth() {
     const HOUR: u64 = 3_600_000;
-    let kafka = EmbeddedKafka::start(&adclick::config::KafkaConfig {
-        partitions: 4,
-        ..Default::default()
-    })
-    .unwrap();
+    let kafka = common::embedded_kafka(4);
     let brokers = kafka.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     // 2 clicks per simulated second for 16,000 clicks: 133 minutes of event time, so at least

@@ -25,6 +25,16 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub const PARTNER_KEY: &str = "partner-key-0123456789";
 
+/// librdkafka's mock cluster with `partitions` per topic, for tests that spread clicks over
+/// several partitions.
+pub fn embedded_kafka(partitions: i32) -> adclick::kafka::embedded::EmbeddedKafka {
+    adclick::kafka::embedded::EmbeddedKafka::start(&adclick::config::KafkaConfig {
+        partitions,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 pub fn test_config(brokers: &str, spool_dir: &Path) -> Config {
     let mut c = Config::default();
     c.kafka.brokers = brokers.to_string();
