@@ -273,14 +273,25 @@ impl Traces {
         }
     }
 
-    /// Handles for the query dataflow (each holds compaction back on its own).
+    /// Handles for the query dataflow. Each holds logical compaction back on its own (queries
+    /// tell apart the times up to their read time), and none holds physical compaction: a
+    /// query reads every batch and filters their times itself, so it never needs batches kept
+    /// apart. A handle that kept the physical frontier where it was cloned would stop every
+    /// merge: each move of the frontier would leave one more batch for every query to read,
+    /// and retired rows would never meet their retractions and go.
     pub fn for_queries(&self) -> query::QueryTraces {
-        query::QueryTraces {
+        let mut q = query::QueryTraces {
             minute: self.minute.clone(),
             hour: self.hour.clone(),
             day: self.day.clone(),
             top: self.top.clone(),
+        };
+        let unbounded = timely::progress::Antichain::new();
+        for t in [&mut q.minute, &mut q.hour, &mut q.day] {
+            t.set_physical_compaction(unbounded.borrow());
         }
+        q.top.set_physical_compaction(unbounded.borrow());
+        q
     }
 
     /// Whether every update before `f` is in all four arrangements (their batches sealed up
@@ -318,5 +329,68 @@ impl Traces {
         }
         self.top.set_logical_compaction(frontier);
         self.top.set_physical_compaction(frontier);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use differential_dataflow::input::Input as _;
+    use timely::dataflow::operators::Probe;
+    use timely::dataflow::operators::generic::operator::empty;
+
+    fn spans(trace: &AdTrace) -> usize {
+        let mut n = 0;
+        trace.map_spans(|_| n += 1);
+        n
+    }
+
+    /// The aggregator holds query handles for as long as it runs while the frontier moves
+    /// every tick: the arrangements must go on merging their batches all the same.
+    #[test]
+    fn query_handles_let_the_arrangements_merge() {
+        timely::execute_directly(|worker| {
+            let (mut rows, mut ranks, probe, mut traces) = worker.dataflow::<u64, _, _>(|scope| {
+                let (rows, minute) = scope.new_collection::<Row, Measures>();
+                let (ranks, top) = scope.new_collection::<(RankKey, Ranking), isize>();
+                let a = Aggregates {
+                    hour: minute.clone(),
+                    day: minute.clone(),
+                    minute,
+                    top,
+                    late: empty(scope),
+                    rejected: empty(scope),
+                    names: empty(scope),
+                    received: empty(scope),
+                };
+                let traces = Traces::arrange(&a);
+                let probe = a.minute.inner.probe().0;
+                (rows, ranks, probe, traces)
+            });
+            let queries = traces.for_queries();
+            let ticks = 1_000u64;
+            for t in 1..=ticks {
+                let dims = click::Dims {
+                    ad_id: click::Sym(t % 7),
+                    ..Default::default()
+                };
+                rows.update((t * 100, dims), (1, 0));
+                rows.advance_to(t);
+                ranks.advance_to(t);
+                rows.flush();
+                ranks.flush();
+                while probe.less_than(&t) {
+                    worker.step();
+                }
+                traces.compact_to(timely::progress::Antichain::from_elem(t - 1).borrow());
+            }
+            // A spine keeps about two batches per power of two of its length.
+            let most = 2 * (ticks.ilog2() as usize + 2);
+            for (name, trace) in [("minute", &traces.minute), ("day", &traces.day)] {
+                let n = spans(trace);
+                assert!(n <= most, "{name}: {n} batches after {ticks} ticks");
+            }
+            drop(queries);
+        });
     }
 }
