@@ -74,14 +74,6 @@ fn wait_ok(mut c: Child) {
     assert!(status.success(), "aggregator exited with {status}");
 }
 
-/// `N` distinct free ports: all held at once while they are picked, so none comes back twice.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<_> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
-}
-
 /// Runs every cluster shape over the same input arguments.
 fn every_shape(dir: &Path, input: &[String], truth: &TruthReport) {
     for workers in [1, 2] {
@@ -96,26 +88,12 @@ fn every_shape(dir: &Path, input: &[String], truth: &TruthReport) {
         wait_ok(aggregator(&args));
         check(&out, truth, &format!("{workers} worker(s)"));
     }
-    let hostfile = dir.join("hosts");
-    let [a, b] = free_ports();
-    std::fs::write(&hostfile, format!("127.0.0.1:{a}\n127.0.0.1:{b}\n")).unwrap();
+    let hostfile = common::hostfile(dir, 2);
     let out = dir.join("out-2x2.ndjson");
     let procs: Vec<Child> = (0..2)
         .map(|i| {
             let mut args = input.to_vec();
-            args.extend(
-                [
-                    "--workers",
-                    "2",
-                    "--processes",
-                    "2",
-                    "--process",
-                    &i.to_string(),
-                    "--hostfile",
-                ]
-                .map(String::from),
-            );
-            args.push(hostfile.display().to_string());
+            args.extend(common::cluster_args(2, 2, i, &hostfile));
             args.extend(["--output".into(), out.display().to_string()]);
             aggregator(&args)
         })

@@ -82,31 +82,51 @@ fn settled_aggregator(
     brokers: &str,
     dir: &std::path::Path,
     received: u64,
-) -> (Killed, String, u64) {
+) -> (Vec<Killed>, String, u64) {
+    settled_cluster(brokers, dir, 1, |_, h| h["tallies"]["received"] == received)
+}
+
+/// `processes` aggregator processes of 2 workers each, process 0 serving queries, once
+/// `settled(address, health)` holds at two health polls in a row with the same watermark.
+/// Returns them, the query address and the watermark.
+fn settled_cluster(
+    brokers: &str,
+    dir: &std::path::Path,
+    processes: usize,
+    settled: impl Fn(&str, &Value) -> bool,
+) -> (Vec<Killed>, String, u64) {
     // Port 0: the aggregator binds a free port itself and prints it, so tests running side
     // by side never race for one.
     let printed = dir.join("aggregator.out");
-    let mut agg = Killed(
-        Command::new(AGGREGATOR)
-            .args([
-                "--config",
-                &config(),
-                "--brokers",
-                brokers,
-                "--workers",
-                "2",
-            ])
-            .args(["--query-listen", "127.0.0.1:0", "--output"])
-            .arg(dir.join("out.ndjson"))
-            .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500")
-            .stdout(std::fs::File::create(&printed).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let hostfile = common::hostfile(dir, processes);
+    let mut cluster: Vec<Killed> = (0..processes)
+        .map(|i| {
+            let stdout = match i {
+                0 => std::fs::File::create(&printed).unwrap().into(),
+                _ => std::process::Stdio::null(),
+            };
+            Killed(
+                Command::new(AGGREGATOR)
+                    .args(["--config", &config(), "--brokers", brokers])
+                    .args(common::cluster_args(2, processes, i, &hostfile))
+                    .args(["--query-listen", "127.0.0.1:0", "--output"])
+                    .arg(dir.join(format!("out-{i}.ndjson")))
+                    .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500")
+                    .stdout(stdout)
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let running = |cluster: &mut Vec<Killed>| {
+        for p in cluster.iter_mut() {
+            assert!(p.0.try_wait().unwrap().is_none(), "an aggregator exited");
+        }
+    };
     let addr = loop {
         assert!(Instant::now() < deadline, "the query server never started");
-        assert!(agg.0.try_wait().unwrap().is_none(), "the aggregator exited");
+        running(&mut cluster);
         let text = std::fs::read_to_string(&printed).unwrap();
         if let Some(a) = text
             .lines()
@@ -119,6 +139,7 @@ fn settled_aggregator(
     let mut last = None;
     loop {
         std::thread::sleep(Duration::from_millis(1_500));
+        running(&mut cluster);
         let (status, h) = get(&addr, "/api/v1/health", Some(ADMIN));
         assert_eq!(status, 200, "{h}");
         assert!(
@@ -129,8 +150,8 @@ fn settled_aggregator(
         let (status, top) = get(&addr, "/ads/popular_ads?count=3&window=1", Some(ADMIN));
         assert_eq!(status, 200, "a query while ingesting: {top}");
         let w = h["watermark_ms"].as_u64();
-        if let Some(settled) = w.filter(|_| w == last && h["tallies"]["received"] == received) {
-            return (agg, addr, settled);
+        if let Some(done) = w.filter(|_| w == last && settled(&addr, &h)) {
+            return (cluster, addr, done);
         }
         last = w;
     }
@@ -362,6 +383,129 @@ fn counts_over_ranges_across_hours_equal_the_truth() {
                 "{ad} over [{f}, {t}): {c}"
             );
         }
+    }
+}
+
+/// On 2 processes × 2 workers, where an ad's rows and a ranking live on one of four workers
+/// in either process: every ad's count, a report filtered to one ad (each read by the one
+/// worker holding the ad) and a top-N ranking equal the truth.
+#[test]
+fn queries_on_two_processes_equal_the_truth() {
+    let kafka = common::embedded_kafka(4);
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let truth = traffic(
+        &brokers,
+        dir.path(),
+        &[
+            "--count", "6000", "--rate", "40", "--seed", "3", "--ads", "30",
+        ],
+    );
+    let minutes = |t: &TruthReport| {
+        let ms = t.windows.iter().map(|r| r.minute_ms as u64);
+        (ms.clone().min().unwrap(), ms.max().unwrap() + 60_000)
+    };
+    let (start, stop) = minutes(&truth);
+    let iso = |ms: u64| adclick::timefmt::format_millis(ms as i64);
+    // The truth's clicks in the minutes before `end`: all a read sees once the frontier has
+    // passed them.
+    let before = |end: u64| -> u64 {
+        truth
+            .windows
+            .iter()
+            .filter(|r| (r.minute_ms as u64) < end)
+            .map(|r| r.clicks)
+            .sum()
+    };
+    // Health tallies cover process 0's partitions only: wait until a report over every ad
+    // (read by all four workers) holds every click of the truth before the watermark's minute.
+    let all_read = |addr: &str, h: &Value| {
+        let Some(watermark) = h["watermark_ms"].as_u64() else {
+            return false;
+        };
+        let end = watermark - watermark % 60_000;
+        let (status, r) = get(
+            addr,
+            &format!(
+                "/api/v1/reports/clicks?from={}&to={}&groupBy=ad_id",
+                iso(start),
+                iso(end)
+            ),
+            Some(ADMIN),
+        );
+        let sum: u64 = r["rows"].as_array().map_or(0, |rows| {
+            rows.iter().map(|r| r["clicks"].as_u64().unwrap()).sum()
+        });
+        status == 200 && sum == before(end) && end + 60_000 >= stop - 60_000
+    };
+    let (_cluster, addr, watermark) = settled_cluster(&brokers, dir.path(), 2, all_read);
+    let end = watermark - watermark % 60_000;
+    let (from, to) = (iso(start), iso(end));
+    let mut per_ad: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for r in truth.windows.iter().filter(|r| (r.minute_ms as u64) < end) {
+        let m = per_ad.entry(&r.ad_id).or_default();
+        m.0 += r.clicks;
+        m.1 += r.duplicates;
+    }
+    assert!(per_ad.len() >= 20, "most ads clicked: {}", per_ad.len());
+    for (ad, want) in &per_ad {
+        let (status, c) = get(
+            &addr,
+            &format!("/ads/{ad}/aggregated_count?from={from}&to={to}"),
+            Some(ADMIN),
+        );
+        assert_eq!(status, 200, "{c}");
+        assert_eq!(
+            (c["count"].as_u64(), c["duplicates"].as_u64()),
+            (Some(want.0), Some(want.1)),
+            "{ad}: {c}"
+        );
+    }
+    let (hot, (hot_clicks, _)) = per_ad.iter().max_by_key(|(_, m)| m.0).unwrap();
+    let (status, r) = get(
+        &addr,
+        &format!("/api/v1/reports/clicks?from={from}&to={to}&groupBy=ad_id&filter=ad_id:{hot}"),
+        Some(ADMIN),
+    );
+    assert_eq!(status, 200, "{r}");
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{r}");
+    assert_eq!(
+        (rows[0]["adId"].as_str(), rows[0]["clicks"].as_u64()),
+        (Some(*hot), Some(*hot_clicks)),
+        "{r}"
+    );
+
+    // The 5-minute ranking at the latest complete minute: its ads' clicks in the truth, and
+    // the truth's top counts.
+    let (status, top) = get(&addr, "/ads/popular_ads?count=5&window=5", Some(ADMIN));
+    assert_eq!(status, 200, "{top}");
+    assert_eq!(top["complete"], true, "{top}");
+    let last =
+        adclick::timefmt::parse_millis(top["update_time_minute"].as_str().unwrap()).unwrap() as u64;
+    let mut in_window: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in &truth.windows {
+        if (last - 4 * 60_000..=last).contains(&(r.minute_ms as u64)) {
+            *in_window.entry(&r.ad_id).or_default() += r.clicks;
+        }
+    }
+    let mut best: Vec<u64> = in_window.values().copied().filter(|c| *c > 0).collect();
+    best.sort_unstable_by(|a, b| b.cmp(a));
+    best.truncate(5);
+    let listed: Vec<(&str, u64)> = top["ad_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(top["counts"].as_array().unwrap())
+        .map(|(a, c)| (a.as_str().unwrap(), c.as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        listed.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+        best,
+        "{top}"
+    );
+    for (ad, c) in listed {
+        assert_eq!(in_window[ad], c, "{ad} in {top}");
     }
 }
 

@@ -216,12 +216,18 @@ pub fn resumed_aggregate<'s>(
     }
 }
 
+/// Every batch of `trace` holding updates, for readers that filter times themselves (queries,
+/// checkpoints). Unlike `spans_through`, it clones no batch descriptions: a query reads a
+/// trace several times and each description is three antichains.
+pub fn batches<Tr: TraceReader>(trace: &Tr) -> Vec<Tr::Batch> {
+    let mut found = Vec::new();
+    trace.map_spans(|s| found.extend(s.inner.clone()));
+    found
+}
+
 fn rows_before(trace: &mut AdTrace, f: u64) -> Vec<(Row, Measures)> {
     use differential_dataflow::trace::cursor::{Cursor, cursor_list};
-    let Some(spans) = trace.spans_through(timely::progress::Antichain::new().borrow()) else {
-        return Vec::new();
-    };
-    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+    let (mut cursor, storage) = cursor_list(batches(trace));
     let mut rows = Vec::new();
     while let Some(_ad) = cursor.get_key(&storage) {
         while let Some(row) = cursor.get_val(&storage) {

@@ -2,33 +2,36 @@
 //!
 //! A query enters a second dataflow (the query dataflow, on every worker) with a timestamp
 //! `(read_at, sequence)`. `read_at` is a time the data frontier has already passed, chosen by
-//! the worker that took the query; every worker answers from its own shard of the traces,
-//! accumulating exactly the updates at times ≤ `read_at`, so the merged answer is consistent at
-//! one frontier (`read_at + 1`) across all workers and processes. Each worker's handles on the
-//! traces hold logical compaction at the least `read_at` a future query may carry (the query
-//! stream's frontier), so those reads stay exact while the traces compact behind them.
+//! the worker that took the query. A query that reads one key (an ad's count, a ranking) goes
+//! to the one worker whose shard holds it; a report over all ads goes to every worker. Each
+//! answers from its shard of the traces, accumulating exactly the updates at times ≤
+//! `read_at`, so the merged answer is consistent at one frontier (`read_at + 1`) across all
+//! workers and processes. Each worker's handles on the traces hold logical compaction at the
+//! least `read_at` a future query may carry (the query stream's frontier), so those reads stay
+//! exact while the traces compact behind them.
 //!
 //! Partial answers are exchanged to worker 0, which merges them once the query dataflow's
-//! frontier passes the query's timestamp (all workers have answered) and hands the result to
-//! the edge (`deliver`), which resolves fingerprints to texts and replies.
+//! frontier passes the query's timestamp (every worker that got the query has answered) and
+//! hands the result to the edge (`deliver`), which resolves fingerprints to texts and replies.
 
 use std::collections::BTreeMap;
 
+use differential_dataflow::Hashable;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::cursor::{Cursor, Navigable, cursor_list};
 use serde::{Deserialize, Serialize};
 use timely::PartialOrder;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::vec::Map;
 use timely::progress::Antichain;
 
 use crate::click::{Dims, Measures, Row, Sym};
 use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS, window_start};
 use crate::topn::{RankKey, Ranking};
-use crate::{AdTrace, RankTrace};
+use crate::{AdTrace, RankTrace, batches};
 
 /// A query's timely time packs `(read_at, sequence)` lexicographically into a u64 (timely's
 /// root timestamps must be totally ordered scalars): `read_at << SEQ_BITS | sequence`. Read
@@ -136,6 +139,20 @@ pub enum QueryKind {
         n: usize,
         advertiser: Option<Sym>,
     },
+}
+
+impl QueryKind {
+    /// The exchange hash of the one key this query reads, if it reads one: the hash the
+    /// arrangement it reads used to place that key (`arrange_by_key` hashes the key with
+    /// [`Hashable`]), so the query goes to the one worker that holds it, and the other workers
+    /// need not take a step for it. `None`: every worker holds a share.
+    fn key_hash(&self) -> Option<u64> {
+        match self {
+            QueryKind::AdCount { ad, .. } => Some(ad.hashed()),
+            QueryKind::Report { filter, .. } => filter.ad_id.map(|ad| ad.hashed()),
+            QueryKind::Top { key, .. } => Some(key.hashed()),
+        }
+    }
 }
 
 /// A query, with its place in the query dataflow: it travels at `(read_at, id)`.
@@ -274,11 +291,8 @@ fn sum_rows(
     read_at: u64,
     mut add: impl FnMut(&Row, Measures),
 ) {
-    let Some(spans) = trace.spans_through(Antichain::new().borrow()) else {
-        return;
-    };
     let first: Row = (windows.start, Dims::default());
-    for batch in spans.into_iter().filter_map(|s| s.inner) {
+    for batch in batches(trace) {
         let mut cursor = batch.cursor();
         if let Some(ad) = ad {
             cursor.seek_key(&batch, &ad);
@@ -311,10 +325,7 @@ fn sum_rows(
 /// do not cancel out and that `visible` accepts. Reads consolidated rows (all batches at
 /// once), and stops at the first.
 fn any_row(trace: &mut AdTrace, ad: Sym, read_at: u64, visible: impl Fn(&Row) -> bool) -> bool {
-    let Some(spans) = trace.spans_through(Antichain::new().borrow()) else {
-        return false;
-    };
-    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+    let (mut cursor, storage) = cursor_list(batches(trace));
     cursor.seek_key(&storage, &ad);
     if cursor.get_key(&storage) != Some(&ad) {
         return false;
@@ -354,10 +365,7 @@ fn spans(from: u64, to: u64, source: Granularity) -> Vec<(Granularity, u64, u64)
 }
 
 fn ranking(trace: &mut RankTrace, key: &RankKey, read_at: u64) -> Ranking {
-    let Some(spans) = trace.spans_through(Antichain::new().borrow()) else {
-        return Ranking::new();
-    };
-    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+    let (mut cursor, storage) = cursor_list(batches(trace));
     cursor.seek_key(&storage, key);
     let mut found = Ranking::new();
     if cursor.get_key(&storage) == Some(key) {
@@ -482,25 +490,36 @@ pub fn merge(kind: &QueryKind, parts: Vec<Partial>) -> Answer {
     }
 }
 
-/// The query dataflow's body: every worker answers every query from its traces; worker 0
-/// merges and calls `deliver(query, answer)`.
+/// Where `q` goes: `(exchange hash, query)` for the worker holding its key, or one copy per
+/// worker (hashes `0..peers`, which every exchange sends to that worker) when all hold a share.
+fn routes(q: Query, peers: usize) -> Vec<(u64, Query)> {
+    match q.kind.key_hash() {
+        Some(h) => vec![(h, q)],
+        None => (0..peers as u64).map(|w| (w, q.clone())).collect(),
+    }
+}
+
+/// The query dataflow's body: the workers holding what a query reads answer it from their
+/// traces (the one worker with its key, or all of them); worker 0 merges and calls
+/// `deliver(query, answer)`.
 pub fn serve<'s>(
     queries: Stream<'s, QueryTime, Vec<Query>>,
     mut traces: QueryTraces,
     mut deliver: impl FnMut(Query, Answer) + 'static,
 ) {
     let scope = queries.scope();
+    let peers = scope.peers();
     let partials = queries
-        .broadcast()
+        .flat_map(move |q| routes(q, peers))
         .unary_frontier::<CapacityContainerBuilder<Vec<(Query, Partial)>>, _, _, _>(
-            Pipeline,
+            Exchange::new(|(h, _): &(u64, Query)| *h),
             "AnswerLocally",
             move |_cap, info| {
                 let activator = scope.activator_for(info.address);
                 let mut pending = Vec::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
-                        for q in data.drain(..) {
+                        for (_, q) in data.drain(..) {
                             pending.push((cap.delayed(&q.time(), 0), q));
                         }
                     });

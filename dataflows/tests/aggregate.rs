@@ -21,7 +21,6 @@ use adclick_dataflows::topn::{RankKey, Ranking, all_countries};
 use adclick_dataflows::watermark::TimeConfig;
 use adclick_dataflows::{AggregateConfig, Traces, aggregate};
 use adclick_dataflows::{RestoredRows, Resume, resumed_aggregate};
-use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::cursor::{Cursor, cursor_list};
 use timely::dataflow::operators::Input;
 use timely::dataflow::operators::Inspect;
@@ -219,7 +218,7 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
         let (index, peers) = (worker.index(), worker.peers());
         let mine = mine(&parts, index, peers);
         let out = out.clone();
-        let mut traces = worker.dataflow::<u64, _, _>(move |scope| {
+        let traces = worker.dataflow::<u64, _, _>(move |scope| {
             let events = memory_source(scope, mine, None, None);
             let mut acfg = aggregate_config();
             acfg.top.n = 3;
@@ -236,12 +235,7 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
         });
         while worker.step_or_park(None) {}
         // What the minute arrangement holds, for the same comparison as the update stream.
-        let spans = traces
-            .minute
-            .spans_through(timely::progress::Antichain::new().borrow())
-            .unwrap();
-        let (mut cursor, storage) =
-            cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+        let (mut cursor, storage) = cursor_list(adclick_dataflows::batches(&traces.minute));
         for ((_ad, row), times) in cursor.to_vec(&storage, |k| *k, |v| *v) {
             let mut a = arranged_out.lock().unwrap();
             a.extend(times.into_iter().map(|(t, d)| (row, t, d)));

@@ -25,6 +25,45 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub const PARTNER_KEY: &str = "partner-key-0123456789";
 
+/// A timely hostfile in `dir` for `processes` processes on loopback. The ports are held
+/// together while they are picked, so no two are the same (another process can still take
+/// one before the cluster binds it).
+pub fn hostfile(dir: &Path, processes: usize) -> std::path::PathBuf {
+    let held: Vec<_> = (0..processes)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let lines: String = held
+        .iter()
+        .map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port()))
+        .collect();
+    let path = dir.join("hosts");
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+/// The aggregator's arguments for process `process` of a cluster of `processes` processes
+/// of `workers` workers each, described by `hostfile`.
+pub fn cluster_args(
+    workers: usize,
+    processes: usize,
+    process: usize,
+    hostfile: &Path,
+) -> Vec<String> {
+    let mut args: Vec<String> = ["--workers", &workers.to_string()]
+        .map(String::from)
+        .to_vec();
+    if processes > 1 {
+        args.extend([
+            "--processes".into(),
+            processes.to_string(),
+            "--process".into(),
+            process.to_string(),
+        ]);
+        args.extend(["--hostfile".into(), hostfile.display().to_string()]);
+    }
+    args
+}
+
 /// librdkafka's mock cluster with `partitions` per topic, for tests that spread clicks over
 /// several partitions.
 pub fn embedded_kafka(partitions: i32) -> adclick::kafka::embedded::EmbeddedKafka {
