@@ -39,7 +39,7 @@ use timely::dataflow::operators::vec::Map;
 
 use crate::event::enrich::Enricher;
 use crate::query::metrics::QueryMetrics;
-use crate::query::render::render;
+use crate::query::render::Resolved;
 use crate::query::{self, Ask, Bridge, Server};
 use aggregates_sink::AggregatesSink;
 use archive_source::ArchiveReader;
@@ -338,9 +338,9 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                 let (input, stream) = scope.new_input::<Vec<Query>>();
                 serve(stream, query_traces, move |q, answer| {
                     if let Some(ask) = waiting.borrow_mut().remove(&q.id) {
-                        let names = dictionary.borrow();
-                        let r = render(&q.kind, answer, q.read_at, ask.admin, &names, &ask.ad_text);
-                        let _ = ask.reply.send(r);
+                        let _ = ask
+                            .reply
+                            .send(Resolved::new(q, answer, &dictionary.borrow()));
                     }
                 });
                 input

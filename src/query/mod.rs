@@ -3,8 +3,9 @@
 //!
 //! HTTP handlers run on a tokio runtime of their own; they hand each query to worker 0 of
 //! process 0 through a [`Bridge`] and await its answer. Worker 0 stamps the query with a read
-//! time the data frontier has passed, feeds it to the query dataflow (every worker answers from
-//! its shard, worker 0 merges: `adclick_dataflows::query`), and replies.
+//! time the data frontier has passed, feeds it to the query dataflow (the workers holding what
+//! it reads answer from their shards, worker 0 merges: `adclick_dataflows::query`), looks up
+//! the answer's texts and replies; the handler renders the JSON.
 
 pub mod metrics;
 pub mod params;
@@ -27,7 +28,7 @@ use warp::reply::Response;
 
 use crate::aggregator::health::Health;
 use params::{Access, BadParam, Plan};
-use render::Rendered;
+use render::{Rendered, Resolved, render};
 
 /// An API key: an advertiser's (sees its own campaigns and ads) or, without one, an admin's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,10 +42,7 @@ pub struct ApiKey {
 /// A query on its way to worker 0.
 pub struct Ask {
     pub kind: QueryKind,
-    pub admin: bool,
-    /// The ad id as asked (echoed in the answer).
-    pub ad_text: String,
-    pub reply: oneshot::Sender<Rendered>,
+    pub reply: oneshot::Sender<Resolved>,
 }
 
 /// The channel from HTTP handlers to worker 0, which wakes it when a query arrives.
@@ -70,14 +68,9 @@ impl Bridge {
         *self.worker.lock().unwrap() = Some(std::thread::current());
     }
 
-    async fn ask(&self, kind: QueryKind, admin: bool, ad_text: String) -> Option<Rendered> {
+    async fn ask(&self, kind: QueryKind) -> Option<Resolved> {
         let (reply, answer) = oneshot::channel();
-        let ask = Ask {
-            kind,
-            admin,
-            ad_text,
-            reply,
-        };
+        let ask = Ask { kind, reply };
         self.tx.send(ask).ok()?;
         if let Some(t) = self.worker.lock().unwrap().as_ref() {
             t.unpark();
@@ -149,7 +142,12 @@ impl Server {
                 Err(BadParam(m)) => error(StatusCode::BAD_REQUEST, &m),
                 Ok((kind, ad_text)) => {
                     let admin = access == Access::Admin;
-                    match self.bridge.ask(kind, admin, ad_text).await {
+                    match self
+                        .bridge
+                        .ask(kind)
+                        .await
+                        .map(|r| render(r, admin, &ad_text))
+                    {
                         Some(Rendered::Json(v)) => json_reply(StatusCode::OK, v),
                         Some(Rendered::NotFound) => error(StatusCode::NOT_FOUND, NOT_FOUND),
                         None => error(StatusCode::SERVICE_UNAVAILABLE, "the cluster is stopping"),

@@ -1,7 +1,8 @@
 //! Merged answers (fingerprints) to the JSON of the HTTP contract (texts).
 
-use adclick_dataflows::names::Dictionary;
-use adclick_dataflows::query::{Answer, Granularity, QueryKind};
+use adclick_dataflows::click::Sym;
+use adclick_dataflows::names::{Dictionary, Text};
+use adclick_dataflows::query::{Answer, Granularity, Query, QueryKind};
 use adclick_dataflows::time::MINUTE_MS;
 use serde_json::{Value, json};
 
@@ -14,21 +15,54 @@ pub enum Rendered {
     NotFound,
 }
 
+/// A merged answer with the texts of its fingerprints. Worker 0 owns the dictionary, so it
+/// looks them up ([`Resolved::new`]); the JSON is built from this on the HTTP thread
+/// ([`render`]), because every query passes through worker 0 and its time is the cluster's.
+pub struct Resolved {
+    pub query: Query,
+    pub answer: Answer,
+    /// The texts the answer shows, by fingerprint (sorted).
+    texts: Vec<(Sym, Text)>,
+}
+
+impl Resolved {
+    pub fn new(query: Query, answer: Answer, names: &Dictionary) -> Self {
+        let mut syms: Vec<Sym> = match &answer {
+            Answer::Count { .. } => Vec::new(),
+            Answer::Rows(rows) => rows
+                .iter()
+                .flat_map(|((_, dims), _)| dims.iter().flatten().copied())
+                .collect(),
+            Answer::Top(ranking) => ranking.iter().map(|((ad, _), _)| *ad).collect(),
+        };
+        syms.sort_unstable();
+        syms.dedup();
+        let texts = syms.into_iter().map(|s| (s, names.text(s))).collect();
+        Resolved {
+            query,
+            answer,
+            texts,
+        }
+    }
+
+    fn text(&self, sym: Sym) -> String {
+        let i = self
+            .texts
+            .binary_search_by_key(&sym, |(s, _)| *s)
+            .expect("every fingerprint of the answer was looked up");
+        self.texts[i].1.to_string()
+    }
+}
+
 /// `read_at + 1` is the frontier the answer is consistent at; ranges ending at or before it
-/// are complete.
-pub fn render(
-    kind: &QueryKind,
-    answer: Answer,
-    read_at: u64,
-    admin: bool,
-    names: &Dictionary,
-    ad_text: &str,
-) -> Rendered {
+/// are complete. `ad_text` is the ad id as asked (echoed in the answer).
+pub fn render(resolved: Resolved, admin: bool, ad_text: &str) -> Rendered {
+    let Query { read_at, kind, .. } = &resolved.query;
     let frontier = read_at + 1;
-    let text = |s| names.text(s).to_string();
-    match (kind, answer) {
+    let text = |s| resolved.text(s);
+    match (kind, &resolved.answer) {
         (QueryKind::AdCount { from, to, .. }, Answer::Count { measures, ad_seen }) => {
-            if !admin && !ad_seen {
+            if !admin && !*ad_seen {
                 return Rendered::NotFound;
             }
             Rendered::Json(json!({
@@ -55,19 +89,19 @@ pub fn render(
                 "device",
             ];
             let rows: Vec<Value> = rows
-                .into_iter()
+                .iter()
                 .map(|((t, dims), (clicks, dups))| {
                     let mut row = serde_json::Map::new();
                     if let (Some(name), Some(t)) = (time_name, t) {
-                        row.insert(name.into(), format_millis(t as i64).into());
+                        row.insert(name.into(), format_millis(*t as i64).into());
                     }
                     for (i, d) in dims.iter().enumerate() {
                         if let Some(s) = d {
                             row.insert(DIM_NAMES[i].into(), text(*s).into());
                         }
                     }
-                    row.insert("clicks".into(), clicks.into());
-                    row.insert("duplicates".into(), dups.into());
+                    row.insert("clicks".into(), (*clicks).into());
+                    row.insert("duplicates".into(), (*dups).into());
                     Value::Object(row)
                 })
                 .collect();
