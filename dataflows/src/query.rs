@@ -33,12 +33,21 @@ use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS, window_start};
 use crate::topn::{RankKey, Ranking};
 use crate::{AdTrace, RankTrace, batches};
 
-/// A query's timely time packs `(read_at, sequence)` lexicographically into a u64 (timely's
-/// root timestamps must be totally ordered scalars): `read_at << SEQ_BITS | sequence`. Read
-/// times fit in 42 bits, so up to 2²⁰ queries can read at one time.
-pub type QueryTime = u64;
-pub const SEQ_BITS: u32 = 20;
-pub const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+/// A query's timely time packs `(read_at, id)` lexicographically into a u128 (timely's root
+/// timestamps must be totally ordered scalars): `read_at << 64 | id`. The read time comes
+/// first so that every worker learns from the query stream's frontier how far its traces may
+/// compact; the id makes each query's time its own, however many queries read at one time (a
+/// u64 packing once ran out of them while the frontier stood still, and queries hung).
+pub type QueryTime = u128;
+
+fn query_time(read_at: u64, id: u64) -> QueryTime {
+    (read_at as u128) << 64 | id as u128
+}
+
+/// The least read time of a query at or after `t`.
+fn read_time(t: QueryTime) -> u64 {
+    (t >> 64) as u64
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Granularity {
@@ -158,7 +167,7 @@ impl QueryKind {
 /// A query, with its place in the query dataflow: it travels at `(read_at, id)`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Query {
-    /// Unique per submitting worker: its time ([`Stamps`]).
+    /// Unique per submitting worker, in the order it stamped them ([`Stamps`]).
     pub id: u64,
     /// The reads include exactly the updates at times ≤ this.
     pub read_at: u64,
@@ -167,49 +176,39 @@ pub struct Query {
 
 impl Query {
     pub fn time(&self) -> QueryTime {
-        self.read_at << SEQ_BITS | (self.id & SEQ_MASK)
+        query_time(self.read_at, self.id)
     }
 }
 
-/// Stamps queries for the one worker that submits them: each query's id is its time, read
-/// times never move backwards, and slots restart with each read time, so the query input only
-/// ever advances (an id counter kept across read times once moved it backwards: a panic).
+/// Stamps queries for the one worker that submits them: read times never move backwards and
+/// ids always grow, so query times strictly grow and the query input only ever advances.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stamps {
     read_at: u64,
-    slot: u64,
+    next_id: u64,
 }
 
 impl Stamps {
     /// Reads from now on see exactly the updates before `frontier`.
     pub fn frontier(&mut self, frontier: u64) {
         let read_at = frontier.saturating_sub(1);
-        if read_at > self.read_at {
-            (self.read_at, self.slot) = (read_at, 0);
+        self.read_at = self.read_at.max(read_at);
+    }
+
+    /// A query of `kind` at the current read time.
+    pub fn stamp(&mut self, kind: QueryKind) -> Query {
+        let id = self.next_id;
+        self.next_id += 1;
+        Query {
+            id,
+            read_at: self.read_at,
+            kind,
         }
-    }
-
-    /// Whether the current read time's slots are used up.
-    pub fn full(&self) -> bool {
-        self.slot >= SEQ_MASK
-    }
-
-    /// A query of `kind` at the current read time, or `None` if it is [`Stamps::full`].
-    pub fn stamp(&mut self, kind: QueryKind) -> Option<Query> {
-        (!self.full()).then(|| {
-            let id = self.read_at << SEQ_BITS | self.slot;
-            self.slot += 1;
-            Query {
-                id,
-                read_at: self.read_at,
-                kind,
-            }
-        })
     }
 
     /// Where the query input may advance to: past every query stamped so far.
     pub fn next_time(&self) -> QueryTime {
-        self.read_at << SEQ_BITS | self.slot
+        query_time(self.read_at, self.next_id)
     }
 }
 
@@ -540,7 +539,7 @@ pub fn serve<'s>(
                     // Future queries read at or after the frontier's `read_at`s.
                     let mut lowest = Antichain::new();
                     for t in frontier.frontier().iter() {
-                        lowest.insert(t >> SEQ_BITS);
+                        lowest.insert(read_time(*t));
                     }
                     for (_, q) in &pending {
                         lowest.insert(q.read_at);
@@ -612,14 +611,13 @@ mod tests {
         };
         let mut stamps = Stamps::default();
         let mut last: Option<QueryTime> = None;
-        let mut input = 0;
+        let mut input: QueryTime = 0;
         // Frontiers as a busy server sees them: repeating, moving on, once lower than before;
         // a few queries at each.
         for (frontier, queries) in [(5, 3), (5, 2), (9, 1), (7, 4), (12, 0), (13, 5)] {
             stamps.frontier(frontier);
             for _ in 0..queries {
-                let q = stamps.stamp(kind()).unwrap();
-                assert_eq!(q.time(), q.id);
+                let q = stamps.stamp(kind());
                 assert!(
                     q.read_at < frontier.max(9),
                     "reads only what the frontier passed"
@@ -630,6 +628,27 @@ mod tests {
             }
             assert!(stamps.next_time() >= input);
             input = stamps.next_time();
+        }
+    }
+
+    /// While the frontier stands still (no new clicks), queries go on reading at one time:
+    /// there is no limit to how many.
+    #[test]
+    fn queries_at_one_read_time_never_run_out_of_times() {
+        let mut stamps = Stamps::default();
+        stamps.frontier(1_795_000_000_000);
+        let mut last = stamps.next_time();
+        for _ in 0..(1 << 21) {
+            let q = stamps.stamp(QueryKind::Top {
+                key: (1, 0, crate::topn::all_countries()),
+                n: 1,
+                advertiser: None,
+            });
+            assert_eq!(q.read_at, 1_795_000_000_000 - 1);
+            assert!(q.time() >= last);
+            assert_eq!(read_time(q.time()), q.read_at);
+            last = stamps.next_time();
+            assert!(last > q.time());
         }
     }
 }

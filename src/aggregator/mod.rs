@@ -388,10 +388,8 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
             if let (Some(input), Some(asks)) = (queries.as_mut(), asks.as_ref()) {
                 // Reads see exactly the updates before the frontier.
                 stamps.frontier(f);
-                // A full read time leaves the rest waiting for the frontier to move.
-                while !stamps.full() {
-                    let Ok(ask) = asks.try_recv() else { break };
-                    let q = stamps.stamp(ask.kind.clone()).expect("a free slot");
+                while let Ok(ask) = asks.try_recv() {
+                    let q = stamps.stamp(ask.kind.clone());
                     input.advance_to(q.time());
                     waiting.borrow_mut().insert(q.id, ask);
                     input.send(q);
