@@ -434,7 +434,15 @@ pub fn answer_locally(traces: &mut QueryTraces, q: &Query) -> Partial {
             );
             Partial::Rows(sums.into_iter().collect())
         }
-        QueryKind::Top { key, .. } => Partial::Top(ranking(&mut traces.top, key, q.read_at)),
+        QueryKind::Top { key, n, advertiser } => {
+            // The one worker holding the ranking cuts it, so only what is shown travels.
+            let mut ranking = ranking(&mut traces.top, key, q.read_at);
+            if let Some(adv) = advertiser {
+                ranking.retain(|((_, a), _)| a == adv);
+            }
+            ranking.truncate(*n);
+            Partial::Top(ranking)
+        }
     }
 }
 
@@ -470,9 +478,9 @@ pub fn merge(kind: &QueryKind, parts: Vec<Partial>) -> Answer {
             sums.retain(|_, m| *m != (0, 0));
             Answer::Rows(sums.into_iter().collect())
         }
-        QueryKind::Top { n, advertiser, .. } => {
-            // A ranking lives on one worker; the others found none.
-            let mut ranking: Ranking = parts
+        QueryKind::Top { .. } => {
+            // A ranking lives on one worker, which cut it already.
+            let ranking: Ranking = parts
                 .into_iter()
                 .filter_map(|p| match p {
                     Partial::Top(r) if !r.is_empty() => Some(r),
@@ -480,10 +488,6 @@ pub fn merge(kind: &QueryKind, parts: Vec<Partial>) -> Answer {
                 })
                 .next()
                 .unwrap_or_default();
-            if let Some(adv) = advertiser {
-                ranking.retain(|((_, a), _)| a == adv);
-            }
-            ranking.truncate(*n);
             Answer::Top(ranking)
         }
     }
