@@ -33,11 +33,12 @@ use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS, window_start};
 use crate::topn::{RankKey, Ranking};
 use crate::{AdTrace, RankTrace, batches};
 
-/// A query's timely time packs `(read_at, id)` lexicographically into a u128 (timely's root
-/// timestamps must be totally ordered scalars): `read_at << 64 | id`. The read time comes
+/// A query's timely time packs `(read_at, batch)` lexicographically into a u128 (timely's root
+/// timestamps must be totally ordered scalars): `read_at << 64 | batch`. The read time comes
 /// first so that every worker learns from the query stream's frontier how far its traces may
-/// compact; the id makes each query's time its own, however many queries read at one time (a
-/// u64 packing once ran out of them while the frontier stood still, and queries hung).
+/// compact; the batch (the id of its first query) gives each batch of queries its own time,
+/// however many read at one time (a u64 packing once ran out of them while the frontier stood
+/// still, and queries hung).
 pub type QueryTime = u128;
 
 fn query_time(read_at: u64, id: u64) -> QueryTime {
@@ -171,37 +172,44 @@ pub struct Query {
     pub id: u64,
     /// The reads include exactly the updates at times ≤ this.
     pub read_at: u64,
+    /// Queries stamped together share one time: one timely message and one round of
+    /// progress tracking for all of them, not one per query.
+    pub batch: u64,
     pub kind: QueryKind,
 }
 
 impl Query {
     pub fn time(&self) -> QueryTime {
-        query_time(self.read_at, self.id)
+        query_time(self.read_at, self.batch)
     }
 }
 
-/// Stamps queries for the one worker that submits them: read times never move backwards and
-/// ids always grow, so query times strictly grow and the query input only ever advances.
+/// Stamps queries for the one worker that submits them, a batch at a time: read times never
+/// move backwards and ids always grow, so each batch's time is past the one before and the
+/// query input only ever advances.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stamps {
     read_at: u64,
     next_id: u64,
+    batch: u64,
 }
 
 impl Stamps {
-    /// Reads from now on see exactly the updates before `frontier`.
-    pub fn frontier(&mut self, frontier: u64) {
+    /// Starts a batch: its reads see exactly the updates before `frontier`.
+    pub fn batch(&mut self, frontier: u64) {
         let read_at = frontier.saturating_sub(1);
         self.read_at = self.read_at.max(read_at);
+        self.batch = self.next_id;
     }
 
-    /// A query of `kind` at the current read time.
+    /// A query of `kind` in the current batch.
     pub fn stamp(&mut self, kind: QueryKind) -> Query {
         let id = self.next_id;
         self.next_id += 1;
         Query {
             id,
             read_at: self.read_at,
+            batch: self.batch,
             kind,
         }
     }
@@ -619,17 +627,23 @@ mod tests {
         // Frontiers as a busy server sees them: repeating, moving on, once lower than before;
         // a few queries at each.
         for (frontier, queries) in [(5, 3), (5, 2), (9, 1), (7, 4), (12, 0), (13, 5)] {
-            stamps.frontier(frontier);
+            stamps.batch(frontier);
+            let mut batch_time = None;
             for _ in 0..queries {
                 let q = stamps.stamp(kind());
                 assert!(
                     q.read_at < frontier.max(9),
                     "reads only what the frontier passed"
                 );
-                assert!(last.is_none_or(|l| q.time() > l), "times strictly grow");
-                assert!(q.time() >= input, "never behind the input");
-                last = Some(q.time());
+                let t = *batch_time.get_or_insert(q.time());
+                assert_eq!(q.time(), t, "a batch shares one time");
+                assert!(
+                    last.is_none_or(|l| t > l),
+                    "each batch's time is past the last"
+                );
+                assert!(t >= input, "never behind the input");
             }
+            last = batch_time.or(last);
             assert!(stamps.next_time() >= input);
             input = stamps.next_time();
         }
@@ -640,9 +654,9 @@ mod tests {
     #[test]
     fn queries_at_one_read_time_never_run_out_of_times() {
         let mut stamps = Stamps::default();
-        stamps.frontier(1_795_000_000_000);
-        let mut last = stamps.next_time();
+        let mut last = 0;
         for _ in 0..(1 << 21) {
+            stamps.batch(1_795_000_000_000);
             let q = stamps.stamp(QueryKind::Top {
                 key: (1, 0, crate::topn::all_countries()),
                 n: 1,

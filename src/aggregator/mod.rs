@@ -387,7 +387,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
             }
             if let (Some(input), Some(asks)) = (queries.as_mut(), asks.as_ref()) {
                 // Reads see exactly the updates before the frontier.
-                stamps.frontier(f);
+                stamps.batch(f);
                 while let Ok(ask) = asks.try_recv() {
                     let q = stamps.stamp(ask.kind.clone());
                     input.advance_to(q.time());
