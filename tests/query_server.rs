@@ -48,10 +48,18 @@ impl Drop for Killed {
     }
 }
 
-/// The load generator's traffic, with `args` beside the usual flags, into `brokers`, and its
-/// truth.
-fn traffic(brokers: &str, dir: &std::path::Path, args: &[&str]) -> TruthReport {
-    let truth_path = dir.join("truth.json");
+/// The embedded broker (4 partitions) holding the load generator's traffic, made with `args`
+/// beside the usual flags; a scratch directory; and the traffic's truth.
+fn traffic(
+    args: &[&str],
+) -> (
+    adclick::kafka::embedded::EmbeddedKafka,
+    tempfile::TempDir,
+    TruthReport,
+) {
+    let kafka = common::embedded_kafka(4);
+    let dir = tempfile::tempdir().unwrap();
+    let truth_path = dir.path().join("truth.json");
     let out = Command::new(LOADGEN)
         .args([
             "--config",
@@ -59,7 +67,7 @@ fn traffic(brokers: &str, dir: &std::path::Path, args: &[&str]) -> TruthReport {
             "--output",
             "kafka",
             "--brokers",
-            brokers,
+            &kafka.bootstrap_servers(),
         ])
         .args(args)
         .arg("--truth")
@@ -71,7 +79,38 @@ fn traffic(brokers: &str, dir: &std::path::Path, args: &[&str]) -> TruthReport {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    GroundTruth::read(&truth_path).unwrap()
+    let truth = GroundTruth::read(&truth_path).unwrap();
+    (kafka, dir, truth)
+}
+
+/// The truth's clicks and duplicates of `ad` in the minutes of [from, to).
+fn truth_count(truth: &TruthReport, ad: &str, from: u64, to: u64) -> (u64, u64) {
+    truth
+        .windows
+        .iter()
+        .filter(|r| r.ad_id == ad && (from..to).contains(&(r.minute_ms as u64)))
+        .fold((0, 0), |m, r| (m.0 + r.clicks, m.1 + r.duplicates))
+}
+
+/// Asks for `ad`'s count over [from, to) with `key`; asserts a 200 with exactly `want`
+/// (clicks, duplicates). Returns the answer.
+fn assert_count(addr: &str, key: &str, ad: &str, from: u64, to: u64, want: (u64, u64)) -> Value {
+    let (f, t) = (
+        adclick::timefmt::format_millis(from as i64),
+        adclick::timefmt::format_millis(to as i64),
+    );
+    let (status, c) = get(
+        addr,
+        &format!("/ads/{ad}/aggregated_count?from={f}&to={t}"),
+        Some(key),
+    );
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(
+        (c["count"].as_u64(), c["duplicates"].as_u64()),
+        (Some(want.0), Some(want.1)),
+        "{ad} over [{f}, {t}): {c}"
+    );
+    c
 }
 
 /// A streaming aggregator (2 workers) serving queries, once it has read `received` records
@@ -159,27 +198,21 @@ fn settled_cluster(
 
 #[test]
 fn answers_equal_the_truth_and_keys_isolate_advertisers() {
-    let kafka = common::embedded_kafka(4);
+    let (kafka, dir, truth) = traffic(&[
+        "--count",
+        "4000",
+        "--rate",
+        "400",
+        "--seed",
+        "11",
+        "--ads",
+        "40",
+        "--advertisers",
+        "3",
+        "--duplicate-share",
+        "0.08",
+    ]);
     let brokers = kafka.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    let truth = traffic(
-        &brokers,
-        dir.path(),
-        &[
-            "--count",
-            "4000",
-            "--rate",
-            "400",
-            "--seed",
-            "11",
-            "--ads",
-            "40",
-            "--advertisers",
-            "3",
-            "--duplicate-share",
-            "0.08",
-        ],
-    );
     let last_minute = truth.windows.iter().map(|r| r.minute_ms).max().unwrap() as u64;
     let (_agg, addr, watermark) = settled_aggregator(&brokers, dir.path(), 4000);
     assert!(
@@ -190,9 +223,11 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
     let end = watermark - watermark % 60_000;
     let mut truth = truth;
     truth.windows.retain(|r| (r.minute_ms as u64) < end);
-    let to = adclick::timefmt::format_millis(end as i64);
-    let from =
-        adclick::timefmt::format_millis(truth.windows.iter().map(|r| r.minute_ms).min().unwrap());
+    let start = truth.windows.iter().map(|r| r.minute_ms).min().unwrap() as u64;
+    let (from, to) = (
+        adclick::timefmt::format_millis(start as i64),
+        adclick::timefmt::format_millis(end as i64),
+    );
 
     // Per (minute, ad): clicks and duplicates, exactly.
     let mut want: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
@@ -235,14 +270,9 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
         let e = per_ad.entry(&r.ad_id).or_insert((0, &r.advertiser_id));
         e.0 += r.clicks;
     }
-    let (hot, (hot_clicks, _)) = per_ad.iter().max_by_key(|(_, (c, _))| *c).unwrap();
-    let (status, c) = get(
-        &addr,
-        &format!("/ads/{hot}/aggregated_count?from={from}&to={to}"),
-        Some(ADMIN),
-    );
-    assert_eq!(status, 200, "{c}");
-    assert_eq!(c["count"].as_u64(), Some(*hot_clicks), "{c}");
+    let (hot, _) = per_ad.iter().max_by_key(|(_, (c, _))| *c).unwrap();
+    let want = truth_count(&truth, hot, start, end);
+    let c = assert_count(&addr, ADMIN, hot, start, end, want);
     assert_eq!(c["complete"], true);
 
     // Top-N over one minute: the truth's most clicked ad of the last complete minute leads.
@@ -254,19 +284,17 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
     );
 
     // Isolation: adv_1's key sees its ads, and nothing of anyone else's.
-    let (own, (own_clicks, _)) = per_ad
+    let (own, _) = per_ad
         .iter()
         .find(|(_, (_, adv))| *adv == "adv_1")
         .expect("the catalog has adv_1 ads");
-    let (status, c) = get(
+    assert_count(
         &addr,
-        &format!("/ads/{own}/aggregated_count?from={from}&to={to}"),
-        Some(ADV1),
-    );
-    assert_eq!(
-        (status, c["count"].as_u64()),
-        (200, Some(*own_clicks)),
-        "{c}"
+        ADV1,
+        own,
+        start,
+        end,
+        truth_count(&truth, own, start, end),
     );
     let (other, _) = per_ad
         .iter()
@@ -324,18 +352,12 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
 #[test]
 fn counts_over_ranges_across_hours_equal_the_truth() {
     const HOUR: u64 = 3_600_000;
-    let kafka = common::embedded_kafka(4);
-    let brokers = kafka.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
     // 2 clicks per simulated second for 16,000 clicks: 133 minutes of event time, so at least
     // one whole hour.
-    let truth = traffic(
-        &brokers,
-        dir.path(),
-        &[
-            "--count", "16000", "--rate", "2", "--seed", "5", "--ads", "12",
-        ],
-    );
+    let (kafka, dir, truth) = traffic(&[
+        "--count", "16000", "--rate", "2", "--seed", "5", "--ads", "12",
+    ]);
+    let brokers = kafka.bootstrap_servers();
     let (_agg, addr, watermark) = settled_aggregator(&brokers, dir.path(), 16000);
     // The minutes before the watermark's: every click in them is visible to a read.
     let end = watermark - watermark % 60_000;
@@ -362,25 +384,13 @@ fn counts_over_ranges_across_hours_equal_the_truth() {
     ads.sort_by_key(|(_, c)| std::cmp::Reverse(*c));
     for (ad, _) in ads.iter().take(3) {
         for &(from, to) in &ranges {
-            let want: (u64, u64) = truth
-                .windows
-                .iter()
-                .filter(|r| r.ad_id == *ad && (from..to).contains(&(r.minute_ms as u64)))
-                .fold((0, 0), |m, r| (m.0 + r.clicks, m.1 + r.duplicates));
-            let (f, t) = (
-                adclick::timefmt::format_millis(from as i64),
-                adclick::timefmt::format_millis(to as i64),
-            );
-            let (status, c) = get(
+            assert_count(
                 &addr,
-                &format!("/ads/{ad}/aggregated_count?from={f}&to={t}"),
-                Some(ADMIN),
-            );
-            assert_eq!(status, 200, "{c}");
-            assert_eq!(
-                (c["count"].as_u64(), c["duplicates"].as_u64()),
-                (Some(want.0), Some(want.1)),
-                "{ad} over [{f}, {t}): {c}"
+                ADMIN,
+                ad,
+                from,
+                to,
+                truth_count(&truth, ad, from, to),
             );
         }
     }
@@ -391,21 +401,15 @@ fn counts_over_ranges_across_hours_equal_the_truth() {
 /// worker holding the ad) and a top-N ranking equal the truth.
 #[test]
 fn queries_on_two_processes_equal_the_truth() {
-    let kafka = common::embedded_kafka(4);
+    let (kafka, dir, truth) = traffic(&[
+        "--count", "6000", "--rate", "40", "--seed", "3", "--ads", "30",
+    ]);
     let brokers = kafka.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    let truth = traffic(
-        &brokers,
-        dir.path(),
-        &[
-            "--count", "6000", "--rate", "40", "--seed", "3", "--ads", "30",
-        ],
+    let minutes = truth.windows.iter().map(|r| r.minute_ms as u64);
+    let (start, stop) = (
+        minutes.clone().min().unwrap(),
+        minutes.max().unwrap() + 60_000,
     );
-    let minutes = |t: &TruthReport| {
-        let ms = t.windows.iter().map(|r| r.minute_ms as u64);
-        (ms.clone().min().unwrap(), ms.max().unwrap() + 60_000)
-    };
-    let (start, stop) = minutes(&truth);
     let iso = |ms: u64| adclick::timefmt::format_millis(ms as i64);
     // The truth's clicks in the minutes before `end`: all a read sees once the frontier has
     // passed them.
@@ -441,25 +445,14 @@ fn queries_on_two_processes_equal_the_truth() {
     let (_cluster, addr, watermark) = settled_cluster(&brokers, dir.path(), 2, all_read);
     let end = watermark - watermark % 60_000;
     let (from, to) = (iso(start), iso(end));
-    let mut per_ad: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for r in truth.windows.iter().filter(|r| (r.minute_ms as u64) < end) {
-        let m = per_ad.entry(&r.ad_id).or_default();
-        m.0 += r.clicks;
-        m.1 += r.duplicates;
-    }
+    let per_ad: BTreeMap<&str, (u64, u64)> = truth
+        .windows
+        .iter()
+        .map(|r| (r.ad_id.as_str(), truth_count(&truth, &r.ad_id, start, end)))
+        .collect();
     assert!(per_ad.len() >= 20, "most ads clicked: {}", per_ad.len());
     for (ad, want) in &per_ad {
-        let (status, c) = get(
-            &addr,
-            &format!("/ads/{ad}/aggregated_count?from={from}&to={to}"),
-            Some(ADMIN),
-        );
-        assert_eq!(status, 200, "{c}");
-        assert_eq!(
-            (c["count"].as_u64(), c["duplicates"].as_u64()),
-            (Some(want.0), Some(want.1)),
-            "{ad}: {c}"
-        );
+        assert_count(&addr, ADMIN, ad, start, end, *want);
     }
     let (hot, (hot_clicks, _)) = per_ad.iter().max_by_key(|(_, m)| m.0).unwrap();
     let (status, r) = get(
