@@ -1,7 +1,7 @@
 //! Queries over the live arrangements, answered inside the cluster.
 //!
 //! A query enters a second dataflow (the query dataflow, on every worker) with a timestamp
-//! `(read_at, sequence)`. `read_at` is a time the data frontier has already passed, chosen by
+//! `(read_at, batch)`. `read_at` is a time the data frontier has already passed, chosen by
 //! the worker that took the query. A query that reads one key (an ad's count, a ranking) goes
 //! to the one worker whose shard holds it; a report over all ads goes to every worker. Each
 //! answers from its shard of the traces, accumulating exactly the updates at times ≤
@@ -41,8 +41,8 @@ use crate::{AdTrace, RankTrace, batches};
 /// still, and queries hung).
 pub type QueryTime = u128;
 
-fn query_time(read_at: u64, id: u64) -> QueryTime {
-    (read_at as u128) << 64 | id as u128
+fn query_time(read_at: u64, batch: u64) -> QueryTime {
+    (read_at as u128) << 64 | batch as u128
 }
 
 /// The least read time of a query at or after `t`.
@@ -165,7 +165,7 @@ impl QueryKind {
     }
 }
 
-/// A query, with its place in the query dataflow: it travels at `(read_at, id)`.
+/// A query, with its place in the query dataflow: it travels at `(read_at, batch)`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Query {
     /// Unique per submitting worker, in the order it stamped them ([`Stamps`]).

@@ -329,7 +329,8 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
             (traces, checkpointer)
         });
         // The query dataflow: every worker answers from its traces, worker 0 merges.
-        let waiting: Rc<RefCell<HashMap<u64, Ask>>> = Rc::default();
+        let waiting: Rc<RefCell<HashMap<u64, tokio::sync::oneshot::Sender<Resolved>>>> =
+            Rc::default();
         let mut queries = serving.then(|| {
             let waiting = waiting.clone();
             let dictionary = dictionary.clone();
@@ -337,10 +338,8 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
             worker.dataflow::<QueryTime, _, _>(move |scope| {
                 let (input, stream) = scope.new_input::<Vec<Query>>();
                 serve(stream, query_traces, move |q, answer| {
-                    if let Some(ask) = waiting.borrow_mut().remove(&q.id) {
-                        let _ = ask
-                            .reply
-                            .send(Resolved::new(q, answer, &dictionary.borrow()));
+                    if let Some(reply) = waiting.borrow_mut().remove(&q.id) {
+                        let _ = reply.send(Resolved::new(q, answer, &dictionary.borrow()));
                     }
                 });
                 input
@@ -386,12 +385,13 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                 last_frontier = Some(f);
             }
             if let (Some(input), Some(asks)) = (queries.as_mut(), asks.as_ref()) {
-                // Reads see exactly the updates before the frontier.
+                // The queries waiting now form one batch, whose reads see exactly the updates
+                // before the frontier.
                 stamps.batch(f);
-                while let Ok(ask) = asks.try_recv() {
-                    let q = stamps.stamp(ask.kind.clone());
+                while let Ok(Ask { kind, reply }) = asks.try_recv() {
+                    let q = stamps.stamp(kind);
                     input.advance_to(q.time());
-                    waiting.borrow_mut().insert(q.id, ask);
+                    waiting.borrow_mut().insert(q.id, reply);
                     input.send(q);
                 }
                 input.advance_to(stamps.next_time());
