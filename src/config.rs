@@ -97,6 +97,12 @@ pub struct RedirectConfig {
     pub spool_segment_bytes: u64,
     /// Clicks go to the spool once the oldest undelivered one is this old.
     pub degraded_after_ms: u64,
+    /// /readyz answers 503 once delivery to Kafka has made no progress for this long while
+    /// records wait (in memory or in the spool): clicks are still taken, but none arrive.
+    pub delivery_stuck_after_ms: u64,
+    /// Dead letters keep at most this many bytes of the rejected input (plus its length and
+    /// SHA-256): rejected input is attacker-sized, a dead letter must fit a Kafka message.
+    pub dlq_max_payload_bytes: usize,
     /// How long shutdown waits for Kafka before spooling what is left.
     pub shutdown_grace_ms: u64,
     /// Largest partner batch accepted by POST /api/v1/events.
@@ -117,6 +123,8 @@ impl Default for RedirectConfig {
             spool_fsync_interval_ms: 50,
             spool_segment_bytes: 64 << 20,
             degraded_after_ms: 2_000,
+            delivery_stuck_after_ms: 10_000,
+            dlq_max_payload_bytes: crate::event::dead_letter::DEFAULT_MAX_PAYLOAD_BYTES,
             shutdown_grace_ms: 10_000,
             max_batch_bytes: 16 << 20,
             partners: Vec::new(),

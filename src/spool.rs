@@ -389,6 +389,72 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Records the broker refused for good, set aside so they never block the spool: one JSON
+/// object per line in `quarantine.ndjson` beside the spool segments, appended and fsynced
+/// (quarantining is rare, and the file may hold the only copy of a click). An operator can
+/// fix the cause (create the topic, grant the ACL) and replay the lines.
+pub struct Quarantine {
+    path: PathBuf,
+    file: File,
+}
+
+/// File name of the quarantine inside the spool directory.
+pub const QUARANTINE_FILE: &str = "quarantine.ndjson";
+
+/// Payloads up to this size are kept in the quarantine line (base64); larger ones only by
+/// length and SHA-256, so one absurd record cannot turn into an absurd line.
+pub const QUARANTINE_MAX_PAYLOAD: usize = 4 << 20;
+
+impl Quarantine {
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(QUARANTINE_FILE);
+        let file = open_append(&path)?;
+        Ok(Self { path, file })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one line for `rec`: its topic, key, why it was refused (`reason`, a stable
+    /// label, and `error`, librdkafka's text), where it was refused (`via`: `memory` or
+    /// `spool`), when, and its payload (or only its length and hash when over
+    /// [`QUARANTINE_MAX_PAYLOAD`]).
+    pub fn append(
+        &mut self,
+        rec: &SpoolRecord,
+        reason: &str,
+        error: &str,
+        via: &str,
+    ) -> io::Result<()> {
+        use base64::Engine;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let (key, key_base64) = match std::str::from_utf8(&rec.key) {
+            Ok(k) => (k.to_string(), false),
+            Err(_) => (b64.encode(&rec.key), true),
+        };
+        let payload = (rec.value.len() <= QUARANTINE_MAX_PAYLOAD).then(|| b64.encode(&rec.value));
+        let line = serde_json::json!({
+            "time_ms": crate::timefmt::now_millis(),
+            "topic": rec.topic,
+            "key": key,
+            "key_base64": key_base64,
+            "reason": reason,
+            "error": error,
+            "via": via,
+            "payload_bytes": rec.value.len(),
+            "payload_sha256": crate::event::dead_letter::sha256_hex(&rec.value),
+            "payload_base64": payload,
+        });
+        let mut bytes = serde_json::to_vec(&line).expect("JSON values serialize");
+        bytes.push(b'\n');
+        // One write of the whole line to an O_APPEND file: lines never interleave.
+        self.file.write_all(&bytes)?;
+        self.file.sync_data()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +550,51 @@ mod tests {
         drop(s);
         let mut s = open(dir.path(), 1 << 20);
         assert_eq!(drain(&mut s, 10), vec![rec(0), rec(1), rec(2)]);
+    }
+
+    #[test]
+    fn quarantine_lines_carry_topic_key_reason_and_payload() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Quarantine::open(dir.path()).unwrap();
+        let r = rec(42);
+        q.append(
+            &r,
+            "message_too_large",
+            "Broker: Message size too large",
+            "spool",
+        )
+        .unwrap();
+        let big = SpoolRecord {
+            topic: "clicks-dlq".into(),
+            key: vec![0xff, 0xfe],
+            value: vec![7; QUARANTINE_MAX_PAYLOAD + 1],
+        };
+        q.append(&big, "message_too_large", "too large", "memory")
+            .unwrap();
+        drop(q);
+        let text = fs::read_to_string(dir.path().join(QUARANTINE_FILE)).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["topic"], "clicks");
+        assert_eq!(lines[0]["key"], "imp-42");
+        assert_eq!(lines[0]["reason"], "message_too_large");
+        assert_eq!(lines[0]["via"], "spool");
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(lines[0]["payload_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(payload, r.value);
+        // Too big to copy: only its length and hash; a binary key is base64.
+        assert!(lines[1]["payload_base64"].is_null());
+        assert_eq!(lines[1]["payload_bytes"], QUARANTINE_MAX_PAYLOAD + 1);
+        assert_eq!(
+            lines[1]["payload_sha256"],
+            crate::event::dead_letter::sha256_hex(&big.value)
+        );
+        assert_eq!(lines[1]["key_base64"], true);
     }
 
     #[test]

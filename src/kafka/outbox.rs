@@ -15,6 +15,20 @@
 //! was written; the duplicate then has the same click id, and the aggregator's dedup by
 //! impression absorbs it. The window for a loss is a kill -9 while records sit in the
 //! in-memory queue, at most `queue_capacity` of them.
+//!
+//! Poison records: a record the broker will never take (larger than its maximum message size,
+//! for a topic that does not exist or that we may not write, ...) must not wait at the head of
+//! the spool, retried forever while every click behind it waits too. [`classify`] sorts
+//! librdkafka's error codes into those (`Refused`) and those worth retrying; a refused record
+//! goes to the [`Quarantine`] file beside the spool (with a metric and an ERROR line), on the
+//! in-memory path and on the spool path alike, and the records behind it move on. Brokers
+//! refuse whole batches, so a record refused for its own bytes (size, format) in a batch with
+//! others is tried again alone before it is quarantined: its neighbours are not poison.
+//!
+//! Readiness: delivery can also stall for reasons no classification catches (a fatal producer
+//! error, a broker that keeps answering with a retriable error). [`Outbox::readiness`] turns
+//! not-ready once no record has reached Kafka for `delivery_stuck_after_ms` while records
+//! wait, so the stall is visible to whatever routes traffic and pages people.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -34,11 +48,13 @@ use rdkafka::producer::{
 };
 
 use crate::config::{KafkaConfig, RedirectConfig};
-use crate::spool::{Spool, SpoolRecord, frame_len};
+use crate::spool::{Quarantine, Spool, SpoolRecord, frame_len};
 
-/// Delivery opaque tag of records the drainer sends from the spool; direct records carry
-/// their enqueue time (microseconds since the outbox started) instead.
+/// Delivery opaque tag of records the drainer sends from the spool: `FROM_SPOOL | attempt <<
+/// 32 | index in the batch`. Direct records carry their enqueue time (microseconds since the
+/// outbox started) instead.
 const FROM_SPOOL: usize = 1 << 63;
+const ATTEMPT_MASK: usize = 0x7fff_ffff;
 const DRAIN_BATCH: usize = 2_000;
 
 /// Where `send` put the record.
@@ -46,6 +62,76 @@ const DRAIN_BATCH: usize = 2_000;
 pub enum Route {
     Kafka,
     Spool,
+    /// Refused by Kafka for good (e.g. larger than the maximum message size): set aside in
+    /// the quarantine file, never delivered.
+    Quarantine,
+}
+
+/// What to do with a record Kafka (or librdkafka) did not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Sending it again cannot succeed: quarantine it. `reason` is a stable label (the
+    /// metric's). `record_level`: the refusal is about the record's own bytes (size, format)
+    /// rather than its topic; since a broker refuses whole batches, such a record is retried
+    /// alone before it is judged.
+    Refused {
+        reason: &'static str,
+        record_level: bool,
+    },
+    /// May succeed later (broker down, leader moving, queue full, fatal producer state): keep
+    /// the record and retry; if it never succeeds, readiness says so.
+    Retry,
+}
+
+/// Sorts librdkafka's error codes into permanent refusals and everything else. Unknown codes
+/// are retried, never quarantined: a stuck outbox is visible (/readyz) and loses nothing,
+/// while quarantining on a guess would take clicks out of the pipeline.
+pub fn classify(code: RDKafkaErrorCode) -> Verdict {
+    use RDKafkaErrorCode as E;
+    let (reason, record_level) = match code {
+        E::MessageSizeTooLarge | E::MessageBatchTooLarge => ("message_too_large", true),
+        E::InvalidMessageSize
+        | E::InvalidRecord
+        | E::InvalidTimestamp
+        | E::BadMessage
+        | E::InvalidArgument => ("invalid_record", true),
+        E::UnknownTopic | E::UnknownTopicOrPartition => ("unknown_topic", false),
+        E::UnknownPartition => ("unknown_partition", false),
+        E::InvalidTopic => ("invalid_topic", false),
+        E::TopicAuthorizationFailed => ("topic_authorization_failed", false),
+        E::ClusterAuthorizationFailed => ("cluster_authorization_failed", false),
+        E::PolicyViolation => ("policy_violation", false),
+        E::UnsupportedForMessageFormat | E::UnsupportedCompressionType => {
+            ("unsupported_by_topic", false)
+        }
+        _ => return Verdict::Retry,
+    };
+    Verdict::Refused {
+        reason,
+        record_level,
+    }
+}
+
+fn classify_error(e: &KafkaError) -> Verdict {
+    e.rdkafka_error_code().map_or(Verdict::Retry, classify)
+}
+
+/// Whether the outbox delivers, and if not why: what /readyz reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Why not ready; empty when ready.
+    pub reasons: Vec<String>,
+    pub kafka_degraded: bool,
+    pub spool_records: u64,
+    pub in_memory: u64,
+    /// How long records have been waiting without any reaching Kafka (0: none waiting).
+    pub undelivered_for_ms: u64,
+    /// Records set aside since start.
+    pub quarantined: u64,
+    /// The last delivery error seen, if delivery is not flowing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// What the outbox exports to /metrics.
@@ -60,6 +146,10 @@ pub struct OutboxMetrics {
     pub spool_bytes: Gauge,
     pub spool_errors: Counter,
     pub degraded: Gauge,
+    /// Records Kafka refused for good and the outbox set aside, by reason.
+    pub quarantined: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Milliseconds records have waited with none reaching Kafka.
+    pub undelivered_for_ms: Gauge,
 }
 
 impl OutboxMetrics {
@@ -75,6 +165,8 @@ impl OutboxMetrics {
             spool_bytes: Gauge::default(),
             spool_errors: Counter::default(),
             degraded: Gauge::default(),
+            quarantined: Family::default(),
+            undelivered_for_ms: Gauge::default(),
         };
         registry.register(
             "outbox_records",
@@ -116,6 +208,18 @@ impl OutboxMetrics {
             "1 while Kafka is unreachable or not acknowledging",
             m.degraded.clone(),
         );
+        registry.register(
+            "outbox_quarantined",
+            "Records Kafka refused for good (too large, unknown topic, not authorized, ...), \
+             set aside in quarantine.ndjson in the spool directory instead of blocking the \
+             records behind them, by reason",
+            m.quarantined.clone(),
+        );
+        registry.register(
+            "outbox_undelivered_for_ms",
+            "How long records have been waiting with none reaching Kafka (0: none waiting)",
+            m.undelivered_for_ms.clone(),
+        );
         m
     }
 }
@@ -129,10 +233,40 @@ struct Shared {
     stop: AtomicBool,
     wake: (Mutex<()>, Condvar),
     started: Instant,
+    /// Last delivery report handled (delivered, spooled or quarantined): progress.
     last_delivery_us: AtomicU64,
-    batch_ok: AtomicU64,
-    batch_failed: AtomicU64,
+    /// When librdkafka last went from holding nothing to holding records (0: holds nothing).
+    busy_since_us: AtomicU64,
+    /// When the drainer first failed to move the spool's head batch (0: not failing).
+    drain_blocked_since_us: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    /// The spool batch being delivered: each record's outcome, by index.
+    attempt: Mutex<Attempt>,
+    quarantine: Mutex<Quarantine>,
+    quarantined: AtomicU64,
+    stuck_after: Duration,
     metrics: OutboxMetrics,
+}
+
+/// One delivery attempt of a spool batch. Reports of older attempts (a batch abandoned and
+/// sent again) carry another id and are ignored.
+#[derive(Default)]
+struct Attempt {
+    id: usize,
+    outcomes: Vec<Option<Outcome>>,
+    done: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Delivered,
+    /// `sync`: `send` refused it (librdkafka itself, about this very record), as opposed to a
+    /// delivery report for a whole batch.
+    Failed {
+        code: Option<RDKafkaErrorCode>,
+        error: String,
+        sync: bool,
+    },
 }
 
 impl Shared {
@@ -145,6 +279,80 @@ impl Shared {
         if !self.degraded.swap(true, Ordering::SeqCst) {
             tracing::warn!("outbox: Kafka {why}; spooling new records to disk");
             self.metrics.degraded.set(1);
+        }
+    }
+
+    /// How long records have been waiting with no delivery report, on either path.
+    fn undelivered_for(&self) -> Duration {
+        let now = self.now_us();
+        let busy = self.busy_since_us.load(Ordering::Relaxed);
+        let memory = if busy == 0 {
+            0
+        } else {
+            now.saturating_sub(busy.max(self.last_delivery_us.load(Ordering::Relaxed)))
+        };
+        let blocked = self.drain_blocked_since_us.load(Ordering::Relaxed);
+        let drain = if blocked == 0 {
+            0
+        } else {
+            now.saturating_sub(blocked)
+        };
+        Duration::from_micros(memory.max(drain))
+    }
+
+    fn note_error(&self, error: String) {
+        *self.last_error.lock().unwrap() = Some(error);
+    }
+
+    fn record_outcome(&self, opaque: usize, outcome: Outcome) {
+        let id = (opaque >> 32) & ATTEMPT_MASK;
+        let index = opaque & 0xffff_ffff;
+        let mut a = self.attempt.lock().unwrap();
+        if a.id == id
+            && let Some(slot @ None) = a.outcomes.get_mut(index)
+        {
+            *slot = Some(outcome);
+            a.done += 1;
+        }
+    }
+
+    /// Sets a refused record aside: quarantine file, metric, ERROR line. On `Err` the record
+    /// is not kept there and the caller must keep it elsewhere.
+    fn quarantine(
+        &self,
+        rec: &SpoolRecord,
+        reason: &'static str,
+        error: &str,
+        via: &'static str,
+    ) -> std::io::Result<()> {
+        let mut q = self.quarantine.lock().unwrap();
+        match q.append(rec, reason, error, via) {
+            Ok(()) => {
+                self.quarantined.fetch_add(1, Ordering::SeqCst);
+                self.metrics
+                    .quarantined
+                    .get_or_create(&vec![("reason", reason)])
+                    .inc();
+                let key = String::from_utf8_lossy(&rec.key);
+                tracing::error!(
+                    topic = %rec.topic,
+                    key = %key.chars().take(128).collect::<String>(),
+                    bytes = rec.value.len(),
+                    reason,
+                    via,
+                    file = %q.path().display(),
+                    "outbox: Kafka refused a record for good ({error}); quarantined it, the \
+                     records behind it go on"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    "outbox: cannot write the quarantine {}: {e}",
+                    q.path().display()
+                );
+                Err(e)
+            }
         }
     }
 
@@ -173,6 +381,7 @@ struct Context {
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
+        self.shared.note_error(format!("{error}: {reason}"));
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.shared
                 .enter_degraded("is unreachable (all brokers down)");
@@ -194,7 +403,7 @@ impl ProducerContext for Context {
                 s.last_delivery_us.store(now, Ordering::Relaxed);
                 s.metrics.delivered.inc();
                 if from_spool {
-                    s.batch_ok.fetch_add(1, Ordering::SeqCst);
+                    s.record_outcome(opaque, Outcome::Delivered);
                 } else {
                     let waited = now.saturating_sub(opaque as u64);
                     s.metrics.produce_latency.observe(waited as f64 / 1e6);
@@ -202,16 +411,36 @@ impl ProducerContext for Context {
             }
             Err((err, msg)) => {
                 if from_spool {
-                    // Still in the spool; the drainer sends the batch again.
-                    s.batch_failed.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    tracing::debug!("outbox: delivery failed ({err}); spooling the record");
-                    let rec = SpoolRecord {
-                        topic: msg.topic().to_string(),
-                        key: msg.key().unwrap_or_default().to_vec(),
-                        value: msg.payload().unwrap_or_default().to_vec(),
+                    // Still in the spool; the drainer judges the batch once it is complete.
+                    let outcome = Outcome::Failed {
+                        code: err.rdkafka_error_code(),
+                        error: err.to_string(),
+                        sync: false,
                     };
-                    let _ = s.spool(&rec);
+                    s.record_outcome(opaque, outcome);
+                    return;
+                }
+                // Spooled or quarantined, the record has moved on: progress.
+                s.last_delivery_us.store(s.now_us(), Ordering::Relaxed);
+                let rec = SpoolRecord {
+                    topic: msg.topic().to_string(),
+                    key: msg.key().unwrap_or_default().to_vec(),
+                    value: msg.payload().unwrap_or_default().to_vec(),
+                };
+                match classify_error(err) {
+                    Verdict::Refused {
+                        reason,
+                        record_level: false,
+                    } if s
+                        .quarantine(&rec, reason, &err.to_string(), "memory")
+                        .is_ok() => {}
+                    verdict => {
+                        // Retriable, or refused for its bytes in a batch it may have shared
+                        // with good records: the drainer retries it (alone, if refused again).
+                        tracing::debug!("outbox: delivery failed ({err}, {verdict:?}); spooling");
+                        s.note_error(err.to_string());
+                        let _ = s.spool(&rec);
+                    }
                 }
             }
         }
@@ -250,8 +479,13 @@ impl Outbox {
             wake: (Mutex::new(()), Condvar::new()),
             started: Instant::now(),
             last_delivery_us: AtomicU64::new(0),
-            batch_ok: AtomicU64::new(0),
-            batch_failed: AtomicU64::new(0),
+            busy_since_us: AtomicU64::new(0),
+            drain_blocked_since_us: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            attempt: Mutex::new(Attempt::default()),
+            quarantine: Mutex::new(Quarantine::open(&redirect.spool_dir)?),
+            quarantined: AtomicU64::new(0),
+            stuck_after: Duration::from_millis(redirect.delivery_stuck_after_ms),
             metrics,
         });
         if pending > 0 {
@@ -298,7 +532,23 @@ impl Outbox {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     s.enter_degraded("is not keeping up (in-memory queue full)");
                 }
-                Err((e, _)) => tracing::warn!("outbox: produce failed ({e}); spooling"),
+                Err((e, _)) => {
+                    let rec = SpoolRecord {
+                        topic: topic.to_string(),
+                        key: key.to_vec(),
+                        value: value.to_vec(),
+                    };
+                    // librdkafka refused this very record (e.g. over message.max.bytes):
+                    // spooled, it would block the spool for good.
+                    if let Verdict::Refused { reason, .. } = classify_error(&e)
+                        && s.quarantine(&rec, reason, &e.to_string(), "memory").is_ok()
+                    {
+                        return Ok(Route::Quarantine);
+                    }
+                    tracing::warn!("outbox: produce failed ({e}); spooling");
+                    s.spool(&rec).map_err(OutboxFull)?;
+                    return Ok(Route::Spool);
+                }
             }
         }
         let rec = SpoolRecord {
@@ -310,9 +560,63 @@ impl Outbox {
         Ok(Route::Spool)
     }
 
-    /// Healthy, or at least not filling the spool because Kafka is gone.
+    /// Healthy: see [`Outbox::readiness`].
     pub fn ready(&self) -> bool {
-        !(self.shared.degraded.load(Ordering::Relaxed) && self.spool_records() > 0)
+        self.readiness().ready
+    }
+
+    /// Not ready while Kafka is gone and the spool fills, or while delivery has made no
+    /// progress for `delivery_stuck_after_ms` with records waiting. Clicks are still taken
+    /// then (the spool keeps them); readiness tells the load balancer and the operator that
+    /// none of them reaches the aggregator.
+    pub fn readiness(&self) -> Readiness {
+        let s = &self.shared;
+        let kafka_degraded = self.degraded();
+        let spool_records = self.spool_records();
+        let in_memory = self.in_memory();
+        let waiting = spool_records + in_memory > 0;
+        let undelivered_for = if waiting {
+            s.undelivered_for()
+        } else {
+            Duration::ZERO
+        };
+        let last_error = s.last_error.lock().unwrap().clone();
+        let mut reasons = Vec::new();
+        if kafka_degraded && spool_records > 0 {
+            reasons.push(format!(
+                "kafka_unreachable: Kafka is not acknowledging; {spool_records} records \
+                 spooled to disk"
+            ));
+        }
+        if waiting && undelivered_for >= s.stuck_after {
+            reasons.push(format!(
+                "delivery_stuck: no record reached Kafka for {} ms while {} wait \
+                 (last error: {})",
+                undelivered_for.as_millis(),
+                spool_records + in_memory,
+                last_error.as_deref().unwrap_or("none")
+            ));
+        }
+        Readiness {
+            ready: reasons.is_empty(),
+            reasons,
+            kafka_degraded,
+            spool_records,
+            in_memory,
+            undelivered_for_ms: undelivered_for.as_millis() as u64,
+            quarantined: self.quarantined(),
+            last_error: waiting.then_some(last_error).flatten(),
+        }
+    }
+
+    /// Records set aside in the quarantine since start.
+    pub fn quarantined(&self) -> u64 {
+        self.shared.quarantined.load(Ordering::SeqCst)
+    }
+
+    /// The quarantine file (`quarantine.ndjson` in the spool directory).
+    pub fn quarantine_path(&self) -> std::path::PathBuf {
+        self.shared.quarantine.lock().unwrap().path().to_path_buf()
     }
 
     pub fn degraded(&self) -> bool {
@@ -359,11 +663,13 @@ impl Outbox {
 fn drain_loop(producer: &ThreadedProducer<Context>, s: &Shared, degraded_after: Duration) {
     loop {
         refresh_gauges(producer, s);
-        let idle = Duration::from_micros(
-            s.now_us()
-                .saturating_sub(s.last_delivery_us.load(Ordering::Relaxed)),
-        );
-        if producer.in_flight_count() > 0 && idle > degraded_after {
+        // Measured from when records started waiting, not from the last delivery: after a
+        // quiet hour the first click would otherwise look an hour overdue.
+        let busy = s.busy_since_us.load(Ordering::Relaxed);
+        let stalled = s
+            .now_us()
+            .saturating_sub(busy.max(s.last_delivery_us.load(Ordering::Relaxed)));
+        if busy != 0 && Duration::from_micros(stalled) > degraded_after {
             s.enter_degraded("is not acknowledging");
         }
         {
@@ -386,6 +692,7 @@ fn drain_loop(producer: &ThreadedProducer<Context>, s: &Shared, degraded_after: 
             }
         };
         if batch.is_empty() {
+            s.drain_blocked_since_us.store(0, Ordering::Relaxed);
             if !s.degraded.load(Ordering::SeqCst) {
                 s.spooling.store(false, Ordering::Release);
             }
@@ -393,7 +700,28 @@ fn drain_loop(producer: &ThreadedProducer<Context>, s: &Shared, degraded_after: 
             continue;
         }
         s.spooling.store(true, Ordering::Release);
-        if deliver_batch(producer, s, &batch) {
+        let delivered = deliver_batch(producer, s, &batch).and_then(|refused| {
+            // Set aside before the cursor passes them; a crash in between quarantines them
+            // twice, never zero times.
+            for (i, reason, error) in refused {
+                s.quarantine(&batch[i].1, reason, &error, "spool")
+                    .map_err(|e| format!("cannot write the quarantine: {e}"))?;
+            }
+            Ok(())
+        });
+        if let Err(why) = delivered {
+            if !s.stop.load(Ordering::SeqCst) {
+                tracing::debug!("outbox: spool batch not delivered: {why}");
+                s.note_error(why);
+                let _ = s.drain_blocked_since_us.compare_exchange(
+                    0,
+                    s.now_us().max(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        } else {
             let (pos, _) = batch.last().unwrap();
             let bytes = batch.iter().map(|(_, r)| frame_len(r)).sum();
             let committed = s
@@ -404,27 +732,38 @@ fn drain_loop(producer: &ThreadedProducer<Context>, s: &Shared, degraded_after: 
             if let Err(e) = committed {
                 tracing::error!("outbox: cannot advance the spool cursor: {e}");
             }
+            s.drain_blocked_since_us.store(0, Ordering::Relaxed);
+            s.last_delivery_us.store(s.now_us(), Ordering::Relaxed);
             if s.degraded.swap(false, Ordering::SeqCst) {
                 tracing::info!("outbox: Kafka is acknowledging again; draining the spool");
                 s.metrics.degraded.set(0);
             }
-        } else if !s.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }
 
-/// Sends one spooled batch and waits for every acknowledgement; `false` if any failed or the
-/// outbox is stopping (the batch stays in the spool either way).
+/// A spooled record Kafka refused for good: (index in the batch, reason, librdkafka's text).
+type Refusal = (usize, &'static str, String);
+
+/// Sends one spooled batch and waits for every record's fate. `Ok` lists the records Kafka
+/// refused for good (all others are delivered): the caller quarantines them and moves the
+/// cursor past the batch. `Err` if any record failed in a way worth retrying, or the outbox
+/// is stopping: the whole batch stays in the spool and is sent again.
 fn deliver_batch(
     producer: &ThreadedProducer<Context>,
     s: &Shared,
     batch: &[(crate::spool::Position, SpoolRecord)],
-) -> bool {
-    s.batch_ok.store(0, Ordering::SeqCst);
-    s.batch_failed.store(0, Ordering::SeqCst);
-    for (_, rec) in batch {
-        let mut record = BaseRecord::with_opaque_to(&rec.topic, FROM_SPOOL)
+) -> Result<Vec<Refusal>, String> {
+    let id = {
+        let mut a = s.attempt.lock().unwrap();
+        a.id = (a.id + 1) & ATTEMPT_MASK;
+        a.outcomes = vec![None; batch.len()];
+        a.done = 0;
+        a.id
+    };
+    for (i, (_, rec)) in batch.iter().enumerate() {
+        let opaque = FROM_SPOOL | (id << 32) | i;
+        let mut record = BaseRecord::with_opaque_to(&rec.topic, opaque)
             .key(&rec.key[..])
             .payload(&rec.value[..]);
         loop {
@@ -433,37 +772,79 @@ fn deliver_batch(
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     if s.stop.load(Ordering::SeqCst) {
-                        return false;
+                        return Err("stopping".into());
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err((e, _)) => {
-                    tracing::error!("outbox: cannot produce a spooled record: {e}");
-                    return false;
+                    if classify_error(&e) == Verdict::Retry {
+                        return Err(format!("cannot produce a spooled record: {e}"));
+                    }
+                    let outcome = Outcome::Failed {
+                        code: e.rdkafka_error_code(),
+                        error: e.to_string(),
+                        sync: true,
+                    };
+                    s.record_outcome(opaque, outcome);
+                    break;
                 }
             }
         }
     }
-    let n = batch.len() as u64;
-    loop {
-        let (ok, failed) = (
-            s.batch_ok.load(Ordering::SeqCst),
-            s.batch_failed.load(Ordering::SeqCst),
-        );
-        if ok + failed == n {
-            return failed == 0;
+    let outcomes = loop {
+        {
+            let mut a = s.attempt.lock().unwrap();
+            if a.done == batch.len() {
+                break std::mem::take(&mut a.outcomes);
+            }
         }
         if s.stop.load(Ordering::SeqCst) {
-            return false;
+            return Err("stopping".into());
         }
         refresh_gauges(producer, s);
         std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut refused = Vec::new();
+    let mut alone = Vec::new();
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let Some(Outcome::Failed { code, error, sync }) = outcome else {
+            continue;
+        };
+        match code.map_or(Verdict::Retry, classify) {
+            Verdict::Retry => return Err(error),
+            Verdict::Refused {
+                record_level: true, ..
+            } if !sync && batch.len() > 1 => alone.push(i),
+            Verdict::Refused { reason, .. } => refused.push((i, reason, error)),
+        }
     }
+    // Refused as part of a batch, for the batch's bytes: each gets a try of its own, so only
+    // the records that are themselves poison are quarantined.
+    for i in alone {
+        if let Some((_, reason, error)) = deliver_batch(producer, s, &batch[i..=i])?.pop() {
+            refused.push((i, reason, error));
+        }
+    }
+    refused.sort_by_key(|r| r.0);
+    Ok(refused)
 }
 
 fn refresh_gauges(producer: &ThreadedProducer<Context>, s: &Shared) {
     let m = &s.metrics;
-    m.queue_depth.set(producer.in_flight_count() as i64);
+    let in_flight = producer.in_flight_count();
+    if in_flight <= 0 {
+        s.busy_since_us.store(0, Ordering::Relaxed);
+    } else {
+        let _ = s.busy_since_us.compare_exchange(
+            0,
+            s.now_us().max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    m.undelivered_for_ms
+        .set(s.undelivered_for().as_millis() as i64);
+    m.queue_depth.set(in_flight as i64);
     if let Ok(spool) = s.spool.try_lock() {
         m.spool_records.set(spool.pending_records() as i64);
         m.spool_bytes.set(spool.pending_bytes() as i64);
@@ -473,4 +854,121 @@ fn refresh_gauges(producer: &ThreadedProducer<Context>, s: &Shared) {
 fn sleep_or_wake(s: &Shared, timeout: Duration) {
     let guard = s.wake.0.lock().unwrap();
     let _ = s.wake.1.wait_timeout(guard, timeout);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RDKafkaErrorCode as E;
+
+    fn refused(reason: &'static str, record_level: bool) -> Verdict {
+        Verdict::Refused {
+            reason,
+            record_level,
+        }
+    }
+
+    #[test]
+    fn records_kafka_can_never_take_are_refused() {
+        // The record's own bytes: retried alone before quarantine when refused in a batch.
+        assert_eq!(
+            classify(E::MessageSizeTooLarge),
+            refused("message_too_large", true)
+        );
+        assert_eq!(
+            classify(E::MessageBatchTooLarge),
+            refused("message_too_large", true)
+        );
+        assert_eq!(classify(E::InvalidRecord), refused("invalid_record", true));
+        assert_eq!(
+            classify(E::InvalidMessageSize),
+            refused("invalid_record", true)
+        );
+        assert_eq!(
+            classify(E::InvalidTimestamp),
+            refused("invalid_record", true)
+        );
+        assert_eq!(classify(E::BadMessage), refused("invalid_record", true));
+        // The record's topic: every record of it would be refused the same way.
+        assert_eq!(classify(E::UnknownTopic), refused("unknown_topic", false));
+        assert_eq!(
+            classify(E::UnknownTopicOrPartition),
+            refused("unknown_topic", false)
+        );
+        assert_eq!(
+            classify(E::UnknownPartition),
+            refused("unknown_partition", false)
+        );
+        assert_eq!(classify(E::InvalidTopic), refused("invalid_topic", false));
+        assert_eq!(
+            classify(E::TopicAuthorizationFailed),
+            refused("topic_authorization_failed", false)
+        );
+        assert_eq!(
+            classify(E::ClusterAuthorizationFailed),
+            refused("cluster_authorization_failed", false)
+        );
+        assert_eq!(
+            classify(E::PolicyViolation),
+            refused("policy_violation", false)
+        );
+    }
+
+    #[test]
+    fn outages_and_unknown_errors_are_retried_never_quarantined() {
+        for code in [
+            E::QueueFull,
+            E::AllBrokersDown,
+            E::BrokerTransportFailure,
+            E::MessageTimedOut,
+            E::RequestTimedOut,
+            E::NotLeaderForPartition,
+            E::LeaderNotAvailable,
+            E::NotEnoughReplicas,
+            E::NotEnoughReplicasAfterAppend,
+            E::KafkaStorageError,
+            E::OutOfOrderSequenceNumber,
+            E::DuplicateSequenceNumber,
+            E::UnknownProducerId,
+            E::InvalidProducerEpoch,
+            E::PurgeQueue,
+            E::PurgeInflight,
+            E::Fatal,
+            // A corrupt message on the wire is retriable in Kafka's protocol.
+            E::InvalidMessage,
+            E::Authentication,
+            E::Unknown,
+            E::NoError,
+        ] {
+            assert_eq!(classify(code), Verdict::Retry, "{code:?}");
+        }
+        assert_eq!(
+            classify_error(&KafkaError::Canceled),
+            Verdict::Retry,
+            "no code"
+        );
+        assert_eq!(
+            classify_error(&KafkaError::MessageProduction(E::MessageSizeTooLarge)),
+            refused("message_too_large", true)
+        );
+    }
+
+    #[test]
+    fn every_refusal_reason_is_a_short_stable_label() {
+        // The reasons are metric labels: a fixed, small set of snake_case names.
+        let mut reasons = std::collections::BTreeSet::new();
+        for code in (-200..200).filter_map(|c| {
+            let code: RDKafkaErrorCode = rdkafka::types::RDKafkaRespErr::try_from(c).ok()?.into();
+            Some(code)
+        }) {
+            if let Verdict::Refused { reason, .. } = classify(code) {
+                assert!(
+                    reason.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{reason}"
+                );
+                reasons.insert(reason);
+            }
+        }
+        assert!(reasons.len() <= 12, "{reasons:?}");
+    }
 }

@@ -123,18 +123,16 @@ pub fn routes(
         .and(warp::get())
         .and(with_state.clone())
         .map(|state: Arc<State>| {
-            let ready = state.outbox.ready();
-            let body = serde_json::json!({
-                "ready": ready,
-                "kafka_degraded": state.outbox.degraded(),
-                "spool_records": state.outbox.spool_records(),
-            });
-            let status = if ready {
+            // 503 while clicks are taken but do not reach Kafka (broker gone, or delivery
+            // stuck), with the reasons, so the balancer and the operator both see it.
+            let readiness = state.outbox.readiness();
+            let status = if readiness.ready {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            json_response(status, body.to_string())
+            let body = serde_json::to_string(&readiness).expect("readiness serializes");
+            json_response(status, body)
         });
 
     let metrics =
