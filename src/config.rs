@@ -115,6 +115,26 @@ impl Default for RedirectConfig {
         Self {
             listen: "127.0.0.1:8080".parse().unwrap(),
             country_header: "x-edge-country".into(),
+    /// Longest partner line (bytes, without its newline). Longer lines are rejected before
+    /// they are parsed (`line_too_long`), and only this much of them reaches the dead letter.
+    pub max_line_bytes: usize,
+    /// A partner's `click_timestamp` may be this far ahead of the redirect's clock; later ones
+    /// are rejected (`event_time_in_future`), since one such event would carry its
+    /// partition's watermark into the future.
+    pub max_future_skew_ms: u64,
+    /// Unsigned click parameters appended to the landing URL (`*` is a wildcard); all other
+    /// unsigned parameters are dropped.
+    pub forward_params: Vec<String>,
+    /// Connections served at once; one more is answered 503 (JSON) and closed.
+    pub max_connections: usize,
+    /// A request head must arrive in full within this long of the connection opening or of
+    /// the previous response; it is also how long an idle keep-alive connection stays open.
+    pub header_read_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long is closed (a stalled
+    /// upload, a client that stopped reading).
+    pub idle_timeout_ms: u64,
+    /// Longest request target (path and query) served; longer ones get 414.
+    pub max_uri_bytes: usize,
             client_ip_header: String::new(),
             user_id_cookie: "uid".into(),
             queue_capacity: 100_000,
@@ -135,6 +155,15 @@ impl Default for RedirectConfig {
 /// A partner allowed to POST click batches.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+            max_line_bytes: 64 << 10,
+            max_future_skew_ms: 300_000,
+            forward_params: ["utm_*", "gclid", "fbclid", "msclkid"]
+                .map(String::from)
+                .to_vec(),
+            max_connections: 4096,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_uri_bytes: 8192,
 pub struct Partner {
     pub name: String,
     pub api_key: String,

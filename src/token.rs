@@ -4,9 +4,16 @@
 //! counts and only forwards what such a signature covers, so a forged click produces nothing
 //! and an altered landing page is never redirected to.
 //!
-//! Canonical form: `adclick-click-v1\n{impression_id}\n` followed by the query's parameters
-//! other than `sig`, sorted by name, each `name=value` form-urlencoded, joined by `&`. Values
-//! are compared after decoding, so two spellings of one URL sign alike.
+//! Canonical form: `adclick-click-v1\n{impression_id}\n` followed by the signed parameters
+//! ([`SIGNED_PARAMS`]), sorted by name, each `name=value` form-urlencoded, joined by `&`.
+//! Values are compared after decoding, so two spellings of one URL sign alike.
+//!
+//! The signed set is fixed: exactly the parameters [`Keyring::sign_query`] emits. Anything
+//! else in the query (ad platforms and mail tools append `utm_*`, `gclid`, `fbclid`, ...) is
+//! outside the signature: it neither breaks verification nor is trusted; [`Keyring::verify_click`]
+//! hands it back separately so the redirect can decide what to forward. A signed name given
+//! twice is still refused, so a second `url=` (however it is percent-encoded) cannot override
+//! the signed one.
 //!
 //! Several keys may be active at once (rotation): `kid` picks one, and retiring a key is
 //! removing it from the configuration.
@@ -18,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 const DOMAIN: &str = "adclick-click-v1";
-const PARAMS: [&str; 8] = [
+/// The parameters the signature covers: what `sign_query` emits besides `sig`. Links minted
+/// before tracking parameters were tolerated carry exactly these, so they verify unchanged.
+pub const SIGNED_PARAMS: [&str; 7] = [
     "ad_id",
     "campaign_id",
     "advertiser_id",
@@ -26,8 +35,10 @@ const PARAMS: [&str; 8] = [
     "url",
     "exp",
     "kid",
-    "sig",
 ];
+/// Unsigned parameters kept per request at most; a click URL with more is refused, so a
+/// hostile query cannot make the redirect collect an unbounded list.
+pub const MAX_UNSIGNED_PARAMS: usize = 64;
 /// Secrets shorter than this are configuration mistakes, not keys.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -59,8 +70,8 @@ pub enum TokenError {
     Missing(&'static str),
     #[error("parameter `{0}` given more than once")]
     Repeated(String),
-    #[error("unexpected parameter `{0}`")]
-    Unexpected(String),
+    #[error("more than {MAX_UNSIGNED_PARAMS} parameters outside the signed set")]
+    TooManyUnsigned,
     #[error("parameter `{param}`: {reason}")]
     Malformed { param: &'static str, reason: String },
     #[error("unknown signing key `{0}`")]
@@ -76,7 +87,7 @@ impl TokenError {
         match self {
             TokenError::Missing(_)
             | TokenError::Repeated(_)
-            | TokenError::Unexpected(_)
+            | TokenError::TooManyUnsigned
             | TokenError::Malformed { .. } => "malformed",
             TokenError::UnknownKey(_) => "unknown_key",
             TokenError::BadSignature => "bad_signature",
@@ -174,18 +185,39 @@ impl Keyring {
         )
     }
 
-    /// Checks a click request. The signature is checked before anything it covers is trusted,
-    /// and in constant time; expiry is checked after, so an expired forgery is still a forgery.
+    /// Checks a click request; see [`Keyring::verify_click`]. Parameters outside the signed
+    /// set are ignored.
     pub fn verify(
         &self,
         impression_id: &str,
         raw_query: &str,
         now_secs: i64,
     ) -> Result<ClickClaims, TokenError> {
+        self.verify_click(impression_id, raw_query, now_secs)
+            .map(|(claims, _)| claims)
+    }
+
+    /// Checks a click request. The signature is checked before anything it covers is trusted,
+    /// and in constant time; expiry is checked after, so an expired forgery is still a forgery.
+    ///
+    /// Returns the claims and, in request order and decoded, the parameters outside the signed
+    /// set (names and values as the client sent them: untrusted).
+    pub fn verify_click(
+        &self,
+        impression_id: &str,
+        raw_query: &str,
+        now_secs: i64,
+    ) -> Result<(ClickClaims, Vec<(String, String)>), TokenError> {
         let mut params: Vec<(String, String)> = Vec::with_capacity(8);
+        let mut unsigned: Vec<(String, String)> = Vec::new();
         for (k, v) in form_urlencoded::parse(raw_query.as_bytes()) {
-            if !PARAMS.contains(&k.as_ref()) {
-                return Err(TokenError::Unexpected(truncated(&k)));
+            // Names are compared after percent-decoding: `%75rl` is `url`, and is a repeat.
+            if k != "sig" && !SIGNED_PARAMS.contains(&k.as_ref()) {
+                if unsigned.len() == MAX_UNSIGNED_PARAMS {
+                    return Err(TokenError::TooManyUnsigned);
+                }
+                unsigned.push((k.into_owned(), v.into_owned()));
+                continue;
             }
             if params.iter().any(|(seen, _)| *seen == k) {
                 return Err(TokenError::Repeated(k.into_owned()));
@@ -242,7 +274,7 @@ impl Keyring {
         if now_secs > claims.exp {
             return Err(TokenError::Expired);
         }
-        Ok(claims)
+        Ok((claims, unsigned))
     }
 }
 
@@ -354,16 +386,55 @@ mod tests {
                 Err(TokenError::BadSignature)
             );
         }
-        let added = format!("{q}&extra=1");
-        assert_eq!(
-            r.verify("imp-42", &added, 0),
-            Err(TokenError::Unexpected("extra".into()))
-        );
         let twice = format!("{q}&ad_id=ad_9");
         assert!(matches!(
             r.verify("imp-42", &twice, 0),
             Err(TokenError::Repeated(_))
         ));
+    }
+
+    #[test]
+    fn unsigned_parameters_do_not_break_the_signature_and_come_back_separately() {
+        let r = ring();
+        let q = r.sign_query(&claims());
+        let tracked = format!("utm_source=news&{q}&gclid=G%26x&extra=1&utm_source=again");
+        let (got, unsigned) = r.verify_click("imp-42", &tracked, 0).unwrap();
+        assert_eq!(got, claims());
+        assert_eq!(
+            unsigned,
+            [
+                ("utm_source", "news"),
+                ("gclid", "G&x"),
+                ("extra", "1"),
+                ("utm_source", "again")
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        // A second landing page, however spelled, is a repeat of a signed name: refused.
+        for smuggled in [
+            "url=https%3A%2F%2Fevil.example%2F",
+            "%75rl=https%3A%2F%2Fevil.example%2F",
+            "u%72l=https://evil.example/",
+            "sig=AAAA",
+            "kid=k1",
+        ] {
+            for query in [format!("{q}&{smuggled}"), format!("{smuggled}&{q}")] {
+                assert!(
+                    matches!(
+                        r.verify_click("imp-42", &query, 0),
+                        Err(TokenError::Repeated(_))
+                    ),
+                    "{query}"
+                );
+            }
+        }
+        let many: String = (0..=MAX_UNSIGNED_PARAMS)
+            .map(|i| format!("&p{i}=1"))
+            .collect();
+        assert_eq!(
+            r.verify_click("imp-42", &format!("{q}{many}"), 0),
+            Err(TokenError::TooManyUnsigned)
+        );
     }
 
     #[test]

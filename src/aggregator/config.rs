@@ -19,6 +19,15 @@ pub struct AggregatorConfig {
     pub process: usize,
     pub hostfile: Option<PathBuf>,
     pub query_listen: String,
+    /// Query server connections served at once; one more is answered 503 (JSON).
+    pub query_max_connections: usize,
+    /// A request head must reach the query server within this long of the connection opening
+    /// or of the previous response (also the keep-alive idle timeout).
+    pub query_header_read_timeout_ms: u64,
+    /// A query connection on which no byte moves either way for this long is closed.
+    pub query_idle_timeout_ms: u64,
+    /// Longest request target (path and query) the query server serves; longer: 414.
+    pub query_max_uri_bytes: usize,
     pub out_of_orderness_ms: u64,
     pub allowed_lateness_ms: u64,
     /// A partition without new records for this long stops holding the watermark back.
@@ -77,6 +86,10 @@ impl Default for AggregatorConfig {
 }
 
 impl AggregatorConfig {
+            query_max_connections: 1024,
+            query_header_read_timeout_ms: 10_000,
+            query_idle_timeout_ms: 60_000,
+            query_max_uri_bytes: 8192,
     /// Checks what would otherwise fail deep inside the dataflow.
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.workers >= 1, "aggregator.workers must be at least 1");
@@ -113,6 +126,7 @@ impl AggregatorConfig {
             retention: Retention {
                 minute_ms: self.minute_retention_ms,
                 hour_ms: self.hour_retention_ms,
+        self.query_limits().check("aggregator.query_")?;
                 day_ms: self.day_retention_ms,
             },
             top: TopNConfig {
@@ -147,6 +161,18 @@ impl AggregatorConfig {
                 .map(|i| format!("127.0.0.1:{}", 2101 + i))
                 .collect(),
         };
+    /// The query server's connection limits.
+    pub fn query_limits(&self) -> crate::http_server::Limits {
+        crate::http_server::Limits {
+            max_connections: self.query_max_connections,
+            header_read_timeout: std::time::Duration::from_millis(
+                self.query_header_read_timeout_ms,
+            ),
+            idle_timeout: std::time::Duration::from_millis(self.query_idle_timeout_ms),
+            max_uri_bytes: self.query_max_uri_bytes,
+        }
+    }
+
         anyhow::ensure!(
             addresses.len() == self.processes,
             "hostfile lists {} addresses for {} processes",

@@ -127,7 +127,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         metrics: QueryMetrics::default(),
     });
     if serving && cfg.process == 0 {
-        let addr = query::spawn(&cfg.query_listen, server.clone())?;
+        let addr = query::spawn(&cfg.query_listen, cfg.query_limits(), server.clone())?;
         println!("query server: http://{addr}/");
     }
     // Checkpoints are for Kafka, whose offsets can be sought; a job over files starts over.

@@ -285,8 +285,14 @@ pub fn routes(
         .unify()
 }
 
-/// Starts the server on its own thread; returns the address it listens on.
-pub fn spawn(listen: &str, server: Arc<Server>) -> anyhow::Result<SocketAddr> {
+/// Starts the server on its own thread; returns the address it listens on. It runs on the
+/// shared [`crate::http_server`], with the `aggregator.query_*` connection limits, so slow or
+/// idle clients cannot hold the dashboard's and the API's connections.
+pub fn spawn(
+    listen: &str,
+    limits: crate::http_server::Limits,
+    server: Arc<Server>,
+) -> anyhow::Result<SocketAddr> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|e| anyhow::anyhow!("aggregator.query_listen {listen:?}: {e}"))?;
@@ -308,7 +314,13 @@ pub fn spawn(listen: &str, server: Arc<Server>) -> anyhow::Result<SocketAddr> {
                     }
                 };
                 let _ = tx.send(listener.local_addr().map_err(Into::into));
-                warp::serve(routes(server)).incoming(listener).run().await;
+                crate::http_server::serve(
+                    warp::service(routes(server)),
+                    listener,
+                    limits,
+                    std::future::pending(),
+                )
+                .await;
             });
         })?;
     rx.recv_timeout(Duration::from_secs(10))

@@ -1,4 +1,10 @@
 //! GET /api/v1/click/{impression_id}: verify, enqueue, redirect.
+//!
+//! Ad platforms and mail tools append tracking parameters (`utm_*`, `gclid`, ...) to click
+//! URLs after they are signed. Those are outside the signature ([`crate::token`]); the ones
+//! matching `redirect.forward_params` are appended to the landing page's query, the others
+//! dropped. Scheme, host and path always come from the signed `url` alone: the appended
+//! parameters are re-encoded into the query, so nothing a client adds can move the redirect.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -69,10 +75,12 @@ pub fn handle(state: &State, req: &ClickRequest<'_>) -> Response<Bytes> {
 fn accept(state: &State, req: &ClickRequest<'_>) -> Result<Result<String, String>, Refusal> {
     event::check_id("impression_id", req.impression_id)?;
     let now = crate::timefmt::now_millis();
-    let claims = state
-        .keyring
-        .verify(req.impression_id, req.query, now.div_euclid(1000))?;
+    let (claims, unsigned) =
+        state
+            .keyring
+            .verify_click(req.impression_id, req.query, now.div_euclid(1000))?;
     let cfg = &state.config.redirect;
+    let landing = landing_url(&claims.url, &unsigned, &cfg.forward_params);
     let header = |name: &str| {
         (!name.is_empty())
             .then(|| req.headers.get(name))
@@ -104,8 +112,76 @@ fn accept(state: &State, req: &ClickRequest<'_>) -> Result<Result<String, String
         click.impression_id.as_bytes(),
         &click.to_protobuf(),
     ) {
-        Ok(_) => Ok(Ok(claims.url)),
+        Ok(_) => Ok(Ok(landing)),
         Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
+/// Longest landing URL the forwarded parameters may grow the signed one to; parameters that
+/// would pass it are dropped (the signed URL itself is at most 2048 bytes).
+pub const MAX_LANDING_URL: usize = 4096;
+
+/// The signed landing URL with the unsigned parameters that match `forward` appended to its
+/// query (merged with any query it has, before its fragment). A parameter the signed URL
+/// already carries is not appended: the advertiser's own value wins over one added on the way.
+/// Names and values are form-urlencoded afresh, so they can only ever add query parameters.
+pub fn landing_url(signed: &str, unsigned: &[(String, String)], forward: &[String]) -> String {
+    let (base, fragment) = match signed.find('#') {
+        Some(i) => signed.split_at(i),
+        None => (signed, ""),
+    };
+    let existing: Vec<String> = base
+        .split_once('?')
+        .map(|(_, q)| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, _)| k.into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = base.to_string();
+    let mut sep = if !base.contains('?') {
+        "?"
+    } else if base.ends_with(['?', '&']) {
+        ""
+    } else {
+        "&"
+    };
+    let mut added: Vec<&str> = Vec::new();
+    for (name, value) in unsigned {
+        if !forward.iter().any(|p| glob_match(p, name))
+            || existing.iter().any(|e| e == name)
+            || added.contains(&name.as_str())
+        {
+            continue;
+        }
+        let pair = form_urlencoded::Serializer::new(String::new())
+            .append_pair(name, value)
+            .finish();
+        if out.len() + sep.len() + pair.len() + fragment.len() > MAX_LANDING_URL {
+            continue;
+        }
+        out.push_str(sep);
+        out.push_str(&pair);
+        sep = "&";
+        added.push(name);
+    }
+    out.push_str(fragment);
+    out
+}
+
+/// `*` matches any run of characters (including none); everything else matches itself.
+/// Case-sensitive, like query parameter names.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((prefix, rest)) => {
+            let Some(tail) = name.strip_prefix(prefix) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|&i| tail.is_char_boundary(i))
+                .any(|i| glob_match(rest, &tail[i..]))
+        }
     }
 }
 
@@ -135,5 +211,97 @@ mod tests {
         assert_eq!(cookie(&h, "uid").as_deref(), Some("u-42"));
         assert_eq!(cookie(&h, "missing"), None);
         assert_eq!(cookie(&h, ""), None);
+    }
+
+    fn forward() -> Vec<String> {
+        crate::config::RedirectConfig::default().forward_params
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("utm_*", "utm_source"));
+        assert!(glob_match("utm_*", "utm_"));
+        assert!(!glob_match("utm_*", "xutm_source"));
+        assert!(glob_match("gclid", "gclid"));
+        assert!(!glob_match("gclid", "gclid2"));
+        assert!(glob_match("*_id", "ref_id"));
+        assert!(glob_match("a*b*c", "a__b__c"));
+        assert!(!glob_match("a*b*c", "a__c"));
+        assert!(glob_match("*", "anything"));
+    }
+
+    #[test]
+    fn forwarded_parameters_merge_with_the_query_and_keep_the_fragment() {
+        let f = forward();
+        let p = pairs(&[
+            ("utm_source", "news letter"),
+            ("fbclid", "F"),
+            ("other", "x"),
+        ]);
+        assert_eq!(
+            landing_url("https://shop.example/a", &p, &f),
+            "https://shop.example/a?utm_source=news+letter&fbclid=F"
+        );
+        assert_eq!(
+            landing_url("https://shop.example/a?b=1#top", &p, &f),
+            "https://shop.example/a?b=1&utm_source=news+letter&fbclid=F#top"
+        );
+        assert_eq!(
+            landing_url("https://shop.example/a?", &p, &f),
+            "https://shop.example/a?utm_source=news+letter&fbclid=F"
+        );
+        assert_eq!(
+            landing_url("https://shop.example/a?b=1&#x", &p, &f),
+            "https://shop.example/a?b=1&utm_source=news+letter&fbclid=F#x"
+        );
+        // The signed URL's own value wins; the first of two repeats is taken.
+        let p = pairs(&[("utm_source", "added"), ("gclid", "1"), ("gclid", "2")]);
+        assert_eq!(
+            landing_url("https://shop.example/?utm_source=signed", &p, &f),
+            "https://shop.example/?utm_source=signed&gclid=1"
+        );
+        // Nothing forwarded: the signed URL exactly.
+        assert_eq!(
+            landing_url("https://shop.example/p?q#f", &pairs(&[("x", "1")]), &f),
+            "https://shop.example/p?q#f"
+        );
+        assert_eq!(
+            landing_url("https://shop.example/p", &p, &[]),
+            "https://shop.example/p"
+        );
+    }
+
+    #[test]
+    fn forwarded_values_cannot_move_the_redirect() {
+        let f = forward();
+        let hostile = pairs(&[
+            ("utm_a", "x#@evil.example/"),
+            ("utm_b", "?url=https://evil.example&"),
+            ("utm_c\r\nLocation: https://evil.example", "1"),
+            ("utm_d", "\u{0}é/../.."),
+        ]);
+        let url = landing_url("https://shop.example/p", &hostile, &f);
+        assert!(url.starts_with("https://shop.example/p?utm_a="), "{url}");
+        assert!(!url.contains('#') && !url.contains('@'), "{url}");
+        assert_eq!(url.matches('?').count(), 1, "{url}");
+        assert!(crate::token::check_landing_url(&url).is_ok(), "{url}");
+        assert!(
+            url.bytes().all(|b| b.is_ascii_graphic()),
+            "a valid Location header: {url}"
+        );
+        // A flood of parameters is cut at the length limit, never past it.
+        let long = vec![("utm_x".to_string(), "y".repeat(3000)); 3];
+        let many: Vec<_> = (0..64)
+            .map(|i| (format!("utm_{i}"), "v".repeat(200)))
+            .chain(long)
+            .collect();
+        let url = landing_url("https://shop.example/p", &many, &f);
+        assert!(url.len() <= MAX_LANDING_URL, "{}", url.len());
     }
 }

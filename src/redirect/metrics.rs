@@ -26,7 +26,17 @@ const OUTCOMES: [(&str, &[&str]); 2] = [
     ),
     (
         "events",
-        &["ingested", "unauthorized", "bad_request", "unavailable"],
+        &[
+            "ingested",
+            "unauthorized",
+            "bad_request",
+            "unavailable",
+            // Declared over the batch limit: refused before reading.
+            "too_large",
+            // Cut short (over the limit while streaming, or the body broke off): the lines
+            // before stand.
+            "partial",
+        ],
     ),
 ];
 

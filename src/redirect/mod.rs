@@ -40,6 +40,11 @@ impl State {
     /// Checks the configuration and connects the outbox (Kafka producer and spool).
     pub fn new(config: Config) -> anyhow::Result<Self> {
         config.check_redirect()?;
+        limits(&config.redirect).check("redirect.")?;
+        anyhow::ensure!(
+            config.redirect.max_line_bytes >= 256,
+            "redirect.max_line_bytes must be at least 256"
+        );
         let keyring = Keyring::new(&config.signing.keys, config.signing.active_kid.as_deref())?;
         let enricher = Enricher::new(config.privacy.salt.as_bytes());
         let mut registry = Registry::with_prefix("adclick_redirect");
@@ -85,7 +90,7 @@ pub fn routes(
         .and(warp::get())
         .and(raw_query)
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(crate::http_server::remote())
         .and(with_state.clone())
         .map(
             |impression: String,
@@ -103,16 +108,14 @@ pub fn routes(
             },
         );
 
+    // The body is handed over unread: the handler checks the key first, then streams it.
     let events = warp::path!("api" / "v1" / "events")
         .and(warp::post())
         .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(
-            state.config.redirect.max_batch_bytes,
-        ))
-        .and(warp::body::bytes())
+        .and(warp::body::stream())
         .and(with_state.clone())
-        .map(|headers: HeaderMap, body: Bytes, state: Arc<State>| {
-            partner::handle(&state, &headers, &body)
+        .then(|headers: HeaderMap, body, state: Arc<State>| async move {
+            partner::handle(&state, &headers, body).await
         });
 
     let healthz = warp::path!("healthz")
@@ -177,6 +180,16 @@ pub fn routes(
         .unify()
 }
 
+/// The redirect's connection limits (`redirect.max_connections`, timeouts, URI length).
+pub fn limits(config: &crate::config::RedirectConfig) -> crate::http_server::Limits {
+    crate::http_server::Limits {
+        max_connections: config.max_connections,
+        header_read_timeout: std::time::Duration::from_millis(config.header_read_timeout_ms),
+        idle_timeout: std::time::Duration::from_millis(config.idle_timeout_ms),
+        max_uri_bytes: config.max_uri_bytes,
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains the outbox: everything in memory reaches
 /// Kafka or the spool before this returns.
 pub async fn serve(
@@ -185,11 +198,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let grace = std::time::Duration::from_millis(state.config.redirect.shutdown_grace_ms);
-    warp::serve(routes(state.clone()))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    crate::http_server::serve(
+        warp::service(routes(state.clone())),
+        listener,
+        limits(&state.config.redirect),
+        shutdown,
+    )
+    .await;
     tokio::task::spawn_blocking(move || state.outbox.shutdown(grace))
         .await
         .expect("outbox shutdown does not panic");

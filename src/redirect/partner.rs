@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 use warp::http::{HeaderMap, Response, StatusCode, header};
 
@@ -12,6 +13,7 @@ use super::{State, json_response};
 use crate::config::Partner;
 use crate::event::dead_letter::DeadLetter;
 use crate::event::observed::parse_partner_json;
+use crate::event::{ClickEvent, DecodeError};
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct LineResult {
@@ -31,43 +33,86 @@ pub struct BatchResult {
     pub results: Vec<LineResult>,
 }
 
-pub fn handle(state: &State, headers: &HeaderMap, body: &[u8]) -> Response<Bytes> {
+/// Answers one partner batch. The key is checked before a byte of the body is read (a keyless
+/// upload costs one answer, not its size in memory); the body is then read as a stream and
+/// handled line by line as lines complete, so memory stays at one line (at most
+/// `redirect.max_line_bytes`) plus one network chunk, however large the batch and whether it
+/// comes with a `Content-Length` or chunked.
+pub async fn handle<S, B>(state: &State, headers: &HeaderMap, body: S) -> Response<Bytes>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
     let started = Instant::now();
+    let cfg = &state.config.redirect;
     let (status, body, outcome) = match authenticate(state, headers) {
         None => (
             StatusCode::UNAUTHORIZED,
             serde_json::json!({ "error": "missing or unknown API key (Authorization: Bearer KEY or X-Api-Key)" }),
             "unauthorized",
         ),
-        Some(partner) => match std::str::from_utf8(body) {
-            Err(e) => (
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": format!("body is not UTF-8: {e}") }),
-                "bad_request",
-            ),
-            Ok(text) if text.trim().is_empty() => (
+        Some(_) if declared_length(headers).is_some_and(|n| n > cfg.max_batch_bytes) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::json!({ "error": format!(
+                "batch larger than {} bytes (redirect.max_batch_bytes); split it",
+                cfg.max_batch_bytes
+            ) }),
+            "too_large",
+        ),
+        Some(partner) => match ingest(state, partner, body).await {
+            Ok(batch) if batch.result.results.is_empty() && batch.unread.is_none() => (
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({ "error": "empty batch: send one JSON click per line" }),
                 "bad_request",
             ),
-            Ok(text) => match ingest(state, partner, text) {
-                Ok(batch) => (
-                    StatusCode::OK,
-                    serde_json::to_value(batch).expect("serializable"),
-                    "ingested",
-                ),
-                Err(e) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({ "error": e }),
-                    "unavailable",
-                ),
-            },
+            Ok(batch) => {
+                let status = match &batch.unread {
+                    None => StatusCode::OK,
+                    Some(Unread::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+                    Some(Unread::BodyError(_)) => StatusCode::BAD_REQUEST,
+                };
+                let outcome = if status == StatusCode::OK {
+                    "ingested"
+                } else {
+                    "partial"
+                };
+                let mut v = serde_json::to_value(&batch.result).expect("serializable");
+                if let Some(unread) = &batch.unread {
+                    v["error"] = serde_json::Value::String(match unread {
+                        Unread::TooLarge => format!(
+                            "batch larger than {} bytes (redirect.max_batch_bytes): lines after \
+                             line {} were not read; the results above stand",
+                            cfg.max_batch_bytes, batch.lines
+                        ),
+                        Unread::BodyError(e) => format!(
+                            "reading the body failed after line {}: {e}; the results above stand",
+                            batch.lines
+                        ),
+                    });
+                }
+                (status, v, outcome)
+            }
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "error": e }),
+                "unavailable",
+            ),
         },
     };
     state
         .metrics
         .request("events", outcome, started.elapsed().as_secs_f64());
     json_response(status, body.to_string())
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn authenticate<'a>(state: &'a State, headers: &HeaderMap) -> Option<&'a Partner> {
@@ -90,24 +135,114 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Routes every line; fails only if a record could be kept neither in Kafka nor on disk.
-fn ingest(state: &State, partner: &Partner, text: &str) -> Result<BatchResult, String> {
-    let source = format!("partner:{}", partner.name);
-    let topics = &state.config.kafka;
-    let mut out = BatchResult {
-        accepted: 0,
-        rejected: 0,
-        results: Vec::new(),
+/// Why a batch was not read to its end.
+enum Unread {
+    TooLarge,
+    BodyError(String),
+}
+
+struct Ingested {
+    result: BatchResult,
+    /// Lines seen, blank ones included.
+    lines: usize,
+    unread: Option<Unread>,
+}
+
+/// Routes every line as the body streams in; fails only if a record could be kept neither in
+/// Kafka nor on disk. Reading stops at `redirect.max_batch_bytes`, even without a length.
+async fn ingest<S, B>(state: &State, partner: &Partner, body: S) -> Result<Ingested, String>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let cfg = &state.config.redirect;
+    let mut line = Line {
+        state,
+        source: format!("partner:{}", partner.name),
+        out: BatchResult {
+            accepted: 0,
+            rejected: 0,
+            results: Vec::new(),
+        },
+        number: 0,
     };
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+    let mut splitter = LineSplitter::new(cfg.max_line_bytes);
+    let mut pieces = Vec::new();
+    let mut read: u64 = 0;
+    let mut unread = None;
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                unread = Some(Unread::BodyError(e.to_string()));
+                break;
+            }
+        };
+        while chunk.has_remaining() {
+            let bytes = chunk.chunk();
+            let n = bytes.len();
+            read += n as u64;
+            if read > cfg.max_batch_bytes {
+                unread = Some(Unread::TooLarge);
+                break;
+            }
+            splitter.push(bytes, &mut pieces);
+            chunk.advance(n);
+            for piece in pieces.drain(..) {
+                line.handle(piece)?;
+            }
         }
-        let parsed =
-            parse_partner_json(line).and_then(|obs| Ok(state.enricher.enrich(obs, &source)?));
-        let result = match parsed {
+        if unread.is_some() {
+            break;
+        }
+    }
+    if unread.is_none() {
+        splitter.finish(&mut pieces);
+        for piece in pieces.drain(..) {
+            line.handle(piece)?;
+        }
+    }
+    Ok(Ingested {
+        result: line.out,
+        lines: line.number,
+        unread,
+    })
+}
+
+/// What one batch's lines share.
+struct Line<'a> {
+    state: &'a State,
+    source: String,
+    out: BatchResult,
+    /// The last line's number.
+    number: usize,
+}
+
+impl Line<'_> {
+    /// Accepts or rejects one line (blank lines are counted, not answered).
+    fn handle(&mut self, piece: Piece) -> Result<(), String> {
+        self.number += 1;
+        let cfg = &self.state.config.redirect;
+        let verdict = match &piece {
+            Piece::Line(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) if text.trim().is_empty() => return Ok(()),
+                Ok(text) => self.check(text),
+                Err(e) => Err(("not_utf8".to_string(), format!("line is not UTF-8: {e}"))),
+            },
+            Piece::TooLong { len, .. } => Err((
+                "line_too_long".to_string(),
+                format!(
+                    "line is {len} bytes, over the limit of {} bytes (redirect.max_line_bytes); \
+                     it was not parsed",
+                    cfg.max_line_bytes
+                ),
+            )),
+        };
+        let topics = &self.state.config.kafka;
+        let result = match verdict {
             Ok(click) => {
-                state
+                self.state
                     .outbox
                     .send(
                         &topics.clicks_topic,
@@ -115,47 +250,215 @@ fn ingest(state: &State, partner: &Partner, text: &str) -> Result<BatchResult, S
                         &click.to_protobuf(),
                     )
                     .map_err(|e| e.to_string())?;
-                out.accepted += 1;
+                self.out.accepted += 1;
                 LineResult {
-                    line: i + 1,
+                    line: self.number,
                     status: "accepted",
                     click_id: Some(click.click_id),
                     error: None,
                 }
             }
-            Err(e) => {
+            Err((code, reason)) => {
+                let payload = match &piece {
+                    Piece::Line(bytes) => bytes.as_slice(),
+                    Piece::TooLong { prefix, .. } => utf8_prefix(prefix),
+                };
                 let letter = DeadLetter::new(
-                    e.code(),
-                    e.to_string(),
-                    &format!("redirect:{source}"),
-                    line.as_bytes(),
+                    code,
+                    reason.clone(),
+                    &format!("redirect:{}", self.source),
+                    payload,
                 );
-                state
+                self.state
                     .outbox
                     .send(&topics.dlq_topic, b"", letter.to_json().as_bytes())
                     .map_err(|e| e.to_string())?;
-                out.rejected += 1;
+                self.out.rejected += 1;
                 LineResult {
-                    line: i + 1,
+                    line: self.number,
                     status: "rejected",
                     click_id: None,
-                    error: Some(e.to_string()),
+                    error: Some(reason),
                 }
             }
         };
-        state
+        self.state
             .metrics
             .partner_events
             .get_or_create(&vec![("outcome", result.status)])
             .inc();
-        out.results.push(result);
+        self.out.results.push(result);
+        Ok(())
     }
-    Ok(out)
+
+    /// Parses, checks the event time against this clock, enriches: the click, or (code, reason).
+    fn check(&self, text: &str) -> Result<ClickEvent, (String, String)> {
+        let reject = |e: DecodeError| (e.code(), e.to_string());
+        let observed = parse_partner_json(text).map_err(reject)?;
+        let skew = self.state.config.redirect.max_future_skew_ms;
+        let now = crate::timefmt::now_millis();
+        let ahead = observed.event_time_ms.saturating_sub(now);
+        if ahead > i64::try_from(skew).unwrap_or(i64::MAX) {
+            return Err((
+                "event_time_in_future".to_string(),
+                format!(
+                    "click_timestamp is {ahead} ms ahead of the redirect's clock, more than \
+                     redirect.max_future_skew_ms ({skew} ms)"
+                ),
+            ));
+        }
+        self.state
+            .enricher
+            .enrich(observed, &self.source)
+            .map_err(|e| reject(e.into()))
+    }
+}
+
+/// `bytes`, cut back to whole UTF-8 characters when a cut split one, so a truncated text line
+/// stays text in the dead letter.
+fn utf8_prefix(bytes: &[u8]) -> &[u8] {
+    match std::str::from_utf8(bytes) {
+        Err(e) if e.error_len().is_none() => &bytes[..e.valid_up_to()],
+        _ => bytes,
+    }
+}
+
+/// One line of the body, as [`LineSplitter`] cut it.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece {
+    /// A line within the limit, without its `\n` (or `\r\n`).
+    Line(Vec<u8>),
+    /// A line over the limit: its first `max_line_bytes` bytes, and its whole length.
+    TooLong { prefix: Vec<u8>, len: usize },
+}
+
+/// Cuts a byte stream into lines, holding at most `max` bytes of any one line: past that it
+/// only counts the line's length until its newline.
+struct LineSplitter {
+    max: usize,
+    buf: Vec<u8>,
+    /// Length so far of a line already over the limit.
+    skipping: Option<usize>,
+}
+
+impl LineSplitter {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            buf: Vec::new(),
+            skipping: None,
+        }
+    }
+
+    fn push(&mut self, mut chunk: &[u8], out: &mut Vec<Piece>) {
+        while !chunk.is_empty() {
+            let newline = chunk.iter().position(|&b| b == b'\n');
+            let segment = &chunk[..newline.unwrap_or(chunk.len())];
+            match self.skipping.as_mut() {
+                Some(len) => *len += segment.len(),
+                None if self.buf.len() + segment.len() > self.max => {
+                    let keep = self.max - self.buf.len();
+                    self.skipping = Some(self.buf.len() + segment.len());
+                    self.buf.extend_from_slice(&segment[..keep]);
+                }
+                None => self.buf.extend_from_slice(segment),
+            }
+            match newline {
+                Some(i) => {
+                    self.emit(out);
+                    chunk = &chunk[i + 1..];
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<Piece>) {
+        if self.skipping.is_some() || !self.buf.is_empty() {
+            self.emit(out);
+        }
+    }
+
+    fn emit(&mut self, out: &mut Vec<Piece>) {
+        let mut line = std::mem::take(&mut self.buf);
+        match self.skipping.take() {
+            Some(len) => out.push(Piece::TooLong { prefix: line, len }),
+            None => {
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                out.push(Piece::Line(line));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
+
+    fn split(max: usize, chunks: &[&[u8]]) -> Vec<Piece> {
+        let mut s = LineSplitter::new(max);
+        let mut out = Vec::new();
+        for c in chunks {
+            s.push(c, &mut out);
+            assert!(s.buf.len() <= max, "holds at most one line's limit");
+        }
+        s.finish(&mut out);
+        out
+    }
+
+    fn line(s: &str) -> Piece {
+        Piece::Line(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn lines_are_cut_wherever_the_chunks_end() {
+        let text = b"one\r\ntwo\n\nthree";
+        let whole = split(8, &[text]);
+        assert_eq!(
+            whole,
+            vec![line("one"), line("two"), line(""), line("three")]
+        );
+        for at in 0..text.len() {
+            assert_eq!(split(8, &[&text[..at], &text[at..]]), whole, "cut at {at}");
+        }
+        let bytewise: Vec<&[u8]> = text.chunks(1).collect();
+        assert_eq!(split(8, &bytewise), whole);
+    }
+
+    #[test]
+    fn long_lines_keep_their_prefix_and_length_only() {
+        let pieces = split(4, &[b"abc\nabcdefgh", b"ij\nxy"]);
+        assert_eq!(
+            pieces,
+            vec![
+                line("abc"),
+                Piece::TooLong {
+                    prefix: b"abcd".to_vec(),
+                    len: 10
+                },
+                line("xy")
+            ]
+        );
+        assert_eq!(
+            split(4, &[b"abcde"]),
+            vec![Piece::TooLong {
+                prefix: b"abcd".to_vec(),
+                len: 5
+            }]
+        );
+        // Exactly at the limit is fine.
+        assert_eq!(split(4, &[b"abcd\n"]), vec![line("abcd")]);
+    }
+
+    #[test]
+    fn prefixes_end_on_a_character() {
+        let s = "aé".as_bytes();
+        assert_eq!(utf8_prefix(&s[..2]), b"a");
+        assert_eq!(utf8_prefix(s), s);
+        assert_eq!(utf8_prefix(b"\xff\xfe"), b"\xff\xfe");
+    }
 
     #[test]
     fn key_comparison() {
