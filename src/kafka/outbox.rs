@@ -953,6 +953,64 @@ mod tests {
         );
     }
 
+    /// After a fatal producer error every send fails at once, so nothing is ever in flight
+    /// and the old "not acknowledging" check never fired: the spool grew behind a drainer that
+    /// retried every 200 ms, and /readyz said ready. Readiness must say stuck, and why.
+    #[test]
+    fn a_fatal_producer_error_makes_the_outbox_not_ready_with_the_reason() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("clicks", 1, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kafka = KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            ..Default::default()
+        };
+        let redirect = RedirectConfig {
+            spool_dir: dir.path().to_path_buf(),
+            degraded_after_ms: 60_000,
+            delivery_stuck_after_ms: 500,
+            ..Default::default()
+        };
+        let metrics = OutboxMetrics::register(&mut Registry::default());
+        let outbox = Outbox::start(&kafka, &redirect, metrics).unwrap();
+        let wait = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !done() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        assert_eq!(outbox.send("clicks", b"k1", b"v1").unwrap(), Route::Kafka);
+        wait("the first record", &|| outbox.in_memory() == 0);
+        assert!(outbox.ready());
+        let rc = unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                outbox.producer.client().native_ptr(),
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                c"injected by the test".as_ptr(),
+            )
+        };
+        assert_eq!(
+            rc,
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
+        );
+        // The record is kept (spooled), but it cannot go anywhere.
+        assert_eq!(outbox.send("clicks", b"k2", b"v2").unwrap(), Route::Spool);
+        wait("not ready", &|| !outbox.ready());
+        let r = outbox.readiness();
+        assert_eq!(r.spool_records, 1);
+        assert!(r.undelivered_for_ms >= 500, "{r:?}");
+        assert!(
+            r.reasons.iter().any(|x| x.starts_with("delivery_stuck")),
+            "{r:?}"
+        );
+        assert!(
+            r.last_error.as_deref().unwrap_or("").contains("atal"),
+            "the reason names the fatal error: {r:?}"
+        );
+        outbox.shutdown(Duration::from_millis(100));
+    }
+
     #[test]
     fn every_refusal_reason_is_a_short_stable_label() {
         // The reasons are metric labels: a fixed, small set of snake_case names.
