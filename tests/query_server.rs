@@ -120,18 +120,36 @@ fn assert_count(addr: &str, key: &str, ad: &str, from: u64, to: u64, want: (u64,
 fn settled_aggregator(
     brokers: &str,
     dir: &std::path::Path,
+    truth: &TruthReport,
     received: u64,
 ) -> (Vec<Killed>, String, u64) {
-    settled_cluster(brokers, dir, 1, |_, h| h["tallies"]["received"] == received)
+    settled_aggregator_with(brokers, dir, truth, received, &[])
+}
+
+/// [`settled_aggregator`] with `env` (`ADCLICK_*` settings) beside the usual.
+fn settled_aggregator_with(
+    brokers: &str,
+    dir: &std::path::Path,
+    truth: &TruthReport,
+    received: u64,
+    env: &[(&str, &str)],
+) -> (Vec<Killed>, String, u64) {
+    settled_cluster(brokers, dir, 1, truth, env, |_, h| {
+        h["tallies"]["received"] == received
+    })
 }
 
 /// `processes` aggregator processes of 2 workers each, process 0 serving queries, once
-/// `settled(address, health)` holds at two health polls in a row with the same watermark.
-/// Returns them, the query address and the watermark.
+/// `settled(address, health)` holds at two health polls in a row with the same watermark, or
+/// with a watermark past `truth`'s last minute (once every partition is idle, the watermark
+/// follows the wall clock and stands still no more). Returns them, the query address and the
+/// watermark.
 fn settled_cluster(
     brokers: &str,
     dir: &std::path::Path,
     processes: usize,
+    truth: &TruthReport,
+    env: &[(&str, &str)],
     settled: impl Fn(&str, &Value) -> bool,
 ) -> (Vec<Killed>, String, u64) {
     // Port 0: the aggregator binds a free port itself and prints it, so tests running side
@@ -151,6 +169,7 @@ fn settled_cluster(
                     .args(["--query-listen", "127.0.0.1:0", "--output"])
                     .arg(dir.join(format!("out-{i}.ndjson")))
                     .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500")
+                    .envs(env.iter().copied())
                     .stdout(stdout)
                     .spawn()
                     .unwrap(),
@@ -175,6 +194,7 @@ fn settled_cluster(
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    let past_all = truth.windows.iter().map(|r| r.minute_ms).max().unwrap_or(0) as u64 + 60_000;
     let mut last = None;
     loop {
         std::thread::sleep(Duration::from_millis(1_500));
@@ -189,7 +209,8 @@ fn settled_cluster(
         let (status, top) = get(&addr, "/ads/popular_ads?count=3&window=1", Some(ADMIN));
         assert_eq!(status, 200, "a query while ingesting: {top}");
         let w = h["watermark_ms"].as_u64();
-        if let Some(done) = w.filter(|_| w == last && settled(&addr, &h)) {
+        let still_or_past = w == last || w.is_some_and(|w| w >= past_all);
+        if let Some(done) = w.filter(|_| still_or_past && settled(&addr, &h)) {
             return (cluster, addr, done);
         }
         last = w;
@@ -214,7 +235,7 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
     ]);
     let brokers = kafka.bootstrap_servers();
     let last_minute = truth.windows.iter().map(|r| r.minute_ms).max().unwrap() as u64;
-    let (_agg, addr, watermark) = settled_aggregator(&brokers, dir.path(), 4000);
+    let (_agg, addr, watermark) = settled_aggregator(&brokers, dir.path(), &truth, 4000);
     assert!(
         watermark >= last_minute - 60_000,
         "{watermark} {last_minute}"
@@ -358,7 +379,7 @@ fn counts_over_ranges_across_hours_equal_the_truth() {
         "--count", "16000", "--rate", "2", "--seed", "5", "--ads", "12",
     ]);
     let brokers = kafka.bootstrap_servers();
-    let (_agg, addr, watermark) = settled_aggregator(&brokers, dir.path(), 16000);
+    let (_agg, addr, watermark) = settled_aggregator(&brokers, dir.path(), &truth, 16000);
     // The minutes before the watermark's: every click in them is visible to a read.
     let end = watermark - watermark % 60_000;
     let start = truth.windows.iter().map(|r| r.minute_ms).min().unwrap() as u64;
@@ -442,7 +463,8 @@ fn queries_on_two_processes_equal_the_truth() {
         });
         status == 200 && sum == before(end) && end + 60_000 >= stop - 60_000
     };
-    let (_cluster, addr, watermark) = settled_cluster(&brokers, dir.path(), 2, all_read);
+    let (_cluster, addr, watermark) =
+        settled_cluster(&brokers, dir.path(), 2, &truth, &[], all_read);
     let end = watermark - watermark % 60_000;
     let (from, to) = (iso(start), iso(end));
     let per_ad: BTreeMap<&str, (u64, u64)> = truth
@@ -499,6 +521,307 @@ fn queries_on_two_processes_equal_the_truth() {
     );
     for (ad, c) in listed {
         assert_eq!(in_window[ad], c, "{ad} in {top}");
+    }
+}
+
+/// `method target` over plain HTTP/1.1 with the admin key: (status, head, body).
+fn request(addr: &str, method: &str, target: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    // The server may close as soon as it has answered a request it will not read on.
+    let _ = s.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// `method target`'s status and error message; panics unless the answer is a JSON object
+/// with an `error`, declared as JSON.
+fn json_error(addr: &str, method: &str, target: &str) -> (u16, String) {
+    let (status, head, body) = request(addr, method, target);
+    let what = format!("{method} {target:.80}: {status}");
+    assert!(
+        head.contains("content-type: application/json"),
+        "{what}: {head}"
+    );
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {e}: {body:?}"));
+    let message = v["error"].as_str().unwrap_or_else(|| panic!("{what}: {v}"));
+    (status, message.to_string())
+}
+
+/// Hostile input (issue 11, item 8): every error of the query server is JSON, path ids are
+/// percent-decoded, ids are capped as at ingest, and filter values are normalised as ingest
+/// normalises them or rejected naming the parameter, against the truth. On the code before,
+/// unknown routes and 405s were plain text, `%61d_0` counted nothing, `country=us` and
+/// `device=MOBILE` answered empty reports, and a 10 KB ad id got a 200.
+#[test]
+fn hostile_query_input_gets_json_errors_and_ingest_normalised_filters() {
+    let (kafka, dir, truth) = traffic(&[
+        "--count", "2000", "--rate", "400", "--seed", "8", "--ads", "20",
+    ]);
+    let (_agg, addr, watermark) =
+        settled_aggregator(&kafka.bootstrap_servers(), dir.path(), &truth, 2000);
+    let end = watermark - watermark % 60_000;
+    let start = truth.windows.iter().map(|r| r.minute_ms).min().unwrap() as u64;
+    let iso = |ms: u64| adclick::timefmt::format_millis(ms as i64);
+    let range = format!("from={}&to={}", iso(start), iso(end));
+
+    // Errors, each JSON.
+    for (method, target, status, named) in [
+        ("GET", "/no/such/route".to_string(), 404, ""),
+        ("GET", "/ads".to_string(), 404, ""),
+        ("POST", "/ads/popular_ads".to_string(), 405, ""),
+        (
+            "DELETE",
+            format!("/ads/ad_0/aggregated_count?{range}"),
+            405,
+            "",
+        ),
+        (
+            "GET",
+            "/ads/popular_ads?window=%zz".to_string(),
+            400,
+            "`window`",
+        ),
+        (
+            "GET",
+            format!("/ads/{}/aggregated_count?{range}", "a".repeat(5_000)),
+            400,
+            "`ad_id`",
+        ),
+        (
+            "GET",
+            format!("/ads/ad%ZZ/aggregated_count?{range}"),
+            400,
+            "`ad_id`",
+        ),
+        (
+            "GET",
+            format!(
+                "/api/v1/reports/clicks?{range}&campaign_id={}",
+                "c".repeat(5_000)
+            ),
+            400,
+            "`campaign_id`",
+        ),
+        (
+            "GET",
+            format!("/api/v1/reports/clicks?{range}&country=XX"),
+            400,
+            "`country`",
+        ),
+        (
+            "GET",
+            format!("/api/v1/reports/clicks?{range}&device=phone"),
+            400,
+            "`device`",
+        ),
+        (
+            "GET",
+            "/ads/popular_ads?filter=country:XX".to_string(),
+            400,
+            "`filter`",
+        ),
+        (
+            "GET",
+            format!("/ads/{}/aggregated_count", "a".repeat(20_000)),
+            414,
+            "",
+        ),
+    ] {
+        let (got, message) = json_error(&addr, method, &target);
+        assert_eq!(got, status, "{method} {target:.80}: {message}");
+        assert!(message.contains(named), "{target:.80}: {message}");
+        assert!(
+            message.len() < 300,
+            "errors echo cut values: {message:.300}"
+        );
+    }
+    let (_, head, _) = request(&addr, "PUT", "/healthz");
+    assert!(head.contains("allow: get"), "{head}");
+    // A 10 KB ad id: a 400 naming it, or a 414 where the request target limit
+    // (`aggregator.query_max_uri_bytes`) is below it; never a 200.
+    let (status, message) = json_error(
+        &addr,
+        "GET",
+        &format!("/ads/{}/aggregated_count?{range}", "a".repeat(10_000)),
+    );
+    assert!(
+        status == 414 || (status == 400 && message.contains("`ad_id`")),
+        "{status} {message}"
+    );
+
+    // `/ads/%61d_N` is `ad_N`: its count, its id echoed decoded.
+    let mut per_ad: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in &truth.windows {
+        *per_ad.entry(&r.ad_id).or_default() += r.clicks;
+    }
+    let (hot, _) = per_ad.iter().max_by_key(|(_, c)| **c).unwrap();
+    let encoded = format!("%{:02X}{}", hot.as_bytes()[0], &hot[1..]);
+    let (status, c) = get(
+        &addr,
+        &format!("/ads/{encoded}/aggregated_count?{range}"),
+        Some(ADMIN),
+    );
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["ad_id"], *hot, "{c}");
+    assert_eq!(
+        c["count"].as_u64(),
+        Some(truth_count(&truth, hot, start, end).0),
+        "{c}"
+    );
+
+    // Filter values as ingest stores them: each spelling reads the truth's rows.
+    let clicks = |pick: &dyn Fn(&adclick::loadgen::truth::Row) -> bool| -> u64 {
+        truth
+            .windows
+            .iter()
+            .filter(|r| (start..end).contains(&(r.minute_ms as u64)) && pick(r))
+            .map(|r| r.clicks)
+            .sum()
+    };
+    let us = clicks(&|r| r.country == "US");
+    let mobile = clicks(&|r| r.device == "mobile");
+    assert!(us > 0 && mobile > 0, "{us} {mobile}");
+    for (filter, want) in [
+        ("country=US", us),
+        ("country=us", us),
+        ("country=USA", us),
+        ("filter=country:usa", us),
+        ("device=mobile", mobile),
+        ("device=MOBILE", mobile),
+        ("filter=device:Mobile", mobile),
+    ] {
+        let (status, r) = get(
+            &addr,
+            &format!("/api/v1/reports/clicks?{range}&{filter}"),
+            Some(ADMIN),
+        );
+        assert_eq!(status, 200, "{filter}: {r}");
+        let got: u64 = r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["clicks"].as_u64().unwrap())
+            .sum();
+        assert_eq!(got, want, "{filter}: {r}");
+    }
+    // The ranking's minute may move on between two asks (the watermark follows the wall
+    // clock once the partitions are idle); its ads and counts over 60 minutes do not.
+    let ranking = |filter: &str| {
+        let (status, top) = get(
+            &addr,
+            &format!("/ads/popular_ads?window=60&filter={filter}"),
+            Some(ADMIN),
+        );
+        assert_eq!(status, 200, "{filter}: {top}");
+        (top["ad_ids"].clone(), top["counts"].clone())
+    };
+    let upper = ranking("country:US");
+    assert!(!upper.0.as_array().unwrap().is_empty(), "{upper:?}");
+    assert_eq!(ranking("country:us"), upper);
+    assert_eq!(ranking("country:USA"), upper);
+}
+
+/// Issue 11, item 9: an advertiser's `popular_ads` is its own top N, equal to the truth, when
+/// it has more clicked ads than the global top N holds of them. With N = 5 over 40 ads of 3
+/// advertisers, adv_1 holds fewer than 5 places in the global ranking, which the code before
+/// cut to adv_1's ads: adv_1 saw fewer of its ads than it has.
+#[test]
+fn an_advertisers_popular_ads_are_its_own_top_n() {
+    const N: usize = 5;
+    let (kafka, dir, truth) = traffic(&[
+        "--count",
+        "3000",
+        "--rate",
+        "400",
+        "--seed",
+        "9",
+        "--ads",
+        "40",
+        "--advertisers",
+        "3",
+    ]);
+    let (_agg, addr, _) = settled_aggregator_with(
+        &kafka.bootstrap_servers(),
+        dir.path(),
+        &truth,
+        3000,
+        &[("ADCLICK_AGGREGATOR_TOP_N", "5")],
+    );
+    let advertiser: BTreeMap<&str, &str> = truth
+        .windows
+        .iter()
+        .map(|r| (r.ad_id.as_str(), r.advertiser_id.as_str()))
+        .collect();
+    // `key`'s ranking over 60 minutes in `country` (or all): its (ad, clicks), and the
+    // truth's (clicks of each ad in that window).
+    let ranking = |key: &str, country: Option<&str>| {
+        let filter = country.map_or(String::new(), |c| format!("&filter=country:{c}"));
+        let (status, top) = get(
+            &addr,
+            &format!("/ads/popular_ads?count={N}&window=60{filter}"),
+            Some(key),
+        );
+        assert_eq!(status, 200, "{top}");
+        assert_eq!(top["complete"], true, "{top}");
+        let last = adclick::timefmt::parse_millis(top["update_time_minute"].as_str().unwrap())
+            .unwrap() as u64;
+        let mut in_window: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &truth.windows {
+            if (last - 59 * 60_000..=last).contains(&(r.minute_ms as u64))
+                && country.is_none_or(|c| r.country == c)
+            {
+                *in_window.entry(r.ad_id.clone()).or_default() += r.clicks;
+            }
+        }
+        let listed: Vec<(String, u64)> = top["ad_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(top["counts"].as_array().unwrap())
+            .map(|(a, c)| (a.as_str().unwrap().to_string(), c.as_u64().unwrap()))
+            .collect();
+        (listed, in_window)
+    };
+    let (global, _) = ranking(ADMIN, None);
+    let adv1_in_global = global
+        .iter()
+        .filter(|(ad, _)| advertiser[ad.as_str()] == "adv_1")
+        .count();
+    assert!(
+        adv1_in_global < N,
+        "adv_1 fills the global top {N}: {global:?}"
+    );
+    for country in [None, Some("US")] {
+        let (listed, in_window) = ranking(ADV1, country);
+        let mut best: Vec<u64> = in_window
+            .iter()
+            .filter(|(ad, c)| advertiser[ad.as_str()] == "adv_1" && **c > 0)
+            .map(|(_, c)| *c)
+            .collect();
+        best.sort_unstable_by(|a, b| b.cmp(a));
+        assert!(
+            best.len() > N,
+            "adv_1 has more than {N} clicked ads: {best:?}"
+        );
+        best.truncate(N);
+        assert_eq!(
+            listed.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+            best,
+            "adv_1's top {N} in {country:?}: {listed:?}"
+        );
+        for (ad, c) in &listed {
+            assert_eq!(advertiser[ad.as_str()], "adv_1", "{listed:?}");
+            assert_eq!(in_window[ad], *c, "{ad} in {listed:?}");
+        }
     }
 }
 

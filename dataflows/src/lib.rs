@@ -36,7 +36,7 @@ use names::Name;
 use rollup::{Retention, rollup};
 use source::{Rejected, SourceEvent};
 use time::{DAY_MS, HOUR_MS, MINUTE_MS};
-use topn::{RankKey, Ranking, TopNConfig, top_n};
+use topn::{RankKey, Ranking, TopNConfig, top_n, top_n_by_advertiser};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AggregateConfig {
@@ -75,6 +75,8 @@ pub struct Aggregates<'s> {
     pub hour: VecCollection<'s, u64, Row, Measures>,
     pub day: VecCollection<'s, u64, Row, Measures>,
     pub top: VecCollection<'s, u64, (RankKey, Ranking), isize>,
+    /// Each advertiser's own rankings, kept only while queries may read them.
+    pub top_by_advertiser: VecCollection<'s, u64, (RankKey, Ranking), isize>,
     pub late: Stream<'s, u64, Vec<RawClick>>,
     pub rejected: Stream<'s, u64, Vec<Rejected>>,
     /// Dimension texts, each announced by a source at the time of the first click it counted
@@ -203,12 +205,19 @@ pub fn resumed_aggregate<'s>(
     let minute = rollup(minute_rows.clone(), MINUTE_MS, r.minute_ms);
     let hour = rollup(rows(restored.hour), HOUR_MS, r.hour_ms);
     let day = rollup(rows(restored.day), DAY_MS, r.day_ms);
-    let top = top_n(minute_rows, &cfg.top, cfg.allowed_lateness_ms, r.minute_ms);
+    let top = top_n(
+        minute_rows.clone(),
+        &cfg.top,
+        cfg.allowed_lateness_ms,
+        r.minute_ms,
+    );
+    let top_by_advertiser = top_n_by_advertiser(minute_rows, &cfg.top, cfg.allowed_lateness_ms);
     Aggregates {
         minute,
         hour,
         day,
         top,
+        top_by_advertiser,
         late,
         rejected,
         names,
@@ -251,7 +260,7 @@ fn rows_before(trace: &mut AdTrace, f: u64) -> Vec<(Row, Measures)> {
 /// Rows by ad: (ad, (window start, dimensions)) with their measures, what queries read. Keyed
 /// by ad so that one ad's count is a seek, not a scan.
 pub type AdTrace = TraceAgent<ValSpine<Sym, Row, u64, Measures>>;
-/// Rankings by (window length, window end, country or all).
+/// Rankings by (window length, window end, scope): global and advertisers' in one arrangement.
 pub type RankTrace = TraceAgent<ValSpine<RankKey, Ranking, u64, isize>>;
 
 /// The arrangements a worker keeps for its share of the rows and rankings.
@@ -275,7 +284,12 @@ impl Traces {
             minute: by_ad(&a.minute, "MinuteRowsByAd"),
             hour: by_ad(&a.hour, "HourRowsByAd"),
             day: by_ad(&a.day, "DayRowsByAd"),
-            top: a.top.clone().arrange_by_key_named("Rankings").trace,
+            top: a
+                .top
+                .clone()
+                .concat(a.top_by_advertiser.clone())
+                .arrange_by_key_named("Rankings")
+                .trace,
         }
     }
 
@@ -363,6 +377,7 @@ mod tests {
                     hour: minute.clone(),
                     day: minute.clone(),
                     minute,
+                    top_by_advertiser: top.clone(),
                     top,
                     late: empty(scope),
                     rejected: empty(scope),

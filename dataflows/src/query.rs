@@ -143,7 +143,10 @@ pub enum QueryKind {
         group: GroupBy,
         filter: Filter,
     },
-    /// One ranking, cut to `n` ads, keeping only `advertiser`'s ads if given.
+    /// One ranking, cut to `n` ads, keeping only `advertiser`'s ads if given (an advertiser
+    /// reads the ranking of its own scope, [`crate::topn::advertiser_scope`]: this only
+    /// guards it). The window's end, `key.1`, is set when the query is stamped
+    /// ([`Stamps::stamp`]).
     Top {
         key: RankKey,
         n: usize,
@@ -202,8 +205,15 @@ impl Stamps {
         self.batch = self.next_id;
     }
 
-    /// A query of `kind` in the current batch.
-    pub fn stamp(&mut self, kind: QueryKind) -> Query {
+    /// A query of `kind` in the current batch. A ranking query reads the window ending with
+    /// the latest minute complete at its read time: chosen here, with the read time, rather
+    /// than by the HTTP handler from an earlier frontier, so that a ranking is read only while
+    /// it is the latest, and an advertiser's may leave a minute later
+    /// ([`crate::topn::advertiser_retire_at`]).
+    pub fn stamp(&mut self, mut kind: QueryKind) -> Query {
+        if let QueryKind::Top { key, .. } = &mut kind {
+            key.1 = (self.read_at.saturating_add(1) / MINUTE_MS).saturating_sub(1) * MINUTE_MS;
+        }
         let id = self.next_id;
         self.next_id += 1;
         Query {

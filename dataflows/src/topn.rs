@@ -1,8 +1,10 @@
 //! The most clicked ads over sliding windows of M minutes ending at each minute, overall and
-//! per country, in two stages so that no single worker ranks every ad:
+//! per country ([`top_n`]), and per advertiser, overall and per country
+//! ([`top_n_by_advertiser`]), in two stages so that no single worker ranks every ad:
 //!
 //! 1. Ads are sharded over the workers (exchange by ad). Each worker keeps per-minute click
-//!    counts of its ads, by scope (all countries, and each country). When the frontier passes
+//!    counts of its ads, by scope (all countries and each country; or each advertiser, in all
+//!    countries and in each). When the frontier passes
 //!    the end of a minute, it ranks its shard for every window ending at that minute; when a
 //!    late click changes a minute, it re-ranks the windows containing it, until they are
 //!    final. A ranking is the shard's top N, emitted as a differential update (the previous
@@ -42,8 +44,8 @@ impl Default for TopNConfig {
     }
 }
 
-/// Which ranking: (window length in minutes, start of the window's last minute, country or
-/// [`all_countries`]).
+/// Which ranking: (window length in minutes, start of the window's last minute, scope). The
+/// scope is a country, [`all_countries`], or an [`advertiser_scope`].
 pub type RankKey = (u64, u64, Sym);
 
 /// One ranking: ads with their clicks, most clicked first, ties by ad fingerprint (an order
@@ -59,6 +61,23 @@ pub fn all_countries() -> Sym {
     Sym::of("")
 }
 
+/// The scope of the ranking of `advertiser`'s ads only, in `country` or [`all_countries`]. An
+/// advertiser's top N is not the global top N cut to its ads: an advertiser with 40 clicked
+/// ads, 3 of them in the global top 5, has a top 5 of its own, and only a ranking of its ads
+/// alone holds it. A fingerprint of its own (seeded apart from [`Sym::of`]'s texts), so the
+/// rankings of every scope share one key type and one arrangement.
+pub fn advertiser_scope(country: Sym, advertiser: Sym) -> Sym {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&country.0.to_le_bytes());
+    bytes[8..].copy_from_slice(&advertiser.0.to_le_bytes());
+    Sym(xxhash_rust::xxh3::xxh3_64_with_seed(
+        &bytes,
+        ADVERTISER_SEED,
+    ))
+}
+
+const ADVERTISER_SEED: u64 = 0xad7e_4715_e45c_09e5;
+
 /// The time after which the ranking of the window whose last minute starts at `end` no
 /// longer changes.
 pub fn final_at(end: u64, allowed_lateness_ms: u64) -> u64 {
@@ -70,7 +89,21 @@ pub fn retire_at(end: u64, retention_ms: u64) -> u64 {
     end + MINUTE_MS + retention_ms
 }
 
+/// When an advertiser's ranking leaves the collection: as soon as no query can read it. A
+/// query reads the ranking of the latest minute complete at its read time
+/// ([`crate::query::Stamps::stamp`]), so the window ending at `end` is read only at read times
+/// in [end + 1 min − 1, end + 2 min − 1). Advertisers' rankings are many (one per advertiser
+/// and per advertiser and country, for each window length and minute, each up to N ads), and
+/// kept for the minute rows' retention like the global ones they would take gigabytes.
+pub fn advertiser_retire_at(end: u64) -> u64 {
+    end + 2 * MINUTE_MS
+}
+
 type Scope = Sym;
+/// The scopes a minute row counts in: all its ads' rankings and one narrower.
+type Scopes = fn(&crate::click::Dims) -> [Scope; 2];
+/// A minute row's change as a shard ranks it: (minute, its scopes, ad, clicks).
+type Change = (u64, [Scope; 2], Ad, i64);
 type ShardUpdate = (((RankKey, u64), Ranking), u64, isize);
 
 /// Per-worker state of stage 1.
@@ -129,11 +162,54 @@ impl Shard {
     }
 }
 
+/// The global rankings, over all countries and per country, kept for `retention_ms`.
 pub fn top_n<'s>(
     minute_rows: VecCollection<'s, u64, Row, Measures>,
     cfg: &TopNConfig,
     allowed_lateness_ms: u64,
     retention_ms: u64,
+) -> VecCollection<'s, u64, (RankKey, Ranking), isize> {
+    rankings(
+        minute_rows,
+        cfg,
+        allowed_lateness_ms,
+        ("TopNShard", "TopNMerge"),
+        |d| [all_countries(), d.country],
+        move |end| retire_at(end, retention_ms),
+    )
+}
+
+/// Each advertiser's rankings of its own ads, over all countries and per country, kept only
+/// while a query may read them ([`advertiser_retire_at`]).
+pub fn top_n_by_advertiser<'s>(
+    minute_rows: VecCollection<'s, u64, Row, Measures>,
+    cfg: &TopNConfig,
+    allowed_lateness_ms: u64,
+) -> VecCollection<'s, u64, (RankKey, Ranking), isize> {
+    rankings(
+        minute_rows,
+        cfg,
+        allowed_lateness_ms,
+        ("TopNByAdvertiserShard", "TopNByAdvertiserMerge"),
+        |d| {
+            [
+                advertiser_scope(all_countries(), d.advertiser_id),
+                advertiser_scope(d.country, d.advertiser_id),
+            ]
+        },
+        advertiser_retire_at,
+    )
+}
+
+/// The rankings of every scope `scopes` puts minute rows in, each retracted at
+/// `retire_at(window end)`.
+fn rankings<'s>(
+    minute_rows: VecCollection<'s, u64, Row, Measures>,
+    cfg: &TopNConfig,
+    allowed_lateness_ms: u64,
+    (shard_name, merge_name): (&str, &str),
+    scopes_of: Scopes,
+    retire_at: impl Fn(u64) -> u64 + 'static,
 ) -> VecCollection<'s, u64, (RankKey, Ranking), isize> {
     let (n, windows) = (cfg.n, cfg.window_minutes.clone());
     let longest = windows.iter().copied().max().unwrap_or(1);
@@ -142,11 +218,11 @@ pub fn top_n<'s>(
         .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<ShardUpdate>>, _, _, _>(
             exchange,
-            "TopNShard",
+            shard_name,
             move |cap, info| {
                 let shard_id = info.global_id as u64;
                 let mut cap = Some(cap);
-                let mut pending: BTreeMap<u64, Vec<(u64, Sym, Ad, i64)>> = BTreeMap::new();
+                let mut pending: BTreeMap<u64, Vec<Change>> = BTreeMap::new();
                 let mut shard = Shard::default();
                 let mut scopes: BTreeSet<Scope> = BTreeSet::new();
                 // Minutes whose windows have been ranked at least once: everything before.
@@ -157,7 +233,7 @@ pub fn top_n<'s>(
                             if clicks != 0 {
                                 pending.entry(t).or_default().push((
                                     minute,
-                                    dims.country,
+                                    scopes_of(&dims),
                                     (dims.ad_id, dims.advertiser_id),
                                     clicks,
                                 ));
@@ -200,8 +276,8 @@ pub fn top_n<'s>(
                         // that changed in each, and those that lost clicks.
                         type Changed = (BTreeSet<Ad>, BTreeSet<Ad>);
                         let mut dirty: BTreeMap<RankKey, Changed> = BTreeMap::new();
-                        for (minute, country, ad, clicks) in changes {
-                            for scope in [all_countries(), country] {
+                        for (minute, in_scopes, ad, clicks) in changes {
+                            for scope in in_scopes {
                                 *shard
                                     .minutes
                                     .entry((scope, minute))
@@ -283,9 +359,15 @@ pub fn top_n<'s>(
                     // Minutes no window that can still change needs.
                     let keep_from =
                         limit.saturating_sub(allowed_lateness_ms + longest * MINUTE_MS + MINUTE_MS);
+                    let before = shard.minutes.len();
                     shard
                         .minutes
                         .retain(|(_, m), _| *m >= keep_from || bound.is_none());
+                    if shard.minutes.len() < before {
+                        // Scopes with no minute left rank empty: stop ranking them (there are
+                        // as many advertiser scopes as advertisers and their countries).
+                        scopes = shard.minutes.keys().map(|(s, _)| *s).collect();
+                    }
                     match bound {
                         Some(b) if b > *c.time() => c.downgrade(&b),
                         Some(_) => {}
@@ -295,20 +377,18 @@ pub fn top_n<'s>(
             },
         )
         .as_collection();
-    retire(shards, move |(((_, end, _), _), _)| {
-        retire_at(*end, retention_ms)
-    })
-    .map(|((key, _shard), ranking)| (key, ranking))
-    .reduce_named(
-        "TopNMerge",
-        move |_key, shards: &[(&Ranking, isize)], out| {
-            let candidates = shards.iter().flat_map(|(r, _)| r.iter().copied());
-            let ranking = best(candidates, n);
-            if !ranking.is_empty() {
-                out.push((ranking, 1));
-            }
-        },
-    )
+    retire(shards, move |(((_, end, _), _), _)| retire_at(*end))
+        .map(|((key, _shard), ranking)| (key, ranking))
+        .reduce_named(
+            merge_name,
+            move |_key, shards: &[(&Ranking, isize)], out| {
+                let candidates = shards.iter().flat_map(|(r, _)| r.iter().copied());
+                let ranking = best(candidates, n);
+                if !ranking.is_empty() {
+                    out.push((ranking, 1));
+                }
+            },
+        )
 }
 
 /// The `n` best (ad, clicks): most clicks first, then smallest ad fingerprint; zero counts
@@ -380,6 +460,73 @@ mod tests {
                 shard.rank(&key, 2),
                 "{changes:?}"
             );
+        }
+    }
+
+    /// Issue 11, item 9: an advertiser whose ads are all outside the global top N has a top
+    /// N of its own, over all countries and per country; it leaves once no query can read it.
+    #[test]
+    fn each_advertiser_has_its_own_top_n() {
+        use differential_dataflow::input::Input as _;
+        use std::sync::{Arc, Mutex};
+        use timely::dataflow::operators::Probe;
+
+        type Seen = Vec<((RankKey, Ranking), u64, isize)>;
+        let seen: Arc<Mutex<(Seen, Seen)>> = Arc::default();
+        let out = seen.clone();
+        let (small, big, us) = (Sym::of("adv_small"), Sym::of("adv_big"), Sym::of("US"));
+        timely::execute_directly(move |worker| {
+            let cfg = TopNConfig {
+                n: 3,
+                window_minutes: vec![1],
+            };
+            let (mut rows, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (rows, minute) = scope.new_collection::<Row, Measures>();
+                let (o1, o2) = (out.clone(), out.clone());
+                let global = top_n(minute.clone(), &cfg, 0, 48 * 3_600_000);
+                global.inspect(move |u| o1.lock().unwrap().0.push(u.clone()));
+                let own = top_n_by_advertiser(minute, &cfg, 0);
+                let (probe, own) = own.inner.probe();
+                own.as_collection()
+                    .inspect(move |u| o2.lock().unwrap().1.push(u.clone()));
+                (rows, probe)
+            });
+            // adv_big's 6 ads have 10 to 15 clicks, adv_small's 6 ads 1 to 6, in minute 0.
+            for (adv, base) in [(big, 9), (small, 0)] {
+                for a in 1..=6u64 {
+                    let dims = crate::click::Dims {
+                        ad_id: Sym(base * 100 + a),
+                        advertiser_id: adv,
+                        country: us,
+                        ..Default::default()
+                    };
+                    rows.update((0, dims), ((base + a) as i64, 0));
+                }
+            }
+            for t in [1, 3 * MINUTE_MS] {
+                rows.advance_to(t);
+                rows.flush();
+                while probe.less_than(&t) {
+                    worker.step();
+                }
+            }
+        });
+        let (global, own) = std::mem::take(&mut *seen.lock().unwrap());
+        let ads = |r: &Ranking| r.iter().map(|((a, _), c)| (a.0, *c)).collect::<Vec<_>>();
+        let key = (1, 0, all_countries());
+        let global: Vec<_> = global
+            .iter()
+            .filter(|((k, _), _, d)| *k == key && *d > 0)
+            .collect();
+        assert_eq!(global.len(), 1, "{global:?}");
+        assert_eq!(ads(&global[0].0.1), [(906, 15), (905, 14), (904, 13)]);
+        for country in [all_countries(), us] {
+            let key = (1, 0, advertiser_scope(country, small));
+            let mine: Vec<_> = own.iter().filter(|((k, _), ..)| *k == key).collect();
+            assert_eq!(mine.len(), 2, "inserted and retired: {mine:?}");
+            assert_eq!(ads(&mine[0].0.1), [(6, 6), (5, 5), (4, 4)]);
+            assert_eq!((mine[0].1, mine[0].2), (MINUTE_MS, 1));
+            assert_eq!((mine[1].1, mine[1].2), (advertiser_retire_at(0), -1));
         }
     }
 }

@@ -199,7 +199,8 @@ pub fn routes(
         .and(with())
         .then(|ad: String, p: Params, auth, s: Arc<Server>| async move {
             s.query("aggregated_count", auth, |a, plan| {
-                params::ad_count(&ad, &p, a, plan).map(|k| (k, ad.clone()))
+                let ad = params::path_id("ad_id", &ad)?;
+                params::ad_count(&ad, &p, a, plan).map(|k| (k, ad))
             })
             .await
         });
@@ -283,6 +284,38 @@ pub fn routes(
         .unify()
         .or(assets)
         .unify()
+        .recover(rejected)
+        .unify()
+}
+
+/// What warp rejects, answered in JSON like every other error: clients read one error shape,
+/// and a proxy's HTML page is never mistaken for ours. Every route is a GET, so a known path
+/// with another method is a `405`.
+async fn rejected(r: warp::Rejection) -> Result<Response, warp::Rejection> {
+    use warp::reject::{InvalidHeader, InvalidQuery, MethodNotAllowed};
+    let reply = if r.is_not_found() {
+        error(StatusCode::NOT_FOUND, NOT_FOUND)
+    } else if r.find::<MethodNotAllowed>().is_some() {
+        let mut reply = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed: use GET",
+        );
+        reply
+            .headers_mut()
+            .insert("allow", warp::http::HeaderValue::from_static("GET"));
+        reply
+    } else if r.find::<InvalidQuery>().is_some() {
+        error(StatusCode::BAD_REQUEST, "malformed query string")
+    } else if let Some(h) = r.find::<InvalidHeader>() {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid header `{}`", h.name()),
+        )
+    } else {
+        tracing::warn!("query server: unhandled rejection {r:?}");
+        error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    };
+    Ok(reply)
 }
 
 /// Starts the server on its own thread; returns the address it listens on. It runs on the

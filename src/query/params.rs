@@ -1,13 +1,18 @@
 //! From HTTP query parameters to a [`QueryKind`], strictly: every problem is a 400 whose
 //! message names the parameter. Plain functions, tested without a server.
+//!
+//! Values are read as ingest wrote them: ids pass the same check as at ingest
+//! ([`check_id`]: a length cap and a character set), countries and devices are normalised by
+//! ingest's own functions. A value ingest could never have stored is a 400, not a query that
+//! silently matches nothing (`country=us` once read no rows, since rows say `US`).
 
 use std::collections::HashMap;
 
 use adclick_dataflows::click::Sym;
 use adclick_dataflows::query::{Filter, Granularity, GroupBy, QueryKind};
-use adclick_dataflows::time::MINUTE_MS;
-use adclick_dataflows::topn::all_countries;
+use adclick_dataflows::topn::{advertiser_scope, all_countries};
 
+use crate::event::{Device, check_id, country};
 use crate::timefmt::parse_millis;
 
 /// What the caller may see: everything, or one advertiser's campaigns and ads.
@@ -32,6 +37,74 @@ pub struct BadParam(pub String);
 
 fn bad(param: &str, what: impl std::fmt::Display) -> BadParam {
     BadParam(format!("parameter `{param}`: {what}"))
+}
+
+/// A value as an error message shows it: quoted, and cut, so that a 10 KB id does not come
+/// back in full.
+fn shown(value: &str) -> String {
+    const MOST: usize = 40;
+    match value.char_indices().nth(MOST) {
+        Some((cut, _)) => format!("{:?}…", &value[..cut]),
+        None => format!("{value:?}"),
+    }
+}
+
+/// Decodes `%XX` escapes. `None` for a malformed escape or bytes that are not UTF-8. Warp
+/// hands path segments over as sent, so `/ads/%61d_0/…` would otherwise ask for an ad
+/// literally named `%61d_0`. `+` stays a `+`: it means a space only in query strings.
+fn percent_decode(raw: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'%' {
+            out.push(b);
+            continue;
+        }
+        let hex = |b: Option<u8>| (b? as char).to_digit(16);
+        let (hi, lo) = (hex(bytes.next())?, hex(bytes.next())?);
+        out.push((hi * 16 + lo) as u8);
+    }
+    String::from_utf8(out).ok()
+}
+
+/// An id from a path segment (`param` names it in errors): percent-decoded, then held to the
+/// rules ingest holds ids to, so a path can only name an id that could exist.
+pub fn path_id(param: &str, raw: &str) -> Result<String, BadParam> {
+    let text = percent_decode(raw).ok_or_else(|| bad(param, "malformed %-escape, or not UTF-8"))?;
+    check_id("id", &text).map_err(|e| bad(param, format!("{}: {}", shown(&text), e.problem)))?;
+    Ok(text)
+}
+
+/// The fingerprint rows carry for value `value` of dimension `dim`, or what is wrong with it:
+/// ids as they are if ingest would accept them ([`check_id`]), countries as ingest normalises
+/// them ([`country::normalize`]: `us`, `USA` → `US`), devices by their name in any case
+/// (`MOBILE` → `mobile`, the names of [`Device::as_str`]).
+pub fn dimension_value(dim: &str, value: &str) -> Result<Sym, String> {
+    let text = match dim {
+        "country" => country::normalize(value).ok_or_else(|| {
+            format!(
+                "country {}: not an ISO 3166-1 alpha-2 or alpha-3 code",
+                shown(value)
+            )
+        })?,
+        "device" => Device::ALL
+            .into_iter()
+            .find(|d| d.as_str().eq_ignore_ascii_case(value.trim()))
+            .map(Device::as_str)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Device::ALL.iter().map(|d| d.as_str()).collect();
+                format!(
+                    "device {}: expected one of {}",
+                    shown(value),
+                    names.join(", ")
+                )
+            })?,
+        _ => {
+            check_id("id", value).map_err(|e| format!("{dim} {}: {}", shown(value), e.problem))?;
+            value
+        }
+    };
+    Ok(Sym::of(text))
 }
 
 /// What the server knows when it plans a query.
@@ -126,7 +199,7 @@ fn filter(params: &Params, access: &Access) -> Result<Filter, BadParam> {
         if value.is_empty() {
             return Err(bad(from, format!("empty value for {name}")));
         }
-        *slot = Some(Sym::of(value));
+        *slot = Some(dimension_value(name, value).map_err(|e| bad(from, e))?);
         Ok(())
     };
     for dim in DIMENSIONS {
@@ -251,14 +324,20 @@ pub fn popular(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKin
     let mut country = all_countries();
     if let Some(spec) = params.get("filter") {
         match spec.split_once(':') {
-            Some(("country", c)) if !c.is_empty() => country = Sym::of(c),
+            Some(("country", c)) => {
+                country = dimension_value("country", c).map_err(|e| bad("filter", e))?
+            }
             _ => return Err(bad("filter", "only country:CC is kept for rankings")),
         }
     }
-    // The latest minute the frontier has passed the end of.
-    let end = (plan.frontier / MINUTE_MS).saturating_sub(1) * MINUTE_MS;
+    // An advertiser reads the ranking of its own ads, not the global one cut to them.
+    let scope = match access.advertiser() {
+        Some(adv) => advertiser_scope(country, adv),
+        None => country,
+    };
+    // The window's end: the latest complete minute at the read time, set by the cluster.
     Ok(QueryKind::Top {
-        key: (m, end, country),
+        key: (m, 0, scope),
         n,
         advertiser: access.advertiser(),
     })
@@ -354,5 +433,116 @@ mod tests {
             ("to", "2026-01-02T00:00:00Z"),
         ]);
         assert!(ad_count("x", &unaligned, &a, &plan()).is_err());
+    }
+
+    /// Hostile input, item 8 of issue 11: filter values mean what ingest stored (`us`, `USA`
+    /// and `MOBILE` once matched no row and answered an empty 200), or are a 400 naming the
+    /// parameter.
+    #[test]
+    fn filter_values_are_normalised_as_ingest_does_or_rejected() {
+        let a = Access::Admin;
+        let range = [("from", "2026-04-20"), ("to", "2026-04-21")];
+        let filter_of = |extra: &[(&str, &str)]| {
+            let mut params = p(&range);
+            params.extend(p(extra));
+            report(&params, &a, &plan()).map(|k| match k {
+                QueryKind::Report { filter, .. } => filter,
+                _ => unreachable!(),
+            })
+        };
+        let us = Some(Sym::of("US"));
+        for spelling in ["US", "us", "USA", "usa", " Us "] {
+            assert_eq!(filter_of(&[("country", spelling)]).unwrap().country, us);
+            let spec = format!("country:{spelling}");
+            assert_eq!(filter_of(&[("filter", &spec)]).unwrap().country, us);
+        }
+        let mobile = Some(Sym::of("mobile"));
+        for spelling in ["mobile", "MOBILE", "Mobile"] {
+            assert_eq!(filter_of(&[("device", spelling)]).unwrap().device, mobile);
+        }
+        for (param, value, named) in [
+            ("country", "XX", "`country`"),
+            ("country", "United States", "`country`"),
+            ("device", "phone", "`device`"),
+            ("filter", "country:UK", "`filter`"),
+            ("filter", "device:robot", "`filter`"),
+            ("campaign_id", "camp 1", "`campaign_id`"),
+        ] {
+            let e = filter_of(&[(param, value)]).unwrap_err();
+            assert!(e.0.contains(named), "{param}={value}: {e:?}");
+        }
+        let QueryKind::Top { key, .. } =
+            popular(&p(&[("filter", "country:usa")]), &a, &plan()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(key.2, Sym::of("US"));
+        let e = popular(&p(&[("filter", "country:XX")]), &a, &plan()).unwrap_err();
+        assert!(e.0.contains("`filter`"), "{e:?}");
+    }
+
+    /// Ids in paths are percent-decoded (`%61d_0` is `ad_0`), and ids in paths and filters are
+    /// held to ingest's cap and characters: a 10 KB ad id once got a 200.
+    #[test]
+    fn ids_are_percent_decoded_and_capped_as_at_ingest() {
+        assert_eq!(path_id("ad_id", "%61d_0").unwrap(), "ad_0");
+        assert_eq!(path_id("ad_id", "ad%5F0").unwrap(), "ad_0");
+        let cap = crate::event::MAX_ID_LEN;
+        assert_eq!(path_id("ad_id", &"a".repeat(cap)).unwrap().len(), cap);
+        for raw in [
+            "a".repeat(cap + 1),
+            "a".repeat(10_000),
+            "%61".repeat(cap + 1),
+            "%zz".into(),
+            "ad%2".into(),
+            "ad%FF".into(),
+            "ad%200".into(),
+            "ad+0".into(),
+        ] {
+            let e = path_id("ad_id", &raw).unwrap_err();
+            assert!(e.0.contains("`ad_id`"), "{raw:.20}: {e:?}");
+            assert!(
+                e.0.len() < 200,
+                "the message echoes a cut value: {}",
+                e.0.len()
+            );
+        }
+        let long = "c".repeat(10_000);
+        let params = p(&[
+            ("from", "2026-04-20"),
+            ("to", "2026-04-21"),
+            ("campaign_id", &long),
+        ]);
+        let e = report(&params, &Access::Admin, &plan()).unwrap_err();
+        assert!(e.0.contains("`campaign_id`"), "{e:?}");
+        let spec = format!("ad_id:{long}");
+        let params = p(&[
+            ("from", "2026-04-20"),
+            ("to", "2026-04-21"),
+            ("filter", &spec),
+        ]);
+        let e = report(&params, &Access::Admin, &plan()).unwrap_err();
+        assert!(e.0.contains("`filter`"), "{e:?}");
+    }
+
+    /// Item 9 of issue 11: an advertiser reads the ranking of its own ads (in all countries or
+    /// one), not the global ranking.
+    #[test]
+    fn an_advertiser_reads_its_own_ranking() {
+        let adv = Access::Advertiser("adv_1".into());
+        let top = |params| match popular(&params, &adv, &plan()).unwrap() {
+            QueryKind::Top { key, .. } => key.2,
+            _ => unreachable!(),
+        };
+        let own = Sym::of("adv_1");
+        assert_eq!(top(p(&[])), advertiser_scope(all_countries(), own));
+        assert_eq!(
+            top(p(&[("filter", "country:de")])),
+            advertiser_scope(Sym::of("DE"), own)
+        );
+        let QueryKind::Top { key, .. } = popular(&p(&[]), &Access::Admin, &plan()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(key.2, all_countries());
     }
 }
