@@ -328,3 +328,128 @@ impl AsyncWrite for Tracked {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The shared server on its own, with a filter like the query server's (one that rejects:
+    //! `warp::service` turns rejections into answers), over real loopback TCP.
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn limits(max_connections: usize) -> Limits {
+        Limits {
+            max_connections,
+            header_read_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_millis(500),
+            max_uri_bytes: 1024,
+        }
+    }
+
+    async fn start(limits: Limits) -> SocketAddr {
+        let routes = warp::path!("who")
+            .and(remote())
+            .map(|addr: Option<SocketAddr>| format!("{addr:?}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            warp::service(routes),
+            listener,
+            limits,
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    /// Everything the server sends until it closes, or what came within `timeout`.
+    async fn exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn serves_routes_with_the_peer_address() {
+        let addr = start(limits(8)).await;
+        let answer = exchange(
+            addr,
+            b"GET /who HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("Some(127.0.0.1:"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_is_503_json_at_once_and_slots_come_back() {
+        let addr = start(limits(2)).await;
+        let held = [
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        // Half a request: the refusal does not wait for the rest.
+        let answer = exchange(addr, b"GET /who HTTP/1.1\r\n", Duration::from_secs(2)).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            answer.contains("content-type: application/json"),
+            "{answer}"
+        );
+        let body = answer.split_once("\r\n\r\n").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(v["error"].is_string());
+        assert!(started.elapsed() < Duration::from_millis(REFUSE_DRAIN.as_millis() as u64));
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answer = exchange(
+            addr,
+            b"GET /who HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn long_targets_are_414_json() {
+        let addr = start(limits(8)).await;
+        let request = format!(
+            "GET /who?{} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            "a".repeat(2000)
+        );
+        let answer = exchange(addr, request.as_bytes(), Duration::from_secs(2)).await;
+        assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+        assert!(answer.contains(r#"{"error":"request target longer than 1024 bytes"}"#));
+    }
+
+    #[tokio::test]
+    async fn slow_heads_idle_keep_alives_and_stalled_bodies_are_closed() {
+        let addr = start(limits(8)).await;
+        let started = Instant::now();
+        // Half a head, never finished.
+        let slow = exchange(addr, b"GET /who HTTP/1.1\r\nhost", Duration::from_secs(3)).await;
+        assert!(started.elapsed() < Duration::from_millis(1500), "{slow}");
+        // A finished request, then an idle keep-alive connection.
+        let started = Instant::now();
+        let kept = exchange(
+            addr,
+            b"GET /who HTTP/1.1\r\nhost: x\r\n\r\n",
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(kept.starts_with("HTTP/1.1 200"), "{kept}");
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        // A body that stalls (the route does not read it; the idle timeout still ends it).
+        let started = Instant::now();
+        exchange(
+            addr,
+            b"POST /who HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nabc",
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(started.elapsed() < Duration::from_millis(1500));
+    }
+}
