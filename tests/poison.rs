@@ -284,6 +284,12 @@ async fn a_record_the_broker_refuses_in_a_delivery_report_is_quarantined() {
     // Let the producer connect first, so the injected error meets the poison's request.
     let warm = send_clicks(&server.base(), &config, "warm", 5).await;
     assert_clicks_arrive(&brokers, &warm).await;
+    // Sending straight to Kafka (a slow warm-up on a busy machine may have degraded it).
+    let state = server.state.clone();
+    wait_until("direct sends", PROMPTLY, || {
+        !state.outbox.degraded() && state.outbox.spool_records() == 0
+    })
+    .await;
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
@@ -294,7 +300,6 @@ async fn a_record_the_broker_refuses_in_a_delivery_report_is_quarantined() {
         .send("clicks-dlq", b"dlq-key", b"refused record")
         .unwrap();
     assert_eq!(route, adclick::kafka::outbox::Route::Kafka);
-    let state = server.state.clone();
     wait_until("the refused record to be quarantined", PROMPTLY, || {
         state.outbox.quarantined() == 1
     })
@@ -391,5 +396,46 @@ async fn readyz_is_503_while_delivery_is_stuck_and_200_after() {
     cluster.clear_request_errors(RDKafkaApiKey::Produce);
     assert_clicks_arrive(&brokers, &stuck).await;
     assert_drained_and_ready(&server).await;
+    server.stop().await;
+}
+
+/// A real broker refuses a record for a topic it does not have (Tansu answers
+/// UnknownTopicOrPartition in the delivery report): the record is quarantined on the
+/// in-memory path and the clicks sent after it arrive. The old outbox spooled it and retried
+/// it at the head of the spool forever. (Tansu has no maximum message size of its own, so
+/// the size case above is refused by librdkafka before it reaches the broker.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_for_a_topic_the_real_broker_lacks_is_quarantined_and_clicks_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = common::tansu::start_tansu(dir.path()) else {
+        return;
+    };
+    broker.create_topic("clicks", 4);
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = config(&broker.brokers(), spool.path());
+    // librdkafka waits this long for a topic to appear before it gives up (default 30 s).
+    config
+        .kafka
+        .producer
+        .insert("topic.metadata.propagation.max.ms".into(), "1000".into());
+    let server = RunningRedirect::start(config.clone()).await;
+    server
+        .state
+        .outbox
+        .send("no-such-topic", b"lost-key", b"lost value")
+        .unwrap();
+    let want = send_clicks(&server.base(), &config, "after-unknown", 200).await;
+    assert_clicks_arrive(&broker.brokers(), &want).await;
+    let state = server.state.clone();
+    wait_until("the refused record to be quarantined", PROMPTLY, || {
+        state.outbox.quarantined() == 1
+    })
+    .await;
+    assert_drained_and_ready(&server).await;
+    assert_eq!(quarantined_metric(&server, "unknown_topic").await, 1);
+    let lines = quarantine_lines(spool.path());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["topic"], "no-such-topic");
+    assert_eq!(lines[0]["key"], "lost-key");
     server.stop().await;
 }

@@ -407,6 +407,16 @@ impl ProducerContext for Context {
                 } else {
                     let waited = now.saturating_sub(opaque as u64);
                     s.metrics.produce_latency.observe(waited as f64 / 1e6);
+                    // Kafka acknowledges: not degraded, even if no spool batch follows to
+                    // say so (a degraded flag left over from one slow record kept /readyz
+                    // reporting a degraded Kafka, and new records spooling, until the next
+                    // click went through the spool).
+                    if s.degraded.load(Ordering::Relaxed)
+                        && s.degraded.swap(false, Ordering::SeqCst)
+                    {
+                        tracing::info!("outbox: Kafka is acknowledging again");
+                        s.metrics.degraded.set(0);
+                    }
                 }
             }
             Err((err, msg)) => {
