@@ -9,8 +9,13 @@ RATE=${DEMO_RATE:-200}
 SECONDS_TO_RUN=${DEMO_SECONDS:-3600}
 OUT=target/demo
 mkdir -p "$OUT"
-rm -rf "$OUT/spool"
+rm -rf "$OUT/spool" "$OUT/kafka"
 
+# The embedded broker is Tansu (it keeps every record; the mock cluster kept ~5 MB per
+# partition). Built once, 7-12 minutes on 2 cores, then cached in ~/.cache/adclick/tansu.
+export TANSU_BIN=${TANSU_BIN:-$(scripts/tansu.sh install)}
+# Its storage, kept while the demo runs: restarting the aggregator resumes from it.
+export ADCLICK_KAFKA_EMBEDDED_DIR=$OUT/kafka
 cargo build --quiet --bins
 BIN=target/debug
 
@@ -21,9 +26,9 @@ trap cleanup EXIT INT TERM
 "$BIN/adclick-redirect" --config config/demo.toml --embedded-kafka --listen 127.0.0.1:8080 \
   >"$OUT/redirect.out" 2>"$OUT/redirect.log" &
 pids+=($!)
-for _ in $(seq 100); do grep -q "listening on" "$OUT/redirect.out" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 600); do grep -q "listening on" "$OUT/redirect.out" 2>/dev/null && break; sleep 0.1; done
 brokers=$(sed -n 's/^embedded kafka: //p' "$OUT/redirect.out")
-echo "embedded Kafka:   $brokers"
+echo "embedded Kafka:   $brokers  ($(sed -n 's/^embedded kafka keeps: //p' "$OUT/redirect.out"))"
 echo "redirect:         http://127.0.0.1:8080  (metrics: http://127.0.0.1:8080/metrics)"
 echo "a signed click:   $("$BIN/adclick-redirect" --config config/demo.toml sign --impression-id demo-1 \
   --ad-id ad_1 --campaign-id cmp_1 --advertiser-id adv_1 --publisher-id pub_1 --url https://example.com/)"

@@ -20,7 +20,8 @@ pub struct CommonArgs {
     /// Clicks topic (overrides kafka.clicks_topic).
     #[arg(long, global = true)]
     pub topic: Option<String>,
-    /// Start librdkafka's mock cluster in this process, use it, and print its address.
+    /// Start the embedded broker (Tansu by default, see kafka.embedded), use it, and print its
+    /// address and what it keeps.
     #[arg(long, global = true)]
     pub embedded_kafka: bool,
 }
@@ -46,6 +47,7 @@ impl CommonArgs {
         let kafka = EmbeddedKafka::start(&cfg.kafka)?;
         cfg.kafka.brokers = kafka.bootstrap_servers();
         println!("embedded kafka: {}", cfg.kafka.brokers);
+        println!("embedded kafka keeps: {}", kafka.retention_note());
         Ok(Some(kafka))
     }
 }

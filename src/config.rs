@@ -48,6 +48,12 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Extra librdkafka properties for producers, e.g. `{ "linger.ms" = "2" }`.
     pub producer: toml::Table,
+    /// The broker `--embedded-kafka` starts: `tansu` (keeps every record) or `mock`
+    /// (librdkafka's mock cluster: about 5 MB per partition, older records dropped).
+    pub embedded: crate::kafka::embedded::EmbeddedKind,
+    /// Where the embedded Tansu broker keeps its storage, kept across restarts; unset: a
+    /// temporary directory removed at exit.
+    pub embedded_dir: Option<PathBuf>,
 }
 
 impl Default for KafkaConfig {
@@ -60,6 +66,8 @@ impl Default for KafkaConfig {
             aggregates_topic: "click-aggregates".into(),
             partitions: 8,
             producer: toml::Table::new(),
+            embedded: Default::default(),
+            embedded_dir: None,
         }
     }
 }
@@ -107,14 +115,6 @@ pub struct RedirectConfig {
     pub shutdown_grace_ms: u64,
     /// Largest partner batch accepted by POST /api/v1/events.
     pub max_batch_bytes: u64,
-    pub partners: Vec<Partner>,
-}
-
-impl Default for RedirectConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8080".parse().unwrap(),
-            country_header: "x-edge-country".into(),
     /// Longest partner line (bytes, without its newline). Longer lines are rejected before
     /// they are parsed (`line_too_long`), and only this much of them reaches the dead letter.
     pub max_line_bytes: usize,
@@ -135,6 +135,14 @@ impl Default for RedirectConfig {
     pub idle_timeout_ms: u64,
     /// Longest request target (path and query) served; longer ones get 414.
     pub max_uri_bytes: usize,
+    pub partners: Vec<Partner>,
+}
+
+impl Default for RedirectConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            country_header: "x-edge-country".into(),
             client_ip_header: String::new(),
             user_id_cookie: "uid".into(),
             queue_capacity: 100_000,
@@ -147,14 +155,6 @@ impl Default for RedirectConfig {
             dlq_max_payload_bytes: crate::event::dead_letter::DEFAULT_MAX_PAYLOAD_BYTES,
             shutdown_grace_ms: 10_000,
             max_batch_bytes: 16 << 20,
-            partners: Vec::new(),
-        }
-    }
-}
-
-/// A partner allowed to POST click batches.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
             max_line_bytes: 64 << 10,
             max_future_skew_ms: 300_000,
             forward_params: ["utm_*", "gclid", "fbclid", "msclkid"]
@@ -164,6 +164,14 @@ impl Default for RedirectConfig {
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_uri_bytes: 8192,
+            partners: Vec::new(),
+        }
+    }
+}
+
+/// A partner allowed to POST click batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Partner {
     pub name: String,
     pub api_key: String,

@@ -146,7 +146,7 @@ fn kafka_on_every_cluster_shape_equals_the_truth() {
 
 #[test]
 fn an_empty_topic_finishes_with_zero_tallies() {
-    let kafka = EmbeddedKafka::start(&Default::default()).unwrap();
+    let kafka = EmbeddedKafka::mock(&Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
     wait_ok(aggregator(&[

@@ -25,6 +25,6 @@ async fn every_click_reaches_the_embedded_broker_exactly_once_across_an_outage()
         partitions: 4,
         ..Default::default()
     };
-    let mut broker = Mock(EmbeddedKafka::start(&config).unwrap());
+    let mut broker = Mock(EmbeddedKafka::mock(&config).unwrap());
     outage::run(&mut broker).await;
 }

@@ -28,7 +28,7 @@ fn far_future() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_click_redirects_and_lands_in_kafka_once_with_every_field() {
-    let kafka = EmbeddedKafka::start(&Default::default()).unwrap();
+    let kafka = EmbeddedKafka::mock(&Default::default()).unwrap();
     let spool = tempfile::tempdir().unwrap();
     let config = test_config(&kafka.bootstrap_servers(), spool.path());
     let keyring = Keyring::new(&config.signing.keys, None).unwrap();
@@ -98,7 +98,7 @@ async fn signed_click_redirects_and_lands_in_kafka_once_with_every_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_expired_and_unknown_key_links_get_403_and_produce_nothing() {
-    let kafka = EmbeddedKafka::start(&Default::default()).unwrap();
+    let kafka = EmbeddedKafka::mock(&Default::default()).unwrap();
     let spool = tempfile::tempdir().unwrap();
     let config = test_config(&kafka.bootstrap_servers(), spool.path());
     let keyring = Keyring::new(&config.signing.keys, None).unwrap();
@@ -187,7 +187,7 @@ async fn forged_expired_and_unknown_key_links_get_403_and_produce_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partner_batches_are_answered_per_event_and_rejects_are_dead_lettered() {
-    let kafka = EmbeddedKafka::start(&Default::default()).unwrap();
+    let kafka = EmbeddedKafka::mock(&Default::default()).unwrap();
     let spool = tempfile::tempdir().unwrap();
     let server =
         RunningRedirect::start(test_config(&kafka.bootstrap_servers(), spool.path())).await;
@@ -263,7 +263,7 @@ async fn partner_batches_are_answered_per_event_and_rejects_are_dead_lettered() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_unknown_paths() {
-    let kafka = EmbeddedKafka::start(&Default::default()).unwrap();
+    let kafka = EmbeddedKafka::mock(&Default::default()).unwrap();
     let spool = tempfile::tempdir().unwrap();
     let server =
         RunningRedirect::start(test_config(&kafka.bootstrap_servers(), spool.path())).await;

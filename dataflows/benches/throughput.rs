@@ -103,6 +103,7 @@ fn run(workers: usize, parts: Vec<Vec<RawClick>>, top_windows: Vec<u64>) -> f64 
         let probe = worker.dataflow::<u64, _, _>(move |scope| {
             let cfg = TimeConfig {
                 idle_timeout_ms: None,
+                idle_advance_lag_ms: None,
                 ..TimeConfig::default()
             };
             let events = clock_source(scope, "Memory", Memory(mine), cfg, || 0);

@@ -34,7 +34,7 @@ use click::{Measures, RawClick, Row, Sym};
 use dedup::DedupConfig;
 use names::Name;
 use rollup::{Retention, rollup};
-use source::{Rejected, SourceEvent};
+use source::{Gap, Rejected, SourceEvent};
 use time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use topn::{RankKey, Ranking, TopNConfig, top_n, top_n_by_advertiser};
 
@@ -84,6 +84,8 @@ pub struct Aggregates<'s> {
     pub names: Stream<'s, u64, Vec<Name>>,
     /// Records the sources read, in batch counts: the `received` tally.
     pub received: Stream<'s, u64, Vec<u64>>,
+    /// Offset ranges that vanished before a source read them: the `lost` tally.
+    pub lost: Stream<'s, u64, Vec<Gap>>,
 }
 
 /// What a checkpoint restores into the aggregation, just before its frontier (at `F − 1`):
@@ -150,18 +152,19 @@ pub fn resumed_aggregate<'s>(
     let scope = events.scope();
     // One pass routes every event to its stream (no copies, unlike one filter per kind).
     let mut kinds = events
-        .partition(5, |e| {
+        .partition(6, |e| {
             let kind = match &e {
                 SourceEvent::OnTime(_) => 0,
                 SourceEvent::Late(_) => 1,
                 SourceEvent::Rejected(_) => 2,
                 SourceEvent::Name(_) => 3,
                 SourceEvent::Read(_) => 4,
+                SourceEvent::Lost(_) => 5,
             };
             (kind, e)
         })
         .into_iter();
-    let mut next = || kinds.next().expect("five kinds");
+    let mut next = || kinds.next().expect("six kinds");
     let on_time = next().flat_map(|e| match e {
         SourceEvent::OnTime(c) => Some(c),
         _ => None,
@@ -180,6 +183,10 @@ pub fn resumed_aggregate<'s>(
     });
     let received = next().flat_map(|e| match e {
         SourceEvent::Read(n) => Some(n),
+        _ => None,
+    });
+    let lost = next().flat_map(|e| match e {
+        SourceEvent::Lost(g) => Some(g),
         _ => None,
     });
     // Local pre-aggregation before rows are exchanged: a hot ad's clicks are summed on every
@@ -222,6 +229,7 @@ pub fn resumed_aggregate<'s>(
         rejected,
         names,
         received,
+        lost,
     }
 }
 
@@ -383,6 +391,7 @@ mod tests {
                     rejected: empty(scope),
                     names: empty(scope),
                     received: empty(scope),
+                    lost: empty(scope),
                 };
                 let traces = Traces::arrange(&a);
                 let probe = a.minute.inner.probe().0;

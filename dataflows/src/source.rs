@@ -27,10 +27,33 @@ pub struct Rejected {
     pub payload: Vec<u8>,
 }
 
+/// Records a partition once held but that can no longer be read: the broker's retention (or
+/// a bounded broker) deleted them before this source got to them. They cannot be counted, so
+/// they are tallied as `lost`, with where they were, and never skipped quietly: `received +
+/// lost` is what the partition held.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Gap {
+    /// Where, e.g. `clicks/3`.
+    pub partition: String,
+    /// The first offset missing.
+    pub from: u64,
+    /// The first offset after the gap (exclusive).
+    pub to: u64,
+}
+
+impl Gap {
+    /// How many records the gap swallowed.
+    pub fn records(&self) -> u64 {
+        self.to.saturating_sub(self.from)
+    }
+}
+
 /// One record from a partition.
 pub enum Record {
     Click(RawClick),
     Rejected(Rejected),
+    /// Offsets the reader expected but the partition no longer holds; not a record read.
+    Lost(Gap),
 }
 
 /// What a poll found.
@@ -143,6 +166,8 @@ pub enum SourceEvent {
     /// How many records the source read in one activation (each became exactly one of
     /// `OnTime`, `Late`, `Rejected`): the `received` tally, counted where records enter.
     Read(u64),
+    /// Offsets that vanished before they were read; travels at the capability.
+    Lost(Gap),
 }
 
 /// Records read per partition per activation, so one busy partition cannot starve the rest.
@@ -237,8 +262,8 @@ pub fn checkpointed_source<'s, R: PartitionReader>(
                     buf.clear();
                     let polled = reader.poll(p, BATCH, &mut buf);
                     busy |= polled == Polled::More;
-                    read += buf.len() as u64;
                     for record in buf.drain(..) {
+                        read += u64::from(!matches!(record, Record::Lost(_)));
                         let (at, event) = match record {
                             Record::Click(raw) => match clock.observe(p, raw.event_time, now) {
                                 Verdict::Emit { at } => {
@@ -252,6 +277,7 @@ pub fn checkpointed_source<'s, R: PartitionReader>(
                                 Verdict::Late => (clock.capability(), SourceEvent::Late(raw)),
                             },
                             Record::Rejected(r) => (clock.capability(), SourceEvent::Rejected(r)),
+                            Record::Lost(g) => (clock.capability(), SourceEvent::Lost(g)),
                         };
                         by_time.push(at, event);
                     }

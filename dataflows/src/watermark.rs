@@ -26,6 +26,11 @@ pub struct TimeConfig {
     pub idle_timeout_ms: Option<u64>,
     /// Granularity of timely times; divides 60 000.
     pub tick_ms: u64,
+    /// Streaming only (`None` in batch mode): once every partition has been idle for the idle
+    /// timeout, the capability follows the wall clock, to `now − out_of_orderness − lag`, so a
+    /// quiet stream's last clicks still complete. Sound when event times come from the same
+    /// clock as `now` (the redirect stamps them); see docs/design.md, "Idle streams".
+    pub idle_advance_lag_ms: Option<u64>,
 }
 
 impl Default for TimeConfig {
@@ -35,6 +40,7 @@ impl Default for TimeConfig {
             allowed_lateness_ms: 300_000,
             idle_timeout_ms: Some(30_000),
             tick_ms: 100,
+            idle_advance_lag_ms: Some(2_000),
         }
     }
 }
@@ -126,8 +132,14 @@ impl SourceClock {
                 .map(|m| m.saturating_sub(self.cfg.out_of_orderness_ms))
         };
         let candidate = if live.is_empty() {
-            // Nobody holds it back: as far as the most advanced partition allows.
-            self.partitions.iter().filter_map(watermark).max()
+            // Nobody holds it back: as far as the most advanced partition allows, and in
+            // streaming as far as the wall clock says no on-time click can still be behind.
+            let seen = self.partitions.iter().filter_map(watermark).max();
+            let wall = self
+                .cfg
+                .idle_advance_lag_ms
+                .map(|lag| now_ms.saturating_sub(self.cfg.out_of_orderness_ms.saturating_add(lag)));
+            seen.max(wall)
         } else if live.iter().any(|p| p.max_seen.is_none()) {
             // A live partition we know nothing about yet could still bring anything.
             None
@@ -181,6 +193,7 @@ mod tests {
             allowed_lateness_ms: 300_000,
             idle_timeout_ms: idle,
             tick_ms: 100,
+            idle_advance_lag_ms: None,
         }
     }
 
@@ -262,5 +275,38 @@ mod tests {
             Some(0),
             "nothing seen anywhere: stays at 0"
         );
+    }
+
+    #[test]
+    fn an_idle_stream_follows_the_wall_clock_forwards_only() {
+        let wall = TimeConfig {
+            idle_advance_lag_ms: Some(2_000),
+            ..cfg(Some(30_000))
+        };
+        let t0 = 1_800_000_000_000;
+        let mut c = SourceClock::new(2, wall, t0);
+        c.observe(0, t0, t0);
+        assert_eq!(c.advance(t0 + 29_999), Some(0), "partition 1 still live");
+        // Both idle: the capability goes to the wall clock minus 5 s and the 2 s lag.
+        assert_eq!(c.advance(t0 + 30_000), Some(t0 + 30_000 - 7_000));
+        assert_eq!(
+            c.advance(t0 + 40_050),
+            Some(t0 + 40_000 - 7_000),
+            "quantized"
+        );
+        // A click with an older time that arrives now is judged against that capability: on
+        // time within the allowed lateness (sent at the capability, a correction) ...
+        assert_eq!(
+            c.observe(1, t0 + 1_000, t0 + 40_100),
+            Verdict::Emit { at: t0 + 33_000 }
+        );
+        // ... and late beyond it, never lost.
+        assert_eq!(c.observe(1, t0 - 300_000, t0 + 40_100), Verdict::Late);
+        // The partition is live again and holds it; the wall clock never moves it backwards.
+        assert_eq!(c.advance(t0 + 40_200), Some(t0 + 33_000));
+        // Without the setting (batch mode), idle partitions never let the wall clock in.
+        let mut batch = SourceClock::new(1, cfg(Some(30_000)), t0);
+        batch.observe(0, 1_000_000, t0);
+        assert_eq!(batch.advance(t0 + 60_000), Some(995_000));
     }
 }

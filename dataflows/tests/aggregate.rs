@@ -404,6 +404,7 @@ fn time_config() -> TimeConfig {
         allowed_lateness_ms: LATENESS,
         idle_timeout_ms: None,
         tick_ms: 100,
+        idle_advance_lag_ms: None,
     }
 }
 

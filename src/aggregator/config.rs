@@ -34,6 +34,14 @@ pub struct AggregatorConfig {
     pub idle_timeout_ms: u64,
     /// Granularity of the timely timestamps (a divisor of 60 000).
     pub tick_ms: u64,
+    /// Streaming: once every partition has been idle for `idle_timeout_ms`, the watermark
+    /// follows the wall clock, this far behind it (plus the out-of-orderness bound).
+    pub idle_watermark_lag_ms: u64,
+    /// A record whose event time is further than this ahead of the wall clock when it is
+    /// read is dead-lettered (`event_time_in_future`) and never moves a watermark.
+    pub max_future_skew_ms: u64,
+    /// What a gap in a partition's offsets (records deleted before they were read) does.
+    pub on_gap: OnGap,
     pub dedup_horizon_ms: u64,
     pub minute_retention_ms: u64,
     pub hour_retention_ms: u64,
@@ -55,6 +63,19 @@ pub struct AggregatorConfig {
     pub parquet_dir: Option<PathBuf>,
 }
 
+/// What the aggregator does when a partition's offsets jump: records were deleted (retention,
+/// a bounded broker) before it read them. Either way the gap is tallied as `lost`, logged as
+/// an ERROR, counted in `/metrics` and shown by health and the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnGap {
+    /// Stop at once with [`EXIT_DATA_LOST`](crate::aggregator::EXIT_DATA_LOST): money went
+    /// missing and someone must look (the default).
+    Fail,
+    /// Go on, with the loss in the tallies and the output.
+    Report,
+}
+
 impl Default for AggregatorConfig {
     fn default() -> Self {
         let t = TimeConfig::default();
@@ -65,10 +86,17 @@ impl Default for AggregatorConfig {
             process: 0,
             hostfile: None,
             query_listen: "127.0.0.1:8081".into(),
+            query_max_connections: 1024,
+            query_header_read_timeout_ms: 10_000,
+            query_idle_timeout_ms: 60_000,
+            query_max_uri_bytes: 8192,
             out_of_orderness_ms: t.out_of_orderness_ms,
             allowed_lateness_ms: t.allowed_lateness_ms,
             idle_timeout_ms: t.idle_timeout_ms.unwrap_or(30_000),
             tick_ms: t.tick_ms,
+            idle_watermark_lag_ms: t.idle_advance_lag_ms.unwrap_or(2_000),
+            max_future_skew_ms: 300_000,
+            on_gap: OnGap::Fail,
             dedup_horizon_ms: a.dedup_horizon_ms,
             minute_retention_ms: a.retention.minute_ms,
             hour_retention_ms: a.retention.hour_ms,
@@ -86,10 +114,6 @@ impl Default for AggregatorConfig {
 }
 
 impl AggregatorConfig {
-            query_max_connections: 1024,
-            query_header_read_timeout_ms: 10_000,
-            query_idle_timeout_ms: 60_000,
-            query_max_uri_bytes: 8192,
     /// Checks what would otherwise fail deep inside the dataflow.
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.workers >= 1, "aggregator.workers must be at least 1");
@@ -102,6 +126,7 @@ impl AggregatorConfig {
             "aggregator.tick_ms must divide 60000"
         );
         anyhow::ensure!(self.top_n >= 1, "aggregator.top_n must be at least 1");
+        self.query_limits().check("aggregator.query_")?;
         anyhow::ensure!(
             self.checkpoint_interval_ms >= 100,
             "aggregator.checkpoint_interval_ms must be at least 100"
@@ -116,6 +141,7 @@ impl AggregatorConfig {
             allowed_lateness_ms: self.allowed_lateness_ms,
             idle_timeout_ms: (!batch).then_some(self.idle_timeout_ms),
             tick_ms: self.tick_ms,
+            idle_advance_lag_ms: (!batch).then_some(self.idle_watermark_lag_ms),
         }
     }
 
@@ -126,13 +152,24 @@ impl AggregatorConfig {
             retention: Retention {
                 minute_ms: self.minute_retention_ms,
                 hour_ms: self.hour_retention_ms,
-        self.query_limits().check("aggregator.query_")?;
                 day_ms: self.day_retention_ms,
             },
             top: TopNConfig {
                 n: self.top_n,
                 window_minutes: self.top_window_minutes.clone(),
             },
+        }
+    }
+
+    /// The query server's connection limits.
+    pub fn query_limits(&self) -> crate::http_server::Limits {
+        crate::http_server::Limits {
+            max_connections: self.query_max_connections,
+            header_read_timeout: std::time::Duration::from_millis(
+                self.query_header_read_timeout_ms,
+            ),
+            idle_timeout: std::time::Duration::from_millis(self.query_idle_timeout_ms),
+            max_uri_bytes: self.query_max_uri_bytes,
         }
     }
 
@@ -161,18 +198,6 @@ impl AggregatorConfig {
                 .map(|i| format!("127.0.0.1:{}", 2101 + i))
                 .collect(),
         };
-    /// The query server's connection limits.
-    pub fn query_limits(&self) -> crate::http_server::Limits {
-        crate::http_server::Limits {
-            max_connections: self.query_max_connections,
-            header_read_timeout: std::time::Duration::from_millis(
-                self.query_header_read_timeout_ms,
-            ),
-            idle_timeout: std::time::Duration::from_millis(self.query_idle_timeout_ms),
-            max_uri_bytes: self.query_max_uri_bytes,
-        }
-    }
-
         anyhow::ensure!(
             addresses.len() == self.processes,
             "hostfile lists {} addresses for {} processes",

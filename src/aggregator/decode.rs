@@ -5,7 +5,30 @@ use adclick_dataflows::source::{Record, Rejected};
 
 use crate::event::enrich::Enricher;
 use crate::event::observed::parse_log_line;
-use crate::event::{ClickEvent, DecodeError};
+use crate::event::{ClickEvent, DecodeError, check_not_future};
+
+/// How far ahead of the reading clock an event time may be (`aggregator.max_future_skew_ms`).
+/// A reader takes `now` once per poll: the bound is the reading time, so historical files
+/// are unaffected and a far-future record is dead-lettered, never counted.
+#[derive(Clone, Copy, Debug)]
+pub struct FutureBound {
+    pub now_ms: i64,
+    pub max_skew_ms: u64,
+}
+
+impl FutureBound {
+    /// The bound at this moment.
+    pub fn now(max_skew_ms: u64) -> Self {
+        Self {
+            now_ms: crate::timefmt::now_millis(),
+            max_skew_ms,
+        }
+    }
+
+    fn check(&self, e: ClickEvent) -> Result<ClickEvent, DecodeError> {
+        check_not_future(e.event_time_ms, self.now_ms, self.max_skew_ms).map(|()| e)
+    }
+}
 
 /// The dataflow's view of a valid event.
 pub fn to_click(e: ClickEvent) -> RawClick {
@@ -36,8 +59,13 @@ pub fn rejected(err: &DecodeError, origin: String, key: &[u8], payload: &[u8]) -
 }
 
 /// A Kafka record value: Protocol Buffers or JSON.
-pub fn kafka_record(key: &[u8], value: &[u8], origin: impl FnOnce() -> String) -> Record {
-    match ClickEvent::decode(value) {
+pub fn kafka_record(
+    key: &[u8],
+    value: &[u8],
+    bound: FutureBound,
+    origin: impl FnOnce() -> String,
+) -> Record {
+    match ClickEvent::decode(value).and_then(|e| bound.check(e)) {
         Ok(e) => Record::Click(to_click(e)),
         Err(err) => rejected(&err, origin(), key, value),
     }
@@ -48,18 +76,25 @@ pub fn kafka_record(key: &[u8], value: &[u8], origin: impl FnOnce() -> String) -
 pub fn file_line(
     line: &str,
     enricher: &Enricher,
+    bound: FutureBound,
     origin: impl FnOnce() -> String,
 ) -> Option<Record> {
     let trimmed = line.trim();
     if trimmed.starts_with('{') {
-        return Some(kafka_record(b"", trimmed.as_bytes(), origin));
+        return Some(kafka_record(b"", trimmed.as_bytes(), bound, origin));
     }
     match parse_log_line(line) {
         Ok(None) => None,
-        Ok(Some(obs)) => Some(match enricher.enrich(obs, "log") {
-            Ok(e) => Record::Click(to_click(e)),
-            Err(err) => rejected(&err.into(), origin(), b"", line.as_bytes()),
-        }),
+        Ok(Some(obs)) => Some(
+            match enricher
+                .enrich(obs, "log")
+                .map_err(DecodeError::from)
+                .and_then(|e| bound.check(e))
+            {
+                Ok(e) => Record::Click(to_click(e)),
+                Err(err) => rejected(&err, origin(), b"", line.as_bytes()),
+            },
+        ),
         Err(err) => Some(rejected(&err, origin(), b"", line.as_bytes())),
     }
 }

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 
 use adclick_dataflows::source::{PartitionReader, Polled, Record, Rejected};
 
-use super::decode::file_line;
+use super::decode::{FutureBound, file_line};
 use crate::event::enrich::Enricher;
 
 pub struct FileReader {
     files: Vec<OpenFile>,
     enricher: Enricher,
+    max_future_skew_ms: u64,
 }
 
 struct OpenFile {
@@ -26,7 +27,13 @@ struct OpenFile {
 
 impl FileReader {
     /// The files of `all` that belong to worker `index` of `peers`.
-    pub fn new(all: &[PathBuf], index: usize, peers: usize, enricher: Enricher) -> Self {
+    pub fn new(
+        all: &[PathBuf],
+        index: usize,
+        peers: usize,
+        enricher: Enricher,
+        max_future_skew_ms: u64,
+    ) -> Self {
         let files = all
             .iter()
             .enumerate()
@@ -38,7 +45,11 @@ impl FileReader {
                 line: Vec::new(),
             })
             .collect();
-        Self { files, enricher }
+        Self {
+            files,
+            enricher,
+            max_future_skew_ms,
+        }
     }
 }
 
@@ -59,6 +70,7 @@ impl PartitionReader for FileReader {
             }
         }
         let reader = f.reader.as_mut().unwrap();
+        let bound = FutureBound::now(self.max_future_skew_ms);
         let mut produced = 0;
         while produced < max {
             f.line.clear();
@@ -68,7 +80,7 @@ impl PartitionReader for FileReader {
                     f.line_no += 1;
                     let origin = || format!("{}:{}", f.path.display(), f.line_no);
                     let record = match std::str::from_utf8(&f.line) {
-                        Ok(text) => file_line(text, &self.enricher, origin),
+                        Ok(text) => file_line(text, &self.enricher, bound, origin),
                         Err(e) => Some(Record::Rejected(Rejected {
                             code: "utf8".into(),
                             reason: format!("line is not UTF-8: {e}"),

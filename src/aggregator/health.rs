@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use adclick_dataflows::source::Gap;
 use serde_json::json;
 
 use super::output::Tallies;
@@ -24,6 +25,8 @@ pub struct Health {
     /// The newest checkpoint committed by this process, and how many it committed.
     pub checkpoint: Mutex<Option<super::checkpoint::Manifest>>,
     pub checkpoints_committed: AtomicU64,
+    /// Offset ranges deleted before this process read them; any makes health `degraded`.
+    pub gaps: Mutex<Vec<Gap>>,
 }
 
 impl Health {
@@ -48,6 +51,25 @@ impl Health {
         self.partitions.lock().unwrap().insert(p, (next, high));
     }
 
+    /// Notes records lost to a gap, for health, the dashboard and `/metrics`.
+    pub fn record_gap(&self, gap: &Gap) {
+        self.gaps.lock().unwrap().push(gap.clone());
+    }
+
+    /// Records this process saw vanish before it read them.
+    pub fn lost_records(&self) -> u64 {
+        self.gaps.lock().unwrap().iter().map(Gap::records).sum()
+    }
+
+    /// `degraded` once any records were lost: the counts are short of the topic.
+    pub fn status(&self) -> &'static str {
+        if self.gaps.lock().unwrap().is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let parts: Vec<_> = self
             .partitions
@@ -60,7 +82,17 @@ impl Health {
             })
             .collect();
         let t = *self.tallies.lock().unwrap();
+        let gaps: Vec<_> = self
+            .gaps
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|g| json!({"partition": g.partition, "from": g.from, "to": g.to, "records": g.records()}))
+            .collect();
         json!({
+            "status": self.status(),
+            "lost_records": self.lost_records(),
+            "gaps": gaps,
             "watermark": self.watermark().map(|w| format_millis(w as i64)),
             "watermark_ms": self.watermark(),
             "watermark_delay_ms": self.watermark_delay_ms(),

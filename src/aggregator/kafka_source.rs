@@ -7,16 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use adclick_dataflows::source::{PartitionReader, Polled, Record};
+use adclick_dataflows::source::{Gap, PartitionReader, Polled, Record};
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::decode::kafka_record;
+use super::config::OnGap;
+use super::decode::{FutureBound, kafka_record};
 use super::health::Health;
 use super::parquet_sink::{Archived, RawBuffer};
 
@@ -34,7 +36,25 @@ pub struct KafkaReader {
     early: Vec<std::collections::VecDeque<rdkafka::message::OwnedMessage>>,
     /// Where accepted clicks go for the raw archive, if it is kept.
     archive: Option<Rc<RefCell<RawBuffer>>>,
+    settings: ReadSettings,
+    /// Per partition, since when the broker's log start has been past our position while
+    /// nothing arrived: records deleted before the fetcher got them.
+    stalled_since: Vec<Option<Instant>>,
 }
+
+/// What a reader needs to judge records and gaps, from the aggregator's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadSettings {
+    /// Read to the end offsets found at start, then finish (a batch job).
+    pub until_end: bool,
+    pub max_future_skew_ms: u64,
+    pub on_gap: OnGap,
+}
+
+/// How long the log start may stay past our position with nothing delivered before the
+/// records in between count as deleted: longer than a fetch round trip and two refreshes of
+/// the offsets thread, so records already fetched are never mistaken for lost ones.
+const STALL_MS: u128 = 3_000;
 
 /// The latest (low, high) offsets the broker reported per partition, kept fresh by a thread
 /// of their own: asking is a broker round trip, which must not stall a worker (it did, by up
@@ -97,9 +117,9 @@ impl KafkaReader {
         topic: &str,
         index: usize,
         peers: usize,
-        until_end: bool,
         health: Arc<Health>,
         resume: &std::collections::BTreeMap<i32, u64>,
+        settings: ReadSettings,
     ) -> anyhow::Result<Self> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -107,7 +127,9 @@ impl KafkaReader {
             .set("group.id", "adclick-aggregator")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            // Never jump over data: a position the broker no longer holds is an error we see,
+            // turn into a `lost` tally, and only then move past (see `KafkaReader::gap`).
+            .set("auto.offset.reset", "error")
             .create()
             .context("creating the Kafka consumer")?;
         let consumer = Arc::new(consumer);
@@ -131,12 +153,12 @@ impl KafkaReader {
         let partitions: Vec<i32> = (0..count)
             .filter(|p| *p as usize % peers == index)
             .collect();
-        // A partition resumes where a checkpoint left it, or starts at the log's start.
-        let start = |p: &i32| resume.get(p).map(|o| *o as i64);
+        // A partition resumes where a checkpoint left it, or starts at offset 0: the position
+        // we expect. If the broker no longer holds it, the difference is a gap, never skipped.
+        let start = |p: &i32| resume.get(p).map_or(0, |o| *o as i64);
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
-            let offset = start(p).map_or(Offset::Beginning, Offset::Offset);
-            tpl.add_partition_offset(topic, *p, offset)?;
+            tpl.add_partition_offset(topic, *p, Offset::Offset(start(p)))?;
         }
         consumer.assign(&tpl)?;
         let queues = partitions
@@ -154,15 +176,10 @@ impl KafkaReader {
             .map(|p| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)))
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("offsets of topic {topic}"))?;
-        let stop_at = until_end.then(|| offsets.iter().map(|(_, high)| *high).collect());
+        let stop_at = settings.until_end.then(|| offsets.iter().map(|(_, high)| *high).collect());
         let n = partitions.len();
         Ok(Self {
-            // Retention may have moved the log's start past 0, or past a resumed offset.
-            next_offset: partitions
-                .iter()
-                .zip(&offsets)
-                .map(|(p, (low, _))| start(p).unwrap_or(*low).max(*low))
-                .collect(),
+            next_offset: partitions.iter().map(start).collect(),
             offsets: Watermarks::watch(consumer.clone(), topic, &partitions, &offsets),
             consumer,
             topic: topic.to_string(),
@@ -172,6 +189,8 @@ impl KafkaReader {
             health,
             early: vec![Default::default(); n],
             archive: None,
+            settings,
+            stalled_since: vec![None; n],
         })
     }
 }
@@ -202,6 +221,99 @@ impl KafkaReader {
         }
     }
 
+    /// Records that offsets `[next, to)` of partition `i` are gone: an ERROR line, health and
+    /// metrics, and (under `on_gap = fail`) the end of the process with [`EXIT_DATA_LOST`].
+    /// The returned record carries the gap into the dataflow, for the `lost` tally and the
+    /// output; it travels like any record, so a restore from before it finds it again.
+    ///
+    /// [`EXIT_DATA_LOST`]: super::EXIT_DATA_LOST
+    fn gap(&mut self, i: usize, to: i64) -> Record {
+        let gap = Gap {
+            partition: format!("{}/{}", self.topic, self.partitions[i]),
+            from: self.next_offset[i] as u64,
+            to: to as u64,
+        };
+        tracing::error!(
+            partition = %gap.partition,
+            from = gap.from,
+            to = gap.to,
+            records = gap.records(),
+            "records deleted before they were read (retention, or a bounded broker): {} \
+             records of {} at offsets [{}, {}) cannot be counted",
+            gap.records(),
+            gap.partition,
+            gap.from,
+            gap.to
+        );
+        self.health.record_gap(&gap);
+        if self.settings.on_gap == OnGap::Fail {
+            eprintln!(
+                "adclick-aggregator: stopping (aggregator.on_gap = \"fail\"): {} records of \
+                 {} at offsets [{}, {}) were deleted before they were read. Keep more \
+                 retention, or set aggregator.on_gap = \"report\" to go on with them \
+                 tallied as lost. Exit code {}.",
+                gap.records(),
+                gap.partition,
+                gap.from,
+                gap.to,
+                super::EXIT_DATA_LOST
+            );
+            std::process::exit(super::EXIT_DATA_LOST);
+        }
+        self.next_offset[i] = to;
+        Record::Lost(gap)
+    }
+
+    /// The fetcher asked for an offset the broker no longer holds: the gap runs to the log's
+    /// start as it is now, and reading goes on from there.
+    fn out_of_range(&mut self, i: usize, out: &mut Vec<Record>) {
+        let p = self.partitions[i];
+        let (low, high) = loop {
+            match self
+                .consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
+            {
+                Ok(offsets) => break offsets,
+                Err(e) => {
+                    tracing::warn!("kafka {}/{p}: offsets after a reset: {e}", self.topic);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
+        if low > self.next_offset[i] {
+            out.push(self.gap(i, low));
+        } else if self.next_offset[i] > high {
+            // Our position is past the log's end: the topic was recreated or truncated, and
+            // its offsets now name other records. Nothing safe can follow.
+            tracing::error!(
+                "kafka {}/{p}: position {} is beyond the log's end {high}; was the topic \
+                 recreated? stopping",
+                self.topic,
+                self.next_offset[i]
+            );
+            std::process::exit(super::EXIT_DATA_LOST);
+        }
+        self.seek(i, self.next_offset[i]);
+    }
+
+    /// Goes on reading partition `i` at `to`. A partition the reset error stopped can only
+    /// be restarted by assigning it again (librdkafka refuses to seek it), so every
+    /// partition is assigned again at the position we hold; the split partition queues stay
+    /// split, and records fetched twice are skipped by offset.
+    fn seek(&mut self, i: usize, to: i64) {
+        self.stalled_since[i] = None;
+        self.next_offset[i] = to;
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in self.partitions.iter().zip(&self.next_offset) {
+            if let Err(e) = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*next)) {
+                tracing::warn!("kafka {}/{p}: {e}", self.topic);
+            }
+        }
+        if let Err(e) = self.consumer.assign(&tpl) {
+            tracing::warn!("kafka {}: assigning again at {to}: {e}", self.topic);
+        }
+    }
+
     /// The partitions this worker reads, in the order the source numbers them.
     pub fn partition_ids(&self) -> &[i32] {
         &self.partitions
@@ -224,6 +336,7 @@ impl PartitionReader for KafkaReader {
             return Polled::Finished;
         }
         self.serve_main_queue();
+        let bound = FutureBound::now(self.settings.max_future_skew_ms);
         let mut n = 0;
         while n < max {
             // Records the main queue got first are older than the partition queue's.
@@ -239,10 +352,15 @@ impl PartitionReader for KafkaReader {
                     if offset < self.next_offset[i] {
                         continue; // already read (never expected; harmless to skip)
                     }
+                    if offset > self.next_offset[i] {
+                        // The broker delivered past our position: the records between are gone.
+                        out.push(self.gap(i, offset));
+                    }
                     let topic = &self.topic;
                     let record = kafka_record(
                         m.key().unwrap_or_default(),
                         m.payload().unwrap_or_default(),
+                        bound,
                         || format!("{topic}/{p}@{offset}"),
                     );
                     if let (Some(a), Record::Click(click)) = (&self.archive, &record) {
@@ -259,6 +377,11 @@ impl PartitionReader for KafkaReader {
                         return Polled::Finished;
                     }
                 }
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    // The broker no longer holds our position (retention, a bounded broker).
+                    self.out_of_range(i, out);
+                    break;
+                }
                 Some(Err(e)) => {
                     tracing::warn!("kafka {}/{}: {e}", self.topic, self.partitions[i]);
                     break;
@@ -268,10 +391,22 @@ impl PartitionReader for KafkaReader {
         }
         let p = self.partitions[i];
         let (low, high) = self.offsets.get(i);
-        // Retention may delete records before we read them.
-        let position = self.next_offset[i].max(low);
+        if n == 0 && low > self.next_offset[i] {
+            // The log start passed our position and nothing arrives: deleted before fetched.
+            let since = *self.stalled_since[i].get_or_insert_with(Instant::now);
+            if since.elapsed().as_millis() >= STALL_MS {
+                out.push(self.gap(i, low));
+                self.seek(i, low);
+            }
+        } else {
+            self.stalled_since[i] = None;
+        }
+        let position = self.next_offset[i];
         self.health.set_partition(p, position, high);
-        if n > 0 {
+        if reached_end(position, &self.stop_at) {
+            return Polled::Finished;
+        }
+        if n > 0 || !out.is_empty() {
             Polled::More
         } else if position < high {
             Polled::Behind

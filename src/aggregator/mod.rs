@@ -7,6 +7,7 @@ pub mod archive_source;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+pub mod fence;
 pub mod file_source;
 pub mod health;
 pub mod kafka_sink;
@@ -44,10 +45,10 @@ use crate::query::{self, Ask, Bridge, Server};
 use aggregates_sink::AggregatesSink;
 use archive_source::ArchiveReader;
 use checkpoint::{Checkpointer, Publish};
-pub use config::AggregatorConfig;
+pub use config::{AggregatorConfig, OnGap};
 use file_source::FileReader;
 use health::Health;
-use kafka_source::KafkaReader;
+use kafka_source::{KafkaReader, ReadSettings};
 use output::{Out, Writer};
 use parquet_sink::WindowFiles;
 use report_sink::{ReportSink, Sinks};
@@ -83,14 +84,50 @@ impl Input {
     }
 }
 
+/// Exit code when records were deleted before they were read and `aggregator.on_gap` is
+/// `fail` (or the topic's offsets went backwards): a supervisor must not just restart.
+pub const EXIT_DATA_LOST: i32 = 3;
+
+/// Another aggregator owns this one's checkpoint directory or output; the binary exits with
+/// [`EXIT_FENCED`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fenced(pub String);
+
+/// Exit code when another aggregator holds this one's checkpoint directory or output, or
+/// took it over (a newer fencing epoch).
+pub const EXIT_FENCED: i32 = 5;
+
+/// Exit code when a peer process of the cluster went away: a timely cluster cannot go on
+/// without a member, so the survivors stop and a supervisor restarts the whole cluster.
+pub const EXIT_PEER_LOST: i32 = 4;
+
+/// Whether a panic is timely's network threads losing a peer (its connection closed or
+/// failed), and if so the cause as timely reported it.
+pub fn peer_lost(info: &std::panic::PanicHookInfo<'_>) -> Option<String> {
+    let message = info
+        .payload()
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| info.payload().downcast_ref::<&str>().copied())?;
+    // timely_communication's tcp_panic, which it asks downstream crates to sniff.
+    message
+        .strip_prefix("timely communication error: ")
+        .map(str::to_string)
+}
+
 fn now_ms() -> u64 {
     crate::timefmt::now_millis() as u64
 }
 
 /// Window completion latency: for each minute end the frontier passed since the last look,
 /// the wall clock minus (end + out-of-orderness bound), the earliest it could have completed.
+/// The first real frontier is where observations start: before it the frontier sat at 0 (or
+/// below a restored checkpoint), and counting every minute since then would record decades.
 fn observe_completions(server: &Server, last: Option<u64>, frontier: u64, bound_ms: u64) {
-    let Some(last) = last else { return };
+    let Some(last) = last.filter(|l| *l > 0) else {
+        return;
+    };
     let now = now_ms();
     let mut end = last - last % MINUTE_MS + MINUTE_MS;
     while end <= frontier {
@@ -136,9 +173,20 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         Input::Kafka { .. } => cfg.checkpoints(),
         Input::Files(_) | Input::Archive(_) => None,
     };
+    // Fencing first: nothing is read or written before this process owns its share.
+    let _fences = fence::lock_process(
+        checkpoints.as_ref().map(|c| c.dir.as_path()),
+        (cfg.process == 0).then_some(cfg.output.as_str()),
+        cfg.process,
+    )
+    .map_err(|e| Fenced(format!("{e:#}")))?;
     let restored = match &checkpoints {
         Some(c) => checkpoint::restore(c, cfg.process == 0)?.map(Arc::new),
         None => None,
+    };
+    let epoch = match (&checkpoints, cfg.process) {
+        (Some(c), 0) => checkpoint::Store::new(&c.dir)?.claim_epoch()?,
+        _ => 0,
     };
     // This run's id, carried by its records in the click-aggregates topic.
     let run = uuid::Uuid::now_v7().to_string();
@@ -196,7 +244,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                 Input::Files(ref files) => clock_source(
                     scope,
                     "FileSource",
-                    FileReader::new(files, index, peers, enricher),
+                    FileReader::new(files, index, peers, enricher, cfg.max_future_skew_ms),
                     time,
                     now_ms,
                 ),
@@ -217,9 +265,13 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                         &kafka.clicks_topic,
                         index,
                         peers,
-                        until_end,
                         health_in.clone(),
                         &offsets,
+                        ReadSettings {
+                            until_end,
+                            max_future_skew_ms: cfg.max_future_skew_ms,
+                            on_gap: cfg.on_gap,
+                        },
                     )
                     .unwrap_or_else(|e| panic!("worker {index}: {e:#}"));
                     let mut reader = reader;
@@ -237,6 +289,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                             sinks,
                             parquet: parquet_dir.clone(),
                             health: health_in.clone(),
+                            epoch,
                         };
                         Checkpointer::new(c, index, peers, partitions, publish)
                             .unwrap_or_else(|e| panic!("worker {index}: {e:#}"))
@@ -294,6 +347,7 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
             }
             let lines = scope.concatenate([
                 a.received.map(Out::Received),
+                a.lost.map(Out::Lost),
                 reports(a.minute, MINUTE_MS, lateness).map(Out::Report),
                 reports(a.hour, HOUR_MS, lateness).map(Out::Report),
                 reports(a.day, DAY_MS, lateness).map(Out::Report),

@@ -7,7 +7,7 @@ use std::io::Write;
 use adclick_dataflows::click::RawClick;
 use adclick_dataflows::names::{Dictionary, Name};
 use adclick_dataflows::report::{Status, WindowReport};
-use adclick_dataflows::source::Rejected;
+use adclick_dataflows::source::{Gap, Rejected};
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,8 @@ pub enum Out {
     Name(Name),
     /// Records a source read in one batch.
     Received(u64),
+    /// Offsets deleted before a source read them.
+    Lost(Gap),
 }
 
 /// One NDJSON line. Readers (tests, reconciliation) parse it back with this type.
@@ -54,6 +56,13 @@ pub enum Line {
         reason: String,
         origin: String,
         payload: String,
+    },
+    /// Records of `partition` at offsets `[from, to)` were deleted before they were read.
+    Lost {
+        partition: String,
+        from: u64,
+        to: u64,
+        records: u64,
     },
     Tallies(Tallies),
 }
@@ -108,7 +117,8 @@ impl Line {
     }
 }
 
-/// Every input record ends up in exactly one of counted, duplicates, late, dead_lettered.
+/// Every input record ends up in exactly one of counted, duplicates, late, dead_lettered;
+/// `received + lost` is what the partitions held over the offsets read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tallies {
     pub received: u64,
@@ -116,6 +126,9 @@ pub struct Tallies {
     pub duplicates: i64,
     pub late: u64,
     pub dead_lettered: u64,
+    /// Records deleted before they were read (gaps in the offsets): never in `received`.
+    #[serde(default)]
+    pub lost: u64,
 }
 
 pub fn granularity(window_ms: u64) -> &'static str {
@@ -244,6 +257,15 @@ impl Writer {
             Out::Received(n) => {
                 self.tallies.received += n;
                 return Ok(None);
+            }
+            Out::Lost(g) => {
+                self.tallies.lost += g.records();
+                Line::Lost {
+                    records: g.records(),
+                    partition: g.partition,
+                    from: g.from,
+                    to: g.to,
+                }
             }
             Out::Report(r) => {
                 if r.window_ms == MINUTE_MS && r.status == Status::Final {

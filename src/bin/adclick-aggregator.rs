@@ -13,7 +13,11 @@ use adclick::event::enrich::Enricher;
 #[derive(Parser)]
 #[command(
     version,
-    about = "adclick's aggregator: exact dedup, event-time windows, rollups, top-N"
+    about = "adclick's aggregator: exact dedup, event-time windows, rollups, top-N",
+    after_help = "Exit codes: 0 done; 1 error (configuration, I/O); 3 records were deleted \
+before they were read (aggregator.on_gap = \"fail\"), or the topic's offsets went backwards; \
+4 a peer process of the cluster was lost (restart the whole cluster); 5 fenced: another \
+aggregator holds the checkpoint directory or the output; 101 a worker panicked."
 )]
 struct Cli {
     #[command(flatten)]
@@ -95,9 +99,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     // A panicking worker leaves its peers waiting for it forever: end the process instead,
-    // so that a supervisor restarts it from the newest checkpoint.
+    // so that a supervisor restarts it from the newest checkpoint. A lost peer process shows
+    // up as timely's network threads panicking: one clear line and its own exit code.
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if let Some(cause) = aggregator::peer_lost(info) {
+            tracing::error!(
+                "lost a peer process of the cluster ({cause}); exiting with code {} so that \
+                 a supervisor restarts the whole cluster from the newest checkpoint",
+                aggregator::EXIT_PEER_LOST
+            );
+            std::process::exit(aggregator::EXIT_PEER_LOST);
+        }
         report(info);
         std::process::exit(101);
     }));
@@ -173,5 +186,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         Input::Files(cli.inputs)
     };
-    aggregator::run(agg, input, enricher)
+    match aggregator::run(agg, input, enricher) {
+        Err(e) if e.downcast_ref::<aggregator::Fenced>().is_some() => {
+            eprintln!("adclick-aggregator: {e:#}");
+            std::process::exit(aggregator::EXIT_FENCED)
+        }
+        other => other,
+    }
 }

@@ -100,6 +100,16 @@ pub enum DecodeError {
     RawLog(String),
     #[error("{0}")]
     Invalid(#[from] InvalidEvent),
+    /// A clock far ahead (a partner's clock in 2099): counting it would move the watermark
+    /// past every honest click behind it.
+    #[error(
+        "event_time {event_time_ms} is {ahead_ms} ms ahead of the clock reading it (at most {max_skew_ms} ms allowed)"
+    )]
+    InFuture {
+        event_time_ms: i64,
+        ahead_ms: i64,
+        max_skew_ms: u64,
+    },
 }
 
 impl DecodeError {
@@ -110,8 +120,28 @@ impl DecodeError {
             DecodeError::Json(_) => "json".into(),
             DecodeError::RawLog(_) => "raw_log".into(),
             DecodeError::Invalid(e) => format!("invalid_{}", e.field),
+            DecodeError::InFuture { .. } => "event_time_in_future".into(),
         }
     }
+}
+
+/// Rejects an event time more than `max_skew_ms` ahead of `now_ms`, the clock of whoever
+/// reads it (the redirect's partner API, the aggregator's sources). One rule for every entry,
+/// so no path lets a far-future time move a watermark.
+pub fn check_not_future(
+    event_time_ms: i64,
+    now_ms: i64,
+    max_skew_ms: u64,
+) -> Result<(), DecodeError> {
+    let ahead_ms = event_time_ms.saturating_sub(now_ms);
+    if ahead_ms > max_skew_ms as i64 {
+        return Err(DecodeError::InFuture {
+            event_time_ms,
+            ahead_ms,
+            max_skew_ms,
+        });
+    }
+    Ok(())
 }
 
 impl ClickEvent {

@@ -24,6 +24,8 @@ pub struct QueryMetrics {
     tallies: Family<Labels, Gauge>,
     watermark_delay: Gauge<f64, std::sync::atomic::AtomicU64>,
     lag: Family<Labels, Gauge>,
+    /// Records this process found deleted before it read them, as soon as it finds them.
+    gap_records: Gauge,
     checkpoint: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
@@ -40,6 +42,7 @@ impl Default for QueryMetrics {
         let tallies = Family::<Labels, Gauge>::default();
         let watermark_delay = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let lag = Family::<Labels, Gauge>::default();
+        let gap_records = Gauge::default();
         let checkpoint = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "query_duration_seconds",
@@ -55,7 +58,7 @@ impl Default for QueryMetrics {
         registry.register(
             "records",
             "Records by outcome: received, counted, duplicates, late, dead_lettered (counted \
-             and duplicates of finalized windows)",
+             and duplicates of finalized windows), and lost (deleted before they were read)",
             tallies.clone(),
         );
         registry.register(
@@ -67,6 +70,12 @@ impl Default for QueryMetrics {
             "partition_lag_records",
             "High watermark minus next offset, per partition of this process",
             lag.clone(),
+        );
+        registry.register(
+            "gap_records",
+            "Records this process found deleted before it read them (offset gaps); above 0, \
+             counts are short of the topic and health says degraded",
+            gap_records.clone(),
         );
         registry.register(
             "checkpoint",
@@ -82,6 +91,7 @@ impl Default for QueryMetrics {
             tallies,
             watermark_delay,
             lag,
+            gap_records,
         }
     }
 }
@@ -104,11 +114,13 @@ impl QueryMetrics {
             ("duplicates", t.duplicates),
             ("late", t.late as i64),
             ("dead_lettered", t.dead_lettered as i64),
+            ("lost", t.lost as i64),
         ] {
             self.tallies
                 .get_or_create(&vec![("outcome", name.to_string())])
                 .set(v);
         }
+        self.gap_records.set(health.lost_records() as i64);
         if let Some(d) = health.watermark_delay_ms() {
             self.watermark_delay.set(d as f64 / 1000.0);
         }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod outage;
+pub mod process;
 pub mod tansu;
 pub mod truth;
 
@@ -67,7 +68,7 @@ pub fn cluster_args(
 /// librdkafka's mock cluster with `partitions` per topic, for tests that spread clicks over
 /// several partitions.
 pub fn embedded_kafka(partitions: i32) -> adclick::kafka::embedded::EmbeddedKafka {
-    adclick::kafka::embedded::EmbeddedKafka::start(&adclick::config::KafkaConfig {
+    adclick::kafka::embedded::EmbeddedKafka::mock(&adclick::config::KafkaConfig {
         partitions,
         ..Default::default()
     })

@@ -14,23 +14,7 @@ pub struct Tansu {
     child: Option<Child>,
 }
 
-/// The tansu binary: $TANSU_BIN, then PATH, then the script's default install location.
-pub fn find_tansu() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let candidates = std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(|d| Path::new(d).join("tansu"))
-        .chain([
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/adclick/tansu/bin/tansu"),
-            PathBuf::from("/opt/tansu/bin/tansu"),
-        ])
-        .collect::<Vec<_>>();
-    candidates.into_iter().find(|p| p.is_file())
-}
+pub use adclick::kafka::embedded::find_tansu;
 
 /// The tansu binary, or None (test skipped, with a note) when it is not installed and not
 /// required; panics when ADCLICK_REQUIRE_TANSU=1 (CI) and it is missing.
@@ -125,4 +109,31 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// What Tansu's retention does, at once: deletes the records of `topic`/`partition` below
+/// `before` from the broker's SQLite storage in `dir` (its delete policy removes rows of the
+/// same `record` table, but only every 10 minutes, and its DeleteRecords is unimplemented).
+/// Returns how many records were deleted.
+pub fn delete_oldest_records(dir: &Path, topic: &str, partition: i32, before: u64) -> u64 {
+    let script = "import sqlite3, sys\n\
+        db = sqlite3.connect(sys.argv[1], timeout=30)\n\
+        cur = db.execute('delete from record where offset_id < ? and topition = (select tp.id \
+        from topition tp join topic t on t.id = tp.topic where t.name = ? and tp.partition = ?)', \
+        (int(sys.argv[4]), sys.argv[2], int(sys.argv[3])))\n\
+        db.commit()\n\
+        print(cur.rowcount)\n";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dir.join("tansu.db"))
+        .args([topic, &partition.to_string(), &before.to_string()])
+        .output()
+        .expect("python3 (for its sqlite3 module)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }

@@ -120,6 +120,7 @@ pub fn expected_tallies(truth: &TruthReport) -> Tallies {
         duplicates: t.duplicates as i64,
         late: t.late,
         dead_lettered,
+        lost: 0,
     }
 }
 

@@ -126,6 +126,8 @@ pub struct Publish {
     /// publishes each checkpoint's files.
     pub parquet: Option<PathBuf>,
     pub health: Arc<Health>,
+    /// This run's fencing epoch, claimed by process 0 at start.
+    pub epoch: u64,
 }
 
 /// Worker 0's request input, and the last checkpoint settled (committed or failed).
@@ -324,6 +326,7 @@ impl Checkpointer {
                 bytes: store.parts_size(f, peers),
                 duration_ms: asked_at.elapsed().as_millis() as u64,
                 run: publish.run.clone(),
+                epoch: publish.epoch,
             };
             store.commit(&manifest, keep)?;
             if let Some(sinks) = &publish.sinks {
@@ -348,6 +351,10 @@ impl Checkpointer {
             .spawn(move || {
                 if let Err(e) = run() {
                     tracing::error!("checkpoint at {f}: {e:#}");
+                    if format!("{e:#}").contains("fenced:") {
+                        // A successor owns the directory: anything more from us is a zombie's.
+                        std::process::exit(super::EXIT_FENCED);
+                    }
                 }
                 if let Some(s) = settled {
                     s.store(f, Ordering::Release);

@@ -33,6 +33,9 @@ pub struct Manifest {
     pub duration_ms: u64,
     /// The run that took it: its sinks' records before `frontier` carry this id.
     pub run: String,
+    /// The fencing epoch of the run that took it ([`Store::claim_epoch`]).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 pub struct Store {
@@ -40,6 +43,8 @@ pub struct Store {
 }
 
 const MANIFEST: &str = "MANIFEST.json";
+/// The newest run's epoch: a run commits only while it is still the newest.
+const EPOCH: &str = "EPOCH";
 
 impl Store {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
@@ -81,9 +86,38 @@ impl Store {
             .sum()
     }
 
+    /// Claims the next epoch for a run starting now: one more than any run before. A run
+    /// that finds a newer epoch than its own at commit time has a successor, and stops.
+    pub fn claim_epoch(&self) -> anyhow::Result<u64> {
+        let epoch = self.epoch()? + 1;
+        write_atomically(&self.dir.join(EPOCH), epoch.to_string().as_bytes())?;
+        Ok(epoch)
+    }
+
+    /// The newest claimed epoch (0 before any).
+    pub fn epoch(&self) -> anyhow::Result<u64> {
+        match std::fs::read_to_string(self.dir.join(EPOCH)) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .with_context(|| format!("parsing {}", self.dir.join(EPOCH).display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Makes the checkpoint complete by writing its manifest, then prunes all but the `keep`
-    /// newest complete checkpoints.
+    /// newest complete checkpoints. Refuses when a newer run has claimed an epoch since this
+    /// one started: a paused zombie must never commit after its successor.
     pub fn commit(&self, manifest: &Manifest, keep: usize) -> anyhow::Result<()> {
+        let newest = self.epoch()?;
+        anyhow::ensure!(
+            newest <= manifest.epoch,
+            "fenced: this run's epoch {} was superseded by epoch {newest}; another aggregator \
+             took over the checkpoint directory {}",
+            manifest.epoch,
+            self.dir.display()
+        );
         let dir = self.checkpoint_dir(manifest.frontier);
         write_atomically(&dir.join(MANIFEST), &serde_json::to_vec_pretty(manifest)?)?;
         self.prune(keep.max(1))
@@ -198,6 +232,7 @@ mod tests {
             bytes: 0,
             duration_ms: 0,
             run: "test".into(),
+            epoch: 0,
         }
     }
 
@@ -229,5 +264,32 @@ mod tests {
         );
         store.remove_incomplete().unwrap();
         assert_eq!(store.list().unwrap(), vec![(2_000, true), (3_000, true)]);
+    }
+
+    #[test]
+    fn a_run_superseded_by_a_newer_epoch_cannot_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path()).unwrap();
+        let zombie = store.claim_epoch().unwrap();
+        let successor = store.claim_epoch().unwrap();
+        assert_eq!((zombie, successor), (1, 2));
+        store.write_part(1_000, &part(1_000)).unwrap();
+        let late = Manifest {
+            epoch: zombie,
+            ..manifest(1_000)
+        };
+        let err = format!("{:#}", store.commit(&late, 2).unwrap_err());
+        assert!(err.contains("superseded by epoch 2"), "{err}");
+        assert_eq!(store.latest().unwrap(), None, "nothing committed");
+        store
+            .commit(
+                &Manifest {
+                    epoch: successor,
+                    ..manifest(1_000)
+                },
+                2,
+            )
+            .unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().epoch, 2);
     }
 }

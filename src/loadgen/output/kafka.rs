@@ -195,7 +195,7 @@ mod tests {
             partitions: 5,
             ..KafkaConfig::default()
         };
-        let broker = EmbeddedKafka::start(&kafka_cfg).unwrap();
+        let broker = EmbeddedKafka::mock(&kafka_cfg).unwrap();
         kafka_cfg.brokers = broker.bootstrap_servers();
         let mut sink = KafkaSink::connect(&kafka_cfg, 0.3).unwrap();
         assert_eq!(sink.partitions(), 5);
@@ -251,7 +251,7 @@ mod tests {
             partitions: 7,
             ..KafkaConfig::default()
         };
-        let broker = EmbeddedKafka::start(&kafka_cfg).unwrap();
+        let broker = EmbeddedKafka::mock(&kafka_cfg).unwrap();
         kafka_cfg.brokers = broker.bootstrap_servers();
         let producer: ThreadedProducer<Deliveries> = crate::kafka::producer_config(&kafka_cfg)
             .create_with_context(Deliveries::default())

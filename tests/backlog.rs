@@ -1,0 +1,368 @@
+//! A backlog never vanishes (issue 17). Records deleted before the aggregator reads them (a
+//! bounded broker, retention, a restore whose offsets were deleted) are tallied as `lost`
+//! with their offset ranges, logged, shown by health and `/metrics`, and under the default
+//! policy (`aggregator.on_gap = fail`) stop the aggregator with exit code 3. The embedded
+//! broker (Tansu) keeps a backlog far beyond the mock cluster's ~5 MB per partition.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use adclick::aggregator::EXIT_DATA_LOST;
+use adclick::aggregator::checkpoint::{self, CheckpointConfig};
+use adclick::aggregator::output::{Line, Tallies};
+use adclick::config::KafkaConfig;
+use adclick::kafka::embedded::EmbeddedKafka;
+use adclick::loadgen::truth::{GroundTruth, TruthReport};
+use common::process::{Spawned, get};
+use common::truth::{check, output_lines, read_output};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_adclick-loadgen");
+const AGGREGATOR: &str = env!("CARGO_BIN_EXE_adclick-aggregator");
+const REDIRECT: &str = env!("CARGO_BIN_EXE_adclick-redirect");
+
+fn demo_config() -> String {
+    format!("{}/config/demo.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Preloads `count` clicks into `brokers` (the issue's reproduction: rate 20 000, seed 11).
+fn preload(brokers: &str, count: u64, dir: &Path) -> TruthReport {
+    let truth = dir.join("truth.json");
+    let out = Command::new(LOADGEN)
+        .args(["--config", &demo_config(), "--output", "kafka"])
+        .args(["--brokers", brokers, "--count", &count.to_string()])
+        .args(["--rate", "20000", "--seed", "11"])
+        .arg("--truth")
+        .arg(&truth)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "loadgen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    GroundTruth::read(&truth).unwrap()
+}
+
+/// Runs `adclick-aggregator --until-end` over `brokers` with extra environment settings.
+fn until_end(brokers: &str, out: &Path, workers: usize, env: &[(&str, &str)]) -> Output {
+    Command::new(AGGREGATOR)
+        .args([
+            "--config",
+            &demo_config(),
+            "--brokers",
+            brokers,
+            "--until-end",
+        ])
+        .args(["--workers", &workers.to_string()])
+        .arg("--output")
+        .arg(out)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Sum over the clicks topic's partitions of (low, high) watermarks.
+fn topic_offsets(brokers: &str) -> (i64, i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some("clicks"), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks("clicks", p.id(), Duration::from_secs(10))
+                .unwrap()
+        })
+        .fold((0, 0), |a, (l, h)| (a.0 + l, a.1 + h))
+}
+
+/// The `lost` lines of an output: (partition, from, to).
+fn gaps(out: &Path) -> Vec<(String, u64, u64)> {
+    output_lines(out)
+        .filter_map(|l| match l {
+            Line::Lost {
+                partition,
+                from,
+                to,
+                records,
+            } => {
+                assert_eq!(records, to - from);
+                Some((partition, from, to))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn adds_up(t: &Tallies) {
+    assert_eq!(
+        t.received as i64,
+        t.counted + t.duplicates + t.late as i64 + t.dead_lettered as i64,
+        "received = counted + duplicates + late + dead_lettered: {t:?}"
+    );
+}
+
+/// The issue's reproduction, on librdkafka's mock cluster (2 partitions, so 150 000 clicks
+/// overflow its ~5 MB per partition): before the fix the aggregator read what was left,
+/// exited 0 and said nothing. Now the default policy stops it with exit code 3, and
+/// `on_gap = report` finishes with every vanished offset tallied as lost.
+#[test]
+fn a_backlog_the_mock_broker_dropped_is_reported_never_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::mock(&KafkaConfig {
+        partitions: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let brokers = kafka.bootstrap_servers();
+    preload(&brokers, 150_000, dir.path());
+    let (low, high) = topic_offsets(&brokers);
+    assert!(low > 0, "the mock cluster dropped nothing: {low}/{high}");
+
+    // Default policy: fail, with the documented exit code and a message that says why.
+    let out = dir.path().join("fail.ndjson");
+    let run = until_end(&brokers, &out, 2, &[]);
+    assert_eq!(run.status.code(), Some(EXIT_DATA_LOST), "{run:?}");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("deleted before they were read") && stderr.contains("on_gap"),
+        "{stderr}"
+    );
+
+    // Report: every record the topic held is received or lost, exactly.
+    for workers in [1, 2] {
+        let out = dir.path().join(format!("report-{workers}.ndjson"));
+        let run = until_end(
+            &brokers,
+            &out,
+            workers,
+            &[("ADCLICK_AGGREGATOR_ON_GAP", "report")],
+        );
+        assert!(run.status.success(), "{run:?}");
+        let (_, tallies) = read_output(&out);
+        assert_eq!(tallies.lost as i64, low, "{workers} worker(s): {tallies:?}");
+        assert_eq!(
+            (tallies.received + tallies.lost) as i64,
+            high,
+            "received + lost is what the topic held"
+        );
+        adds_up(&tallies);
+        let mut found = gaps(&out);
+        found.sort();
+        assert_eq!(found.len(), 2, "one gap per partition: {found:?}");
+        assert!(found.iter().all(|(_, from, _)| *from == 0), "{found:?}");
+        assert_eq!(
+            found.iter().map(|(_, f, t)| t - f).sum::<u64>(),
+            tallies.lost
+        );
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains("ERROR"), "an ERROR line: {stderr}");
+    }
+}
+
+/// A streaming aggregator that meets a gap under `on_gap = report` says so where operators
+/// look: health `degraded` with the gaps, and `/metrics`.
+#[test]
+fn a_gap_marks_health_degraded_and_shows_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::mock(&KafkaConfig {
+        partitions: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let brokers = kafka.bootstrap_servers();
+    preload(&brokers, 60_000, dir.path());
+    let (low, _) = topic_offsets(&brokers);
+    assert!(low > 0);
+    let mut aggregator = Spawned::start(
+        Command::new(AGGREGATOR)
+            .args(["--config", &demo_config(), "--brokers", &brokers])
+            .args(["--query-listen", "127.0.0.1:0", "--output"])
+            .arg(dir.path().join("out.ndjson"))
+            .env("ADCLICK_AGGREGATOR_ON_GAP", "report")
+            .stderr(Stdio::null()),
+    );
+    let base = aggregator.line_with_prefix("query server: ", Duration::from_secs(30));
+    let key = Some("demo-admin-key-not-secret");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = get(&format!("{base}api/v1/health"), key);
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if health["lost_records"] == low {
+            assert_eq!(health["status"], "degraded", "{health}");
+            assert_eq!(health["gaps"][0]["from"], 0, "{health}");
+            assert_eq!(health["gaps"][0]["to"], low, "{health}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no gap in health: {health}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = get(&format!("{base}metrics"), key);
+    assert!(
+        metrics.contains(&format!("adclick_aggregator_gap_records {low}")),
+        "{metrics}"
+    );
+}
+
+/// The reproduction on the default embedded broker (Tansu, started by `adclick-redirect
+/// --embedded-kafka` as the demo does): a million clicks of backlog, all of them read and
+/// every final window equal to the truth, on one and two workers.
+#[test]
+fn a_million_click_backlog_on_the_embedded_broker_is_counted_exactly() {
+    if common::tansu::tansu_or_skip().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_redirect, brokers) = embedded_broker(dir.path());
+    let truth = preload(&brokers, 1_000_000, dir.path());
+    let (low, high) = topic_offsets(&brokers);
+    assert_eq!((low, high), (0, truth.tallies.emitted as i64), "all kept");
+    for workers in [2, 1] {
+        let out = dir.path().join(format!("out-{workers}.ndjson"));
+        let run = until_end(&brokers, &out, workers, &[]);
+        assert!(run.status.success(), "{run:?}");
+        let compared = check(&out, &truth, &format!("{workers} worker(s), 1 M backlog"));
+        assert_eq!(compared.tallies.lost, 0);
+    }
+}
+
+/// `adclick-redirect --embedded-kafka` (the demo's broker), and the address it printed.
+fn embedded_broker(dir: &Path) -> (Spawned, String) {
+    let mut redirect = Spawned::start(
+        Command::new(REDIRECT)
+            .args(["--config", &demo_config(), "--embedded-kafka"])
+            .args(["--listen", "127.0.0.1:0"])
+            .env("ADCLICK_REDIRECT_SPOOL_DIR", dir.join("spool"))
+            .stderr(Stdio::null()),
+    );
+    let brokers = redirect.line_with_prefix("embedded kafka: ", Duration::from_secs(60));
+    (redirect, brokers)
+}
+
+/// Retention on a real broker deletes the oldest records of a partition before the
+/// aggregator reads them (Tansu's retention deletes rows of its `record` table; the test
+/// deletes the same rows at once instead of waiting for its maintenance interval). Both
+/// policies see exactly that range.
+#[test]
+fn retention_on_a_real_broker_forces_a_gap_reported_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tansu) = common::tansu::start_tansu(dir.path()) else {
+        return;
+    };
+    tansu.create_topic("clicks", 1);
+    let brokers = tansu.brokers();
+    let truth = preload(&brokers, 5_000, dir.path());
+    let held = truth.tallies.emitted - truth.tallies.forged;
+    let deleted = common::tansu::delete_oldest_records(dir.path(), "clicks", 0, 1_234);
+    assert_eq!(deleted, 1_234);
+
+    let out = dir.path().join("fail.ndjson");
+    let run = until_end(&brokers, &out, 1, &[]);
+    assert_eq!(run.status.code(), Some(EXIT_DATA_LOST), "{run:?}");
+
+    let out = dir.path().join("report.ndjson");
+    let run = until_end(
+        &brokers,
+        &out,
+        2,
+        &[("ADCLICK_AGGREGATOR_ON_GAP", "report")],
+    );
+    assert!(run.status.success(), "{run:?}");
+    let (_, tallies) = read_output(&out);
+    assert_eq!(gaps(&out), vec![("clicks/0".to_string(), 0, 1_234)]);
+    assert_eq!(tallies.lost, 1_234);
+    assert_eq!(tallies.received + tallies.lost, held);
+    adds_up(&tallies);
+}
+
+/// A restore whose checkpointed offsets were deleted meanwhile: the aggregator resumes at
+/// the checkpoint's offset, finds the broker's log starting later, and reports exactly the
+/// records between.
+#[test]
+fn a_restore_whose_checkpointed_offsets_were_deleted_reports_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tansu) = common::tansu::start_tansu(dir.path()) else {
+        return;
+    };
+    tansu.create_topic("clicks", 1);
+    let brokers = tansu.brokers();
+    let first = preload(&brokers, 3_000, dir.path());
+    let checkpoints = dir.path().join("checkpoints");
+    // A streaming run takes checkpoints of the first batch, then is killed.
+    let mut aggregator = Spawned::start(
+        Command::new(AGGREGATOR)
+            .args(["--config", &demo_config(), "--brokers", &brokers])
+            .args(["--query-listen", "127.0.0.1:0", "--output"])
+            .arg(dir.path().join("stream.ndjson"))
+            .arg("--checkpoint-dir")
+            .arg(&checkpoints)
+            .env("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "300")
+            .stderr(Stdio::null()),
+    );
+    let offset = wait_for_checkpoint_offset(&checkpoints, first.tallies.emitted);
+    aggregator.kill();
+    // More traffic arrives, and retention deletes past the checkpoint's position.
+    let more = dir.path().join("more");
+    std::fs::create_dir_all(&more).unwrap();
+    preload(&brokers, 3_000, &more);
+    let cut = offset + 500;
+    let deleted = common::tansu::delete_oldest_records(dir.path(), "clicks", 0, cut);
+    assert_eq!(deleted, cut);
+    let out = dir.path().join("stream.ndjson");
+    let run = Command::new(AGGREGATOR)
+        .args([
+            "--config",
+            &demo_config(),
+            "--brokers",
+            &brokers,
+            "--until-end",
+        ])
+        .arg("--output")
+        .arg(&out)
+        .arg("--checkpoint-dir")
+        .arg(&checkpoints)
+        .env("ADCLICK_AGGREGATOR_ON_GAP", "report")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let found = gaps(&out);
+    assert_eq!(found, vec![("clicks/0".to_string(), offset, cut)]);
+    let (_, tallies) = read_output(&out);
+    assert_eq!(tallies.lost, cut - offset);
+    adds_up(&tallies);
+}
+
+/// Waits until a complete checkpoint holds a position past the start of partition 0, at
+/// most `limit`, and returns that position.
+fn wait_for_checkpoint_offset(dir: &Path, limit: u64) -> u64 {
+    let cfg = CheckpointConfig {
+        dir: dir.to_path_buf(),
+        interval: Duration::from_secs(1),
+        keep: 2,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(offset) = checkpoint::restore(&cfg, false)
+            .ok()
+            .flatten()
+            .and_then(|r| r.offsets().get(&0).copied())
+            .filter(|o| *o > 0 && *o <= limit)
+        {
+            return offset;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint with an offset");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
