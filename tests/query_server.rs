@@ -442,7 +442,7 @@ fn queries_on_two_processes_equal_the_truth() {
             .map(|r| r.clicks)
             .sum()
     };
-    // Health tallies cover process 0's partitions only: wait until a report over every ad
+    // Wait until a report over every ad
     // (read by all four workers) holds every click of the truth before the watermark's minute.
     let all_read = |addr: &str, h: &Value| {
         let Some(watermark) = h["watermark_ms"].as_u64() else {
@@ -475,6 +475,25 @@ fn queries_on_two_processes_equal_the_truth() {
     assert!(per_ad.len() >= 20, "most ads clicked: {}", per_ad.len());
     for (ad, want) in &per_ad {
         assert_count(&addr, ADMIN, ad, start, end, *want);
+    }
+    // Health covers every process: the four partitions, two read by each process, each at
+    // its high watermark once the topic is read.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, h) = get(&addr, "/api/v1/health", Some(ADMIN));
+        let parts = h["partitions"].as_array().cloned().unwrap_or_default();
+        let ids: Vec<u64> = parts
+            .iter()
+            .filter_map(|p| p["partition"].as_u64())
+            .collect();
+        if ids == [0, 1, 2, 3] && parts.iter().all(|p| p["lag"] == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health misses a process's partitions: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
     let (hot, (hot_clicks, _)) = per_ad.iter().max_by_key(|(_, m)| m.0).unwrap();
     let (status, r) = get(

@@ -2,7 +2,7 @@
 //! dashboard and `/metrics`: the data frontier (the watermark), the tallies, and each of this
 //! process's partitions' read position against its high watermark.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,7 +26,7 @@ pub struct Health {
     pub checkpoint: Mutex<Option<super::checkpoint::Manifest>>,
     pub checkpoints_committed: AtomicU64,
     /// Offset ranges deleted before this process read them; any makes health `degraded`.
-    pub gaps: Mutex<Vec<Gap>>,
+    pub gaps: Mutex<BTreeSet<Gap>>,
 }
 
 impl Health {
@@ -53,7 +53,7 @@ impl Health {
 
     /// Notes records lost to a gap, for health, the dashboard and `/metrics`.
     pub fn record_gap(&self, gap: &Gap) {
-        self.gaps.lock().unwrap().push(gap.clone());
+        self.gaps.lock().unwrap().insert(gap.clone());
     }
 
     /// Records this process saw vanish before it read them.

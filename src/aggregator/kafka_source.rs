@@ -176,7 +176,9 @@ impl KafkaReader {
             .map(|p| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)))
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("offsets of topic {topic}"))?;
-        let stop_at = settings.until_end.then(|| offsets.iter().map(|(_, high)| *high).collect());
+        let stop_at = settings
+            .until_end
+            .then(|| offsets.iter().map(|(_, high)| *high).collect());
         let n = partitions.len();
         Ok(Self {
             next_offset: partitions.iter().map(start).collect(),

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod fence;
 pub mod file_source;
 pub mod health;
+pub mod health_share;
 pub mod kafka_sink;
 pub mod kafka_source;
 pub mod output;
@@ -48,6 +49,7 @@ use checkpoint::{Checkpointer, Publish};
 pub use config::{AggregatorConfig, OnGap};
 use file_source::FileReader;
 use health::Health;
+use health_share::HealthShare;
 use kafka_source::{KafkaReader, ReadSettings};
 use output::{Out, Writer};
 use parquet_sink::WindowFiles;
@@ -406,6 +408,8 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
         } else {
             bridge.register_worker();
         }
+        // Streaming only: a batch job ends when its dataflows do, and this one never would.
+        let mut share = serving.then(|| HealthShare::build(worker, health.clone(), cfg.workers));
         let mut last_frontier = None::<u64>;
         let mut stamps = Stamps::default();
         let park = if asks.is_some() { 2 } else { 20 };
@@ -424,6 +428,9 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
             }
             let bound: timely::progress::Antichain<u64> = compact_to.into_iter().collect();
             traces.compact_to(bound.borrow());
+            if let Some(s) = share.as_mut() {
+                s.tick();
+            }
             let Some(f) = frontier else { continue };
             if let Some(at) = restoring.filter(|at| f >= *at) {
                 tracing::info!(

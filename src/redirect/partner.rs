@@ -13,7 +13,7 @@ use super::{State, json_response};
 use crate::config::Partner;
 use crate::event::dead_letter::DeadLetter;
 use crate::event::observed::parse_partner_json;
-use crate::event::{ClickEvent, DecodeError};
+use crate::event::{ClickEvent, DecodeError, check_not_future};
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct LineResult {
@@ -263,11 +263,12 @@ impl Line<'_> {
                     Piece::Line(bytes) => bytes.as_slice(),
                     Piece::TooLong { prefix, .. } => utf8_prefix(prefix),
                 };
-                let letter = DeadLetter::new(
+                let letter = DeadLetter::with_max_payload(
                     code,
                     reason.clone(),
                     &format!("redirect:{}", self.source),
                     payload,
+                    self.state.config.redirect.dlq_max_payload_bytes,
                 );
                 self.state
                     .outbox
@@ -295,18 +296,13 @@ impl Line<'_> {
     fn check(&self, text: &str) -> Result<ClickEvent, (String, String)> {
         let reject = |e: DecodeError| (e.code(), e.to_string());
         let observed = parse_partner_json(text).map_err(reject)?;
-        let skew = self.state.config.redirect.max_future_skew_ms;
-        let now = crate::timefmt::now_millis();
-        let ahead = observed.event_time_ms.saturating_sub(now);
-        if ahead > i64::try_from(skew).unwrap_or(i64::MAX) {
-            return Err((
-                "event_time_in_future".to_string(),
-                format!(
-                    "click_timestamp is {ahead} ms ahead of the redirect's clock, more than \
-                     redirect.max_future_skew_ms ({skew} ms)"
-                ),
-            ));
-        }
+        // The same rule the aggregator's sources apply, against this clock.
+        check_not_future(
+            observed.event_time_ms,
+            crate::timefmt::now_millis(),
+            self.state.config.redirect.max_future_skew_ms,
+        )
+        .map_err(reject)?;
         self.state
             .enricher
             .enrich(observed, &self.source)
