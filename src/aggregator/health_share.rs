@@ -37,7 +37,7 @@ pub struct HealthShare {
 impl HealthShare {
     /// Builds the dataflow on `worker`; `workers` is the worker count per process.
     pub fn build(worker: &mut Worker, health: Arc<Health>, workers: usize) -> Self {
-        let process_leader = worker.index() % workers.max(1) == 0;
+        let process_leader = worker.index().is_multiple_of(workers.max(1));
         let gather = (worker.index() == 0).then(|| health.clone());
         let input = worker.dataflow::<u64, _, _>(move |scope| {
             let (input, stream) = scope.new_input::<Vec<Report>>();
