@@ -1,15 +1,19 @@
 //! Streaming from Kafka: a partition that never receives data must not hold the watermark back
-//! forever. After the idle timeout it is released, and windows complete.
+//! forever (after the idle timeout it is released, and windows complete), nor may a clock in
+//! 2099, nor silence; two aggregators never share a checkpoint directory or output; a lost
+//! peer process ends the cluster with its own exit code.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use adclick::aggregator::output::Line;
 use adclick::event::{ClickEvent, Device, device_to_proto};
+use common::process::Spawned;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -105,4 +109,273 @@ fn an_empty_partition_is_released_after_the_idle_timeout() {
         first_minute, want,
         "the first minute completes, with its 120 clicks"
     );
+}
+
+/// Sends `events` to partitions of the clicks topic: (partition, event).
+fn produce(brokers: &str, events: &[(i32, ClickEvent)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    for (p, e) in events {
+        let value = e.to_protobuf();
+        producer
+            .send(
+                BaseRecord::to("clicks")
+                    .partition(*p)
+                    .key(e.impression_id.as_bytes())
+                    .payload(&value),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// A streaming aggregator on `brokers` with `env` settings, its output in `out`.
+fn streaming(brokers: &str, out: &Path, env: &[(&str, &str)]) -> Spawned {
+    Spawned::start(
+        Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"))
+            .args(["--config", &demo_config()])
+            .args(["--brokers", brokers, "--workers", "2"])
+            .args(["--query-listen", "127.0.0.1:0", "--output"])
+            .arg(out)
+            .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "1000")
+            .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789")
+            .envs(env.iter().copied())
+            .stderr(Stdio::null()),
+    )
+}
+
+fn demo_config() -> String {
+    format!("{}/config/demo.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The demo configuration's admin key for the query API.
+const ADMIN: Option<&str> = Some("demo-admin-key-not-secret");
+
+/// The latest line per minute row of `out` (status and clicks), and its dead letters' codes.
+fn latest_rows(out: &Path) -> (BTreeMap<(u64, String), (String, i64)>, Vec<String>) {
+    let mut rows = BTreeMap::new();
+    let mut letters = Vec::new();
+    let Ok(f) = std::fs::File::open(out) else {
+        return (rows, letters);
+    };
+    for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+        match serde_json::from_str::<Line>(&line) {
+            Ok(Line::Window {
+                granularity,
+                window_start_ms,
+                status,
+                ad_id,
+                clicks,
+                ..
+            }) if granularity == "minute" => {
+                rows.insert((window_start_ms, ad_id), (status, clicks));
+            }
+            Ok(Line::DeadLetter { code, .. }) => letters.push(code),
+            _ => {}
+        }
+    }
+    (rows, letters)
+}
+
+/// `count` clicks stamped in the minute before the current one (as the redirect stamps them),
+/// half on partition 0 and half on 1, and that minute's start.
+fn last_minute_clicks(count: i64, offset: i64) -> (u64, Vec<(i32, ClickEvent)>) {
+    let now = adclick::timefmt::now_millis();
+    let minute = now - now.rem_euclid(60_000) - 60_000;
+    let events = (0..count)
+        .map(|i| {
+            let mut e = event(offset + i);
+            e.event_time_ms = minute + 30_000 + i * 100;
+            ((i % 2) as i32, e)
+        })
+        .collect();
+    (minute as u64, events)
+}
+
+/// Issue 11, item 1: one partner clock in 2099. Before, its partition's watermark jumped to
+/// 2099 and the ordinary clicks behind it were judged late or never counted; now it is a
+/// dead letter (`event_time_in_future`) and every ordinary click counts, with the tallies
+/// adding up to what the topic holds.
+#[test]
+fn a_click_from_2099_is_dead_lettered_and_moves_no_watermark() {
+    let kafka = common::embedded_kafka(2);
+    let brokers = kafka.bootstrap_servers();
+    let mut future = event(10_000);
+    future.event_time_ms = 4_102_444_740_000; // 2099-12-31T23:59:00Z
+    let (minute, ordinary) = last_minute_clicks(40, 0);
+    let mut events = vec![(0, future)];
+    events.extend(ordinary);
+    produce(&brokers, &events);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let mut aggregator = streaming(
+        &brokers,
+        &out,
+        &[("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", "20000")],
+    );
+    let base = aggregator.line_with_prefix("query server: ", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let tallies = loop {
+        let (_, body) = common::process::get(&format!("{base}api/v1/health"), ADMIN);
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let t = &health["tallies"];
+        if t["counted"] == 40 {
+            break t.clone();
+        }
+        assert!(Instant::now() < deadline, "not all counted: {health}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        tallies["received"], 41,
+        "every record of the topic: {tallies}"
+    );
+    assert_eq!(tallies["dead_lettered"], 1, "{tallies}");
+    assert_eq!(tallies["late"], 0, "{tallies}");
+    let (rows, letters) = latest_rows(&out);
+    assert_eq!(letters, vec!["event_time_in_future".to_string()]);
+    let counted: i64 = rows
+        .iter()
+        .filter(|((m, _), _)| *m == minute)
+        .map(|(_, (_, c))| c)
+        .sum();
+    assert_eq!(counted, 40);
+}
+
+/// Issue 11, item 5: clicks stamped by the redirect's clock, then silence. Before, the last
+/// minute with clicks never completed until new clicks came; now, once every partition is
+/// idle, the watermark follows the wall clock and the minute completes.
+#[test]
+fn a_quiet_stream_completes_its_last_windows() {
+    let kafka = common::embedded_kafka(3);
+    let brokers = kafka.bootstrap_servers();
+    let (minute, events) = last_minute_clicks(60, 0);
+    produce(&brokers, &events);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let _aggregator = streaming(&brokers, &out, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rows, _) = latest_rows(&out);
+        let complete: i64 = rows
+            .iter()
+            .filter(|((m, _), (status, _))| *m == minute && status == "complete")
+            .map(|(_, (_, c))| c)
+            .sum();
+        if complete == 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quiet stream's last minute never completed: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 11, item 6: a second aggregator on the same checkpoint directory or output fails at
+/// once with exit code 5, naming the first one's PID.
+#[test]
+fn a_second_aggregator_on_the_same_checkpoints_and_output_fails_at_once() {
+    let kafka = common::embedded_kafka(2);
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let checkpoints = dir.path().join("checkpoints");
+    let ckpt = checkpoints.display().to_string();
+    let mut first = streaming(
+        &brokers,
+        &out,
+        &[("ADCLICK_AGGREGATOR_CHECKPOINT_DIR", ckpt.as_str())],
+    );
+    first.line_with_prefix("query server: ", Duration::from_secs(30));
+    let pid = first.child.id();
+    for (what, output, checkpoint_dir) in [
+        ("both", out.clone(), ckpt.clone()),
+        (
+            "the checkpoints",
+            dir.path().join("other.ndjson"),
+            ckpt.clone(),
+        ),
+        (
+            "the output",
+            out.clone(),
+            dir.path().join("other-checkpoints").display().to_string(),
+        ),
+    ] {
+        let started = Instant::now();
+        let second = Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"))
+            .args(["--brokers", &brokers, "--query-listen", "127.0.0.1:0"])
+            .arg("--output")
+            .arg(&output)
+            .env("ADCLICK_AGGREGATOR_CHECKPOINT_DIR", &checkpoint_dir)
+            .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789")
+            .output()
+            .unwrap();
+        assert_eq!(second.status.code(), Some(5), "{what}: {second:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: at once"
+        );
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            stderr.contains("in use by another aggregator")
+                && stderr.contains(&format!("pid {pid}")),
+            "{what}: {stderr}"
+        );
+    }
+    // The first one still runs, and its output is whole JSON lines.
+    assert!(first.child.try_wait().unwrap().is_none());
+}
+
+/// Issue 11, item 7: when process 0 of a two-process cluster dies, process 1 ends with one
+/// clear line and exit code 4 (not a timely panic), so a supervisor restarts the cluster.
+#[test]
+fn a_dead_peer_process_ends_the_survivor_with_exit_code_4() {
+    let kafka = common::embedded_kafka(2);
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = common::hostfile(dir.path(), 2);
+    let start = |i: usize| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"));
+        c.args(["--config", &demo_config()])
+            .args(["--brokers", &brokers, "--query-listen", "127.0.0.1:0"])
+            .args(common::cluster_args(1, 2, i, &hostfile))
+            .arg("--output")
+            .arg(dir.path().join(format!("out-{i}.ndjson")))
+            .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789");
+        c
+    };
+    let mut zero = Spawned::start(start(0).stderr(Stdio::null()));
+    let one = start(1)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = zero.line_with_prefix("query server: ", Duration::from_secs(30));
+    // The cluster runs once process 1's partition shows in process 0's health.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = common::process::get(&format!("{base}api/v1/health"), ADMIN);
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if health["partitions"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster never ran: {health}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    zero.kill();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(one.wait_with_output().unwrap()));
+    let survivor = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("process 1 outlived its peer");
+    assert_eq!(survivor.status.code(), Some(4), "{survivor:?}");
+    let stderr = String::from_utf8_lossy(&survivor.stderr);
+    assert!(stderr.contains("lost a peer process"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "no panic report: {stderr}");
 }
