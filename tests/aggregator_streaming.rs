@@ -154,7 +154,10 @@ fn demo_config() -> String {
 const ADMIN: Option<&str> = Some("demo-admin-key-not-secret");
 
 /// The latest line per minute row of `out` (status and clicks), and its dead letters' codes.
-fn latest_rows(out: &Path) -> (BTreeMap<(u64, String), (String, i64)>, Vec<String>) {
+/// Minute rows by (window start, ad): (status, clicks) of the latest report.
+type Rows = BTreeMap<(u64, String), (String, i64)>;
+
+fn latest_rows(out: &Path) -> (Rows, Vec<String>) {
     let mut rows = BTreeMap::new();
     let mut letters = Vec::new();
     let Ok(f) = std::fs::File::open(out) else {
