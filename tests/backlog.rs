@@ -213,6 +213,20 @@ fn a_gap_marks_health_degraded_and_shows_in_metrics() {
         metrics.contains(&format!("adclick_aggregator_gap_records {low}")),
         "{metrics}"
     );
+    // The dashboard warns, in a real browser.
+    let shown = common::process::dashboard(
+        &base,
+        "demo-admin-key-not-secret",
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-gap.png"),
+    );
+    let health = &shown["health"];
+    assert_eq!(health["status"], "degraded", "{shown}");
+    assert_eq!(health["lost_records"], low, "{shown}");
+    let warning = health["gap_warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("deleted before they were read") && warning.contains("clicks/0"),
+        "{shown}"
+    );
 }
 
 /// The reproduction on the default embedded broker (Tansu, started by `adclick-redirect

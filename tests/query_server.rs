@@ -848,31 +848,9 @@ fn an_advertisers_popular_ads_are_its_own_top_n() {
 /// it plots per minute equal the API's report for the same range and, for complete minutes
 /// (before `end`), the ground truth. The screenshot is kept as a test artifact.
 fn the_dashboard_shows_the_truth(addr: &str, truth: &TruthReport, end: u64) {
-    let browser_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
-    assert!(
-        std::path::Path::new(browser_dir)
-            .join("node_modules/playwright-core")
-            .is_dir()
-            && std::path::Path::new("/usr/bin/chromium").exists(),
-        "the browser test needs Debian's chromium and tests/browser/node_modules: run \
-         scripts/install-deps.sh"
-    );
     let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
-    let out = Command::new("node")
-        .arg(format!("{browser_dir}/dashboard.mjs"))
-        .args(["--url", &format!("http://{addr}/"), "--key", ADMIN])
-        .arg("--screenshot")
-        .arg(&screenshot)
-        .args(["--timeout-ms", "30000"])
-        .output()
-        .expect("running node");
-    assert!(
-        out.status.success(),
-        "dashboard.mjs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("dashboard screenshot: {}", screenshot.display());
-    let shown: Value = serde_json::from_slice(&out.stdout).expect("dashboard.mjs prints JSON");
+    let shown = common::process::dashboard(&format!("http://{addr}/"), ADMIN, &screenshot);
+
     let plotted = &shown["plotted"];
     let minutes: Vec<&str> = plotted["minutes"]
         .as_array()

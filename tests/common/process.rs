@@ -84,3 +84,33 @@ pub fn get(url: &str, key: Option<&str>) -> (u16, String) {
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, body.to_string())
 }
+
+/// What the dashboard at `base` (`http://HOST:PORT/`) shows in Debian's headless Chromium,
+/// as `tests/browser/dashboard.mjs` prints it; the screenshot goes to `screenshot`. Panics
+/// when the page reports an error or never becomes ready.
+pub fn dashboard(base: &str, key: &str, screenshot: &std::path::Path) -> serde_json::Value {
+    let browser_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new(browser_dir)
+            .join("node_modules/playwright-core")
+            .is_dir()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Debian's chromium and tests/browser/node_modules: run \
+         scripts/install-deps.sh"
+    );
+    let out = Command::new("node")
+        .arg(format!("{browser_dir}/dashboard.mjs"))
+        .args(["--url", base, "--key", key])
+        .arg("--screenshot")
+        .arg(screenshot)
+        .args(["--timeout-ms", "30000"])
+        .output()
+        .expect("running node");
+    assert!(
+        out.status.success(),
+        "dashboard.mjs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("dashboard screenshot: {}", screenshot.display());
+    serde_json::from_slice(&out.stdout).expect("dashboard.mjs prints JSON")
+}

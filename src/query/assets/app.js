@@ -233,6 +233,18 @@ function renderHealth(health) {
   $("#h-dead").textContent = fmtInt(tallies.dead_lettered);
   $("#h-dead").classList.toggle("warn", (tallies.dead_lettered || 0) > 0);
   $("#h-workers").textContent = `${fmtInt(health.workers)} × ${fmtInt(health.processes)}`;
+  // Records deleted before they were read: counts are short of the topic, and nobody may miss it.
+  const lost = health.lost_records || 0;
+  const gaps = Array.isArray(health.gaps) ? health.gaps : [];
+  $("#h-lost").textContent = fmtInt(lost);
+  $("#h-lost").classList.toggle("warn", lost > 0);
+  const warning = $("#gap-warning");
+  warning.hidden = gaps.length === 0;
+  warning.textContent = gaps.length
+    ? `Degraded: ${fmtInt(lost)} records were deleted before they were read (` +
+      gaps.map((g) => `${g.partition} offsets ${g.from}–${g.to}`).join(", ") +
+      "). Counts are short of the topic."
+    : "";
 
   const tbody = $("#partitions-table tbody");
   tbody.replaceChildren(
@@ -265,6 +277,9 @@ function renderHealth(health) {
     })),
     workers: health.workers ?? null,
     processes: health.processes ?? null,
+    status: health.status ?? null,
+    lost_records: lost,
+    gap_warning: gaps.length ? warning.textContent : null,
   };
 }
 
