@@ -213,7 +213,15 @@ impl ClickEvent {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         let event = if first == Some(&b'{') {
-            serde_json::from_slice::<ClickEvent>(bytes)?
+            match serde_json::from_slice::<ClickEvent>(bytes) {
+                Ok(e) => e,
+                // Protobuf can look like JSON after "blanks": 0x0A is field 1's tag, and an
+                // impression id of 123 bytes makes its length byte `{`.
+                Err(json) if bytes[0] != b'{' => {
+                    <ClickEvent as prost::Message>::decode(bytes).map_err(|_| json)?
+                }
+                Err(json) => return Err(json.into()),
+            }
         } else {
             <ClickEvent as prost::Message>::decode(bytes)?
         };
@@ -397,6 +405,23 @@ pub(crate) mod tests {
         let unknown = r#"{"impression_id":"i","surprise":1}"#;
         let err = ClickEvent::decode(unknown.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("surprise"), "{err}");
+    }
+
+    /// Found by tests/properties.rs: a protobuf event whose impression id is 123 bytes long
+    /// starts 0x0A 0x7B (field 1's tag, then its length, `{`) and was read as broken JSON.
+    #[test]
+    fn protobuf_that_starts_like_json_after_a_blank_is_protobuf() {
+        let mut e = sample();
+        e.impression_id = "i".repeat(123);
+        let bytes = e.to_protobuf();
+        assert_eq!(&bytes[..2], b"\n{");
+        assert_eq!(ClickEvent::decode(&bytes).unwrap(), e);
+        // JSON with leading blanks is still JSON, and broken JSON still says so.
+        assert_eq!(
+            ClickEvent::decode(format!("\n {}", e.to_json()).as_bytes()).unwrap(),
+            e
+        );
+        assert_eq!(ClickEvent::decode(b"\n{\"a\"").unwrap_err().code(), "json");
     }
 
     #[test]
