@@ -47,6 +47,7 @@ t1=$(date +%s.%N)
 awk -v a="$t0" -v b="$t1" -v n="$emitted" \
   'BEGIN {printf "watermark at the end of the preload after %.0f s (%.0f records/s end to end, 2 workers)\n", b-a, n/(b-a)}'
 echo "health: $(jq -c '{watermark, tallies}' <<<"$h")"
+check_received
 # Distinct rows (window x ad x campaign x advertiser x publisher x country x device): each is
 # reported once as complete when its window closes (then corrected, then final).
 echo "window reports written ($(du -h "$work/out.ndjson" | cut -f1) of NDJSON):"

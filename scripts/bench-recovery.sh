@@ -50,6 +50,7 @@ echo "== 3. on to $DURATION s of event time in all"
 preload "$((hour_start + BASELINE * 1000))" "$end_ms" --publishers "$PUBLISHERS"
 wait_watermark "$end_ms"
 echo "   $((emitted - before)) records in the hour's state; aggregator $(rss "$agg_pid")"
+check_received
 metric() { curl -sf "${base}metrics" | sed -n "s/^adclick_aggregator_checkpoint{value=\"$1\"} //p"; }
 for _ in $(seq 600); do
   f=$(metric frontier || true)

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 want=(protoc:protobuf-compiler chromium:chromium node:nodejs npm:npm)
 if [[ "${1:-}" == "bench" ]]; then
-  want+=(wrk:wrk hey:hey nginx:nginx-light)
+  want+=(wrk:wrk hey:hey nginx:nginx-light jq:jq)
 fi
 missing=()
 for pair in "${want[@]}"; do

@@ -20,15 +20,33 @@ now_ms() { date +%s%3N; }
 iso() { date -u -d "@$(($1 / 1000))" +%Y-%m-%dT%H:%M:%SZ; }
 rss() { awk '/^VmRSS|^VmHWM/ {printf "%s %.0f MiB  ", $1, $2 / 1024}' "/proc/$1/status"; echo; }
 
-# The embedded broker (librdkafka's mock cluster), hosted by an idle adclick-redirect: sets
-# `brokers` and `broker_pid`.
+# The embedded broker (Tansu, which keeps every record; storage in $work/kafka), hosted by an
+# idle adclick-redirect: sets `brokers` and `broker_pid`.
 start_broker() {
-  ADCLICK_REDIRECT_SPOOL_DIR="$work/spool" "$B/adclick-redirect" --config config/demo.toml \
+  export TANSU_BIN=${TANSU_BIN:-$(scripts/tansu.sh install)}
+  ADCLICK_REDIRECT_SPOOL_DIR="$work/spool" ADCLICK_KAFKA_EMBEDDED_DIR="$work/kafka" \
+    "$B/adclick-redirect" --config config/demo.toml \
     --embedded-kafka --listen 127.0.0.1:0 >"$work/redirect.out" 2>/dev/null &
   pids+=($!)
   broker_pid=$!
-  for _ in $(seq 100); do grep -q "listening on" "$work/redirect.out" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 600); do grep -q "listening on" "$work/redirect.out" 2>/dev/null && break; sleep 0.1; done
   brokers=$(sed -n 's/^embedded kafka: //p' "$work/redirect.out")
+}
+
+# Fails the benchmark unless the aggregator's `received` tally equals the records produced
+# (`emitted`) and nothing was lost to a gap: a benchmark counts what it claims.
+check_received() {
+  local h="" r=0 l=0
+  for _ in $(seq 600); do
+    h=$(health || true)
+    r=$(jq '.tallies.received // 0' <<<"$h")
+    l=$(jq '.lost_records // 0' <<<"$h")
+    ((l == 0)) || { echo "FAIL: $l records were deleted before they were read: $h"; exit 1; }
+    ((r == emitted)) && { echo "   received $r = the $emitted records produced"; return 0; }
+    sleep 0.5
+  done
+  echo "FAIL: the aggregator received $r of the $emitted records produced"
+  exit 1
 }
 
 # A streaming aggregator named NAME (its logs are $work/NAME.out and .log) with the query
@@ -49,10 +67,9 @@ health() { curl -sf -H "Authorization: Bearer $KEY" "${base}api/v1/health"; }
 alive() { kill -0 "$agg_pid" 2>/dev/null || { echo "the aggregator died:"; tail "$agg_log"; exit 1; }; }
 
 # preload START_MS END_MS [LOADGEN ARGS...]: event time [START_MS, END_MS) at RATE clicks per
-# simulated second over ADS ads. The embedded broker keeps only the last 5 MiB of each
-# partition, so the load generator produces it in chunks of about CHUNK_EVENTS records, each
-# once the aggregator has read everything before it (the partitions' read offsets add up to
-# the records produced). Adds to `emitted` and `counted`; sets `preload_s`.
+# simulated second over ADS ads, in chunks of about CHUNK_EVENTS records, each once the
+# aggregator has read everything before it (the partitions' read offsets add up to the
+# records produced), so the benchmark measures reading as the records arrive. Adds to `emitted` and `counted`; sets `preload_s`.
 emitted=0 counted=0 chunks=0
 preload() {
   local start=$1 end=$2 c d line read_to t0 t1
