@@ -257,7 +257,8 @@ fn a_quiet_stream_completes_its_last_windows() {
     produce(&brokers, &events);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
-    let _aggregator = streaming(&brokers, &out, &[]);
+    let mut aggregator = streaming(&brokers, &out, &[]);
+    let base = aggregator.line_with_prefix("query server: ", Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (rows, _) = latest_rows(&out);
@@ -275,6 +276,15 @@ fn a_quiet_stream_completes_its_last_windows() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Item 8: the completion histogram starts at the first real frontier. It once counted
+    // every minute since 1970 (29,936,376 observations, all in +Inf); here a few minutes.
+    let (_, metrics) = common::process::get(&format!("{base}metrics"), ADMIN);
+    let count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("adclick_aggregator_window_completion_latency_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no completion histogram: {metrics}"));
+    assert!((1..=5).contains(&count), "minutes observed: {count}");
 }
 
 /// Issue 11, item 6: a second aggregator on the same checkpoint directory or output fails at
