@@ -19,7 +19,11 @@ truth.\n\nThe same seed and settings give the same events. Alongside the traffic
 the truth (--truth): per minute, ad, campaign, advertiser, publisher, country and device, the \
 clicks an exactly-once aggregator must count and the duplicates it must drop, plus the late \
 and invalid tallies. Every flag is also a key of the [loadgen] section of --config and an \
-ADCLICK_LOADGEN_* variable.\n\nWith --output http, SIGUSR1 pauses the traffic (every request \
+ADCLICK_LOADGEN_* variable.\n\n--hostile SHARE mixes hostile input into the traffic: event \
+times in 2099 (dead-lettered), days-old ones (late), records over 64 KiB (dead-lettered), and \
+with --output http also tracking parameters on click URLs (counted; the 302 must carry them), \
+keyless partner batches (401) and connections that send half a request and stall (never \
+counted; the redirect must close them). Each is booked in the truth as the pipeline owes it.\n\nWith --output http, SIGUSR1 pauses the traffic (every request \
 answered, connections closed; logged as 'traffic paused') and SIGUSR2 resumes it."
 )]
 struct Cli {

@@ -101,6 +101,12 @@ pub struct LoadgenArgs {
     /// Share of Kafka records written as JSON instead of Protocol Buffers [default: 0.1].
     #[arg(long)]
     pub json_share: Option<f64>,
+    /// Share of hostile events: future (2099) and ancient (days old) timestamps, records over
+    /// 64 KiB, and over HTTP also tracking parameters on click URLs, keyless partner batches
+    /// and stalled half-sent requests; each booked in the truth as the pipeline must treat it
+    /// [default: 0].
+    #[arg(long)]
+    pub hostile: Option<f64>,
     /// Largest delay of an ordinary click's event time behind its send time [default: 3000].
     #[arg(long)]
     pub max_disorder_ms: Option<i64>,
@@ -157,6 +163,7 @@ impl LoadgenArgs {
             malformed_share,
             forged_share,
             json_share,
+            hostile,
             max_disorder_ms,
             out_of_orderness_ms,
             allowed_lateness_ms,

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::traffic::{Emission, Flaw, Kind};
+use super::traffic::{Emission, Flaw, Hostile, Kind};
 use crate::event::ClickEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,15 +15,18 @@ pub enum Format {
     Protobuf,
 }
 
-/// The record to write to the clicks topic or a file. Panics on a forged emission: forgeries
-/// are URLs, which only the HTTP output sends.
+/// The record to write to the clicks topic or a file. Panics on a forged emission and the
+/// HTTP-only hostile ones: they are requests, which only the HTTP output sends.
 pub fn event_record(e: &Emission, format: Format) -> Vec<u8> {
     let flaw = match &e.kind {
         Kind::Forged(_) => panic!("forged clicks are click URLs, not records"),
+        Kind::Hostile(h @ (Hostile::Tracked(_) | Hostile::Keyless { .. } | Hostile::Stalled)) => {
+            panic!("{h:?} is an HTTP request, not a record")
+        }
         Kind::Malformed(flaw) => Some(flaw),
         _ => None,
     };
-    let event = flawed(&e.click.event, flaw);
+    let event = oversized(flawed(&e.click.event, flaw), &e.kind);
     let whole = || match (format, flaw) {
         (Format::Json, Some(Flaw::Missing(field))) => {
             let mut obj = object(&event);
@@ -51,7 +54,7 @@ pub fn partner_line(e: &Emission) -> String {
         _ => None,
     };
     let click = &e.click;
-    let event = flawed(&click.event, flaw);
+    let event = oversized(flawed(&click.event, flaw), &e.kind);
     let mut obj = match json!({
         "impression_id": event.impression_id,
         "ad_id": event.ad_id,
@@ -114,6 +117,17 @@ fn flawed(event: &ClickEvent, flaw: Option<&Flaw>) -> ClickEvent {
         Some(Flaw::Garbage(_) | Flaw::Truncated(_)) | None => {}
     }
     e
+}
+
+/// An oversized emission's event: its user agent padded to the emission's size, so the
+/// record (or line) is over 64 KiB and otherwise valid.
+fn oversized(mut event: ClickEvent, kind: &Kind) -> ClickEvent {
+    if let Kind::Hostile(Hostile::Oversized(bytes)) = kind {
+        let pad = bytes.saturating_sub(event.user_agent.len() + 1);
+        event.user_agent.push(' ');
+        event.user_agent.extend(std::iter::repeat_n('A', pad));
+    }
+    event
 }
 
 fn object(event: &ClickEvent) -> Map<String, Value> {
@@ -198,6 +212,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn oversized_records_and_lines_are_over_64_kib_and_otherwise_valid() {
+        let mut e = emissions().remove(0);
+        e.kind = Kind::Hostile(Hostile::Oversized(70_000));
+        for format in [Format::Json, Format::Protobuf] {
+            let bytes = event_record(&e, format);
+            assert!(bytes.len() > 64 << 10);
+            let err = ClickEvent::decode(&bytes).unwrap_err();
+            assert_eq!(err.code(), "invalid_user_agent", "{format:?}");
+        }
+        let line = partner_line(&e);
+        assert!(line.len() > 64 << 10 && !line.contains('\n'));
+        // Within the line limit, it would be a valid partner line (the user agent is cut).
+        parse_partner_json(&line).unwrap();
+        e.kind = Kind::Hostile(Hostile::Future);
+        assert_eq!(
+            ClickEvent::decode(&event_record(&e, Format::Protobuf)).unwrap(),
+            e.click.event
+        );
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub struct LoadgenConfig {
     pub malformed_share: f64,
     pub forged_share: f64,
     pub json_share: f64,
+    /// Share of hostile events ([`traffic::Hostile`]): future and ancient timestamps, oversized
+    /// records, and over HTTP also tracking parameters, keyless partner batches and stalled
+    /// connections.
+    pub hostile: f64,
     pub max_disorder_ms: i64,
     /// The aggregator's out-of-orderness bound and allowed lateness, which decide what is
     /// late; keep them equal to the aggregator's.
@@ -132,6 +136,7 @@ impl Default for LoadgenConfig {
             malformed_share: 0.01,
             forged_share: 0.005,
             json_share: 0.1,
+            hostile: 0.0,
             max_disorder_ms: 3_000,
             out_of_orderness_ms: 5_000,
             allowed_lateness_ms: 300_000,
@@ -218,6 +223,7 @@ impl LoadgenConfig {
             ("malformed_share", self.malformed_share),
             ("forged_share", self.forged_share),
             ("json_share", self.json_share),
+            ("hostile", self.hostile),
         ];
         for (key, share) in shares {
             if !(0.0..=1.0).contains(&share) {
@@ -228,11 +234,12 @@ impl LoadgenConfig {
             + self.allowed_late_share
             + self.late_share
             + self.malformed_share
-            + self.forged_share;
+            + self.forged_share
+            + self.hostile;
         if fresh > 1.0 {
             bail!(
-                "bot, allowed-late, late, malformed and forged shares add up to {fresh}, more \
-                 than 1"
+                "bot, allowed-late, late, malformed, forged and hostile shares add up to {fresh}, \
+                 more than 1"
             );
         }
         if self.duplicate_share + self.retry_share > 1.0 {
@@ -291,7 +298,11 @@ impl LoadgenConfig {
             // The stream ends about now, its minutes whole.
             (None, false) => now_ms.div_euclid(60_000) * 60_000 - span_ms,
         };
-        let earliest = start_ms - self.out_of_orderness_ms - self.allowed_lateness_ms - 660_000;
+        let mut earliest = start_ms - self.out_of_orderness_ms - self.allowed_lateness_ms - 660_000;
+        if self.hostile > 0.0 {
+            earliest =
+                earliest.min(start_ms - traffic::ANCIENT_MIN_MS - traffic::ANCIENT_SPREAD_MS);
+        }
         let latest = start_ms + span_ms + 60_000;
         if earliest < MIN_EVENT_TIME_MS || latest >= MAX_EVENT_TIME_MS {
             bail!(
@@ -369,6 +380,20 @@ impl fmt::Display for Summary {
             t.emitted as f64 / secs.max(1e-9),
             self.truth.display()
         )?;
+        if t.hostile() > 0 {
+            write!(
+                f,
+                "; hostile {} (future {}, ancient {}, oversized {}, tracked {}, keyless {}, \
+                 stalled {})",
+                t.hostile(),
+                t.future,
+                t.ancient,
+                t.oversized,
+                t.tracked,
+                t.keyless,
+                t.stalled
+            )?;
+        }
         if self.errors > 0 {
             write!(f, "; {} UNEXPECTED ANSWERS", self.errors)?;
         }

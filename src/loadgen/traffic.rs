@@ -3,7 +3,8 @@
 //!
 //! Emission `i` occupies the time slot `start_ms + i * 1000 / rate`. A slot carries either a
 //! follow-up that fell due (a duplicate or retry of an earlier click) or a fresh draw:
-//! malformed, forged (HTTP only), allowed-late, too-late, bot, or a normal click.
+//! malformed, forged (HTTP only), allowed-late, too-late, bot, hostile ([`Hostile`], with
+//! `hostile` > 0), or a normal click.
 //!
 //! Late events are where a load generator can silently lie, so their timing keeps wide
 //! margins on both sides of the consumer's lateness test (watermark = max event time seen in
@@ -44,6 +45,30 @@ pub const LATE_WARMUP_MS: i64 = 10_000;
 pub const MAX_FOLLOW_UP_DELAY: u64 = 50;
 /// A duplicate's event time is its original's ± up to this.
 pub const DUPLICATE_JITTER_MS: i64 = 2_000;
+/// A future-dated hostile event is at most this late: 2099-12-31T23:59:00Z, the partner line
+/// of issue 11 that carried a watermark into 2099 (and still a valid event time).
+pub const FUTURE_LATEST_MS: i64 = 4_102_444_740_000;
+/// ... and at least this much earlier.
+pub const FUTURE_SPREAD_MS: i64 = 30 * DAY_MS;
+/// An ancient hostile event is this many days behind its slot, or up to 5 days more.
+pub const ANCIENT_MIN_MS: i64 = 2 * DAY_MS;
+pub const ANCIENT_SPREAD_MS: i64 = 5 * DAY_MS;
+/// An oversized record or partner line: a user agent padded to between these many bytes,
+/// beyond the redirect's 64 KiB line limit and the 1 KiB user-agent limit of a decoded event.
+pub const OVERSIZED_BYTES: std::ops::RangeInclusive<usize> = 70_000..=100_000;
+const DAY_MS: i64 = 86_400_000;
+/// Tracking parameters an ad platform or mail tool appends to click URLs; the redirect
+/// forwards these (`redirect.forward_params` by default) to the landing page.
+pub const TRACKING_PARAMS: [&str; 6] = [
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "gclid",
+    "fbclid",
+    "msclkid",
+];
+/// Unsigned parameters the redirect must drop, not forward.
+pub const UNFORWARDED_PARAMS: [&str; 3] = ["ref", "session", "_hsenc"];
 
 /// The run-specific facts the generator needs beyond the configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -54,7 +79,9 @@ pub struct Schedule {
     pub count: u64,
     /// How impressions map to the output's shards (files, Kafka partitions).
     pub partitioner: Partitioner,
-    /// Whether to draw forged clicks (only HTTP has signatures to forge).
+    /// Whether the output is HTTP: only then are forged clicks drawn (only HTTP has
+    /// signatures to forge), and the HTTP-only hostile variants (tracking parameters,
+    /// keyless partner batches, stalled connections).
     pub forgeries: bool,
 }
 
@@ -88,10 +115,11 @@ pub enum Kind {
     TooLate,
     Malformed(Flaw),
     Forged(Forgery),
+    Hostile(Hostile),
 }
 
 impl Kind {
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 14] = [
         "click",
         "bot",
         "duplicate",
@@ -100,6 +128,12 @@ impl Kind {
         "too_late",
         "malformed",
         "forged",
+        "hostile_future",
+        "hostile_ancient",
+        "hostile_oversized",
+        "hostile_tracked",
+        "hostile_keyless",
+        "hostile_stalled",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -112,8 +146,52 @@ impl Kind {
             Kind::TooLate => 5,
             Kind::Malformed(_) => 6,
             Kind::Forged(_) => 7,
+            Kind::Hostile(Hostile::Future) => 8,
+            Kind::Hostile(Hostile::Ancient) => 9,
+            Kind::Hostile(Hostile::Oversized(_)) => 10,
+            Kind::Hostile(Hostile::Tracked(_)) => 11,
+            Kind::Hostile(Hostile::Keyless { .. }) => 12,
+            Kind::Hostile(Hostile::Stalled) => 13,
         }]
     }
+
+    /// Whether the pipeline receives this emission as a valid click (counted, or a duplicate
+    /// of one): what moves a partition's watermark.
+    pub fn is_valid_click(&self) -> bool {
+        matches!(
+            self,
+            Kind::Click
+                | Kind::Bot
+                | Kind::Duplicate
+                | Kind::Retry
+                | Kind::AllowedLate
+                | Kind::Hostile(Hostile::Tracked(_))
+        )
+    }
+}
+
+/// Input that production brings and that must never cost a click (issue 11), drawn for a
+/// `hostile` share of fresh slots. Each has one known fate, which the truth books:
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hostile {
+    /// An event time in 2099 (a partner's or producer's broken clock): dead-lettered
+    /// `event_time_in_future` (by the redirect's partner API, or the aggregator's sources),
+    /// never counted, never moving a watermark.
+    Future,
+    /// Days old: beyond the allowed lateness in every partition, so tallied late.
+    Ancient,
+    /// A record (or partner line) of this many bytes, over 64 KiB, through a padded user agent:
+    /// rejected as `line_too_long` by the redirect, as `invalid_user_agent` by the aggregator.
+    Oversized(usize),
+    /// HTTP: a click URL with tracking parameters appended (name, value), unsigned. Counted
+    /// like any click; the forwarded ones ([`TRACKING_PARAMS`]) reach the 302's `Location`,
+    /// the others ([`UNFORWARDED_PARAMS`]) do not.
+    Tracked(Vec<(String, String)>),
+    /// HTTP: a partner batch without an API key (or with a wrong one): 401, nothing read.
+    Keyless { wrong_key: bool },
+    /// HTTP: a connection that sends half of a signed click's request head, then trickles
+    /// header bytes and never finishes it; the redirect closes it, and the click never counts.
+    Stalled,
 }
 
 /// What is wrong with a malformed record; each output renders it in its own format.
@@ -197,7 +275,32 @@ enum Draw {
     AllowedLate,
     TooLate,
     Bot,
+    Hostile(HostileDraw),
     Normal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostileDraw {
+    Future,
+    Ancient,
+    Oversized,
+    Tracked,
+    Keyless,
+    Stalled,
+}
+
+impl HostileDraw {
+    /// The variants every output can carry, then those only HTTP can.
+    const ANY: [HostileDraw; 3] = [
+        HostileDraw::Future,
+        HostileDraw::Ancient,
+        HostileDraw::Oversized,
+    ];
+    const HTTP: [HostileDraw; 3] = [
+        HostileDraw::Tracked,
+        HostileDraw::Keyless,
+        HostileDraw::Stalled,
+    ];
 }
 
 impl Traffic {
@@ -250,6 +353,12 @@ impl Traffic {
                     + 60_000
                     + self.rng.random_range(0..=600_000)
             }
+            Draw::Hostile(HostileDraw::Ancient) => {
+                ANCIENT_MIN_MS + self.rng.random_range(0..=ANCIENT_SPREAD_MS)
+            }
+            Draw::Hostile(HostileDraw::Future) => {
+                base_ms - FUTURE_LATEST_MS + self.rng.random_range(0..=FUTURE_SPREAD_MS)
+            }
             _ => self.rng.random_range(0..=self.cfg.max_disorder_ms),
         };
         let click = self.click(impression_id, base_ms - offset, bot);
@@ -259,6 +368,7 @@ impl Traffic {
             Draw::AllowedLate => Kind::AllowedLate,
             Draw::TooLate => Kind::TooLate,
             Draw::Bot => Kind::Bot,
+            Draw::Hostile(h) => Kind::Hostile(self.hostile(h)),
             Draw::Normal => Kind::Click,
         };
         let mut emission = Emission {
@@ -272,10 +382,51 @@ impl Traffic {
             click,
             settles: true,
         };
-        if draw == Draw::Normal {
+        if matches!(draw, Draw::Normal | Draw::Hostile(HostileDraw::Tracked)) {
             self.maybe_follow_up(&mut emission);
         }
         emission
+    }
+
+    /// The details of a hostile variant.
+    fn hostile(&mut self, h: HostileDraw) -> Hostile {
+        match h {
+            HostileDraw::Future => Hostile::Future,
+            HostileDraw::Ancient => Hostile::Ancient,
+            HostileDraw::Oversized => Hostile::Oversized(self.rng.random_range(OVERSIZED_BYTES)),
+            HostileDraw::Tracked => {
+                let n = self.rng.random_range(1..=3);
+                let mut params: Vec<(String, String)> = Vec::with_capacity(n + 1);
+                for _ in 0..n {
+                    let name = TRACKING_PARAMS[self.rng.random_range(0..TRACKING_PARAMS.len())];
+                    if params.iter().all(|(k, _)| k != name) {
+                        let value = self.token();
+                        params.push((name.to_string(), value));
+                    }
+                }
+                if self.rng.random_bool(0.5) {
+                    let name =
+                        UNFORWARDED_PARAMS[self.rng.random_range(0..UNFORWARDED_PARAMS.len())];
+                    let value = self.token();
+                    params.push((name.to_string(), value));
+                }
+                Hostile::Tracked(params)
+            }
+            HostileDraw::Keyless => Hostile::Keyless {
+                wrong_key: self.rng.random_bool(0.5),
+            },
+            HostileDraw::Stalled => Hostile::Stalled,
+        }
+    }
+
+    /// A tracking parameter's value: letters, digits, and the odd character that needs
+    /// percent-encoding.
+    fn token(&mut self) -> String {
+        const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_ .";
+        let len = self.rng.random_range(4..=24);
+        (0..len)
+            .map(|_| char::from(CHARS[self.rng.random_range(0..CHARS.len())]))
+            .collect()
     }
 
     fn draw(&mut self, base_ms: i64) -> Draw {
@@ -291,6 +442,7 @@ impl Traffic {
             (Draw::AllowedLate, c.allowed_late_share),
             (Draw::TooLate, c.late_share),
             (Draw::Bot, c.bot_share),
+            (Draw::Hostile(HostileDraw::Future), c.hostile),
         ];
         let mut u: f64 = self.rng.random();
         let draw = shares
@@ -300,7 +452,27 @@ impl Traffic {
                 u < 0.0
             })
             .map_or(Draw::Normal, |(d, _)| d);
-        if draw == Draw::TooLate && !self.late_is_safe(base_ms) {
+        let draw = match draw {
+            Draw::Hostile(_) => {
+                let http: &[HostileDraw] = if self.schedule.forgeries {
+                    &HostileDraw::HTTP
+                } else {
+                    &[]
+                };
+                let n = HostileDraw::ANY.len() + http.len();
+                let i = self.rng.random_range(0..n);
+                Draw::Hostile(
+                    *HostileDraw::ANY
+                        .iter()
+                        .chain(http)
+                        .nth(i)
+                        .expect("in range"),
+                )
+            }
+            d => d,
+        };
+        let late = matches!(draw, Draw::TooLate | Draw::Hostile(HostileDraw::Ancient));
+        if late && !self.late_is_safe(base_ms) {
             Draw::Normal
         } else {
             draw
@@ -462,10 +634,7 @@ impl Traffic {
         } else {
             self.fresh(seq, base_ms)
         };
-        if matches!(
-            emission.kind,
-            Kind::Click | Kind::Bot | Kind::Duplicate | Kind::Retry | Kind::AllowedLate
-        ) {
+        if emission.kind.is_valid_click() {
             let latest = &mut self.shard_latest[emission.shard as usize];
             *latest = (*latest).max(emission.click.event.event_time_ms);
         }
@@ -507,6 +676,13 @@ pub(crate) mod tests {
             },
             Enricher::new("test-salt"),
         )
+    }
+
+    /// [`traffic`] as the HTTP output draws it (forgeries, HTTP-only hostile variants).
+    pub(crate) fn http_traffic(cfg: &LoadgenConfig, count: u64, shards: u32) -> Traffic {
+        let mut t = traffic(cfg, count, shards);
+        t.schedule.forgeries = true;
+        t
     }
 
     fn counts(emissions: &[Emission]) -> HashMap<&'static str, usize> {
@@ -599,7 +775,7 @@ pub(crate) mod tests {
                     assert!(t > watermark - cfg.allowed_lateness_ms + 30_000);
                     assert!(behind > cfg.out_of_orderness_ms);
                 }
-                Kind::TooLate => {
+                Kind::TooLate | Kind::Hostile(Hostile::Ancient) => {
                     too_late += 1;
                     assert!(e.base_ms - START >= LATE_WARMUP_MS, "too late too early");
                     // Late under every shard's watermark, with room to spare.
@@ -615,7 +791,7 @@ pub(crate) mod tests {
                 }
                 _ => {}
             }
-            if !matches!(e.kind, Kind::TooLate | Kind::Malformed(_) | Kind::Forged(_)) {
+            if e.kind.is_valid_click() {
                 latest = latest.max(t);
                 let s = latest_per_shard.entry(e.shard).or_insert(t);
                 *s = (*s).max(t);
@@ -670,6 +846,68 @@ pub(crate) mod tests {
             earlier_duplicates > 50,
             "duplicates can win: {earlier_duplicates}"
         );
+    }
+
+    #[test]
+    fn hostile_variants_fit_their_output() {
+        let cfg = LoadgenConfig {
+            hostile: 0.3,
+            ..LoadgenConfig::default()
+        };
+        for http in [false, true] {
+            let t = if http {
+                http_traffic(&cfg, 20_000, 4)
+            } else {
+                traffic(&cfg, 20_000, 4)
+            };
+            let all: Vec<_> = t.collect();
+            let got = counts(&all);
+            let names = if http {
+                &Kind::NAMES[8..]
+            } else {
+                &Kind::NAMES[8..11]
+            };
+            for name in Kind::NAMES[8..].iter() {
+                let n = got.get(name).copied().unwrap_or(0);
+                assert_eq!(n > 200, names.contains(name), "{name}: {n} (http: {http})");
+            }
+            for e in &all {
+                let t = e.click.event.event_time_ms;
+                match &e.kind {
+                    Kind::Hostile(Hostile::Future) => {
+                        assert!(
+                            (FUTURE_LATEST_MS - FUTURE_SPREAD_MS..=FUTURE_LATEST_MS).contains(&t)
+                        );
+                        e.click.event.validate().unwrap();
+                    }
+                    Kind::Hostile(Hostile::Ancient) => assert!(t <= e.base_ms - ANCIENT_MIN_MS),
+                    Kind::Hostile(Hostile::Oversized(n)) => {
+                        assert!(OVERSIZED_BYTES.contains(n))
+                    }
+                    Kind::Hostile(Hostile::Tracked(params)) => {
+                        assert!(!params.is_empty() && params.len() <= 4);
+                        assert!(
+                            params
+                                .iter()
+                                .any(|(k, _)| TRACKING_PARAMS.contains(&k.as_str()))
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            // Tracked clicks have follow-ups like any click.
+            assert!(all.iter().any(|e| e.kind == Kind::Duplicate));
+        }
+    }
+
+    #[test]
+    fn ancient_events_keep_the_late_margins() {
+        let cfg = LoadgenConfig {
+            late_share: 0.02,
+            hostile: 0.1,
+            ..LoadgenConfig::default()
+        };
+        check_margins(&cfg, 4, 30_000);
     }
 
     #[test]

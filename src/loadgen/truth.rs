@@ -7,6 +7,10 @@
 //! Rows are keyed by (minute, ad, campaign, advertiser, publisher, country, device), with the
 //! country and device the generator intended. Every emission lands in exactly one tally:
 //! `emitted = counted + duplicates + late + invalid`.
+//!
+//! Hostile emissions ([`Hostile`]) are booked by the fate the pipeline owes them: future-dated,
+//! oversized, keyless and stalled ones are `invalid` (each with its own tally too), ancient ones
+//! `late` (and `ancient`), and clicks with tracking parameters are clicks (and `tracked`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -15,7 +19,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::Catalog;
-use super::traffic::{Click, Emission, Kind};
+use super::traffic::{Click, Emission, Hostile, Kind};
 use crate::event::Device;
 
 const MINUTE_MS: i64 = 60_000;
@@ -63,14 +67,41 @@ pub struct Tallies {
     pub duplicates: u64,
     /// Beyond the allowed lateness.
     pub late: u64,
-    /// `malformed + forged`.
+    /// `malformed + forged + future + oversized + keyless + stalled`: never counted, not late.
     pub invalid: u64,
     pub malformed: u64,
     /// Forged click URLs, which the redirect refuses (403) before anything is recorded.
     pub forged: u64,
+    /// Hostile: event times in 2099, dead-lettered `event_time_in_future` (by the redirect's
+    /// partner API over HTTP, by the aggregator otherwise).
+    #[serde(default)]
+    pub future: u64,
+    /// Hostile: records and partner lines over 64 KiB, dead-lettered (`line_too_long` at the
+    /// redirect, `invalid_user_agent` at the aggregator).
+    #[serde(default)]
+    pub oversized: u64,
+    /// Hostile, HTTP: partner batches without a valid API key, answered 401; never received.
+    #[serde(default)]
+    pub keyless: u64,
+    /// Hostile, HTTP: half-sent click requests on stalled connections; never received.
+    #[serde(default)]
+    pub stalled: u64,
+    /// Hostile: days-old events, part of `late`.
+    #[serde(default)]
+    pub ancient: u64,
+    /// Hostile, HTTP: clicks with tracking parameters, part of `counted` (or `duplicates`).
+    #[serde(default)]
+    pub tracked: u64,
     /// HTTP clicks whose response came in another minute than their request went out: the
     /// redirect's timestamp may put them in the next minute's row.
     pub ambiguous: u64,
+}
+
+impl Tallies {
+    /// Hostile emissions of every variant.
+    pub fn hostile(&self) -> u64 {
+        self.future + self.oversized + self.keyless + self.stalled + self.ancient + self.tracked
+    }
 }
 
 /// One window row.
@@ -129,6 +160,24 @@ impl GroundTruth {
             Kind::Forged(_) => {
                 self.tallies.invalid += 1;
                 self.tallies.forged += 1;
+            }
+            Kind::Hostile(Hostile::Ancient) => {
+                self.tallies.late += 1;
+                self.tallies.ancient += 1;
+            }
+            Kind::Hostile(Hostile::Tracked(_)) => {
+                self.tallies.tracked += 1;
+                self.click(&e.click, e.settles)
+            }
+            Kind::Hostile(ref h) => {
+                self.tallies.invalid += 1;
+                *match h {
+                    Hostile::Future => &mut self.tallies.future,
+                    Hostile::Oversized(_) => &mut self.tallies.oversized,
+                    Hostile::Keyless { .. } => &mut self.tallies.keyless,
+                    Hostile::Stalled => &mut self.tallies.stalled,
+                    Hostile::Ancient | Hostile::Tracked(_) => unreachable!("matched above"),
+                } += 1;
             }
             Kind::Click | Kind::Bot | Kind::Duplicate | Kind::Retry | Kind::AllowedLate => {
                 self.click(&e.click, e.settles)
@@ -270,11 +319,15 @@ impl TruthReport {
                 t.emitted, t.counted, t.duplicates, t.late, t.invalid
             ));
         }
-        if t.invalid != t.malformed + t.forged {
+        if t.invalid != t.malformed + t.forged + t.future + t.oversized + t.keyless + t.stalled {
             return Err(format!(
-                "invalid {} != malformed {} + forged {}",
-                t.invalid, t.malformed, t.forged
+                "invalid {} != malformed {} + forged {} + future {} + oversized {} + keyless {} \
+                 + stalled {}",
+                t.invalid, t.malformed, t.forged, t.future, t.oversized, t.keyless, t.stalled
             ));
+        }
+        if t.ancient > t.late {
+            return Err(format!("ancient {} > late {}", t.ancient, t.late));
         }
         let clicks: u64 = self.windows.iter().map(|r| r.clicks).sum();
         let duplicates: u64 = self.windows.iter().map(|r| r.duplicates).sum();
@@ -350,6 +403,38 @@ mod tests {
             r.kinds["click"] + r.kinds["bot"] + r.kinds["allowed_late"]
         );
         assert!(t.late > 0 && t.duplicates > 0 && t.invalid > 0);
+    }
+
+    #[test]
+    fn hostile_emissions_are_booked_by_their_fate() {
+        let cfg = LoadgenConfig {
+            hostile: 0.2,
+            ..LoadgenConfig::default()
+        };
+        let all: Vec<_> = crate::loadgen::traffic::tests::http_traffic(&cfg, 20_000, 3).collect();
+        let r = report(&cfg, &all);
+        let t = &r.tallies;
+        let kind = |k: &str| r.kinds.get(k).copied().unwrap_or(0);
+        assert_eq!(t.future, kind("hostile_future"));
+        assert_eq!(t.oversized, kind("hostile_oversized"));
+        assert_eq!(t.keyless, kind("hostile_keyless"));
+        assert_eq!(t.stalled, kind("hostile_stalled"));
+        assert_eq!(t.ancient, kind("hostile_ancient"));
+        assert_eq!(t.tracked, kind("hostile_tracked"));
+        assert_eq!(t.late, kind("too_late") + t.ancient);
+        assert_eq!(
+            t.counted,
+            kind("click") + kind("bot") + kind("allowed_late") + t.tracked
+        );
+        assert!(t.future > 0 && t.oversized > 0 && t.keyless > 0 && t.stalled > 0);
+        assert!(t.ancient > 0 && t.tracked > 0);
+        assert_eq!(
+            t.hostile(),
+            (8..14).map(|i| kind(Kind::NAMES[i])).sum::<u64>()
+        );
+        let mut broken = r.clone();
+        broken.tallies.stalled += 1;
+        assert!(broken.verify().unwrap_err().contains("stalled"));
     }
 
     #[test]

@@ -103,16 +103,19 @@ pub fn final_rows(lines: impl Iterator<Item = Line>) -> (Rows, Option<Tallies>) 
 }
 
 /// The tallies an exactly-once aggregator reports for the truth's traffic. Through the
-/// redirect (`--output http`), forged links are refused and malformed partner lines rejected
-/// (to `clicks-dlq`) before anything reaches the clicks topic; written straight to Kafka or
-/// files, malformed records reach the aggregator and are dead-lettered there.
+/// redirect (`--output http`), nothing invalid reaches the clicks topic: forged links are
+/// refused, malformed, future-dated and oversized partner lines rejected (to `clicks-dlq`),
+/// keyless batches answered 401, stalled requests never finished. Written straight to Kafka
+/// or files, malformed, future-dated and oversized records reach the aggregator and are
+/// dead-lettered there. Ancient (hostile) events are part of `late` either way.
 pub fn expected_tallies(truth: &TruthReport) -> Tallies {
     let t = &truth.tallies;
     let via_redirect = truth.config["loadgen"]["output"] == "http";
     let (received, dead_lettered) = if via_redirect {
-        (t.emitted - t.forged - t.malformed, 0)
+        (t.emitted - t.invalid, 0)
     } else {
-        (t.emitted - t.forged, t.malformed)
+        let rejected = t.malformed + t.future + t.oversized;
+        (t.emitted - (t.invalid - rejected), rejected)
     };
     Tallies {
         received,

@@ -8,6 +8,13 @@
 //! still comes back in another minute is tallied `ambiguous`. Every emission of one impression
 //! goes through the same worker, so a duplicate is requested only after its original was
 //! answered, and the original wins.
+//!
+//! Hostile emissions (`--hostile`): future, ancient and oversized events are partner lines
+//! (rejected `event_time_in_future`, accepted, rejected `line_too_long`); tracked clicks are
+//! GETs with tracking parameters appended, whose 302 must carry the forwarded ones and not the
+//! others; keyless batches must get 401; a stalled click opens its own connection, sends half
+//! of its request head and then one byte at a time, never the end, until the redirect closes
+//! it (an error if it is still open after [`STALL_LIMIT`], or if it was answered 302).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HeaderName, USER_AGENT};
+use hyper::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_TYPE, COOKIE, HeaderName, LOCATION, USER_AGENT,
+};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -28,7 +37,7 @@ use crate::config::Config;
 use crate::loadgen::catalog::Catalog;
 use crate::loadgen::encode::partner_line;
 use crate::loadgen::output::pause::PauseSwitch;
-use crate::loadgen::traffic::{Emission, Forgery, Kind, Traffic};
+use crate::loadgen::traffic::{Emission, Forgery, Hostile, Kind, TRACKING_PARAMS, Traffic};
 use crate::loadgen::truth::GroundTruth;
 use crate::loadgen::{LoadgenConfig, Pacer};
 use crate::timefmt::now_millis;
@@ -41,6 +50,12 @@ const ROGUE_KEY: (&str, &str) = ("loadgen-rogue", "a-key-no-redirect-should-have
 /// Unexpected answers logged in full; the rest are only counted.
 const LOGGED_ERRORS: u64 = 10;
 const MINUTE_MS: i64 = 60_000;
+/// A stalled connection the redirect has not closed after this long is an error: its
+/// header-read timeout (10 s by default) should have closed it.
+pub const STALL_LIMIT: Duration = Duration::from_secs(30);
+/// A stalled connection sends one more byte of its never-ending head this often, so it is
+/// slow, not idle: only a header-read timeout closes it.
+const STALL_TRICKLE: Duration = Duration::from_millis(200);
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -73,6 +88,10 @@ pub enum Expect {
     Accepted,
     /// 200, and the one partner line rejected.
     Rejected,
+    /// 200, and the one partner line rejected with a reason containing this.
+    RejectedFor(&'static str),
+    /// 401: a partner batch without a valid key.
+    Unauthorized,
 }
 
 impl Target {
@@ -101,11 +120,12 @@ impl Target {
         };
         let partner_key = r.partners.first().map(|p| p.api_key.clone());
         if partner_key.is_none()
-            && cfg.allowed_late_share + cfg.late_share + cfg.malformed_share > 0.0
+            && cfg.allowed_late_share + cfg.late_share + cfg.malformed_share + cfg.hostile > 0.0
         {
             bail!(
-                "redirect.partners is empty: late and malformed events are POSTed as a \
-                 partner (or set --allowed-late-share, --late-share and --malformed-share to 0)"
+                "redirect.partners is empty: late, malformed and hostile events are POSTed as a \
+                 partner (or set --allowed-late-share, --late-share, --malformed-share and \
+                 --hostile to 0)"
             );
         }
         Ok(Self {
@@ -134,27 +154,91 @@ impl Target {
                 request: self.get(e, &self.url(e, Some(*forgery), now_s)),
                 expect: Expect::Forbidden,
             },
-            Kind::AllowedLate | Kind::TooLate | Kind::Malformed(_) => {
+            Kind::Hostile(Hostile::Tracked(params)) => {
+                let mut url = link.unwrap_or_else(|| self.url(e, None, now_s));
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                q.extend_pairs(params);
+                url.push('&');
+                url.push_str(&q.finish());
+                Planned {
+                    request: self.get(e, &url),
+                    expect: Expect::Redirect,
+                }
+            }
+            Kind::Hostile(Hostile::Stalled) => {
+                panic!("a stalled click is no request: see Target::stalled_head")
+            }
+            Kind::AllowedLate
+            | Kind::TooLate
+            | Kind::Malformed(_)
+            | Kind::Hostile(
+                Hostile::Future
+                | Hostile::Ancient
+                | Hostile::Oversized(_)
+                | Hostile::Keyless { .. },
+            ) => {
                 let mut body = partner_line(e);
                 body.push('\n');
-                let request = Request::builder()
+                let mut request = Request::builder()
                     .method(Method::POST)
                     .uri(format!("{}/api/v1/events", self.base))
-                    .header(CONTENT_TYPE, "application/x-ndjson")
-                    .header(
-                        AUTHORIZATION,
-                        format!("Bearer {}", self.partner_key.as_deref().unwrap_or("")),
-                    )
+                    .header(CONTENT_TYPE, "application/x-ndjson");
+                let key = self.partner_key.as_deref().unwrap_or("");
+                request = match e.kind {
+                    // The redirect answers before it reads the body and may then close the
+                    // connection: keep it out of the pool.
+                    Kind::Hostile(Hostile::Keyless { wrong_key }) => {
+                        let r = request.header(CONNECTION, "close");
+                        if wrong_key {
+                            r.header(AUTHORIZATION, format!("Bearer not-{key}"))
+                        } else {
+                            r
+                        }
+                    }
+                    _ => request.header(AUTHORIZATION, format!("Bearer {key}")),
+                };
+                let request = request
                     .body(Full::new(Bytes::from(body)))
                     .expect("valid request parts");
-                let expect = if matches!(e.kind, Kind::Malformed(_)) {
-                    Expect::Rejected
-                } else {
-                    Expect::Accepted
+                let expect = match e.kind {
+                    Kind::Malformed(_) => Expect::Rejected,
+                    Kind::Hostile(Hostile::Future) => Expect::RejectedFor("ahead of the clock"),
+                    Kind::Hostile(Hostile::Oversized(_)) => Expect::RejectedFor("max_line_bytes"),
+                    Kind::Hostile(Hostile::Keyless { .. }) => Expect::Unauthorized,
+                    _ => Expect::Accepted,
                 };
                 Planned { request, expect }
             }
         }
+    }
+
+    /// A stalled click's connection: the redirect's `host:port`, the first half of the
+    /// click's request head (signed, with the browser's headers), and the rest of it, which
+    /// still lacks the blank line that would end it.
+    pub fn stalled_head(&self, e: &Emission, now_s: i64) -> (String, Vec<u8>, Vec<u8>) {
+        let request = self.get(e, &self.url(e, None, now_s));
+        let uri = request.uri();
+        let authority = uri
+            .authority()
+            .map_or_else(|| "127.0.0.1:80".to_string(), |a| a.to_string());
+        let authority = if authority.contains(':') {
+            authority
+        } else {
+            format!("{authority}:80")
+        };
+        let mut head = format!(
+            "GET {} HTTP/1.1\r\nhost: {authority}\r\n",
+            uri.path_and_query().map_or("/", |p| p.as_str())
+        );
+        for (name, value) in request.headers() {
+            head.push_str(&format!(
+                "{name}: {}\r\n",
+                value.to_str().expect("generated headers are text")
+            ));
+        }
+        let mut head = head.into_bytes();
+        let rest = head.split_off(head.len() / 2);
+        (authority, head, rest)
     }
 
     /// A click URL for `e`, signed, or forged as asked.
@@ -250,6 +334,8 @@ struct Shared {
     progress: ProgressBar,
     /// Set when the run is stopped early: queued emissions are dropped, not sent.
     stopping: AtomicBool,
+    /// Stalled connections, each ending with what became of it.
+    stalls: Mutex<Vec<tokio::task::JoinHandle<anyhow::Result<Duration>>>>,
 }
 
 /// Sends the traffic and returns the truth of what was sent and the number of unexpected
@@ -282,6 +368,7 @@ pub fn run(
             guard_ms: cfg.boundary_guard_ms,
             progress,
             stopping: AtomicBool::new(false),
+            stalls: Mutex::new(Vec::new()),
         });
         let mut queues = Vec::with_capacity(cfg.concurrency);
         let mut workers = Vec::with_capacity(cfg.concurrency);
@@ -325,6 +412,7 @@ pub fn run(
         for w in workers {
             w.await.context("an HTTP worker panicked")?;
         }
+        await_stalls(&shared).await?;
         let shared =
             Arc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("workers still hold the truth"))?;
         shared.progress.finish_and_clear();
@@ -361,6 +449,78 @@ async fn check_reachable(client: &HttpClient, base: &str) -> anyhow::Result<()> 
         bail!("{url} answered {}", resp.status());
     }
     Ok(())
+}
+
+/// Waits for every stalled connection to be closed by the redirect, counting those it kept
+/// open (or answered) as errors.
+async fn await_stalls(s: &Shared) -> anyhow::Result<()> {
+    let stalls = std::mem::take(&mut *s.stalls.lock().expect("not poisoned"));
+    if stalls.is_empty() {
+        return Ok(());
+    }
+    let (n, mut longest) = (stalls.len(), Duration::ZERO);
+    for stall in stalls {
+        match stall.await.context("a stalled connection panicked")? {
+            Ok(held) => longest = longest.max(held),
+            Err(err) => {
+                let n = s.errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if n <= LOGGED_ERRORS {
+                    tracing::error!("stalled connection: {err:#}");
+                }
+            }
+        }
+    }
+    tracing::info!(
+        "{n} stalled connections, the longest closed by the redirect after {:.1} s",
+        longest.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Opens a connection, sends `head`, then `rest` and endless header lines one byte at a time,
+/// never the blank line that ends a head, until the redirect closes the connection. The time
+/// it was held, or an error if the redirect answered a redirect or kept it open too long.
+async fn stall(addr: String, head: Vec<u8>, rest: Vec<u8>) -> anyhow::Result<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let mut trickle = rest
+        .into_iter()
+        .chain(std::iter::repeat(b"x-stall: 1\r\n".iter().copied()).flatten());
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = |answer: &[u8]| -> anyhow::Result<Duration> {
+        let text = String::from_utf8_lossy(answer);
+        if text.starts_with("HTTP/1.1 302") || text.starts_with("HTTP/1.0 302") {
+            bail!("a half-sent click was answered: {text:.80}");
+        }
+        Ok(started.elapsed())
+    };
+    if conn.write_all(&head).await.is_err() {
+        return closed(&answer);
+    }
+    loop {
+        if started.elapsed() > STALL_LIMIT {
+            bail!(
+                "the redirect kept a connection open for {STALL_LIMIT:?} without a whole \
+                 request head (no header-read timeout?)"
+            );
+        }
+        tokio::select! {
+            read = conn.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return closed(&answer),
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            () = tokio::time::sleep(STALL_TRICKLE) => {
+                let byte = trickle.next().expect("endless");
+                if conn.write_all(&[byte]).await.is_err() {
+                    return closed(&answer);
+                }
+            }
+        }
+    }
 }
 
 async fn worker(mut rx: tokio::sync::mpsc::Receiver<Emission>, s: Arc<Shared>) {
@@ -400,9 +560,20 @@ async fn deliver(
     e: &mut Emission,
     links: &mut HashMap<String, String>,
 ) -> anyhow::Result<Delivered> {
+    if e.kind == Kind::Hostile(Hostile::Stalled) {
+        let (addr, head, rest) = s.target.stalled_head(e, now_millis().div_euclid(1000));
+        let stall = tokio::spawn(stall(addr, head, rest));
+        s.stalls.lock().expect("not poisoned").push(stall);
+        return Ok(Delivered { ambiguous: false });
+    }
     let is_get = matches!(
         e.kind,
-        Kind::Click | Kind::Bot | Kind::Duplicate | Kind::Retry | Kind::Forged(_)
+        Kind::Click
+            | Kind::Bot
+            | Kind::Duplicate
+            | Kind::Retry
+            | Kind::Forged(_)
+            | Kind::Hostile(Hostile::Tracked(_))
     );
     if is_get {
         while let Some(wait) = boundary_wait(now_millis(), s.guard_ms) {
@@ -412,7 +583,7 @@ async fn deliver(
     let sent_ms = now_millis();
     if is_get {
         e.click.event.event_time_ms = sent_ms;
-    } else {
+    } else if e.kind != Kind::Hostile(Hostile::Future) {
         // Partner events keep their distance behind real time, however late the worker runs.
         e.click.event.event_time_ms += sent_ms - e.base_ms;
     }
@@ -429,6 +600,10 @@ async fn deliver(
         .await
         .context("request failed")?;
     let status = resp.status();
+    let location = resp
+        .headers()
+        .get(LOCATION)
+        .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
     let body = resp
         .into_body()
         .collect()
@@ -440,6 +615,10 @@ async fn deliver(
         let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
         Some(v["results"][0]["status"].as_str()?.to_string())
     };
+    let line_error = || -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        Some(v["results"][0]["error"].as_str()?.to_string())
+    };
     let ok = match planned.expect {
         Expect::Redirect => status == StatusCode::FOUND,
         Expect::Forbidden => status == StatusCode::FORBIDDEN,
@@ -449,6 +628,12 @@ async fn deliver(
         Expect::Rejected => {
             status == StatusCode::OK && line_status().as_deref() == Some("rejected")
         }
+        Expect::RejectedFor(reason) => {
+            status == StatusCode::OK
+                && line_status().as_deref() == Some("rejected")
+                && line_error().is_some_and(|e| e.contains(reason))
+        }
+        Expect::Unauthorized => status == StatusCode::UNAUTHORIZED,
     };
     if !ok {
         bail!(
@@ -457,10 +642,37 @@ async fn deliver(
             String::from_utf8_lossy(&body)
         );
     }
+    if let Kind::Hostile(Hostile::Tracked(params)) = &e.kind {
+        check_forwarded(location.as_deref().unwrap_or(""), params)?;
+    }
     Ok(Delivered {
         ambiguous: planned.expect == Expect::Redirect
             && sent_ms.div_euclid(MINUTE_MS) != received_ms.div_euclid(MINUTE_MS),
     })
+}
+
+/// The landing URL of a click with tracking parameters carries each forwarded one, with its
+/// value, and none of the others.
+fn check_forwarded(location: &str, params: &[(String, String)]) -> anyhow::Result<()> {
+    let query = location.split_once('?').map_or("", |(_, q)| q);
+    let got: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    for (k, v) in params {
+        let forwarded = TRACKING_PARAMS.contains(&k.as_str());
+        let present = got.iter().any(|(gk, gv)| gk == k && gv == v);
+        if forwarded != present {
+            bail!(
+                "tracking parameter {k}={v} was {} the landing URL {location:?}",
+                if forwarded {
+                    "not forwarded to"
+                } else {
+                    "forwarded to"
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -470,6 +682,7 @@ mod tests {
     use crate::loadgen::partition::Partitioner;
     use crate::loadgen::traffic::{Flaw, Schedule};
     use crate::token::TokenError;
+    use warp::Filter;
 
     fn config() -> Config {
         let mut c = Config::default();
@@ -577,6 +790,108 @@ mod tests {
                 "Bearer partner-key-0123456789"
             );
         }
+    }
+
+    #[test]
+    fn hostile_emissions_are_planned_with_their_answers() {
+        let mut e = emission();
+        let t = target();
+        e.kind = Kind::Hostile(Hostile::Tracked(vec![
+            ("utm_source".into(), "news letter".into()),
+            ("ref".into(), "x".into()),
+        ]));
+        let planned = t.plan(&e, 0, None);
+        assert_eq!(planned.expect, Expect::Redirect);
+        let uri = planned.request.uri().to_string();
+        assert!(uri.ends_with("&utm_source=news+letter&ref=x"), "{uri}");
+        for (kind, expect) in [
+            (Hostile::Future, Expect::RejectedFor("ahead of the clock")),
+            (
+                Hostile::Oversized(70_000),
+                Expect::RejectedFor("max_line_bytes"),
+            ),
+            (Hostile::Ancient, Expect::Accepted),
+        ] {
+            e.kind = Kind::Hostile(kind);
+            let planned = t.plan(&e, 0, None);
+            assert_eq!(planned.expect, expect);
+            assert_eq!(planned.request.uri().path(), "/api/v1/events");
+        }
+        for wrong_key in [false, true] {
+            e.kind = Kind::Hostile(Hostile::Keyless { wrong_key });
+            let planned = t.plan(&e, 0, None);
+            assert_eq!(planned.expect, Expect::Unauthorized);
+            let h = planned.request.headers();
+            assert_eq!(h[CONNECTION], "close");
+            assert_eq!(h.contains_key(AUTHORIZATION), wrong_key);
+            if wrong_key {
+                assert_ne!(h[AUTHORIZATION], "Bearer partner-key-0123456789");
+            }
+        }
+    }
+
+    #[test]
+    fn forwarded_parameters_are_checked_both_ways() {
+        let params = [
+            ("gclid".to_string(), "a b".to_string()),
+            ("session".to_string(), "s1".to_string()),
+        ];
+        check_forwarded("https://x.example/p?k=1&gclid=a+b", &params).unwrap();
+        let err = check_forwarded("https://x.example/p?k=1", &params).unwrap_err();
+        assert!(err.to_string().contains("not forwarded"), "{err}");
+        let err =
+            check_forwarded("https://x.example/p?gclid=a%20b&session=s1", &params).unwrap_err();
+        assert!(err.to_string().contains("session"), "{err}");
+    }
+
+    /// A stalled click sends half its head, then a byte at a time without ever ending it, and
+    /// is held until the server's header-read timeout closes it; finished, the same head would
+    /// be answered.
+    #[tokio::test]
+    async fn a_stalled_click_lasts_until_the_header_read_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = crate::http_server::Limits {
+            max_connections: 8,
+            header_read_timeout: Duration::from_millis(600),
+            idle_timeout: Duration::from_secs(10),
+            max_uri_bytes: 8192,
+        };
+        tokio::spawn(crate::http_server::serve(
+            warp::service(warp::any().map(|| "counted")),
+            listener,
+            limits,
+            std::future::pending(),
+        ));
+        let cfg = LoadgenConfig {
+            target: format!("http://{addr}"),
+            ..LoadgenConfig::default()
+        };
+        let t = Target::new(&cfg, &config(), Catalog::new(cfg.catalog_size())).unwrap();
+        let mut e = emission();
+        e.kind = Kind::Hostile(Hostile::Stalled);
+        let (to, head, rest) = t.stalled_head(&e, 1_776_686_400);
+        assert_eq!(to, addr.to_string());
+        let whole = [head.clone(), rest.clone()].concat();
+        let text = String::from_utf8(whole.clone()).unwrap();
+        assert!(text.starts_with("GET /api/v1/click/imp_"), "{text}");
+        assert!(
+            text.ends_with("\r\n") && !text.contains("\r\n\r\n"),
+            "{text}"
+        );
+        let held = stall(to, head, rest).await.unwrap();
+        assert!(
+            held >= Duration::from_millis(550) && held < Duration::from_secs(5),
+            "{held:?}"
+        );
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(&[whole, b"\r\n".to_vec()].concat())
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 64];
+        let n = conn.read(&mut answer).await.unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{answer:?}");
     }
 
     #[test]
