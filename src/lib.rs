@@ -10,6 +10,7 @@ pub mod aggregator;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod health;
 pub mod http_server;
 pub mod kafka;
 pub mod loadgen;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use adclick_dataflows::source::{PartitionReader, Polled, Record};
 
-use super::parquet_sink::Archived;
+use super::raw::Archived;
 
 pub struct ArchiveReader {
     partitions: Vec<std::vec::IntoIter<Archived>>,

@@ -12,7 +12,7 @@ use timely::dataflow::InputHandleVec;
 use timely::dataflow::operators::{Exchange, Input, Inspect};
 use timely::worker::Worker;
 
-use super::health::Health;
+use crate::health::Health;
 
 /// What one process reports of itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,8 +19,9 @@ use std::rc::Rc;
 
 use super::config::OnGap;
 use super::decode::{FutureBound, kafka_record};
-use super::health::Health;
-use super::parquet_sink::{Archived, RawBuffer};
+use super::exit::EXIT_DATA_LOST;
+use super::raw::{Archived, RawBuffer};
+use crate::health::Health;
 
 pub struct KafkaReader {
     consumer: Arc<BaseConsumer>,
@@ -228,7 +229,7 @@ impl KafkaReader {
     /// The returned record carries the gap into the dataflow, for the `lost` tally and the
     /// output; it travels like any record, so a restore from before it finds it again.
     ///
-    /// [`EXIT_DATA_LOST`]: super::EXIT_DATA_LOST
+    /// [`EXIT_DATA_LOST`]: EXIT_DATA_LOST
     fn gap(&mut self, i: usize, to: i64) -> Record {
         let gap = Gap {
             partition: format!("{}/{}", self.topic, self.partitions[i]),
@@ -258,9 +259,9 @@ impl KafkaReader {
                 gap.partition,
                 gap.from,
                 gap.to,
-                super::EXIT_DATA_LOST
+                EXIT_DATA_LOST
             );
-            std::process::exit(super::EXIT_DATA_LOST);
+            std::process::exit(EXIT_DATA_LOST);
         }
         self.next_offset[i] = to;
         Record::Lost(gap)
@@ -293,7 +294,7 @@ impl KafkaReader {
                 self.topic,
                 self.next_offset[i]
             );
-            std::process::exit(super::EXIT_DATA_LOST);
+            std::process::exit(EXIT_DATA_LOST);
         }
         self.seek(i, self.next_offset[i]);
     }

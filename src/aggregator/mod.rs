@@ -7,15 +7,16 @@ pub mod archive_source;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+pub mod exit;
 pub mod fence;
 pub mod file_source;
-pub mod health;
 pub mod health_share;
 pub mod kafka_sink;
 pub mod kafka_source;
 pub mod output;
 pub mod parquet;
 pub mod parquet_sink;
+pub mod raw;
 pub mod reconcile;
 pub mod report_sink;
 
@@ -40,6 +41,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 
 use crate::event::enrich::Enricher;
+use crate::health::Health;
 use crate::query::metrics::QueryMetrics;
 use crate::query::render::Resolved;
 use crate::query::{self, Ask, Bridge, Server};
@@ -48,7 +50,6 @@ use archive_source::ArchiveReader;
 use checkpoint::{Checkpointer, Publish};
 pub use config::{AggregatorConfig, OnGap};
 use file_source::FileReader;
-use health::Health;
 use health_share::HealthShare;
 use kafka_source::{KafkaReader, ReadSettings};
 use output::{Out, Writer};
@@ -69,7 +70,7 @@ pub enum Input {
     },
     /// The raw Parquet archive's clicks, by partition; a batch job (replay, reconciliation)
     /// that writes only its own output.
-    Archive(Arc<BTreeMap<i32, Vec<parquet_sink::Archived>>>),
+    Archive(Arc<BTreeMap<i32, Vec<raw::Archived>>>),
 }
 
 impl Input {
@@ -86,37 +87,7 @@ impl Input {
     }
 }
 
-/// Exit code when records were deleted before they were read and `aggregator.on_gap` is
-/// `fail` (or the topic's offsets went backwards): a supervisor must not just restart.
-pub const EXIT_DATA_LOST: i32 = 3;
-
-/// Another aggregator owns this one's checkpoint directory or output; the binary exits with
-/// [`EXIT_FENCED`].
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Fenced(pub String);
-
-/// Exit code when another aggregator holds this one's checkpoint directory or output, or
-/// took it over (a newer fencing epoch).
-pub const EXIT_FENCED: i32 = 5;
-
-/// Exit code when a peer process of the cluster went away: a timely cluster cannot go on
-/// without a member, so the survivors stop and a supervisor restarts the whole cluster.
-pub const EXIT_PEER_LOST: i32 = 4;
-
-/// Whether a panic is timely's network threads losing a peer (its connection closed or
-/// failed), and if so the cause as timely reported it.
-pub fn peer_lost(info: &std::panic::PanicHookInfo<'_>) -> Option<String> {
-    let message = info
-        .payload()
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| info.payload().downcast_ref::<&str>().copied())?;
-    // timely_communication's tcp_panic, which it asks downstream crates to sniff.
-    message
-        .strip_prefix("timely communication error: ")
-        .map(str::to_string)
-}
+pub use exit::{EXIT_DATA_LOST, EXIT_FENCED, EXIT_PEER_LOST, Fenced, peer_lost};
 
 fn now_ms() -> u64 {
     crate::timefmt::now_millis() as u64

@@ -11,6 +11,7 @@ use adclick_dataflows::source::{Gap, Rejected};
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use serde::{Deserialize, Serialize};
 
+pub use crate::health::Tallies;
 use crate::timefmt::format_millis;
 
 /// What travels to the writer.
@@ -115,20 +116,6 @@ impl Line {
             status,
         })
     }
-}
-
-/// Every input record ends up in exactly one of counted, duplicates, late, dead_lettered;
-/// `received + lost` is what the partitions held over the offsets read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tallies {
-    pub received: u64,
-    pub counted: i64,
-    pub duplicates: i64,
-    pub late: u64,
-    pub dead_lettered: u64,
-    /// Records deleted before they were read (gaps in the offsets): never in `received`.
-    #[serde(default)]
-    pub lost: u64,
 }
 
 pub fn granularity(window_ms: u64) -> &'static str {

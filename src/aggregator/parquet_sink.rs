@@ -19,6 +19,7 @@ use adclick_dataflows::time::HOUR_MS;
 
 use super::output::Line;
 use super::parquet::{Column, Value, pending_path, read_table, write_table};
+use super::raw::Archived;
 use crate::timefmt::format_millis;
 
 /// Final windows of the current epoch, written when it ends.
@@ -93,44 +94,6 @@ impl WindowFiles {
             ("duplicates", Column::Long(duplicates)),
         ];
         write_table(&pending_path(&self.dir, f, ""), &columns)
-    }
-}
-
-/// One accepted click as read, with where it came from.
-#[derive(Clone, Debug)]
-pub struct Archived {
-    pub partition: i32,
-    pub offset: i64,
-    pub click: RawClick,
-}
-
-/// A worker's accepted clicks not yet archived.
-#[derive(Default)]
-pub struct RawBuffer {
-    records: Vec<Archived>,
-}
-
-impl RawBuffer {
-    pub fn push(&mut self, record: Archived) {
-        self.records.push(record);
-    }
-
-    pub fn into_records(self) -> Vec<Archived> {
-        self.records
-    }
-
-    /// Takes the records before `positions` (partition → next offset at the checkpoint):
-    /// exactly the records the checkpoint's state has read.
-    pub fn take_before(&mut self, positions: &BTreeMap<i32, u64>) -> Vec<Archived> {
-        let (before, after) = std::mem::take(&mut self.records)
-            .into_iter()
-            .partition(|r| {
-                positions
-                    .get(&r.partition)
-                    .is_some_and(|p| (r.offset as u64) < *p)
-            });
-        self.records = after;
-        before
     }
 }
 

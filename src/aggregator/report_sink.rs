@@ -10,9 +10,9 @@ use timely::progress::frontier::MutableAntichain;
 
 use super::aggregates_sink::AggregatesSink;
 use super::checkpoint::WriterHook;
-use super::health::Health;
 use super::output::{Line, Out, Writer};
 use super::parquet_sink::WindowFiles;
+use crate::health::Health;
 
 /// Where final windows go besides the NDJSON output.
 pub struct Sinks {

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::aggregator::health::Health;
+use crate::health::Health;
 
 type Labels = Vec<(&'static str, String)>;
 

@@ -26,7 +26,7 @@ use warp::Reply as _;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::aggregator::health::Health;
+use crate::health::Health;
 use params::{Access, BadParam, Plan};
 use render::{Rendered, Resolved, render};
 

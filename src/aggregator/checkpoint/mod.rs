@@ -29,9 +29,10 @@ pub use store::{Manifest, Store};
 use part::Winners;
 
 use super::aggregates_sink::Committer;
-use super::health::Health;
 use super::output::Writer;
-use super::parquet_sink::{Archived, RawBuffer, archive};
+use super::parquet_sink::archive;
+use super::raw::{Archived, RawBuffer};
+use crate::health::{Checkpointed, Health};
 
 /// Where and how often.
 #[derive(Clone, Debug)]
@@ -343,7 +344,11 @@ impl Checkpointer {
             );
             let health = &publish.health;
             health.checkpoints_committed.fetch_add(1, Ordering::Relaxed);
-            *health.checkpoint.lock().unwrap() = Some(manifest);
+            *health.checkpoint.lock().unwrap() = Some(Checkpointed {
+                frontier: manifest.frontier,
+                bytes: manifest.bytes,
+                duration_ms: manifest.duration_ms,
+            });
             Ok(())
         };
         std::thread::Builder::new()
@@ -353,7 +358,7 @@ impl Checkpointer {
                     tracing::error!("checkpoint at {f}: {e:#}");
                     if format!("{e:#}").contains("fenced:") {
                         // A successor owns the directory: anything more from us is a zombie's.
-                        std::process::exit(super::EXIT_FENCED);
+                        std::process::exit(super::exit::EXIT_FENCED);
                     }
                 }
                 if let Some(s) = settled {

@@ -1,16 +1,44 @@
 //! What the aggregator process knows about its own progress, for `/api/v1/health`, the
 //! dashboard and `/metrics`: the data frontier (the watermark), the tallies, and each of this
 //! process's partitions' read position against its high watermark.
+//!
+//! A leaf module: the aggregator writes it, the query server reads it, and it imports
+//! neither.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use adclick_dataflows::source::Gap;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::output::Tallies;
 use crate::timefmt::{format_millis, now_millis};
+
+/// Every input record ends up in exactly one of counted, duplicates, late, dead_lettered;
+/// `received + lost` is what the partitions held over the offsets read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tallies {
+    pub received: u64,
+    pub counted: i64,
+    pub duplicates: i64,
+    pub late: u64,
+    pub dead_lettered: u64,
+    /// Records deleted before they were read (gaps in the offsets): never in `received`.
+    #[serde(default)]
+    pub lost: u64,
+}
+
+/// What health reports of the newest committed checkpoint (a part of its manifest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpointed {
+    /// Every update before this event time (ms) is in the checkpoint.
+    pub frontier: u64,
+    /// Total size of its parts.
+    pub bytes: u64,
+    /// Wall clock from the request to the manifest.
+    pub duration_ms: u64,
+}
 
 #[derive(Default)]
 pub struct Health {
@@ -23,7 +51,7 @@ pub struct Health {
     pub workers: usize,
     pub processes: usize,
     /// The newest checkpoint committed by this process, and how many it committed.
-    pub checkpoint: Mutex<Option<super::checkpoint::Manifest>>,
+    pub checkpoint: Mutex<Option<Checkpointed>>,
     pub checkpoints_committed: AtomicU64,
     /// Offset ranges deleted before this process read them; any makes health `degraded`.
     pub gaps: Mutex<BTreeSet<Gap>>,
