@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use adclick::aggregator::decode::{FutureBound, file_line, kafka_record, to_click};
+use adclick::aggregator::source::decode::{FutureBound, file_line, kafka_record, to_click};
 use adclick::event::enrich::Enricher;
 use adclick::event::observed::{UNKNOWN_DIMENSION, parse_log_line, parse_partner_json};
 use adclick::event::{
@@ -375,7 +375,7 @@ proptest! {
 }
 
 // ------------------------------------------------------------------------------------------
-// 2. The event decoder (ClickEvent::decode, aggregator::decode::{kafka_record, file_line})
+// 2. The event decoder (ClickEvent::decode, aggregator::source::decode::{kafka_record, file_line})
 // ------------------------------------------------------------------------------------------
 
 fn valid_event() -> impl Strategy<Value = ClickEvent> {

@@ -2,23 +2,18 @@
 //! deduplicated, windowed counts. The dataflow itself is `adclick_dataflows::aggregate`; this
 //! module wires sources and sinks around it and runs it on the configured cluster shape.
 
-pub mod aggregates_sink;
-pub mod archive_source;
 pub mod checkpoint;
 pub mod config;
-pub mod decode;
 pub mod exit;
 pub mod fence;
-pub mod file_source;
 pub mod health_share;
-pub mod kafka_sink;
-pub mod kafka_source;
-pub mod output;
-pub mod parquet;
-pub mod parquet_sink;
 pub mod raw;
 pub mod reconcile;
-pub mod report_sink;
+pub mod sink;
+pub mod source;
+
+/// The output lines and tallies, by the path the tests and tools know them by.
+pub use sink::output;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -45,16 +40,16 @@ use crate::health::Health;
 use crate::query::metrics::QueryMetrics;
 use crate::query::render::Resolved;
 use crate::query::{self, Ask, Bridge, Server};
-use aggregates_sink::AggregatesSink;
-use archive_source::ArchiveReader;
 use checkpoint::{Checkpointer, Publish};
 pub use config::{AggregatorConfig, OnGap};
-use file_source::FileReader;
 use health_share::HealthShare;
-use kafka_source::{KafkaReader, ReadSettings};
-use output::{Out, Writer};
-use parquet_sink::WindowFiles;
-use report_sink::{ReportSink, Sinks};
+use sink::aggregates::AggregatesSink;
+use sink::output::{Out, Writer};
+use sink::parquet::{self, WindowFiles};
+use sink::report::{ReportSink, Sinks};
+use source::archive::ArchiveReader;
+use source::file::FileReader;
+use source::kafka::{KafkaReader, ReadSettings};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Exchange as _, Input as _, Inspect, Probe};
 
@@ -315,8 +310,8 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
                 .inspect(move |n| dictionary_in.borrow_mut().insert(n.clone()))
                 .probe_with(&probe_in);
             if let Input::Kafka { kafka, .. } = &input {
-                kafka_sink::late_to_kafka(a.late.clone(), kafka);
-                kafka_sink::rejected_to_kafka(a.rejected.clone(), kafka);
+                sink::kafka::late_to_kafka(a.late.clone(), kafka);
+                sink::kafka::rejected_to_kafka(a.rejected.clone(), kafka);
             }
             let lines = scope.concatenate([
                 a.received.map(Out::Received),

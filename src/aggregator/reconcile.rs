@@ -6,7 +6,8 @@ use std::fmt;
 
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 
-use super::output::Line;
+use super::sink::output::Line;
+use super::sink::parquet::{read_archive, read_windows};
 
 /// (granularity, window start, [ad, campaign, advertiser, publisher, country, device]).
 pub type WindowKey = (String, u64, [String; 6]);
@@ -143,7 +144,7 @@ pub fn replay_input(
 ) -> anyhow::Result<super::Input> {
     let margin = cfg.allowed_lateness_ms + cfg.out_of_orderness_ms + HOUR_MS;
     let hours = from.saturating_sub(cfg.dedup_horizon_ms + margin)..to.saturating_add(margin);
-    let clicks = super::parquet_sink::read_archive(archive, Some(hours))?;
+    let clicks = read_archive(archive, Some(hours))?;
     anyhow::ensure!(
         !clicks.is_empty(),
         "no archived clicks for [{}, {}) under {}",
@@ -166,7 +167,7 @@ pub fn check_sinks(
     let (want, _) = finals_in(read_ndjson(recomputed)?.into_iter(), from, to);
     let mut reports = Vec::new();
     if let Some(root) = parquet {
-        let lines = super::parquet_sink::read_windows(root)?;
+        let lines = read_windows(root)?;
         let (held, twice) = finals_in(lines.into_iter(), from, to);
         let name = format!("Parquet windows under {}", root.display());
         reports.push(compare(&name, &want, &held, twice));

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use adclick::aggregator::aggregates_sink::{AggregateRecord, CommittedReader};
 use adclick::aggregator::output::{Line, Tallies};
-use adclick::aggregator::parquet_sink::{read_archive, read_windows};
+use adclick::aggregator::sink::aggregates::{AggregateRecord, CommittedReader};
+use adclick::aggregator::sink::parquet::{read_archive, read_windows};
 use adclick::loadgen::truth::TruthReport;
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 

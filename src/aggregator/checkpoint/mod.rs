@@ -28,10 +28,10 @@ pub use store::{Manifest, Store};
 
 use part::Winners;
 
-use super::aggregates_sink::Committer;
-use super::output::Writer;
-use super::parquet_sink::archive;
 use super::raw::{Archived, RawBuffer};
+use super::sink::aggregates::Committer;
+use super::sink::output::Writer;
+use super::sink::parquet::{self, archive};
 use crate::health::{Checkpointed, Health};
 
 /// Where and how often.
@@ -334,7 +334,7 @@ impl Checkpointer {
                 sinks.commit(&publish.run, f)?;
             }
             if let Some(dir) = &publish.parquet {
-                super::parquet::commit(dir, f)?;
+                parquet::commit(dir, f)?;
             }
             tracing::info!(
                 frontier = f,

@@ -15,7 +15,7 @@ use adclick_dataflows::source::SourceSnapshot;
 use adclick_dataflows::watermark::ClockState;
 use serde::{Deserialize, Serialize};
 
-pub use crate::aggregator::output::WriterState;
+pub use crate::aggregator::sink::output::WriterState;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerPart {

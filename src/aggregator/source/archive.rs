@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use adclick_dataflows::source::{PartitionReader, Polled, Record};
 
-use super::raw::Archived;
+use crate::aggregator::raw::Archived;
 
 pub struct ArchiveReader {
     partitions: Vec<std::vec::IntoIter<Archived>>,

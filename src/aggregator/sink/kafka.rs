@@ -31,7 +31,7 @@ pub fn late_json(c: &RawClick) -> String {
 }
 
 fn producer(kafka: &KafkaConfig) -> ThreadedProducer<DefaultProducerContext> {
-    super::super::kafka::producer_config(kafka)
+    crate::kafka::producer_config(kafka)
         .create()
         .unwrap_or_else(|e| panic!("creating the side-output producer: {e}"))
 }

@@ -1,5 +1,5 @@
 //! The Parquet sinks under `aggregator.parquet_dir`, both published per checkpoint epoch
-//! ([`super::parquet`]):
+//! ([`table`]):
 //!
 //! ```text
 //! DIR/windows/part-{F}.parquet                       final windows of the epoch ending at F
@@ -11,15 +11,19 @@
 //! records to the same dataflow in their original order. DuckDB reads it with
 //! `read_parquet('DIR/raw/*/*.parquet', hive_partitioning = true)`.
 
+pub mod table;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use adclick_dataflows::click::RawClick;
 use adclick_dataflows::time::HOUR_MS;
 
-use super::output::Line;
-use super::parquet::{Column, Value, pending_path, read_table, write_table};
-use super::raw::Archived;
+use table::{Column, Value, pending_path, read_table, write_table};
+pub use table::{commit, recover};
+
+use crate::aggregator::raw::Archived;
+use crate::aggregator::sink::output::Line;
 use crate::timefmt::format_millis;
 
 /// Final windows of the current epoch, written when it ends.

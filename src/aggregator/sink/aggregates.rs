@@ -21,7 +21,7 @@ use std::time::Duration;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde::{Deserialize, Serialize};
 
-use super::kafka_sink::send;
+use super::kafka::send;
 use super::output::Line;
 use crate::config::KafkaConfig;
 

@@ -17,10 +17,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::config::OnGap;
 use super::decode::{FutureBound, kafka_record};
-use super::exit::EXIT_DATA_LOST;
-use super::raw::{Archived, RawBuffer};
+use crate::aggregator::config::OnGap;
+use crate::aggregator::exit::EXIT_DATA_LOST;
+use crate::aggregator::raw::{Archived, RawBuffer};
 use crate::health::Health;
 
 pub struct KafkaReader {

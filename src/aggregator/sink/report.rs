@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use timely::progress::frontier::MutableAntichain;
 
-use super::aggregates_sink::AggregatesSink;
-use super::checkpoint::WriterHook;
+use super::aggregates::AggregatesSink;
 use super::output::{Line, Out, Writer};
-use super::parquet_sink::WindowFiles;
+use super::parquet::WindowFiles;
+use crate::aggregator::checkpoint::WriterHook;
 use crate::health::Health;
 
 /// Where final windows go besides the NDJSON output.
