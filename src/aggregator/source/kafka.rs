@@ -161,6 +161,15 @@ impl KafkaReader {
         for p in &partitions {
             tpl.add_partition_offset(topic, *p, Offset::Offset(start(p)))?;
         }
+        // Known from the start, so a partition with a backlog is never taken for idle while
+        // its consumer is still connecting. Asked before any fetch is in flight: a broker may
+        // hold a fetch for long (Tansu does, on a backlog), and requests on one connection
+        // queue behind it.
+        let offsets = partitions
+            .iter()
+            .map(|p| consumer.fetch_watermarks(topic, *p, Duration::from_secs(30)))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("offsets of topic {topic}"))?;
         consumer.assign(&tpl)?;
         let queues = partitions
             .iter()
@@ -170,13 +179,6 @@ impl KafkaReader {
                     .with_context(|| format!("queue of {topic}/{p}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        // Known from the start, so a partition with a backlog is never taken for idle while
-        // its consumer is still connecting.
-        let offsets = partitions
-            .iter()
-            .map(|p| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)))
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("offsets of topic {topic}"))?;
         let stop_at = settings
             .until_end
             .then(|| offsets.iter().map(|(_, high)| *high).collect());
