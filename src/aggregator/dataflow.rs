@@ -1,0 +1,262 @@
+//! One worker's aggregation dataflow: its source (by input kind, resumed from a checkpoint),
+//! `adclick_dataflows::resumed_aggregate`, the arrangements that queries read, and the sinks.
+//! Built the same way on every worker; worker 0 alone writes the report.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use adclick_dataflows::dedup::{DedupCheckpoints, DedupState};
+use adclick_dataflows::names::Dictionary;
+use adclick_dataflows::report::reports;
+use adclick_dataflows::source::{SourceEvent, checkpointed_source, clock_source};
+use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
+use adclick_dataflows::{Aggregates, Resume, Traces, resumed_aggregate};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::{Concatenate, Exchange as _, Input as _, Inspect, Probe};
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+use timely::worker::Worker;
+
+use super::Input;
+use super::checkpoint::{Checkpointer, Publish};
+use super::cluster::Cluster;
+use super::sink::output::{Out, Writer};
+use super::sink::parquet::WindowFiles;
+use super::sink::report::{ReportSink, Sinks};
+use super::source::archive::ArchiveReader;
+use super::source::file::FileReader;
+use super::source::kafka::{KafkaReader, ReadSettings};
+
+pub(super) fn now_ms() -> u64 {
+    crate::timefmt::now_millis() as u64
+}
+
+/// What a worker's aggregation dataflow gives its loop.
+pub(super) struct Aggregation {
+    /// The arranged rows, for queries and compaction.
+    pub traces: Traces,
+    /// Kafka input with a checkpoint directory only.
+    pub checkpointer: Option<Checkpointer>,
+    /// The minute rows and the names: every window before its frontier is complete.
+    pub probe: ProbeHandle<u64>,
+    /// The source's output: what the checkpointer may cut at.
+    pub sources: ProbeHandle<u64>,
+    /// Worker 0's dimension texts, for query answers.
+    pub dictionary: Rc<RefCell<Dictionary>>,
+}
+
+/// One worker's part of the aggregation as a named piece, readable on its own.
+struct Builder<'c> {
+    cluster: &'c Cluster,
+    index: usize,
+    peers: usize,
+}
+
+impl Aggregation {
+    /// Builds the aggregation dataflow on `worker`.
+    pub fn build(worker: &mut Worker, cluster: &Cluster) -> Self {
+        let b = Builder {
+            cluster,
+            index: worker.index(),
+            peers: worker.peers(),
+        };
+        let probe = ProbeHandle::new();
+        let sources = ProbeHandle::new();
+        let dictionary = Rc::new(RefCell::new(Dictionary::new()));
+        let (traces, checkpointer) = worker.dataflow::<u64, _, _>(|scope| {
+            let mut checkpointer = None;
+            let events = b.source(scope, &mut checkpointer);
+            events.clone().probe_with(&sources);
+            let resume = b.resume(scope, checkpointer.as_mut());
+            let a = resumed_aggregate(events, &b.cluster.cfg.aggregate(), resume);
+            let traces = Traces::arrange(&a);
+            a.minute.clone().probe_with(&probe);
+            // Worker 0's dictionary for query answers; the probe covers it, so texts of every
+            // time before the frontier are in it when a query reads there.
+            let names = dictionary.clone();
+            a.names
+                .clone()
+                .exchange(|_| 0)
+                .inspect(move |n| names.borrow_mut().insert(n.clone()))
+                .probe_with(&probe);
+            b.sinks(scope, a, checkpointer.as_ref());
+            (traces, checkpointer)
+        });
+        Self {
+            traces,
+            checkpointer,
+            probe,
+            sources,
+            dictionary,
+        }
+    }
+}
+
+impl Builder<'_> {
+    /// The clicks of this worker's share of the input. A Kafka source is the one that
+    /// checkpoints: it sets `checkpointer` when a checkpoint directory is configured.
+    fn source<'s>(
+        &self,
+        scope: Scope<'s, u64>,
+        checkpointer: &mut Option<Checkpointer>,
+    ) -> Stream<'s, u64, Vec<SourceEvent>> {
+        let (index, peers, cfg) = (self.index, self.peers, &self.cluster.cfg);
+        let time = cfg.time(self.cluster.input.is_batch());
+        match &self.cluster.input {
+            Input::Files(files) => {
+                let enricher = self.cluster.enricher.clone();
+                let reader = FileReader::new(files, index, peers, enricher, cfg.max_future_skew_ms);
+                clock_source(scope, "FileSource", reader, time, now_ms)
+            }
+            Input::Archive(archive) => {
+                let reader = ArchiveReader::new(archive, index, peers);
+                clock_source(scope, "ArchiveSource", reader, time, now_ms)
+            }
+            Input::Kafka { kafka, until_end } => {
+                let restored = self.cluster.restored.as_ref();
+                let offsets = restored.map(|r| r.offsets()).unwrap_or_default();
+                let settings = ReadSettings {
+                    until_end: *until_end,
+                    max_future_skew_ms: cfg.max_future_skew_ms,
+                    on_gap: cfg.on_gap,
+                };
+                let health = self.cluster.health.clone();
+                let (brokers, topic) = (&kafka.brokers, &kafka.clicks_topic);
+                let mut reader =
+                    KafkaReader::new(brokers, topic, index, peers, health, &offsets, settings)
+                        .unwrap_or_else(|e| panic!("worker {index}: {e:#}"));
+                let partitions = reader.partition_ids().to_vec();
+                let snapshot = restored.map(|r| r.source_for(index, peers, &partitions));
+                *checkpointer = self.checkpointer(partitions);
+                if let Some(raw) = checkpointer.as_ref().and_then(|c| c.raw.clone()) {
+                    reader.archive_into(raw);
+                }
+                let cuts = checkpointer.as_ref().map(|c| c.cuts.clone());
+                checkpointed_source(scope, "KafkaSource", reader, time, now_ms, cuts, snapshot)
+            }
+        }
+    }
+
+    /// The checkpointer of this worker's Kafka `partitions`, if checkpoints are configured.
+    fn checkpointer(&self, partitions: Vec<i32>) -> Option<Checkpointer> {
+        let (index, peers, cluster) = (self.index, self.peers, self.cluster);
+        let c = cluster.checkpoints.clone()?;
+        let publish = Publish {
+            run: cluster.run.clone(),
+            // Worker 0 commits the click-aggregates records of each checkpoint.
+            sinks: cluster.aggregates_committer(index),
+            parquet: cluster.cfg.parquet_dir.clone(),
+            health: cluster.health.clone(),
+            epoch: cluster.epoch,
+        };
+        let checkpointer = Checkpointer::new(c, index, peers, partitions, publish)
+            .unwrap_or_else(|e| panic!("worker {index}: {e:#}"));
+        Some(checkpointer)
+    }
+
+    /// Where the aggregation starts: the restored dedup state and rows, if any, and the
+    /// checkpoint requests its dedup answers.
+    fn resume<'s>(
+        &self,
+        scope: Scope<'s, u64>,
+        checkpointer: Option<&mut Checkpointer>,
+    ) -> Resume<'s> {
+        let (index, peers) = (self.index, self.peers);
+        let restored = self.cluster.restored.as_ref();
+        let acfg = self.cluster.cfg.aggregate();
+        let dedup = restored.map_or_else(
+            || DedupState::new(acfg.dedup()),
+            |r| {
+                let started = Instant::now();
+                let dedup = r.dedup_for(index, peers, acfg.dedup());
+                tracing::info!(
+                    worker = index,
+                    winners = dedup.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "dedup state restored"
+                );
+                dedup
+            },
+        );
+        let restored_at = restored.map(|r| r.frontier);
+        Resume {
+            dedup,
+            rows: restored.map(|r| r.rows_for(index, peers)),
+            checkpoints: checkpointer.map(|c| {
+                let (input, requests) = scope.new_input::<Vec<u64>>();
+                // Worker 0 asks; the other workers' inputs close here.
+                if index == 0 {
+                    c.take_requests(input, restored_at);
+                }
+                DedupCheckpoints {
+                    requests: requests.broadcast(),
+                    save: c.save_dedup(),
+                }
+            }),
+        }
+    }
+
+    /// Late and rejected clicks to their topics (every worker), and every line to worker 0's
+    /// report writer, which also feeds the click-aggregates topic and the Parquet windows.
+    fn sinks<'s>(
+        &self,
+        scope: Scope<'s, u64>,
+        a: Aggregates<'s>,
+        checkpointer: Option<&Checkpointer>,
+    ) {
+        let lateness = self.cluster.cfg.allowed_lateness_ms;
+        if let Input::Kafka { kafka, .. } = &self.cluster.input {
+            super::sink::kafka::late_to_kafka(a.late.clone(), kafka);
+            super::sink::kafka::rejected_to_kafka(a.rejected.clone(), kafka);
+        }
+        let lines = scope.concatenate([
+            a.received.map(Out::Received),
+            a.lost.map(Out::Lost),
+            reports(a.minute, MINUTE_MS, lateness).map(Out::Report),
+            reports(a.hour, HOUR_MS, lateness).map(Out::Report),
+            reports(a.day, DAY_MS, lateness).map(Out::Report),
+            a.late.map(Out::Late),
+            a.rejected.map(Out::Rejected),
+            a.names.map(Out::Name),
+        ]);
+        if self.index != 0 {
+            lines.sink(Exchange::new(|_: &Out| 0), "WriteReports", |_| {});
+            return;
+        }
+        let mut sink = self.report_sink(checkpointer);
+        lines.sink(
+            Exchange::new(|_: &Out| 0),
+            "WriteReports",
+            move |(input, frontier)| {
+                input.for_each(|cap, data| {
+                    sink.add(*cap.least().expect("a totally ordered time"), data);
+                });
+                sink.write_ready(frontier).expect("writing the reports");
+            },
+        );
+    }
+
+    /// Worker 0's report writer, resumed where the restored checkpoint left the output.
+    fn report_sink(&self, checkpointer: Option<&Checkpointer>) -> ReportSink {
+        let cluster = self.cluster;
+        let output = &cluster.cfg.output;
+        let resumed = cluster.restored.as_ref().and_then(|r| r.writer());
+        let writer =
+            Writer::resume(output, resumed).unwrap_or_else(|e| panic!("opening {output}: {e}"));
+        let hook = checkpointer.map(|c| c.writer_hook());
+        let windows = cluster
+            .cfg
+            .parquet_dir
+            .as_ref()
+            .map(|d| WindowFiles::new(d).unwrap_or_else(|e| panic!("{}: {e:#}", d.display())));
+        let sinks = Sinks {
+            kafka: cluster.take_aggregates(),
+            windows,
+        };
+        let interval = std::time::Duration::from_millis(cluster.cfg.checkpoint_interval_ms);
+        let health = cluster.health.clone();
+        ReportSink::new(writer, sinks, hook, interval, &cluster.run, health)
+    }
+}
