@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::checkpoint::{self, CheckpointConfig, Restored};
+use super::config::AggregatorConfig;
+use super::exit::Fenced;
 use super::fence::{self, Fence};
+use super::input::Input;
 use super::sink::aggregates::{AggregatesSink, Committer};
 use super::sink::parquet;
-use super::{AggregatorConfig, Fenced, Input};
 use crate::event::enrich::Enricher;
 use crate::health::Health;
 use crate::query::metrics::QueryMetrics;

@@ -19,9 +19,9 @@ use timely::dataflow::operators::{Concatenate, Exchange as _, Input as _, Inspec
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::worker::Worker;
 
-use super::Input;
 use super::checkpoint::{Checkpointer, Publish};
 use super::cluster::Cluster;
+use super::input::Input;
 use super::sink::output::{Out, Writer};
 use super::sink::parquet::WindowFiles;
 use super::sink::report::{ReportSink, Sinks};

@@ -9,6 +9,7 @@ mod dataflow;
 pub mod exit;
 pub mod fence;
 pub mod health_share;
+mod input;
 mod queries;
 pub mod raw;
 pub mod reconcile;
@@ -19,46 +20,16 @@ mod worker;
 /// The output lines and tallies, by the path the tests and tools know them by.
 pub use sink::output;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use cluster::Cluster;
 pub use config::{AggregatorConfig, OnGap};
 pub use exit::{EXIT_DATA_LOST, EXIT_FENCED, EXIT_PEER_LOST, Fenced, peer_lost};
+pub use input::Input;
 use worker::WorkerLoop;
 
 use crate::event::enrich::Enricher;
-
-/// Where the clicks come from.
-#[derive(Clone, Debug)]
-pub enum Input {
-    /// NDJSON events or seed-003 log lines; a batch job.
-    Files(Vec<PathBuf>),
-    /// The clicks topic; with `until_end`, a batch job over what the topic holds at start.
-    Kafka {
-        kafka: crate::config::KafkaConfig,
-        until_end: bool,
-    },
-    /// The raw Parquet archive's clicks, by partition; a batch job (replay, reconciliation)
-    /// that writes only its own output.
-    Archive(Arc<BTreeMap<i32, Vec<raw::Archived>>>),
-}
-
-impl Input {
-    fn is_batch(&self) -> bool {
-        matches!(
-            self,
-            Input::Files(_)
-                | Input::Archive(_)
-                | Input::Kafka {
-                    until_end: true,
-                    ..
-                }
-        )
-    }
-}
 
 /// Runs this process's part of the cluster until the input is exhausted (batch) or forever:
 /// the cluster (`cluster::Cluster`) is built once, then every worker builds its dataflows and steps them

@@ -137,11 +137,11 @@ impl fmt::Display for Report {
 /// earlier clicks set the watermark that judges it), and after them the lateness (late
 /// clicks still reach windows in range).
 pub fn replay_input(
-    cfg: &super::AggregatorConfig,
+    cfg: &super::config::AggregatorConfig,
     archive: &std::path::Path,
     from: u64,
     to: u64,
-) -> anyhow::Result<super::Input> {
+) -> anyhow::Result<super::input::Input> {
     let margin = cfg.allowed_lateness_ms + cfg.out_of_orderness_ms + HOUR_MS;
     let hours = from.saturating_sub(cfg.dedup_horizon_ms + margin)..to.saturating_add(margin);
     let clicks = read_archive(archive, Some(hours))?;
@@ -152,7 +152,7 @@ pub fn replay_input(
         crate::timefmt::format_millis(to as i64),
         archive.display()
     );
-    Ok(super::Input::Archive(std::sync::Arc::new(clicks)))
+    Ok(super::input::Input::Archive(std::sync::Arc::new(clicks)))
 }
 
 /// Compares the recomputed output (NDJSON) with the sinks: the Parquet windows under

@@ -30,8 +30,8 @@ use part::Winners;
 
 use super::raw::{Archived, RawBuffer};
 use super::sink::aggregates::Committer;
-use super::sink::output::Writer;
 use super::sink::parquet::{self, archive};
+use super::sink::report::WriterHook;
 use crate::health::{Checkpointed, Health};
 
 /// Where and how often.
@@ -84,37 +84,6 @@ pub struct Checkpointer {
     /// Worker 0: the frontiers the writer must record its state at.
     asked: Rc<RefCell<std::collections::BTreeSet<u64>>>,
     requests: Option<Requests>,
-}
-
-/// The report writer's side: at each asked frontier `F`, once every line of the times before
-/// `F` is written and none after, the writer's state goes into the checkpoint.
-pub struct WriterHook {
-    asked: Rc<RefCell<std::collections::BTreeSet<u64>>>,
-    written: Rc<RefCell<BTreeMap<u64, WriterState>>>,
-}
-
-impl WriterHook {
-    /// Records the writer's state for every asked frontier `F` with `reached(F)`: called with
-    /// `F ≤ t` before the lines of time `t` are written, and with "the input frontier is at
-    /// or past `F`" once the writable times are written. The sinks' epochs end there
-    /// (`seal`), before the state is recorded.
-    pub fn record(
-        &self,
-        reached: impl Fn(u64) -> bool,
-        writer: &mut Writer,
-        seal: &mut dyn FnMut(u64) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let mut asked = self.asked.borrow_mut();
-        while let Some(&f) = asked.first() {
-            if !reached(f) {
-                break;
-            }
-            asked.pop_first();
-            seal(f)?;
-            self.written.borrow_mut().insert(f, writer.sync()?);
-        }
-        Ok(())
-    }
 }
 
 /// What a committed checkpoint makes visible, and where it is reported.
@@ -187,10 +156,7 @@ impl Checkpointer {
 
     /// What the report writer needs to record its state at asked frontiers (worker 0).
     pub fn writer_hook(&self) -> WriterHook {
-        WriterHook {
-            asked: self.asked.clone(),
-            written: self.written.clone(),
-        }
+        WriterHook::new(self.asked.clone(), self.written.clone())
     }
 
     /// How far the arrangements may compact: to `frontier − 1`, not `frontier`, since the

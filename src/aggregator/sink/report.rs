@@ -2,17 +2,60 @@
 //! to the NDJSON output and the final windows to the `click-aggregates` topic, with the
 //! writer's state recorded at each checkpoint frontier.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use timely::progress::frontier::MutableAntichain;
 
 use super::aggregates::AggregatesSink;
-use super::output::{Line, Out, Writer};
+use super::output::{Line, Out, Writer, WriterState};
 use super::parquet::WindowFiles;
-use crate::aggregator::checkpoint::WriterHook;
 use crate::health::Health;
+
+/// The report writer's side: at each asked frontier `F`, once every line of the times before
+/// `F` is written and none after, the writer's state goes into the checkpoint.
+/// Shared with the checkpointer ([`Checkpointer::writer_hook`]), which asks and collects.
+///
+/// [`Checkpointer::writer_hook`]: crate::aggregator::checkpoint::Checkpointer::writer_hook
+pub struct WriterHook {
+    asked: Rc<RefCell<BTreeSet<u64>>>,
+    written: Rc<RefCell<BTreeMap<u64, WriterState>>>,
+}
+
+impl WriterHook {
+    /// The hook over the checkpointer's `asked` frontiers and the `written` states it collects.
+    pub fn new(
+        asked: Rc<RefCell<BTreeSet<u64>>>,
+        written: Rc<RefCell<BTreeMap<u64, WriterState>>>,
+    ) -> Self {
+        Self { asked, written }
+    }
+
+    /// Records the writer's state for every asked frontier `F` with `reached(F)`: called with
+    /// `F ≤ t` before the lines of time `t` are written, and with "the input frontier is at
+    /// or past `F`" once the writable times are written. The sinks' epochs end there
+    /// (`seal`), before the state is recorded.
+    pub fn record(
+        &self,
+        reached: impl Fn(u64) -> bool,
+        writer: &mut Writer,
+        seal: &mut dyn FnMut(u64) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut asked = self.asked.borrow_mut();
+        while let Some(&f) = asked.first() {
+            if !reached(f) {
+                break;
+            }
+            asked.pop_first();
+            seal(f)?;
+            self.written.borrow_mut().insert(f, writer.sync()?);
+        }
+        Ok(())
+    }
+}
 
 /// Where final windows go besides the NDJSON output.
 pub struct Sinks {
