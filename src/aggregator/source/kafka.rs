@@ -11,7 +11,7 @@ use adclick_dataflows::source::{Gap, PartitionReader, Polled, Record};
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use std::cell::RefCell;
@@ -226,6 +226,43 @@ impl KafkaReader {
         }
     }
 
+    /// Takes message `m` of partition `i` into `out`: after a gap if the broker delivered
+    /// past our position, and into the raw archive if it is a click. False if it was already
+    /// read (never expected; harmless to skip).
+    fn take(
+        &mut self,
+        i: usize,
+        m: &OwnedMessage,
+        bound: FutureBound,
+        out: &mut Vec<Record>,
+    ) -> bool {
+        let (p, offset) = (m.partition(), m.offset());
+        if offset < self.next_offset[i] {
+            return false;
+        }
+        if offset > self.next_offset[i] {
+            // The broker delivered past our position: the records between are gone.
+            out.push(self.gap(i, offset));
+        }
+        let topic = &self.topic;
+        let record = kafka_record(
+            m.key().unwrap_or_default(),
+            m.payload().unwrap_or_default(),
+            bound,
+            || format!("{topic}/{p}@{offset}"),
+        );
+        if let (Some(a), Record::Click(click)) = (&self.archive, &record) {
+            a.borrow_mut().push(Archived {
+                partition: p,
+                offset,
+                click: click.clone(),
+            });
+        }
+        out.push(record);
+        self.next_offset[i] = offset + 1;
+        true
+    }
+
     /// Records that offsets `[next, to)` of partition `i` are gone: an ERROR line, health and
     /// metrics, and (under `on_gap = fail`) the end of the process with [`EXIT_DATA_LOST`].
     /// The returned record carries the gap into the dataflow, for the `lost` tally and the
@@ -353,30 +390,9 @@ impl PartitionReader for KafkaReader {
             };
             match next {
                 Some(Ok(m)) => {
-                    let (p, offset) = (m.partition(), m.offset());
-                    if offset < self.next_offset[i] {
-                        continue; // already read (never expected; harmless to skip)
+                    if !self.take(i, &m, bound, out) {
+                        continue;
                     }
-                    if offset > self.next_offset[i] {
-                        // The broker delivered past our position: the records between are gone.
-                        out.push(self.gap(i, offset));
-                    }
-                    let topic = &self.topic;
-                    let record = kafka_record(
-                        m.key().unwrap_or_default(),
-                        m.payload().unwrap_or_default(),
-                        bound,
-                        || format!("{topic}/{p}@{offset}"),
-                    );
-                    if let (Some(a), Record::Click(click)) = (&self.archive, &record) {
-                        a.borrow_mut().push(Archived {
-                            partition: p,
-                            offset,
-                            click: click.clone(),
-                        });
-                    }
-                    out.push(record);
-                    self.next_offset[i] = offset + 1;
                     n += 1;
                     if reached_end(self.next_offset[i], &self.stop_at) {
                         return Polled::Finished;
