@@ -1,6 +1,7 @@
 //! Kafka at the edges: client settings, the embedded broker, and the outbox that hands records
 //! to Kafka without ever losing them.
 
+pub mod broker;
 pub mod embedded;
 pub mod outbox;
 
