@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -116,26 +117,35 @@ impl PartitionLog {
             next_offset: 0,
             recent: HashMap::new(),
         };
+        let mut index = Vec::new();
+        // One sequential pass through a large buffer (not a read per batch): start-up time
+        // is the file size over the disk's (or page cache's) bandwidth.
+        let file = log.file.clone();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, &*file);
         let mut head = [0u8; BATCH_HEADER_LEN];
         let mut pos = 0u64;
         while pos + BATCH_HEADER_LEN as u64 <= size {
-            log.file.read_exact_at(&mut head, pos)?;
+            reader.read_exact(&mut head)?;
             let Ok(h) = parse_header(&head) else { break };
             if pos + h.total_len as u64 > size || h.last_offset_delta < 0 {
                 break;
             }
+            reader.seek_relative((h.total_len - BATCH_HEADER_LEN) as i64)?;
             let base = be_i64(&head, 0);
-            log.index.push(BatchEntry {
+            let entry = BatchEntry {
                 base,
                 last: base + h.last_offset_delta as i64,
                 pos,
                 len: h.total_len as u32,
                 max_ts: h.max_ts,
-            });
+            };
+            index.push(entry);
             log.remember(h.producer_id, h.base_sequence, base);
-            log.next_offset = base + h.last_offset_delta as i64 + 1;
             pos += h.total_len as u64;
         }
+        drop(reader);
+        log.next_offset = index.last().map_or(0, |b| b.last + 1);
+        log.index = index;
         if pos < size {
             tracing::warn!(
                 path = %path.display(),
