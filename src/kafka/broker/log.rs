@@ -318,7 +318,8 @@ impl Store {
             *c = (*c).max(p + 1);
         }
         for (topic, n) in topics {
-            if topic.is_empty() || *n <= 0 {
+            let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) || *n <= 0 {
                 bail!("invalid topic {topic:?} with {n} partitions");
             }
             let c = counts.entry(topic.clone()).or_default();
