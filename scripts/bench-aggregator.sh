@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Aggregator end to end, loopback only: the load generator preloads N clicks into the embedded
-# Kafka broker (Tansu, hosted by an idle adclick-redirect), then adclick-aggregator reads the
+# Kafka broker (the built-in one, hosted by an idle adclick-redirect), then adclick-aggregator reads the
 # topic to its end (--until-end) and finalizes every window, on 1 and 2 workers; the same
 # clicks as NDJSON files through the file source for comparison. Reports events/s (median of
 # ROUNDS). Every run must have received every record produced, with nothing lost, or the
@@ -11,7 +11,6 @@ cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-200000}
 ROUNDS=${ROUNDS:-3}
 cargo build --release --quiet --bins
-export TANSU_BIN=${TANSU_BIN:-$(scripts/tansu.sh install)}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

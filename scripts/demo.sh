@@ -11,10 +11,7 @@ OUT=target/demo
 mkdir -p "$OUT"
 rm -rf "$OUT/spool" "$OUT/kafka"
 
-# The embedded broker is Tansu (it keeps every record; the mock cluster kept ~5 MB per
-# partition). Built once, 7-12 minutes on 2 cores, then cached in ~/.cache/adclick/tansu.
-export TANSU_BIN=${TANSU_BIN:-$(scripts/tansu.sh install)}
-# Its storage, kept while the demo runs: restarting the aggregator resumes from it.
+# The embedded broker (built in) keeps every record in $OUT/kafka, across restarts.
 export ADCLICK_KAFKA_EMBEDDED_DIR=$OUT/kafka
 cargo build --quiet --bins
 BIN=target/debug

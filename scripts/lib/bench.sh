@@ -20,11 +20,10 @@ now_ms() { date +%s%3N; }
 iso() { date -u -d "@$(($1 / 1000))" +%Y-%m-%dT%H:%M:%SZ; }
 rss() { awk '/^VmRSS|^VmHWM/ {printf "%s %.0f MiB  ", $1, $2 / 1024}' "/proc/$1/status"; echo; }
 
-# The embedded broker (Tansu, which keeps every record; storage in $work/kafka), hosted by an
+# The embedded broker (built in, keeps every record; logs in $work/kafka), hosted by an
 # idle adclick-redirect: sets `brokers` and `broker_pid`.
 start_broker() {
-  export TANSU_BIN=${TANSU_BIN:-$(scripts/tansu.sh install)}
-  ADCLICK_REDIRECT_SPOOL_DIR="$work/spool" ADCLICK_KAFKA_EMBEDDED_DIR="$work/kafka" \
+    ADCLICK_REDIRECT_SPOOL_DIR="$work/spool" ADCLICK_KAFKA_EMBEDDED_DIR="$work/kafka" \
     "$B/adclick-redirect" --config config/demo.toml \
     --embedded-kafka --listen 127.0.0.1:0 >"$work/redirect.out" 2>/dev/null &
   pids+=($!)

@@ -1,17 +1,21 @@
 //! The embedded broker behind `--embedded-kafka`: the demo's and quick start's Kafka, so a
-//! new user needs no broker of their own. Two kinds, chosen by `kafka.embedded`:
+//! new user needs no broker of their own. Three kinds, chosen by `kafka.embedded`:
 //!
-//! - `tansu` (default): the Tansu broker (a real Kafka-protocol broker from crates.io, our
-//!   test broker too) as a child process with SQLite storage. It keeps every record it
-//!   acknowledged, however large the backlog, and across restarts when `kafka.embedded_dir`
-//!   is set. `scripts/tansu.sh install` builds it once.
-//! - `mock`: librdkafka's mock cluster, in this process. Fast and needs nothing installed,
-//!   but it keeps only about 5 MB per partition (`max_size` in rdkafka_mock.c, which no
-//!   public API changes) and silently drops older message sets beyond that. Only for small
-//!   tests; the aggregator reports what it drops as a gap.
+//! - `builtin` (default): adclick's own single-node Kafka-protocol broker ([`Broker`]), in
+//!   this process. It keeps every record it acknowledged in one append-only file per
+//!   partition (in `kafka.embedded_dir`, kept across restarts; a temporary directory
+//!   otherwise), however large the backlog, and serves it at hundreds of thousands of
+//!   records per second.
+//! - `tansu`: the Tansu broker (a real Kafka-protocol broker from crates.io, our failure-test
+//!   broker) as a child process with SQLite storage. It keeps everything too, but reads a
+//!   backlog at a few thousand records per second (its fetch rescans the rest of the
+//!   partition). `scripts/tansu.sh install` builds it once.
+//! - `mock`: librdkafka's mock cluster, in this process. It keeps only about 5 MB per
+//!   partition (`max_size` in rdkafka_mock.c, which no public API changes) and silently drops
+//!   older message sets beyond that. For small tests that take the broker down and up; the
+//!   aggregator reports what it drops as a gap.
 //!
-//! Why a child process rather than Tansu as a library: see docs/design.md, "The embedded
-//! broker".
+//! Why: see docs/design.md, "The embedded broker".
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,13 +29,16 @@ use rdkafka::producer::DefaultProducerContext;
 use serde::{Deserialize, Serialize};
 
 use crate::config::KafkaConfig;
+use crate::kafka::broker::Broker;
 
 /// Which broker `--embedded-kafka` starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbeddedKind {
-    /// Tansu as a child process: keeps what it is given.
+    /// adclick's own broker, in-process: keeps what it is given, fast.
     #[default]
+    Builtin,
+    /// Tansu as a child process: keeps what it is given, slow to read a backlog.
     Tansu,
     /// librdkafka's mock cluster: about 5 MB per partition, older records dropped.
     Mock,
@@ -44,6 +51,7 @@ pub const MOCK_PARTITION_BYTES: u64 = 5 << 20;
 pub const TANSU_VERSION: &str = "0.6.0";
 
 pub enum EmbeddedKafka {
+    Builtin(Broker, Option<PathBuf>),
     Tansu(TansuBroker),
     Mock(MockCluster<'static, DefaultProducerContext>),
 }
@@ -52,6 +60,7 @@ impl EmbeddedKafka {
     /// Starts the configured kind with adclick's topics.
     pub fn start(kafka: &KafkaConfig) -> anyhow::Result<Self> {
         match kafka.embedded {
+            EmbeddedKind::Builtin => Self::builtin(kafka),
             EmbeddedKind::Tansu => {
                 let bin = find_tansu().with_context(|| {
                     format!(
@@ -71,14 +80,24 @@ impl EmbeddedKafka {
         }
     }
 
+    /// adclick's own broker with the topics `kafka` names, its logs in `kafka.embedded_dir`.
+    pub fn builtin(kafka: &KafkaConfig) -> anyhow::Result<Self> {
+        let topics: Vec<(String, i32)> = topics(kafka)
+            .into_iter()
+            .map(|(name, p)| (name.clone(), p))
+            .collect();
+        let dir = kafka.embedded_dir.as_deref();
+        let broker = Broker::start(dir, &topics).context("starting the built-in broker")?;
+        Ok(Self::Builtin(broker, dir.map(Path::to_path_buf)))
+    }
+
     /// librdkafka's mock cluster, whatever the configuration says: for small tests, and for
     /// tests that take the broker down and up.
     pub fn mock(kafka: &KafkaConfig) -> anyhow::Result<Self> {
         let cluster = MockCluster::new(1)?;
         // Topics are created through the mock cluster's own API: its admin-API path times out.
-        cluster.create_topic(&kafka.clicks_topic, kafka.partitions, 1)?;
-        for topic in [&kafka.dlq_topic, &kafka.late_topic, &kafka.aggregates_topic] {
-            cluster.create_topic(topic, kafka.partitions.clamp(1, 4), 1)?;
+        for (name, partitions) in topics(kafka) {
+            cluster.create_topic(name, partitions, 1)?;
         }
         Ok(Self::Mock(cluster))
     }
@@ -86,6 +105,7 @@ impl EmbeddedKafka {
     /// `host:port` for `--brokers`.
     pub fn bootstrap_servers(&self) -> String {
         match self {
+            Self::Builtin(b, _) => b.bootstrap_servers(),
             Self::Tansu(t) => t.bootstrap_servers(),
             Self::Mock(m) => m.bootstrap_servers(),
         }
@@ -94,6 +114,15 @@ impl EmbeddedKafka {
     /// What a user must know about what this broker keeps, printed at start.
     pub fn retention_note(&self) -> String {
         match self {
+            Self::Builtin(_, dir) => match dir {
+                Some(d) => format!(
+                    "built-in broker, logs in {} (keeps every record, across restarts)",
+                    d.display()
+                ),
+                None => "built-in broker, logs in a temporary directory (keeps every record; \
+                         removed at exit)"
+                    .to_string(),
+            },
             Self::Tansu(t) => format!(
                 "Tansu {TANSU_VERSION}, SQLite storage in {} (keeps every record{})",
                 t.dir.display(),
@@ -116,16 +145,27 @@ impl EmbeddedKafka {
     pub fn broker_down(&self) -> anyhow::Result<()> {
         match self {
             Self::Mock(m) => Ok(m.broker_down(1)?),
-            Self::Tansu(_) => bail!("broker_down needs the mock cluster"),
+            _ => bail!("broker_down needs the mock cluster"),
         }
     }
 
     pub fn broker_up(&self) -> anyhow::Result<()> {
         match self {
             Self::Mock(m) => Ok(m.broker_up(1)?),
-            Self::Tansu(_) => bail!("broker_up needs the mock cluster"),
+            _ => bail!("broker_up needs the mock cluster"),
         }
     }
+}
+
+/// adclick's topics with their partition counts: the clicks topic as configured, the others
+/// at most 4.
+fn topics(kafka: &KafkaConfig) -> [(&String, i32); 4] {
+    [
+        (&kafka.clicks_topic, kafka.partitions),
+        (&kafka.dlq_topic, kafka.partitions.clamp(1, 4)),
+        (&kafka.late_topic, kafka.partitions.clamp(1, 4)),
+        (&kafka.aggregates_topic, kafka.partitions.clamp(1, 4)),
+    ]
 }
 
 /// The Tansu binary: `$TANSU_BIN`, then `PATH`, then where `scripts/tansu.sh` installs it.
@@ -237,13 +277,7 @@ impl TansuBroker {
                 .iter()
                 .any(|t| t.name() == name && !t.partitions().is_empty())
         };
-        let topics = [
-            (&kafka.clicks_topic, kafka.partitions),
-            (&kafka.dlq_topic, kafka.partitions.clamp(1, 4)),
-            (&kafka.late_topic, kafka.partitions.clamp(1, 4)),
-            (&kafka.aggregates_topic, kafka.partitions.clamp(1, 4)),
-        ];
-        for (name, partitions) in topics {
+        for (name, partitions) in topics(kafka) {
             if exists(name) {
                 continue;
             }

@@ -131,6 +131,12 @@ impl KafkaReader {
             // Never jump over data: a position the broker no longer holds is an error we see,
             // turn into a `lost` tally, and only then move past (see `KafkaReader::gap`).
             .set("auto.offset.reset", "error")
+            // Few large fetches: a backlog is read in big steps (Tansu's SQLite storage scans
+            // the rest of the partition on every fetch, so small fetches cost it quadratic
+            // time), and the local queue stays bounded by queued.max.messages.kbytes.
+            .set("max.partition.fetch.bytes", "16777216")
+            .set("fetch.max.bytes", "67108864")
+            .set("receive.message.max.bytes", "100000000")
             .create()
             .context("creating the Kafka consumer")?;
         let consumer = Arc::new(consumer);
