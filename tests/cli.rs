@@ -108,6 +108,13 @@ fn serves_with_the_embedded_broker_and_exits_cleanly_on_sigterm() {
     let first = lines.next().unwrap().unwrap();
     let brokers = first.strip_prefix("embedded kafka: ").expect(&first);
     assert!(brokers.starts_with("127.0.0.1:"), "{brokers}");
+    // What the broker keeps, so nobody mistakes a bounded one for a real one.
+    let keeps = lines.next().unwrap().unwrap();
+    assert!(
+        keeps.starts_with("embedded kafka keeps: built-in broker")
+            && keeps.contains("every record"),
+        "{keeps}"
+    );
     let second = lines.next().unwrap().unwrap();
     assert!(
         second.starts_with("adclick-redirect listening on http://127.0.0.1:"),
