@@ -103,12 +103,15 @@ pub enum DecodeError {
     /// A clock far ahead (a partner's clock in 2099): counting it would move the watermark
     /// past every honest click behind it.
     #[error(
-        "event_time {event_time_ms} is {ahead_ms} ms ahead of the clock reading it (at most {max_skew_ms} ms allowed)"
+        "event_time {event_time_ms} is {ahead_ms} ms ahead of the clock reading it, more than \
+         {setting} ({max_skew_ms} ms)"
     )]
     InFuture {
         event_time_ms: i64,
         ahead_ms: i64,
         max_skew_ms: u64,
+        /// The setting that allows it, so the reason says what to change.
+        setting: &'static str,
     },
 }
 
@@ -132,6 +135,7 @@ pub fn check_not_future(
     event_time_ms: i64,
     now_ms: i64,
     max_skew_ms: u64,
+    setting: &'static str,
 ) -> Result<(), DecodeError> {
     let ahead_ms = event_time_ms.saturating_sub(now_ms);
     if ahead_ms > max_skew_ms as i64 {
@@ -139,6 +143,7 @@ pub fn check_not_future(
             event_time_ms,
             ahead_ms,
             max_skew_ms,
+            setting,
         });
     }
     Ok(())

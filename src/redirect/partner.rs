@@ -301,6 +301,7 @@ impl Line<'_> {
             observed.event_time_ms,
             crate::timefmt::now_millis(),
             self.state.config.redirect.max_future_skew_ms,
+            "redirect.max_future_skew_ms",
         )
         .map_err(reject)?;
         self.state

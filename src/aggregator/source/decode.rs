@@ -26,7 +26,13 @@ impl FutureBound {
     }
 
     fn check(&self, e: ClickEvent) -> Result<ClickEvent, DecodeError> {
-        check_not_future(e.event_time_ms, self.now_ms, self.max_skew_ms).map(|()| e)
+        check_not_future(
+            e.event_time_ms,
+            self.now_ms,
+            self.max_skew_ms,
+            "aggregator.max_future_skew_ms",
+        )
+        .map(|()| e)
     }
 }
 
