@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 use adclick::aggregator::EXIT_DATA_LOST;
 use adclick::aggregator::checkpoint::{self, CheckpointConfig};
 use adclick::aggregator::output::{Line, Tallies};
-use adclick::config::KafkaConfig;
-use adclick::kafka::embedded::EmbeddedKafka;
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
 use common::process::{Spawned, get};
 use common::truth::{
@@ -133,11 +131,7 @@ fn adds_up(t: &Tallies) {
 #[test]
 fn a_backlog_the_mock_broker_dropped_is_reported_never_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let kafka = EmbeddedKafka::mock(&KafkaConfig {
-        partitions: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    let kafka = common::embedded_kafka(2);
     let brokers = kafka.bootstrap_servers();
     preload(&brokers, 150_000, dir.path());
     let (low, high) = topic_offsets(&brokers);
@@ -189,11 +183,7 @@ fn a_backlog_the_mock_broker_dropped_is_reported_never_skipped() {
 #[test]
 fn a_gap_marks_health_degraded_and_shows_in_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let kafka = EmbeddedKafka::mock(&KafkaConfig {
-        partitions: 1,
-        ..Default::default()
-    })
-    .unwrap();
+    let kafka = common::embedded_kafka(1);
     let brokers = kafka.bootstrap_servers();
     preload(&brokers, 60_000, dir.path());
     let (low, _) = topic_offsets(&brokers);
@@ -370,11 +360,7 @@ fn retention_on_a_real_broker_forces_a_gap_reported_exactly() {
 #[test]
 fn a_restore_whose_checkpointed_offsets_were_deleted_reports_the_gap() {
     let dir = tempfile::tempdir().unwrap();
-    let kafka = EmbeddedKafka::mock(&KafkaConfig {
-        partitions: 1,
-        ..Default::default()
-    })
-    .unwrap();
+    let kafka = common::embedded_kafka(1);
     let brokers = kafka.bootstrap_servers();
     let first = preload(&brokers, 3_000, dir.path());
     let checkpoints = dir.path().join("checkpoints");

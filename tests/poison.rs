@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use adclick::config::{Config, FsyncPolicy};
 use adclick::spool::{QUARANTINE_FILE, Spool, SpoolRecord};
-use adclick::token::{ClickClaims, Keyring};
+use adclick::token::Keyring;
 use common::{RunningRedirect, get, http_client, read_topic, request, test_config};
-use futures::StreamExt;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -49,34 +48,11 @@ fn poison() -> Vec<u8> {
     .into_bytes()
 }
 
-/// Sends `n` signed clicks `prefix-0..n`, 16 at a time; every one must be redirected.
+/// Sends `n` signed clicks `prefix-0..n` (every one must be redirected) and returns their
+/// impression ids.
 async fn send_clicks(base: &str, config: &Config, prefix: &str, n: usize) -> BTreeSet<String> {
     let keyring = Keyring::new(&config.signing.keys, None).unwrap();
-    let client = http_client();
-    let exp = adclick::timefmt::now_millis() / 1000 + 3600;
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let url = keyring.click_url(
-                base,
-                &ClickClaims {
-                    impression_id: format!("{prefix}-{i}"),
-                    ad_id: format!("ad_{}", i % 7),
-                    campaign_id: "cmp_1".into(),
-                    advertiser_id: "adv_1".into(),
-                    publisher_id: "pub_1".into(),
-                    url: "https://shop.example/".into(),
-                    exp,
-                },
-            );
-            let client = client.clone();
-            async move {
-                let r = get(&client, &url).await;
-                assert_eq!(r.status, 302, "{}", r.body);
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<()>>()
-        .await;
+    common::outage::send_clicks(base, &keyring, prefix, n).await;
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 

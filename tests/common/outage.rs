@@ -20,7 +20,7 @@ pub trait Broker {
 }
 
 /// Sends `n` signed clicks `prefix-0..n`, 16 at a time; every one must be redirected.
-async fn send_clicks(base: &str, keyring: &Keyring, prefix: &str, n: usize) {
+pub async fn send_clicks(base: &str, keyring: &Keyring, prefix: &str, n: usize) {
     let client = http_client();
     let exp = adclick::timefmt::now_millis() / 1000 + 3600;
     futures::stream::iter(0..n)
