@@ -138,7 +138,8 @@ pub fn check_not_future(
     setting: &'static str,
 ) -> Result<(), DecodeError> {
     let ahead_ms = event_time_ms.saturating_sub(now_ms);
-    if ahead_ms > max_skew_ms as i64 {
+    // A skew beyond i64 (a configured u64::MAX) means no bound, not a negative one.
+    if ahead_ms > i64::try_from(max_skew_ms).unwrap_or(i64::MAX) {
         return Err(DecodeError::InFuture {
             event_time_ms,
             ahead_ms,
@@ -352,6 +353,21 @@ pub(crate) mod tests {
             user_agent: "Mozilla/5.0 (iPhone)".into(),
             source: "redirect".into(),
         }
+    }
+
+    #[test]
+    fn future_times_are_judged_against_the_reading_clock_whatever_the_skew() {
+        let now = 1_800_000_000_000;
+        let s = "aggregator.max_future_skew_ms";
+        assert!(check_not_future(now + 300_000, now, 300_000, s).is_ok());
+        let err = check_not_future(now + 300_001, now, 300_000, s).unwrap_err();
+        assert_eq!(err.code(), "event_time_in_future");
+        assert!(err.to_string().contains(s), "{err}");
+        // Far past and far future never overflow; a skew past i64 is no bound at all.
+        assert!(check_not_future(i64::MIN, now, 0, s).is_ok());
+        assert!(check_not_future(i64::MAX, i64::MIN, u64::MAX, s).is_ok());
+        assert!(check_not_future(now + 1, now, u64::MAX, s).is_ok());
+        assert!(check_not_future(i64::MAX, now, 0, s).is_err());
     }
 
     #[test]
