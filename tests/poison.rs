@@ -61,11 +61,20 @@ async fn assert_clicks_arrive(brokers: &str, want: &BTreeSet<String>) {
     let brokers = brokers.to_string();
     let want = want.clone();
     tokio::task::spawn_blocking(move || {
-        let records = read_topic(&brokers, "clicks", want.len(), PROMPTLY);
-        let got: BTreeSet<String> = records
-            .iter()
-            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
-            .collect();
+        // read_topic returns once a second passes with nothing new; a click still being
+        // retried can come later, so read again until all are there or the time is up.
+        let deadline = Instant::now() + PROMPTLY;
+        let got = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got: BTreeSet<String> = read_topic(&brokers, "clicks", want.len(), left)
+                .iter()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            if want.is_subset(&got) || Instant::now() >= deadline {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         let missing: Vec<_> = want.difference(&got).take(5).collect();
         assert!(
             missing.is_empty(),
