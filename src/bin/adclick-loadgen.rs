@@ -59,8 +59,13 @@ fn stop_on_signal() -> anyhow::Result<&'static AtomicBool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Installed now, before traffic starts, so an early signal stops it cleanly.
+    let signal = {
+        let _context = runtime.enter();
+        shutdown_signal()
+    };
     std::thread::spawn(move || {
-        runtime.block_on(shutdown_signal());
+        runtime.block_on(signal);
         STOP.store(true, Ordering::Relaxed);
     });
     Ok(&STOP)

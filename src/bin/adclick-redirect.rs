@@ -90,11 +90,12 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.redirect.listen).await?;
         let state = Arc::new(State::new(config)?);
+        let shutdown = shutdown_signal();
         println!(
             "adclick-redirect listening on http://{}",
             listener.local_addr()?
         );
-        redirect::serve(state, listener, shutdown_signal()).await;
+        redirect::serve(state, listener, shutdown).await;
         anyhow::Ok(())
     })?;
     drop(embedded);
