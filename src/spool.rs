@@ -317,18 +317,14 @@ fn read_frame(r: &mut impl Read) -> io::Result<Option<(SpoolRecord, u64)>> {
     Ok(Some((SpoolRecord { topic, key, value }, 8 + len as u64)))
 }
 
-/// Like `read_exact`, but a short read at the end is `false` rather than an error.
+/// `read_exact`, but a short read at the end (a torn last frame) is `false` rather than an
+/// error.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => return Ok(false),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    match r.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
-    Ok(true)
 }
 
 /// Counts the valid frames from `start` and returns (records, offset after the last good one).

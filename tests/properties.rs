@@ -22,7 +22,7 @@ use adclick::event::{
     ClickEvent, Device, MAX_EVENT_TIME_MS, MAX_ID_LEN, MIN_EVENT_TIME_MS, check_id, country,
     device_to_proto,
 };
-use adclick::query::params::{self, Access, BadParam, Plan};
+use adclick::query::params::{self, Access, Plan, QueryError};
 use adclick::redirect::click::landing_url;
 use adclick::token::{
     ClickClaims, Keyring, MAX_UNSIGNED_PARAMS, SIGNED_PARAMS, SigningKey, TokenError,
@@ -955,18 +955,19 @@ fn query_map(query: &str) -> HashMap<String, String> {
 /// The query, or a 400 whose message names a parameter the request had, or a required one;
 /// or, for an advertiser, the 404 `not found`.
 fn assert_answer(
-    result: Result<impl std::fmt::Debug, BadParam>,
+    result: Result<impl std::fmt::Debug, QueryError>,
     params: &HashMap<String, String>,
     access: &Access,
     path: &[&str],
 ) {
-    let Err(BadParam(message)) = result else {
-        return;
+    let message = match result {
+        Ok(_) => return,
+        Err(QueryError::NotFound) => {
+            assert!(matches!(access, Access::Advertiser(_)), "not found");
+            return;
+        }
+        Err(QueryError::BadParam(message)) => message,
     };
-    if message == "not found" {
-        assert!(matches!(access, Access::Advertiser(_)), "{message}");
-        return;
-    }
     let named = message
         .strip_prefix("parameter `")
         .and_then(|m| {
@@ -1019,7 +1020,8 @@ proptest! {
     ) {
         match params::path_id("ad_id", &raw) {
             Ok(decoded) => prop_assert!(check_id("ad_id", &decoded).is_ok()),
-            Err(BadParam(m)) => {
+            Err(e) => {
+                let m = e.to_string();
                 prop_assert!(m.starts_with("parameter `ad_id`"), "{}", m);
                 prop_assert!(m.len() < 300, "echoes the whole value: {} bytes", m.len());
             }

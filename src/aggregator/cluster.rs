@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::checkpoint::{self, CheckpointConfig, Restored};
 use super::config::AggregatorConfig;
-use super::exit::Fenced;
+use super::exit::{Failure, Fenced};
 use super::fence::{self, Fence};
 use super::input::Input;
 use super::sink::aggregates::{AggregatesSink, Committer};
@@ -24,6 +24,7 @@ use crate::query::{self, Ask, Bridge, Server};
 /// - [`Health`] and the query [`Server`] state, which the HTTP server (process 0, streaming
 ///   jobs only) reads while the workers write;
 /// - the restored checkpoint, if any, with this run's id and fencing epoch;
+/// - the [`Failure`] that stops every worker on an error of the input;
 /// - the fences, held until the process ends: nothing is read or written before this process
 ///   owns its checkpoint directory and output.
 pub struct Cluster {
@@ -48,6 +49,8 @@ pub struct Cluster {
     pub epoch: u64,
     /// Process 0's click-aggregates sink, taken by worker 0's report writer.
     aggregates: Mutex<Option<AggregatesSink>>,
+    /// An error of the input that stops every worker, and `run` with it.
+    pub failure: Failure,
     _fences: Vec<Fence>,
 }
 
@@ -109,6 +112,7 @@ impl Cluster {
             run,
             epoch,
             aggregates: Mutex::new(aggregates),
+            failure: Failure::default(),
             _fences: fences,
         })
     }

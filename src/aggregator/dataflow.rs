@@ -107,7 +107,9 @@ impl Builder<'_> {
         match &self.cluster.input {
             Input::Files(files) => {
                 let enricher = self.cluster.enricher.clone();
-                let reader = FileReader::new(files, index, peers, enricher, cfg.max_future_skew_ms);
+                let failure = self.cluster.failure.clone();
+                let skew = cfg.max_future_skew_ms;
+                let reader = FileReader::new(files, index, peers, enricher, skew, failure);
                 clock_source(scope, "FileSource", reader, time, now_ms)
             }
             Input::Archive(archive) => {
@@ -208,8 +210,9 @@ impl Builder<'_> {
     ) {
         let lateness = self.cluster.cfg.allowed_lateness_ms;
         if let Input::Kafka { kafka, .. } = &self.cluster.input {
-            super::sink::kafka::late_to_kafka(a.late.clone(), kafka);
-            super::sink::kafka::rejected_to_kafka(a.rejected.clone(), kafka);
+            let failure = &self.cluster.failure;
+            super::sink::kafka::late_to_kafka(a.late.clone(), kafka, failure);
+            super::sink::kafka::rejected_to_kafka(a.rejected.clone(), kafka, failure);
         }
         let lines = scope.concatenate([
             a.received.map(Out::Received),
@@ -226,6 +229,7 @@ impl Builder<'_> {
             return;
         }
         let mut sink = self.report_sink(checkpointer);
+        let failure = self.cluster.failure.clone();
         lines.sink(
             Exchange::new(|_: &Out| 0),
             "WriteReports",
@@ -233,7 +237,13 @@ impl Builder<'_> {
                 input.for_each(|cap, data| {
                     sink.add(*cap.least().expect("a totally ordered time"), data);
                 });
-                sink.write_ready(frontier).expect("writing the reports");
+                // A report that cannot be written (or a final window the topic refused)
+                // stops the job, with its message.
+                if !failure.failed()
+                    && let Err(e) = sink.write_ready(frontier)
+                {
+                    failure.fail(e.context("writing the reports"));
+                }
             },
         );
     }

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use cluster::Cluster;
 pub use config::{AggregatorConfig, OnGap};
-pub use exit::{EXIT_DATA_LOST, EXIT_FENCED, EXIT_PEER_LOST, Fenced, peer_lost};
+pub use exit::{EXIT_DATA_LOST, EXIT_FENCED, EXIT_PEER_LOST, Failure, Fenced, peer_lost};
 pub use input::Input;
 use worker::WorkerLoop;
 
@@ -49,6 +49,9 @@ pub fn run(cfg: AggregatorConfig, input: Input, enricher: Enricher) -> anyhow::R
     .map_err(|e| anyhow::anyhow!("starting the timely cluster: {e}"))?;
     for r in results.join() {
         r.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
+    }
+    if let Some(e) = cluster.failure.take() {
+        return Err(e);
     }
     cluster.finish()
 }

@@ -61,15 +61,21 @@ impl WorkerLoop {
         }
     }
 
-    /// Steps the worker until its dataflows are done, then archives what the input left.
+    /// Steps the worker until its dataflows are done, then archives what the input left; or
+    /// until the cluster's [`Failure`](super::exit::Failure) is set, which `run` returns.
     pub fn run(mut self, worker: &mut Worker, cluster: &Cluster) {
-        while worker.step_or_park(Some(self.queries.park())) {
+        let failure = &cluster.failure;
+        while !failure.failed() && worker.step_or_park(Some(self.queries.park())) {
             self.step(cluster);
         }
+        if failure.failed() {
+            return;
+        }
         // The input is exhausted: every click read is in the results.
-        if let Some(c) = self.aggregation.checkpointer.as_mut() {
-            c.archive_the_rest()
-                .unwrap_or_else(|e| panic!("worker {}: archiving: {e:#}", self.index));
+        if let Some(c) = self.aggregation.checkpointer.as_mut()
+            && let Err(e) = c.archive_the_rest()
+        {
+            failure.fail(e.context(format!("worker {}: archiving", self.index)));
         }
     }
 

@@ -1,12 +1,14 @@
 //! Seeded click traffic with its exact ground truth, into NDJSON files, the Kafka clicks
 //! topic, or a running adclick-redirect.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::bail;
 use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
-use adclick::cli::{CommonArgs, init_logging, shutdown_signal};
+use adclick::cli::{CommonArgs, init_logging};
 use adclick::loadgen::args::LoadgenArgs;
 use adclick::loadgen::{self, LoadgenConfig};
 
@@ -39,7 +41,7 @@ fn main() -> anyhow::Result<()> {
     let mut config = cli.common.load(cli.loadgen.overrides()?)?;
     let cfg = LoadgenConfig::from_config(&config)?;
     let embedded = cli.common.maybe_embedded_kafka(&mut config)?;
-    let summary = loadgen::run(&cfg, &config, stop_on_signal()?)?;
+    let summary = loadgen::run(&cfg, &config, &*stop_on_signal()?)?;
     drop(embedded);
     eprintln!("{summary}");
     if summary.errors > 0 {
@@ -51,22 +53,13 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raised by SIGINT or SIGTERM: the run then stops early, still writing the truth of what it
-/// sent (the demo stops its traffic this way).
-static STOP: AtomicBool = AtomicBool::new(false);
-
-fn stop_on_signal() -> anyhow::Result<&'static AtomicBool> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    // Installed now, before traffic starts, so an early signal stops it cleanly.
-    let signal = {
-        let _context = runtime.enter();
-        shutdown_signal()
-    };
-    std::thread::spawn(move || {
-        runtime.block_on(signal);
-        STOP.store(true, Ordering::Relaxed);
-    });
-    Ok(&STOP)
+/// A flag raised by SIGINT or SIGTERM: the run then stops early, still writing the truth of
+/// what it sent (the demo stops its traffic this way). The handlers are installed now, before
+/// traffic starts, so an early signal stops it cleanly rather than killing it.
+fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    Ok(stop)
 }

@@ -1,9 +1,10 @@
-//! Kafka at the edges: client settings, the embedded broker, and the outbox that hands records
-//! to Kafka without ever losing them.
+//! Kafka at the edges: client settings, the one send path ([`send`]), the embedded broker,
+//! and the outbox that hands records to Kafka without ever losing them.
 
 pub mod broker;
 pub mod embedded;
 pub mod outbox;
+pub mod send;
 
 use rdkafka::ClientConfig;
 

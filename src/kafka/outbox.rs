@@ -19,7 +19,7 @@
 //! Poison records: a record the broker will never take (larger than its maximum message size,
 //! for a topic that does not exist or that we may not write, ...) must not wait at the head of
 //! the spool, retried forever while every click behind it waits too. [`classify`] sorts
-//! librdkafka's error codes into those (`Refused`) and those worth retrying; a refused record
+//! librdkafka's error codes into those (`Fatal`) and those worth retrying; a refused record
 //! goes to the [`Quarantine`] file beside the spool (with a metric and an ERROR line), on the
 //! in-memory path and on the spool path alike, and the records behind it move on. Brokers
 //! refuse whole batches, so a record refused for its own bytes (size, format) in a batch with
@@ -47,6 +47,7 @@ use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
 
+use super::send::{Verdict, classify, classify_error, send};
 use crate::config::{KafkaConfig, RedirectConfig};
 use crate::spool::{Quarantine, Spool, SpoolRecord, frame_len};
 
@@ -65,55 +66,6 @@ pub enum Route {
     /// Refused by Kafka for good (e.g. larger than the maximum message size): set aside in
     /// the quarantine file, never delivered.
     Quarantine,
-}
-
-/// What to do with a record Kafka (or librdkafka) did not take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Sending it again cannot succeed: quarantine it. `reason` is a stable label (the
-    /// metric's). `record_level`: the refusal is about the record's own bytes (size, format)
-    /// rather than its topic; since a broker refuses whole batches, such a record is retried
-    /// alone before it is judged.
-    Refused {
-        reason: &'static str,
-        record_level: bool,
-    },
-    /// May succeed later (broker down, leader moving, queue full, fatal producer state): keep
-    /// the record and retry; if it never succeeds, readiness says so.
-    Retry,
-}
-
-/// Sorts librdkafka's error codes into permanent refusals and everything else. Unknown codes
-/// are retried, never quarantined: a stuck outbox is visible (/readyz) and loses nothing,
-/// while quarantining on a guess would take clicks out of the pipeline.
-pub fn classify(code: RDKafkaErrorCode) -> Verdict {
-    use RDKafkaErrorCode as E;
-    let (reason, record_level) = match code {
-        E::MessageSizeTooLarge | E::MessageBatchTooLarge => ("message_too_large", true),
-        E::InvalidMessageSize
-        | E::InvalidRecord
-        | E::InvalidTimestamp
-        | E::BadMessage
-        | E::InvalidArgument => ("invalid_record", true),
-        E::UnknownTopic | E::UnknownTopicOrPartition => ("unknown_topic", false),
-        E::UnknownPartition => ("unknown_partition", false),
-        E::InvalidTopic => ("invalid_topic", false),
-        E::TopicAuthorizationFailed => ("topic_authorization_failed", false),
-        E::ClusterAuthorizationFailed => ("cluster_authorization_failed", false),
-        E::PolicyViolation => ("policy_violation", false),
-        E::UnsupportedForMessageFormat | E::UnsupportedCompressionType => {
-            ("unsupported_by_topic", false)
-        }
-        _ => return Verdict::Retry,
-    };
-    Verdict::Refused {
-        reason,
-        record_level,
-    }
-}
-
-fn classify_error(e: &KafkaError) -> Verdict {
-    e.rdkafka_error_code().map_or(Verdict::Retry, classify)
 }
 
 /// Whether the outbox delivers, and if not why: what /readyz reports.
@@ -438,7 +390,7 @@ impl ProducerContext for Context {
                     value: msg.payload().unwrap_or_default().to_vec(),
                 };
                 match classify_error(err) {
-                    Verdict::Refused {
+                    Verdict::Fatal {
                         reason,
                         record_level: false,
                     } if s
@@ -531,7 +483,8 @@ impl Outbox {
             let record = BaseRecord::with_opaque_to(topic, s.now_us() as usize)
                 .key(key)
                 .payload(value);
-            match self.producer.send(record) {
+            // A full queue is not waited for: the spool takes the record at once.
+            match send(&self.producer, record, || false) {
                 Ok(()) => {
                     s.metrics
                         .routed
@@ -539,10 +492,11 @@ impl Outbox {
                         .inc();
                     return Ok(Route::Kafka);
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(full) if full.queue_full() => {
                     s.enter_degraded("is not keeping up (in-memory queue full)");
                 }
-                Err((e, _)) => {
+                Err(failed) => {
+                    let e = failed.error;
                     let rec = SpoolRecord {
                         topic: topic.to_string(),
                         key: key.to_vec(),
@@ -550,7 +504,7 @@ impl Outbox {
                     };
                     // librdkafka refused this very record (e.g. over message.max.bytes):
                     // spooled, it would block the spool for good.
-                    if let Verdict::Refused { reason, .. } = classify_error(&e)
+                    if let Verdict::Fatal { reason, .. } = classify_error(&e)
                         && s.quarantine(&rec, reason, &e.to_string(), "memory").is_ok()
                     {
                         return Ok(Route::Quarantine);
@@ -773,31 +727,23 @@ fn deliver_batch(
     };
     for (i, (_, rec)) in batch.iter().enumerate() {
         let opaque = FROM_SPOOL | (id << 32) | i;
-        let mut record = BaseRecord::with_opaque_to(&rec.topic, opaque)
+        let record = BaseRecord::with_opaque_to(&rec.topic, opaque)
             .key(&rec.key[..])
             .payload(&rec.value[..]);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    if s.stop.load(Ordering::SeqCst) {
-                        return Err("stopping".into());
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => {
-                    if classify_error(&e) == Verdict::Retry {
-                        return Err(format!("cannot produce a spooled record: {e}"));
-                    }
-                    let outcome = Outcome::Failed {
-                        code: e.rdkafka_error_code(),
-                        error: e.to_string(),
-                        sync: true,
-                    };
-                    s.record_outcome(opaque, outcome);
-                    break;
-                }
+        match send(producer, record, || !s.stop.load(Ordering::SeqCst)) {
+            Ok(()) => {}
+            Err(full) if full.queue_full() => return Err("stopping".into()),
+            Err(failed) if failed.verdict() == Verdict::Retryable => {
+                return Err(format!("cannot produce a spooled record: {}", failed.error));
+            }
+            Err(failed) => {
+                let e = failed.error;
+                let outcome = Outcome::Failed {
+                    code: e.rdkafka_error_code(),
+                    error: e.to_string(),
+                    sync: true,
+                };
+                s.record_outcome(opaque, outcome);
             }
         }
     }
@@ -820,12 +766,12 @@ fn deliver_batch(
         let Some(Outcome::Failed { code, error, sync }) = outcome else {
             continue;
         };
-        match code.map_or(Verdict::Retry, classify) {
-            Verdict::Retry => return Err(error),
-            Verdict::Refused {
+        match code.map_or(Verdict::Retryable, classify) {
+            Verdict::Retryable => return Err(error),
+            Verdict::Fatal {
                 record_level: true, ..
             } if !sync && batch.len() > 1 => alone.push(i),
-            Verdict::Refused { reason, .. } => refused.push((i, reason, error)),
+            Verdict::Fatal { reason, .. } => refused.push((i, reason, error)),
         }
     }
     // Refused as part of a batch, for the batch's bytes: each gets a try of its own, so only
@@ -869,99 +815,6 @@ fn sleep_or_wake(s: &Shared, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use RDKafkaErrorCode as E;
-
-    fn refused(reason: &'static str, record_level: bool) -> Verdict {
-        Verdict::Refused {
-            reason,
-            record_level,
-        }
-    }
-
-    #[test]
-    fn records_kafka_can_never_take_are_refused() {
-        // The record's own bytes: retried alone before quarantine when refused in a batch.
-        assert_eq!(
-            classify(E::MessageSizeTooLarge),
-            refused("message_too_large", true)
-        );
-        assert_eq!(
-            classify(E::MessageBatchTooLarge),
-            refused("message_too_large", true)
-        );
-        assert_eq!(classify(E::InvalidRecord), refused("invalid_record", true));
-        assert_eq!(
-            classify(E::InvalidMessageSize),
-            refused("invalid_record", true)
-        );
-        assert_eq!(
-            classify(E::InvalidTimestamp),
-            refused("invalid_record", true)
-        );
-        assert_eq!(classify(E::BadMessage), refused("invalid_record", true));
-        // The record's topic: every record of it would be refused the same way.
-        assert_eq!(classify(E::UnknownTopic), refused("unknown_topic", false));
-        assert_eq!(
-            classify(E::UnknownTopicOrPartition),
-            refused("unknown_topic", false)
-        );
-        assert_eq!(
-            classify(E::UnknownPartition),
-            refused("unknown_partition", false)
-        );
-        assert_eq!(classify(E::InvalidTopic), refused("invalid_topic", false));
-        assert_eq!(
-            classify(E::TopicAuthorizationFailed),
-            refused("topic_authorization_failed", false)
-        );
-        assert_eq!(
-            classify(E::ClusterAuthorizationFailed),
-            refused("cluster_authorization_failed", false)
-        );
-        assert_eq!(
-            classify(E::PolicyViolation),
-            refused("policy_violation", false)
-        );
-    }
-
-    #[test]
-    fn outages_and_unknown_errors_are_retried_never_quarantined() {
-        for code in [
-            E::QueueFull,
-            E::AllBrokersDown,
-            E::BrokerTransportFailure,
-            E::MessageTimedOut,
-            E::RequestTimedOut,
-            E::NotLeaderForPartition,
-            E::LeaderNotAvailable,
-            E::NotEnoughReplicas,
-            E::NotEnoughReplicasAfterAppend,
-            E::KafkaStorageError,
-            E::OutOfOrderSequenceNumber,
-            E::DuplicateSequenceNumber,
-            E::UnknownProducerId,
-            E::InvalidProducerEpoch,
-            E::PurgeQueue,
-            E::PurgeInflight,
-            E::Fatal,
-            // A corrupt message on the wire is retriable in Kafka's protocol.
-            E::InvalidMessage,
-            E::Authentication,
-            E::Unknown,
-            E::NoError,
-        ] {
-            assert_eq!(classify(code), Verdict::Retry, "{code:?}");
-        }
-        assert_eq!(
-            classify_error(&KafkaError::Canceled),
-            Verdict::Retry,
-            "no code"
-        );
-        assert_eq!(
-            classify_error(&KafkaError::MessageProduction(E::MessageSizeTooLarge)),
-            refused("message_too_large", true)
-        );
-    }
 
     /// After a fatal producer error every send fails at once, so nothing is ever in flight
     /// and the old "not acknowledging" check never fired: the spool grew behind a drainer that
@@ -1019,24 +872,5 @@ mod tests {
             "the reason names the fatal error: {r:?}"
         );
         outbox.shutdown(Duration::from_millis(100));
-    }
-
-    #[test]
-    fn every_refusal_reason_is_a_short_stable_label() {
-        // The reasons are metric labels: a fixed, small set of snake_case names.
-        let mut reasons = std::collections::BTreeSet::new();
-        for code in (-200..200).filter_map(|c| {
-            let code: RDKafkaErrorCode = rdkafka::types::RDKafkaRespErr::try_from(c).ok()?.into();
-            Some(code)
-        }) {
-            if let Verdict::Refused { reason, .. } = classify(code) {
-                assert!(
-                    reason.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
-                    "{reason}"
-                );
-                reasons.insert(reason);
-            }
-        }
-        assert!(reasons.len() <= 12, "{reasons:?}");
     }
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use adclick_dataflows::query::QueryKind;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 use warp::Filter as _;
 use warp::Reply as _;
@@ -27,8 +28,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use crate::health::Health;
-use params::{Access, BadParam, Plan};
-use render::{Rendered, Resolved, render};
+use params::{Access, Plan, QueryError};
+use render::{Resolved, render};
 
 /// An API key: an advertiser's (sees its own campaigns and ads) or, without one, an admin's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,20 +99,19 @@ fn error(status: StatusCode, message: &str) -> Response {
     json_reply(status, json!({ "error": message }))
 }
 
-const NOT_FOUND: &str = "not found";
+/// A query not answered, as its status and JSON error.
+fn refused(e: QueryError) -> Response {
+    error(e.status(), &e.to_string())
+}
 
 impl Server {
     fn access(&self, auth: Option<&str>) -> Option<Access> {
         let key = auth?.strip_prefix("Bearer ")?.trim();
-        let found = self.keys.iter().find(|k| {
-            // Compare in constant time: keys are secrets.
-            k.key.len() == key.len()
-                && k.key
-                    .bytes()
-                    .zip(key.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        })?;
+        // Compared in constant time: keys are secrets.
+        let found = self
+            .keys
+            .iter()
+            .find(|k| k.key.as_bytes().ct_eq(key.as_bytes()).into())?;
         Some(match &found.advertiser {
             Some(a) => Access::Advertiser(a.clone()),
             None => Access::Admin,
@@ -132,14 +132,13 @@ impl Server {
         &self,
         endpoint: &'static str,
         auth: Option<String>,
-        plan: impl FnOnce(&Access, &Plan) -> Result<(QueryKind, String), BadParam>,
+        plan: impl FnOnce(&Access, &Plan) -> Result<(QueryKind, String), QueryError>,
     ) -> Response {
         let started = Instant::now();
         let response = match self.access(auth.as_deref()) {
             None => error(StatusCode::UNAUTHORIZED, "missing or unknown API key"),
             Some(access) => match plan(&access, &self.plan()) {
-                Err(BadParam(m)) if m == NOT_FOUND => error(StatusCode::NOT_FOUND, NOT_FOUND),
-                Err(BadParam(m)) => error(StatusCode::BAD_REQUEST, &m),
+                Err(e) => refused(e),
                 Ok((kind, ad_text)) => {
                     let admin = access == Access::Admin;
                     match self
@@ -148,8 +147,8 @@ impl Server {
                         .await
                         .map(|r| render(r, admin, &ad_text))
                     {
-                        Some(Rendered::Json(v)) => json_reply(StatusCode::OK, v),
-                        Some(Rendered::NotFound) => error(StatusCode::NOT_FOUND, NOT_FOUND),
+                        Some(Ok(v)) => json_reply(StatusCode::OK, v),
+                        Some(Err(e)) => error(e.status(), &e.to_string()),
                         None => error(StatusCode::SERVICE_UNAVAILABLE, "the cluster is stopping"),
                     }
                 }
@@ -265,7 +264,7 @@ pub fn routes(
             "style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
             "uplot.min.js" => asset(UPLOT_JS, "text/javascript; charset=utf-8"),
             "uplot.min.css" => asset(UPLOT_CSS, "text/css; charset=utf-8"),
-            _ => error(StatusCode::NOT_FOUND, NOT_FOUND),
+            _ => refused(QueryError::NotFound),
         });
     ad_count
         .or(popular)
@@ -294,7 +293,7 @@ pub fn routes(
 async fn rejected(r: warp::Rejection) -> Result<Response, warp::Rejection> {
     use warp::reject::{InvalidHeader, InvalidQuery, MethodNotAllowed};
     let reply = if r.is_not_found() {
-        error(StatusCode::NOT_FOUND, NOT_FOUND)
+        refused(QueryError::NotFound)
     } else if r.find::<MethodNotAllowed>().is_some() {
         let mut reply = error(
             StatusCode::METHOD_NOT_ALLOWED,

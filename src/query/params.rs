@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use adclick_dataflows::click::Sym;
 use adclick_dataflows::query::{Filter, Granularity, GroupBy, QueryKind};
 use adclick_dataflows::topn::{advertiser_scope, all_countries};
+use warp::http::StatusCode;
 
 use crate::event::{Device, check_id, country};
 use crate::timefmt::parse_millis;
@@ -31,12 +32,29 @@ impl Access {
     }
 }
 
-/// A bad parameter: the name, and what is wrong with it.
-#[derive(Debug, PartialEq, Eq)]
-pub struct BadParam(pub String);
+/// Why a query is not answered, each with its HTTP status.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// A bad parameter: the message names it and says what is wrong with it (a 400).
+    #[error("{0}")]
+    BadParam(String),
+    /// What the caller may not see, answered as if it did not exist (a 404): an advertiser
+    /// asking about another advertiser's ads learns nothing of them.
+    #[error("not found")]
+    NotFound,
+}
 
-fn bad(param: &str, what: impl std::fmt::Display) -> BadParam {
-    BadParam(format!("parameter `{param}`: {what}"))
+impl QueryError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            QueryError::BadParam(_) => StatusCode::BAD_REQUEST,
+            QueryError::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+fn bad(param: &str, what: impl std::fmt::Display) -> QueryError {
+    QueryError::BadParam(format!("parameter `{param}`: {what}"))
 }
 
 /// A value as an error message shows it: quoted, and cut, so that a 10 KB id does not come
@@ -69,7 +87,7 @@ fn percent_decode(raw: &str) -> Option<String> {
 
 /// An id from a path segment (`param` names it in errors): percent-decoded, then held to the
 /// rules ingest holds ids to, so a path can only name an id that could exist.
-pub fn path_id(param: &str, raw: &str) -> Result<String, BadParam> {
+pub fn path_id(param: &str, raw: &str) -> Result<String, QueryError> {
     let text = percent_decode(raw).ok_or_else(|| bad(param, "malformed %-escape, or not UTF-8"))?;
     check_id("id", &text).map_err(|e| bad(param, format!("{}: {}", shown(&text), e.problem)))?;
     Ok(text)
@@ -129,7 +147,7 @@ const DIMENSIONS: [&str; 6] = [
     "device",
 ];
 
-fn only(params: &Params, allowed: &[&str]) -> Result<(), BadParam> {
+fn only(params: &Params, allowed: &[&str]) -> Result<(), QueryError> {
     match params.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(bad(
             k,
@@ -140,7 +158,7 @@ fn only(params: &Params, allowed: &[&str]) -> Result<(), BadParam> {
 }
 
 /// RFC 3339 time or a date (`2026-04-20`, midnight UTC), in ms.
-fn time(params: &Params, name: &str) -> Result<Option<u64>, BadParam> {
+fn time(params: &Params, name: &str) -> Result<Option<u64>, QueryError> {
     let Some(v) = params.get(name) else {
         return Ok(None);
     };
@@ -156,7 +174,7 @@ fn time(params: &Params, name: &str) -> Result<Option<u64>, BadParam> {
         .ok_or_else(|| bad(name, format!("{v:?} is not an RFC 3339 time or a date")))
 }
 
-fn range(params: &Params) -> Result<(u64, u64), BadParam> {
+fn range(params: &Params) -> Result<(u64, u64), QueryError> {
     let from = time(params, "from")?.ok_or_else(|| bad("from", "required"))?;
     let to = time(params, "to")?.ok_or_else(|| bad("to", "required"))?;
     if to <= from {
@@ -167,7 +185,7 @@ fn range(params: &Params) -> Result<(u64, u64), BadParam> {
 
 /// The finest rows that answer [from, to): minutes while they are kept, else hours or days
 /// if the range is aligned to them.
-fn source(plan: &Plan, from: u64, to: u64) -> Result<Granularity, BadParam> {
+fn source(plan: &Plan, from: u64, to: u64) -> Result<Granularity, QueryError> {
     let minutes_from = plan.frontier.saturating_sub(plan.minute_retention_ms);
     if from >= minutes_from {
         return Ok(Granularity::Minute);
@@ -184,9 +202,9 @@ fn source(plan: &Plan, from: u64, to: u64) -> Result<Granularity, BadParam> {
 }
 
 /// `filter=country:US,device:mobile` and/or the dimension parameters themselves.
-fn filter(params: &Params, access: &Access) -> Result<Filter, BadParam> {
+fn filter(params: &Params, access: &Access) -> Result<Filter, QueryError> {
     let mut f = Filter::default();
-    let mut set = |name: &str, value: &str, from: &str| -> Result<(), BadParam> {
+    let mut set = |name: &str, value: &str, from: &str| -> Result<(), QueryError> {
         let slot = match name {
             "ad_id" => &mut f.ad_id,
             "campaign_id" => &mut f.campaign_id,
@@ -217,7 +235,7 @@ fn filter(params: &Params, access: &Access) -> Result<Filter, BadParam> {
     }
     if let Some(adv) = access.advertiser() {
         if f.advertiser_id.is_some_and(|a| a != adv) {
-            return Err(BadParam("not found".into()));
+            return Err(QueryError::NotFound);
         }
         f.advertiser_id = Some(adv);
     }
@@ -229,7 +247,7 @@ pub fn ad_count(
     params: &Params,
     access: &Access,
     plan: &Plan,
-) -> Result<QueryKind, BadParam> {
+) -> Result<QueryKind, QueryError> {
     only(
         params,
         &[
@@ -252,7 +270,7 @@ pub fn ad_count(
     })
 }
 
-pub fn report(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind, BadParam> {
+pub fn report(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind, QueryError> {
     let mut allowed = vec!["from", "to", "groupBy", "filter"];
     allowed.extend(DIMENSIONS);
     only(params, &allowed)?;
@@ -303,7 +321,7 @@ pub fn report(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind
     })
 }
 
-pub fn popular(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind, BadParam> {
+pub fn popular(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind, QueryError> {
     only(params, &["count", "window", "filter"])?;
     let n = match params.get("count") {
         None => plan.top_n.min(10),
@@ -385,7 +403,7 @@ mod tests {
         ];
         for (params, name) in cases {
             let e = ad_count("ad_1", &params, &a, &plan()).unwrap_err();
-            assert!(e.0.contains(name), "{e:?} should name {name}");
+            assert!(e.to_string().contains(name), "{e:?} should name {name}");
         }
         let e = report(
             &p(&[
@@ -397,11 +415,11 @@ mod tests {
             &plan(),
         )
         .unwrap_err();
-        assert!(e.0.contains("`groupBy`"), "{e:?}");
+        assert!(e.to_string().contains("`groupBy`"), "{e:?}");
         let e = popular(&p(&[("window", "7")]), &a, &plan()).unwrap_err();
-        assert!(e.0.contains("`window`"), "{e:?}");
+        assert!(e.to_string().contains("`window`"), "{e:?}");
         let e = popular(&p(&[("count", "1000")]), &a, &plan()).unwrap_err();
-        assert!(e.0.contains("`count`"), "{e:?}");
+        assert!(e.to_string().contains("`count`"), "{e:?}");
     }
 
     #[test]
@@ -469,7 +487,7 @@ mod tests {
             ("campaign_id", "camp 1", "`campaign_id`"),
         ] {
             let e = filter_of(&[(param, value)]).unwrap_err();
-            assert!(e.0.contains(named), "{param}={value}: {e:?}");
+            assert!(e.to_string().contains(named), "{param}={value}: {e:?}");
         }
         let QueryKind::Top { key, .. } =
             popular(&p(&[("filter", "country:usa")]), &a, &plan()).unwrap()
@@ -478,7 +496,7 @@ mod tests {
         };
         assert_eq!(key.2, Sym::of("US"));
         let e = popular(&p(&[("filter", "country:XX")]), &a, &plan()).unwrap_err();
-        assert!(e.0.contains("`filter`"), "{e:?}");
+        assert!(e.to_string().contains("`filter`"), "{e:?}");
     }
 
     /// Ids in paths are percent-decoded (`%61d_0` is `ad_0`), and ids in paths and filters are
@@ -500,11 +518,11 @@ mod tests {
             "ad+0".into(),
         ] {
             let e = path_id("ad_id", &raw).unwrap_err();
-            assert!(e.0.contains("`ad_id`"), "{raw:.20}: {e:?}");
+            assert!(e.to_string().contains("`ad_id`"), "{raw:.20}: {e:?}");
             assert!(
-                e.0.len() < 200,
+                e.to_string().len() < 200,
                 "the message echoes a cut value: {}",
-                e.0.len()
+                e.to_string().len()
             );
         }
         let long = "c".repeat(10_000);
@@ -514,7 +532,7 @@ mod tests {
             ("campaign_id", &long),
         ]);
         let e = report(&params, &Access::Admin, &plan()).unwrap_err();
-        assert!(e.0.contains("`campaign_id`"), "{e:?}");
+        assert!(e.to_string().contains("`campaign_id`"), "{e:?}");
         let spec = format!("ad_id:{long}");
         let params = p(&[
             ("from", "2026-04-20"),
@@ -522,7 +540,7 @@ mod tests {
             ("filter", &spec),
         ]);
         let e = report(&params, &Access::Admin, &plan()).unwrap_err();
-        assert!(e.0.contains("`filter`"), "{e:?}");
+        assert!(e.to_string().contains("`filter`"), "{e:?}");
     }
 
     /// Item 9 of issue 11: an advertiser reads the ranking of its own ads (in all countries or

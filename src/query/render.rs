@@ -6,14 +6,8 @@ use adclick_dataflows::query::{Answer, Granularity, Query, QueryKind};
 use adclick_dataflows::time::MINUTE_MS;
 use serde_json::{Value, json};
 
+use super::params::QueryError;
 use crate::timefmt::format_millis;
-
-/// What a query's answer becomes: JSON, or "not found" (an advertiser asking about an ad that
-/// is not its own, or that it cannot be shown to own).
-pub enum Rendered {
-    Json(Value),
-    NotFound,
-}
 
 /// A merged answer with the texts of its fingerprints. Worker 0 owns the dictionary, so it
 /// looks them up ([`Resolved::new`]); the JSON is built from this on the HTTP thread
@@ -54,18 +48,20 @@ impl Resolved {
     }
 }
 
-/// `read_at + 1` is the frontier the answer is consistent at; ranges ending at or before it
-/// are complete. `ad_text` is the ad id as asked (echoed in the answer).
-pub fn render(resolved: Resolved, admin: bool, ad_text: &str) -> Rendered {
+/// The answer's JSON, or [`QueryError::NotFound`] for an advertiser asking about an ad that is
+/// not its own, or that it cannot be shown to own. `read_at + 1` is the frontier the answer
+/// is consistent at; ranges ending at or before it are complete. `ad_text` is the ad id as
+/// asked (echoed in the answer).
+pub fn render(resolved: Resolved, admin: bool, ad_text: &str) -> Result<Value, QueryError> {
     let Query { read_at, kind, .. } = &resolved.query;
     let frontier = read_at + 1;
     let text = |s| resolved.text(s);
     match (kind, &resolved.answer) {
         (QueryKind::AdCount { from, to, .. }, Answer::Count { measures, ad_seen }) => {
             if !admin && !*ad_seen {
-                return Rendered::NotFound;
+                return Err(QueryError::NotFound);
             }
-            Rendered::Json(json!({
+            Ok(json!({
                 "ad_id": ad_text,
                 "count": measures.0,
                 "duplicates": measures.1,
@@ -105,7 +101,7 @@ pub fn render(resolved: Resolved, admin: bool, ad_text: &str) -> Rendered {
                     Value::Object(row)
                 })
                 .collect();
-            Rendered::Json(json!({
+            Ok(json!({
                 "rows": rows,
                 "complete": *to <= frontier,
                 "watermark": format_millis(frontier as i64),
@@ -116,7 +112,7 @@ pub fn render(resolved: Resolved, admin: bool, ad_text: &str) -> Rendered {
                 key: (m, end, _), ..
             },
             Answer::Top(ranking),
-        ) => Rendered::Json(json!({
+        ) => Ok(json!({
             "ad_ids": ranking.iter().map(|((ad, _), _)| text(*ad)).collect::<Vec<_>>(),
             "counts": ranking.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
             "window_minutes": m,

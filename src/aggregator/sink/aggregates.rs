@@ -59,6 +59,8 @@ pub struct AggregatesSink {
     topic: String,
     run: String,
     since: u64,
+    /// A record Kafka will never take, sent since the last seal.
+    failed: Option<anyhow::Error>,
 }
 
 impl AggregatesSink {
@@ -70,28 +72,40 @@ impl AggregatesSink {
             topic: kafka.aggregates_topic.clone(),
             run: run.into(),
             since,
+            failed: None,
         })
     }
 
-    /// Sends a final window report (other lines are not for this topic).
+    /// Sends a final window report (other lines are not for this topic). A record Kafka will
+    /// never take is kept as the epoch's error, which [`AggregatesSink::seal`] returns.
     pub fn send(&mut self, line: &Line) {
         let Some(key) = key(line) else { return };
+        if self.failed.is_some() {
+            return;
+        }
         let record = AggregateRecord::Window {
             run: self.run.clone(),
             since: self.since,
             window: Box::new(line.clone()),
         };
         let value = serde_json::to_vec(&record).expect("a record encodes");
-        send(&self.producer, &self.topic, key.as_bytes(), &value);
+        if let Err(e) = send(&self.producer, &self.topic, key.as_bytes(), &value) {
+            self.failed = Some(e);
+        }
     }
 
     /// Ends the epoch at checkpoint frontier `f`: returns once every record sent so far is
-    /// acknowledged (retrying while the broker is away: a checkpoint cannot be taken without).
-    pub fn seal(&mut self, f: u64) {
+    /// acknowledged (retrying while the broker is away: a checkpoint cannot be taken without),
+    /// or with the error of a record Kafka refused for good.
+    pub fn seal(&mut self, f: u64) -> anyhow::Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         while let Err(e) = self.producer.flush(Duration::from_secs(10)) {
             tracing::warn!("click-aggregates: flushing before checkpoint {f}: {e}; retrying");
         }
         self.since = f;
+        Ok(())
     }
 
     /// What sends the commit markers, from the thread that commits checkpoints.

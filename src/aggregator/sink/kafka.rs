@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use adclick_dataflows::click::RawClick;
 use adclick_dataflows::source::Rejected;
+use anyhow::bail;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 
+use crate::aggregator::exit::Failure;
 use crate::config::KafkaConfig;
 use crate::event::dead_letter::DeadLetter;
+use crate::kafka::send::Verdict;
 
 /// The late topic's record: what the aggregator knew of the click.
 pub fn late_json(c: &RawClick) -> String {
@@ -36,40 +39,55 @@ fn producer(kafka: &KafkaConfig) -> ThreadedProducer<DefaultProducerContext> {
         .unwrap_or_else(|e| panic!("creating the side-output producer: {e}"))
 }
 
-/// Sends a record, waiting while librdkafka's queue is full rather than dropping it.
+/// How long a record a broker did not take for a passing reason waits before its next try.
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+/// Sends a record, waiting while librdkafka's queue is full and retrying what may succeed
+/// later (rather than dropping it); an error Kafka will never get over (e.g. a record over
+/// its maximum size, a topic that does not exist) is returned.
 pub(super) fn send(
     p: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
     key: &[u8],
     value: &[u8],
-) {
+) -> anyhow::Result<()> {
     let mut record = BaseRecord::to(topic).key(key).payload(value);
     loop {
-        match p.send(record) {
-            Ok(()) => return,
-            Err((e, r)) => {
-                tracing::debug!("{topic}: {e}; retrying");
-                record = r;
-                std::thread::sleep(Duration::from_millis(5));
-            }
+        let failed = match crate::kafka::send::send(p, record, || true) {
+            Ok(()) => return Ok(()),
+            Err(failed) => failed,
+        };
+        if failed.verdict() != Verdict::Retryable {
+            bail!("producing to `{topic}`: {}", failed.error);
         }
+        tracing::debug!("{topic}: {}; retrying", failed.error);
+        record = failed.record;
+        std::thread::sleep(RETRY_PAUSE);
     }
 }
 
-/// Sends every item of `stream` to `topic`, as `record(item) = (key, value)`.
+/// Sends every item of `stream` to `topic`, as `record(item) = (key, value)`; the first
+/// record Kafka will never take stops the job through `failure`.
 fn to_kafka<D: Clone + 'static>(
     stream: Stream<'_, u64, Vec<D>>,
     kafka: &KafkaConfig,
     topic: String,
     name: &str,
+    failure: &Failure,
     record: impl Fn(D) -> (Vec<u8>, String) + 'static,
 ) {
     let p = producer(kafka);
+    let failure = failure.clone();
     stream.sink(Pipeline, name, move |(input, frontier)| {
         input.for_each(|_, data| {
             for item in data.drain(..) {
+                if failure.failed() {
+                    return;
+                }
                 let (key, value) = record(item);
-                send(&p, &topic, &key, value.as_bytes());
+                if let Err(e) = send(&p, &topic, &key, value.as_bytes()) {
+                    failure.fail(e);
+                }
             }
         });
         if frontier.is_empty() {
@@ -78,18 +96,24 @@ fn to_kafka<D: Clone + 'static>(
     });
 }
 
-pub fn late_to_kafka(late: Stream<'_, u64, Vec<RawClick>>, kafka: &KafkaConfig) {
-    to_kafka(late, kafka, kafka.late_topic.clone(), "LateToKafka", |c| {
+pub fn late_to_kafka(late: Stream<'_, u64, Vec<RawClick>>, kafka: &KafkaConfig, failure: &Failure) {
+    let topic = kafka.late_topic.clone();
+    to_kafka(late, kafka, topic, "LateToKafka", failure, |c| {
         (c.impression_id.clone().into_bytes(), late_json(&c))
     });
 }
 
-pub fn rejected_to_kafka(rejected: Stream<'_, u64, Vec<Rejected>>, kafka: &KafkaConfig) {
+pub fn rejected_to_kafka(
+    rejected: Stream<'_, u64, Vec<Rejected>>,
+    kafka: &KafkaConfig,
+    failure: &Failure,
+) {
     to_kafka(
         rejected,
         kafka,
         kafka.dlq_topic.clone(),
         "DeadLettersToKafka",
+        failure,
         |r| {
             let rejected_by = format!("aggregator ({})", r.origin);
             let letter = DeadLetter::new(r.code, r.reason, &rejected_by, &r.payload);

@@ -76,7 +76,7 @@ impl Sinks {
     /// Ends the epoch at checkpoint frontier `f`.
     fn seal(&mut self, f: u64) -> anyhow::Result<()> {
         if let Some(k) = self.kafka.as_mut() {
-            k.seal(f);
+            k.seal(f)?;
         }
         if let Some(p) = self.windows.as_mut() {
             p.seal(f)?;

@@ -8,14 +8,18 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
 use adclick_dataflows::source::{PartitionReader, Polled, Record, Rejected};
+use anyhow::anyhow;
 
 use super::decode::{FutureBound, file_line};
+use crate::aggregator::exit::Failure;
 use crate::event::enrich::Enricher;
 
 pub struct FileReader {
     files: Vec<OpenFile>,
     enricher: Enricher,
     max_future_skew_ms: u64,
+    /// Where an unreadable input goes: it stops the job with its message.
+    failure: Failure,
 }
 
 struct OpenFile {
@@ -33,6 +37,7 @@ impl FileReader {
         peers: usize,
         enricher: Enricher,
         max_future_skew_ms: u64,
+        failure: Failure,
     ) -> Self {
         let files = all
             .iter()
@@ -49,6 +54,7 @@ impl FileReader {
             files,
             enricher,
             max_future_skew_ms,
+            failure,
         }
     }
 }
@@ -59,13 +65,19 @@ impl PartitionReader for FileReader {
     }
 
     fn poll(&mut self, p: usize, max: usize, out: &mut Vec<Record>) -> Polled {
+        // An unreadable input is a fault of the job, not of a record: it stops the job (the
+        // partition stays open meanwhile, so no window is finalised without it).
+        if self.failure.failed() {
+            return Polled::Empty;
+        }
         let f = &mut self.files[p];
         if f.reader.is_none() {
             match File::open(&f.path) {
                 Ok(file) => f.reader = Some(BufReader::with_capacity(1 << 20, file)),
                 Err(e) => {
-                    // An unreadable input is a fault of the job, not of a record.
-                    panic!("cannot open input {}: {e}", f.path.display());
+                    let e = anyhow!("cannot open input {}: {e}", f.path.display());
+                    self.failure.fail(e);
+                    return Polled::Empty;
                 }
             }
         }
@@ -94,7 +106,11 @@ impl PartitionReader for FileReader {
                         produced += 1;
                     }
                 }
-                Err(e) => panic!("reading {}: {e}", f.path.display()),
+                Err(e) => {
+                    self.failure
+                        .fail(anyhow!("reading {}: {e}", f.path.display()));
+                    return Polled::Empty;
+                }
             }
         }
         Polled::More

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use rdkafka::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use super::Sink;
@@ -105,19 +104,13 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     fn send(&mut self, e: &Emission) -> anyhow::Result<()> {
         let value = event_record(e, self.format(&e.click.event.click_id));
-        let mut record = BaseRecord::to(&self.topic)
+        let record = BaseRecord::to(&self.topic)
             .key(e.click.event.impression_id.as_bytes())
             .payload(&value)
             .partition(e.shard as i32);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((err, _)) => bail!("producing to `{}`: {err}", self.topic),
-            }
+        // A full queue is waited out: the generator's pace is Kafka's.
+        if let Err(failed) = crate::kafka::send::send(&self.producer, record, || true) {
+            bail!("producing to `{}`: {}", self.topic, failed.error);
         }
         self.sent += 1;
         Ok(())
