@@ -3,14 +3,17 @@
 //! traffic has duplicates (some earlier than their original), retries, reordering,
 //! allowed-late and too-late clicks, malformed records, and one hot ad taking half of it.
 
-mod common;
+use adclick_testkit as common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
+use std::time::Duration;
 
 use adclick::aggregator::output::{Line, Tallies};
 use adclick::kafka::embedded::EmbeddedKafka;
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
+use common::demo_config;
+use common::process::Spawned;
 use common::truth::{
     check, compare_rows, expected_tallies, output_lines, read_aggregates, read_output,
     read_parquet_windows, read_raw_archive,
@@ -20,10 +23,6 @@ const LOADGEN: &str = env!("CARGO_BIN_EXE_adclick-loadgen");
 const AGGREGATOR: &str = env!("CARGO_BIN_EXE_adclick-aggregator");
 /// The crash test's allowed lateness (ms), the least the load generator supports.
 const LATENESS: &str = "40000";
-
-fn demo_config() -> String {
-    format!("{}/config/demo.toml", env!("CARGO_MANIFEST_DIR"))
-}
 
 fn loadgen(args: &[&str], truth: &Path) -> TruthReport {
     loadgen_at("400", args, truth)
@@ -61,16 +60,19 @@ fn loadgen_at(rate: &str, args: &[&str], truth: &Path) -> TruthReport {
     t
 }
 
-fn aggregator(args: &[String]) -> Child {
-    Command::new(AGGREGATOR)
-        .args(["--config", &demo_config()])
-        .args(args)
-        .spawn()
-        .unwrap()
+/// How long a batch run may take.
+const BATCH: Duration = Duration::from_secs(600);
+
+fn aggregator(args: &[String]) -> Spawned {
+    Spawned::spawn(
+        Command::new(AGGREGATOR)
+            .args(["--config", &demo_config()])
+            .args(args),
+    )
 }
 
-fn wait_ok(mut c: Child) {
-    let status = c.wait().unwrap();
+fn wait_ok(mut c: Spawned) {
+    let status = c.wait(BATCH);
     assert!(status.success(), "aggregator exited with {status}");
 }
 
@@ -90,7 +92,7 @@ fn every_shape(dir: &Path, input: &[String], truth: &TruthReport) {
     }
     let hostfile = common::hostfile(dir, 2);
     let out = dir.join("out-2x2.ndjson");
-    let procs: Vec<Child> = (0..2)
+    let procs: Vec<Spawned> = (0..2)
         .map(|i| {
             let mut args = input.to_vec();
             args.extend(common::cluster_args(2, 2, i, &hostfile));
@@ -226,21 +228,20 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
     while !generator.is_finished() || kills < 10 || (kills < 40 && !finals()) {
         let mut args = common.clone();
         args.extend(["--workers".into(), (1 + kills % 2).to_string()]);
-        let mut child = Command::new(AGGREGATOR)
-            .args(["--config", &demo_config()])
-            .args(&args)
-            .env("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "200")
-            .env("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", LATENESS)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = Spawned::spawn(
+            Command::new(AGGREGATOR)
+                .args(["--config", &demo_config()])
+                .args(&args)
+                .env("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "200")
+                .env("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", LATENESS)
+                .stdout(std::process::Stdio::null()),
+        );
         // 0.7 to 2.2 s: some runs die before their first checkpoint, most after a few.
         rng = rng
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        std::thread::sleep(std::time::Duration::from_millis(700 + (rng >> 33) % 1500));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(700 + (rng >> 33) % 1500));
+        child.kill();
         kills += 1;
     }
     let truth = generator.join().unwrap();

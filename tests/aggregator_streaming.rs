@@ -3,7 +3,7 @@
 //! 2099, nor silence; two aggregators never share a checkpoint directory or output; a lost
 //! peer process ends the cluster with its own exit code.
 
-mod common;
+use adclick_testkit as common;
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -11,8 +11,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use adclick_testkit::{demo_config, wait_every};
+
 use adclick::aggregator::output::Line;
 use adclick::event::{ClickEvent, Device, device_to_proto};
+use common::http::blocking_get;
 use common::process::Spawned;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -62,26 +65,25 @@ fn an_empty_partition_is_released_after_the_idle_timeout() {
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"))
-        .args(["--brokers", &brokers, "--workers", "2"])
-        .args(["--query-listen", "127.0.0.1:0", "--output"])
-        .arg(&out)
-        .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "1000")
-        .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Spawned::spawn(
+        Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"))
+            .args(["--brokers", &brokers, "--workers", "2"])
+            .args(["--query-listen", "127.0.0.1:0", "--output"])
+            .arg(&out)
+            .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "1000")
+            .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789")
+            .stderr(Stdio::null()),
+    );
     // The first minute holds clicks 0..120, 40 for each of the three ads: each ad's row must be
     // reported complete. Workers report their rows as their own shards see the frontier pass, so
     // the rows may arrive in separate writes; wait for all three.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut first_minute = BTreeMap::new();
-    while first_minute.len() < 3 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
+    let every = Duration::from_millis(200);
+    let what = "the first minute's three rows";
+    let first_minute = wait_every(Duration::from_secs(60), every, what, || {
+        let mut first_minute = BTreeMap::new();
         let Ok(f) = std::fs::File::open(&out) else {
-            continue;
+            return Err("no output yet".to_string());
         };
-        first_minute.clear();
         for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
             if let Ok(Line::Window {
                 granularity,
@@ -101,9 +103,12 @@ fn an_empty_partition_is_released_after_the_idle_timeout() {
                 );
             }
         }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+        match first_minute.len() {
+            3.. => Ok(first_minute),
+            _ => Err(format!("{first_minute:?}")),
+        }
+    });
+    drop(child);
     let want: BTreeMap<String, i64> = (0..3).map(|a| (format!("ad_{a}"), 40)).collect();
     assert_eq!(
         first_minute, want,
@@ -144,10 +149,6 @@ fn streaming(brokers: &str, out: &Path, env: &[(&str, &str)]) -> Spawned {
             .envs(env.iter().copied())
             .stderr(Stdio::null()),
     )
-}
-
-fn demo_config() -> String {
-    format!("{}/config/demo.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The demo configuration's admin key for the query API.
@@ -219,17 +220,16 @@ fn a_click_from_2099_is_dead_lettered_and_moves_no_watermark() {
         &[("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", "20000")],
     );
     let base = aggregator.line_with_prefix("query server: ", Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let tallies = loop {
-        let (_, body) = common::process::get(&format!("{base}api/v1/health"), ADMIN);
-        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let health = format!("{base}api/v1/health");
+    let every = Duration::from_millis(200);
+    let tallies = wait_every(Duration::from_secs(60), every, "all counted", || {
+        let health = blocking_get(&health, ADMIN).json();
         let t = &health["tallies"];
-        if t["counted"] == 40 {
-            break t.clone();
+        match t["counted"] == 40 {
+            true => Ok(t.clone()),
+            false => Err(health.to_string()),
         }
-        assert!(Instant::now() < deadline, "not all counted: {health}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    });
     assert_eq!(
         tallies["received"], 41,
         "every record of the topic: {tallies}"
@@ -259,26 +259,27 @@ fn a_quiet_stream_completes_its_last_windows() {
     let out = dir.path().join("out.ndjson");
     let mut aggregator = streaming(&brokers, &out, &[]);
     let base = aggregator.line_with_prefix("query server: ", Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (rows, _) = latest_rows(&out);
-        let complete: i64 = rows
-            .iter()
-            .filter(|((m, _), (status, _))| *m == minute && status == "complete")
-            .map(|(_, (_, c))| c)
-            .sum();
-        if complete == 60 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the quiet stream's last minute never completed: {rows:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let what = "the quiet stream's last minute to complete";
+    wait_every(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        what,
+        || {
+            let (rows, _) = latest_rows(&out);
+            let complete: i64 = rows
+                .iter()
+                .filter(|((m, _), (status, _))| *m == minute && status == "complete")
+                .map(|(_, (_, c))| c)
+                .sum();
+            match complete == 60 {
+                true => Ok(()),
+                false => Err(format!("{rows:?}")),
+            }
+        },
+    );
     // Item 8: the completion histogram starts at the first real frontier. It once counted
     // every minute since 1970 (29,936,376 observations, all in +Inf); here a few minutes.
-    let (_, metrics) = common::process::get(&format!("{base}metrics"), ADMIN);
+    let metrics = blocking_get(&format!("{base}metrics"), ADMIN).body;
     let count: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("adclick_aggregator_window_completion_latency_seconds_count "))
@@ -339,7 +340,7 @@ fn a_second_aggregator_on_the_same_checkpoints_and_output_fails_at_once() {
         );
     }
     // The first one still runs, and its output is whole JSON lines.
-    assert!(first.child.try_wait().unwrap().is_none());
+    assert!(first.running());
 }
 
 /// Issue 11, item 7: when process 0 of a two-process cluster dies, process 1 ends with one
@@ -361,34 +362,26 @@ fn a_dead_peer_process_ends_the_survivor_with_exit_code_4() {
         c
     };
     let mut zero = Spawned::start(start(0).stderr(Stdio::null()));
-    let one = start(1)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut one = Spawned::spawn(start(1).stdout(Stdio::null()).stderr(Stdio::piped()));
     let base = zero.line_with_prefix("query server: ", Duration::from_secs(30));
     // The cluster runs once process 1's partition shows in process 0's health.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = common::process::get(&format!("{base}api/v1/health"), ADMIN);
-        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        if health["partitions"]
+    let health = format!("{base}api/v1/health");
+    let every = Duration::from_millis(100);
+    wait_every(Duration::from_secs(30), every, "the cluster to run", || {
+        let health = blocking_get(&health, ADMIN).json();
+        match health["partitions"]
             .as_array()
             .is_some_and(|p| p.len() == 2)
         {
-            break;
+            true => Ok(()),
+            false => Err(health.to_string()),
         }
-        assert!(Instant::now() < deadline, "the cluster never ran: {health}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     zero.kill();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(one.wait_with_output().unwrap()));
-    let survivor = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("process 1 outlived its peer");
-    assert_eq!(survivor.status.code(), Some(4), "{survivor:?}");
-    let stderr = String::from_utf8_lossy(&survivor.stderr);
+    // Process 1 must not outlive its peer.
+    let status = one.wait(Duration::from_secs(30));
+    let stderr = one.stderr();
+    assert_eq!(status.code(), Some(4), "{status:?}: {stderr}");
     assert!(stderr.contains("lost a peer process"), "{stderr}");
     assert!(!stderr.contains("panicked"), "no panic report: {stderr}");
 }

@@ -4,20 +4,22 @@
 //! policy (`aggregator.on_gap = fail`) stop the aggregator with exit code 3. The embedded
 //! broker (built in) keeps a backlog far beyond the mock cluster's ~5 MB per partition.
 
-mod common;
+use adclick_testkit as common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use adclick::aggregator::EXIT_DATA_LOST;
 use adclick::aggregator::checkpoint::{self, CheckpointConfig};
 use adclick::aggregator::output::{Line, Tallies};
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
-use common::process::{Spawned, get};
+use common::http::blocking_get;
+use common::process::Spawned;
 use common::truth::{
     check, compare_rows_of, expected_tallies, final_rows, output_lines, read_output,
 };
+use common::{demo_config, wait_every};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -29,10 +31,6 @@ const REDIRECT: &str = env!("CARGO_BIN_EXE_adclick-redirect");
 /// final soon after the backlog is read.
 const LATENESS: &str = "40000";
 const ADMIN: Option<&str> = Some("demo-admin-key-not-secret");
-
-fn demo_config() -> String {
-    format!("{}/config/demo.toml", env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Preloads `count` clicks into `brokers` (the reproduction: rate 20 000, seed 11).
 fn preload(brokers: &str, count: u64, dir: &Path) -> TruthReport {
@@ -198,20 +196,19 @@ fn a_gap_marks_health_degraded_and_shows_in_metrics() {
     );
     let base = aggregator.line_with_prefix("query server: ", Duration::from_secs(30));
     let key = Some("demo-admin-key-not-secret");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, body) = get(&format!("{base}api/v1/health"), key);
-        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if health["lost_records"] == low {
-            assert_eq!(health["status"], "degraded", "{health}");
-            assert_eq!(health["gaps"][0]["from"], 0, "{health}");
-            assert_eq!(health["gaps"][0]["to"], low, "{health}");
-            break;
+    let url = format!("{base}api/v1/health");
+    let every = Duration::from_millis(200);
+    let health = wait_every(Duration::from_secs(60), every, "a gap in health", || {
+        let health = blocking_get(&url, key).json();
+        match health["lost_records"] == low {
+            true => Ok(health),
+            false => Err(health.to_string()),
         }
-        assert!(Instant::now() < deadline, "no gap in health: {health}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let (_, metrics) = get(&format!("{base}metrics"), key);
+    });
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["gaps"][0]["from"], 0, "{health}");
+    assert_eq!(health["gaps"][0]["to"], low, "{health}");
+    let metrics = blocking_get(&format!("{base}metrics"), key).body;
     assert!(
         metrics.contains(&format!("adclick_aggregator_gap_records {low}")),
         "{metrics}"
@@ -283,20 +280,16 @@ fn a_backlog_beyond_any_window_on_the_embedded_broker_is_counted_exactly() {
     // The writer reports finals after the frontier passes them: wait for its tallies (set
     // once each time's lines are written and flushed) to hold the whole backlog.
     let want = expected_tallies(&truth);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let (_, body) = get(&format!("{base}api/v1/health"), ADMIN);
-        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let url = format!("{base}api/v1/health");
+    let (timeout, every) = (Duration::from_secs(600), Duration::from_millis(500));
+    wait_every(timeout, every, "the backlog to be final", || {
+        let health = blocking_get(&url, ADMIN).json();
         let got: Option<Tallies> = serde_json::from_value(health["tallies"].clone()).ok();
-        if got == Some(want) {
-            break;
+        match got == Some(want) {
+            true => Ok(()),
+            false => Err(health.to_string()),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the backlog was never final: {health}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    });
     std::thread::sleep(Duration::from_secs(1));
     let (rows, _) = final_rows(output_lines(&out));
     // Minutes are final by now; hours and days only once they end.
@@ -322,11 +315,13 @@ fn embedded_broker(dir: &Path) -> (Spawned, String) {
 /// deletes the same rows at once instead of waiting for its maintenance interval). Both
 /// policies see exactly that range.
 #[test]
+#[cfg_attr(
+    tansu_missing,
+    ignore = "needs Tansu: scripts/tansu.sh install (CI requires it: ADCLICK_REQUIRE_TANSU=1)"
+)]
 fn retention_on_a_real_broker_forces_a_gap_reported_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(tansu) = common::tansu::start_tansu(dir.path()) else {
-        return;
-    };
+    let tansu = common::tansu::start_tansu(dir.path());
     tansu.create_topic("clicks", 1);
     let brokers = tansu.brokers();
     let truth = preload(&brokers, 5_000, dir.path());
@@ -434,17 +429,17 @@ fn wait_for_checkpoint_offset(dir: &Path, limit: u64) -> u64 {
         interval: Duration::from_secs(1),
         keep: 2,
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(offset) = checkpoint::restore(&cfg, false)
-            .ok()
-            .flatten()
-            .and_then(|r| r.offsets().get(&0).copied())
-            .filter(|o| *o > 0 && *o <= limit)
-        {
-            return offset;
-        }
-        assert!(Instant::now() < deadline, "no checkpoint with an offset");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let every = Duration::from_millis(100);
+    wait_every(
+        Duration::from_secs(60),
+        every,
+        "a checkpoint with an offset",
+        || {
+            checkpoint::restore(&cfg, false)
+                .ok()
+                .flatten()
+                .and_then(|r| r.offsets().get(&0).copied())
+                .filter(|o| *o > 0 && *o <= limit)
+        },
+    )
 }

@@ -7,7 +7,7 @@
 //! the one implementation (long form: `scripts/chaos.sh`); this file runs it and is also its
 //! checker.
 
-mod common;
+use adclick_testkit as common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
 use adclick::timefmt::{format_millis, parse_millis};
-use common::tansu::tansu_or_skip;
+use common::tansu::tansu;
 use common::truth::{
     GRANULARITIES, check, compare_rows, dims_of, expected_tallies, read_aggregates,
     read_parquet_windows, read_raw_archive,
@@ -24,10 +24,12 @@ use common::truth::{
 use serde_json::Value;
 
 #[test]
+#[cfg_attr(
+    tansu_missing,
+    ignore = "needs Tansu: scripts/tansu.sh install (CI requires it: ADCLICK_REQUIRE_TANSU=1)"
+)]
 fn chaos_through_the_redirect_and_a_real_broker_equals_the_truth() {
-    let Some(tansu) = tansu_or_skip() else {
-        return;
-    };
+    let tansu = tansu();
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chaos-{}", std::process::id()));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -1,18 +1,16 @@
 //! The binaries as a user runs them: flags, `sign`, configuration precedence, the embedded
 //! broker and a clean exit on SIGTERM.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use adclick::config::Config;
 use adclick::token::Keyring;
+use adclick_testkit::demo_config;
+use adclick_testkit::http::blocking_get;
+use adclick_testkit::process::Spawned;
 
 const REDIRECT: &str = env!("CARGO_BIN_EXE_adclick-redirect");
-
-fn demo_config() -> String {
-    format!("{}/config/demo.toml", env!("CARGO_MANIFEST_DIR"))
-}
 
 fn sign(envs: &[(&str, &str)]) -> String {
     let out = Command::new(REDIRECT)
@@ -90,53 +88,39 @@ fn environment_overrides_the_file() {
 #[test]
 fn serves_with_the_embedded_broker_and_exits_cleanly_on_sigterm() {
     let spool = tempfile::tempdir().unwrap();
-    let mut child = Command::new(REDIRECT)
-        .args([
-            "--config",
-            &demo_config(),
-            "--embedded-kafka",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--spool-dir")
-        .arg(spool.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
+    let mut redirect = Spawned::start(
+        Command::new(REDIRECT)
+            .args([
+                "--config",
+                &demo_config(),
+                "--embedded-kafka",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--spool-dir")
+            .arg(spool.path())
+            .stderr(Stdio::null()),
+    );
+    let wait = Duration::from_secs(60);
+    let first = redirect.next_line(wait);
     let brokers = first.strip_prefix("embedded kafka: ").expect(&first);
     assert!(brokers.starts_with("127.0.0.1:"), "{brokers}");
     // What the broker keeps, so nobody mistakes a bounded one for a real one.
-    let keeps = lines.next().unwrap().unwrap();
+    let keeps = redirect.next_line(wait);
     assert!(
         keeps.starts_with("embedded kafka keeps: built-in broker")
             && keeps.contains("every record"),
         "{keeps}"
     );
-    let second = lines.next().unwrap().unwrap();
+    let second = redirect.next_line(wait);
     assert!(
         second.starts_with("adclick-redirect listening on http://127.0.0.1:"),
         "{second}"
     );
     let addr = second.rsplit("http://").next().unwrap().to_string();
-    let health = std::net::TcpStream::connect(&addr);
-    assert!(health.is_ok(), "cannot connect to {addr}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let health = blocking_get(&format!("http://{addr}/healthz"), None);
+    assert_eq!(health.status, 200, "{}", health.body);
+    redirect.terminate();
+    let status = redirect.wait(Duration::from_secs(20));
+    assert!(status.success(), "no clean exit after SIGTERM: {status}");
 }

@@ -9,7 +9,7 @@
 //!   partner batches get 401 and nothing else, and stalled half-sent requests are closed by
 //!   the redirect without ever counting while the ordinary traffic all arrives.
 
-mod common;
+use adclick_testkit as common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,15 +20,12 @@ use std::time::{Duration, Instant};
 use adclick::aggregator::output::Line;
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
 use adclick::loadgen::{self, LoadgenConfig, OutputKind};
+use common::demo_config;
 use common::truth::{check, expected_tallies, output_lines, read_output};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_adclick-loadgen");
 const AGGREGATOR: &str = env!("CARGO_BIN_EXE_adclick-aggregator");
 const DAY_MS: u64 = 86_400_000;
-
-fn demo_config() -> String {
-    format!("{}/config/demo.toml", env!("CARGO_MANIFEST_DIR"))
-}
 
 /// 8000 events with the usual trouble and 5 % hostile ones, through the binary.
 fn loadgen(args: &[&str], truth: &Path) -> TruthReport {

@@ -7,18 +7,21 @@
 //! device come from the decoded events, so agreement also shows the classifier sees what the
 //! generator intended.
 
-mod common;
+use adclick_testkit as common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use adclick::config::Config;
 use adclick::event::ClickEvent;
 use adclick::loadgen::truth::{GroundTruth, Row, Tallies, TruthReport};
 use adclick::loadgen::{self, LoadgenConfig, OutputKind};
+use common::http::blocking_get;
+use common::process::{Signal, Spawned};
+use common::{demo_config, wait_every};
 
 const BOUND_MS: i64 = 5_000;
 const ALLOWED_LATENESS_MS: i64 = 300_000;
@@ -325,64 +328,34 @@ fn http_output_through_the_redirect_matches_what_reached_kafka() {
 }
 
 /// A redirect process listening on `port` (0: any), with its outbox spool in `spool`.
-// The caller waits for the child it gets back.
-#[allow(clippy::zombie_processes)]
-fn spawn_redirect(brokers: &str, spool: &Path, port: u16) -> (std::process::Child, u16) {
-    let out = spool.with_extension(format!("out-{port}"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_adclick-redirect"))
-        .arg("--config")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
-        .args([
-            "--brokers",
-            brokers,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--spool-dir")
-        .arg(spool)
-        .env("ADCLICK_KAFKA_PARTITIONS", "4")
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(&out).unwrap();
-        if let Some(addr) = text
-            .lines()
-            .find_map(|l| l.strip_prefix("adclick-redirect listening on http://"))
-        {
-            let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
-            return (child, port);
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("the redirect did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn spawn_redirect(brokers: &str, spool: &Path, port: u16) -> (Spawned, u16) {
+    let mut redirect = Spawned::start(
+        Command::new(env!("CARGO_BIN_EXE_adclick-redirect"))
+            .args(["--config", &demo_config()])
+            .args([
+                "--brokers",
+                brokers,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--spool-dir")
+            .arg(spool)
+            .env("ADCLICK_KAFKA_PARTITIONS", "4")
+            .stderr(std::process::Stdio::null()),
+    );
+    let prefix = "adclick-redirect listening on http://";
+    let addr = redirect.line_with_prefix(prefix, Duration::from_secs(30));
+    let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
+    (redirect, port)
 }
 
 /// The sum of a metric of the redirect on `port`, over its label sets.
 fn metric(port: u16, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
+    let text = blocking_get(&format!("http://127.0.0.1:{port}/metrics"), None).body;
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// Failure tests kill the redirect under running traffic. Paused (SIGUSR1) and resumed
@@ -398,23 +371,22 @@ fn traffic_paused_around_redirect_restarts_reaches_kafka_whole() {
     let spool = dir.path().join("spool");
     let (mut redirect, port) = spawn_redirect(&brokers, &spool, 0);
     let log = dir.path().join("loadgen.log");
-    let mut loadgen = Command::new(env!("CARGO_BIN_EXE_adclick-loadgen"))
-        .arg("--config")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
-        .args([
-            "--output",
-            "http",
-            "--target",
-            &format!("http://127.0.0.1:{port}"),
-        ])
-        .args(["--rate", "1000", "--duration", "8", "--seed", "3"])
-        .arg("--truth")
-        .arg(dir.path().join("truth.json"))
-        .env("ADCLICK_KAFKA_PARTITIONS", "4")
-        .env("NO_COLOR", "1")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut loadgen = Spawned::spawn(
+        Command::new(env!("CARGO_BIN_EXE_adclick-loadgen"))
+            .args(["--config", &demo_config()])
+            .args([
+                "--output",
+                "http",
+                "--target",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .args(["--rate", "1000", "--duration", "8", "--seed", "3"])
+            .arg("--truth")
+            .arg(dir.path().join("truth.json"))
+            .env("ADCLICK_KAFKA_PARTITIONS", "4")
+            .env("NO_COLOR", "1")
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
     let paused = || {
         std::fs::read_to_string(&log)
             .unwrap()
@@ -423,28 +395,22 @@ fn traffic_paused_around_redirect_restarts_reaches_kafka_whole() {
     };
     for restart in 1..=4 {
         std::thread::sleep(Duration::from_millis(1_200));
-        signal(loadgen.id(), "USR1");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while paused() < restart {
-            assert!(std::time::Instant::now() < deadline, "no pause {restart}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        loadgen.signal(Signal::SIGUSR1);
+        let started = Instant::now();
+        let (timeout, every) = (Duration::from_secs(30), Duration::from_millis(20));
+        let what = format!("pause {restart}");
+        wait_every(timeout, every, &what, || paused() >= restart);
         // Killed once Kafka has every record it took (nothing left in memory or the spool).
-        while metric(port, "adclick_redirect_outbox_queue_depth") > 0.0
-            || metric(port, "adclick_redirect_outbox_spool_records") > 0.0
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the outbox did not drain"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        redirect.kill().unwrap();
-        redirect.wait().unwrap();
+        let left = timeout.saturating_sub(started.elapsed());
+        wait_every(left, every, "the outbox to drain", || {
+            metric(port, "adclick_redirect_outbox_queue_depth") == 0.0
+                && metric(port, "adclick_redirect_outbox_spool_records") == 0.0
+        });
+        redirect.kill();
         (redirect, _) = spawn_redirect(&brokers, &spool, port);
-        signal(loadgen.id(), "USR2");
+        loadgen.signal(Signal::SIGUSR2);
     }
-    let status = loadgen.wait().unwrap();
+    let status = loadgen.wait(Duration::from_secs(120));
     let mut text = String::new();
     std::fs::File::open(&log)
         .unwrap()
@@ -457,8 +423,8 @@ fn traffic_paused_around_redirect_restarts_reaches_kafka_whole() {
     let t = &truth.tallies;
     let expected = (t.emitted - t.invalid) as usize;
     let records = common::read_topic(&brokers, "clicks", expected, Duration::from_secs(30));
-    signal(redirect.id(), "TERM");
-    redirect.wait().unwrap();
+    redirect.terminate();
+    redirect.wait(Duration::from_secs(30));
     assert_eq!(records.len(), expected, "every accepted request, once");
     let mut count = Independent::default();
     count.partition(records.iter().map(|(_, v)| v.as_slice()));

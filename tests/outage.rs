@@ -1,6 +1,6 @@
 //! No click lost or doubled while the embedded broker is down (see tests/common/outage.rs).
 
-mod common;
+use adclick_testkit as common;
 
 use adclick::kafka::embedded::EmbeddedKafka;
 use common::outage::{self, Broker};

@@ -1,29 +1,19 @@
 //! No click lost or doubled while a real broker process is killed with SIGKILL and restarted
 //! (see tests/common/outage.rs and tests/common/tansu.rs).
 
-mod common;
+use adclick_testkit as common;
 
-use common::outage::{self, Broker};
-use common::tansu::{Tansu, start_tansu};
+use common::outage;
+use common::tansu::start_tansu;
 
-impl Broker for Tansu {
-    fn brokers(&self) -> String {
-        Tansu::brokers(self)
-    }
-    fn down(&mut self) {
-        self.kill();
-    }
-    fn up(&mut self) {
-        self.start();
-    }
-}
-
+#[cfg_attr(
+    tansu_missing,
+    ignore = "needs Tansu: scripts/tansu.sh install (CI requires it: ADCLICK_REQUIRE_TANSU=1)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_click_reaches_a_real_broker_exactly_once_across_kill_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut broker) = start_tansu(dir.path()) else {
-        return;
-    };
+    let mut broker = start_tansu(dir.path());
     for topic in ["clicks", "clicks-dlq"] {
         broker.create_topic(topic, 4);
     }

@@ -7,7 +7,7 @@
 //! then ordinary clicks, and requires the clicks in Kafka promptly, the poison record in the
 //! quarantine file, and the quarantine counter at 1.
 
-mod common;
+use adclick_testkit as common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use adclick::config::{Config, FsyncPolicy};
 use adclick::spool::{QUARANTINE_FILE, Spool, SpoolRecord};
 use adclick::token::Keyring;
-use common::{RunningRedirect, get, http_client, read_topic, request, test_config};
+use common::{
+    RunningRedirect, get, http_client, read_topic, request, test_config, wait_every,
+    wait_every_async, wait_until_async,
+};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -63,36 +66,27 @@ async fn assert_clicks_arrive(brokers: &str, want: &BTreeSet<String>) {
     tokio::task::spawn_blocking(move || {
         // read_topic returns once a second passes with nothing new; a click still being
         // retried can come later, so read again until all are there or the time is up.
-        let deadline = Instant::now() + PROMPTLY;
-        let got = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+        let started = Instant::now();
+        let every = Duration::from_millis(200);
+        wait_every(PROMPTLY, every, "every click in Kafka", || {
+            let left = PROMPTLY.saturating_sub(started.elapsed());
             let got: BTreeSet<String> = read_topic(&brokers, "clicks", want.len(), left)
                 .iter()
                 .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
                 .collect();
-            if want.is_subset(&got) || Instant::now() >= deadline {
-                break got;
+            let missing: Vec<_> = want.difference(&got).take(5).collect();
+            match missing.is_empty() {
+                true => Ok(()),
+                false => Err(format!(
+                    "{} of {} clicks never reached Kafka (e.g. {missing:?})",
+                    want.difference(&got).count(),
+                    want.len()
+                )),
             }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        let missing: Vec<_> = want.difference(&got).take(5).collect();
-        assert!(
-            missing.is_empty(),
-            "{} of {} clicks never reached Kafka within {PROMPTLY:?} (e.g. {missing:?})",
-            want.difference(&got).count(),
-            want.len()
-        );
+        });
     })
     .await
     .unwrap();
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn quarantine_lines(spool: &Path) -> Vec<serde_json::Value> {
@@ -117,7 +111,7 @@ async fn quarantined_metric(server: &RunningRedirect, reason: &str) -> u64 {
 /// Everything is delivered, nothing waits, and /readyz says so.
 async fn assert_drained_and_ready(server: &RunningRedirect) {
     let state = server.state.clone();
-    wait_until("the outbox to drain", PROMPTLY, || {
+    wait_until_async(PROMPTLY, "the outbox to drain", async || {
         state.outbox.spool_records() == 0 && state.outbox.in_memory() == 0
     })
     .await;
@@ -161,12 +155,14 @@ async fn a_record_over_the_max_message_size_is_quarantined_and_the_clicks_behind
 }
 
 /// The same against a real broker process, when one is installed (`TANSU_BIN`).
+#[cfg_attr(
+    tansu_missing,
+    ignore = "needs Tansu: scripts/tansu.sh install (CI requires it: ADCLICK_REQUIRE_TANSU=1)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_over_the_max_message_size_does_not_block_a_real_broker() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(broker) = common::tansu::start_tansu(dir.path()) else {
-        return;
-    };
+    let broker = common::tansu::start_tansu(dir.path());
     for topic in ["clicks", "clicks-dlq"] {
         broker.create_topic(topic, 4);
     }
@@ -271,7 +267,7 @@ async fn a_record_the_broker_refuses_in_a_delivery_report_is_quarantined() {
     assert_clicks_arrive(&brokers, &warm).await;
     // Sending straight to Kafka (a slow warm-up on a busy machine may have degraded it).
     let state = server.state.clone();
-    wait_until("direct sends", PROMPTLY, || {
+    wait_until_async(PROMPTLY, "direct sends", async || {
         !state.outbox.degraded() && state.outbox.spool_records() == 0
     })
     .await;
@@ -285,9 +281,11 @@ async fn a_record_the_broker_refuses_in_a_delivery_report_is_quarantined() {
         .send("clicks-dlq", b"dlq-key", b"refused record")
         .unwrap();
     assert_eq!(route, adclick::kafka::outbox::Route::Kafka);
-    wait_until("the refused record to be quarantined", PROMPTLY, || {
-        state.outbox.quarantined() == 1
-    })
+    wait_until_async(
+        PROMPTLY,
+        "the refused record to be quarantined",
+        async || state.outbox.quarantined() == 1,
+    )
     .await;
     let want = send_clicks(&server.base(), &config, "after-refusal", 200).await;
     assert_clicks_arrive(&brokers, &want).await;
@@ -358,15 +356,15 @@ async fn readyz_is_503_while_delivery_is_stuck_and_200_after() {
     let stuck = send_clicks(&server.base(), &config, "stuck", 1).await;
     let client = http_client();
     let readyz = format!("{}/readyz", server.base());
-    let deadline = Instant::now() + PROMPTLY;
-    let body = loop {
+    let every = Duration::from_millis(100);
+    let body = wait_every_async(PROMPTLY, every, "not ready", async || {
         let r = get(&client, &readyz).await;
-        if r.status == 503 {
-            break r.body;
+        match r.status {
+            503 => Ok(r.body),
+            _ => Err(format!("still ready: {}", r.body)),
         }
-        assert!(Instant::now() < deadline, "still ready: {}", r.body);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["ready"], false);
     assert!(
@@ -389,12 +387,14 @@ async fn readyz_is_503_while_delivery_is_stuck_and_200_after() {
 /// in-memory path and the clicks sent after it arrive. The old outbox spooled it and retried
 /// it at the head of the spool forever. (Tansu has no maximum message size of its own, so
 /// the size case above is refused by librdkafka before it reaches the broker.)
+#[cfg_attr(
+    tansu_missing,
+    ignore = "needs Tansu: scripts/tansu.sh install (CI requires it: ADCLICK_REQUIRE_TANSU=1)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_for_a_topic_the_real_broker_lacks_is_quarantined_and_clicks_arrive() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(broker) = common::tansu::start_tansu(dir.path()) else {
-        return;
-    };
+    let broker = common::tansu::start_tansu(dir.path());
     broker.create_topic("clicks", 4);
     let spool = tempfile::tempdir().unwrap();
     let mut config = config(&broker.brokers(), spool.path());
@@ -412,9 +412,11 @@ async fn a_record_for_a_topic_the_real_broker_lacks_is_quarantined_and_clicks_ar
     let want = send_clicks(&server.base(), &config, "after-unknown", 200).await;
     assert_clicks_arrive(&broker.brokers(), &want).await;
     let state = server.state.clone();
-    wait_until("the refused record to be quarantined", PROMPTLY, || {
-        state.outbox.quarantined() == 1
-    })
+    wait_until_async(
+        PROMPTLY,
+        "the refused record to be quarantined",
+        async || state.outbox.quarantined() == 1,
+    )
     .await;
     assert_drained_and_ready(&server).await;
     assert_eq!(quarantined_metric(&server, "unknown_topic").await, 1);

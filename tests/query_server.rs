@@ -2,15 +2,16 @@
 //! aggregator (2 workers) on the embedded broker answers reports, per-ad counts and top-N
 //! from its live arrangements, exactly; keys confine advertisers to their own ads.
 
-mod common;
+use adclick_testkit as common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
+use common::http::blocking_request;
+use common::process::Spawned;
+use common::{demo_config, wait_every};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_adclick-loadgen");
@@ -18,34 +19,10 @@ const AGGREGATOR: &str = env!("CARGO_BIN_EXE_adclick-aggregator");
 const ADMIN: &str = "demo-admin-key-not-secret";
 const ADV1: &str = "demo-adv-1-key-not-secret";
 
-fn config() -> String {
-    format!("{}/config/demo.toml", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A plain HTTP/1.1 GET: (status, JSON body).
+/// `GET path` of the query server at `addr`: (status, JSON body).
 fn get(addr: &str, path: &str, key: Option<&str>) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1;
-    // warp may answer chunked: take the JSON between the first '{' and the last '}'.
-    let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(0)];
-    (status, serde_json::from_str(json).unwrap_or(Value::Null))
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    let r = blocking_request("GET", &format!("http://{addr}{path}"), key);
+    (r.status, r.json())
 }
 
 /// The embedded broker (4 partitions) holding the load generator's traffic, made with `args`
@@ -63,7 +40,7 @@ fn traffic(
     let out = Command::new(LOADGEN)
         .args([
             "--config",
-            &config(),
+            &demo_config(),
             "--output",
             "kafka",
             "--brokers",
@@ -122,7 +99,7 @@ fn settled_aggregator(
     dir: &std::path::Path,
     truth: &TruthReport,
     received: u64,
-) -> (Vec<Killed>, String, u64) {
+) -> (Vec<Spawned>, String, u64) {
     settled_aggregator_with(brokers, dir, truth, received, &[])
 }
 
@@ -133,7 +110,7 @@ fn settled_aggregator_with(
     truth: &TruthReport,
     received: u64,
     env: &[(&str, &str)],
-) -> (Vec<Killed>, String, u64) {
+) -> (Vec<Spawned>, String, u64) {
     settled_cluster(brokers, dir, 1, truth, env, |_, h| {
         h["tallies"]["received"] == received
     })
@@ -151,70 +128,54 @@ fn settled_cluster(
     truth: &TruthReport,
     env: &[(&str, &str)],
     settled: impl Fn(&str, &Value) -> bool,
-) -> (Vec<Killed>, String, u64) {
+) -> (Vec<Spawned>, String, u64) {
     // Port 0: the aggregator binds a free port itself and prints it, so tests running side
     // by side never race for one.
-    let printed = dir.join("aggregator.out");
+    let started = Instant::now();
     let hostfile = common::hostfile(dir, processes);
-    let mut cluster: Vec<Killed> = (0..processes)
+    let mut cluster: Vec<Spawned> = (0..processes)
         .map(|i| {
-            let stdout = match i {
-                0 => std::fs::File::create(&printed).unwrap().into(),
-                _ => std::process::Stdio::null(),
-            };
-            Killed(
-                Command::new(AGGREGATOR)
-                    .args(["--config", &config(), "--brokers", brokers])
-                    .args(common::cluster_args(2, processes, i, &hostfile))
-                    .args(["--query-listen", "127.0.0.1:0", "--output"])
-                    .arg(dir.join(format!("out-{i}.ndjson")))
-                    .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500")
-                    .envs(env.iter().copied())
-                    .stdout(stdout)
-                    .spawn()
-                    .unwrap(),
-            )
+            let mut command = Command::new(AGGREGATOR);
+            command
+                .args(["--config", &demo_config(), "--brokers", brokers])
+                .args(common::cluster_args(2, processes, i, &hostfile))
+                .args(["--query-listen", "127.0.0.1:0", "--output"])
+                .arg(dir.join(format!("out-{i}.ndjson")))
+                .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500")
+                .envs(env.iter().copied());
+            match i {
+                0 => Spawned::start(&mut command),
+                _ => Spawned::spawn(command.stdout(std::process::Stdio::null())),
+            }
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let running = |cluster: &mut Vec<Killed>| {
+    let running = |cluster: &mut Vec<Spawned>| {
         for p in cluster.iter_mut() {
-            assert!(p.0.try_wait().unwrap().is_none(), "an aggregator exited");
+            assert!(p.running(), "an aggregator exited");
         }
     };
-    let addr = loop {
-        assert!(Instant::now() < deadline, "the query server never started");
-        running(&mut cluster);
-        let text = std::fs::read_to_string(&printed).unwrap();
-        if let Some(a) = text
-            .lines()
-            .find_map(|l| l.strip_prefix("query server: http://"))
-        {
-            break a.trim_end_matches('/').to_string();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let printed = cluster[0].line_with_prefix("query server: http://", Duration::from_secs(60));
+    let addr = printed.trim_end_matches('/').to_string();
     let past_all = truth.windows.iter().map(|r| r.minute_ms).max().unwrap_or(0) as u64 + 60_000;
     let mut last = None;
-    loop {
-        std::thread::sleep(Duration::from_millis(1_500));
+    let left = Duration::from_secs(60).saturating_sub(started.elapsed());
+    let every = Duration::from_millis(1_500);
+    let done = wait_every(left, every, "the watermark to settle", || {
         running(&mut cluster);
         let (status, h) = get(&addr, "/api/v1/health", Some(ADMIN));
         assert_eq!(status, 200, "{h}");
-        assert!(
-            Instant::now() < deadline,
-            "the watermark never settled: {h}"
-        );
         // Queries keep being answered while the frontier moves between them.
         let (status, top) = get(&addr, "/ads/popular_ads?count=3&window=1", Some(ADMIN));
         assert_eq!(status, 200, "a query while ingesting: {top}");
         let w = h["watermark_ms"].as_u64();
         let still_or_past = w == last || w.is_some_and(|w| w >= past_all);
         if let Some(done) = w.filter(|_| still_or_past && settled(&addr, &h)) {
-            return (cluster, addr, done);
+            return Ok(done);
         }
         last = w;
-    }
+        Err(h.to_string())
+    });
+    (cluster, addr, done)
 }
 
 #[test]
@@ -478,23 +439,19 @@ fn queries_on_two_processes_equal_the_truth() {
     }
     // Health covers every process: the four partitions, two read by each process, each at
     // its high watermark once the topic is read.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let (timeout, every) = (Duration::from_secs(20), Duration::from_millis(200));
+    wait_every(timeout, every, "health to cover every process", || {
         let (_, h) = get(&addr, "/api/v1/health", Some(ADMIN));
         let parts = h["partitions"].as_array().cloned().unwrap_or_default();
         let ids: Vec<u64> = parts
             .iter()
             .filter_map(|p| p["partition"].as_u64())
             .collect();
-        if ids == [0, 1, 2, 3] && parts.iter().all(|p| p["lag"] == 0) {
-            break;
+        match ids == [0, 1, 2, 3] && parts.iter().all(|p| p["lag"] == 0) {
+            true => Ok(()),
+            false => Err(format!("health misses a process's partitions: {h}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "health misses a process's partitions: {h}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     let (hot, (hot_clicks, _)) = per_ad.iter().max_by_key(|(_, m)| m.0).unwrap();
     let (status, r) = get(
         &addr,
@@ -543,22 +500,16 @@ fn queries_on_two_processes_equal_the_truth() {
     }
 }
 
-/// `method target` over plain HTTP/1.1 with the admin key: (status, head, body).
+/// `method target` with the admin key: (status, head, body), the head as lowercase
+/// `name: value` lines.
 fn request(addr: &str, method: &str, target: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN}\r\n\
-         Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut bytes = Vec::new();
-    // The server may close as soon as it has answered a request it will not read on.
-    let _ = s.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
+    let r = blocking_request(method, &format!("http://{addr}{target}"), Some(ADMIN));
+    let head: String = r
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap_or_default()))
+        .collect();
+    (r.status, head.to_ascii_lowercase(), r.body)
 }
 
 /// `method target`'s status and error message; panics unless the answer is a JSON object

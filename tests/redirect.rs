@@ -1,6 +1,6 @@
 //! The click endpoint end to end: real HTTP on loopback into the embedded Kafka broker.
 
-mod common;
+use adclick_testkit as common;
 
 use std::collections::HashSet;
 use std::time::Duration;

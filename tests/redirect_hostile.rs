@@ -3,7 +3,7 @@
 //! connections, too many connections, and error answers. Real HTTP over loopback, into the
 //! embedded Kafka broker.
 
-mod common;
+use adclick_testkit as common;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

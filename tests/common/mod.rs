@@ -1,8 +1,13 @@
-//! Shared pieces of the integration tests: a configuration for tests, an in-process redirect
-//! server, an HTTP client, and a Kafka reader that returns everything in a topic.
-#![allow(dead_code)]
+//! adclick's integration-test harness, one library every test binary links (so a helper some
+//! tests do not use is no dead code in theirs): the configurations tests run with, servers
+//! that start on port 0 and report their address (an in-process redirect here; the binaries
+//! print theirs, read through [`process::Spawned`]), child processes killed on drop, one poll
+//! helper for every wait ([`poll`]), one HTTP client ([`http`]), and a Kafka reader that
+//! returns everything in a topic.
 
+pub mod http;
 pub mod outage;
+pub mod poll;
 pub mod process;
 pub mod tansu;
 pub mod truth;
@@ -15,14 +20,17 @@ use std::time::{Duration, Instant};
 use adclick::config::{Config, Partner};
 use adclick::redirect::{self, State};
 use adclick::token::SigningKey;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub use http::{HttpResponse, get, http_client, request};
+pub use poll::{wait_every, wait_every_async, wait_until, wait_until_async};
+
+/// The demo configuration (`config/demo.toml`), which the binaries under test read.
+pub fn demo_config() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/demo.toml").to_string()
+}
 
 pub const PARTNER_KEY: &str = "partner-key-0123456789";
 
@@ -139,43 +147,6 @@ impl RunningRedirect {
     }
 }
 
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: hyper::HeaderMap,
-    pub body: String,
-}
-
-pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-pub async fn request(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> HttpResponse {
-    let mut req = hyper::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
-    let resp = client.request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    HttpResponse {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-pub async fn get(client: &Client<HttpConnector, Full<Bytes>>, url: &str) -> HttpResponse {
-    request(client, "GET", url, &[], "").await
-}
-
 /// A record's key and value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
@@ -202,20 +173,19 @@ pub fn read_partitions(
         .create()
         .unwrap();
     let deadline = Instant::now() + timeout;
-    let partitions = loop {
-        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            Ok(md)
-                if md
-                    .topics()
-                    .first()
-                    .is_some_and(|t| !t.partitions().is_empty()) =>
-            {
-                break md.topics()[0].partitions().len();
-            }
-            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-            other => panic!("no metadata for {topic}: {:?}", other.err()),
-        }
-    };
+    let what = format!("metadata for {topic}");
+    let partitions = wait_every(
+        timeout,
+        Duration::from_millis(200),
+        &what,
+        || match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(md) => match md.topics().first().map(|t| t.partitions().len()) {
+                Some(n) if n > 0 => Ok(n),
+                _ => Err("no partitions yet".to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        },
+    );
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p as i32, Offset::Beginning)

@@ -4,13 +4,13 @@
 //! end every click is in Kafka exactly once.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use adclick::event::ClickEvent;
 use adclick::token::{ClickClaims, Keyring};
 use futures::StreamExt;
 
-use super::{RunningRedirect, get, http_client, read_topic, test_config};
+use crate::{RunningRedirect, get, http_client, read_topic, test_config, wait_until_async};
 
 /// A broker the scenario can take away and bring back.
 pub trait Broker {
@@ -48,14 +48,6 @@ pub async fn send_clicks(base: &str, keyring: &Keyring, prefix: &str, n: usize) 
         .await;
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 pub async fn run(broker: &mut impl Broker) {
     let spool = tempfile::tempdir().unwrap();
     let config = test_config(&broker.brokers(), spool.path());
@@ -71,9 +63,11 @@ pub async fn run(broker: &mut impl Broker) {
     send_clicks(&base, &keyring, "during", 1500).await;
     sent += 1500;
     let state = server.state.clone();
-    wait_until("the outbox to notice", Duration::from_secs(15), || {
-        state.outbox.degraded()
-    })
+    wait_until_async(
+        Duration::from_secs(15),
+        "the outbox to notice",
+        async || state.outbox.degraded(),
+    )
     .await;
     send_clicks(&base, &keyring, "degraded", 500).await;
     sent += 500;
@@ -88,7 +82,7 @@ pub async fn run(broker: &mut impl Broker) {
     broker.up();
     send_clicks(&base, &keyring, "after", 1000).await;
     sent += 1000;
-    wait_until("the spool to drain", Duration::from_secs(60), || {
+    wait_until_async(Duration::from_secs(60), "the spool to drain", async || {
         state.outbox.spool_records() == 0 && state.outbox.in_memory() == 0
     })
     .await;
@@ -104,10 +98,10 @@ pub async fn run(broker: &mut impl Broker) {
     // ...and the next start delivers it.
     let server = RunningRedirect::start(config.clone()).await;
     let state = server.state.clone();
-    wait_until(
-        "the restarted redirect to drain",
+    wait_until_async(
         Duration::from_secs(60),
-        || state.outbox.spool_records() == 0 && state.outbox.in_memory() == 0,
+        "the restarted redirect to drain",
+        async || state.outbox.spool_records() == 0 && state.outbox.in_memory() == 0,
     )
     .await;
     drop(state);

@@ -1,24 +1,35 @@
-//! Child processes of a test: killed when the test ends however it ends, with their
-//! standard output read line by line on a thread, so a test can wait for a line with a
-//! deadline; and a blocking HTTP GET for polling their servers.
+//! Child processes of a test: killed when the test ends however it ends (no test shells out
+//! to `kill` or keeps a guard of its own), with their standard output read line by line on a
+//! thread, so a test can wait for a line with a deadline, and their standard error, when
+//! piped, kept for the test to read.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+pub use nix::sys::signal::Signal;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+use crate::poll::wait_until;
 
 /// A child process killed (SIGKILL) and reaped on drop.
 pub struct Spawned {
     pub child: Child,
     lines: Option<Receiver<String>>,
+    /// A piped standard error as read so far, and the thread reading it.
+    stderr: Option<(Arc<Mutex<String>>, JoinHandle<()>)>,
 }
 
 impl Spawned {
-    /// Spawns `command` with its standard output piped to this handle.
+    /// Spawns `command` with its standard output piped to this handle, for
+    /// [`Spawned::line_with_prefix`].
     pub fn start(command: &mut Command) -> Self {
-        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let mut spawned = Self::spawn(command.stdout(Stdio::piped()));
+        let stdout = spawned.child.stdout.take().unwrap();
         let (tx, rx) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -28,9 +39,31 @@ impl Spawned {
                 }
             }
         });
+        spawned.lines = Some(rx);
+        spawned
+    }
+
+    /// Spawns `command` with its output where the command sends it; a piped standard error is
+    /// read as it comes (so the child never blocks on it), for [`Spawned::stderr`].
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().map(|mut pipe| {
+            let text = Arc::new(Mutex::new(String::new()));
+            let kept = text.clone();
+            let reader = std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    kept.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            (text, reader)
+        });
         Self {
             child,
-            lines: Some(rx),
+            lines: None,
+            stderr,
         }
     }
 
@@ -38,21 +71,65 @@ impl Spawned {
     /// when the process exits first.
     pub fn line_with_prefix(&mut self, prefix: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
-        let lines = self.lines.as_ref().expect("stdout is read");
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.to_string();
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => panic!("no line `{prefix}…` in {timeout:?}"),
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("the process exited before printing `{prefix}…`")
-                }
+            let line = self.read_line(left, &format!("`{prefix}…`"));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_string();
             }
         }
+    }
+
+    /// The next output line; panics after `timeout` or when the process exits first.
+    pub fn next_line(&mut self, timeout: Duration) -> String {
+        self.read_line(timeout, "a line")
+    }
+
+    fn read_line(&mut self, timeout: Duration, what: &str) -> String {
+        let lines = self.lines.as_ref().expect("stdout is read");
+        match lines.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => panic!("no {what} in {timeout:?}"),
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("the process exited before printing {what}")
+            }
+        }
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// How it exited; panics if it still runs after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        wait_until(timeout, "the process to exit", || child.try_wait().unwrap())
+    }
+
+    /// What it wrote to its standard error so far (empty unless it was piped): all of it
+    /// once it has exited.
+    pub fn stderr(&mut self) -> String {
+        let Some((text, reader)) = self.stderr.take() else {
+            return String::new();
+        };
+        if self.running() {
+            self.stderr = Some((text.clone(), reader));
+        } else {
+            let _ = reader.join();
+        }
+        text.lock().unwrap().clone()
+    }
+
+    /// SIGTERM: asks for a clean shutdown.
+    pub fn terminate(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        kill(pid, signal).unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
     }
 
     /// kill -9, no goodbye.
@@ -68,28 +145,11 @@ impl Drop for Spawned {
     }
 }
 
-/// `GET url` over HTTP/1.0 (so the answer is never chunked) with an optional bearer key:
-/// (status, body).
-pub fn get(url: &str, key: Option<&str>) -> (u16, String) {
-    let rest = url.strip_prefix("http://").expect("an http:// URL");
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    let mut s = TcpStream::connect(host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_string())
-}
-
 /// What the dashboard at `base` (`http://HOST:PORT/`) shows in Debian's headless Chromium,
 /// as `tests/browser/dashboard.mjs` prints it; the screenshot goes to `screenshot`. Panics
 /// when the page reports an error or never becomes ready.
 pub fn dashboard(base: &str, key: &str, screenshot: &std::path::Path) -> serde_json::Value {
-    let browser_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    let browser_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../browser");
     assert!(
         std::path::Path::new(browser_dir)
             .join("node_modules/playwright-core")

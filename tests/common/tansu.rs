@@ -1,50 +1,49 @@
 //! A real Kafka-protocol broker process (Tansu, with its SQLite storage so records survive a
-//! restart) for durability and failure tests. `scripts/tansu.sh install` installs it; CI sets
-//! ADCLICK_REQUIRE_TANSU=1 so a missing broker fails instead of skipping.
+//! restart) for durability and failure tests. `scripts/tansu.sh install` installs it.
+//!
+//! A test that needs it carries `#[cfg_attr(tansu_missing, ignore = "…")]`: the build script
+//! (`build.rs`) sets `tansu_missing` when no Tansu is found at build time, so such a test is
+//! reported as ignored, with the reason, rather than passing without having run. CI sets
+//! ADCLICK_REQUIRE_TANSU=1, which never sets it: there a missing broker fails the test.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::outage::Broker;
+use crate::poll::wait_until;
+use crate::process::Spawned;
 
 pub struct Tansu {
     bin: PathBuf,
     dir: PathBuf,
     pub port: u16,
-    child: Option<Child>,
+    process: Option<Spawned>,
 }
 
-pub use adclick::kafka::embedded::find_tansu;
-
-/// The tansu binary, or None (test skipped, with a note) when it is not installed and not
-/// required; panics when ADCLICK_REQUIRE_TANSU=1 (CI) and it is missing.
-pub fn tansu_or_skip() -> Option<PathBuf> {
-    let bin = find_tansu();
-    if bin.is_none() {
-        if std::env::var("ADCLICK_REQUIRE_TANSU").as_deref() == Ok("1") {
-            panic!("tansu not found: run scripts/tansu.sh install");
-        }
-        eprintln!("SKIPPED: tansu not installed (scripts/tansu.sh install)");
-    }
-    bin
+/// The tansu binary; panics when it is missing (the test is not ignored: it was found when
+/// the tests were built, or ADCLICK_REQUIRE_TANSU=1 requires it).
+pub fn tansu() -> PathBuf {
+    adclick::kafka::embedded::find_tansu()
+        .expect("tansu not found: run scripts/tansu.sh install (and set TANSU_BIN)")
 }
 
-/// Starts Tansu, or returns None (test skipped) when it is not installed and not required.
-pub fn start_tansu(dir: &Path) -> Option<Tansu> {
-    let bin = tansu_or_skip()?;
+/// Starts Tansu on a free port with its storage in `dir`.
+pub fn start_tansu(dir: &Path) -> Tansu {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let mut t = Tansu {
-        bin,
+        bin: tansu(),
         dir: dir.to_path_buf(),
         port,
-        child: None,
+        process: None,
     };
     t.start();
-    Some(t)
+    t
 }
 
 impl Tansu {
@@ -60,29 +59,24 @@ impl Tansu {
             .append(true)
             .open(self.dir.join("tansu.log"))
             .unwrap();
-        let child = Command::new(&self.bin)
-            .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&self.dir)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("starting tansu");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let process = Spawned::spawn(
+            Command::new(&self.bin)
+                .arg("broker")
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "sqlite://tansu.db"])
+                .current_dir(&self.dir)
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log)),
+        );
+        self.process = Some(process);
+        wait_until(Duration::from_secs(20), "tansu to come up", || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
     }
 
     /// kill -9: no goodbye to clients, whatever was not on disk is gone.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
+        self.process = None;
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
@@ -105,9 +99,16 @@ impl Tansu {
     }
 }
 
-impl Drop for Tansu {
-    fn drop(&mut self) {
+/// The outage scenario takes Tansu away with kill -9 and brings it back on the same storage.
+impl Broker for Tansu {
+    fn brokers(&self) -> String {
+        Tansu::brokers(self)
+    }
+    fn down(&mut self) {
         self.kill();
+    }
+    fn up(&mut self) {
+        self.start();
     }
 }
 
