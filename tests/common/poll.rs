@@ -32,10 +32,28 @@ impl<T, E: Display> Check<T> for Result<T, E> {
     }
 }
 
-fn timed_out(what: &str, timeout: Duration, seen: Option<String>) -> ! {
-    match seen {
-        Some(seen) => panic!("timed out after {timeout:?} waiting for {what}: {seen}"),
-        None => panic!("timed out after {timeout:?} waiting for {what}"),
+/// A deadline for `what`, and the judgement of each check against it.
+struct Deadline<'a> {
+    at: Instant,
+    timeout: Duration,
+    what: &'a str,
+}
+
+impl<'a> Deadline<'a> {
+    fn new(timeout: Duration, what: &'a str) -> Self {
+        let at = Instant::now() + timeout;
+        Self { at, timeout, what }
+    }
+
+    /// The check's value once done; `None` to check again; a panic once time is up.
+    fn judge<T>(&self, answer: Result<T, Option<String>>) -> Option<T> {
+        let (timeout, what) = (self.timeout, self.what);
+        match answer {
+            Ok(value) => Some(value),
+            Err(_) if Instant::now() < self.at => None,
+            Err(Some(seen)) => panic!("timed out after {timeout:?} waiting for {what}: {seen}"),
+            Err(None) => panic!("timed out after {timeout:?} waiting for {what}"),
+        }
     }
 }
 
@@ -52,14 +70,10 @@ pub fn wait_every<T, C: Check<T>>(
     what: &str,
     mut check: impl FnMut() -> C,
 ) -> T {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::new(timeout, what);
     loop {
-        let seen = match check().done() {
-            Ok(value) => return value,
-            Err(seen) => seen,
-        };
-        if Instant::now() >= deadline {
-            timed_out(what, timeout, seen);
+        if let Some(value) = deadline.judge(check().done()) {
+            return value;
         }
         std::thread::sleep(every);
     }
@@ -72,14 +86,10 @@ pub async fn wait_every_async<T, C: Check<T>>(
     what: &str,
     mut check: impl AsyncFnMut() -> C,
 ) -> T {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::new(timeout, what);
     loop {
-        let seen = match check().await.done() {
-            Ok(value) => return value,
-            Err(seen) => seen,
-        };
-        if Instant::now() >= deadline {
-            timed_out(what, timeout, seen);
+        if let Some(value) = deadline.judge(check().await.done()) {
+            return value;
         }
         tokio::time::sleep(every).await;
     }
