@@ -578,11 +578,6 @@ impl Outbox {
         self.shared.quarantined.load(Ordering::SeqCst)
     }
 
-    /// The quarantine file (`quarantine.ndjson` in the spool directory).
-    pub fn quarantine_path(&self) -> std::path::PathBuf {
-        self.shared.quarantine.lock().unwrap().path().to_path_buf()
-    }
-
     pub fn degraded(&self) -> bool {
         self.shared.degraded.load(Ordering::Relaxed)
     }
