@@ -20,7 +20,12 @@ use crate::timefmt::{format_millis, now_millis};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tallies {
     pub received: u64,
+    /// Billable clicks.
     pub counted: i64,
+    /// Deduplicated clicks flagged as invalid traffic, whatever the reason: received =
+    /// counted + invalid + duplicates + late + dead_lettered.
+    #[serde(default)]
+    pub invalid: i64,
     pub duplicates: i64,
     pub late: u64,
     pub dead_lettered: u64,

@@ -51,11 +51,13 @@ impl PartitionReader for Paced {
         for _ in 0..n {
             self.seq = self.seq.wrapping_mul(6364136223846793005).wrapping_add(1);
             let r = self.seq >> 11;
+            let event_time = now - (r >> 20) % 3_000;
             out.push(Record::Click(RawClick {
                 impression_id: format!("imp-{p}-{}", self.emitted[p]),
                 click_id: format!("{r:016x}"),
-                event_time: now - (r >> 20) % 3_000,
+                event_time,
                 labels: traffic::labels(r),
+                traits: traffic::traits(r, event_time),
             }));
             self.emitted[p] += 1;
         }

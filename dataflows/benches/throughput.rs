@@ -62,11 +62,13 @@ fn clicks(n: usize) -> Vec<Vec<RawClick>> {
         } else {
             i
         };
+        let event_time = START + i / 50 - (r >> 40) % 3_000;
         parts[(imp % 8) as usize].push(RawClick {
             impression_id: format!("imp-{imp}"),
             click_id: format!("{:016x}", rnd()),
-            event_time: START + i / 50 - (r >> 40) % 3_000,
+            event_time,
             labels: traffic::labels(r),
+            traits: traffic::traits(r, event_time),
         });
     }
     parts
@@ -131,6 +133,7 @@ fn dedup_bytes_per_impression(n: usize) -> f64 {
     let mut state = DedupState::new(DedupConfig {
         horizon_ms: 86_400_000,
         allowed_lateness_ms: 300_000,
+        lookback_ms: 3_600_000,
     });
     let mut updates = Vec::new();
     for c in &clicks {

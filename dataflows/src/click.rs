@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
+use crate::invalid::Reasons;
+
 /// A dimension value, by the 64-bit fingerprint of its text (xxh3, unseeded, so every process
 /// of a cluster computes the same one). Two texts with one fingerprint are detected by the
 /// dictionary; among millions of distinct values the chance is below 10⁻⁶.
@@ -82,6 +84,20 @@ pub struct RawClick {
     /// Event time, ms since the epoch.
     pub event_time: u64,
     pub labels: Labels,
+    #[serde(default)]
+    pub traits: Traits,
+}
+
+/// What the invalid-traffic rules judge a click by, beyond its dimensions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Traits {
+    /// Keyed hashes as the event carries them; empty when the ingest path did not see one.
+    pub ip_hash: String,
+    pub user_id_hash: String,
+    /// When the impression was served (ms since the epoch, from the signed token); 0 unknown.
+    pub impression_time: u64,
+    /// The reasons the edge found (or, for events it never classified, the user-agent rules).
+    pub reasons: Reasons,
 }
 
 /// One valid, on-time click, compact: what dedup and the windows see.
@@ -97,15 +113,32 @@ pub struct Click {
     /// allowed click travels at its source's watermark); its window is always this one's.
     pub event_time: u64,
     pub dims: Dims,
+    /// The click id's 128-bit UUID value: the flood rules order clicks by (event time, click
+    /// id), and for UUIDs in canonical lowercase text this is the text's order.
+    pub click_id: u128,
+    /// Fingerprints of the keyed IP and user hashes; `None` when the event had none.
+    pub ip: Option<Sym>,
+    pub user: Option<Sym>,
+    /// When its impression was served, ms since the epoch; 0 unknown.
+    pub impression_time: u64,
+    /// Reasons found so far: the edge's, then the dataflow's rules add theirs.
+    pub reasons: Reasons,
 }
 
 impl Click {
     pub fn of(raw: &RawClick) -> Self {
+        let t = &raw.traits;
+        let sym = |s: &str| (!s.is_empty()).then(|| Sym::of(s));
         Click {
             impression: xxh3_128(raw.impression_id.as_bytes()),
             click: xxh3_64(raw.click_id.as_bytes()) >> 10,
             event_time: raw.event_time,
             dims: raw.labels.dims(),
+            click_id: uuid_value(&raw.click_id),
+            ip: sym(&t.ip_hash),
+            user: sym(&t.user_id_hash),
+            impression_time: t.impression_time,
+            reasons: t.reasons,
         }
     }
 
@@ -116,9 +149,34 @@ impl Click {
     }
 }
 
+/// The 128-bit value of a UUID in any of its text forms (hyphenated, simple, braced, URN).
+/// Ingest validates click ids as UUIDs; anything else (never counted today) falls back to a
+/// fingerprint, so the order stays total.
+pub fn uuid_value(text: &str) -> u128 {
+    let core = text.strip_prefix("urn:uuid:").unwrap_or(text);
+    let core = core.trim_start_matches('{').trim_end_matches('}');
+    let mut value: u128 = 0;
+    let mut digits = 0;
+    for c in core.bytes() {
+        if c == b'-' {
+            continue;
+        }
+        match (c as char).to_digit(16) {
+            Some(d) if digits < 32 => {
+                value = value << 4 | u128::from(d);
+                digits += 1;
+            }
+            _ => return xxh3_128(text.as_bytes()),
+        }
+    }
+    if digits == 32 {
+        value
+    } else {
+        xxh3_128(text.as_bytes())
+    }
+}
+
 /// A window row: (window start in ms, dimensions).
 pub type Row = (u64, Dims);
 
-/// The measures of a row, as a differential difference: (clicks, duplicates). Accumulating a
-/// row's updates gives its measures; corrections are just more updates.
-pub type Measures = (i64, i64);
+pub use crate::measures::Measures;

@@ -1,5 +1,6 @@
 //! Exact deduplication by impression, as a timely operator whose output is a differential
-//! collection of window rows with (clicks, duplicates) measures.
+//! collection of [`Deduped`] updates: the counted clicks (which the invalid-traffic rules judge
+//! next) and the duplicates' window rows.
 //!
 //! Clicks are exchanged by impression, so each worker owns its impressions' state: the current
 //! winner (earliest event time, then smallest click fingerprint). Input is processed in
@@ -15,7 +16,10 @@
 //!
 //! Memory: 32 bytes of table slot per tracked impression (a 128-bit impression fingerprint;
 //! event time, 54-bit click fingerprint and a per-worker index of the winner's dimensions
-//! packed in 128 bits), plus one entry per distinct dimension combination.
+//! packed in 128 bits), plus one entry per distinct dimension combination. The winners of the
+//! last `allowed lateness + lookback` of event time also keep what the flood rules judge them
+//! by ([`Judged`], 64 bytes a slot): a retraction must say which click it takes back, and a
+//! restore puts them back into the rules' state.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -27,7 +31,8 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use crate::click::{Click, Dims, Measures, Row};
+use crate::click::{Click, Dims, Row, Sym};
+use crate::invalid::Reasons;
 use crate::time::{MINUTE_MS, window_start};
 
 /// The dedup's settings.
@@ -37,6 +42,40 @@ pub struct DedupConfig {
     pub horizon_ms: u64,
     /// The sources' allowed lateness: how far behind the frontier a click can still be.
     pub allowed_lateness_ms: u64,
+    /// How far back, beyond the allowed lateness, the invalid-traffic rules look (their
+    /// longest window): winners that recent keep their [`Judged`] traits.
+    pub lookback_ms: u64,
+}
+
+/// What dedup decides about a click.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Deduped {
+    /// The impression's counted click (a retraction when a better one replaces it).
+    Counted(Click),
+    /// A duplicate, counted in the `duplicates` measure of its own window row.
+    Duplicate(Row),
+}
+
+/// What the invalid-traffic rules judge a counted click by, beyond what the winner keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Judged {
+    pub click_id: u128,
+    pub ip: Option<Sym>,
+    pub user: Option<Sym>,
+    pub impression_time: u64,
+    pub reasons: Reasons,
+}
+
+impl Judged {
+    pub fn of(c: &Click) -> Self {
+        Judged {
+            click_id: c.click_id,
+            ip: c.ip,
+            user: c.user,
+            impression_time: c.impression_time,
+            reasons: c.reasons,
+        }
+    }
 }
 
 /// The impression fingerprint is already a uniform hash: use its low bits as they are.
@@ -57,7 +96,7 @@ impl Hasher for PassThrough {
     }
 }
 
-type Winners = std::collections::HashMap<u128, Winner, BuildHasherDefault<PassThrough>>;
+type Winners<V = Winner> = std::collections::HashMap<u128, V, BuildHasherDefault<PassThrough>>;
 
 const CLICK_BITS: u32 = 54;
 const TIME_SHIFT: u32 = CLICK_BITS - 32;
@@ -113,6 +152,9 @@ pub struct DedupState {
     winners: Winners,
     dims: DimsTable,
     next_sweep: u64,
+    /// The recent winners' traits, by the minute of their event time (so that whole minutes
+    /// are forgotten at once), then impression.
+    judged: BTreeMap<u64, Winners<Judged>>,
 }
 
 impl DedupState {
@@ -122,6 +164,48 @@ impl DedupState {
             winners: Winners::default(),
             dims: DimsTable::default(),
             next_sweep: 0,
+            judged: BTreeMap::new(),
+        }
+    }
+
+    /// The recent winners' traits, what a checkpoint keeps beside the winners:
+    /// (impression, event time, traits).
+    pub fn judged(&self) -> impl Iterator<Item = (u128, u64, Judged)> + '_ {
+        self.judged.values().flatten().filter_map(|(imp, j)| {
+            let w = self.winners.get(imp)?;
+            Some((*imp, w.event_time(), *j))
+        })
+    }
+
+    /// Puts back a recent winner's traits (after its winner).
+    pub fn restore_judged(&mut self, impression: u128, event_time: u64, judged: Judged) {
+        self.judged
+            .entry(event_time / MINUTE_MS)
+            .or_default()
+            .insert(impression, judged);
+    }
+
+    /// The counted clicks whose traits are kept: what the invalid-traffic rules' state is
+    /// rebuilt from after a restore.
+    pub fn recent_counted(&self) -> impl Iterator<Item = Click> + '_ {
+        self.judged().filter_map(|(imp, _, j)| {
+            let w = self.winners.get(&imp)?;
+            Some(self.counted(imp, w, j))
+        })
+    }
+
+    fn counted(&self, impression: u128, w: &Winner, j: Judged) -> Click {
+        let (event_time, click) = w.rank();
+        Click {
+            impression,
+            click,
+            event_time,
+            dims: self.dims.all[w.dims() as usize],
+            click_id: j.click_id,
+            ip: j.ip,
+            user: j.user,
+            impression_time: j.impression_time,
+            reasons: j.reasons,
         }
     }
 
@@ -191,39 +275,70 @@ impl DedupState {
     }
 
     /// Appends the updates `click` causes, given the state so far.
-    pub fn decide(&mut self, click: &Click, out: &mut Vec<(Row, Measures)>) {
-        let row = |t: u64, d: Dims| (window_start(t, MINUTE_MS), d);
+    pub fn decide(&mut self, click: &Click, out: &mut Vec<(Deduped, i64)>) {
+        let row = |c: &Click| (window_start(c.event_time, MINUTE_MS), c.dims);
         let horizon = self.cfg.horizon_ms;
-        match self.winners.get_mut(&click.impression) {
+        match self.winners.get(&click.impression) {
             Some(w) if click.event_time < w.event_time().saturating_add(horizon) => {
                 if click.rank() < w.rank() {
-                    let old = self.dims.all[w.dims() as usize];
-                    out.push((row(w.event_time(), old), (-1, 1)));
-                    let d = self.dims.intern(click.dims);
-                    *w = Winner::new(click.event_time, click.click, d);
-                    out.push((row(click.event_time, click.dims), (1, 0)));
+                    let w = *w;
+                    let minute = w.event_time() / MINUTE_MS;
+                    let judged = self
+                        .judged
+                        .get_mut(&minute)
+                        .and_then(|m| m.remove(&click.impression))
+                        .unwrap_or(Judged {
+                            click_id: 0,
+                            ip: None,
+                            user: None,
+                            impression_time: 0,
+                            reasons: Reasons::NONE,
+                        });
+                    let old = self.counted(click.impression, &w, judged);
+                    out.push((Deduped::Counted(old), -1));
+                    out.push((Deduped::Duplicate(row(&old)), 1));
+                    self.win(click);
+                    out.push((Deduped::Counted(*click), 1));
                 } else {
-                    out.push((row(click.event_time, click.dims), (0, 1)));
+                    out.push((Deduped::Duplicate(row(click)), 1));
                 }
             }
             // First click of the impression, or beyond the previous winner's horizon.
             _ => {
-                let d = self.dims.intern(click.dims);
-                let w = Winner::new(click.event_time, click.click, d);
-                self.winners.insert(click.impression, w);
-                out.push((row(click.event_time, click.dims), (1, 0)));
+                self.win(click);
+                out.push((Deduped::Counted(*click), 1));
             }
         }
+    }
+
+    /// Makes `click` its impression's winner.
+    fn win(&mut self, click: &Click) {
+        let d = self.dims.intern(click.dims);
+        let w = Winner::new(click.event_time, click.click, d);
+        if let Some(old) = self.winners.insert(click.impression, w)
+            && let Some(m) = self.judged.get_mut(&(old.event_time() / MINUTE_MS))
+        {
+            m.remove(&click.impression);
+        }
+        self.restore_judged(click.impression, click.event_time, Judged::of(click));
     }
 
     /// Frees what no click at or after `frontier` can match: such a click has event time at
     /// least `frontier - allowed_lateness`, beyond the horizon of winners older than that.
     /// Sweeps every 1/16 of the horizon, so each entry is visited a bounded number of times.
     pub fn sweep(&mut self, frontier: u64) {
+        let (h, l) = (self.cfg.horizon_ms, self.cfg.allowed_lateness_ms);
+        let recent = frontier.saturating_sub(l + self.cfg.lookback_ms) / MINUTE_MS;
+        while self
+            .judged
+            .first_key_value()
+            .is_some_and(|(m, _)| *m < recent)
+        {
+            self.judged.pop_first();
+        }
         if frontier < self.next_sweep {
             return;
         }
-        let (h, l) = (self.cfg.horizon_ms, self.cfg.allowed_lateness_ms);
         self.winners
             .retain(|_, w| w.event_time().saturating_add(h + l) >= frontier);
         // Rebuild the dimension table from the survivors.
@@ -241,7 +356,7 @@ impl DedupState {
     }
 }
 
-type Update = (Row, u64, Measures);
+type Update = (Deduped, u64, i64);
 
 /// Checkpoints of the dedup state: frontiers `F` arrive on `requests` (at time `F`, on every
 /// worker), and `save` gets the state holding exactly the clicks at times before `F`.
@@ -253,20 +368,12 @@ pub struct DedupCheckpoints<'s> {
 /// Where a worker's dedup state goes at a checkpoint frontier.
 pub type SaveDedup = Box<dyn FnMut(u64, &DedupState)>;
 
-/// Deduplicates `clicks` over the configured horizon.
-pub fn dedup<'s>(
-    clicks: Stream<'s, u64, Vec<Click>>,
-    cfg: DedupConfig,
-) -> VecCollection<'s, u64, Row, Measures> {
-    checkpointed_dedup(clicks, DedupState::new(cfg), None)
-}
-
 /// [`dedup`] starting from `state` (restored from a checkpoint, or empty), saving checkpoints.
 pub fn checkpointed_dedup<'s>(
     clicks: Stream<'s, u64, Vec<Click>>,
     state: DedupState,
     checkpoints: Option<DedupCheckpoints<'s>>,
-) -> VecCollection<'s, u64, Row, Measures> {
+) -> VecCollection<'s, u64, Deduped, i64> {
     let scope = clicks.scope();
     let (requests, mut save) = match checkpoints {
         Some(c) => (c.requests, Some(c.save)),
@@ -346,7 +453,7 @@ pub fn checkpointed_dedup<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::click::Sym;
+    use crate::click::Measures;
 
     fn click(imp: u128, id: u64, t: u64, ad: &str) -> Click {
         Click {
@@ -357,6 +464,19 @@ mod tests {
                 ad_id: Sym::of(ad),
                 ..Dims::default()
             },
+            click_id: u128::from(id),
+            ip: None,
+            user: None,
+            impression_time: 0,
+            reasons: Reasons::NONE,
+        }
+    }
+
+    fn m(clicks: i64, duplicates: i64) -> Measures {
+        Measures {
+            clicks,
+            duplicates,
+            ..Measures::default()
         }
     }
 
@@ -364,6 +484,7 @@ mod tests {
         DedupConfig {
             horizon_ms: 86_400_000,
             allowed_lateness_ms: 300_000,
+            lookback_ms: 3_600_000,
         }
     }
 
@@ -374,12 +495,14 @@ mod tests {
             state.decide(c, &mut updates);
         }
         let mut out: BTreeMap<Row, Measures> = BTreeMap::new();
-        for (r, (a, b)) in updates {
-            let m = out.entry(r).or_default();
-            m.0 += a;
-            m.1 += b;
+        for (u, d) in updates {
+            let (r, m) = match u {
+                Deduped::Counted(c) => ((window_start(c.event_time, MINUTE_MS), c.dims), m(d, 0)),
+                Deduped::Duplicate(r) => (r, m(0, d)),
+            };
+            *out.entry(r).or_default() += m;
         }
-        out.retain(|_, m| *m != (0, 0));
+        out.retain(|_, m| *m != Measures::default());
         out
     }
 
@@ -403,15 +526,15 @@ mod tests {
         // Winner: 59 000 with the smaller click fingerprint (a); minute 0 has it and one
         // duplicate, minute 60 000 has one duplicate.
         let r = &results[0];
-        assert_eq!(r[&(0, a.dims)], (1, 1));
-        assert_eq!(r[&(60_000, a.dims)], (0, 1));
+        assert_eq!(r[&(0, a.dims)], m(1, 1));
+        assert_eq!(r[&(60_000, a.dims)], m(0, 1));
     }
 
     #[test]
     fn an_identical_retry_is_a_duplicate() {
         let a = click(1, 5, 1_000, "x");
         let r = net(vec![a, a]);
-        assert_eq!(r[&(0, a.dims)], (1, 1));
+        assert_eq!(r[&(0, a.dims)], m(1, 1));
     }
 
     #[test]
@@ -419,7 +542,10 @@ mod tests {
         let a = click(1, 5, 1_000, "x");
         let mut later = a;
         later.event_time += 86_400_000;
-        assert_eq!(net(vec![a, later]).values().map(|m| m.0).sum::<i64>(), 2);
+        assert_eq!(
+            net(vec![a, later]).values().map(|m| m.clicks).sum::<i64>(),
+            2
+        );
         let mut inside = a;
         inside.event_time += 86_399_999;
         let mut state = DedupState::new(cfg());
@@ -429,7 +555,8 @@ mod tests {
         state.sweep(inside.event_time + 300_000);
         assert_eq!(state.len(), 1);
         state.decide(&inside, &mut updates);
-        assert_eq!(updates.last().unwrap().1, (0, 1));
+        let row = (window_start(inside.event_time, MINUTE_MS), inside.dims);
+        assert_eq!(updates.last().unwrap(), &(Deduped::Duplicate(row), 1));
         state.sweep(a.event_time + 86_400_000 + 300_000 + 6_000_000);
         assert_eq!(state.len(), 0);
     }

@@ -10,6 +10,9 @@
 
 pub mod click;
 pub mod dedup;
+pub mod flood;
+pub mod invalid;
+pub mod measures;
 pub mod names;
 pub mod query;
 pub mod report;
@@ -31,7 +34,8 @@ use timely::dataflow::operators::vec::{Map, Partition};
 use timely::progress::frontier::AntichainRef;
 
 use click::{Measures, RawClick, Row, Sym};
-use dedup::DedupConfig;
+use dedup::{DedupConfig, Deduped};
+use flood::{InvalidConfig, judge};
 use names::Name;
 use rollup::{Retention, rollup};
 use source::{Gap, Rejected, SourceEvent};
@@ -46,6 +50,7 @@ pub struct AggregateConfig {
     pub allowed_lateness_ms: u64,
     pub retention: Retention,
     pub top: TopNConfig,
+    pub invalid: InvalidConfig,
 }
 
 impl Default for AggregateConfig {
@@ -55,6 +60,7 @@ impl Default for AggregateConfig {
             allowed_lateness_ms: watermark::TimeConfig::default().allowed_lateness_ms,
             retention: Retention::default(),
             top: TopNConfig::default(),
+            invalid: InvalidConfig::default(),
         }
     }
 }
@@ -65,6 +71,7 @@ impl AggregateConfig {
         DedupConfig {
             horizon_ms: self.dedup_horizon_ms,
             allowed_lateness_ms: self.allowed_lateness_ms,
+            lookback_ms: self.invalid.longest_window_ms(),
         }
     }
 }
@@ -189,16 +196,38 @@ pub fn resumed_aggregate<'s>(
         SourceEvent::Lost(g) => Some(g),
         _ => None,
     });
-    // Local pre-aggregation before rows are exchanged: a hot ad's clicks are summed on every
-    // worker first, so no single worker receives them one by one.
-    let deduped =
-        dedup::checkpointed_dedup(on_time, resume.dedup, resume.checkpoints).consolidate_stream();
     // Restored rows join just before the checkpoint's frontier, at F − 1, each granularity on
     // its own (hour and day rows outlive the minute rows they came from): once the frontier
     // reaches F, which the restored sources' capabilities already allow, queries reading at
     // F − 1 see the whole restored state without waiting for new input.
     let restored = resume.rows.unwrap_or_default();
     let f = restored.frontier.saturating_sub(1);
+    // The invalid-traffic rules' state is a function of the recent counted clicks, which the
+    // restored dedup state holds: they go back in at F − 1 too.
+    let recent: Vec<_> = resume.dedup.recent_counted().collect();
+    let deduped = dedup::checkpointed_dedup(on_time, resume.dedup, resume.checkpoints);
+    let counted = deduped.clone().flat_map(|d| match d {
+        Deduped::Counted(c) => Some(c),
+        Deduped::Duplicate(_) => None,
+    });
+    let duplicates = deduped.flat_map(|d| match d {
+        Deduped::Duplicate(row) => Some(row),
+        Deduped::Counted(_) => None,
+    });
+    let judged = judge(
+        counted,
+        at_time(scope, f, recent),
+        &cfg.invalid,
+        cfg.allowed_lateness_ms,
+    );
+    // Local pre-aggregation before rows are exchanged: a hot ad's clicks are summed on every
+    // worker first, so no single worker receives them one by one.
+    let deduped = duplicates
+        .inner
+        .map(|(row, t, d)| (row, t, Measures::duplicates(d)))
+        .as_collection()
+        .concat(judged)
+        .consolidate_stream();
     let rows = |rows: Vec<(Row, Measures)>| {
         deduped.clone().concat(
             at_time(scope, f, rows)
@@ -248,14 +277,13 @@ fn rows_before(trace: &mut AdTrace, f: u64) -> Vec<(Row, Measures)> {
     let mut rows = Vec::new();
     while let Some(_ad) = cursor.get_key(&storage) {
         while let Some(row) = cursor.get_val(&storage) {
-            let mut m: Measures = (0, 0);
+            let mut m = Measures::default();
             cursor.map_times(&storage, |t, d| {
                 if *t < f {
-                    m.0 += d.0;
-                    m.1 += d.1;
+                    m += d;
                 }
             });
-            if m != (0, 0) {
+            if m != Measures::default() {
                 rows.push((*row, m));
             }
             cursor.step_val(&storage);
@@ -404,7 +432,7 @@ mod tests {
                     ad_id: click::Sym(t % 7),
                     ..Default::default()
                 };
-                rows.update((t * 100, dims), (1, 0));
+                rows.update((t * 100, dims), Measures::billable(1));
                 rows.advance_to(t);
                 ranks.advance_to(t);
                 rows.flush();

@@ -323,11 +323,10 @@ fn sum_rows(
                 if row.0 >= windows.end {
                     break;
                 }
-                let mut m: Measures = (0, 0);
+                let mut m = Measures::default();
                 cursor.map_times(&batch, |t, d| {
                     if t.less_equal(&read_at) {
-                        m.0 += d.0;
-                        m.1 += d.1;
+                        m += d;
                     }
                 });
                 add(row, m);
@@ -348,14 +347,13 @@ fn any_row(trace: &mut AdTrace, ad: Sym, read_at: u64, visible: impl Fn(&Row) ->
         return false;
     }
     while let Some(row) = cursor.get_val(&storage) {
-        let mut m: Measures = (0, 0);
+        let mut m = Measures::default();
         cursor.map_times(&storage, |t, d| {
             if t.less_equal(&read_at) {
-                m.0 += d.0;
-                m.1 += d.1;
+                m += d;
             }
         });
-        if m != (0, 0) && visible(row) {
+        if m != Measures::default() && visible(row) {
             return true;
         }
         cursor.step_val(&storage);
@@ -418,12 +416,11 @@ pub fn answer_locally(traces: &mut QueryTraces, q: &Query) -> Partial {
                     .advertiser_id
                     .is_none_or(|a| a == row.1.advertiser_id)
             });
-            let mut measures = (0, 0);
+            let mut measures = Measures::default();
             for (g, from, to) in spans(*from, *to, *source) {
                 sum_rows(traces.rows(g), Some(*ad), from..to, q.read_at, |row, m| {
                     if filter.matches(&row.1) {
-                        measures.0 += m.0;
-                        measures.1 += m.1;
+                        measures += m;
                     }
                 });
             }
@@ -443,10 +440,9 @@ pub fn answer_locally(traces: &mut QueryTraces, q: &Query) -> Partial {
                 *from..*to,
                 q.read_at,
                 |row, m| {
-                    if m != (0, 0) && filter.matches(&row.1) {
+                    if m != Measures::default() && filter.matches(&row.1) {
                         let s = sums.entry(group.key(row)).or_default();
-                        s.0 += m.0;
-                        s.1 += m.1;
+                        *s += m;
                     }
                 },
             );
@@ -468,15 +464,14 @@ pub fn answer_locally(traces: &mut QueryTraces, q: &Query) -> Partial {
 pub fn merge(kind: &QueryKind, parts: Vec<Partial>) -> Answer {
     match kind {
         QueryKind::AdCount { .. } => {
-            let (mut measures, mut ad_seen) = ((0, 0), false);
+            let (mut measures, mut ad_seen) = (Measures::default(), false);
             for p in parts {
                 if let Partial::Count {
                     measures: m,
                     ad_seen: s,
                 } = p
                 {
-                    measures.0 += m.0;
-                    measures.1 += m.1;
+                    measures += m;
                     ad_seen |= s;
                 }
             }
@@ -488,12 +483,11 @@ pub fn merge(kind: &QueryKind, parts: Vec<Partial>) -> Answer {
                 if let Partial::Rows(rows) = p {
                     for (k, m) in rows {
                         let s = sums.entry(k).or_default();
-                        s.0 += m.0;
-                        s.1 += m.1;
+                        *s += m;
                     }
                 }
             }
-            sums.retain(|_, m| *m != (0, 0));
+            sums.retain(|_, m| *m != Measures::default());
             Answer::Rows(sums.into_iter().collect())
         }
         QueryKind::Top { .. } => {

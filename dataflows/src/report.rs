@@ -28,8 +28,7 @@ pub enum Status {
 pub struct WindowReport {
     pub window_ms: u64,
     pub row: Row,
-    pub clicks: i64,
-    pub duplicates: i64,
+    pub measures: Measures,
     pub status: Status,
 }
 
@@ -82,7 +81,7 @@ pub fn reports<'s>(
                         }
                         let (t, updates) = entry.remove_entry();
                         latest = latest.max(t);
-                        for (row, (c, d)) in updates {
+                        for (row, delta) in updates {
                             let end = row.0 + window_ms;
                             // No click reaches a window at or after end + lateness (the
                             // sources judge it late first). Rows restored from a checkpoint at
@@ -92,9 +91,7 @@ pub fn reports<'s>(
                             if t >= end + lateness_ms {
                                 continue;
                             }
-                            let m = rows.measures.entry(row).or_insert_with(|| (0, 0));
-                            m.0 += c;
-                            m.1 += d;
+                            *rows.measures.entry(row).or_default() += delta;
                             if rows.last.contains_key(&row) {
                                 rows.changed.insert(row);
                             } else {
@@ -112,8 +109,7 @@ pub fn reports<'s>(
                     let report = |row: &Row, m: Measures, status| WindowReport {
                         window_ms,
                         row: *row,
-                        clicks: m.0,
-                        duplicates: m.1,
+                        measures: m,
                         status,
                     };
                     // Corrections of rows reported before.
@@ -133,7 +129,7 @@ pub fn reports<'s>(
                         for row in bucket {
                             if end + lateness_ms <= limit {
                                 // Complete and final at once (a batch job's last step).
-                                let m = rows.measures.remove(&row).unwrap_or((0, 0));
+                                let m = rows.measures.remove(&row).unwrap_or_default();
                                 let at = (end + lateness_ms).max(*c.time());
                                 finals
                                     .entry(at)
@@ -158,7 +154,7 @@ pub fn reports<'s>(
                         let (at, bucket) = entry.remove_entry();
                         let at = at.max(*c.time());
                         for row in bucket {
-                            let m = rows.measures.remove(&row).unwrap_or((0, 0));
+                            let m = rows.measures.remove(&row).unwrap_or_default();
                             rows.last.remove(&row);
                             finals
                                 .entry(at)

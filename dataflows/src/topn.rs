@@ -229,7 +229,7 @@ fn rankings<'s>(
                 let mut ranked_through: Option<u64> = None;
                 move |(input, frontier), output| {
                     input.for_each(|_, data| {
-                        for ((minute, dims), t, (clicks, _)) in data.drain(..) {
+                        for ((minute, dims), t, Measures { clicks, .. }) in data.drain(..) {
                             if clicks != 0 {
                                 pending.entry(t).or_default().push((
                                     minute,
@@ -500,7 +500,7 @@ mod tests {
                         country: us,
                         ..Default::default()
                     };
-                    rows.update((0, dims), ((base + a) as i64, 0));
+                    rows.update((0, dims), Measures::billable((base + a) as i64));
                 }
             }
             for t in [1, 3 * MINUTE_MS] {

@@ -1,11 +1,15 @@
 //! The whole aggregation against an independent oracle, on 1 and 2 workers: duplicates
 //! (some earlier than the original), reordering, allowed-late and too-late clicks, rejected
-//! records, an empty partition, clicks exactly on window boundaries and at the lateness limit.
+//! records, an empty partition, clicks exactly on window boundaries and at the lateness limit,
+//! and invalid traffic: the edge's reasons, IP and user floods (whose verdicts late clicks and
+//! dedup's replacements change) and too-fast clicks.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use adclick_dataflows::click::{Click, Labels, Measures, RawClick, Row, Sym};
+use adclick_dataflows::click::{Click, Labels, Measures, RawClick, Row, Sym, Traits};
+use adclick_dataflows::dedup::Judged;
+use adclick_dataflows::invalid::{Reason, Reasons};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -31,6 +35,7 @@ const LATENESS: u64 = 300_000;
 const START: u64 = 1_776_686_400_000; // 2026-04-20T12:00:00Z
 
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Click(RawClick),
     Bad(String),
@@ -62,6 +67,38 @@ fn labels(rng: &mut Rng) -> Labels {
     }
 }
 
+/// A UUID in its simple form (32 hex digits): its order as text is its order as a number.
+fn click_id(rng: &mut Rng) -> String {
+    format!("{:016x}{:016x}", rng.next(), rng.next())
+}
+
+/// Who clicked and how: a click farm on a few IPs and ads, a few very busy users, clicks
+/// right after their impression, and the edge's reasons on some.
+fn traits(rng: &mut Rng, c: &mut RawClick) -> Traits {
+    let mut t = Traits {
+        ip_hash: format!("ip-{}", rng.below(400)),
+        user_id_hash: format!("user-{}", rng.below(300)),
+        impression_time: c.event_time - 1_000 - rng.below(30_000),
+        reasons: Reasons::NONE,
+    };
+    match rng.below(100) {
+        0..=5 => {
+            // The farm: 3 IPs on 2 ads, about 24 clicks a minute each.
+            t.ip_hash = format!("farm-{}", rng.below(3));
+            c.labels.ad_id = format!("ad_{}", rng.below(2));
+            c.labels.campaign_id = "cmp_0".into();
+        }
+        6..=8 => t.user_id_hash = format!("busy-{}", rng.below(2)),
+        9..=10 => t.impression_time = c.event_time - rng.below(1_000),
+        11 => t.reasons = Reasons::of([Reason::KnownBot]),
+        12 => t.reasons = Reasons::of([Reason::Datacenter, Reason::Headless]),
+        13 => t.ip_hash.clear(),
+        14 => t.user_id_hash.clear(),
+        _ => {}
+    }
+    t
+}
+
 /// Five partitions of traffic; partition 4 stays empty.
 fn traffic() -> Vec<Vec<Item>> {
     let mut rng = Rng(0x5eed);
@@ -72,10 +109,12 @@ fn traffic() -> Vec<Vec<Item>> {
         let p = (i % 4) as usize;
         let mut c = RawClick {
             impression_id: format!("imp-{i}"),
-            click_id: format!("c-{:08}", rng.below(100_000_000)),
+            click_id: click_id(&mut rng),
             event_time: now - rng.below(3_000),
             labels: labels(&mut rng),
+            traits: Traits::default(),
         };
+        c.traits = traits(&mut rng, &mut c);
         match rng.below(100) {
             0..=2 => c.event_time = now - 60_000 - rng.below(100_000), // allowed late
             3 if i > 400 => c.event_time = now - 400_000 - rng.below(60_000), // too late
@@ -88,7 +127,7 @@ fn traffic() -> Vec<Vec<Item>> {
         }
         if rng.below(10) == 0 {
             let mut d = c.clone();
-            d.click_id = format!("d-{:08}", rng.below(100_000_000));
+            d.click_id = click_id(&mut rng);
             d.event_time = (c.event_time + rng.below(4_000)).saturating_sub(2_000);
             dup_later.push((p, i + 1 + rng.below(30), d));
         }
@@ -115,9 +154,10 @@ fn traffic() -> Vec<Vec<Item>> {
     ] {
         parts[0].push(Item::Click(RawClick {
             impression_id: format!("limit-{n}"),
-            click_id: "l".into(),
+            click_id: format!("{n:032x}"),
             event_time: t,
             labels: Labels::default(),
+            traits: Traits::default(),
         }));
     }
     parts
@@ -190,12 +230,10 @@ fn fold(updates: Vec<(Row, u64, Measures)>, until: u64) -> BTreeMap<Row, Measure
     let mut rows: BTreeMap<Row, Measures> = BTreeMap::new();
     for (row, t, d) in updates {
         if t < row.0 + until {
-            let m = rows.entry(row).or_default();
-            m.0 += d.0;
-            m.1 += d.1;
+            *rows.entry(row).or_default() += d;
         }
     }
-    rows.retain(|_, m| *m != (0, 0));
+    rows.retain(|_, m| *m != Measures::default());
     rows
 }
 
@@ -278,6 +316,23 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
     r
 }
 
+/// Equal rows, or a short account of the first differences (window, want, got).
+fn assert_rows(got: &BTreeMap<Row, Measures>, want: &BTreeMap<Row, Measures>, what: &str) {
+    let keys: std::collections::BTreeSet<_> = got.keys().chain(want.keys()).collect();
+    let diff: Vec<_> = keys
+        .into_iter()
+        .filter(|k| got.get(*k) != want.get(*k))
+        .map(|k| (k.0 as i64 - START as i64, want.get(k), got.get(k)))
+        .take(4)
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "{what}: {} vs {} rows, differing (window, want, got): {diff:?}",
+        got.len(),
+        want.len()
+    );
+}
+
 /// The oracle: the brief's rules, written as plainly as possible.
 fn oracle(parts: &[Vec<Item>]) -> Results {
     let mut r = Results::default();
@@ -303,6 +358,7 @@ fn oracle(parts: &[Vec<Item>]) -> Results {
     for c in &on_time {
         by_imp.entry(&c.impression_id).or_default().push(c);
     }
+    let mut counted: Vec<&RawClick> = Vec::new();
     for clicks in by_imp.values() {
         let winner = clicks.iter().min_by_key(|c| Click::of(c).rank()).unwrap();
         let mut winner_seen = false;
@@ -310,11 +366,79 @@ fn oracle(parts: &[Vec<Item>]) -> Results {
             let is_winner =
                 !winner_seen && c.event_time == winner.event_time && c.click_id == winner.click_id;
             winner_seen |= is_winner;
+            if is_winner {
+                counted.push(c);
+                continue;
+            }
             for (map, len) in [(&mut r.minute, MINUTE_MS), (&mut r.hour, HOUR_MS)] {
-                let m = map
-                    .entry((window_start(c.event_time, len), c.labels.dims()))
-                    .or_default();
-                if is_winner { m.0 += 1 } else { m.1 += 1 }
+                map.entry((window_start(c.event_time, len), c.labels.dims()))
+                    .or_default()
+                    .duplicates += 1;
+            }
+        }
+    }
+    let flagged = |who: fn(&RawClick) -> (&str, &str), limit: usize, window: u64| {
+        let mut groups: BTreeMap<(&str, &str, u64), Vec<&RawClick>> = BTreeMap::new();
+        for c in &counted {
+            let (k, on) = who(c);
+            if !k.is_empty() {
+                groups
+                    .entry((k, on, c.event_time / window))
+                    .or_default()
+                    .push(c);
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        for mut g in groups.into_values() {
+            g.sort_by_key(|c| {
+                let id = u128::from_str_radix(&c.click_id, 16).unwrap();
+                (c.event_time, id, Click::of(c).impression)
+            });
+            out.extend(
+                g.iter()
+                    .skip(limit)
+                    .map(|c| (&c.impression_id, &c.click_id)),
+            );
+        }
+        out
+    };
+    let ip_flood = flagged(|c| (&c.traits.ip_hash, &c.labels.ad_id), 5, MINUTE_MS);
+    let user_flood = flagged(
+        |c| (&c.traits.user_id_hash, &c.labels.campaign_id),
+        20,
+        HOUR_MS,
+    );
+    for c in counted {
+        let id = (&c.impression_id, &c.click_id);
+        let reason = [
+            (
+                Reason::KnownBot,
+                c.traits.reasons.contains(Reason::KnownBot),
+            ),
+            (
+                Reason::Datacenter,
+                c.traits.reasons.contains(Reason::Datacenter),
+            ),
+            (
+                Reason::Headless,
+                c.traits.reasons.contains(Reason::Headless),
+            ),
+            (Reason::IpFlood, ip_flood.contains(&id)),
+            (Reason::UserFlood, user_flood.contains(&id)),
+            (
+                Reason::TooFast,
+                c.event_time < c.traits.impression_time + 1_000,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(r, yes)| yes.then_some(r));
+        for (map, len) in [(&mut r.minute, MINUTE_MS), (&mut r.hour, HOUR_MS)] {
+            let m = map
+                .entry((window_start(c.event_time, len), c.labels.dims()))
+                .or_default();
+            match reason {
+                None => m.clicks += 1,
+                Some(r) => m.invalid[r.index()] += 1,
             }
         }
     }
@@ -324,7 +448,7 @@ fn oracle(parts: &[Vec<Item>]) -> Results {
         for country in [all_countries(), d.country] {
             *per_ad
                 .entry((*minute, country, (d.ad_id, d.advertiser_id)))
-                .or_default() += m.0;
+                .or_default() += m.clicks;
         }
     }
     let mut windows: BTreeMap<RankKey, BTreeMap<(Sym, Sym), i64>> = BTreeMap::new();
@@ -361,11 +485,25 @@ fn matches_the_oracle_on_one_and_two_workers() {
         expected.rejected
     );
     assert!(
-        expected.minute.values().map(|m| m.1).sum::<i64>() > 100,
+        expected.minute.values().map(|m| m.duplicates).sum::<i64>() > 100,
         "enough duplicates"
     );
+    for r in [
+        Reason::KnownBot,
+        Reason::Datacenter,
+        Reason::IpFlood,
+        Reason::UserFlood,
+        Reason::TooFast,
+    ] {
+        let n: i64 = expected.minute.values().map(|m| m.invalid(r)).sum();
+        assert!(n > 10, "enough {} clicks: {n}", r.name());
+    }
     let total_in: usize = parts.iter().map(Vec::len).sum();
-    let counted: i64 = expected.minute.values().map(|m| m.0 + m.1).sum();
+    let counted: i64 = expected
+        .minute
+        .values()
+        .map(|m| m.clicks + m.duplicates + m.invalid_total())
+        .sum();
     assert_eq!(
         counted as usize + expected.late + expected.rejected,
         total_in,
@@ -378,11 +516,16 @@ fn matches_the_oracle_on_one_and_two_workers() {
             got.rejected, expected.rejected,
             "rejected, {workers} workers"
         );
-        assert_eq!(
-            got.minute, expected.minute,
-            "minute rows, {workers} workers"
+        assert_rows(
+            &got.minute,
+            &expected.minute,
+            &format!("minute, {workers} workers"),
         );
-        assert_eq!(got.hour, expected.hour, "hour rows, {workers} workers");
+        assert_rows(
+            &got.hour,
+            &expected.hour,
+            &format!("hour, {workers} workers"),
+        );
         assert_eq!(got.top, expected.top, "top-N, {workers} workers");
     }
 }
@@ -393,6 +536,7 @@ fn matches_the_oracle_on_one_and_two_workers() {
 struct Part {
     source: SourceSnapshot,
     winners: Vec<(u128, u64, u64, Dims)>,
+    judged: Vec<(u128, u64, Judged)>,
     rows: RestoredRows,
     late: usize,
     rejected: usize,
@@ -432,7 +576,9 @@ fn checkpoint(workers: usize, parts: Vec<Vec<Item>>, f: u64) -> Vec<Part> {
             let (input, requests) = scope.new_input::<Vec<u64>>();
             let save: SaveDedup = Box::new(move |at, state: &DedupState| {
                 assert_eq!(at, f);
-                out_in.lock().unwrap()[index].winners = state.winners().collect();
+                let mut parts = out_in.lock().unwrap();
+                parts[index].winners = state.winners().collect();
+                parts[index].judged = state.judged().collect();
             });
             let acfg = aggregate_config();
             let resume = Resume {
@@ -498,6 +644,7 @@ fn dedup_config() -> DedupConfig {
     DedupConfig {
         horizon_ms: aggregate_config().dedup_horizon_ms,
         allowed_lateness_ms: LATENESS,
+        lookback_ms: aggregate_config().invalid.longest_window_ms(),
     }
 }
 
@@ -508,6 +655,7 @@ fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
     let shared = Arc::new(Mutex::new((Vec::new(), Vec::new(), 0, 0)));
     let out = shared.clone();
     let all_winners: Vec<_> = saved.iter().flat_map(|p| p.winners.clone()).collect();
+    let all_judged: Vec<_> = saved.iter().flat_map(|p| p.judged.clone()).collect();
     let before: (usize, usize) = saved
         .iter()
         .fold((0, 0), |a, p| (a.0 + p.late, a.1 + p.rejected));
@@ -519,6 +667,11 @@ fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
         for (imp, t, click, dims) in &all_winners {
             if DedupState::owner(*imp, peers) == index {
                 dedup.restore_winner(*imp, *t, *click, *dims);
+            }
+        }
+        for (imp, t, judged) in &all_judged {
+            if DedupState::owner(*imp, peers) == index {
+                dedup.restore_judged(*imp, *t, *judged);
             }
         }
         let out = out.clone();
@@ -572,20 +725,8 @@ fn resumed_from_a_checkpoint_equals_the_oracle() {
             let what = format!("checkpoint at +{} ms, {workers} workers", f - START);
             assert_eq!(got.late, expected.late, "late, {what}");
             assert_eq!(got.rejected, expected.rejected, "rejected, {what}");
-            let diff: Vec<_> = expected
-                .minute
-                .iter()
-                .filter(|(k, v)| got.minute.get(*k) != Some(v))
-                .map(|(k, v)| (k.0 as i64 - START as i64, *v, got.minute.get(k).copied()))
-                .take(5)
-                .collect();
-            assert!(
-                diff.is_empty() && got.minute.len() == expected.minute.len(),
-                "minute rows, {what}: {} vs {} rows, differing (minute, want, got): {diff:?}",
-                got.minute.len(),
-                expected.minute.len()
-            );
-            assert_eq!(got.hour, expected.hour, "hour rows, {what}");
+            assert_rows(&got.minute, &expected.minute, &format!("minute, {what}"));
+            assert_rows(&got.hour, &expected.hour, &format!("hour, {what}"));
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use adclick_dataflows::AggregateConfig;
+use adclick_dataflows::flood::{FloodRule, InvalidConfig};
 use adclick_dataflows::rollup::Retention;
 use adclick_dataflows::topn::TopNConfig;
 use adclick_dataflows::watermark::TimeConfig;
@@ -61,6 +62,69 @@ pub struct AggregatorConfig {
     pub checkpoints_kept: usize,
     /// Where the Parquet sinks write: final windows, and (with checkpoints) the raw archive.
     pub parquet_dir: Option<PathBuf>,
+    /// The behavioural invalid-traffic rules (`[aggregator.invalid]`).
+    pub invalid: InvalidRules,
+}
+
+/// The invalid-traffic rules the dataflow applies to deduplicated clicks; each flags, never
+/// drops. A `max_clicks` of 0 or a `too_fast_ms` of 0 turns that rule off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvalidRules {
+    /// `ip_flood`: more than this many clicks from one `ip_hash` on one ad in one window...
+    pub ip_flood_max_clicks: u32,
+    /// ...of this much event time (tumbling, aligned to the epoch).
+    pub ip_flood_window_ms: u64,
+    /// `user_flood`: more than this many clicks from one `user_id_hash` on one campaign...
+    pub user_flood_max_clicks: u32,
+    pub user_flood_window_ms: u64,
+    /// `too_fast`: a click sooner than this after its impression was served.
+    pub too_fast_ms: u64,
+}
+
+impl Default for InvalidRules {
+    fn default() -> Self {
+        let d = InvalidConfig::default();
+        let rule = |r: Option<FloodRule>| r.map_or((0, 60_000), |r| (r.max_clicks, r.window_ms));
+        let (ip_max, ip_window) = rule(d.ip_flood);
+        let (user_max, user_window) = rule(d.user_flood);
+        Self {
+            ip_flood_max_clicks: ip_max,
+            ip_flood_window_ms: ip_window,
+            user_flood_max_clicks: user_max,
+            user_flood_window_ms: user_window,
+            too_fast_ms: d.too_fast_ms,
+        }
+    }
+}
+
+impl InvalidRules {
+    fn check(&self) -> anyhow::Result<()> {
+        for (name, window) in [
+            ("ip_flood_window_ms", self.ip_flood_window_ms),
+            ("user_flood_window_ms", self.user_flood_window_ms),
+        ] {
+            anyhow::ensure!(
+                window >= 1_000 && window <= 7 * 24 * 3_600_000,
+                "aggregator.invalid.{name} must be between 1000 and 604800000 (a week)"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn dataflow(&self) -> InvalidConfig {
+        let rule = |max_clicks: u32, window_ms: u64| {
+            (max_clicks > 0).then_some(FloodRule {
+                max_clicks,
+                window_ms,
+            })
+        };
+        InvalidConfig {
+            ip_flood: rule(self.ip_flood_max_clicks, self.ip_flood_window_ms),
+            user_flood: rule(self.user_flood_max_clicks, self.user_flood_window_ms),
+            too_fast_ms: self.too_fast_ms,
+        }
+    }
 }
 
 /// What the aggregator does when a partition's offsets jump: records were deleted (retention,
@@ -109,6 +173,7 @@ impl Default for AggregatorConfig {
             checkpoint_interval_ms: 10_000,
             checkpoints_kept: 2,
             parquet_dir: None,
+            invalid: InvalidRules::default(),
         }
     }
 }
@@ -127,6 +192,7 @@ impl AggregatorConfig {
         );
         anyhow::ensure!(self.top_n >= 1, "aggregator.top_n must be at least 1");
         self.query_limits().check("aggregator.query_")?;
+        self.invalid.check()?;
         anyhow::ensure!(
             self.checkpoint_interval_ms >= 100,
             "aggregator.checkpoint_interval_ms must be at least 100"
@@ -158,6 +224,7 @@ impl AggregatorConfig {
                 n: self.top_n,
                 window_minutes: self.top_window_minutes.clone(),
             },
+            invalid: self.invalid.dataflow(),
         }
     }
 

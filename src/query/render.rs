@@ -63,8 +63,9 @@ pub fn render(resolved: Resolved, admin: bool, ad_text: &str) -> Result<Value, Q
             }
             Ok(json!({
                 "ad_id": ad_text,
-                "count": measures.0,
-                "duplicates": measures.1,
+                "count": measures.clicks,
+                "duplicates": measures.duplicates,
+                "invalid": measures.invalid_names(),
                 "from": format_millis(*from as i64),
                 "to": format_millis(*to as i64),
                 "complete": *to <= frontier,
@@ -86,7 +87,7 @@ pub fn render(resolved: Resolved, admin: bool, ad_text: &str) -> Result<Value, Q
             ];
             let rows: Vec<Value> = rows
                 .iter()
-                .map(|((t, dims), (clicks, dups))| {
+                .map(|((t, dims), m)| {
                     let mut row = serde_json::Map::new();
                     if let (Some(name), Some(t)) = (time_name, t) {
                         row.insert(name.into(), format_millis(*t as i64).into());
@@ -96,8 +97,9 @@ pub fn render(resolved: Resolved, admin: bool, ad_text: &str) -> Result<Value, Q
                             row.insert(DIM_NAMES[i].into(), text(*s).into());
                         }
                     }
-                    row.insert("clicks".into(), (*clicks).into());
-                    row.insert("duplicates".into(), (*dups).into());
+                    row.insert("clicks".into(), m.clicks.into());
+                    row.insert("duplicates".into(), m.duplicates.into());
+                    row.insert("invalid".into(), json!(m.invalid_names()));
                     Value::Object(row)
                 })
                 .collect();

@@ -14,3 +14,13 @@ pub fn labels(r: u64) -> Labels {
         device: ["mobile", "desktop", "tablet"][(r % 3) as usize].into(),
     }
 }
+
+/// Who clicked: enough IPs and users that the flood rules hold real state, as in production.
+pub fn traits(r: u64, event_time: u64) -> adclick_dataflows::click::Traits {
+    adclick_dataflows::click::Traits {
+        ip_hash: format!("{:032x}", (r >> 8) % 200_000),
+        user_id_hash: format!("{:032x}", (r >> 28) % 400_000),
+        impression_time: event_time - 1_500 - (r >> 50) % 20_000,
+        reasons: Default::default(),
+    }
+}

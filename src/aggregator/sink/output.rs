@@ -2,7 +2,10 @@
 //! late click and per dead letter, and the tallies at the end. Everything is gathered on
 //! worker 0 so that a cluster writes one file.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+
+use adclick_dataflows::click::Measures;
 
 use adclick_dataflows::click::RawClick;
 use adclick_dataflows::names::{Dictionary, Name};
@@ -42,8 +45,12 @@ pub enum Line {
         publisher_id: String,
         country: String,
         device: String,
+        /// Billable clicks.
         clicks: i64,
         duplicates: i64,
+        /// Invalid clicks by reason name; present, possibly empty, on every window line.
+        #[serde(default)]
+        invalid: BTreeMap<String, i64>,
         status: String,
     },
     Late {
@@ -77,7 +84,19 @@ pub struct WindowParts<'a> {
     pub dims: [&'a str; 6],
     pub clicks: i64,
     pub duplicates: i64,
+    /// Invalid clicks by reason, indexed by [`Reason::index`].
+    pub invalid: [i64; 7],
     pub status: &'a str,
+}
+
+impl WindowParts<'_> {
+    pub fn measures(&self) -> Measures {
+        Measures {
+            clicks: self.clicks,
+            duplicates: self.duplicates,
+            invalid: self.invalid,
+        }
+    }
 }
 
 impl Line {
@@ -94,6 +113,7 @@ impl Line {
             device,
             clicks,
             duplicates,
+            invalid,
             status,
             ..
         } = self
@@ -113,6 +133,7 @@ impl Line {
             ],
             clicks: *clicks,
             duplicates: *duplicates,
+            invalid: Measures::invalid_from_names(invalid),
             status,
         })
     }
@@ -256,8 +277,9 @@ impl Writer {
             }
             Out::Report(r) => {
                 if r.window_ms == MINUTE_MS && r.status == Status::Final {
-                    self.tallies.counted += r.clicks;
-                    self.tallies.duplicates += r.duplicates;
+                    self.tallies.counted += r.measures.clicks;
+                    self.tallies.invalid += r.measures.invalid_total();
+                    self.tallies.duplicates += r.measures.duplicates;
                 }
                 let (start, dims) = r.row;
                 let d = self.names.labels(&dims);
@@ -271,8 +293,9 @@ impl Writer {
                     publisher_id: d.publisher_id,
                     country: d.country,
                     device: d.device,
-                    clicks: r.clicks,
-                    duplicates: r.duplicates,
+                    clicks: r.measures.clicks,
+                    duplicates: r.measures.duplicates,
+                    invalid: r.measures.invalid_names(),
                     status: match r.status {
                         Status::Complete => "complete",
                         Status::Correction => "correction",

@@ -8,7 +8,10 @@
 //!
 //! `raw` is the cold store: every valid click as read (on time, late or duplicate), with
 //! its partition and offset, so that reconciliation and replay can feed each partition's
-//! records to the same dataflow in their original order. DuckDB reads it with
+//! records to the same dataflow in their original order. It keeps what the invalid-traffic
+//! rules judge by (keyed IP and user hashes, impression time, the edge's reasons as names,
+//! comma-separated), so a replay classifies as the live run did; archives written before
+//! those columns existed read as clicks without them (no reasons, hashes or time). DuckDB reads it with
 //! `read_parquet('DIR/raw/*/*.parquet', hive_partitioning = true)`.
 
 pub mod table;
@@ -16,7 +19,8 @@ pub mod table;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use adclick_dataflows::click::RawClick;
+use adclick_dataflows::click::{RawClick, Traits};
+use adclick_dataflows::invalid::{Reason, Reasons};
 use adclick_dataflows::time::HOUR_MS;
 
 use table::{Column, Value, pending_path, read_table, write_table};
@@ -62,6 +66,7 @@ impl WindowFiles {
         }
         let mut text: [Vec<String>; 7] = Default::default();
         let mut long: [Vec<i64>; 3] = Default::default();
+        let mut invalid: [Vec<i64>; 7] = Default::default();
         for line in std::mem::take(&mut self.lines) {
             let Some(w) = line.window() else { continue };
             let texts = std::iter::once(w.granularity).chain(w.dims);
@@ -72,6 +77,9 @@ impl WindowFiles {
                 .iter_mut()
                 .zip([w.start as i64, w.clicks, w.duplicates])
             {
+                column.push(v);
+            }
+            for (column, v) in invalid.iter_mut().zip(w.invalid) {
                 column.push(v);
             }
         }
@@ -85,7 +93,8 @@ impl WindowFiles {
             device,
         ] = text;
         let [start, clicks, duplicates] = long;
-        let columns = [
+        let invalid_columns = invalid_columns();
+        let mut columns = vec![
             ("granularity", Column::Text(granularity)),
             ("window_start", Column::Millis(start)),
             ("ad_id", Column::Text(ad)),
@@ -97,6 +106,9 @@ impl WindowFiles {
             ("clicks", Column::Long(clicks)),
             ("duplicates", Column::Long(duplicates)),
         ];
+        for (name, values) in invalid_columns.iter().zip(invalid) {
+            columns.push((name.as_str(), Column::Long(values)));
+        }
         write_table(&pending_path(&self.dir, f, ""), &columns)
     }
 }
@@ -138,10 +150,45 @@ pub fn archive(root: &Path, f: u64, worker: usize, records: Vec<Archived>) -> an
             ("publisher_id", text(|r| &r.click.labels.publisher_id)),
             ("country", text(|r| &r.click.labels.country)),
             ("device", text(|r| &r.click.labels.device)),
+            ("ip_hash", text(|r| &r.click.traits.ip_hash)),
+            ("user_id_hash", text(|r| &r.click.traits.user_id_hash)),
+            (
+                "impression_time",
+                Column::Long(
+                    records
+                        .iter()
+                        .map(|r| r.click.traits.impression_time as i64)
+                        .collect(),
+                ),
+            ),
+            (
+                "invalid_reasons",
+                Column::Text(
+                    records
+                        .iter()
+                        .map(|r| reason_names(r.click.traits.reasons))
+                        .collect(),
+                ),
+            ),
         ];
         write_table(&pending_path(&dir, f, &format!("-w{worker}")), &columns)?;
     }
     Ok(())
+}
+
+/// `known_bot,datacenter`: the reasons' names in precedence order; empty for none.
+pub fn reason_names(reasons: Reasons) -> String {
+    reasons
+        .iter()
+        .map(Reason::name)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The reasons named in `names` (as [`reason_names`] writes them); names this build does not
+/// know (a newer writer's) are ignored.
+pub fn parse_reason_names(names: &str) -> Reasons {
+    Reasons::of(names.split(',').filter_map(|n| Reason::from_name(n.trim())))
 }
 
 /// `hour=2026-11-22T17`: Hive-style, so readers can prune by hour.
@@ -211,6 +258,15 @@ fn labels(r: &BTreeMap<String, Value>) -> anyhow::Result<adclick_dataflows::clic
     })
 }
 
+/// The window table's invalid-click columns, one per reason in precedence order
+/// (`invalid_known_bot`, ..., `invalid_too_fast`): flat columns any Parquet reader sums.
+fn invalid_columns() -> Vec<String> {
+    Reason::ALL
+        .iter()
+        .map(|r| format!("invalid_{}", r.name()))
+        .collect()
+}
+
 /// The final windows the window sink published under `root`, as report lines.
 pub fn read_windows(root: &Path) -> anyhow::Result<Vec<Line>> {
     rows(&root.join("windows"))?
@@ -230,6 +286,15 @@ pub fn read_windows(root: &Path) -> anyhow::Result<Vec<Line>> {
                 device: l.device,
                 clicks: long(r, "clicks")?,
                 duplicates: long(r, "duplicates")?,
+                // Files written before invalid traffic was counted have no such columns.
+                invalid: Reason::ALL
+                    .iter()
+                    .zip(invalid_columns())
+                    .filter_map(|(reason, c)| {
+                        let n = long(r, &c).unwrap_or(0);
+                        (n != 0).then(|| (reason.name().to_string(), n))
+                    })
+                    .collect(),
                 status: "final".into(),
             })
         })
@@ -267,6 +332,11 @@ pub fn read_archive(
 }
 
 fn archived(r: &BTreeMap<String, Value>) -> anyhow::Result<Archived> {
+    // Columns added later are optional: an older archive lacks them.
+    let optional_text = |column| match r.get(column) {
+        None => Ok(String::new()),
+        Some(_) => text(r, column),
+    };
     Ok(Archived {
         partition: long(r, "partition")? as i32,
         offset: long(r, "offset")?,
@@ -275,6 +345,15 @@ fn archived(r: &BTreeMap<String, Value>) -> anyhow::Result<Archived> {
             click_id: text(r, "click_id")?,
             event_time: long(r, "event_time")? as u64,
             labels: labels(r)?,
+            traits: Traits {
+                ip_hash: optional_text("ip_hash")?,
+                user_id_hash: optional_text("user_id_hash")?,
+                impression_time: match r.get("impression_time") {
+                    None => 0,
+                    Some(_) => u64::try_from(long(r, "impression_time")?).unwrap_or(0),
+                },
+                reasons: parse_reason_names(&optional_text("invalid_reasons")?),
+            },
         },
     })
 }

@@ -1,0 +1,614 @@
+//! The behavioural invalid-traffic rules (SIVT) that judge a click by the other clicks of its
+//! key: more than `max_clicks` deduplicated clicks from one IP on one ad in one minute, or from
+//! one user on one campaign in one hour, and every click beyond that count is flagged.
+//!
+//! A verdict is a function of the *set* of deduplicated clicks, never of arrival order: within
+//! a key's tumbling event-time window the clicks are ranked by (event time, click id, impression)
+//! and the first `max_clicks` are allowed. A late click (within the allowed lateness) that
+//! ranks earlier pushes another click past the limit; a dedup retraction pulls one back. Both
+//! flow downstream as retractions and insertions of the affected clicks, stamped with the time
+//! at which the verdict changed, so final windows are exact however the clicks arrived.
+//!
+//! State: every counted click of a window until the frontier passes the window's end plus the
+//! allowed lateness, when no click of it can arrive any more. Its size is the click rate times
+//! (window + allowed lateness), for each rule.
+
+use std::collections::{BTreeMap, HashMap};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::operator::Operator;
+
+use differential_dataflow::{AsCollection, VecCollection};
+
+use crate::click::{Click, Measures, Row};
+use crate::invalid::Reason;
+use crate::time::{HOUR_MS, MINUTE_MS, window_start};
+
+/// "More than `max_clicks` in one tumbling window of `window_ms`".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FloodRule {
+    pub max_clicks: u32,
+    pub window_ms: u64,
+}
+
+/// The dataflow's invalid-traffic rules; `None` turns a flood rule off, and a `too_fast_ms`
+/// of 0 turns that rule off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidConfig {
+    pub ip_flood: Option<FloodRule>,
+    pub user_flood: Option<FloodRule>,
+    /// A click sooner than this after its impression was served is `too_fast`.
+    pub too_fast_ms: u64,
+}
+
+impl Default for InvalidConfig {
+    fn default() -> Self {
+        Self {
+            ip_flood: Some(FloodRule {
+                max_clicks: 5,
+                window_ms: MINUTE_MS,
+            }),
+            user_flood: Some(FloodRule {
+                max_clicks: 20,
+                window_ms: HOUR_MS,
+            }),
+            too_fast_ms: 1_000,
+        }
+    }
+}
+
+impl InvalidConfig {
+    /// Whether `click` came sooner after its impression than a person can click. Unknown
+    /// impression times (old links, partner feeds) are never too fast.
+    pub fn too_fast(&self, click: &Click) -> bool {
+        click.impression_time != 0
+            && click.event_time < click.impression_time.saturating_add(self.too_fast_ms)
+    }
+
+    /// The longest flood window: how much event time the rules look back.
+    pub fn longest_window_ms(&self) -> u64 {
+        [self.ip_flood, self.user_flood]
+            .into_iter()
+            .flatten()
+            .map(|r| r.window_ms)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Which clicks a rule groups together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flood {
+    /// One IP on one ad.
+    Ip,
+    /// One user on one campaign.
+    User,
+}
+
+impl Flood {
+    pub fn reason(self) -> Reason {
+        match self {
+            Flood::Ip => Reason::IpFlood,
+            Flood::User => Reason::UserFlood,
+        }
+    }
+
+    /// (who, on what); `None` when the click does not say who (no IP or user hash).
+    fn key(self, c: &Click) -> Option<(u64, u64)> {
+        match self {
+            Flood::Ip => c.ip.map(|ip| (ip.0, c.dims.ad_id.0)),
+            Flood::User => c.user.map(|u| (u.0, c.dims.campaign_id.0)),
+        }
+    }
+}
+
+/// Where a click ranks among its window's clicks: unique per click, and independent of
+/// arrival order. The reasons the rules before this one found come last: when one of them
+/// changes its verdict, the click leaves in one version and comes back in another, at the
+/// same place.
+type Rank = (u64, u128, u128, u8);
+
+fn rank(c: &Click, own: Reason) -> Rank {
+    (
+        c.event_time,
+        c.click_id,
+        c.impression,
+        c.reasons.without(own).0,
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    /// The click without this rule's reason.
+    click: Click,
+    /// How often the click is counted (1 while it is, transiently otherwise).
+    weight: i64,
+    /// The verdict sent downstream, if any.
+    flagged: Option<bool>,
+}
+
+impl Entry {
+    /// The click as sent downstream with a verdict of `flood`'s rule.
+    fn judged(&self, flood: Flood, flagged: bool) -> Click {
+        let mut c = self.click;
+        if flagged {
+            c.reasons.insert(flood.reason());
+        }
+        c
+    }
+}
+
+/// One key's clicks in one window, in rank order.
+type Group = BTreeMap<Rank, Entry>;
+
+/// Changes waiting for the frontier to pass their time.
+type Pending = BTreeMap<u64, (Capability<u64>, Vec<(Click, i64)>)>;
+
+/// What was sent downstream for an entry before this batch changed it.
+type Sent = (Option<bool>, i64);
+
+/// One worker's share of one rule's state: the windows not yet retired, each with its keys'
+/// ranked clicks.
+pub struct FloodState {
+    flood: Flood,
+    rule: FloodRule,
+    allowed_lateness_ms: u64,
+    windows: BTreeMap<u64, HashMap<(u64, u64), Group>>,
+}
+
+impl FloodState {
+    pub fn new(flood: Flood, rule: FloodRule, allowed_lateness_ms: u64) -> Self {
+        Self {
+            flood,
+            rule,
+            allowed_lateness_ms,
+            windows: BTreeMap::new(),
+        }
+    }
+
+    /// Clicks held, over every window.
+    pub fn len(&self) -> usize {
+        self.windows
+            .values()
+            .flat_map(|keys| keys.values())
+            .map(BTreeMap::len)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+
+    fn window(&self, c: &Click) -> u64 {
+        c.event_time / self.rule.window_ms.max(1)
+    }
+
+    /// Applies one time's changes to the counted clicks and appends the changes of verdicts
+    /// they cause (as retractions and insertions of the clicks affected). Clicks without a key
+    /// pass through unjudged.
+    pub fn apply(&mut self, changes: Vec<(Click, i64)>, out: &mut Vec<(Click, i64)>) {
+        let mut touched: HashMap<(u64, (u64, u64)), HashMap<Rank, Sent>> = HashMap::new();
+        for (click, diff) in changes {
+            let Some(key) = self.flood.key(&click) else {
+                out.push((click, diff));
+                continue;
+            };
+            let w = self.window(&click);
+            let group = self.windows.entry(w).or_default().entry(key).or_default();
+            let r = rank(&click, self.flood.reason());
+            let entry = group.entry(r).or_insert(Entry {
+                click: Click {
+                    reasons: click.reasons.without(self.flood.reason()),
+                    ..click
+                },
+                weight: 0,
+                flagged: None,
+            });
+            touched
+                .entry((w, key))
+                .or_default()
+                .entry(r)
+                .or_insert((entry.flagged, entry.weight));
+            entry.weight += diff;
+        }
+        let (limit, flood) = (self.rule.max_clicks as usize, self.flood);
+        for ((w, key), mut sent) in touched {
+            let groups = self.windows.get_mut(&w).expect("a touched window");
+            let group = groups.get_mut(&key).expect("a touched key");
+            // Only the first `limit + changed` counted clicks can have moved across the limit
+            // (each change shifts the ranks behind it by one); changed clicks further back are
+            // beyond the limit whatever happened.
+            let reach = limit + sent.len();
+            let mut position = 0;
+            let mut last_visited = None;
+            for (r, e) in group.iter_mut() {
+                if position >= reach {
+                    break;
+                }
+                last_visited = Some(*r);
+                if e.weight <= 0 {
+                    continue;
+                }
+                let desired = position >= limit;
+                if e.flagged != Some(desired) {
+                    sent.entry(*r).or_insert((e.flagged, e.weight));
+                    e.flagged = Some(desired);
+                }
+                position += 1;
+            }
+            let walked_all = position < reach;
+            for (r, (was_flagged, was_weight)) in sent {
+                let e = group.get_mut(&r).expect("a changed click");
+                let visited = walked_all || last_visited.is_some_and(|l| r <= l);
+                if e.weight > 0 && !visited {
+                    e.flagged = Some(true);
+                }
+                let now = (e.weight > 0).then(|| (e.flagged.unwrap_or(true), e.weight));
+                let before = match was_flagged {
+                    Some(f) if was_weight > 0 => Some((f, was_weight)),
+                    _ => None,
+                };
+                if now != before {
+                    if let Some((f, n)) = before {
+                        out.push((e.judged(flood, f), -n));
+                    }
+                    if let Some((f, n)) = now {
+                        out.push((e.judged(flood, f), n));
+                    }
+                }
+                if e.weight <= 0 {
+                    group.remove(&r);
+                }
+            }
+            if group.is_empty() {
+                groups.remove(&key);
+                if groups.is_empty() {
+                    self.windows.remove(&w);
+                }
+            }
+        }
+    }
+
+    /// Puts back clicks counted before a checkpoint, with the verdicts they had, sending
+    /// nothing: the restored rows already hold them.
+    pub fn restore(&mut self, clicks: impl IntoIterator<Item = Click>) {
+        let mut touched = std::collections::HashSet::new();
+        for click in clicks {
+            let Some(key) = self.flood.key(&click) else {
+                continue;
+            };
+            let w = self.window(&click);
+            let group = self.windows.entry(w).or_default().entry(key).or_default();
+            let e = group
+                .entry(rank(&click, self.flood.reason()))
+                .or_insert(Entry {
+                    click: Click {
+                        reasons: click.reasons.without(self.flood.reason()),
+                        ..click
+                    },
+                    weight: 0,
+                    flagged: None,
+                });
+            e.weight += 1;
+            touched.insert((w, key));
+        }
+        let limit = self.rule.max_clicks as usize;
+        for (w, key) in touched {
+            if let Some(group) = self.windows.get_mut(&w).and_then(|g| g.get_mut(&key)) {
+                for (position, e) in group.values_mut().enumerate() {
+                    e.flagged = Some(position >= limit);
+                }
+            }
+        }
+    }
+
+    /// Forgets windows no click at or after `frontier` can fall in: such a click has event
+    /// time at least `frontier - allowed_lateness`.
+    pub fn retire(&mut self, frontier: u64) {
+        let len = self.rule.window_ms.max(1);
+        while let Some((&w, _)) = self.windows.first_key_value() {
+            let end = (w + 1).saturating_mul(len);
+            if end.saturating_add(self.allowed_lateness_ms) > frontier {
+                break;
+            }
+            self.windows.pop_first();
+        }
+    }
+}
+
+/// Applies `flood`'s rule to the counted clicks (updates with their multiplicity), after
+/// putting back `restored` (clicks counted before a checkpoint, at its frontier − 1).
+pub fn flood<'s>(
+    clicks: Stream<'s, u64, Vec<(Click, u64, i64)>>,
+    restored: Stream<'s, u64, Vec<Click>>,
+    flood: Flood,
+    rule: FloodRule,
+    allowed_lateness_ms: u64,
+) -> Stream<'s, u64, Vec<(Click, u64, i64)>> {
+    let route = move |c: &Click| match flood.key(c) {
+        Some((who, what)) => who ^ what.rotate_left(29),
+        None => c.impression as u64,
+    };
+    let name = match flood {
+        Flood::Ip => "IpFlood",
+        Flood::User => "UserFlood",
+    };
+    clicks.binary_frontier::<_, CapacityContainerBuilder<Vec<(Click, u64, i64)>>, _, _, _, _>(
+        restored,
+        Exchange::new(move |(c, _, _): &(Click, u64, i64)| route(c)),
+        Exchange::new(move |c: &Click| route(c)),
+        name,
+        move |_cap, _info| {
+            let mut state = FloodState::new(flood, rule, allowed_lateness_ms);
+            let mut pending = Pending::new();
+            let mut restoring: Vec<Click> = Vec::new();
+            let mut out = Vec::new();
+            move |(input, frontier), (restored, restored_frontier), output| {
+                restored.for_each(|_cap, data| restoring.append(data));
+                input.for_each_stamp(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    let batch = &mut pending
+                        .entry(*cap.time())
+                        .or_insert_with(|| (cap, Vec::new()))
+                        .1;
+                    for part in data {
+                        batch.extend(part.drain(..).map(|(c, _, d)| (c, d)));
+                    }
+                });
+                // Restored clicks all come at the checkpoint's frontier − 1, before every click
+                // counted after it: they are all here once their input's frontier passes a
+                // pending time, and go back into the state before that time's changes.
+                let restored_done = restored_frontier.frontier().first().copied();
+                let passed =
+                    |t: &u64| !frontier.less_equal(t) && restored_done.is_none_or(|r| r > *t);
+                while let Some(t) = pending.first_key_value().map(|(t, _)| *t) {
+                    if !passed(&t) {
+                        break;
+                    }
+                    if !restoring.is_empty() {
+                        state.restore(restoring.drain(..));
+                    }
+                    let (cap, changes) = pending.remove(&t).expect("a pending time");
+                    state.apply(changes, &mut out);
+                    output
+                        .session(&cap)
+                        .give_iterator(out.drain(..).map(|(c, d)| (c, t, d)));
+                }
+                if restored_done.is_none() && !restoring.is_empty() {
+                    state.restore(restoring.drain(..));
+                }
+                let done = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+                state.retire(done.min(restored_done.unwrap_or(u64::MAX)));
+            }
+        },
+    )
+}
+
+/// The counted clicks' window rows, each click billable or invalid under its first reason:
+/// the edge's, then the flood rules' (on `counted` with `restored` put back first), then
+/// `too_fast`.
+pub fn judge<'s>(
+    counted: VecCollection<'s, u64, Click, i64>,
+    restored: Stream<'s, u64, Vec<Click>>,
+    cfg: &InvalidConfig,
+    allowed_lateness_ms: u64,
+) -> VecCollection<'s, u64, Row, Measures> {
+    let mut clicks = counted.inner;
+    for (which, rule) in [(Flood::Ip, cfg.ip_flood), (Flood::User, cfg.user_flood)] {
+        if let Some(rule) = rule {
+            clicks = flood(clicks, restored.clone(), which, rule, allowed_lateness_ms);
+        }
+    }
+    let cfg = *cfg;
+    timely::dataflow::operators::vec::Map::map(clicks, move |(c, t, d)| {
+        let mut reasons = c.reasons;
+        if cfg.too_fast(&c) {
+            reasons.insert(Reason::TooFast);
+        }
+        let row = (window_start(c.event_time, MINUTE_MS), c.dims);
+        (row, t, Measures::click(reasons).times(d))
+    })
+    .as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::click::{Dims, Sym};
+    use crate::invalid::Reasons;
+
+    const RULE: FloodRule = FloodRule {
+        max_clicks: 5,
+        window_ms: MINUTE_MS,
+    };
+
+    fn click(impression: u128, event_time: u64, click_id: u128, ip: &str) -> Click {
+        Click {
+            impression,
+            click: click_id as u64,
+            event_time,
+            dims: Dims {
+                ad_id: Sym::of("ad"),
+                ..Dims::default()
+            },
+            click_id,
+            ip: Some(Sym::of(ip)),
+            user: None,
+            impression_time: 0,
+            reasons: Reasons::NONE,
+        }
+    }
+
+    /// What the rule's output amounts to: each click with its verdict, and a weight.
+    fn net(batches: &[Vec<(Click, i64)>]) -> BTreeMap<(Rank, bool), i64> {
+        let mut state = FloodState::new(Flood::Ip, RULE, 300_000);
+        let mut out = Vec::new();
+        for b in batches {
+            state.apply(b.clone(), &mut out);
+        }
+        let mut net = BTreeMap::new();
+        for (c, d) in out {
+            *net.entry((
+                rank(&c, Reason::IpFlood),
+                c.reasons.contains(Reason::IpFlood),
+            ))
+            .or_insert(0) += d;
+        }
+        net.retain(|_, d| *d != 0);
+        net
+    }
+
+    /// The rule, stated plainly: per (ip, ad, minute), the counted clicks beyond the 5th in
+    /// rank order are flagged.
+    fn oracle(counted: &[Click]) -> BTreeMap<(Rank, bool), i64> {
+        let mut groups: BTreeMap<_, BTreeSet<Rank>> = BTreeMap::new();
+        for c in counted {
+            groups
+                .entry((c.ip, c.event_time / MINUTE_MS))
+                .or_default()
+                .insert(rank(c, Reason::IpFlood));
+        }
+        let mut out = BTreeMap::new();
+        for ranks in groups.values() {
+            for (i, r) in ranks.iter().enumerate() {
+                out.insert((*r, i >= 5), 1);
+            }
+        }
+        out
+    }
+
+    /// A small deterministic shuffle (xorshift), so the test needs no dependency.
+    fn shuffled<T: Clone>(items: &[T], seed: u64) -> Vec<T> {
+        let mut v = items.to_vec();
+        let mut x = seed | 1;
+        for i in (1..v.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        v
+    }
+
+    #[test]
+    fn five_clicks_pass_and_the_sixth_is_flagged() {
+        let five: Vec<_> = (0..5).map(|i| click(i, 1_000 + i as u64, i, "a")).collect();
+        let batch: Vec<_> = five.iter().map(|c| (*c, 1)).collect();
+        assert!(net(std::slice::from_ref(&batch)).keys().all(|(_, f)| !f));
+        let sixth = click(9, 59_999, 9, "a");
+        let r = net(&[batch.clone(), vec![(sixth, 1)]]);
+        assert_eq!(r.get(&(rank(&sixth, Reason::IpFlood), true)), Some(&1));
+        // Across a minute boundary it is the first of the next minute.
+        let next = click(9, 60_000, 9, "a");
+        assert!(net(&[batch, vec![(next, 1)]]).keys().all(|(_, f)| !f));
+    }
+
+    #[test]
+    fn a_late_earlier_click_makes_another_the_sixth() {
+        let six: Vec<_> = (0..6)
+            .map(|i| click(i, 10_000 + i as u64, i, "a"))
+            .collect();
+        let early = click(7, 5_000, 7, "a");
+        let batches: Vec<_> = six.iter().map(|c| vec![(*c, 1)]).collect();
+        let mut with_late = batches.clone();
+        with_late.push(vec![(early, 1)]);
+        let r = net(&with_late);
+        let mut all = six.clone();
+        all.push(early);
+        assert_eq!(r, oracle(&all));
+        // The two last of the six, by rank, are the flagged ones.
+        assert_eq!(r.get(&(rank(&six[4], Reason::IpFlood), true)), Some(&1));
+        assert_eq!(r.get(&(rank(&early, Reason::IpFlood), false)), Some(&1));
+    }
+
+    #[test]
+    fn ties_in_event_time_are_broken_by_click_id() {
+        let same: Vec<_> = (0..6).rev().map(|i| click(i, 1_000, i, "a")).collect();
+        let r = net(&[same.iter().map(|c| (*c, 1)).collect()]);
+        let flagged: Vec<_> = r.keys().filter(|(_, f)| *f).collect();
+        assert_eq!(flagged, [&((1_000, 5, 5, 0), true)]);
+    }
+
+    #[test]
+    fn verdicts_do_not_depend_on_arrival_order_or_batching() {
+        // Two IPs, three minutes, with dedup's retractions (an impression's click replaced).
+        let mut clicks = Vec::new();
+        for i in 0..40u128 {
+            let ip = if i % 3 == 0 { "b" } else { "a" };
+            clicks.push(click(
+                i,
+                50_000 + (i as u64 * 7_919) % 90_000,
+                i * 31 % 17,
+                ip,
+            ));
+        }
+        let replaced: Vec<_> = clicks.iter().step_by(4).copied().collect();
+        let mut updates: Vec<(Click, i64)> = clicks.iter().map(|c| (*c, 1)).collect();
+        updates.extend(replaced.iter().map(|c| (*c, -1)));
+        let counted: Vec<_> = clicks
+            .iter()
+            .filter(|c| !replaced.contains(c))
+            .copied()
+            .collect();
+        let expected = oracle(&counted);
+        for seed in 1..40 {
+            let order = shuffled(&updates, seed);
+            // A retraction never comes before its insertion (dedup sends them in order).
+            let mut seen = BTreeSet::new();
+            let mut ready = Vec::new();
+            let mut waiting = Vec::new();
+            for (c, d) in order {
+                if d > 0 {
+                    seen.insert(rank(&c, Reason::IpFlood));
+                    ready.push((c, d));
+                } else if seen.contains(&rank(&c, Reason::IpFlood)) {
+                    ready.push((c, d));
+                } else {
+                    waiting.push((c, d));
+                }
+            }
+            ready.extend(waiting);
+            let size = 1 + (seed as usize % 7);
+            let batches: Vec<_> = ready.chunks(size).map(<[_]>::to_vec).collect();
+            assert_eq!(net(&batches), expected, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_restore_puts_back_verdicts_without_sending_them() {
+        let seven: Vec<_> = (0..7).map(|i| click(i, 1_000 + i as u64, i, "a")).collect();
+        let mut state = FloodState::new(Flood::Ip, RULE, 300_000);
+        state.restore(seven.iter().copied());
+        let mut out = Vec::new();
+        // Retracting the first counted click brings the 6th back under the limit.
+        state.apply(vec![(seven[0], -1)], &mut out);
+        let mut got: Vec<_> = out
+            .iter()
+            .map(|(c, d)| (c.impression, c.reasons.contains(Reason::IpFlood), *d))
+            .collect();
+        got.sort();
+        assert_eq!(got, [(0, false, -1), (5, false, 1), (5, true, -1)]);
+    }
+
+    #[test]
+    fn clicks_without_a_key_pass_unjudged_and_windows_retire() {
+        let mut anonymous = click(1, 1_000, 1, "a");
+        anonymous.ip = None;
+        let mut state = FloodState::new(Flood::Ip, RULE, 300_000);
+        let mut out = Vec::new();
+        state.apply(vec![(anonymous, 1), (click(2, 1_000, 2, "a"), 1)], &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(state.len(), 1);
+        state.retire(MINUTE_MS + 300_000 - 1);
+        assert_eq!(state.len(), 1);
+        state.retire(MINUTE_MS + 300_000);
+        assert!(state.is_empty());
+    }
+}
