@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use adclick_dataflows::click::Measures;
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 
 use super::sink::output::Line;
@@ -11,8 +12,8 @@ use super::sink::parquet::{read_archive, read_windows};
 
 /// (granularity, window start, [ad, campaign, advertiser, publisher, country, device]).
 pub type WindowKey = (String, u64, [String; 6]);
-/// (clicks, duplicates).
-pub type Counts = (i64, i64);
+/// Billable clicks, duplicates and invalid clicks by reason.
+pub type Counts = Measures;
 pub type Windows = BTreeMap<WindowKey, Counts>;
 
 fn window_ms(granularity: &str) -> Option<u64> {
@@ -40,8 +41,12 @@ pub fn finals_in(
         let Some(len) = window_ms(w.granularity) else {
             continue;
         };
-        let (start, measures) = (w.start, (w.clicks, w.duplicates));
-        if w.status != "final" || measures == (0, 0) || start < from || start + len > to {
+        let (start, measures) = (w.start, w.measures());
+        if w.status != "final"
+            || measures == Measures::default()
+            || start < from
+            || start + len > to
+        {
             continue;
         }
         let key = (w.granularity.to_string(), start, w.dims.map(String::from));
@@ -208,6 +213,7 @@ mod tests {
             device: "mobile".into(),
             clicks,
             duplicates: 0,
+            invalid: Default::default(),
             status: status.into(),
         }
     }

@@ -24,7 +24,7 @@ use adclick_dataflows::source::{Cuts, SourceSnapshot};
 use timely::dataflow::InputHandleVec;
 
 pub use part::{Restored, WorkerPart, WriterState};
-pub use store::{Manifest, Store};
+pub use store::{Manifest, PART_FORMAT, Store};
 
 use part::Winners;
 
@@ -294,6 +294,7 @@ impl Checkpointer {
                 duration_ms: asked_at.elapsed().as_millis() as u64,
                 run: publish.run.clone(),
                 epoch: publish.epoch,
+                format: PART_FORMAT,
             };
             store.commit(&manifest, keep)?;
             if let Some(sinks) = &publish.sinks {

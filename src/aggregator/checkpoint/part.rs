@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use adclick_dataflows::RestoredRows;
 use adclick_dataflows::click::Dims;
-use adclick_dataflows::dedup::{DedupConfig, DedupState};
+use adclick_dataflows::dedup::{DedupConfig, DedupState, Judged};
 use adclick_dataflows::source::SourceSnapshot;
 use adclick_dataflows::watermark::ClockState;
 use serde::{Deserialize, Serialize};
@@ -47,11 +47,13 @@ impl WorkerPart {
 
 /// Dedup winners with their dimensions stored once per distinct combination (the dedup's
 /// own table), which is far fewer than the impressions: (impression, event time, click id,
-/// index into `dims`).
+/// index into `dims`); and the recent winners' traits, from which a restore rebuilds the
+/// invalid-traffic rules' state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Winners {
     dims: Vec<Dims>,
     entries: Vec<(u128, u64, u64, u32)>,
+    judged: Vec<(u128, u64, Judged)>,
 }
 
 impl Winners {
@@ -60,6 +62,7 @@ impl Winners {
         Self {
             dims: dims.to_vec(),
             entries: winners.collect(),
+            judged: state.judged().collect(),
         }
     }
 
@@ -153,6 +156,13 @@ impl Restored {
                 .copied();
             state.restore_winners(&part.winners.dims, mine);
         }
+        for part in &self.parts {
+            for (imp, t, judged) in &part.winners.judged {
+                if DedupState::owner(*imp, peers) == worker {
+                    state.restore_judged(*imp, *t, *judged);
+                }
+            }
+        }
         state
     }
 
@@ -229,6 +239,7 @@ mod tests {
         let cfg = DedupConfig {
             horizon_ms: 86_400_000,
             allowed_lateness_ms: 300_000,
+            lookback_ms: 3_600_000,
         };
         let mut state = DedupState::new(cfg);
         let dims = |ad: &str| Dims {

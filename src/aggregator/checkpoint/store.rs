@@ -36,6 +36,18 @@ pub struct Manifest {
     /// The fencing epoch of the run that took it ([`Store::claim_epoch`]).
     #[serde(default)]
     pub epoch: u64,
+    /// The parts' encoding ([`PART_FORMAT`]); manifests from before it existed are format 1.
+    #[serde(default = "first_format")]
+    pub format: u32,
+}
+
+/// The encoding of the parts this build writes and reads. Postcard is not self-describing, so
+/// a part of another format cannot be read at all: format 2 added invalid-traffic measures
+/// and the recent winners' traits.
+pub const PART_FORMAT: u32 = 2;
+
+fn first_format() -> u32 {
+    1
 }
 
 pub struct Store {
@@ -186,6 +198,15 @@ impl Store {
     /// Every part of `manifest`'s checkpoint, each read and decoded on a thread of its own (a
     /// restart waits for all of them, and one part is about one worker's share of the state).
     pub fn read_parts(&self, manifest: &Manifest) -> anyhow::Result<Vec<WorkerPart>> {
+        anyhow::ensure!(
+            manifest.format == PART_FORMAT,
+            "the checkpoint at frontier {} in {} has parts of format {}, and this build reads \
+             format {PART_FORMAT}: restore it with the build that wrote it, or move the \
+             checkpoint directory away to start from the topic's beginning",
+            manifest.frontier,
+            self.dir.display(),
+            manifest.format
+        );
         std::thread::scope(|scope| {
             let readers: Vec<_> = (0..manifest.workers)
                 .map(|w| {
@@ -233,6 +254,7 @@ mod tests {
             duration_ms: 0,
             run: "test".into(),
             epoch: 0,
+            format: PART_FORMAT,
         }
     }
 
@@ -276,6 +298,7 @@ mod tests {
         store.write_part(1_000, &part(1_000)).unwrap();
         let late = Manifest {
             epoch: zombie,
+            format: PART_FORMAT,
             ..manifest(1_000)
         };
         let err = format!("{:#}", store.commit(&late, 2).unwrap_err());
@@ -285,6 +308,7 @@ mod tests {
             .commit(
                 &Manifest {
                     epoch: successor,
+                    format: PART_FORMAT,
                     ..manifest(1_000)
                 },
                 2,

@@ -201,6 +201,7 @@ mod tests {
             device: "mobile".into(),
             clicks: 1,
             duplicates: 0,
+            invalid: Default::default(),
             status: "final".into(),
         }
     }
