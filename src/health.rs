@@ -26,12 +26,36 @@ pub struct Tallies {
     /// counted + invalid + duplicates + late + dead_lettered.
     #[serde(default)]
     pub invalid: i64,
+    /// `invalid` by reason, indexed by precedence; a map of reason names in JSON.
+    #[serde(default, with = "by_reason")]
+    pub invalid_by_reason: [i64; 7],
     pub duplicates: i64,
     pub late: u64,
     pub dead_lettered: u64,
     /// Records deleted before they were read (gaps in the offsets): never in `received`.
     #[serde(default)]
     pub lost: u64,
+}
+
+/// `[i64; 7]` indexed by [`Reason`] precedence, as a map from reason name to count: readable
+/// in the tallies line, and robust to reasons a newer build adds.
+mod by_reason {
+    use std::collections::BTreeMap;
+
+    use adclick_dataflows::click::Measures;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[i64; 7], s: S) -> Result<S::Ok, S::Error> {
+        let m = Measures {
+            invalid: *v,
+            ..Measures::default()
+        };
+        m.invalid_names().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[i64; 7], D::Error> {
+        Ok(Measures::invalid_from_names(&BTreeMap::deserialize(d)?))
+    }
 }
 
 /// What health reports of the newest committed checkpoint (a part of its manifest).

@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use adclick_dataflows::invalid::Reason;
+
 use crate::health::Health;
 
 type Labels = Vec<(&'static str, String)>;
@@ -26,6 +28,8 @@ pub struct QueryMetrics {
     lag: Family<Labels, Gauge>,
     /// Records this process found deleted before it read them, as soon as it finds them.
     gap_records: Gauge,
+    /// Invalid clicks of finalized windows, by reason.
+    invalid: Family<Labels, Gauge>,
     checkpoint: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
@@ -43,6 +47,7 @@ impl Default for QueryMetrics {
         let watermark_delay = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let lag = Family::<Labels, Gauge>::default();
         let gap_records = Gauge::default();
+        let invalid = Family::<Labels, Gauge>::default();
         let checkpoint = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "query_duration_seconds",
@@ -57,9 +62,16 @@ impl Default for QueryMetrics {
         );
         registry.register(
             "records",
-            "Records by outcome: received, counted, duplicates, late, dead_lettered (counted \
-             and duplicates of finalized windows), and lost (deleted before they were read)",
+            "Records by outcome: received, counted (billable), invalid, duplicates, late, \
+             dead_lettered (counted, invalid and duplicates of finalized windows), and lost \
+             (deleted before they were read)",
             tallies.clone(),
+        );
+        registry.register(
+            "invalid_clicks",
+            "Invalid clicks of finalized windows by reason (each click under its first reason: \
+             known_bot, datacenter, no_user_agent, headless, ip_flood, user_flood, too_fast)",
+            invalid.clone(),
         );
         registry.register(
             "watermark_delay_seconds",
@@ -92,6 +104,7 @@ impl Default for QueryMetrics {
             watermark_delay,
             lag,
             gap_records,
+            invalid,
         }
     }
 }
@@ -111,6 +124,7 @@ impl QueryMetrics {
         for (name, v) in [
             ("received", t.received as i64),
             ("counted", t.counted),
+            ("invalid", t.invalid),
             ("duplicates", t.duplicates),
             ("late", t.late as i64),
             ("dead_lettered", t.dead_lettered as i64),
@@ -119,6 +133,11 @@ impl QueryMetrics {
             self.tallies
                 .get_or_create(&vec![("outcome", name.to_string())])
                 .set(v);
+        }
+        for (reason, n) in Reason::ALL.iter().zip(t.invalid_by_reason) {
+            self.invalid
+                .get_or_create(&vec![("reason", reason.name().to_string())])
+                .set(n);
         }
         self.gap_records.set(health.lost_records() as i64);
         if let Some(d) = health.watermark_delay_ms() {

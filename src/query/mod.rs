@@ -133,6 +133,7 @@ impl Server {
         endpoint: &'static str,
         auth: Option<String>,
         plan: impl FnOnce(&Access, &Plan) -> Result<(QueryKind, String), QueryError>,
+        finish: fn(serde_json::Value) -> serde_json::Value,
     ) -> Response {
         let started = Instant::now();
         let response = match self.access(auth.as_deref()) {
@@ -145,7 +146,7 @@ impl Server {
                         .bridge
                         .ask(kind)
                         .await
-                        .map(|r| render(r, admin, &ad_text))
+                        .map(|r| render(r, admin, &ad_text).map(finish))
                     {
                         Some(Ok(v)) => json_reply(StatusCode::OK, v),
                         Some(Err(e)) => error(e.status(), &e.to_string()),
@@ -197,10 +198,15 @@ pub fn routes(
         .and(auth)
         .and(with())
         .then(|ad: String, p: Params, auth, s: Arc<Server>| async move {
-            s.query("aggregated_count", auth, |a, plan| {
-                let ad = params::path_id("ad_id", &ad)?;
-                params::ad_count(&ad, &p, a, plan).map(|k| (k, ad))
-            })
+            s.query(
+                "aggregated_count",
+                auth,
+                |a, plan| {
+                    let ad = params::path_id("ad_id", &ad)?;
+                    params::ad_count(&ad, &p, a, plan).map(|k| (k, ad))
+                },
+                std::convert::identity,
+            )
             .await
         });
     let popular = warp::path!("ads" / "popular_ads")
@@ -209,9 +215,12 @@ pub fn routes(
         .and(auth)
         .and(with())
         .then(|p: Params, auth, s: Arc<Server>| async move {
-            s.query("popular_ads", auth, |a, plan| {
-                params::popular(&p, a, plan).map(|k| (k, String::new()))
-            })
+            s.query(
+                "popular_ads",
+                auth,
+                |a, plan| params::popular(&p, a, plan).map(|k| (k, String::new())),
+                std::convert::identity,
+            )
             .await
         });
     let report = warp::path!("api" / "v1" / "reports" / "clicks")
@@ -220,9 +229,26 @@ pub fn routes(
         .and(auth)
         .and(with())
         .then(|p: Params, auth, s: Arc<Server>| async move {
-            s.query("reports", auth, |a, plan| {
-                params::report(&p, a, plan).map(|k| (k, String::new()))
-            })
+            s.query(
+                "reports",
+                auth,
+                |a, plan| params::report(&p, a, plan).map(|k| (k, String::new())),
+                std::convert::identity,
+            )
+            .await
+        });
+    let quality = warp::path!("api" / "v1" / "reports" / "traffic_quality")
+        .and(warp::get())
+        .and(warp::query::<Params>())
+        .and(auth)
+        .and(with())
+        .then(|p: Params, auth, s: Arc<Server>| async move {
+            s.query(
+                "traffic_quality",
+                auth,
+                |a, plan| params::traffic_quality(&p, a, plan).map(|k| (k, String::new())),
+                render::traffic_quality,
+            )
             .await
         });
     let health = warp::path!("api" / "v1" / "health")
@@ -270,6 +296,8 @@ pub fn routes(
         .or(popular)
         .unify()
         .or(report)
+        .unify()
+        .or(quality)
         .unify()
         .or(health)
         .unify()

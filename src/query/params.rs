@@ -321,6 +321,51 @@ pub fn report(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind
     })
 }
 
+/// The dimensions a traffic-quality report may group by.
+pub const QUALITY_GROUPS: [&str; 3] = ["publisher_id", "campaign_id", "country"];
+
+/// `traffic_quality`: the invalid share per publisher, campaign or country over `[from, to)`,
+/// as a report grouped by that one dimension (publisher by default).
+pub fn traffic_quality(
+    params: &Params,
+    access: &Access,
+    plan: &Plan,
+) -> Result<QueryKind, QueryError> {
+    let mut allowed = vec!["from", "to", "groupBy", "filter"];
+    allowed.extend(DIMENSIONS);
+    only(params, &allowed)?;
+    let by = params.get("groupBy").map_or("publisher_id", String::as_str);
+    if !QUALITY_GROUPS.contains(&by) {
+        return Err(bad(
+            "groupBy",
+            format!("{by:?} is not one of {}", QUALITY_GROUPS.join(", ")),
+        ));
+    }
+    report(params, access, plan).map(|kind| match kind {
+        QueryKind::Report {
+            from,
+            to,
+            source,
+            filter,
+            ..
+        } => {
+            let mut group = GroupBy::default();
+            group.dims[DIMENSIONS
+                .iter()
+                .position(|d| *d == by)
+                .expect("a dimension")] = true;
+            QueryKind::Report {
+                from,
+                to,
+                source,
+                group,
+                filter,
+            }
+        }
+        other => other,
+    })
+}
+
 pub fn popular(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind, QueryError> {
     only(params, &["count", "window", "filter"])?;
     let n = match params.get("count") {
@@ -420,6 +465,36 @@ mod tests {
         assert!(e.to_string().contains("`window`"), "{e:?}");
         let e = popular(&p(&[("count", "1000")]), &a, &plan()).unwrap_err();
         assert!(e.to_string().contains("`count`"), "{e:?}");
+    }
+
+    #[test]
+    fn traffic_quality_groups_by_one_allowed_dimension_within_the_callers_rows() {
+        let adv = Access::Advertiser("adv_1".into());
+        let day = [("from", "2026-04-20"), ("to", "2026-04-21")];
+        let QueryKind::Report { group, filter, .. } =
+            traffic_quality(&p(&day), &adv, &plan()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(filter.advertiser_id, Some(Sym::of("adv_1")));
+        let publisher = DIMENSIONS
+            .iter()
+            .position(|d| *d == "publisher_id")
+            .unwrap();
+        assert!(group.time.is_none());
+        assert_eq!(
+            group.dims.iter().filter(|d| **d).count(),
+            1,
+            "one dimension"
+        );
+        assert!(group.dims[publisher]);
+        let mut by = day.to_vec();
+        by.push(("groupBy", "ad_id"));
+        let e = traffic_quality(&p(&by), &adv, &plan()).unwrap_err();
+        assert!(e.to_string().contains("`groupBy`"), "{e}");
+        by.pop();
+        by.push(("groupBy", "minute,country"));
+        assert!(traffic_quality(&p(&by), &adv, &plan()).is_err());
     }
 
     #[test]

@@ -124,3 +124,56 @@ pub fn render(resolved: Resolved, admin: bool, ad_text: &str) -> Result<Value, Q
         _ => unreachable!("merge answers each query with its own kind"),
     }
 }
+
+/// A report's rows as a traffic-quality answer: each row gains the invalid clicks in all
+/// (`invalidClicks`) and their share of every deduplicated click (`invalidShare`, 0 to 1;
+/// 0 for a row with no clicks at all), and rows are ordered by that share, highest first.
+pub fn traffic_quality(mut report: Value) -> Value {
+    if let Some(rows) = report.get_mut("rows").and_then(Value::as_array_mut) {
+        for row in rows.iter_mut() {
+            let invalid: i64 = row
+                .get("invalid")
+                .and_then(Value::as_object)
+                .map(|m| m.values().filter_map(Value::as_i64).sum())
+                .unwrap_or(0);
+            let billable = row.get("clicks").and_then(Value::as_i64).unwrap_or(0);
+            let all = billable + invalid;
+            let share = if all > 0 {
+                invalid as f64 / all as f64
+            } else {
+                0.0
+            };
+            if let Some(o) = row.as_object_mut() {
+                o.remove("duplicates");
+                o.insert("invalidClicks".into(), invalid.into());
+                o.insert("invalidShare".into(), json!(share));
+            }
+        }
+        let share = |r: &Value| r["invalidShare"].as_f64().unwrap_or(0.0);
+        rows.sort_by(|a, b| share(b).total_cmp(&share(a)));
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_quality_adds_the_invalid_share_and_ranks_by_it() {
+        let report = json!({"rows": [
+            {"publisherId": "clean", "clicks": 10, "duplicates": 1, "invalid": {}},
+            {"publisherId": "farm", "clicks": 1, "duplicates": 0,
+             "invalid": {"ip_flood": 2, "known_bot": 1}},
+            {"publisherId": "empty", "clicks": 0, "duplicates": 3, "invalid": {}},
+        ], "complete": true});
+        let q = traffic_quality(report);
+        let rows = q["rows"].as_array().unwrap();
+        assert_eq!(rows[0]["publisherId"], "farm");
+        assert_eq!(rows[0]["invalidClicks"], 3);
+        assert_eq!(rows[0]["invalidShare"], 0.75);
+        assert_eq!(rows[1]["invalidShare"], 0.0);
+        assert!(rows.iter().all(|r| r.get("duplicates").is_none()));
+        assert_eq!(q["complete"], true);
+    }
+}

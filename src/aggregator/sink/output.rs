@@ -279,6 +279,14 @@ impl Writer {
                 if r.window_ms == MINUTE_MS && r.status == Status::Final {
                     self.tallies.counted += r.measures.clicks;
                     self.tallies.invalid += r.measures.invalid_total();
+                    for (t, n) in self
+                        .tallies
+                        .invalid_by_reason
+                        .iter_mut()
+                        .zip(r.measures.invalid)
+                    {
+                        *t += n;
+                    }
                     self.tallies.duplicates += r.measures.duplicates;
                 }
                 let (start, dims) = r.row;
