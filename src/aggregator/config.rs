@@ -105,7 +105,7 @@ impl InvalidRules {
             ("user_flood_window_ms", self.user_flood_window_ms),
         ] {
             anyhow::ensure!(
-                window >= 1_000 && window <= 7 * 24 * 3_600_000,
+                (1_000..=7 * 24 * 3_600_000).contains(&window),
                 "aggregator.invalid.{name} must be between 1000 and 604800000 (a week)"
             );
         }
