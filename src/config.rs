@@ -136,6 +136,12 @@ pub struct RedirectConfig {
     /// Longest request target (path and query) served; longer ones get 414.
     pub max_uri_bytes: usize,
     pub partners: Vec<Partner>,
+    /// Bot and crawler markers added to the built-in list (`config/bots.txt`, same format);
+    /// unset: the built-in list alone.
+    pub extra_bots_file: Option<PathBuf>,
+    /// Data-center address ranges (one CIDR a line, IPv4 and IPv6); clicks from them are
+    /// flagged `datacenter`. Unset: no address is judged (sample: `config/datacenter-cidrs.txt`).
+    pub datacenter_cidrs_file: Option<PathBuf>,
 }
 
 impl Default for RedirectConfig {
@@ -165,6 +171,8 @@ impl Default for RedirectConfig {
             idle_timeout_ms: 60_000,
             max_uri_bytes: 8192,
             partners: Vec::new(),
+            extra_bots_file: None,
+            datacenter_cidrs_file: None,
         }
     }
 }

@@ -17,6 +17,13 @@
 //!
 //! Several keys may be active at once (rotation): `kid` picks one, and retiring a key is
 //! removing it from the configuration.
+//!
+//! A link may also sign when its impression was served, `imp_time` (ms since the epoch,
+//! [`OPTIONAL_SIGNED_PARAMS`]): the dataflow flags clicks that come sooner after it than a
+//! person can click. The canonical form covers the signed parameters a link carries, so links
+//! minted without it (before it existed) verify unchanged and report no impression time, while
+//! adding, removing or altering it breaks the signature. A redirect older than this reads
+//! `imp_time` as unsigned and refuses such links: upgrade the redirects before the ad servers.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -36,6 +43,14 @@ pub const SIGNED_PARAMS: [&str; 7] = [
     "exp",
     "kid",
 ];
+/// Signed parameters a link may leave out; [`Keyring::sign_query_served`] emits them when
+/// given. `imp_time`: when the impression was served, ms since the epoch.
+pub const OPTIONAL_SIGNED_PARAMS: [&str; 1] = ["imp_time"];
+
+fn is_signed(name: &str) -> bool {
+    SIGNED_PARAMS.contains(&name) || OPTIONAL_SIGNED_PARAMS.contains(&name)
+}
+
 /// Unsigned parameters kept per request at most; a click URL with more is refused, so a
 /// hostile query cannot make the redirect collect an unbounded list.
 pub const MAX_UNSIGNED_PARAMS: usize = 64;
@@ -61,6 +76,16 @@ pub struct ClickClaims {
     pub url: String,
     /// Expiry, Unix seconds.
     pub exp: i64,
+}
+
+/// Everything a verified click URL says: the claims, the impression time if the link signs
+/// one, and the parameters outside the signature (untrusted, in request order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedLink {
+    pub claims: ClickClaims,
+    /// When the impression was served, ms since the epoch; `None` for links without it.
+    pub impression_time_ms: Option<u64>,
+    pub unsigned: Vec<(String, String)>,
 }
 
 /// Why a click URL was refused. All of them answer 403; the label feeds the metrics.
@@ -155,11 +180,23 @@ impl Keyring {
         &self.keys[self.active].0
     }
 
-    /// The query string (without `?`) of a click URL for these claims, signed with the active key.
+    /// The query string (without `?`) of a click URL for these claims, signed with the active
+    /// key; no impression time (see [`Keyring::sign_query_served`]).
     pub fn sign_query(&self, claims: &ClickClaims) -> String {
+        self.sign_query_served(claims, None)
+    }
+
+    /// [`Keyring::sign_query`], signing also when the impression was served (`imp_time`, ms
+    /// since the epoch) if given.
+    pub fn sign_query_served(
+        &self,
+        claims: &ClickClaims,
+        impression_time_ms: Option<u64>,
+    ) -> String {
         let (kid, mac) = &self.keys[self.active];
         let exp = claims.exp.to_string();
-        let params: Vec<(&str, &str)> = vec![
+        let imp_time = impression_time_ms.map(|t| t.to_string());
+        let mut params: Vec<(&str, &str)> = vec![
             ("ad_id", &claims.ad_id),
             ("campaign_id", &claims.campaign_id),
             ("advertiser_id", &claims.advertiser_id),
@@ -168,6 +205,9 @@ impl Keyring {
             ("exp", &exp),
             ("kid", kid),
         ];
+        if let Some(t) = &imp_time {
+            params.push(("imp_time", t));
+        }
         let sig = URL_SAFE_NO_PAD.encode(tag(mac, &claims.impression_id, &params));
         let mut q = form_urlencoded::Serializer::new(String::new());
         q.extend_pairs(params);
@@ -177,11 +217,21 @@ impl Keyring {
 
     /// A complete click URL: `{base}/api/v1/click/{impression_id}?{signed query}`.
     pub fn click_url(&self, base: &str, claims: &ClickClaims) -> String {
+        self.click_url_served(base, claims, None)
+    }
+
+    /// [`Keyring::click_url`] with the impression time signed, if given.
+    pub fn click_url_served(
+        &self,
+        base: &str,
+        claims: &ClickClaims,
+        impression_time_ms: Option<u64>,
+    ) -> String {
         format!(
             "{}/api/v1/click/{}?{}",
             base.trim_end_matches('/'),
             claims.impression_id,
-            self.sign_query(claims)
+            self.sign_query_served(claims, impression_time_ms)
         )
     }
 
@@ -208,11 +258,23 @@ impl Keyring {
         raw_query: &str,
         now_secs: i64,
     ) -> Result<(ClickClaims, Vec<(String, String)>), TokenError> {
+        self.verify_link(impression_id, raw_query, now_secs)
+            .map(|v| (v.claims, v.unsigned))
+    }
+
+    /// Checks a click request, as [`Keyring::verify_click`], and returns all the link says,
+    /// the impression time included.
+    pub fn verify_link(
+        &self,
+        impression_id: &str,
+        raw_query: &str,
+        now_secs: i64,
+    ) -> Result<VerifiedLink, TokenError> {
         let mut params: Vec<(String, String)> = Vec::with_capacity(8);
         let mut unsigned: Vec<(String, String)> = Vec::new();
         for (k, v) in form_urlencoded::parse(raw_query.as_bytes()) {
             // Names are compared after percent-decoding: `%75rl` is `url`, and is a repeat.
-            if k != "sig" && !SIGNED_PARAMS.contains(&k.as_ref()) {
+            if k != "sig" && !is_signed(&k) {
                 if unsigned.len() == MAX_UNSIGNED_PARAMS {
                     return Err(TokenError::TooManyUnsigned);
                 }
@@ -271,10 +333,27 @@ impl Keyring {
             param: "url",
             reason,
         })?;
+        let impression_time_ms = get("imp_time").ok().map(impression_time).transpose()?;
         if now_secs > claims.exp {
             return Err(TokenError::Expired);
         }
-        Ok((claims, unsigned))
+        Ok(VerifiedLink {
+            claims,
+            impression_time_ms,
+            unsigned,
+        })
+    }
+}
+
+/// A signed `imp_time`: ms since the epoch, in the years event times may have.
+fn impression_time(text: &str) -> Result<u64, TokenError> {
+    let range = crate::event::MIN_EVENT_TIME_MS as u64..crate::event::MAX_EVENT_TIME_MS as u64;
+    match text.parse::<u64>() {
+        Ok(ms) if range.contains(&ms) => Ok(ms),
+        _ => Err(TokenError::Malformed {
+            param: "imp_time",
+            reason: "not milliseconds since the epoch in the years 2000 to 2099".into(),
+        }),
     }
 }
 
@@ -451,6 +530,61 @@ mod tests {
             r.verify("imp-42", &no_sig, 0),
             Err(TokenError::Missing("sig"))
         );
+    }
+
+    #[test]
+    fn the_impression_time_is_signed_and_optional() {
+        let r = ring();
+        let served = 1_776_686_400_123;
+        let q = r.sign_query_served(&claims(), Some(served));
+        assert!(q.contains("imp_time=1776686400123"), "{q}");
+        let v = r.verify_link("imp-42", &q, 0).unwrap();
+        assert_eq!(v.claims, claims());
+        assert_eq!(v.impression_time_ms, Some(served));
+        assert!(v.unsigned.is_empty());
+        // verify and verify_click still answer the claims alone.
+        assert_eq!(r.verify("imp-42", &q, 0).unwrap(), claims());
+
+        // A link minted without it (every link before it existed) verifies, without a time.
+        let old = r.sign_query(&claims());
+        assert!(!old.contains("imp_time"));
+        let v = r.verify_link("imp-42", &old, 0).unwrap();
+        assert_eq!((v.claims, v.impression_time_ms), (claims(), None));
+
+        // Altered, added to an old link, removed from a new one, given twice: refused.
+        let tampered = q.replace("imp_time=1776686400123", "imp_time=1776686399123");
+        assert_eq!(
+            r.verify_link("imp-42", &tampered, 0),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            r.verify_link("imp-42", &format!("{old}&imp_time={served}"), 0),
+            Err(TokenError::BadSignature)
+        );
+        let removed = q.replace("&imp_time=1776686400123", "");
+        assert_ne!(removed, q);
+        assert_eq!(
+            r.verify_link("imp-42", &removed, 0),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            r.verify_link("imp-42", &format!("{q}&imp_time={served}"), 0),
+            Err(TokenError::Repeated("imp_time".into()))
+        );
+        // A signed value that is no time is malformed, not trusted.
+        for bad in [0, 1_000, 5_000_000_000_000] {
+            let q = r.sign_query_served(&claims(), Some(bad));
+            assert!(
+                matches!(
+                    r.verify_link("imp-42", &q, 0),
+                    Err(TokenError::Malformed {
+                        param: "imp_time",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -37,6 +37,11 @@ fn event(i: i64) -> ClickEvent {
         user_id_hash: String::new(),
         user_agent: String::new(),
         source: "test".into(),
+        // Classified clean at the edge: the aggregator's own user-agent rules would call
+        // the empty user agent `no_user_agent`.
+        invalid_reasons: Vec::new(),
+        classified: true,
+        impression_time_ms: 0,
     }
 }
 

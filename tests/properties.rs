@@ -28,6 +28,7 @@ use adclick::token::{
     ClickClaims, Keyring, MAX_UNSIGNED_PARAMS, SIGNED_PARAMS, SigningKey, TokenError,
     check_landing_url,
 };
+use adclick_dataflows::invalid::{Reason, Reasons};
 use adclick_dataflows::source::Record;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
@@ -388,6 +389,7 @@ fn valid_event() -> impl Strategy<Value = ClickEvent> {
             proptest::sample::select(Device::ALL.to_vec()),
         ),
         (hash.clone(), hash, "\\PC{0,100}", "[a-z:_-]{1,64}"),
+        (any::<u8>(), any::<bool>(), 0..MAX_EVENT_TIME_MS),
     )
         .prop_map(
             |(
@@ -395,6 +397,7 @@ fn valid_event() -> impl Strategy<Value = ClickEvent> {
                 (advertiser_id, publisher_id, event_time_ms),
                 (country, device),
                 (ip_hash, user_id_hash, user_agent, source),
+                (reasons, classified, impression_time_ms),
             )| ClickEvent {
                 impression_id,
                 click_id: uuid::Uuid::from_u128(click).to_string(),
@@ -409,6 +412,12 @@ fn valid_event() -> impl Strategy<Value = ClickEvent> {
                 user_id_hash,
                 user_agent,
                 source,
+                invalid_reasons: Reasons(reasons & 0x7f)
+                    .iter()
+                    .map(Reason::to_proto)
+                    .collect(),
+                classified,
+                impression_time_ms,
             },
         )
 }

@@ -51,6 +51,14 @@ struct SignArgs {
     /// Seconds until the link expires.
     #[arg(long, default_value_t = 86_400)]
     ttl: i64,
+    /// When the impression was served (signed as `imp_time`; clicks sooner after it than a
+    /// person can click are flagged `too_fast`): ms since the epoch or RFC 3339
+    /// [default: now, the moment of signing].
+    #[arg(long, value_name = "TIME", conflicts_with = "no_impression_time")]
+    impression_time: Option<String>,
+    /// Sign no impression time, as links minted before it existed.
+    #[arg(long)]
+    no_impression_time: bool,
     /// Base of the redirect service, e.g. http://127.0.0.1:8080 (default: from redirect.listen).
     #[arg(long)]
     base: Option<String>,
@@ -79,10 +87,29 @@ fn main() -> anyhow::Result<()> {
             url: args.url,
             exp: adclick::timefmt::now_millis() / 1000 + args.ttl,
         };
+        let served = match (&args.impression_time, args.no_impression_time) {
+            (_, true) => None,
+            (None, false) => Some(adclick::timefmt::now_millis()),
+            (Some(t), false) => Some(
+                adclick::timefmt::parse_millis(t)
+                    .map_err(|e| anyhow::anyhow!("--impression-time {e}"))?,
+            ),
+        };
+        let served = served
+            .map(|ms| {
+                adclick::event::check_event_time(ms)
+                    .map(|()| ms as u64)
+                    .map_err(|e| anyhow::anyhow!("--impression-time: {}", e.problem))
+            })
+            .transpose()?;
         let base = args
             .base
             .unwrap_or_else(|| format!("http://{}", config.redirect.listen));
-        writeln!(std::io::stdout(), "{}", keyring.click_url(&base, &claims))?;
+        writeln!(
+            std::io::stdout(),
+            "{}",
+            keyring.click_url_served(&base, &claims, served)
+        )?;
         return Ok(());
     }
     let embedded = cli.common.maybe_embedded_kafka(&mut config)?;

@@ -85,6 +85,11 @@ impl Enricher {
             user_id_hash: hash("user", obs.user_id),
             user_agent,
             source: source.to_string(),
+            // The ingest path classifies ([`super::invalid::Classifier`]) and knows the
+            // impression time, if anyone does.
+            invalid_reasons: Vec::new(),
+            classified: false,
+            impression_time_ms: 0,
         };
         event.validate()?;
         Ok(event)

@@ -10,8 +10,10 @@ pub mod country;
 pub mod dead_letter;
 pub mod device;
 pub mod enrich;
+pub mod invalid;
 pub mod observed;
 
+use adclick_dataflows::invalid::{Reason, Reasons};
 use serde::{Deserialize, Serialize};
 
 pub use device::Device;
@@ -61,6 +63,21 @@ pub struct ClickEvent {
     pub user_agent: String,
     #[prost(string, tag = "13")]
     pub source: String,
+    /// Values of `adclick.v1.InvalidReason` ([`Reason::to_proto`]); JSON carries the names.
+    /// Meaningful only when `classified`; read them with [`ClickEvent::reasons`].
+    #[prost(int32, repeated, tag = "14")]
+    #[serde(default, with = "reasons_json")]
+    pub invalid_reasons: Vec<i32>,
+    /// True when the ingest path classified the click (then no reasons means clean); false
+    /// when nobody did, and the aggregator applies the user-agent rules itself.
+    #[prost(bool, tag = "15")]
+    #[serde(default)]
+    pub classified: bool,
+    /// When the impression was served, ms since the Unix epoch (signed in the click URL);
+    /// 0 unknown.
+    #[prost(int64, tag = "16")]
+    #[serde(default, rename = "impression_time")]
+    pub impression_time_ms: i64,
 }
 
 /// Which field of an event is wrong and how; the field name is what a partner needs to fix it.
@@ -208,6 +225,24 @@ impl ClickEvent {
         Ok(())
     }
 
+    /// The reasons the ingest path found, `None` if it did not classify the event. Values
+    /// this build does not know (a newer writer's) are ignored: no reason to count under.
+    pub fn reasons(&self) -> Option<Reasons> {
+        self.classified.then(|| {
+            Reasons::of(
+                self.invalid_reasons
+                    .iter()
+                    .filter_map(|v| Reason::from_proto(*v)),
+            )
+        })
+    }
+
+    /// Records the ingest path's verdict: classified, with these reasons (none: clean).
+    pub fn set_reasons(&mut self, reasons: Reasons) {
+        self.classified = true;
+        self.invalid_reasons = reasons.iter().map(Reason::to_proto).collect();
+    }
+
     pub fn to_protobuf(&self) -> Vec<u8> {
         prost::Message::encode_to_vec(self)
     }
@@ -314,6 +349,65 @@ pub fn device_from_proto(value: i32) -> Option<Device> {
     })
 }
 
+/// JSON carries the reasons by name (`["known_bot"]`), protobuf by number. Names (and
+/// numbers) this build does not know are skipped on reading, as protobuf readers skip values.
+mod reasons_json {
+    use adclick_dataflows::invalid::Reason;
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::{SerializeSeq, Serializer};
+
+    pub fn serialize<S: Serializer>(values: &[i32], s: S) -> Result<S::Ok, S::Error> {
+        let known: Vec<Reason> = values
+            .iter()
+            .filter_map(|v| Reason::from_proto(*v))
+            .collect();
+        let mut seq = s.serialize_seq(Some(known.len()))?;
+        for r in known {
+            seq.serialize_element(r.name())?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
+        struct Names;
+        impl<'de> Visitor<'de> for Names {
+            type Value = Vec<i32>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of invalid-traffic reason names")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<i32>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<NameOrNumber>()? {
+                    let reason = match item {
+                        NameOrNumber::Name(n) => Reason::from_name(&n),
+                        NameOrNumber::Number(v) => {
+                            i32::try_from(v).ok().and_then(Reason::from_proto)
+                        }
+                    };
+                    // A bounded list: each known reason once, whatever the input repeats.
+                    if let Some(v) = reason.map(Reason::to_proto)
+                        && !out.contains(&v)
+                    {
+                        out.push(v);
+                    }
+                }
+                Ok(out)
+            }
+        }
+
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum NameOrNumber {
+            Name(String),
+            Number(i64),
+        }
+
+        d.deserialize_seq(Names)
+    }
+}
+
 /// JSON carries the device by name ("mobile"), protobuf by number.
 mod device_json {
     use super::{Device, device_from_proto, device_to_proto};
@@ -352,6 +446,9 @@ pub(crate) mod tests {
             user_id_hash: String::new(),
             user_agent: "Mozilla/5.0 (iPhone)".into(),
             source: "redirect".into(),
+            invalid_reasons: Vec::new(),
+            classified: false,
+            impression_time_ms: 0,
         }
     }
 

@@ -75,22 +75,20 @@ pub fn handle(state: &State, req: &ClickRequest<'_>) -> Response<Bytes> {
 fn accept(state: &State, req: &ClickRequest<'_>) -> Result<Result<String, String>, Refusal> {
     event::check_id("impression_id", req.impression_id)?;
     let now = crate::timefmt::now_millis();
-    let (claims, unsigned) =
-        state
-            .keyring
-            .verify_click(req.impression_id, req.query, now.div_euclid(1000))?;
+    let link = state
+        .keyring
+        .verify_link(req.impression_id, req.query, now.div_euclid(1000))?;
+    let claims = link.claims;
     let cfg = &state.config.redirect;
-    let landing = landing_url(&claims.url, &unsigned, &cfg.forward_params);
-    let header = |name: &str| {
-        (!name.is_empty())
-            .then(|| req.headers.get(name))
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-    };
-    let ip = header(&cfg.client_ip_header)
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_string())
-        .or_else(|| req.remote.map(|a| a.ip().to_string()));
+    let landing = landing_url(&claims.url, &link.unsigned, &cfg.forward_params);
+    let header = |name: &str| header_value(req.headers, name);
+    let ip = client_ip(req.headers, &cfg.client_ip_header, req.remote);
+    let user_agent = header(header::USER_AGENT.as_str());
+    // Before the IP is hashed; an absent user agent is judged as an empty one. Flagged,
+    // never refused: the click is redirected and counted, as invalid.
+    let reasons = state
+        .classifier
+        .classify(Some(user_agent.unwrap_or("")), ip.as_deref());
     let observed = Observed {
         impression_id: claims.impression_id,
         ad_id: claims.ad_id,
@@ -104,15 +102,22 @@ fn accept(state: &State, req: &ClickRequest<'_>) -> Result<Result<String, String
             .map(str::to_string),
         ip,
         user_id: cookie(req.headers, &cfg.user_id_cookie),
-        user_agent: header(header::USER_AGENT.as_str()).map(str::to_string),
+        user_agent: user_agent.map(str::to_string),
     };
-    let click = state.enricher.enrich(observed, "redirect")?;
+    let mut click = state.enricher.enrich(observed, "redirect")?;
+    click.set_reasons(reasons);
+    click.impression_time_ms = link
+        .impression_time_ms
+        .map_or(0, |t| i64::try_from(t).unwrap_or(0));
     match state.outbox.send(
         &state.config.kafka.clicks_topic,
         click.impression_id.as_bytes(),
         &click.to_protobuf(),
     ) {
-        Ok(_) => Ok(Ok(landing)),
+        Ok(_) => {
+            state.metrics.classified("click", reasons);
+            Ok(Ok(landing))
+        }
         Err(e) => Ok(Err(e.to_string())),
     }
 }
@@ -183,6 +188,28 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
                 .any(|i| glob_match(rest, &tail[i..]))
         }
     }
+}
+
+/// A header's value as text; `None` if absent, not visible ASCII, or `name` is empty.
+fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    (!name.is_empty())
+        .then(|| headers.get(name))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The client's address: the first entry of the trusted edge's header
+/// (`redirect.client_ip_header`) when one is configured and present, else the TCP peer. The
+/// IP hash and the data-center rule both take it from here.
+pub fn client_ip(
+    headers: &HeaderMap,
+    trusted_header: &str,
+    remote: Option<SocketAddr>,
+) -> Option<String> {
+    header_value(headers, trusted_header)
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string())
+        .or_else(|| remote.map(|a| a.ip().to_string()))
 }
 
 /// The value of cookie `name`, if the request has one.

@@ -7,6 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use adclick_dataflows::invalid::{Reason, Reasons};
+
 type Labels = Vec<(&'static str, &'static str)>;
 
 /// Outcomes each endpoint can report; `request` panics on one not listed here, which the
@@ -46,9 +48,22 @@ struct Endpoint {
     latency: Histogram,
 }
 
+/// The edge's verdicts on one ingest path: clicks by result, and every reason found.
+struct Verdicts {
+    path: &'static str,
+    clean: Counter,
+    invalid: Counter,
+    /// By [`Reason::index`]; the dataflow's reasons stay at 0 here.
+    reasons: Vec<Counter>,
+}
+
+/// The paths that classify: the click endpoint and partner batches.
+const CLASSIFYING: [&str; 2] = ["click", "events"];
+
 #[derive(Clone)]
 pub struct RedirectMetrics {
     endpoints: std::sync::Arc<Vec<Endpoint>>,
+    verdicts: std::sync::Arc<Vec<Verdicts>>,
     /// Partner events by outcome (accepted, rejected).
     pub partner_events: Family<Labels, Counter>,
 }
@@ -76,6 +91,43 @@ impl RedirectMetrics {
             })
             .collect();
         let partner_events = Family::<Labels, Counter>::default();
+        let classified = Family::<Labels, Counter>::default();
+        let reasons = Family::<Labels, Counter>::default();
+        let verdicts = CLASSIFYING
+            .iter()
+            .map(|path| {
+                let result = |r| {
+                    classified
+                        .get_or_create(&vec![("path", *path), ("result", r)])
+                        .clone()
+                };
+                Verdicts {
+                    path,
+                    clean: result("clean"),
+                    invalid: result("invalid"),
+                    reasons: Reason::ALL
+                        .iter()
+                        .map(|r| {
+                            reasons
+                                .get_or_create(&vec![("path", *path), ("reason", r.name())])
+                                .clone()
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        registry.register(
+            "classified",
+            "Clicks the edge classified and accepted, by path (click, events) and result (clean, \
+             invalid): invalid clicks are flagged and counted, never refused",
+            classified,
+        );
+        registry.register(
+            "invalid_reasons",
+            "Reasons the edge found on accepted clicks, by path and reason (a click may have \
+             several)",
+            reasons,
+        );
         registry.register(
             "requests",
             "HTTP requests by endpoint and outcome",
@@ -93,7 +145,25 @@ impl RedirectMetrics {
         );
         Self {
             endpoints: std::sync::Arc::new(endpoints),
+            verdicts: std::sync::Arc::new(verdicts),
             partner_events,
+        }
+    }
+
+    /// Counts the edge's verdict on an accepted click of `path` (listed in `CLASSIFYING`).
+    pub fn classified(&self, path: &'static str, reasons: Reasons) {
+        let v = self
+            .verdicts
+            .iter()
+            .find(|v| v.path == path)
+            .expect("path listed in CLASSIFYING");
+        if reasons.is_empty() {
+            v.clean.inc();
+        } else {
+            v.invalid.inc();
+        }
+        for r in reasons.iter() {
+            v.reasons[r.index()].inc();
         }
     }
 
@@ -132,5 +202,27 @@ mod tests {
             text.contains(r#"requests_total{endpoint="events",outcome="ingested"} 0"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn edge_verdicts_are_counted_by_path_and_reason() {
+        let mut registry = Registry::default();
+        let m = RedirectMetrics::register(&mut registry);
+        m.classified("click", Reasons::NONE);
+        m.classified("click", Reasons::of([Reason::KnownBot, Reason::Datacenter]));
+        m.classified("events", Reasons::of([Reason::Headless]));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            r#"classified_total{path="click",result="clean"} 1"#,
+            r#"classified_total{path="click",result="invalid"} 1"#,
+            r#"classified_total{path="events",result="invalid"} 1"#,
+            r#"invalid_reasons_total{path="click",reason="known_bot"} 1"#,
+            r#"invalid_reasons_total{path="click",reason="datacenter"} 1"#,
+            r#"invalid_reasons_total{path="click",reason="headless"} 0"#,
+            r#"invalid_reasons_total{path="events",reason="headless"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -21,6 +21,7 @@ use warp::http::{HeaderMap, Response, StatusCode, header};
 
 use crate::config::Config;
 use crate::event::enrich::Enricher;
+use crate::event::invalid::Classifier;
 use crate::kafka::outbox::{Outbox, OutboxMetrics};
 use crate::token::Keyring;
 
@@ -31,6 +32,8 @@ pub struct State {
     pub config: Config,
     pub keyring: Keyring,
     pub enricher: Enricher,
+    /// Invalid-traffic rules applied to every click before its IP is hashed.
+    pub classifier: Classifier,
     pub outbox: Outbox,
     pub metrics: RedirectMetrics,
     pub registry: Registry,
@@ -47,6 +50,7 @@ impl State {
         );
         let keyring = Keyring::new(&config.signing.keys, config.signing.active_kid.as_deref())?;
         let enricher = Enricher::new(config.privacy.salt.as_bytes());
+        let classifier = Classifier::from_config(&config.redirect)?;
         let mut registry = Registry::with_prefix("adclick_redirect");
         let metrics = RedirectMetrics::register(&mut registry);
         let outbox = Outbox::start(
@@ -58,6 +62,7 @@ impl State {
             config,
             keyring,
             enricher,
+            classifier,
             outbox,
             metrics,
             registry,

@@ -247,6 +247,9 @@ impl Line<'_> {
                         &click.to_protobuf(),
                     )
                     .map_err(|e| e.to_string())?;
+                self.state
+                    .metrics
+                    .classified("events", click.reasons().unwrap_or_default());
                 self.out.accepted += 1;
                 LineResult {
                     line: self.number,
@@ -301,10 +304,20 @@ impl Line<'_> {
             "redirect.max_future_skew_ms",
         )
         .map_err(reject)?;
-        self.state
+        // The same rules as a click's, on what the partner relayed: a field the line leaves
+        // out is not judged (a feed that relays no user agent is not `no_user_agent`); an
+        // empty `user_agent` is.
+        let reasons = self
+            .state
+            .classifier
+            .classify(observed.user_agent.as_deref(), observed.ip.as_deref());
+        let mut click = self
+            .state
             .enricher
             .enrich(observed, &self.source)
-            .map_err(|e| reject(e.into()))
+            .map_err(|e| reject(e.into()))?;
+        click.set_reasons(reasons);
+        Ok(click)
     }
 }
 

@@ -357,3 +357,94 @@ fn archived(r: &BTreeMap<String, Value>) -> anyhow::Result<Archived> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use adclick_dataflows::click::Labels;
+
+    use super::*;
+
+    fn click(n: u64, traits: Traits) -> RawClick {
+        RawClick {
+            impression_id: format!("imp-{n}"),
+            click_id: format!("0192f6a4-7c1e-7b3a-9c44-{n:012x}"),
+            event_time: 1_776_686_400_000 + n,
+            labels: Labels {
+                ad_id: "ad_1".into(),
+                campaign_id: "cmp_1".into(),
+                advertiser_id: "adv_1".into(),
+                publisher_id: "pub_1".into(),
+                country: "US".into(),
+                device: "mobile".into(),
+            },
+            traits,
+        }
+    }
+
+    #[test]
+    fn the_archive_keeps_what_the_invalid_traffic_rules_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let flagged = Traits {
+            ip_hash: "00112233445566778899aabbccddeeff".into(),
+            user_id_hash: "ffeeddccbbaa99887766554433221100".into(),
+            impression_time: 1_776_686_399_000,
+            reasons: Reasons::of([Reason::KnownBot, Reason::Datacenter]),
+        };
+        let records = vec![
+            Archived {
+                partition: 0,
+                offset: 7,
+                click: click(1, flagged),
+            },
+            Archived {
+                partition: 0,
+                offset: 8,
+                click: click(2, Traits::default()),
+            },
+        ];
+        archive(tmp.path(), 10, 0, records.clone()).unwrap();
+        commit(tmp.path(), 10).unwrap();
+        let back = read_archive(tmp.path(), None).unwrap();
+        let got: Vec<&RawClick> = back[&0].iter().map(|a| &a.click).collect();
+        assert_eq!(got, vec![&records[0].click, &records[1].click]);
+    }
+
+    #[test]
+    fn an_archive_from_before_classification_reads_as_unclassified_clicks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("raw").join("hour=2026-04-20T12");
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = |s: &str| Column::Text(vec![s.to_string()]);
+        // The columns an archive had before the invalid-traffic ones.
+        let columns = [
+            ("partition", Column::Long(vec![3])),
+            ("offset", Column::Long(vec![42])),
+            ("impression_id", text("imp-old")),
+            ("click_id", text("0192f6a4-7c1e-7b3a-9c44-000000000001")),
+            ("event_time", Column::Millis(vec![1_776_686_400_000])),
+            ("ad_id", text("ad_1")),
+            ("campaign_id", text("cmp_1")),
+            ("advertiser_id", text("adv_1")),
+            ("publisher_id", text("pub_1")),
+            ("country", text("US")),
+            ("device", text("mobile")),
+        ];
+        write_table(&dir.join("part-00000000000000000001-w0.parquet"), &columns).unwrap();
+        let back = read_archive(tmp.path(), None).unwrap();
+        let a = &back[&3][0];
+        assert_eq!((a.offset, a.click.impression_id.as_str()), (42, "imp-old"));
+        assert_eq!(a.click.traits, Traits::default());
+    }
+
+    #[test]
+    fn reason_names_round_trip_and_skip_unknown_ones() {
+        let all = Reasons::of(Reason::ALL);
+        assert_eq!(parse_reason_names(&reason_names(all)), all);
+        assert_eq!(reason_names(Reasons::NONE), "");
+        assert_eq!(parse_reason_names(""), Reasons::NONE);
+        assert_eq!(
+            parse_reason_names("from_the_future,headless"),
+            Reasons::of([Reason::Headless])
+        );
+    }
+}
