@@ -5,7 +5,9 @@
 //! watermark = max event time seen − 5 s; late = more than 5 min behind it; one click per
 //! impression, the earliest event time winning, ties to the smaller click id). Country and
 //! device come from the decoded events, so agreement also shows the classifier sees what the
-//! generator intended.
+//! generator intended. It does not judge invalid traffic: it is compared with the truth's
+//! deduplicated clicks, billable and invalid together (the truth's own unit tests, and the
+//! aggregator's tests against it, check the verdicts).
 
 use adclick_testkit as common;
 
@@ -45,7 +47,7 @@ impl Independent {
         for bytes in records {
             self.tallies.emitted += 1;
             let Ok(event) = ClickEvent::decode(bytes) else {
-                self.tallies.invalid += 1;
+                self.tallies.rejected += 1;
                 continue;
             };
             let t = event.event_time_ms;
@@ -107,14 +109,38 @@ impl Independent {
                     device,
                     clicks,
                     duplicates: dups,
+                    invalid: BTreeMap::new(),
                 },
             )
             .collect()
     }
 }
 
+/// The truth's rows with billable and invalid clicks together, as the independent count
+/// has them.
+fn deduplicated(rows: &[Row]) -> Vec<Row> {
+    rows.iter()
+        .map(|r| Row {
+            clicks: r.clicks + r.invalid_total(),
+            invalid: BTreeMap::new(),
+            ..r.clone()
+        })
+        .collect()
+}
+
+/// The truth's tallies with billable and invalid clicks together.
+fn deduplicated_tallies(t: &Tallies) -> Tallies {
+    Tallies {
+        counted: t.deduplicated(),
+        invalid: 0,
+        invalid_by_reason: BTreeMap::new(),
+        ..t.clone()
+    }
+}
+
 /// Asserts row-for-row equality, reporting the first difference rather than two huge lists.
 fn assert_rows_equal(truth: &[Row], independent: &[Row]) {
+    let truth = deduplicated(truth);
     for (i, (t, c)) in truth.iter().zip(independent).enumerate() {
         assert_eq!(
             t, c,
@@ -151,6 +177,7 @@ fn busy_file_config(dir: &Path) -> LoadgenConfig {
         late_share: 0.01,
         malformed_share: 0.02,
         bot_share: 0.03,
+        invalid: 0.02,
         ..LoadgenConfig::default()
     }
 }
@@ -172,6 +199,9 @@ fn file_output_truth_equals_an_independent_count() {
         "allowed_late",
         "too_late",
         "malformed",
+        "scheme_ip_flood",
+        "scheme_user_flood",
+        "scheme_too_fast",
     ] {
         assert!(
             truth.kinds.get(kind).copied().unwrap_or(0) > 100,
@@ -202,15 +232,27 @@ fn file_output_truth_equals_an_independent_count() {
     );
     let rows = count.rows();
     assert_rows_equal(&truth.windows, &rows);
-    count.tallies.malformed = count.tallies.invalid;
-    assert_eq!(count.tallies, truth.tallies);
+    count.tallies.malformed = count.tallies.rejected;
+    assert_eq!(count.tallies, deduplicated_tallies(&truth.tallies));
+    let t = &truth.tallies;
     assert_eq!(
-        truth.tallies.emitted,
-        truth.tallies.counted
-            + truth.tallies.duplicates
-            + truth.tallies.late
-            + truth.tallies.invalid
+        t.emitted,
+        t.counted + t.invalid + t.duplicates + t.late + t.rejected
     );
+    // Every reason but data centers (which only the redirect sees) is in the files.
+    for reason in [
+        "known_bot",
+        "no_user_agent",
+        "headless",
+        "ip_flood",
+        "user_flood",
+        "too_fast",
+    ] {
+        assert!(
+            t.invalid_by_reason.get(reason).is_some_and(|&n| n > 20),
+            "{reason}: {t:?}"
+        );
+    }
     assert!(rows.iter().any(|r| r.clicks > 1 && r.duplicates > 0));
 }
 
@@ -296,7 +338,7 @@ fn http_output_through_the_redirect_matches_what_reached_kafka() {
         "{t:?}"
     );
 
-    let expected = (t.emitted - t.invalid) as usize;
+    let expected = (t.emitted - t.rejected) as usize;
     let records = common::read_topic(&brokers, "clicks", expected, Duration::from_secs(30));
     assert_eq!(
         records.len(),
@@ -305,9 +347,9 @@ fn http_output_through_the_redirect_matches_what_reached_kafka() {
     );
     let mut count = Independent::default();
     count.partition(records.iter().map(|(_, v)| v.as_slice()));
-    assert_eq!(count.tallies.invalid, 0);
+    assert_eq!(count.tallies.rejected, 0);
     let rows = count.rows();
-    assert_eq!(count.tallies.counted, t.counted);
+    assert_eq!(count.tallies.counted, t.deduplicated());
     assert_eq!(count.tallies.duplicates, t.duplicates);
     if t.ambiguous == 0 {
         assert_rows_equal(&truth.windows, &rows);
@@ -421,7 +463,7 @@ fn traffic_paused_around_redirect_restarts_reaches_kafka_whole() {
 
     let truth = GroundTruth::read(&dir.path().join("truth.json")).unwrap();
     let t = &truth.tallies;
-    let expected = (t.emitted - t.invalid) as usize;
+    let expected = (t.emitted - t.rejected) as usize;
     let records = common::read_topic(&brokers, "clicks", expected, Duration::from_secs(30));
     redirect.terminate();
     redirect.wait(Duration::from_secs(30));
@@ -429,7 +471,7 @@ fn traffic_paused_around_redirect_restarts_reaches_kafka_whole() {
     let mut count = Independent::default();
     count.partition(records.iter().map(|(_, v)| v.as_slice()));
     let rows = count.rows();
-    assert_eq!(count.tallies.counted, t.counted);
+    assert_eq!(count.tallies.counted, t.deduplicated());
     assert_eq!(count.tallies.duplicates, t.duplicates);
     if t.ambiguous == 0 {
         assert_rows_equal(&truth.windows, &rows);

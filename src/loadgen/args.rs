@@ -107,6 +107,13 @@ pub struct LoadgenArgs {
     /// [default: 0].
     #[arg(long)]
     pub hostile: Option<f64>,
+    /// Share of fresh slots planting invalid traffic, each booked in the truth under the
+    /// invalid-traffic rules: crawler and headless user agents, empty ones, data-center
+    /// addresses (flagged where the redirect sees them), ip and user floods (a burst's clicks
+    /// take further slots), too-fast clicks, and benign near misses of the flood rules; clicks
+    /// then carry their impression's time [default: 0].
+    #[arg(long)]
+    pub invalid: Option<f64>,
     /// Largest delay of an ordinary click's event time behind its send time [default: 3000].
     #[arg(long)]
     pub max_disorder_ms: Option<i64>,
@@ -164,6 +171,7 @@ impl LoadgenArgs {
             forged_share,
             json_share,
             hostile,
+            invalid,
             max_disorder_ms,
             out_of_orderness_ms,
             allowed_lateness_ms,

@@ -70,6 +70,56 @@ pub const BOT_USER_AGENTS: &[&str] = &[
 /// The few addresses bot traffic comes from: crawlers are concentrated, people are not.
 pub const BOT_IPS: &[&str] = &["66.249.66.1", "66.249.66.7", "40.77.167.12", "52.14.200.9"];
 
+/// Crawlers' own user agents, drawn for invalid traffic (`--invalid`): unmistakable names
+/// any bot list has, and scripted HTTP clients. Flagged `known_bot`; device `bot`.
+pub const CRAWLER_USER_AGENTS: &[&str] = &[
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+    "Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)",
+    "Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)",
+    "Mozilla/5.0 (compatible; Baiduspider/2.0; +http://www.baidu.com/search/spider.html)",
+    "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+    "curl/8.5.0",
+    "python-requests/2.31.0",
+];
+
+/// Headless browsers: flagged `headless` (not `known_bot`); the device classifier calls them
+/// `bot`.
+pub const HEADLESS_USER_AGENTS: &[&str] = &[
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+     HeadlessChrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) \
+     HeadlessChrome/123.0.6312.58 Safari/537.36",
+];
+
+/// IPv4 data-center ranges (network, prefix length) that invalid traffic clicks from, each
+/// inside a range of `config/datacenter-cidrs.txt` (AWS, Google Cloud, Azure, DigitalOcean,
+/// Hetzner, OVHcloud): the redirect flags them `datacenter` when it is given that file.
+pub const DATACENTER_RANGES: &[([u8; 4], u8)] = &[
+    ([3, 80, 0, 0], 12),
+    ([34, 64, 0, 0], 10),
+    ([13, 64, 0, 0], 11),
+    ([104, 131, 0, 0], 16),
+    ([159, 203, 0, 0], 16),
+    ([88, 198, 0, 0], 16),
+    ([145, 239, 0, 0], 16),
+];
+
+/// Address `n` (of 2^24) in [`DATACENTER_RANGES`], range by range.
+pub fn datacenter_ip(n: u32) -> String {
+    let (net, len) = DATACENTER_RANGES[n as usize % DATACENTER_RANGES.len()];
+    let host_bits = 32 - u32::from(len);
+    let host = (n / DATACENTER_RANGES.len() as u32) & ((1 << host_bits) - 1);
+    std::net::Ipv4Addr::from(u32::from_be_bytes(net) | host).to_string()
+}
+
+/// The address of an actor of planted invalid traffic (a click farm's device, a user hopping
+/// networks): one each, in 100.64.0.0/10 (carrier-grade NAT, shared by real subscribers, so
+/// never a data center), apart from every simulated user's.
+pub fn actor_ip(n: u32) -> String {
+    std::net::Ipv4Addr::from(0x6440_0000 | (n & 0x003f_ffff)).to_string()
+}
+
 /// The address of simulated user `n`: one per user, in the 10.0.0.0/8 private range.
 pub fn user_ip(n: u32) -> String {
     let [_, b, c, d] = n.to_be_bytes();
@@ -98,6 +148,61 @@ mod tests {
             assert_eq!(country::normalize(c), Some(*c));
             assert!(*w > 0);
         }
+    }
+
+    #[test]
+    fn invalid_agents_classify_as_intended() {
+        for ua in CRAWLER_USER_AGENTS.iter().chain(HEADLESS_USER_AGENTS) {
+            assert_eq!(device::classify(ua), Device::Bot, "{ua}");
+        }
+        for ua in HEADLESS_USER_AGENTS {
+            assert!(ua.contains("HeadlessChrome"), "{ua}");
+        }
+        assert_eq!(device::classify(""), Device::Other);
+    }
+
+    /// Parses `config/datacenter-cidrs.txt` on its own (IPv4 lines), so the addresses drawn
+    /// are checked against the file the redirect is given.
+    fn sample_ranges() -> Vec<(u32, u32)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/datacenter-cidrs.txt");
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .filter_map(|l| l.split('#').next()?.split_whitespace().next())
+            .filter_map(|cidr| {
+                let (ip, len) = cidr.split_once('/').unwrap_or((cidr, "32"));
+                let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+                let len: u32 = len.parse().ok()?;
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                Some((u32::from(ip) & mask, mask))
+            })
+            .collect()
+    }
+
+    fn in_sample(ip: &str, ranges: &[(u32, u32)]) -> bool {
+        let ip = u32::from(ip.parse::<std::net::Ipv4Addr>().unwrap());
+        ranges.iter().any(|(net, mask)| ip & mask == *net)
+    }
+
+    #[test]
+    fn datacenter_addresses_are_in_the_sample_file_and_no_one_else_is() {
+        let ranges = sample_ranges();
+        assert!(ranges.len() >= DATACENTER_RANGES.len());
+        for n in (0..5_000).chain([u32::MAX, 1 << 23, 12_345_678]) {
+            let ip = datacenter_ip(n);
+            assert!(in_sample(&ip, &ranges), "{ip}");
+            for other in [user_ip(n), actor_ip(n)] {
+                assert!(!in_sample(&other, &ranges), "{other}");
+            }
+        }
+        for ip in BOT_IPS.iter().chain(&["127.0.0.1"]) {
+            assert!(!in_sample(ip, &ranges), "{ip}");
+        }
+        assert_eq!(actor_ip(0), "100.64.0.0");
+        assert_eq!(actor_ip(0x40_0001), "100.64.0.1");
+        assert_ne!(
+            datacenter_ip(0),
+            datacenter_ip(DATACENTER_RANGES.len() as u32)
+        );
     }
 
     #[test]

@@ -97,6 +97,11 @@ pub struct LoadgenConfig {
     /// records, and over HTTP also tracking parameters, keyless partner batches and stalled
     /// connections.
     pub hostile: f64,
+    /// Share of fresh slots that plant invalid traffic ([`traffic::Scheme`]): crawlers,
+    /// headless browsers, empty user agents, data-center addresses, ip and user floods,
+    /// too-fast clicks, and near misses of the flood rules that stay billable. A burst's
+    /// clicks take further slots. Clicks then also carry their impression's time.
+    pub invalid: f64,
     pub max_disorder_ms: i64,
     /// The aggregator's out-of-orderness bound and allowed lateness, which decide what is
     /// late; keep them equal to the aggregator's.
@@ -137,6 +142,7 @@ impl Default for LoadgenConfig {
             forged_share: 0.005,
             json_share: 0.1,
             hostile: 0.0,
+            invalid: 0.0,
             max_disorder_ms: 3_000,
             out_of_orderness_ms: 5_000,
             allowed_lateness_ms: 300_000,
@@ -224,6 +230,7 @@ impl LoadgenConfig {
             ("forged_share", self.forged_share),
             ("json_share", self.json_share),
             ("hostile", self.hostile),
+            ("invalid", self.invalid),
         ];
         for (key, share) in shares {
             if !(0.0..=1.0).contains(&share) {
@@ -235,11 +242,12 @@ impl LoadgenConfig {
             + self.late_share
             + self.malformed_share
             + self.forged_share
-            + self.hostile;
+            + self.hostile
+            + self.invalid;
         if fresh > 1.0 {
             bail!(
-                "bot, allowed-late, late, malformed, forged and hostile shares add up to {fresh}, \
-                 more than 1"
+                "bot, allowed-late, late, malformed, forged, hostile and invalid shares add up to \
+                 {fresh}, more than 1"
             );
         }
         if self.duplicate_share + self.retry_share > 1.0 {
@@ -367,13 +375,15 @@ impl fmt::Display for Summary {
         let secs = self.elapsed.as_secs_f64();
         write!(
             f,
-            "adclick-loadgen: emitted {}, counted {}, duplicates {}, late {}, invalid {} \
-             (malformed {}, forged {}), ambiguous {} in {secs:.1} s ({:.0} events/s); truth: {}",
+            "adclick-loadgen: emitted {}, counted {}, invalid traffic {}, duplicates {}, late {}, \
+             rejected {} (malformed {}, forged {}), ambiguous {} in {secs:.1} s ({:.0} events/s); \
+             truth: {}",
             t.emitted,
             t.counted,
+            t.invalid,
             t.duplicates,
             t.late,
-            t.invalid,
+            t.rejected,
             t.malformed,
             t.forged,
             t.ambiguous,

@@ -116,10 +116,12 @@ pub enum Kind {
     Malformed(Flaw),
     Forged(Forgery),
     Hostile(Hostile),
+    /// Planted invalid traffic, or a benign near miss of a rule (`--invalid`).
+    Scheme(Scheme),
 }
 
 impl Kind {
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 24] = [
         "click",
         "bot",
         "duplicate",
@@ -134,6 +136,16 @@ impl Kind {
         "hostile_tracked",
         "hostile_keyless",
         "hostile_stalled",
+        "scheme_crawler",
+        "scheme_headless",
+        "scheme_no_user_agent",
+        "scheme_datacenter",
+        "scheme_ip_flood",
+        "scheme_user_flood",
+        "scheme_too_fast",
+        "scheme_near_miss_ip",
+        "scheme_near_miss_split",
+        "scheme_near_miss_user",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -152,6 +164,7 @@ impl Kind {
             Kind::Hostile(Hostile::Tracked(_)) => 11,
             Kind::Hostile(Hostile::Keyless { .. }) => 12,
             Kind::Hostile(Hostile::Stalled) => 13,
+            Kind::Scheme(s) => 14 + *s as usize,
         }]
     }
 
@@ -166,6 +179,7 @@ impl Kind {
                 | Kind::Retry
                 | Kind::AllowedLate
                 | Kind::Hostile(Hostile::Tracked(_))
+                | Kind::Scheme(_)
         )
     }
 }
@@ -192,6 +206,77 @@ pub enum Hostile {
     /// HTTP: a connection that sends half of a signed click's request head, then trickles
     /// header bytes and never finishes it; the redirect closes it, and the click never counts.
     Stalled,
+}
+
+/// Invalid traffic the generator plants (issue 12), and near misses that must stay billable.
+/// The truth never takes a scheme's word for a verdict: it applies the rules to what was
+/// sent. Bursts are fresh impressions from one actor, planted a few slots ahead, each with
+/// duplicates and retries like any click; an ip flood's earliest click may come allowed-late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// A crawler's user agent ([`audience::CRAWLER_USER_AGENTS`]): `known_bot`.
+    Crawler,
+    /// A headless browser: `headless`.
+    Headless,
+    /// No user agent at all: `no_user_agent`.
+    NoUserAgent,
+    /// A browser's user agent from a data-center address: `datacenter` where the redirect
+    /// sees the address (HTTP click URLs with a client IP header), billable elsewhere.
+    Datacenter,
+    /// 6 to 10 clicks from one address on one ad within about a second: `ip_flood` beyond
+    /// the 5th in each minute.
+    IpFlood,
+    /// 21 to 26 clicks from one user on one campaign's ads, about a second apart, each from
+    /// another address: `user_flood` beyond the 20th in each hour.
+    UserFlood,
+    /// Clicked 0 to 2.5 s after its impression was served: `too_fast` under 1 s.
+    TooFast,
+    /// Exactly 5 clicks from one address on one ad within one minute.
+    NearMissIp,
+    /// 5 clicks from one address on one ad before a minute boundary, and a 6th after it.
+    NearMissSplit,
+    /// Exactly 20 clicks from one user on one campaign within one hour.
+    NearMissUser,
+}
+
+impl Scheme {
+    /// Whether the scheme is several clicks, planted ahead.
+    pub fn is_burst(self) -> bool {
+        matches!(
+            self,
+            Scheme::IpFlood
+                | Scheme::UserFlood
+                | Scheme::NearMissIp
+                | Scheme::NearMissSplit
+                | Scheme::NearMissUser
+        )
+    }
+
+    pub const ALL: [Scheme; 10] = [
+        Scheme::Crawler,
+        Scheme::Headless,
+        Scheme::NoUserAgent,
+        Scheme::Datacenter,
+        Scheme::IpFlood,
+        Scheme::UserFlood,
+        Scheme::TooFast,
+        Scheme::NearMissIp,
+        Scheme::NearMissSplit,
+        Scheme::NearMissUser,
+    ];
+}
+
+/// The kind of client behind a click, as the generator chose it: what the user-agent rules
+/// must find.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Agent {
+    #[default]
+    Browser,
+    /// A declared crawler or an HTTP library.
+    Crawler,
+    Headless,
+    /// No user agent.
+    Empty,
 }
 
 /// What is wrong with a malformed record; each output renders it in its own format.
@@ -248,6 +333,31 @@ pub struct Click {
     /// What the browser sends; only hashes of these are in `event`.
     pub user_id: Option<String>,
     pub ip: String,
+    /// The client, as chosen.
+    pub agent: Agent,
+    /// `ip` was drawn from data-center ranges ([`audience::DATACENTER_RANGES`]).
+    pub datacenter: bool,
+    /// The redirect saw `ip` itself, raw (an HTTP click URL with the client IP header), so
+    /// it could find a data center; set by the HTTP output.
+    pub edge: bool,
+}
+
+/// Whose click a fresh slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Human,
+    Bot,
+    Scheme(Scheme),
+}
+
+/// Who clicks, beyond what is clicked.
+struct Persona {
+    device: Device,
+    agent: Agent,
+    user_agent: &'static str,
+    user_id: Option<String>,
+    ip: String,
+    datacenter: bool,
 }
 
 pub struct Traffic {
@@ -261,8 +371,11 @@ pub struct Traffic {
     devices: WeightedIndex<u32>,
     impression_prefix: String,
     seq: u64,
-    /// Follow-ups by (due slot, original slot).
-    pending: BTreeMap<(u64, u64), Emission>,
+    /// Follow-ups by (due slot, original slot, 0) and planted clicks by (due slot, slot
+    /// planted, member number from 1).
+    pending: BTreeMap<(u64, u64, u32), Emission>,
+    /// Actors of planted invalid traffic so far: each gets its own address.
+    actors: u32,
     /// Latest event time of a valid click emitted to each shard.
     shard_latest: Vec<i64>,
 }
@@ -276,6 +389,7 @@ enum Draw {
     TooLate,
     Bot,
     Hostile(HostileDraw),
+    Scheme,
     Normal,
 }
 
@@ -318,6 +432,7 @@ impl Traffic {
             impression_prefix: format!("imp_{:x}_", cfg.seed),
             seq: 0,
             pending: BTreeMap::new(),
+            actors: 0,
             shard_latest: vec![i64::MIN; schedule.partitioner.shards() as usize],
             cfg: cfg.clone(),
             schedule,
@@ -340,9 +455,24 @@ impl Traffic {
     }
 
     fn fresh(&mut self, seq: u64, base_ms: i64) -> Emission {
-        let draw = self.draw(base_ms);
+        let mut draw = self.draw(base_ms);
+        let mut scheme = None;
+        if draw == Draw::Scheme {
+            let s = Scheme::ALL[self.rng.random_range(0..Scheme::ALL.len())];
+            if s.is_burst() {
+                // The burst's clicks come in later slots; this one is an ordinary click.
+                self.plant(seq, base_ms, s);
+                draw = Draw::Normal;
+            } else {
+                scheme = Some(s);
+            }
+        }
         let impression_id = format!("{}{seq}", self.impression_prefix);
-        let bot = draw == Draw::Bot;
+        let who = match (draw, scheme) {
+            (_, Some(s)) => Who::Scheme(s),
+            (Draw::Bot, None) => Who::Bot,
+            _ => Who::Human,
+        };
         let offset = match draw {
             Draw::AllowedLate => self.rng.random_range(
                 self.cfg.out_of_orderness_ms + 5_000..=self.cfg.allowed_lateness_ms - 30_000,
@@ -361,16 +491,28 @@ impl Traffic {
             }
             _ => self.rng.random_range(0..=self.cfg.max_disorder_ms),
         };
-        let click = self.click(impression_id, base_ms - offset, bot);
-        let kind = match draw {
-            Draw::Malformed => Kind::Malformed(self.flaw()),
-            Draw::Forged => Kind::Forged(self.forgery()),
-            Draw::AllowedLate => Kind::AllowedLate,
-            Draw::TooLate => Kind::TooLate,
-            Draw::Bot => Kind::Bot,
-            Draw::Hostile(h) => Kind::Hostile(self.hostile(h)),
-            Draw::Normal => Kind::Click,
+        let mut click = self.click(impression_id, base_ms - offset, who);
+        let kind = match (draw, scheme) {
+            (_, Some(s)) => Kind::Scheme(s),
+            (Draw::Malformed, _) => Kind::Malformed(self.flaw()),
+            (Draw::Forged, _) => Kind::Forged(self.forgery()),
+            (Draw::AllowedLate, _) => Kind::AllowedLate,
+            (Draw::TooLate, _) => Kind::TooLate,
+            (Draw::Bot, _) => Kind::Bot,
+            (Draw::Hostile(h), _) => Kind::Hostile(self.hostile(h)),
+            (Draw::Normal | Draw::Scheme, _) => Kind::Click,
         };
+        // With invalid traffic on, clicks carry their impression's time, as signed click URLs
+        // do (partner feeds and late events do not).
+        if self.cfg.invalid > 0.0
+            && matches!(
+                kind,
+                Kind::Click | Kind::Bot | Kind::Scheme(_) | Kind::Hostile(Hostile::Tracked(_))
+            )
+        {
+            let gap = self.impression_gap(scheme == Some(Scheme::TooFast));
+            click.event.impression_time_ms = click.event.event_time_ms - gap;
+        }
         let mut emission = Emission {
             seq,
             base_ms,
@@ -382,10 +524,173 @@ impl Traffic {
             click,
             settles: true,
         };
-        if matches!(draw, Draw::Normal | Draw::Hostile(HostileDraw::Tracked)) {
+        if matches!(
+            emission.kind,
+            Kind::Click | Kind::Scheme(_) | Kind::Hostile(Hostile::Tracked(_))
+        ) {
             self.maybe_follow_up(&mut emission);
         }
         emission
+    }
+
+    /// How long before its click an impression was served: 1.5 s to 10 min, or for a
+    /// too-fast click 0 to 2.5 s (exactly 1 s now and then, the rule's edge). Over HTTP the
+    /// redirect stamps the click, some milliseconds after the loadgen sent it, so there a
+    /// too-fast click keeps clear of the edge: 0 to 0.4 s or 1.6 to 2.5 s.
+    fn impression_gap(&mut self, too_fast: bool) -> i64 {
+        if !too_fast {
+            return self.rng.random_range(1_500..=600_000);
+        }
+        if self.schedule.forgeries {
+            if self.rng.random_bool(0.5) {
+                self.rng.random_range(0..=400)
+            } else {
+                self.rng.random_range(1_600..=2_500)
+            }
+        } else if self.rng.random_bool(0.1) {
+            1_000
+        } else {
+            self.rng.random_range(0..=2_500)
+        }
+    }
+
+    /// The first slot whose time is at or after `t`.
+    fn slot_at(&self, t: i64) -> u64 {
+        let exact = (t - self.schedule.start_ms) as f64 * self.cfg.rate / 1000.0;
+        let mut slot = exact.ceil().max(0.0) as u64;
+        while self.base_ms(slot) < t {
+            slot += 1;
+        }
+        while slot > 0 && self.base_ms(slot - 1) >= t {
+            slot -= 1;
+        }
+        slot
+    }
+
+    /// Plants the clicks of a burst as pending emissions (fresh impressions, due in the slots
+    /// of their event times), unless the stream ends too soon for all of them.
+    fn plant(&mut self, seq: u64, base_ms: i64, scheme: Scheme) {
+        const MINUTE: i64 = 60_000;
+        const HOUR: i64 = 3_600_000;
+        let next = |t: i64, window: i64| (t.div_euclid(window) + 1) * window;
+        // Members are at least 100 ms and one slot apart; a user's about a second.
+        let gap = ((1000.0 / self.cfg.rate).ceil() as i64).max(100);
+        let user_gap = gap.max(1_000);
+        let t0 = base_ms + 2 * gap;
+        let times: Vec<i64> = match scheme {
+            Scheme::IpFlood => {
+                let n = self.rng.random_range(6..=10);
+                (0..n).map(|k| t0 + k * gap).collect()
+            }
+            Scheme::NearMissIp => {
+                let first = if t0 + 4 * gap < next(t0, MINUTE) - 500 {
+                    t0
+                } else {
+                    next(t0, MINUTE) + 500
+                };
+                (0..5).map(|k| first + k * gap).collect()
+            }
+            Scheme::NearMissSplit => {
+                let boundary = next(t0 + 4 * gap + 600, MINUTE);
+                (0..5)
+                    .map(|k| boundary - 600 - (4 - k) * gap)
+                    .chain([boundary + 500])
+                    .collect()
+            }
+            Scheme::UserFlood => {
+                let n = self.rng.random_range(21..=26);
+                (0..n).map(|k| t0 + k * user_gap).collect()
+            }
+            Scheme::NearMissUser => {
+                let first = if t0 + 19 * user_gap < next(t0, HOUR) - 1_000 {
+                    t0
+                } else {
+                    next(t0, HOUR) + 1_000
+                };
+                (0..20).map(|k| first + k * user_gap).collect()
+            }
+            single => unreachable!("{single:?} is no burst"),
+        };
+        let slots: Vec<u64> = times
+            .iter()
+            .map(|&t| self.slot_at(t).max(seq + 1))
+            .collect();
+        let room = self.schedule.count - seq - 1;
+        let last = slots.iter().copied().max().unwrap_or(seq);
+        if last >= self.schedule.count || self.pending.len() + slots.len() > room as usize {
+            return;
+        }
+        // One actor: a click farm's device on one ad, or a user on one campaign's ads.
+        let per_user = matches!(scheme, Scheme::UserFlood | Scheme::NearMissUser);
+        let ad = self.ad();
+        let publisher = self.rng.random_range(0..self.cfg.publishers);
+        let country = audience::COUNTRIES[self.countries.sample(&mut self.rng)].0;
+        let device = audience::DEVICES[self.devices.sample(&mut self.rng)].0;
+        let agents = audience::user_agents(device);
+        let user_agent = agents[self.rng.random_range(0..agents.len())];
+        let user_id = per_user.then(|| format!("actor_{:x}_{seq}", self.cfg.seed));
+        let address = self.actor_ip();
+        let campaign = ad % self.cfg.campaigns;
+        let campaign_ads = (self.cfg.ads - campaign).div_ceil(self.cfg.campaigns);
+        // An ip flood's earliest click may arrive allowed-late, after the others.
+        let late_first = scheme == Scheme::IpFlood && self.rng.random_bool(0.3);
+        for (k, (&t, &slot)) in times.iter().zip(&slots).enumerate() {
+            let mut slot = slot;
+            let ad = if per_user {
+                campaign + self.rng.random_range(0..campaign_ads) * self.cfg.campaigns
+            } else {
+                ad
+            };
+            let persona = Persona {
+                device,
+                agent: Agent::Browser,
+                user_agent,
+                user_id: user_id.clone(),
+                ip: if per_user {
+                    self.actor_ip()
+                } else {
+                    address.clone()
+                },
+                datacenter: false,
+            };
+            let impression_id = format!("{}{seq}m{k}", self.impression_prefix);
+            let mut click = self.build(impression_id, t, ad, publisher, country, persona);
+            let mut kind = Kind::Scheme(scheme);
+            if late_first && k == 0 {
+                let (lo, hi) = (
+                    self.cfg.out_of_orderness_ms + 5_000,
+                    (self.cfg.allowed_lateness_ms - 30_000)
+                        .min(self.cfg.out_of_orderness_ms + 25_000),
+                );
+                let behind = self.rng.random_range(lo..=hi);
+                let late_slot = self.slot_at(t + behind);
+                if late_slot < self.schedule.count {
+                    kind = Kind::AllowedLate;
+                    slot = late_slot;
+                }
+            }
+            if kind != Kind::AllowedLate {
+                let gap = self.impression_gap(false);
+                click.event.impression_time_ms = t - gap;
+            }
+            let emission = Emission {
+                seq: slot,
+                base_ms: self.base_ms(slot),
+                kind,
+                shard: self
+                    .schedule
+                    .partitioner
+                    .shard(click.event.impression_id.as_bytes()),
+                click,
+                settles: true,
+            };
+            self.pending.insert((slot, seq, k as u32 + 1), emission);
+        }
+    }
+
+    fn actor_ip(&mut self) -> String {
+        self.actors += 1;
+        audience::actor_ip(self.actors)
     }
 
     /// The details of a hostile variant.
@@ -443,6 +748,7 @@ impl Traffic {
             (Draw::TooLate, c.late_share),
             (Draw::Bot, c.bot_share),
             (Draw::Hostile(HostileDraw::Future), c.hostile),
+            (Draw::Scheme, c.invalid),
         ];
         let mut u: f64 = self.rng.random();
         let draw = shares
@@ -488,32 +794,113 @@ impl Traffic {
                 .all(|&t| t >= base_ms - LATE_GUARD_MS)
     }
 
-    fn click(&mut self, impression_id: String, event_time_ms: i64, bot: bool) -> Click {
-        let ad = if self.rng.random_bool(self.cfg.hot_ad_share) {
+    /// An ad: the hot one at its share, otherwise by Zipf.
+    fn ad(&mut self) -> u32 {
+        if self.rng.random_bool(self.cfg.hot_ad_share) {
             0
         } else {
             // Zipf draws ranks 1..=n; rank 1 is ad_0.
             (self.zipf.sample(&mut self.rng) as u32 - 1).min(self.cfg.ads - 1)
-        };
+        }
+    }
+
+    fn click(&mut self, impression_id: String, event_time_ms: i64, who: Who) -> Click {
+        let ad = self.ad();
         let publisher = self.rng.random_range(0..self.cfg.publishers);
         let country = audience::COUNTRIES[self.countries.sample(&mut self.rng)].0;
-        let (device, user_agent, user_id, ip) = if bot {
-            let ua = audience::BOT_USER_AGENTS
-                [self.rng.random_range(0..audience::BOT_USER_AGENTS.len())];
-            let ip = audience::BOT_IPS[self.rng.random_range(0..audience::BOT_IPS.len())];
-            (Device::Bot, ua, None, ip.to_string())
-        } else {
-            let device = audience::DEVICES[self.devices.sample(&mut self.rng)].0;
-            let agents = audience::user_agents(device);
-            let ua = agents[self.rng.random_range(0..agents.len())];
-            let user = self.rng.random_range(0..self.cfg.users);
-            (
-                device,
-                ua,
-                Some(format!("u_{user}")),
-                audience::user_ip(user),
-            )
+        let persona = match who {
+            Who::Bot | Who::Scheme(Scheme::Crawler) => {
+                let agents = if who == Who::Bot {
+                    audience::BOT_USER_AGENTS
+                } else {
+                    audience::CRAWLER_USER_AGENTS
+                };
+                let ua = agents[self.rng.random_range(0..agents.len())];
+                let ip = audience::BOT_IPS[self.rng.random_range(0..audience::BOT_IPS.len())];
+                Persona {
+                    device: Device::Bot,
+                    agent: Agent::Crawler,
+                    user_agent: ua,
+                    user_id: None,
+                    ip: ip.to_string(),
+                    datacenter: false,
+                }
+            }
+            Who::Human | Who::Scheme(Scheme::TooFast) => {
+                let device = audience::DEVICES[self.devices.sample(&mut self.rng)].0;
+                let agents = audience::user_agents(device);
+                let ua = agents[self.rng.random_range(0..agents.len())];
+                let user = self.rng.random_range(0..self.cfg.users);
+                Persona {
+                    device,
+                    agent: Agent::Browser,
+                    user_agent: ua,
+                    user_id: Some(format!("u_{user}")),
+                    ip: audience::user_ip(user),
+                    datacenter: false,
+                }
+            }
+            // Headless browsers run in data centers half of the time.
+            Who::Scheme(Scheme::Headless) => {
+                let agents = audience::HEADLESS_USER_AGENTS;
+                let ua = agents[self.rng.random_range(0..agents.len())];
+                let datacenter = self.rng.random_bool(0.5);
+                Persona {
+                    device: Device::Bot,
+                    agent: Agent::Headless,
+                    user_agent: ua,
+                    user_id: None,
+                    ip: if datacenter {
+                        audience::datacenter_ip(self.rng.random())
+                    } else {
+                        self.actor_ip()
+                    },
+                    datacenter,
+                }
+            }
+            Who::Scheme(Scheme::NoUserAgent) => Persona {
+                device: Device::Other,
+                agent: Agent::Empty,
+                user_agent: "",
+                user_id: None,
+                ip: self.actor_ip(),
+                datacenter: false,
+            },
+            // A scraper on a cloud server, passing for a desktop browser.
+            Who::Scheme(Scheme::Datacenter) => {
+                let agents = audience::user_agents(Device::Desktop);
+                Persona {
+                    device: Device::Desktop,
+                    agent: Agent::Browser,
+                    user_agent: agents[self.rng.random_range(0..agents.len())],
+                    user_id: None,
+                    ip: audience::datacenter_ip(self.rng.random()),
+                    datacenter: true,
+                }
+            }
+            Who::Scheme(burst) => unreachable!("{burst:?} clicks are planted"),
         };
+        self.build(
+            impression_id,
+            event_time_ms,
+            ad,
+            publisher,
+            country,
+            persona,
+        )
+    }
+
+    /// The click, enriched as the redirect would enrich it and left unclassified, as a file
+    /// or Kafka record carries it (the redirect classifies what it forwards).
+    fn build(
+        &mut self,
+        impression_id: String,
+        event_time_ms: i64,
+        ad: u32,
+        publisher: u32,
+        country: &'static str,
+        p: Persona,
+    ) -> Click {
         let owner = self.catalog.ad(ad);
         let observed = Observed {
             impression_id,
@@ -523,23 +910,28 @@ impl Traffic {
             publisher_id: self.catalog.publisher_id(publisher).to_string(),
             event_time_ms,
             country: Some(country.to_string()),
-            ip: Some(ip.clone()),
-            user_id: user_id.clone(),
-            user_agent: Some(user_agent.to_string()),
+            ip: Some(p.ip.clone()),
+            user_id: p.user_id.clone(),
+            user_agent: Some(p.user_agent.to_string()),
         };
         let mut event = self
             .enricher
             .enrich(observed, SOURCE)
             .expect("generated clicks are valid (checked: start within 2000..2099)");
         event.click_id = self.click_id(event_time_ms);
+        event.classified = false;
+        event.invalid_reasons.clear();
         Click {
             event,
             ad,
             publisher,
             country,
-            device,
-            user_id,
-            ip,
+            device: p.device,
+            user_id: p.user_id,
+            ip: p.ip,
+            agent: p.agent,
+            datacenter: p.datacenter,
+            edge: false,
         }
     }
 
@@ -585,7 +977,7 @@ impl Traffic {
             settles: true,
             ..original.clone()
         };
-        self.pending.insert((due, original.seq), follow_up);
+        self.pending.insert((due, original.seq, 0), follow_up);
     }
 
     fn flaw(&mut self) -> Flaw {
@@ -625,11 +1017,15 @@ impl Traffic {
         let follow_up_due = self
             .pending
             .first_key_value()
-            .is_some_and(|(&(due, _), _)| due <= seq || remaining <= self.pending.len() as u64);
+            .is_some_and(|(&(due, _, _), _)| due <= seq || remaining <= self.pending.len() as u64);
         let emission = if follow_up_due {
-            let (_, mut e) = self.pending.pop_first().expect("non-empty");
+            let ((_, _, member), mut e) = self.pending.pop_first().expect("non-empty");
             e.seq = seq;
             e.base_ms = base_ms;
+            // A planted click is a fresh impression: it may have follow-ups of its own.
+            if member > 0 && matches!(e.kind, Kind::Scheme(_)) {
+                self.maybe_follow_up(&mut e);
+            }
             e
         } else {
             self.fresh(seq, base_ms)
@@ -764,6 +1160,11 @@ pub(crate) mod tests {
                     assert!((0..=cfg.max_disorder_ms).contains(&behind));
                     originals.insert(e.click.event.impression_id.clone(), t);
                 }
+                // Planted clicks may wait a few slots for their turn, never for the bound.
+                Kind::Scheme(_) => {
+                    assert!((0..cfg.out_of_orderness_ms).contains(&behind), "{behind}");
+                    originals.insert(e.click.event.impression_id.clone(), t);
+                }
                 Kind::Duplicate | Kind::Retry => {
                     let orig = originals[&e.click.event.impression_id];
                     assert!((t - orig).abs() <= DUPLICATE_JITTER_MS);
@@ -867,7 +1268,7 @@ pub(crate) mod tests {
             } else {
                 &Kind::NAMES[8..11]
             };
-            for name in Kind::NAMES[8..].iter() {
+            for name in Kind::NAMES[8..14].iter() {
                 let n = got.get(name).copied().unwrap_or(0);
                 assert_eq!(n > 200, names.contains(name), "{name}: {n} (http: {http})");
             }
@@ -964,5 +1365,55 @@ pub(crate) mod tests {
         assert_eq!(t.base_ms(400), START + 1_000);
         let bases: Vec<_> = t.map(|e| e.base_ms).collect();
         assert!(bases.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn planted_traffic_is_valid_reproducible_and_keeps_the_margins() {
+        let cfg = LoadgenConfig {
+            invalid: 0.05,
+            late_share: 0.02,
+            ads: 50,
+            campaigns: 10,
+            ..LoadgenConfig::default()
+        };
+        let all: Vec<_> = traffic(&cfg, 30_000, 3).collect();
+        assert_eq!(all, traffic(&cfg, 30_000, 3).collect::<Vec<_>>());
+        let mut impressions = std::collections::HashSet::new();
+        for e in &all {
+            let ev = &e.click.event;
+            if !matches!(e.kind, Kind::Duplicate | Kind::Retry) {
+                assert!(impressions.insert(ev.impression_id.clone()), "fresh ids");
+            }
+            if !e.kind.is_valid_click() {
+                continue;
+            }
+            ev.validate().unwrap();
+            assert_eq!(ev.device(), Some(e.click.device), "{:?}", e.kind);
+            assert!(!ev.classified && ev.invalid_reasons.is_empty());
+            let (agent, ua) = (e.click.agent, ev.user_agent.as_str());
+            assert_eq!(agent == Agent::Empty, ua.is_empty());
+            assert_eq!(agent == Agent::Headless, ua.contains("HeadlessChrome"));
+            assert_eq!(
+                agent == Agent::Crawler,
+                e.click.device == Device::Bot && !ua.contains("Headless")
+            );
+            assert!(!e.click.edge, "only the HTTP output sets edge");
+            // Signed-link clicks carry their impression's time; partner events do not.
+            let known = ev.impression_time_ms != 0;
+            assert_eq!(known, e.kind != Kind::AllowedLate, "{:?}", e.kind);
+            if let Kind::Scheme(s) = e.kind {
+                let gap = ev.event_time_ms - ev.impression_time_ms;
+                let range = if s == Scheme::TooFast {
+                    0..=2_500
+                } else {
+                    1_500..=600_000
+                };
+                assert!(range.contains(&gap), "{s:?} {gap}");
+                if s.is_burst() {
+                    assert!(e.base_ms >= ev.event_time_ms, "never ahead of its slot");
+                }
+            }
+        }
+        check_margins(&cfg, 3, 30_000);
     }
 }

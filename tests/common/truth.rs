@@ -1,6 +1,7 @@
 //! The aggregator's NDJSON output against the load generator's ground truth, exactly: every
-//! final window (minute, and its hour and day rollups) reported once and equal to the truth,
-//! none missing, none extra, and the tallies equal to the truth's and adding up. Used by
+//! final window (minute, and its hour and day rollups) reported once and equal to the truth
+//! (billable clicks, duplicates, and invalid clicks by reason), none missing, none extra, and
+//! the tallies equal to the truth's and adding up. Used by
 //! tests/aggregator.rs and, through the chaos test's checker, by scripts/chaos.sh.
 
 use std::collections::BTreeMap;
@@ -10,12 +11,46 @@ use std::time::Duration;
 use adclick::aggregator::output::{Line, Tallies};
 use adclick::aggregator::sink::aggregates::{AggregateRecord, CommittedReader};
 use adclick::aggregator::sink::parquet::{read_archive, read_windows};
-use adclick::loadgen::truth::TruthReport;
+use adclick::loadgen::truth::{REASONS, TruthReport};
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 
 /// (granularity, window start, [ad, campaign, advertiser, publisher, country, device]).
 pub type Key = (&'static str, u64, [String; 6]);
-pub type Rows = BTreeMap<Key, (i64, i64)>;
+pub type Rows = BTreeMap<Key, Counts>;
+
+/// What a window row counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Billable clicks.
+    pub clicks: i64,
+    pub duplicates: i64,
+    /// Invalid clicks by reason name; reasons without clicks left out.
+    pub invalid: BTreeMap<&'static str, i64>,
+}
+
+impl Counts {
+    /// From a window line's invalid clicks, indexed by precedence.
+    pub fn of(clicks: i64, duplicates: i64, invalid: [i64; 7]) -> Counts {
+        Counts {
+            clicks,
+            duplicates,
+            invalid: REASONS
+                .into_iter()
+                .zip(invalid)
+                .filter(|(_, n)| *n != 0)
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Counts::default()
+    }
+
+    /// Invalid clicks, whatever the reason.
+    pub fn invalid_total(&self) -> i64 {
+        self.invalid.values().sum()
+    }
+}
 
 pub const GRANULARITIES: [(&str, u64); 3] =
     [("minute", MINUTE_MS), ("hour", HOUR_MS), ("day", DAY_MS)];
@@ -48,8 +83,15 @@ pub fn expected(t: &TruthReport) -> Rows {
         for (g, ms) in GRANULARITIES {
             let start = (w.minute_ms as u64) / ms * ms;
             let v = rows.entry((g, start, dims.clone())).or_default();
-            v.0 += w.clicks as i64;
-            v.1 += w.duplicates as i64;
+            v.clicks += w.clicks as i64;
+            v.duplicates += w.duplicates as i64;
+            for (reason, n) in &w.invalid {
+                let reason = REASONS
+                    .into_iter()
+                    .find(|r| r == reason)
+                    .unwrap_or_else(|| panic!("the truth counts under {reason:?}"));
+                *v.invalid.entry(reason).or_default() += *n as i64;
+            }
         }
     }
     rows
@@ -84,12 +126,13 @@ pub fn final_rows(lines: impl Iterator<Item = Line>) -> (Rows, Option<Tallies>) 
     let mut tallies = None;
     for line in lines {
         if let Some(w) = line.window() {
-            if w.status == "final" && (w.clicks, w.duplicates) != (0, 0) {
+            let counts = Counts::of(w.clicks, w.duplicates, w.invalid);
+            if w.status == "final" && !counts.is_empty() {
                 let g = w.granularity;
                 let g = granularity(g).unwrap_or_else(|| panic!("granularity {g:?}"));
                 let key = (g, w.start, w.dims.map(String::from));
                 assert!(
-                    rows.insert(key.clone(), (w.clicks, w.duplicates)).is_none(),
+                    rows.insert(key.clone(), counts).is_none(),
                     "a window reported final twice: {key:?}"
                 );
             }
@@ -103,23 +146,26 @@ pub fn final_rows(lines: impl Iterator<Item = Line>) -> (Rows, Option<Tallies>) 
 }
 
 /// The tallies an exactly-once aggregator reports for the truth's traffic. Through the
-/// redirect (`--output http`), nothing invalid reaches the clicks topic: forged links are
+/// redirect (`--output http`), nothing rejected reaches the clicks topic: forged links are
 /// refused, malformed, future-dated and oversized partner lines rejected (to `clicks-dlq`),
 /// keyless batches answered 401, stalled requests never finished. Written straight to Kafka
 /// or files, malformed, future-dated and oversized records reach the aggregator and are
-/// dead-lettered there. Ancient (hostile) events are part of `late` either way.
+/// dead-lettered there. Ancient (hostile) events are part of `late` either way. Invalid
+/// traffic is received and counted apart from billable clicks: `counted` is billable.
 pub fn expected_tallies(truth: &TruthReport) -> Tallies {
     let t = &truth.tallies;
     let via_redirect = truth.config["loadgen"]["output"] == "http";
     let (received, dead_lettered) = if via_redirect {
-        (t.emitted - t.invalid, 0)
+        (t.emitted - t.rejected, 0)
     } else {
-        let rejected = t.malformed + t.future + t.oversized;
-        (t.emitted - (t.invalid - rejected), rejected)
+        let dead = t.malformed + t.future + t.oversized;
+        (t.emitted - (t.rejected - dead), dead)
     };
     Tallies {
         received,
         counted: t.counted as i64,
+        invalid: t.invalid as i64,
+        invalid_by_reason: REASONS.map(|r| t.invalid_by_reason.get(r).map_or(0, |&n| n as i64)),
         duplicates: t.duplicates as i64,
         late: t.late,
         dead_lettered,
@@ -147,7 +193,11 @@ pub fn check(out: &Path, truth: &TruthReport, what: &str) -> Compared {
     );
     assert_eq!(
         tallies.received as i64,
-        tallies.counted + tallies.duplicates + tallies.late as i64 + tallies.dead_lettered as i64,
+        tallies.counted
+            + tallies.invalid
+            + tallies.duplicates
+            + tallies.late as i64
+            + tallies.dead_lettered as i64,
         "{what}: tallies add up"
     );
     let windows = GRANULARITIES.map(|(g, _)| rows.keys().filter(|k| k.0 == g).count());

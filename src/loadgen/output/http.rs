@@ -67,6 +67,9 @@ pub struct Target {
     catalog: Catalog,
     country_header: HeaderName,
     ip_header: Option<HeaderName>,
+    /// Without a client IP header, the address the redirect sees for every click URL: this
+    /// process's, on a loopback connection.
+    own_ip: String,
     user_id_cookie: String,
     partner_key: Option<String>,
 }
@@ -128,15 +131,28 @@ impl Target {
                  --hostile to 0)"
             );
         }
+        let ip_header = (!r.client_ip_header.is_empty())
+            .then(|| header(&r.client_ip_header, "redirect.client_ip_header"))
+            .transpose()?;
+        let own_ip = match &ip_header {
+            Some(_) => String::new(),
+            None => loopback(&cfg.target).with_context(|| {
+                format!(
+                    "redirect.client_ip_header is empty and the target {} is not a loopback \
+                     address: the truth could not know the address the redirect sees (the \
+                     invalid-traffic rules count clicks per address)",
+                    cfg.target
+                )
+            })?,
+        };
         Ok(Self {
             base: cfg.target.trim_end_matches('/').to_string(),
             keyring,
             rogue,
             catalog,
             country_header: header(&r.country_header, "redirect.country_header")?,
-            ip_header: (!r.client_ip_header.is_empty())
-                .then(|| header(&r.client_ip_header, "redirect.client_ip_header"))
-                .transpose()?,
+            ip_header,
+            own_ip,
             user_id_cookie: r.user_id_cookie.clone(),
             partner_key,
         })
@@ -146,7 +162,7 @@ impl Target {
     /// the URL its original requested, when given; other clicks get a freshly signed one.
     pub fn plan(&self, e: &Emission, now_s: i64, link: Option<String>) -> Planned {
         match &e.kind {
-            Kind::Click | Kind::Bot | Kind::Duplicate | Kind::Retry => Planned {
+            Kind::Click | Kind::Bot | Kind::Duplicate | Kind::Retry | Kind::Scheme(_) => Planned {
                 request: self.get(e, &link.unwrap_or_else(|| self.url(e, None, now_s))),
                 expect: Expect::Redirect,
             },
@@ -288,6 +304,18 @@ impl Target {
         req.body(Full::new(Bytes::new()))
             .expect("generated URLs and headers are valid")
     }
+}
+
+/// The address a connection to `target` comes from, if its host is a loopback address.
+fn loopback(target: &str) -> Option<String> {
+    let uri: hyper::Uri = target.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = if host == "localhost" {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        host.parse().ok()?
+    };
+    ip.is_loopback().then(|| ip.to_string())
 }
 
 /// `query` with parameter `name`'s value changed: its first character swapped for another
@@ -574,6 +602,7 @@ async fn deliver(
             | Kind::Retry
             | Kind::Forged(_)
             | Kind::Hostile(Hostile::Tracked(_))
+            | Kind::Scheme(_)
     );
     if is_get {
         while let Some(wait) = boundary_wait(now_millis(), s.guard_ms) {
@@ -583,6 +612,15 @@ async fn deliver(
     let sent_ms = now_millis();
     if is_get {
         e.click.event.event_time_ms = sent_ms;
+        // The address the redirect sees: the client IP header's, raw (so it can find a data
+        // center), or this connection's own.
+        match &s.target.ip_header {
+            Some(_) => e.click.edge = true,
+            None => e.click.ip = s.target.own_ip.clone(),
+        }
+        // Signed click URLs do not carry the impression time yet: the redirect's events
+        // have none.
+        e.click.event.impression_time_ms = 0;
     } else if e.kind != Kind::Hostile(Hostile::Future) {
         // Partner events keep their distance behind real time, however late the worker runs.
         e.click.event.event_time_ms += sent_ms - e.base_ms;
