@@ -292,3 +292,67 @@ async fn the_signed_impression_time_reaches_the_event_and_cannot_be_altered() {
     assert_eq!(got["imp-old-link"].impression_time_ms, 0);
     server.stop().await;
 }
+
+/// `adclick-redirect sign` signs the moment of signing as the impression time, or the one it
+/// is given, or none.
+#[test]
+fn sign_signs_the_impression_time() {
+    let cfg: Config = adclick::config::load(Some(demo_config().as_ref()), vec![]).unwrap();
+    let ring = Keyring::new(&cfg.signing.keys, cfg.signing.active_kid.as_deref()).unwrap();
+    let sign = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_adclick-redirect"))
+            .args([
+                "--config",
+                &demo_config(),
+                "sign",
+                "--impression-id",
+                "imp-t",
+            ])
+            .args([
+                "--ad-id",
+                "ad_1",
+                "--campaign-id",
+                "cmp_1",
+                "--advertiser-id",
+            ])
+            .args([
+                "adv_1",
+                "--publisher-id",
+                "pub_1",
+                "--url",
+                "https://shop.example/",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let url = String::from_utf8(out.stdout).unwrap();
+        (out.status.success(), url.trim().to_string())
+    };
+    let time_of = |url: &str| {
+        let query = url.split_once('?').unwrap().1;
+        ring.verify_link("imp-t", query, adclick::timefmt::now_millis() / 1000)
+            .unwrap()
+            .impression_time_ms
+    };
+    let before = adclick::timefmt::now_millis() as u64;
+    let (ok, url) = sign(&[]);
+    let after = adclick::timefmt::now_millis() as u64;
+    assert!(ok, "{url}");
+    let t = time_of(&url).expect("signed by default");
+    assert!((before..=after).contains(&t), "{t}");
+    let (ok, url) = sign(&["--impression-time", "2026-04-20T12:00:00Z"]);
+    assert!(ok);
+    assert_eq!(time_of(&url), Some(1_776_686_400_000));
+    let (ok, url) = sign(&["--impression-time", "1776686400123"]);
+    assert!(ok);
+    assert_eq!(time_of(&url), Some(1_776_686_400_123));
+    let (ok, url) = sign(&["--no-impression-time"]);
+    assert!(ok);
+    assert_eq!(time_of(&url), None);
+    assert!(!url.contains("imp_time"));
+    assert!(!sign(&["--impression-time", "soon"]).0);
+    assert!(
+        !sign(&["--impression-time", "5"]).0,
+        "1970 is no impression time"
+    );
+}
