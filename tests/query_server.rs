@@ -860,4 +860,28 @@ fn the_dashboard_shows_the_truth(addr: &str, truth: &TruthReport, end: u64) {
         complete_clicks > 0,
         "the chart shows the traffic: {plotted}"
     );
+
+    // The traffic-quality card: over the chart's range, the rows the API answers, in its
+    // order (highest invalid share first); the health panel shows the invalid tally.
+    let quality = &shown["quality"];
+    assert_eq!(quality["params"]["from"], first, "{quality}");
+    assert_eq!(quality["params"]["to"], to.as_str(), "{quality}");
+    let (status, api) = get(
+        addr,
+        &format!("/api/v1/reports/traffic_quality?from={first}&to={to}&groupBy=publisher_id"),
+        Some(ADMIN),
+    );
+    assert_eq!(status, 200, "{api}");
+    // Each row as [id, clicks, invalid, invalidClicks, invalidShare].
+    let rows = |v: &Value, id: &str| -> Vec<Vec<Value>> {
+        let fields = [id, "clicks", "invalid", "invalidClicks", "invalidShare"];
+        let rows = v["rows"].as_array().unwrap().iter();
+        rows.map(|r| fields.iter().map(|f| r[f].clone()).collect())
+            .collect()
+    };
+    let (api, page) = (rows(&api, "publisherId"), rows(quality, "id"));
+    assert!(!page.is_empty(), "the card shows publishers: {quality}");
+    assert_eq!(quality["total"], api.len(), "{quality}");
+    assert_eq!(page[..], api[..page.len()], "traffic quality: page vs API");
+    assert!(shown["health"]["tallies"]["invalid"].is_number(), "{shown}");
 }

@@ -4,8 +4,12 @@
 // page shows as one line of JSON:
 //
 //   {"chart": [[minuteIso, clicks], ...],
-//    "plotted": {"minutes": [iso, ...], "clicks": [n, ...], "duplicates": [n, ...]},
-//    "top": [[adId, count], ...], "health": {...}, "errors": [...]}
+//    "plotted": {"minutes": [iso, ...], "clicks": [n, ...], "invalid": [n, ...],
+//                "duplicates": [n, ...]},
+//    "top": [[adId, count], ...], "health": {...},
+//    "quality": {"params": {from, to, groupBy, ...}, "rows": [{id, clicks, invalid,
+//                invalidClicks, invalidShare}, ...], "total": n, "shown": n},
+//    "errors": [...]}
 //
 // Usage:
 //   node tests/browser/dashboard.mjs --url http://127.0.0.1:PORT/ --key API_KEY \
@@ -90,7 +94,13 @@ function watchErrors(page, errors) {
 async function readDashboard(page) {
   return page.evaluate(() => {
     const d = window.__dashboard || {};
-    return { chart: d.chart ?? null, plotted: d.plotted ?? null, top: d.top ?? null, health: d.health ?? null };
+    return {
+      chart: d.chart ?? null,
+      plotted: d.plotted ?? null,
+      top: d.top ?? null,
+      health: d.health ?? null,
+      quality: d.quality ?? null,
+    };
   });
 }
 
@@ -102,7 +112,7 @@ async function pageSays(page) {
         const node = document.querySelector(sel);
         return node && !node.hidden ? node.textContent.trim() : "";
       };
-      return ["#banner", "#status", "#chart-error", "#top-error", "#health-error"]
+      return ["#banner", "#status", "#chart-error", "#top-error", "#health-error", "#quality-error"]
         .map((sel) => [sel, text(sel)])
         .filter(([, t]) => t)
         .map(([sel, t]) => `${sel}: ${t}`)

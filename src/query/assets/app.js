@@ -3,11 +3,15 @@
 // Plain ES2020, no build step. Served at /assets/app.js next to the vendored
 // uPlot (/assets/uplot.min.js), which defines the global `uPlot`.
 //
-// Every 2 s the page refreshes three panels: the clicks-per-minute chart, the
+// Every 2 s the page refreshes four panels: the clicks-per-minute chart
+// (billable and invalid), the traffic-quality table over the chart's range, the
 // top-ads table and the pipeline-health panel. The report table runs only when
-// its form is submitted. After the first refresh in which all three panels
+// its form is submitted. After the first refresh in which all four panels
 // loaded, <body data-ready="1"> is set; what the panels show is mirrored on
 // window.__dashboard for tests.
+//
+// Every id and reason name comes from the server (ids from click traffic, so
+// from anyone): the page shows them with textContent, never as HTML.
 "use strict";
 
 const REFRESH_MS = 2000;
@@ -33,6 +37,20 @@ const DIMENSIONS = [
 // Filter query parameters (same names as the groupBy values).
 const FILTERS = ["ad_id", "campaign_id", "publisher_id", "country", "device"];
 
+// Invalid-traffic reasons in precedence order: a click with several counts
+// under the first. The server leaves out reasons with no clicks; a reason this
+// page does not know (a newer server's) is shown after these.
+const REASONS = ["known_bot", "datacenter", "no_user_agent", "headless", "ip_flood", "user_flood", "too_fast"];
+
+// Traffic-quality groupings: the groupBy value, the row key, the column header.
+const QUALITY_GROUPS = {
+  publisher_id: { key: "publisherId", label: "Publisher" },
+  campaign_id: { key: "campaignId", label: "Campaign" },
+  country: { key: "country", label: "Country" },
+};
+// Rows shown at most (the server ranks by invalid share, highest first).
+const QUALITY_ROWS = 50;
+
 const state = {
   key: "",
   generation: 0, // bumped when the key changes; older answers are dropped
@@ -49,7 +67,7 @@ const state = {
 };
 
 // What the page shows, for tests and the curious.
-window.__dashboard = { chart: [], plotted: null, top: [], health: null, report: null };
+window.__dashboard = { chart: [], plotted: null, top: [], health: null, quality: null, report: null };
 
 // ---------------------------------------------------------------- helpers
 
@@ -123,6 +141,41 @@ function row(cells) {
 
 function numCell(n) {
   return el("td", fmtInt(n), "num");
+}
+
+/** "12.5 %" for a share in [0, 1]. */
+function fmtShare(share) {
+  if (typeof share !== "number" || !Number.isFinite(share)) return "–";
+  const pct = share * 100;
+  return `${pct === 0 || pct === 100 ? pct.toFixed(0) : pct.toFixed(1)} %`;
+}
+
+/** An invalid-by-reason map as [[reason, n], ...]: precedence order, unknown reasons last. */
+function reasonEntries(invalid) {
+  if (!invalid || typeof invalid !== "object") return [];
+  const entries = Object.entries(invalid).filter(([, n]) => typeof n === "number" && n !== 0);
+  const rank = (r) => {
+    const i = REASONS.indexOf(r);
+    return i < 0 ? REASONS.length : i;
+  };
+  return entries.sort(([a], [b]) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** Invalid clicks of all reasons. */
+function invalidTotal(invalid) {
+  return reasonEntries(invalid).reduce((sum, [, n]) => sum + n, 0);
+}
+
+/** "ip_flood 3 · known_bot 1", or `none` when there are none. */
+function fmtReasons(invalid, none = "none") {
+  const entries = reasonEntries(invalid);
+  return entries.length ? entries.map(([r, n]) => `${r} ${fmtInt(n)}`).join(" · ") : none;
+}
+
+/** Adds reason maps: {a: 1} + {a: 2, b: 1} = {a: 3, b: 1}. */
+function addReasons(into, invalid) {
+  for (const [r, n] of reasonEntries(invalid)) into[r] = (into[r] || 0) + n;
+  return into;
 }
 
 /** Shows a panel's own error; a rejected key is said once, in the banner. */
@@ -228,6 +281,10 @@ function renderHealth(health) {
   $("#h-watermark").textContent = health.watermark ? fmtInstant(health.watermark) : "none yet";
   $("#h-received").textContent = fmtInt(tallies.received);
   $("#h-counted").textContent = fmtInt(tallies.counted);
+  $("#h-invalid").textContent = fmtInt(tallies.invalid);
+  const byReason = tallies.invalid_by_reason || {};
+  $("#h-invalid-reasons").textContent =
+    typeof tallies.invalid === "number" ? `Invalid by reason (finalized windows): ${fmtReasons(byReason)}` : "";
   $("#h-duplicates").textContent = fmtInt(tallies.duplicates);
   $("#h-late").textContent = fmtInt(tallies.late);
   $("#h-dead").textContent = fmtInt(tallies.dead_lettered);
@@ -265,6 +322,8 @@ function renderHealth(health) {
     tallies: {
       received: tallies.received ?? null,
       counted: tallies.counted ?? null,
+      invalid: tallies.invalid ?? null,
+      invalid_by_reason: Object.fromEntries(reasonEntries(byReason)),
       duplicates: tallies.duplicates ?? null,
       late: tallies.late ?? null,
       dead_lettered: tallies.dead_lettered ?? null,
@@ -324,7 +383,8 @@ function chartColumns(rows, range) {
   const xs = [...minutes].sort((a, b) => a - b);
   const clicks = xs.map((t) => byMinute.get(t)?.clicks ?? 0);
   const duplicates = xs.map((t) => byMinute.get(t)?.duplicates ?? 0);
-  return [xs.map((t) => t / 1000), clicks, duplicates];
+  const invalid = xs.map((t) => invalidTotal(byMinute.get(t)?.invalid));
+  return [xs.map((t) => t / 1000), clicks, invalid, duplicates];
 }
 
 function renderChart(data, range) {
@@ -340,14 +400,16 @@ function renderChart(data, range) {
   if (filters.length) parts.push(`filtered by ${filters.join(", ")}`);
   if (data.complete === false) parts.push("latest minute still filling");
   const total = rows.reduce((sum, r) => sum + (r.clicks || 0), 0);
-  parts.push(`${fmtInt(total)} clicks`);
+  const invalid = rows.reduce((sum, r) => sum + invalidTotal(r.invalid), 0);
+  parts.push(`${fmtInt(total)} billable clicks`, `${fmtInt(invalid)} invalid`);
   $("#chart-sub").textContent = parts.join(" · ");
 
   window.__dashboard.chart = rows.map((r) => [r.minute, r.clicks]);
   window.__dashboard.plotted = {
     minutes: columns[0].map((s) => iso(s * 1000)),
     clicks: columns[1],
-    duplicates: columns[2],
+    invalid: columns[2],
+    duplicates: columns[3],
   };
 }
 
@@ -373,7 +435,8 @@ function drawPlot(columns) {
     },
     series: [
       { label: "minute (UTC)", value: (u, ts) => (ts == null ? "–" : fmtTimeCell(iso(ts * 1000))) },
-      { label: "clicks", stroke: "#2563eb", width: 2, fill: "rgba(37, 99, 235, 0.08)", value },
+      { label: "billable clicks", stroke: "#2563eb", width: 2, fill: "rgba(37, 99, 235, 0.08)", value },
+      { label: "invalid", stroke: "#dc2626", width: 1.5, fill: "rgba(220, 38, 38, 0.06)", points: { show: false }, value },
       { label: "duplicates", stroke: "#d97706", width: 1.5, dash: [4, 3], points: { show: false }, value },
     ],
     axes: [
@@ -402,6 +465,102 @@ function clearChart() {
   $("#chart-sub").textContent = "last 60 minutes";
   window.__dashboard.chart = [];
   window.__dashboard.plotted = null;
+}
+
+// ------------------------------------------------ traffic-quality panel
+
+function qualityGroup() {
+  const checked = document.querySelector('#quality-by input[name="quality-by"]:checked');
+  return checked && QUALITY_GROUPS[checked.value] ? checked.value : "publisher_id";
+}
+
+/** The invalid share per group over the chart's range, with the chart's filters. */
+async function refreshQuality(gen, health) {
+  const range = chartRange(health);
+  const groupBy = qualityGroup();
+  const params = { from: iso(range.from), to: iso(range.to), groupBy, ...state.filters };
+  const result = await apiGet("/api/v1/reports/traffic_quality", params);
+  if (gen !== state.generation) return { ...result, stale: true };
+  if (result.ok && !Array.isArray(result.data.rows)) {
+    result.ok = false;
+    result.message = "unexpected answer (no rows)";
+  }
+  if (!result.ok) {
+    showPanelError("#quality-error", result.message);
+    return result;
+  }
+  showPanelError("#quality-error", "");
+  renderQuality(result.data, params, range);
+  return result;
+}
+
+/** A share as a number and a small bar (widths set as styles, text as text). */
+function shareCell(share) {
+  const td = el("td", null, "num");
+  const wrap = el("span", null, "share");
+  const bar = el("span", null, "share-bar");
+  const fill = el("span", null, "share-fill");
+  const value = typeof share === "number" && Number.isFinite(share) ? Math.min(1, Math.max(0, share)) : 0;
+  fill.style.width = `${(value * 100).toFixed(1)}%`;
+  if (value >= 0.5) fill.classList.add("share-high");
+  bar.append(fill);
+  wrap.append(bar, el("span", fmtShare(share), "share-text"));
+  td.append(wrap);
+  return td;
+}
+
+function renderQuality(data, params, range) {
+  const group = QUALITY_GROUPS[params.groupBy];
+  const all = data.rows;
+  const rows = all.slice(0, QUALITY_ROWS);
+  $("#quality-dim").textContent = group.label;
+
+  const tbody = $("#quality-table tbody");
+  tbody.replaceChildren(
+    ...rows.map((r) => {
+      const invalid = typeof r.invalidClicks === "number" ? r.invalidClicks : invalidTotal(r.invalid);
+      const reasons = el("td", fmtReasons(r.invalid, "–"), "reasons");
+      return row([el("td", r[group.key] ?? "–"), numCell(r.clicks), numCell(invalid), shareCell(r.invalidShare), reasons]);
+    }),
+  );
+  if (!rows.length) {
+    tbody.append(row([Object.assign(el("td", "no clicks in this range", "empty"), { colSpan: 5 })]));
+  }
+
+  const billable = all.reduce((s, r) => s + (r.clicks || 0), 0);
+  const byReason = all.reduce((acc, r) => addReasons(acc, r.invalid), {});
+  const invalid = invalidTotal(byReason);
+  const share = billable + invalid > 0 ? invalid / (billable + invalid) : 0;
+  const filters = Object.entries(state.filters).map(([k, v]) => `${k}=${v}`);
+  const parts = [
+    `${fmtTimeCell(iso(range.from))} – ${fmtTimeCell(iso(range.to))} UTC (the chart's range)`,
+    `${fmtInt(invalid)} invalid of ${fmtInt(billable + invalid)} clicks: ${fmtShare(share)}`,
+  ];
+  if (all.length > rows.length) parts.push(`the ${fmtInt(rows.length)} highest shares of ${fmtInt(all.length)}`);
+  if (filters.length) parts.push(`filtered by ${filters.join(", ")}`);
+  if (data.complete === false) parts.push("latest minute still filling");
+  $("#quality-sub").textContent = parts.join(" · ");
+  $("#quality-reasons").textContent = `Invalid by reason: ${fmtReasons(byReason)}`;
+
+  window.__dashboard.quality = {
+    params,
+    rows: rows.map((r) => ({
+      id: r[group.key] ?? null,
+      clicks: r.clicks ?? null,
+      invalid: Object.fromEntries(reasonEntries(r.invalid)),
+      invalidClicks: r.invalidClicks ?? null,
+      invalidShare: r.invalidShare ?? null,
+    })),
+    total: all.length,
+    shown: tbody.querySelectorAll("tr").length,
+  };
+}
+
+function clearQuality() {
+  $("#quality-table tbody").replaceChildren();
+  $("#quality-sub").textContent = "the chart's range";
+  $("#quality-reasons").textContent = "";
+  window.__dashboard.quality = null;
 }
 
 // -------------------------------------------------------- top-ads panel
@@ -523,7 +682,12 @@ function renderReport(data, groupBy, params) {
   const rows = data.rows;
   const dims = reportColumns(rows, groupBy);
   const thead = $("#report-table thead");
-  const headers = [...dims.map((d) => el("th", d.label)), el("th", "Clicks", "num"), el("th", "Duplicates", "num")];
+  const headers = [
+    ...dims.map((d) => el("th", d.label)),
+    el("th", "Billable", "num"),
+    el("th", "Invalid", "num"),
+    el("th", "Duplicates", "num"),
+  ];
   thead.replaceChildren(row(headers));
 
   const tbody = $("#report-table tbody");
@@ -532,19 +696,22 @@ function renderReport(data, groupBy, params) {
       row([
         ...dims.map((d) => el("td", d.time ? fmtTimeCell(r[d.key], d.param) : r[d.key] ?? "–")),
         numCell(r.clicks),
+        Object.assign(numCell(invalidTotal(r.invalid)), { title: fmtReasons(r.invalid) }),
         numCell(r.duplicates),
       ]),
     ),
   );
   if (!rows.length) {
-    tbody.append(row([Object.assign(el("td", "no clicks match", "empty"), { colSpan: dims.length + 2 })]));
+    tbody.append(row([Object.assign(el("td", "no clicks match", "empty"), { colSpan: dims.length + 3 })]));
   }
 
   const clicks = rows.reduce((s, r) => s + (r.clicks || 0), 0);
   const duplicates = rows.reduce((s, r) => s + (r.duplicates || 0), 0);
+  const invalid = rows.reduce((s, r) => s + invalidTotal(r.invalid), 0);
   const parts = [
     `${fmtInt(rows.length)} row${rows.length === 1 ? "" : "s"}`,
-    `${fmtInt(clicks)} clicks`,
+    `${fmtInt(clicks)} billable clicks`,
+    `${fmtInt(invalid)} invalid`,
     `${fmtInt(duplicates)} duplicates`,
   ];
   if (data.complete === false) {
@@ -584,8 +751,9 @@ function clearFilters() {
 
 async function refreshHealthAndChart(gen) {
   const health = await refreshHealth(gen);
-  const chart = await refreshChart(gen, health.ok ? health.data : null);
-  return [health, chart];
+  const data = health.ok ? health.data : null;
+  const [chart, quality] = await Promise.all([refreshChart(gen, data), refreshQuality(gen, data)]);
+  return [health, chart, quality];
 }
 
 async function refreshAll() {
@@ -594,8 +762,8 @@ async function refreshAll() {
     return;
   }
   const gen = state.generation;
-  const [[health, chart], top] = await Promise.all([refreshHealthAndChart(gen), refreshTop(gen)]);
-  const results = [health, chart, top];
+  const [[health, chart, quality], top] = await Promise.all([refreshHealthAndChart(gen), refreshTop(gen)]);
+  const results = [health, chart, quality, top];
   if (results.some((r) => r.stale)) return;
 
   if (results.some((r) => r.status === 401)) {
@@ -678,13 +846,15 @@ function loadKey() {
 function clearPanels() {
   clearChart();
   clearTop();
+  clearQuality();
   clearReport();
   window.__dashboard.health = null;
   $("#partitions-table tbody").replaceChildren();
-  for (const id of ["#h-delay", "#h-watermark", "#h-received", "#h-counted", "#h-duplicates", "#h-late", "#h-dead", "#h-workers"]) {
+  for (const id of ["#h-delay", "#h-watermark", "#h-received", "#h-counted", "#h-invalid", "#h-duplicates", "#h-late", "#h-dead", "#h-lost", "#h-workers"]) {
     $(id).textContent = "–";
   }
-  for (const id of ["#chart-error", "#top-error", "#health-error"]) showPanelError(id, "");
+  $("#h-invalid-reasons").textContent = "";
+  for (const id of ["#chart-error", "#top-error", "#health-error", "#quality-error"]) showPanelError(id, "");
 }
 
 function useKey(event) {
@@ -720,6 +890,9 @@ function start() {
     requestRefresh();
   });
   $("#top-window").addEventListener("change", requestRefresh);
+  for (const radio of document.querySelectorAll('#quality-by input[name="quality-by"]')) {
+    radio.addEventListener("change", requestRefresh);
+  }
   $("#top-country").addEventListener("change", requestRefresh);
 
   if (typeof window.uPlot !== "function") {
