@@ -201,6 +201,188 @@ pub fn top_n_by_advertiser<'s>(
     )
 }
 
+/// Rankings changed in one activation, newest per window ahead of what was emitted: a window
+/// may change more than once before anything is emitted.
+#[derive(Default)]
+struct Changed {
+    latest: HashMap<RankKey, Ranking>,
+    list: Vec<(RankKey, Ranking, u64)>,
+}
+
+impl Changed {
+    /// Sets `key`'s ranking at `at` to `next(shard, newest ranking so far)`. An empty ranking
+    /// is no ranking: nothing to emit unless one is retracted.
+    fn set(
+        &mut self,
+        shard: &Shard,
+        key: RankKey,
+        at: u64,
+        next: impl FnOnce(&Shard, &Ranking) -> Ranking,
+    ) {
+        let none = Ranking::new();
+        let current = self
+            .latest
+            .get(&key)
+            .or_else(|| shard.emitted.get(&key))
+            .unwrap_or(&none);
+        let ranking = next(shard, current);
+        if ranking != *current {
+            self.latest.insert(key, ranking.clone());
+            self.list.push((key, ranking, at));
+        }
+    }
+}
+
+/// Stage 1 on one worker: its shard's counts and rankings, and the changes waiting for the
+/// frontier. The operator only buffers input and asks it to [`Ranker::step`].
+struct Ranker {
+    shard_id: u64,
+    n: usize,
+    windows: Vec<u64>,
+    longest: u64,
+    allowed_lateness_ms: u64,
+    scopes_of: Scopes,
+    shard: Shard,
+    pending: BTreeMap<u64, Vec<Change>>,
+    /// Scopes with minutes kept.
+    scopes: BTreeSet<Scope>,
+    /// Minutes whose windows have been ranked at least once: everything before.
+    ranked_through: Option<u64>,
+}
+
+impl Ranker {
+    /// Buffers a minute row's change at time `t`.
+    fn take(&mut self, t: u64, (minute, dims): Row, clicks: i64) {
+        if clicks != 0 {
+            self.pending.entry(t).or_default().push((
+                minute,
+                (self.scopes_of)(&dims),
+                (dims.ad_id, dims.advertiser_id),
+                clicks,
+            ));
+        }
+    }
+
+    /// Everything the frontier (`bound`; `None` when input ended) now allows: late changes
+    /// re-ranked, windows of passed minutes ranked, as updates at times not before `now`.
+    fn step(&mut self, bound: Option<u64>, now: u64) -> Vec<ShardUpdate> {
+        let limit = bound.unwrap_or(u64::MAX);
+        let mut changed = Changed::default();
+        self.apply_changes(limit, &mut changed);
+        self.rank_passed_minutes(limit, now, &mut changed);
+        let updates = self.emit(changed, now);
+        self.forget(limit, bound.is_none());
+        updates
+    }
+
+    /// Applies the changes at times before `limit`; late changes to minutes already ranked
+    /// re-rank their windows, at the change's time, while they are not final.
+    fn apply_changes(&mut self, limit: u64, changed: &mut Changed) {
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() >= limit {
+                break;
+            }
+            let (t, changes) = entry.remove_entry();
+            // Windows already ranked and not final that a change falls in: the ads that
+            // changed in each, and those that lost clicks.
+            let mut dirty: BTreeMap<RankKey, (BTreeSet<Ad>, BTreeSet<Ad>)> = BTreeMap::new();
+            for (minute, in_scopes, ad, clicks) in changes {
+                for scope in in_scopes {
+                    *self
+                        .shard
+                        .minutes
+                        .entry((scope, minute))
+                        .or_default()
+                        .entry(ad)
+                        .or_default() += clicks;
+                    self.scopes.insert(scope);
+                    if self.ranked_through.is_none_or(|r| minute > r) {
+                        continue; // ranked when the frontier passes it
+                    }
+                    for &m in &self.windows {
+                        for k in 0..m {
+                            let end = minute + k * MINUTE_MS;
+                            if self.ranked_through.is_some_and(|r| end <= r)
+                                && t < final_at(end, self.allowed_lateness_ms)
+                            {
+                                let d = dirty.entry((m, end, scope)).or_default();
+                                d.0.insert(ad);
+                                if clicks < 0 {
+                                    d.1.insert(ad);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let n = self.n;
+            for (key, (ads, lost)) in dirty {
+                changed.set(&self.shard, key, t, |s, cur| {
+                    s.rerank(&key, cur, &ads, &lost, n)
+                });
+            }
+        }
+    }
+
+    /// Ranks the windows of the minutes the frontier has passed the end of.
+    fn rank_passed_minutes(&mut self, limit: u64, now: u64, changed: &mut Changed) {
+        let minutes = || self.shard.minutes.keys().map(|(_, m)| *m);
+        let mut minute = self
+            .ranked_through
+            .map_or(minutes().min().unwrap_or(u64::MAX), |r| r + MINUTE_MS);
+        let last_data = minutes().max().unwrap_or(0);
+        while minute != u64::MAX && minute + MINUTE_MS <= limit {
+            if minute > last_data + (self.longest - 1) * MINUTE_MS {
+                break; // no window ending here or later holds data
+            }
+            let at = (minute + MINUTE_MS).max(now);
+            for scope in &self.scopes {
+                for &m in &self.windows {
+                    let key = (m, minute, *scope);
+                    changed.set(&self.shard, key, at, |s, _| s.rank(&key, self.n));
+                }
+            }
+            self.ranked_through = Some(minute);
+            minute += MINUTE_MS;
+        }
+    }
+
+    /// The updates for `changed`: the previous ranking retracted, the new one inserted.
+    fn emit(&mut self, changed: Changed, now: u64) -> Vec<ShardUpdate> {
+        let mut out = Vec::new();
+        for (key, ranking, at) in changed.list {
+            let at = at.max(now);
+            if let Some(old) = self.shard.emitted.remove(&key) {
+                out.push((((key, self.shard_id), old), at, -1));
+            }
+            if !ranking.is_empty() {
+                self.shard.emitted.insert(key, ranking.clone());
+                out.push((((key, self.shard_id), ranking), at, 1));
+            }
+        }
+        out
+    }
+
+    /// Forgets final rankings (they no longer change; [`retire`] retracts them) and minutes
+    /// no window that can still change needs.
+    fn forget(&mut self, limit: u64, ended: bool) {
+        let lateness = self.allowed_lateness_ms;
+        self.shard
+            .emitted
+            .retain(|(_, end, _), _| final_at(*end, lateness) > limit);
+        let keep_from = limit.saturating_sub(lateness + self.longest * MINUTE_MS + MINUTE_MS);
+        let before = self.shard.minutes.len();
+        self.shard
+            .minutes
+            .retain(|(_, m), _| *m >= keep_from || ended);
+        if self.shard.minutes.len() < before {
+            // Scopes with no minute left rank empty: stop ranking them (there are as many
+            // advertiser scopes as advertisers and their countries).
+            self.scopes = self.shard.minutes.keys().map(|(s, _)| *s).collect();
+        }
+    }
+}
+
 /// The rankings of every scope `scopes` puts minute rows in, each retracted at
 /// `retire_at(window end)`.
 fn rankings<'s>(
@@ -220,154 +402,29 @@ fn rankings<'s>(
             exchange,
             shard_name,
             move |cap, info| {
-                let shard_id = info.global_id as u64;
                 let mut cap = Some(cap);
-                let mut pending: BTreeMap<u64, Vec<Change>> = BTreeMap::new();
-                let mut shard = Shard::default();
-                let mut scopes: BTreeSet<Scope> = BTreeSet::new();
-                // Minutes whose windows have been ranked at least once: everything before.
-                let mut ranked_through: Option<u64> = None;
+                let mut ranker = Ranker {
+                    shard_id: info.global_id as u64,
+                    n,
+                    windows,
+                    longest,
+                    allowed_lateness_ms,
+                    scopes_of,
+                    shard: Shard::default(),
+                    pending: BTreeMap::new(),
+                    scopes: BTreeSet::new(),
+                    ranked_through: None,
+                };
                 move |(input, frontier), output| {
                     input.for_each(|_, data| {
-                        for ((minute, dims), t, Measures { clicks, .. }) in data.drain(..) {
-                            if clicks != 0 {
-                                pending.entry(t).or_default().push((
-                                    minute,
-                                    scopes_of(&dims),
-                                    (dims.ad_id, dims.advertiser_id),
-                                    clicks,
-                                ));
-                            }
+                        for (row, t, m) in data.drain(..) {
+                            ranker.take(t, row, m.clicks);
                         }
                     });
                     let Some(c) = cap.as_mut() else { return };
                     let bound = frontier.frontier().first().copied();
-                    let limit = bound.unwrap_or(u64::MAX);
-                    let mut updates: Vec<(RankKey, Ranking, u64)> = Vec::new();
-                    // This activation's newest ranking per window, ahead of `emitted`: a window
-                    // may change more than once before anything is emitted.
-                    let mut latest: HashMap<RankKey, Ranking> = HashMap::new();
-                    // Sets `key`'s ranking at `at` to `next(shard, newest ranking so far)`. An
-                    // empty ranking is no ranking: nothing to emit unless one is retracted.
-                    let mut update =
-                        |shard: &Shard,
-                         key: RankKey,
-                         at: u64,
-                         next: &dyn Fn(&Shard, &Ranking) -> Ranking| {
-                            let none = Ranking::new();
-                            let current = latest
-                                .get(&key)
-                                .or_else(|| shard.emitted.get(&key))
-                                .unwrap_or(&none);
-                            let ranking = next(shard, current);
-                            if ranking != *current {
-                                latest.insert(key, ranking.clone());
-                                updates.push((key, ranking, at));
-                            }
-                        };
-                    // Late changes to minutes already ranked: re-rank their windows, at the
-                    // change's time, while they are not final.
-                    while let Some(entry) = pending.first_entry() {
-                        if *entry.key() >= limit {
-                            break;
-                        }
-                        let (t, changes) = entry.remove_entry();
-                        // Windows already ranked and not final that a change falls in: the ads
-                        // that changed in each, and those that lost clicks.
-                        type Changed = (BTreeSet<Ad>, BTreeSet<Ad>);
-                        let mut dirty: BTreeMap<RankKey, Changed> = BTreeMap::new();
-                        for (minute, in_scopes, ad, clicks) in changes {
-                            for scope in in_scopes {
-                                *shard
-                                    .minutes
-                                    .entry((scope, minute))
-                                    .or_default()
-                                    .entry(ad)
-                                    .or_default() += clicks;
-                                scopes.insert(scope);
-                                if ranked_through.is_none_or(|r| minute > r) {
-                                    continue; // ranked when the frontier passes it
-                                }
-                                for &m in &windows {
-                                    for k in 0..m {
-                                        let end = minute + k * MINUTE_MS;
-                                        if ranked_through.is_some_and(|r| end <= r)
-                                            && t < final_at(end, allowed_lateness_ms)
-                                        {
-                                            let d = dirty.entry((m, end, scope)).or_default();
-                                            d.0.insert(ad);
-                                            if clicks < 0 {
-                                                d.1.insert(ad);
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        for (key, (changed, lost)) in dirty {
-                            update(&shard, key, t, &|s, cur| {
-                                s.rerank(&key, cur, &changed, &lost, n)
-                            });
-                        }
-                    }
-                    // Minutes the frontier has passed the end of: rank their windows.
-                    let first_new = ranked_through.map_or(
-                        shard
-                            .minutes
-                            .keys()
-                            .map(|(_, m)| *m)
-                            .min()
-                            .unwrap_or(u64::MAX),
-                        |r| r + MINUTE_MS,
-                    );
-                    let mut minute = first_new;
-                    while minute != u64::MAX && minute + MINUTE_MS <= limit {
-                        let last_data = shard.minutes.keys().map(|(_, m)| *m).max().unwrap_or(0);
-                        if minute > last_data + (longest - 1) * MINUTE_MS {
-                            break; // no window ending here or later holds data
-                        }
-                        let at = (minute + MINUTE_MS).max(*c.time());
-                        for scope in &scopes {
-                            for &m in &windows {
-                                let key = (m, minute, *scope);
-                                update(&shard, key, at, &|s, _| s.rank(&key, n));
-                            }
-                        }
-                        ranked_through = Some(minute);
-                        minute += MINUTE_MS;
-                    }
-                    // Emit: retract the previous ranking, insert the new one.
-                    let mut session = output.session(&*c);
-                    let mut delayed: Vec<ShardUpdate> = Vec::new();
-                    for (key, ranking, at) in updates {
-                        if let Some(old) = shard.emitted.remove(&key) {
-                            delayed.push((((key, shard_id), old), at, -1));
-                        }
-                        if !ranking.is_empty() {
-                            shard.emitted.insert(key, ranking.clone());
-                            delayed.push((((key, shard_id), ranking), at, 1));
-                        }
-                    }
-                    // Final rankings no longer change: forget them ([`retire`] retracts them).
-                    shard
-                        .emitted
-                        .retain(|(_, end, _), _| final_at(*end, allowed_lateness_ms) > limit);
-                    for (data, at, diff) in delayed {
-                        session.give((data, at.max(*c.time()), diff));
-                    }
-                    drop(session);
-                    // Minutes no window that can still change needs.
-                    let keep_from =
-                        limit.saturating_sub(allowed_lateness_ms + longest * MINUTE_MS + MINUTE_MS);
-                    let before = shard.minutes.len();
-                    shard
-                        .minutes
-                        .retain(|(_, m), _| *m >= keep_from || bound.is_none());
-                    if shard.minutes.len() < before {
-                        // Scopes with no minute left rank empty: stop ranking them (there are
-                        // as many advertiser scopes as advertisers and their countries).
-                        scopes = shard.minutes.keys().map(|(s, _)| *s).collect();
-                    }
+                    let updates = ranker.step(bound, *c.time());
+                    output.session(&*c).give_iterator(updates.into_iter());
                     match bound {
                         Some(b) if b > *c.time() => c.downgrade(&b),
                         Some(_) => {}
