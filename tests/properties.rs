@@ -25,8 +25,8 @@ use adclick::event::{
 use adclick::query::params::{self, Access, Plan, QueryError};
 use adclick::redirect::click::landing_url;
 use adclick::token::{
-    ClickClaims, Keyring, MAX_UNSIGNED_PARAMS, SIGNED_PARAMS, SigningKey, TokenError,
-    check_landing_url,
+    ClickClaims, Keyring, MAX_UNSIGNED_PARAMS, OPTIONAL_SIGNED_PARAMS, SIGNED_PARAMS, SigningKey,
+    TokenError, check_landing_url,
 };
 use adclick_dataflows::invalid::{Reason, Reasons};
 use adclick_dataflows::source::Record;
@@ -150,7 +150,9 @@ fn unsigned_name() -> impl Strategy<Value = String> {
         any::<String>(),
     ]
     .prop_filter("outside the signed set", |n| {
-        n != "sig" && !SIGNED_PARAMS.contains(&n.as_str())
+        n != "sig"
+            && !SIGNED_PARAMS.contains(&n.as_str())
+            && !OPTIONAL_SIGNED_PARAMS.contains(&n.as_str())
     })
 }
 
@@ -175,6 +177,7 @@ fn decode(query: &str) -> Vec<(String, String)> {
 fn hostile_query() -> impl Strategy<Value = String> {
     let name = prop_oneof![
         proptest::sample::select(&SIGNED_PARAMS[..]).prop_map(str::to_string),
+        proptest::sample::select(&OPTIONAL_SIGNED_PARAMS[..]).prop_map(str::to_string),
         Just("sig".to_string()),
         Just("%75rl".to_string()),
         unsigned_name(),
@@ -210,6 +213,7 @@ fn assert_classified(result: &Verdict, impression_id: &str, now: i64) {
             assert!(unsigned.len() <= MAX_UNSIGNED_PARAMS);
             for (name, _) in unsigned {
                 assert!(name != "sig" && !SIGNED_PARAMS.contains(&name.as_str()));
+                assert!(!OPTIONAL_SIGNED_PARAMS.contains(&name.as_str()));
             }
         }
         Err(e) => {
@@ -278,14 +282,16 @@ proptest! {
         before in unsigned_params(),
         after in unsigned_params(),
         early in 0i64..=1_000,
+        served in proptest::option::of(MIN_EVENT_TIME_MS as u64..MAX_EVENT_TIME_MS as u64),
     ) {
         let signer = Keyring::new(&keys(), Some(active)).unwrap();
         let verifier = Keyring::new(&keys(), None).unwrap();
-        let signed = signer.sign_query(&claims);
+        let signed = signer.sign_query_served(&claims, served);
         let now = claims.exp - early;
-        let (got, unsigned) = verifier.verify_click(&claims.impression_id, &signed, now).unwrap();
-        prop_assert_eq!(&got, &claims);
-        prop_assert!(unsigned.is_empty());
+        let link = verifier.verify_link(&claims.impression_id, &signed, now).unwrap();
+        prop_assert_eq!(&link.claims, &claims);
+        prop_assert_eq!(link.impression_time_ms, served);
+        prop_assert!(link.unsigned.is_empty());
 
         let mut query = encode(&before);
         for part in [signed.as_str(), &encode(&after)] {
