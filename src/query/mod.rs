@@ -133,7 +133,7 @@ impl Server {
         endpoint: &'static str,
         auth: Option<String>,
         plan: impl FnOnce(&Access, &Plan) -> Result<(QueryKind, String), QueryError>,
-        finish: fn(serde_json::Value) -> serde_json::Value,
+        finish: impl FnOnce(serde_json::Value) -> serde_json::Value,
     ) -> Response {
         let started = Instant::now();
         let response = match self.access(auth.as_deref()) {
@@ -229,11 +229,15 @@ pub fn routes(
         .and(auth)
         .and(with())
         .then(|p: Params, auth, s: Arc<Server>| async move {
+            let shape = match params::report_shape(&p) {
+                Ok(shape) => shape,
+                Err(e) => return refused(e),
+            };
             s.query(
                 "reports",
                 auth,
                 |a, plan| params::report(&p, a, plan).map(|k| (k, String::new())),
-                std::convert::identity,
+                move |v| render::shape_report(v, shape),
             )
             .await
         });

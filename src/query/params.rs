@@ -270,8 +270,49 @@ pub fn ad_count(
     })
 }
 
+/// Which clicks a report's `clicks` counts (`traffic=`), and whether its rows are split by
+/// invalid reason (`groupBy=invalid_reason`): how the rows are shown, not which are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportShape {
+    pub traffic: Traffic,
+    pub by_reason: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Traffic {
+    /// What advertisers pay for (the default).
+    #[default]
+    Billable,
+    /// Invalid clicks only, whatever the reason.
+    Invalid,
+    /// Both.
+    All,
+}
+
+/// A report's [`ReportShape`] from its parameters.
+pub fn report_shape(params: &Params) -> Result<ReportShape, QueryError> {
+    let traffic = match params.get("traffic").map(String::as_str) {
+        None | Some("billable") => Traffic::Billable,
+        Some("invalid") => Traffic::Invalid,
+        Some("all") => Traffic::All,
+        Some(other) => {
+            return Err(bad(
+                "traffic",
+                format!("{other:?} is not one of billable, invalid, all"),
+            ));
+        }
+    };
+    let by_reason = params
+        .get("groupBy")
+        .is_some_and(|g| g.split(',').any(|g| g == INVALID_REASON));
+    Ok(ReportShape { traffic, by_reason })
+}
+
+/// The `groupBy` value that splits rows by invalid reason.
+const INVALID_REASON: &str = "invalid_reason";
+
 pub fn report(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind, QueryError> {
-    let mut allowed = vec!["from", "to", "groupBy", "filter"];
+    let mut allowed = vec!["from", "to", "groupBy", "filter", "traffic"];
     allowed.extend(DIMENSIONS);
     only(params, &allowed)?;
     let (from, to) = range(params)?;
@@ -281,7 +322,7 @@ pub fn report(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind
         .map(String::as_str)
         .unwrap_or("")
         .split(',')
-        .filter(|g| !g.is_empty())
+        .filter(|g| !g.is_empty() && *g != INVALID_REASON)
     {
         let time = |group: &mut GroupBy, gr| match group.time {
             Some(_) => Err(bad("groupBy", "at most one of minute, hour, day")),
@@ -300,7 +341,7 @@ pub fn report(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind
                     return Err(bad(
                         "groupBy",
                         format!(
-                            "{other:?} is not one of minute, hour, day, {}",
+                            "{other:?} is not one of minute, hour, day, {}, {INVALID_REASON}",
                             DIMENSIONS.join(", ")
                         ),
                     ));
@@ -334,6 +375,12 @@ pub fn traffic_quality(
     let mut allowed = vec!["from", "to", "groupBy", "filter"];
     allowed.extend(DIMENSIONS);
     only(params, &allowed)?;
+    if params.contains_key("traffic") {
+        return Err(bad(
+            "traffic",
+            "unknown; expected one of from, to, groupBy, filter",
+        ));
+    }
     let by = params.get("groupBy").map_or("publisher_id", String::as_str);
     if !QUALITY_GROUPS.contains(&by) {
         return Err(bad(

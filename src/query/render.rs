@@ -6,7 +6,7 @@ use adclick_dataflows::query::{Answer, Granularity, Query, QueryKind};
 use adclick_dataflows::time::MINUTE_MS;
 use serde_json::{Value, json};
 
-use super::params::QueryError;
+use super::params::{QueryError, ReportShape, Traffic};
 use crate::timefmt::format_millis;
 
 /// A merged answer with the texts of its fingerprints. Worker 0 owns the dictionary, so it
@@ -125,6 +125,60 @@ pub fn render(resolved: Resolved, admin: bool, ad_text: &str) -> Result<Value, Q
     }
 }
 
+/// A report's rows as `shape` asks: `clicks` counts the chosen traffic, and with `by_reason`
+/// each row becomes one row per reason present (`invalidReason`, null for billable clicks),
+/// without `duplicates` (a duplicate has no reason). Rows left at zero are dropped.
+pub fn shape_report(mut report: Value, shape: ReportShape) -> Value {
+    if shape == ReportShape::default() {
+        return report;
+    }
+    let Some(rows) = report.get_mut("rows").and_then(Value::as_array_mut) else {
+        return report;
+    };
+    let mut shaped = Vec::with_capacity(rows.len());
+    for row in rows.drain(..) {
+        let Value::Object(mut row) = row else {
+            continue;
+        };
+        let billable = row.get("clicks").and_then(Value::as_i64).unwrap_or(0);
+        let invalid: Vec<(String, i64)> = row
+            .get("invalid")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_i64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut parts: Vec<(Option<String>, i64)> = Vec::new();
+        if shape.traffic != Traffic::Invalid {
+            parts.push((None, billable));
+        }
+        if shape.traffic != Traffic::Billable {
+            parts.extend(invalid.iter().map(|(r, n)| (Some(r.clone()), *n)));
+        }
+        if shape.by_reason {
+            row.remove("duplicates");
+            row.remove("invalid");
+            for (reason, n) in parts {
+                if n == 0 {
+                    continue;
+                }
+                let mut split = row.clone();
+                split.insert("invalidReason".into(), json!(reason));
+                split.insert("clicks".into(), n.into());
+                shaped.push(Value::Object(split));
+            }
+        } else {
+            let clicks: i64 = parts.iter().map(|(_, n)| n).sum();
+            row.insert("clicks".into(), clicks.into());
+            shaped.push(Value::Object(row));
+        }
+    }
+    *rows = shaped;
+    report
+}
+
 /// A report's rows as a traffic-quality answer: each row gains the invalid clicks in all
 /// (`invalidClicks`) and their share of every deduplicated click (`invalidShare`, 0 to 1;
 /// 0 for a row with no clicks at all), and rows are ordered by that share, highest first.
@@ -158,6 +212,48 @@ pub fn traffic_quality(mut report: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_count_the_chosen_traffic_and_split_by_reason() {
+        let report = || {
+            json!({"rows": [
+                {"adId": "a", "clicks": 4, "duplicates": 1, "invalid": {"ip_flood": 2, "too_fast": 1}},
+                {"adId": "b", "clicks": 0, "duplicates": 0, "invalid": {"known_bot": 5}},
+            ]})
+        };
+        let shaped =
+            |traffic, by_reason| shape_report(report(), ReportShape { traffic, by_reason });
+        assert_eq!(shaped(Traffic::Billable, false), report());
+        let all = shaped(Traffic::All, false);
+        assert_eq!(all["rows"][0]["clicks"], 7);
+        assert_eq!(all["rows"][1]["clicks"], 5);
+        assert_eq!(shaped(Traffic::Invalid, false)["rows"][0]["clicks"], 3);
+        let split = shaped(Traffic::All, true);
+        let rows: Vec<_> = split["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["adId"].clone(),
+                    r["invalidReason"].clone(),
+                    r["clicks"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (json!("a"), Value::Null, json!(4)),
+                (json!("a"), json!("ip_flood"), json!(2)),
+                (json!("a"), json!("too_fast"), json!(1)),
+                (json!("b"), json!("known_bot"), json!(5)),
+            ]
+        );
+        let billable_split = shaped(Traffic::Billable, true);
+        assert_eq!(billable_split["rows"].as_array().unwrap().len(), 1);
+        assert!(billable_split["rows"][0].get("duplicates").is_none());
+    }
 
     #[test]
     fn traffic_quality_adds_the_invalid_share_and_ranks_by_it() {
