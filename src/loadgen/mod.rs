@@ -422,7 +422,9 @@ pub fn run(cfg: &LoadgenConfig, config: &Config, stop: &AtomicBool) -> anyhow::R
         let schedule = cfg.schedule(now_ms, partitioner)?;
         let description = serde_json::json!({ "loadgen": cfg, "schedule": schedule });
         let traffic = Traffic::new(cfg, schedule, enricher.clone());
-        let truth = GroundTruth::new(Catalog::new(cfg.catalog_size()));
+        // A counted click is at most the allowed lateness (and the bound) behind the latest.
+        let truth = GroundTruth::new(Catalog::new(cfg.catalog_size()))
+            .horizon(cfg.allowed_lateness_ms + cfg.out_of_orderness_ms + 600_000);
         let progress = progress_bar(traffic.schedule().count);
         Ok((traffic, truth, description, progress))
     };
