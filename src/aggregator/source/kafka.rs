@@ -122,41 +122,8 @@ impl KafkaReader {
         resume: &std::collections::BTreeMap<i32, u64>,
         settings: ReadSettings,
     ) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            // librdkafka wants a group id even for assign(); nothing is committed to it.
-            .set("group.id", "adclick-aggregator")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // Never jump over data: a position the broker no longer holds is an error we see,
-            // turn into a `lost` tally, and only then move past (see `KafkaReader::gap`).
-            .set("auto.offset.reset", "error")
-            // Few large fetches: a backlog is read in big steps (Tansu's SQLite storage scans
-            // the rest of the partition on every fetch, so small fetches cost it quadratic
-            // time), and the local queue stays bounded by queued.max.messages.kbytes.
-            .set("max.partition.fetch.bytes", "16777216")
-            .set("fetch.max.bytes", "67108864")
-            .set("receive.message.max.bytes", "100000000")
-            .create()
-            .context("creating the Kafka consumer")?;
-        let consumer = Arc::new(consumer);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let count = loop {
-            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
-            match md {
-                Ok(md)
-                    if md
-                        .topics()
-                        .first()
-                        .is_some_and(|t| !t.partitions().is_empty()) =>
-                {
-                    break md.topics()[0].partitions().len() as i32;
-                }
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-                Ok(_) => anyhow::bail!("topic {topic} has no partitions (does it exist?)"),
-                Err(e) => return Err(e).context(format!("metadata of topic {topic}")),
-            }
-        };
+        let consumer = Arc::new(consumer(brokers)?);
+        let count = partition_count(&consumer, topic)?;
         let partitions: Vec<i32> = (0..count)
             .filter(|p| *p as usize % peers == index)
             .collect();
@@ -203,6 +170,50 @@ impl KafkaReader {
             settings,
             stalled_since: vec![None; n],
         })
+    }
+}
+
+/// The consumer every reader uses: assigned partitions, no group commits, and no silent
+/// jump over missing offsets.
+fn consumer(brokers: &str) -> anyhow::Result<BaseConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        // librdkafka wants a group id even for assign(); nothing is committed to it.
+        .set("group.id", "adclick-aggregator")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Never jump over data: a position the broker no longer holds is an error we see,
+        // turn into a `lost` tally, and only then move past (see `KafkaReader::gap`).
+        .set("auto.offset.reset", "error")
+        // Few large fetches: a backlog is read in big steps (Tansu's SQLite storage scans
+        // the rest of the partition on every fetch, so small fetches cost it quadratic
+        // time), and the local queue stays bounded by queued.max.messages.kbytes.
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("fetch.max.bytes", "67108864")
+        .set("receive.message.max.bytes", "100000000")
+        .create()
+        .context("creating the Kafka consumer")
+}
+
+/// How many partitions `topic` has, waiting up to 30 s for a broker that is still starting
+/// (or a topic still being created).
+fn partition_count(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
+        match md {
+            Ok(md)
+                if md
+                    .topics()
+                    .first()
+                    .is_some_and(|t| !t.partitions().is_empty()) =>
+            {
+                return Ok(md.topics()[0].partitions().len() as i32);
+            }
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Ok(_) => anyhow::bail!("topic {topic} has no partitions (does it exist?)"),
+            Err(e) => return Err(e).context(format!("metadata of topic {topic}")),
+        }
     }
 }
 
