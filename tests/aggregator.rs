@@ -41,6 +41,7 @@ fn loadgen_at(rate: &str, args: &[&str], truth: &Path) -> TruthReport {
         ])
         .args(["--seed", "7", "--ads", "300", "--hot-ad-share", "0.5"])
         .args(["--duplicate-share", "0.08", "--late-share", "0.01"])
+        .args(["--invalid", "0.02"])
         .arg("--truth")
         .arg(truth)
         .args(args)
@@ -57,6 +58,21 @@ fn loadgen_at(rate: &str, args: &[&str], truth: &Path) -> TruthReport {
         k.duplicates > 300 && k.late > 20 && k.malformed > 30,
         "{k:?}"
     );
+    // Invalid traffic of every reason the path can see (data-center addresses need the
+    // redirect; a user flood, 21 clicks a second apart, a stream longer than 20 s), so every
+    // comparison with the truth checks classification too.
+    for reason in [
+        "known_bot",
+        "no_user_agent",
+        "headless",
+        "ip_flood",
+        "too_fast",
+    ] {
+        assert!(
+            k.invalid_by_reason.get(reason).copied().unwrap_or(0) > 5,
+            "{reason}: {k:?}"
+        );
+    }
     t
 }
 
@@ -245,6 +261,18 @@ fn killed_at_random_and_restored_from_checkpoints_equals_the_truth() {
         kills += 1;
     }
     let truth = generator.join().unwrap();
+    // 200 s of event time: user floods too, whose verdicts must survive the kills.
+    assert!(
+        truth
+            .tallies
+            .invalid_by_reason
+            .get("user_flood")
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "{:?}",
+        truth.tallies
+    );
     let committed = std::fs::read_dir(&ckpt)
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().join("MANIFEST.json").exists())

@@ -49,6 +49,8 @@ fn chaos_through_the_redirect_and_a_real_broker_equals_the_truth() {
         .env("BROKER_RESTARTS", "1")
         .env("CHECKPOINT_MS", "200")
         .env("SEED", "7")
+        // Invalid traffic mixed in: its verdicts must survive the crashes exactly too.
+        .env("LOADGEN_ARGS", "--invalid 0.03")
         .env("WORK", &work)
         .env("AGGREGATOR", env!("CARGO_BIN_EXE_adclick-aggregator"))
         .env("REDIRECT", env!("CARGO_BIN_EXE_adclick-redirect"))
