@@ -41,7 +41,7 @@ echo "dashboard:        ${query}?key=demo-admin-key-not-secret   (advertiser adv
 echo "metrics:          ${query}metrics"
 
 "$BIN/adclick-loadgen" --config config/demo.toml --output http --target http://127.0.0.1:8080 \
-  --rate "$RATE" --duration "$SECONDS_TO_RUN" --truth "$OUT/truth.json" 2>"$OUT/loadgen.log" &
+  --rate "$RATE" --duration "$SECONDS_TO_RUN" --invalid 0.02 --truth "$OUT/truth.json" 2>"$OUT/loadgen.log" &
 loadgen=$!
 pids+=($loadgen)
 echo "traffic:          $RATE clicks/s from adclick-loadgen (ground truth: $OUT/truth.json)"
