@@ -1,6 +1,7 @@
 //! The dataflow alone, on pre-built clicks in memory: events per second through source clock,
-//! dedup, minute/hour/day rows, top-N and window reports, on 1 and 2 workers; and the heap
-//! bytes the dedup keeps per tracked impression.
+//! dedup, invalid-traffic rules, minute/hour/day rows, top-N and window reports, on 1 and 2
+//! workers; and the heap bytes the dedup keeps per tracked impression and the flood rules per
+//! click they hold.
 //!
 //!     cargo bench -p adclick-dataflows --bench throughput -- [EVENTS] [ROUNDS]
 
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 use adclick_dataflows::click::{Click, RawClick};
 use adclick_dataflows::dedup::{DedupConfig, DedupState};
+use adclick_dataflows::flood::{Flood, FloodState, InvalidConfig};
 use adclick_dataflows::report::reports;
 use adclick_dataflows::source::{PartitionReader, Polled, Record, clock_source};
 use adclick_dataflows::time::MINUTE_MS;
@@ -146,6 +148,33 @@ fn dedup_bytes_per_impression(n: usize) -> f64 {
     held as f64 / state.len() as f64
 }
 
+/// Heap bytes per counted click each flood rule keeps (every click of a window until it
+/// retires), and the dedup's traits for recent winners, per winner: the invalid-traffic
+/// rules' memory.
+fn flood_bytes_per_click(n: usize) -> Vec<(&'static str, f64)> {
+    let clicks: Vec<Click> = clicks(n).iter().flatten().map(Click::of).collect();
+    let rules = InvalidConfig::default();
+    let mut out = Vec::new();
+    for (name, flood, rule) in [
+        ("ip_flood", Flood::Ip, rules.ip_flood.unwrap()),
+        ("user_flood", Flood::User, rules.user_flood.unwrap()),
+    ] {
+        COUNTING.store(true, Ordering::SeqCst);
+        let before = LIVE.load(Ordering::Relaxed);
+        let mut state = FloodState::new(flood, rule, 300_000);
+        let mut sent = Vec::new();
+        for chunk in clicks.chunks(1_000) {
+            state.apply(chunk.iter().map(|c| (*c, 1)).collect(), &mut sent);
+            sent.clear();
+        }
+        drop(sent);
+        let held = LIVE.load(Ordering::Relaxed) - before;
+        COUNTING.store(false, Ordering::SeqCst);
+        out.push((name, held as f64 / state.len() as f64));
+    }
+    out
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -180,7 +209,10 @@ fn main() {
         }
     }
     println!(
-        "dedup state: {:.0} heap bytes per tracked impression",
+        "dedup state: {:.0} heap bytes per tracked impression (with the recent winners' traits)",
         dedup_bytes_per_impression(n.min(1_000_000))
     );
+    for (rule, bytes) in flood_bytes_per_click(n.min(1_000_000)) {
+        println!("{rule} state: {bytes:.0} heap bytes per counted click held");
+    }
 }
