@@ -192,11 +192,18 @@ pub fn routes(
         warp::any().map(move || s.clone())
     };
     let auth = warp::header::optional::<String>("authorization");
+    // What every query endpoint takes: a GET's parameters, its key, the server.
+    let queried = {
+        let with = with.clone();
+        move || {
+            warp::get()
+                .and(warp::query::<Params>())
+                .and(auth)
+                .and(with())
+        }
+    };
     let ad_count = warp::path!("ads" / String / "aggregated_count")
-        .and(warp::get())
-        .and(warp::query::<Params>())
-        .and(auth)
-        .and(with())
+        .and(queried())
         .then(|ad: String, p: Params, auth, s: Arc<Server>| async move {
             s.query(
                 "aggregated_count",
@@ -210,10 +217,7 @@ pub fn routes(
             .await
         });
     let popular = warp::path!("ads" / "popular_ads")
-        .and(warp::get())
-        .and(warp::query::<Params>())
-        .and(auth)
-        .and(with())
+        .and(queried())
         .then(|p: Params, auth, s: Arc<Server>| async move {
             s.query(
                 "popular_ads",
@@ -224,10 +228,7 @@ pub fn routes(
             .await
         });
     let report = warp::path!("api" / "v1" / "reports" / "clicks")
-        .and(warp::get())
-        .and(warp::query::<Params>())
-        .and(auth)
-        .and(with())
+        .and(queried())
         .then(|p: Params, auth, s: Arc<Server>| async move {
             let shape = match params::report_shape(&p) {
                 Ok(shape) => shape,
@@ -242,10 +243,7 @@ pub fn routes(
             .await
         });
     let quality = warp::path!("api" / "v1" / "reports" / "traffic_quality")
-        .and(warp::get())
-        .and(warp::query::<Params>())
-        .and(auth)
-        .and(with())
+        .and(queried())
         .then(|p: Params, auth, s: Arc<Server>| async move {
             s.query(
                 "traffic_quality",
