@@ -117,8 +117,8 @@ fn gaps(out: &Path) -> Vec<(String, u64, u64)> {
 fn adds_up(t: &Tallies) {
     assert_eq!(
         t.received as i64,
-        t.counted + t.duplicates + t.late as i64 + t.dead_lettered as i64,
-        "received = counted + duplicates + late + dead_lettered: {t:?}"
+        t.counted + t.invalid + t.duplicates + t.late as i64 + t.dead_lettered as i64,
+        "received = counted + invalid + duplicates + late + dead_lettered: {t:?}"
     );
 }
 

@@ -99,11 +99,12 @@ fn check_output_against_truth() {
         windows.join(", ")
     );
     println!(
-        "chaos check: tallies received {} = counted {} + duplicates {} + late {} + dead-lettered \
-         {}; the truth: emitted {} (forged {} and malformed {} refused by the redirect), \
-         ambiguous {}",
+        "chaos check: tallies received {} = counted {} + invalid {} + duplicates {} + late {} + \
+         dead-lettered {}; the truth: emitted {} (forged {} and malformed {} refused by the \
+         redirect), ambiguous {}",
         k.received,
         k.counted,
+        k.invalid,
         k.duplicates,
         k.late,
         k.dead_lettered,
