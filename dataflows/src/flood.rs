@@ -128,9 +128,24 @@ struct Entry {
     weight: i64,
     /// The verdict sent downstream, if any.
     flagged: Option<bool>,
+    /// While a batch is applied: what was sent for the click before it (verdict, weight),
+    /// once the batch changed it.
+    before: Option<(Option<bool>, i64)>,
 }
 
 impl Entry {
+    fn new(click: &Click, own: Reason) -> Self {
+        Entry {
+            click: Click {
+                reasons: click.reasons.without(own),
+                ..*click
+            },
+            weight: 0,
+            flagged: None,
+            before: None,
+        }
+    }
+
     /// The click as sent downstream with a verdict of `flood`'s rule.
     fn judged(&self, flood: Flood, flagged: bool) -> Click {
         let mut c = self.click;
@@ -139,16 +154,107 @@ impl Entry {
         }
         c
     }
+
+    /// Remembers what was sent before this batch's first change to the click.
+    fn touch(&mut self) -> bool {
+        let first = self.before.is_none();
+        if first {
+            self.before = Some((self.flagged, self.weight));
+        }
+        first
+    }
 }
 
-/// One key's clicks in one window, in rank order.
-type Group = BTreeMap<Rank, Entry>;
+/// One key's clicks in one window, in rank order: a sorted vector, since almost every key
+/// holds one or a few clicks (a map's node would cost ten times the click), and clicks arrive
+/// nearly in rank order (inserted at or near the end).
+#[derive(Default)]
+struct Group {
+    entries: Vec<Entry>,
+    /// Ranks of the clicks the batch being applied changed.
+    changed: Vec<Rank>,
+}
+
+impl Group {
+    fn find(&self, r: &Rank, own: Reason) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by(|e| rank(&e.click, own).cmp(r))
+    }
+
+    /// The entry of `click`, made if new.
+    fn entry(&mut self, click: &Click, own: Reason) -> &mut Entry {
+        let r = rank(click, own);
+        let i = match self.find(&r, own) {
+            Ok(i) => i,
+            Err(i) => {
+                if self.entries.capacity() == 0 {
+                    self.entries.reserve_exact(1);
+                }
+                self.entries.insert(i, Entry::new(click, own));
+                i
+            }
+        };
+        let e = &mut self.entries[i];
+        if e.touch() {
+            self.changed.push(r);
+        }
+        e
+    }
+
+    /// Sets the verdicts after a batch of changes, appending what changed downstream. Only
+    /// the first `limit + changed` counted clicks can have moved across the limit (each
+    /// change shifts the ranks behind it by one); changed clicks further back are beyond it.
+    fn settle(&mut self, limit: usize, flood: Flood, out: &mut Vec<(Click, i64)>) {
+        let own = flood.reason();
+        let reach = limit + self.changed.len();
+        let (mut position, mut walked) = (0, 0);
+        for e in &mut self.entries {
+            if position >= reach {
+                break;
+            }
+            walked += 1;
+            if e.weight <= 0 {
+                continue;
+            }
+            let desired = position >= limit;
+            if e.flagged != Some(desired) {
+                if e.touch() {
+                    self.changed.push(rank(&e.click, own));
+                }
+                e.flagged = Some(desired);
+            }
+            position += 1;
+        }
+        let mut removed = false;
+        for r in std::mem::take(&mut self.changed) {
+            let i = self.find(&r, own).expect("a changed click");
+            let e = &mut self.entries[i];
+            if e.weight > 0 && i >= walked {
+                e.flagged = Some(true);
+            }
+            let now = (e.weight > 0).then(|| (e.flagged.unwrap_or(true), e.weight));
+            let before = match e.before.take() {
+                Some((Some(f), w)) if w > 0 => Some((f, w)),
+                _ => None,
+            };
+            if now != before {
+                if let Some((f, n)) = before {
+                    out.push((e.judged(flood, f), -n));
+                }
+                if let Some((f, n)) = now {
+                    out.push((e.judged(flood, f), n));
+                }
+            }
+            removed |= e.weight <= 0;
+        }
+        if removed {
+            self.entries.retain(|e| e.weight > 0);
+        }
+    }
+}
 
 /// Changes waiting for the frontier to pass their time.
 type Pending = BTreeMap<u64, (Capability<u64>, Vec<(Click, i64)>)>;
-
-/// What was sent downstream for an entry before this batch changed it.
-type Sent = (Option<bool>, i64);
 
 /// One worker's share of one rule's state: the windows not yet retired, each with its keys'
 /// ranked clicks.
@@ -174,7 +280,7 @@ impl FloodState {
         self.windows
             .values()
             .flat_map(|keys| keys.values())
-            .map(BTreeMap::len)
+            .map(|g| g.entries.len())
             .sum()
     }
 
@@ -190,7 +296,8 @@ impl FloodState {
     /// they cause (as retractions and insertions of the clicks affected). Clicks without a key
     /// pass through unjudged.
     pub fn apply(&mut self, changes: Vec<(Click, i64)>, out: &mut Vec<(Click, i64)>) {
-        let mut touched: HashMap<(u64, (u64, u64)), HashMap<Rank, Sent>> = HashMap::new();
+        let own = self.flood.reason();
+        let mut touched: Vec<(u64, (u64, u64))> = Vec::new();
         for (click, diff) in changes {
             let Some(key) = self.flood.key(&click) else {
                 out.push((click, diff));
@@ -198,72 +305,17 @@ impl FloodState {
             };
             let w = self.window(&click);
             let group = self.windows.entry(w).or_default().entry(key).or_default();
-            let r = rank(&click, self.flood.reason());
-            let entry = group.entry(r).or_insert(Entry {
-                click: Click {
-                    reasons: click.reasons.without(self.flood.reason()),
-                    ..click
-                },
-                weight: 0,
-                flagged: None,
-            });
-            touched
-                .entry((w, key))
-                .or_default()
-                .entry(r)
-                .or_insert((entry.flagged, entry.weight));
-            entry.weight += diff;
+            if group.changed.is_empty() {
+                touched.push((w, key));
+            }
+            group.entry(&click, own).weight += diff;
         }
-        let (limit, flood) = (self.rule.max_clicks as usize, self.flood);
-        for ((w, key), mut sent) in touched {
+        let limit = self.rule.max_clicks as usize;
+        for (w, key) in touched {
             let groups = self.windows.get_mut(&w).expect("a touched window");
             let group = groups.get_mut(&key).expect("a touched key");
-            // Only the first `limit + changed` counted clicks can have moved across the limit
-            // (each change shifts the ranks behind it by one); changed clicks further back are
-            // beyond the limit whatever happened.
-            let reach = limit + sent.len();
-            let mut position = 0;
-            let mut last_visited = None;
-            for (r, e) in group.iter_mut() {
-                if position >= reach {
-                    break;
-                }
-                last_visited = Some(*r);
-                if e.weight <= 0 {
-                    continue;
-                }
-                let desired = position >= limit;
-                if e.flagged != Some(desired) {
-                    sent.entry(*r).or_insert((e.flagged, e.weight));
-                    e.flagged = Some(desired);
-                }
-                position += 1;
-            }
-            let walked_all = position < reach;
-            for (r, (was_flagged, was_weight)) in sent {
-                let e = group.get_mut(&r).expect("a changed click");
-                let visited = walked_all || last_visited.is_some_and(|l| r <= l);
-                if e.weight > 0 && !visited {
-                    e.flagged = Some(true);
-                }
-                let now = (e.weight > 0).then(|| (e.flagged.unwrap_or(true), e.weight));
-                let before = match was_flagged {
-                    Some(f) if was_weight > 0 => Some((f, was_weight)),
-                    _ => None,
-                };
-                if now != before {
-                    if let Some((f, n)) = before {
-                        out.push((e.judged(flood, f), -n));
-                    }
-                    if let Some((f, n)) = now {
-                        out.push((e.judged(flood, f), n));
-                    }
-                }
-                if e.weight <= 0 {
-                    group.remove(&r);
-                }
-            }
-            if group.is_empty() {
+            group.settle(limit, self.flood, out);
+            if group.entries.is_empty() {
                 groups.remove(&key);
                 if groups.is_empty() {
                     self.windows.remove(&w);
@@ -275,6 +327,7 @@ impl FloodState {
     /// Puts back clicks counted before a checkpoint, with the verdicts they had, sending
     /// nothing: the restored rows already hold them.
     pub fn restore(&mut self, clicks: impl IntoIterator<Item = Click>) {
+        let own = self.flood.reason();
         let mut touched = std::collections::HashSet::new();
         for click in clicks {
             let Some(key) = self.flood.key(&click) else {
@@ -282,24 +335,16 @@ impl FloodState {
             };
             let w = self.window(&click);
             let group = self.windows.entry(w).or_default().entry(key).or_default();
-            let e = group
-                .entry(rank(&click, self.flood.reason()))
-                .or_insert(Entry {
-                    click: Click {
-                        reasons: click.reasons.without(self.flood.reason()),
-                        ..click
-                    },
-                    weight: 0,
-                    flagged: None,
-                });
-            e.weight += 1;
+            group.entry(&click, own).weight += 1;
             touched.insert((w, key));
         }
         let limit = self.rule.max_clicks as usize;
         for (w, key) in touched {
             if let Some(group) = self.windows.get_mut(&w).and_then(|g| g.get_mut(&key)) {
-                for (position, e) in group.values_mut().enumerate() {
+                group.changed.clear();
+                for (position, e) in group.entries.iter_mut().enumerate() {
                     e.flagged = Some(position >= limit);
+                    e.before = None;
                 }
             }
         }
