@@ -13,7 +13,9 @@
 //! allowed lateness, when no click of it can arrive any more. Its size is the click rate times
 //! (window + allowed lateness), for each rule.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -328,7 +330,7 @@ impl FloodState {
     /// nothing: the restored rows already hold them.
     pub fn restore(&mut self, clicks: impl IntoIterator<Item = Click>) {
         let own = self.flood.reason();
-        let mut touched = std::collections::HashSet::new();
+        let mut touched = foldhash::HashSet::default();
         for click in clicks {
             let Some(key) = self.flood.key(&click) else {
                 continue;
