@@ -216,9 +216,8 @@ pub fn routes(
             )
             .await
         });
-    let popular = warp::path!("ads" / "popular_ads")
-        .and(queried())
-        .then(|p: Params, auth, s: Arc<Server>| async move {
+    let popular = warp::path!("ads" / "popular_ads").and(queried()).then(
+        |p: Params, auth, s: Arc<Server>| async move {
             s.query(
                 "popular_ads",
                 auth,
@@ -226,7 +225,8 @@ pub fn routes(
                 std::convert::identity,
             )
             .await
-        });
+        },
+    );
     let report = warp::path!("api" / "v1" / "reports" / "clicks")
         .and(queried())
         .then(|p: Params, auth, s: Arc<Server>| async move {
