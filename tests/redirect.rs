@@ -11,15 +11,11 @@ use adclick::token::{ClickClaims, Keyring, SigningKey};
 use common::*;
 
 fn claims(impression: &str, exp: i64) -> ClickClaims {
-    ClickClaims {
-        impression_id: impression.into(),
-        ad_id: "ad_9".into(),
-        campaign_id: "cmp_3".into(),
-        advertiser_id: "adv_1".into(),
-        publisher_id: "pub_7".into(),
-        url: "https://shop.example/landing?utm_source=adclick".into(),
+    common::claims(
+        impression,
+        "https://shop.example/landing?utm_source=adclick",
         exp,
-    }
+    )
 }
 
 fn far_future() -> i64 {

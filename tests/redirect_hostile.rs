@@ -15,15 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn claims(impression: &str, url: &str) -> ClickClaims {
-    ClickClaims {
-        impression_id: impression.into(),
-        ad_id: "ad_9".into(),
-        campaign_id: "cmp_3".into(),
-        advertiser_id: "adv_1".into(),
-        publisher_id: "pub_7".into(),
-        url: url.into(),
-        exp: adclick::timefmt::now_millis() / 1000 + 3600,
-    }
+    common::claims(impression, url, common::in_an_hour())
 }
 
 const GOOD_LINE: &str = r#"{"impression_id":"p-1","ad_id":"ad_1","campaign_id":"cmp_1","advertiser_id":"adv_1","publisher_id":"pub_1","click_timestamp":"2026-11-22T10:00:00Z","ip":"198.51.100.7","country":"FR","user_agent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64)"}"#;

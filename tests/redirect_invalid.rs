@@ -22,15 +22,11 @@ const HEADLESS: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTM
     HeadlessChrome/124.0.0.0 Safari/537.36";
 
 fn claims(impression: &str) -> ClickClaims {
-    ClickClaims {
-        impression_id: impression.into(),
-        ad_id: "ad_9".into(),
-        campaign_id: "cmp_3".into(),
-        advertiser_id: "adv_1".into(),
-        publisher_id: "pub_7".into(),
-        url: "https://shop.example/landing".into(),
-        exp: adclick::timefmt::now_millis() / 1000 + 3600,
-    }
+    common::claims(
+        impression,
+        "https://shop.example/landing",
+        common::in_an_hour(),
+    )
 }
 
 /// A redirect judging addresses from `x-client-ip` (as behind a trusted edge) against two

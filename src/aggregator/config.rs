@@ -280,3 +280,32 @@ impl AggregatorConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_rules_refuse_windows_out_of_range_and_zero_turns_a_rule_off() {
+        let mut c = AggregatorConfig::default();
+        assert!(c.check().is_ok());
+        let d = c.invalid.dataflow();
+        assert_eq!(d, InvalidConfig::default());
+        for window in [0, 999, 7 * 24 * 3_600_000 + 1, u64::MAX] {
+            c.invalid.ip_flood_window_ms = window;
+            let e = c.check().unwrap_err().to_string();
+            assert!(e.contains("aggregator.invalid.ip_flood_window_ms"), "{e}");
+        }
+        c.invalid = InvalidRules {
+            ip_flood_max_clicks: 0,
+            user_flood_max_clicks: u32::MAX,
+            too_fast_ms: 0,
+            ..InvalidRules::default()
+        };
+        assert!(c.check().is_ok());
+        let d = c.invalid.dataflow();
+        assert_eq!(d.ip_flood, None);
+        assert_eq!(d.user_flood.unwrap().max_clicks, u32::MAX);
+        assert_eq!(d.too_fast_ms, 0);
+    }
+}

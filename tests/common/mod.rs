@@ -211,3 +211,22 @@ pub fn read_partitions(
     }
     out
 }
+
+/// The claims of a signed link to `url` for `impression` (ad_9 of cmp_3, adv_1, on pub_7),
+/// expiring at `exp` (Unix seconds): the link every redirect test signs.
+pub fn claims(impression: &str, url: &str, exp: i64) -> adclick::token::ClickClaims {
+    adclick::token::ClickClaims {
+        impression_id: impression.into(),
+        ad_id: "ad_9".into(),
+        campaign_id: "cmp_3".into(),
+        advertiser_id: "adv_1".into(),
+        publisher_id: "pub_7".into(),
+        url: url.into(),
+        exp,
+    }
+}
+
+/// An expiry an hour from now, in Unix seconds.
+pub fn in_an_hour() -> i64 {
+    adclick::timefmt::now_millis() / 1000 + 3600
+}
