@@ -3,12 +3,16 @@
 //! watermark. The reading itself (Kafka, files, memory) is a [`PartitionReader`], so this
 //! operator has no I/O of its own and tests drive it with plain vectors.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 use crate::click::{Click, RawClick};
 use crate::names::{Announcer, Name};
@@ -187,6 +191,48 @@ impl ByTime {
     }
 }
 
+/// Flow control from the dataflow's progress back to a source. Without it a source reads as
+/// fast as its reader delivers, and whatever the operators behind it cannot finish yet (a
+/// backlog read faster than it is counted, or partitions far apart in event time) waits in
+/// their buffers: memory grows with the backlog, not with the state.
+#[derive(Clone)]
+pub struct Flow {
+    /// The frontier of the dataflow's end, over every worker: what is finished.
+    pub done: ProbeHandle<u64>,
+    /// How far (event time) the source's capability may run ahead of `done`, and a
+    /// partition's watermark ahead of the source's capability.
+    pub read_ahead_ms: u64,
+    /// Set while the process is over its memory budget: then the source reads only once the
+    /// dataflow has finished everything before its capability, so what is in flight is at
+    /// most the out-of-orderness bound's worth of clicks. It always reads then: the state
+    /// may outgrow the budget (counts are never dropped to meet it), the backlog may not.
+    pub over_budget: Arc<AtomicBool>,
+}
+
+impl Flow {
+    /// Whether a source whose capability is `capability` may read now.
+    fn may_read(&self, capability: u64) -> bool {
+        let ahead = if self.over_budget.load(Ordering::Relaxed) {
+            0
+        } else {
+            self.read_ahead_ms
+        };
+        self.done
+            .with_frontier(|f| f.first().is_none_or(|done| capability <= done + ahead))
+    }
+}
+
+/// What a source is given beyond its reader and time settings; the default is a plain source.
+#[derive(Default)]
+pub struct SourceOptions {
+    /// Where it remembers its cuts, for checkpoints.
+    pub cuts: Option<Rc<RefCell<Cuts>>>,
+    /// The snapshot it goes on from: its reader must already be positioned at the snapshot's
+    /// positions; the events the snapshot holds are sent again at their times.
+    pub restore: Option<SourceSnapshot>,
+    pub flow: Option<Flow>,
+}
+
 /// A source operator over `reader`. `now_ms` is processing time, for idle timeouts.
 pub fn clock_source<'s, R: PartitionReader>(
     scope: Scope<'s, u64>,
@@ -195,21 +241,23 @@ pub fn clock_source<'s, R: PartitionReader>(
     cfg: TimeConfig,
     now_ms: fn() -> u64,
 ) -> Stream<'s, u64, Vec<SourceEvent>> {
-    checkpointed_source(scope, name, reader, cfg, now_ms, None, None)
+    checkpointed_source(scope, name, reader, cfg, now_ms, SourceOptions::default())
 }
 
-/// A source that remembers its cuts in `cuts` for checkpoints, and, given a `restore`
-/// snapshot, goes on from it: its reader must already be positioned at the snapshot's
-/// positions; the events the snapshot holds are sent again at their times.
+/// A source with checkpoints and flow control, as `opts` says.
 pub fn checkpointed_source<'s, R: PartitionReader>(
     scope: Scope<'s, u64>,
     name: &str,
     mut reader: R,
     cfg: TimeConfig,
     now_ms: fn() -> u64,
-    cuts: Option<std::rc::Rc<std::cell::RefCell<Cuts>>>,
-    restore: Option<SourceSnapshot>,
+    opts: SourceOptions,
 ) -> Stream<'s, u64, Vec<SourceEvent>> {
+    let SourceOptions {
+        cuts,
+        restore,
+        flow,
+    } = opts;
     source::<_, CapacityContainerBuilder<Vec<SourceEvent>>, _, _>(
         scope,
         name,
@@ -255,8 +303,16 @@ pub fn checkpointed_source<'s, R: PartitionReader>(
                 let mut busy = false;
                 let mut read = 0;
                 let now = now_ms();
+                let may_read = flow.as_ref().is_none_or(|f| f.may_read(*c.time()));
                 for (p, done) in finished.iter_mut().enumerate() {
                     if *done {
+                        continue;
+                    }
+                    // Held back, by the dataflow or for a partition far ahead of the rest: a
+                    // partition waiting to be read is not an idle one.
+                    let ahead = |f: &Flow| clock.ahead_of_capability(p) > f.read_ahead_ms;
+                    if !may_read || flow.as_ref().is_some_and(ahead) {
+                        clock.active(p, now);
                         continue;
                     }
                     buf.clear();
@@ -324,6 +380,8 @@ pub fn checkpointed_source<'s, R: PartitionReader>(
                         }
                         if busy {
                             activator.activate();
+                        } else if !may_read {
+                            activator.activate_after(Duration::from_millis(1));
                         } else {
                             activator.activate_after(Duration::from_millis(10));
                         }
@@ -332,4 +390,98 @@ pub fn checkpointed_source<'s, R: PartitionReader>(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::click::Labels;
+    use timely::dataflow::operators::{Input, Inspect, Probe};
+
+    /// One partition of clicks one second apart, read 100 at a time.
+    struct Seconds {
+        next: u64,
+        end: u64,
+    }
+
+    impl PartitionReader for Seconds {
+        fn partitions(&self) -> usize {
+            1
+        }
+        fn poll(&mut self, _p: usize, max: usize, out: &mut Vec<Record>) -> Polled {
+            let to = (self.next + max.min(100) as u64).min(self.end);
+            out.extend((self.next..to).map(|i| {
+                Record::Click(RawClick {
+                    impression_id: format!("imp-{i}"),
+                    click_id: format!("click-{i}"),
+                    event_time: 1_000_000 + i * 1_000,
+                    labels: Labels::default(),
+                    traits: Default::default(),
+                })
+            }));
+            self.next = to;
+            if to == self.end {
+                Polled::Finished
+            } else {
+                Polled::More
+            }
+        }
+    }
+
+    /// Clicks read by a source of 10 000 one second apart (event times from 1 000 s) whose
+    /// dataflow has finished everything before 1 050 s and nothing since (a probe on an input
+    /// held there), with the given flow control.
+    fn read_while_stuck(read_ahead_ms: u64, over_budget: bool) -> usize {
+        timely::execute_directly(move |worker| {
+            let read = Rc::new(RefCell::new(0usize));
+            let counted = read.clone();
+            let done = ProbeHandle::new();
+            let mut stuck = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<Vec<u64>>();
+                stream.probe_with(&done);
+                let flow = Flow {
+                    done: done.clone(),
+                    read_ahead_ms,
+                    over_budget: Arc::new(AtomicBool::new(over_budget)),
+                };
+                let reader = Seconds {
+                    next: 0,
+                    end: 10_000,
+                };
+                let cfg = TimeConfig {
+                    idle_timeout_ms: None,
+                    idle_advance_lag_ms: None,
+                    ..TimeConfig::default()
+                };
+                let opts = SourceOptions {
+                    flow: Some(flow),
+                    ..SourceOptions::default()
+                };
+                checkpointed_source(scope, "Seconds", reader, cfg, || 0, opts).inspect(move |e| {
+                    if matches!(e, SourceEvent::OnTime(_)) {
+                        *counted.borrow_mut() += 1;
+                    }
+                });
+                input
+            });
+            stuck.advance_to(1_050_000);
+            for _ in 0..1_000 {
+                worker.step();
+            }
+            stuck.close();
+            *read.borrow()
+        })
+    }
+
+    #[test]
+    fn a_source_reads_no_further_ahead_than_the_dataflow_allows() {
+        // The capability (the watermark, 5 s behind the newest click) may reach 1 050 s + 60 s:
+        // the first poll takes it to 1 094 s, the second to 1 194 s, and there it waits.
+        assert_eq!(read_while_stuck(60_000, false), 200);
+        // Over the budget it waits for everything before its capability: after the first
+        // poll, 1 094 s is beyond the 1 050 s finished.
+        assert_eq!(read_while_stuck(60_000, true), 100);
+        // Far enough ahead allowed, it reads everything.
+        assert_eq!(read_while_stuck(100_000_000, false), 10_000);
+    }
 }

@@ -156,6 +156,14 @@ impl SourceClock {
         self.capability
     }
 
+    /// How far partition `p`'s watermark is ahead of the capability (0 before it has any).
+    pub fn ahead_of_capability(&self, p: usize) -> u64 {
+        self.partitions[p].max_seen.map_or(0, |m| {
+            m.saturating_sub(self.cfg.out_of_orderness_ms)
+                .saturating_sub(self.capability)
+        })
+    }
+
     /// What a checkpoint keeps: per partition the largest event time seen, and the capability.
     /// Idle timers are processing time and start afresh.
     pub fn state(&self) -> ClockState {

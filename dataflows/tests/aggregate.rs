@@ -5,6 +5,7 @@
 //! dedup's replacements change) and too-fast clicks.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use adclick_dataflows::click::{Click, Labels, Measures, RawClick, Row, Sym, Traits};
@@ -17,8 +18,8 @@ use adclick_dataflows::click::Dims;
 use adclick_dataflows::dedup::{DedupCheckpoints, DedupConfig, DedupState, SaveDedup};
 use adclick_dataflows::names::Name;
 use adclick_dataflows::source::{
-    Cuts, PartitionReader, Polled, Record, Rejected, SourceEvent, SourceSnapshot,
-    checkpointed_source,
+    Cuts, Flow, PartitionReader, Polled, Record, Rejected, SourceEvent, SourceOptions,
+    SourceSnapshot, checkpointed_source,
 };
 use adclick_dataflows::time::{HOUR_MS, MINUTE_MS, window_start};
 use adclick_dataflows::topn::{RankKey, Ranking, all_countries};
@@ -175,13 +176,19 @@ fn memory_source<'s>(
     mine: Vec<Vec<Item>>,
     cuts: Option<Rc<RefCell<Cuts>>>,
     restore: Option<SourceSnapshot>,
+    flow: Option<Flow>,
 ) -> timely::dataflow::Stream<'s, u64, Vec<SourceEvent>> {
     let next = match &restore {
         Some(s) => s.positions.iter().map(|p| *p as usize).collect(),
         None => vec![0; mine.len()],
     };
     let reader = Memory { next, parts: mine };
-    checkpointed_source(scope, "Memory", reader, time_config(), || 0, cuts, restore)
+    let opts = SourceOptions {
+        cuts,
+        restore,
+        flow,
+    };
+    checkpointed_source(scope, "Memory", reader, time_config(), || 0, opts)
 }
 
 impl PartitionReader for Memory {
@@ -248,6 +255,13 @@ fn mine(parts: &[Vec<Item>], index: usize, peers: usize) -> Vec<Vec<Item>> {
 }
 
 fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
+    run_throttled(workers, parts, false)
+}
+
+/// [`run`], with the sources under the tightest flow control when `throttled`: over the
+/// memory budget for good, each reads only once the dataflow has finished everything before
+/// its capability, and no partition runs more than one tick ahead of the others.
+fn run_throttled(workers: usize, parts: Vec<Vec<Item>>, throttled: bool) -> Results {
     let shared = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new(), 0, 0)));
     let out = shared.clone();
     let arranged = Arc::new(Mutex::new(Vec::new()));
@@ -256,14 +270,21 @@ fn run(workers: usize, parts: Vec<Vec<Item>>) -> Results {
         let (index, peers) = (worker.index(), worker.peers());
         let mine = mine(&parts, index, peers);
         let out = out.clone();
+        let done = timely::dataflow::ProbeHandle::new();
+        let flow = throttled.then(|| Flow {
+            done: done.clone(),
+            read_ahead_ms: 100,
+            over_budget: Arc::new(AtomicBool::new(true)),
+        });
         let traces = worker.dataflow::<u64, _, _>(move |scope| {
-            let events = memory_source(scope, mine, None, None);
+            let events = memory_source(scope, mine, None, None, flow);
             let mut acfg = aggregate_config();
             acfg.top.n = 3;
             acfg.top.window_minutes = vec![1, 5];
             let a = aggregate(events, &acfg);
             let (o1, o2, o3, o4, o5) = (out.clone(), out.clone(), out.clone(), out.clone(), out);
             let traces = Traces::arrange(&a);
+            timely::dataflow::operators::Probe::probe_with(a.minute.inner.clone(), &done);
             a.minute.inspect(move |u| o1.lock().unwrap().0.push(*u));
             a.hour.inspect(move |u| o2.lock().unwrap().1.push(*u));
             a.top.inspect(move |u| o3.lock().unwrap().2.push(u.clone()));
@@ -509,8 +530,9 @@ fn matches_the_oracle_on_one_and_two_workers() {
         total_in,
         "tallies add up"
     );
-    for workers in [1, 2] {
-        let got = run(workers, parts.clone());
+    for (workers, throttled) in [(1, false), (2, false), (2, true)] {
+        let got = run_throttled(workers, parts.clone(), throttled);
+        let workers = format!("{workers}{}", if throttled { ", throttled" } else { "" });
         assert_eq!(got.late, expected.late, "late, {workers} workers");
         assert_eq!(
             got.rejected, expected.rejected,
@@ -572,7 +594,7 @@ fn checkpoint(workers: usize, parts: Vec<Vec<Item>>, f: u64) -> Vec<Part> {
         let (cuts_in, names_in, counts_in, out_in) =
             (cuts.clone(), names.clone(), counts.clone(), out.clone());
         let (mut requests, mut traces) = worker.dataflow::<u64, _, _>(move |scope| {
-            let events = memory_source(scope, mine, Some(cuts_in), None);
+            let events = memory_source(scope, mine, Some(cuts_in), None, None);
             let (input, requests) = scope.new_input::<Vec<u64>>();
             let save: SaveDedup = Box::new(move |at, state: &DedupState| {
                 assert_eq!(at, f);
@@ -676,7 +698,7 @@ fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
         }
         let out = out.clone();
         worker.dataflow::<u64, _, _>(move |scope| {
-            let events = memory_source(scope, mine, None, Some(part.source));
+            let events = memory_source(scope, mine, None, Some(part.source), None);
             let resume = Resume {
                 dedup,
                 rows: Some(part.rows),

@@ -12,6 +12,7 @@ use super::fence::{self, Fence};
 use super::input::Input;
 use super::sink::aggregates::{AggregatesSink, Committer};
 use super::sink::parquet;
+use super::source::budget::Budget;
 use crate::event::enrich::Enricher;
 use crate::health::Health;
 use crate::query::metrics::QueryMetrics;
@@ -51,6 +52,8 @@ pub struct Cluster {
     aggregates: Mutex<Option<AggregatesSink>>,
     /// An error of the input that stops every worker, and `run` with it.
     pub failure: Failure,
+    /// The process's memory budget, which holds the sources back while it is exceeded.
+    pub budget: Arc<Budget>,
     _fences: Vec<Fence>,
 }
 
@@ -98,6 +101,7 @@ impl Cluster {
                 tracing::warn!("no checkpoint directory: the raw Parquet archive is not written");
             }
         }
+        let budget = Budget::start(cfg.memory_budget_mb);
         Ok(Self {
             cfg,
             input,
@@ -113,6 +117,7 @@ impl Cluster {
             epoch,
             aggregates: Mutex::new(aggregates),
             failure: Failure::default(),
+            budget,
             _fences: fences,
         })
     }

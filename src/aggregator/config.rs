@@ -64,6 +64,13 @@ pub struct AggregatorConfig {
     pub parquet_dir: Option<PathBuf>,
     /// The behavioural invalid-traffic rules (`[aggregator.invalid]`).
     pub invalid: InvalidRules,
+    /// Flow control: how far (event time) a source may read ahead of what the whole dataflow
+    /// has finished, and a partition ahead of its source's slowest one.
+    pub read_ahead_ms: u64,
+    /// The process's resident memory, in MiB, above which the sources read only what the
+    /// dataflow has caught up with (0: no budget). A backlog then waits in the broker or the
+    /// file instead of in memory; the state itself is never dropped to meet the budget.
+    pub memory_budget_mb: u64,
 }
 
 /// The invalid-traffic rules the dataflow applies to deduplicated clicks; each flags, never
@@ -174,6 +181,8 @@ impl Default for AggregatorConfig {
             checkpoints_kept: 2,
             parquet_dir: None,
             invalid: InvalidRules::default(),
+            read_ahead_ms: 10_000,
+            memory_budget_mb: 0,
         }
     }
 }
@@ -196,6 +205,14 @@ impl AggregatorConfig {
         anyhow::ensure!(
             self.checkpoint_interval_ms >= 100,
             "aggregator.checkpoint_interval_ms must be at least 100"
+        );
+        anyhow::ensure!(
+            self.read_ahead_ms >= self.tick_ms,
+            "aggregator.read_ahead_ms must be at least aggregator.tick_ms"
+        );
+        anyhow::ensure!(
+            self.memory_budget_mb == 0 || self.memory_budget_mb >= 64,
+            "aggregator.memory_budget_mb must be 0 (no budget) or at least 64"
         );
         Ok(())
     }

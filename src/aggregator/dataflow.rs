@@ -9,7 +9,7 @@ use std::time::Instant;
 use adclick_dataflows::dedup::{DedupCheckpoints, DedupState};
 use adclick_dataflows::names::Dictionary;
 use adclick_dataflows::report::reports;
-use adclick_dataflows::source::{SourceEvent, checkpointed_source, clock_source};
+use adclick_dataflows::source::{Flow, SourceEvent, SourceOptions, checkpointed_source};
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use adclick_dataflows::{Aggregates, Resume, Traces, resumed_aggregate};
 use timely::dataflow::channels::pact::Exchange;
@@ -67,7 +67,7 @@ impl Aggregation {
         let dictionary = Rc::new(RefCell::new(Dictionary::new()));
         let (traces, checkpointer) = worker.dataflow::<u64, _, _>(|scope| {
             let mut checkpointer = None;
-            let events = b.source(scope, &mut checkpointer);
+            let events = b.source(scope, &mut checkpointer, &probe);
             events.clone().probe_with(&sources);
             let resume = b.resume(scope, checkpointer.as_mut());
             let a = resumed_aggregate(events, &b.cluster.cfg.aggregate(), resume);
@@ -95,26 +95,37 @@ impl Aggregation {
 }
 
 impl Builder<'_> {
-    /// The clicks of this worker's share of the input. A Kafka source is the one that
+    /// The clicks of this worker's share of the input, read no further ahead of `done` (the
+    /// end of the dataflow) than the flow control allows. A Kafka source is the one that
     /// checkpoints: it sets `checkpointer` when a checkpoint directory is configured.
     fn source<'s>(
         &self,
         scope: Scope<'s, u64>,
         checkpointer: &mut Option<Checkpointer>,
+        done: &ProbeHandle<u64>,
     ) -> Stream<'s, u64, Vec<SourceEvent>> {
         let (index, peers, cfg) = (self.index, self.peers, &self.cluster.cfg);
         let time = cfg.time(self.cluster.input.is_batch());
+        let flow = Flow {
+            done: done.clone(),
+            read_ahead_ms: cfg.read_ahead_ms,
+            over_budget: self.cluster.budget.over.clone(),
+        };
+        let plain = SourceOptions {
+            flow: Some(flow),
+            ..SourceOptions::default()
+        };
         match &self.cluster.input {
             Input::Files(files) => {
                 let enricher = self.cluster.enricher.clone();
                 let failure = self.cluster.failure.clone();
                 let skew = cfg.max_future_skew_ms;
                 let reader = FileReader::new(files, index, peers, enricher, skew, failure);
-                clock_source(scope, "FileSource", reader, time, now_ms)
+                checkpointed_source(scope, "FileSource", reader, time, now_ms, plain)
             }
             Input::Archive(archive) => {
                 let reader = ArchiveReader::new(archive, index, peers);
-                clock_source(scope, "ArchiveSource", reader, time, now_ms)
+                checkpointed_source(scope, "ArchiveSource", reader, time, now_ms, plain)
             }
             Input::Kafka { kafka, until_end } => {
                 let restored = self.cluster.restored.as_ref();
@@ -135,8 +146,12 @@ impl Builder<'_> {
                 if let Some(raw) = checkpointer.as_ref().and_then(|c| c.raw.clone()) {
                     reader.archive_into(raw);
                 }
-                let cuts = checkpointer.as_ref().map(|c| c.cuts.clone());
-                checkpointed_source(scope, "KafkaSource", reader, time, now_ms, cuts, snapshot)
+                let opts = SourceOptions {
+                    cuts: checkpointer.as_ref().map(|c| c.cuts.clone()),
+                    restore: snapshot,
+                    ..plain
+                };
+                checkpointed_source(scope, "KafkaSource", reader, time, now_ms, opts)
             }
         }
     }
