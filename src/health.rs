@@ -69,6 +69,49 @@ pub struct Checkpointed {
     pub duration_ms: u64,
 }
 
+/// What the cluster's supervisor (`adclick-aggregator cluster`) told this process: how
+/// often it restarted the whole cluster before this start, and why it last did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restarts {
+    /// Whether a supervisor started this process at all.
+    pub supervised: bool,
+    pub count: u64,
+    /// The process that ended the previous run and how (exit code or signal), and when.
+    pub last_cause: Option<String>,
+}
+
+/// How many times the supervisor restarted the cluster before starting this process...
+pub const ENV_RESTARTS: &str = "ADCLICK_SUPERVISOR_RESTARTS";
+/// ...and why it last did.
+pub const ENV_LAST_CAUSE: &str = "ADCLICK_SUPERVISOR_LAST_CAUSE";
+
+impl Restarts {
+    /// What the supervisor put in this process's environment.
+    pub fn from_env() -> Self {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// From `(name, value)` pairs: not supervised when the restart count is absent.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let (mut count, mut last_cause) = (None, None);
+        for (name, value) in vars {
+            match name.as_str() {
+                ENV_RESTARTS => count = value.trim().parse().ok(),
+                ENV_LAST_CAUSE => last_cause = Some(value),
+                _ => {}
+            }
+        }
+        match count {
+            Some(count) => Self {
+                supervised: true,
+                count,
+                last_cause,
+            },
+            None => Self::default(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Health {
     /// The data frontier in ms (0 before the first progress): every window ending at or
@@ -84,13 +127,17 @@ pub struct Health {
     pub checkpoints_committed: AtomicU64,
     /// Offset ranges deleted before this process read them; any makes health `degraded`.
     pub gaps: Mutex<BTreeSet<Gap>>,
+    /// The supervisor's restarts of the whole cluster before this process started.
+    pub restarts: Restarts,
 }
 
 impl Health {
+    /// This process's health, with the supervisor's restarts from the environment.
     pub fn new(workers: usize, processes: usize) -> Self {
         Self {
             workers,
             processes,
+            restarts: Restarts::from_env(),
             ..Self::default()
         }
     }
@@ -157,6 +204,9 @@ impl Health {
             "tallies": t,
             "workers": self.workers,
             "processes": self.processes,
+            "supervised": self.restarts.supervised,
+            "restarts": self.restarts.count,
+            "last_restart_cause": self.restarts.last_cause,
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod raw;
 pub mod reconcile;
 pub mod sink;
 pub mod source;
+pub mod supervisor;
 mod worker;
 
 /// The output lines and tallies, by the path the tests and tools know them by.

@@ -321,7 +321,7 @@ impl Drop for TansuBroker {
 
 /// Asks the kernel to SIGKILL the child when this process dies, however it dies (kill -9
 /// included), so no orphaned broker keeps the port and the storage.
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches only the child's own state.
     unsafe {

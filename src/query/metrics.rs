@@ -31,6 +31,8 @@ pub struct QueryMetrics {
     /// Invalid clicks of finalized windows, by reason.
     invalid: Family<Labels, Gauge>,
     checkpoint: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// The supervisor's restarts of the whole cluster before this process started.
+    cluster_restarts: Gauge,
 }
 
 impl Default for QueryMetrics {
@@ -49,6 +51,7 @@ impl Default for QueryMetrics {
         let gap_records = Gauge::default();
         let invalid = Family::<Labels, Gauge>::default();
         let checkpoint = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let cluster_restarts = Gauge::default();
         registry.register(
             "query_duration_seconds",
             "Query answer time by endpoint and status",
@@ -95,8 +98,15 @@ impl Default for QueryMetrics {
              duration (s from request to manifest), bytes, and committed (count since start)",
             checkpoint.clone(),
         );
+        registry.register(
+            "cluster_restarts",
+            "Restarts of the whole cluster by its supervisor (adclick-aggregator cluster) \
+             before this process started; 0 when not supervised",
+            cluster_restarts.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            cluster_restarts,
             checkpoint,
             queries,
             window_completion,
@@ -140,6 +150,7 @@ impl QueryMetrics {
                 .set(n);
         }
         self.gap_records.set(health.lost_records() as i64);
+        self.cluster_restarts.set(health.restarts.count as i64);
         if let Some(d) = health.watermark_delay_ms() {
             self.watermark_delay.set(d as f64 / 1000.0);
         }
