@@ -1,15 +1,18 @@
 //! Seeded click traffic with its exact ground truth, into NDJSON files, the Kafka clicks
-//! topic, or a running adclick-redirect.
+//! topic, or a running adclick-redirect; `replay` sends recorded traffic again, `compare`
+//! holds one aggregator output to another.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::bail;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use adclick::cli::{CommonArgs, init_logging};
 use adclick::loadgen::args::LoadgenArgs;
+use adclick::loadgen::replay::{self, ReplayArgs, compare};
 use adclick::loadgen::{self, LoadgenConfig};
 
 #[derive(Parser)]
@@ -33,11 +36,54 @@ struct Cli {
     common: CommonArgs,
     #[command(flatten)]
     loadgen: LoadgenArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send recorded traffic again: NDJSON event files, seed-003 logs, partner NDJSON or the
+    /// raw Parquet archive, into the clicks topic (or partner NDJSON through the redirect),
+    /// at a speed multiple, keeping its relative timing and each file's or partition's order.
+    /// Malformed records are sent as they are. Ends with a summary line.
+    Replay(ReplayArgs),
+    /// Compare two aggregator outputs (NDJSON): the same final windows and tallies, or exit 1
+    /// printing every difference. A replay's truth is the batch aggregator's output on the
+    /// recording (adclick-aggregator --input FILES).
+    Compare {
+        /// The expected output (the batch aggregator's).
+        expected: PathBuf,
+        /// The output held to it (the live aggregator's).
+        actual: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
+    if cli.command.is_some() && !cli.loadgen.overrides()?.is_empty() {
+        bail!("the traffic flags (--rate, --output, ...) are not for replay or compare");
+    }
+    match cli.command {
+        Some(Command::Replay(args)) => {
+            let mut config = cli.common.load(Vec::new())?;
+            let embedded = cli.common.maybe_embedded_kafka(&mut config)?;
+            let summary = replay::run(&args, &config, &*stop_on_signal()?)?;
+            drop(embedded);
+            eprintln!("{summary}");
+            return Ok(());
+        }
+        Some(Command::Compare { expected, actual }) => {
+            let c = compare::outputs(
+                &compare::Output::read(&expected)?,
+                &compare::Output::read(&actual)?,
+                &format!("{} against {}", actual.display(), expected.display()),
+            );
+            print!("{c}");
+            std::process::exit(if c.ok() { 0 } else { 1 });
+        }
+        None => {}
+    }
     let mut config = cli.common.load(cli.loadgen.overrides()?)?;
     let cfg = LoadgenConfig::from_config(&config)?;
     let embedded = cli.common.maybe_embedded_kafka(&mut config)?;

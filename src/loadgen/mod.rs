@@ -2,7 +2,7 @@
 //!
 //! [`traffic`] generates (pure, seeded), [`encode`] renders, [`output`] delivers (files,
 //! Kafka, HTTP), [`truth`] keeps the books. This module holds the configuration and wires
-//! them together in [`run`].
+//! them together in [`run`]. [`replay`] sends recorded traffic again.
 
 pub mod args;
 pub mod audience;
@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod encode;
 pub mod output;
 pub mod partition;
+pub mod replay;
 pub mod traffic;
 pub mod truth;
 
@@ -505,7 +506,7 @@ fn drive(
 }
 
 /// A progress bar on an interactive stderr; nothing otherwise (logs and pipes stay clean).
-fn progress_bar(len: u64) -> ProgressBar {
+pub(crate) fn progress_bar(len: u64) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

@@ -22,10 +22,16 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct KafkaSink {
+    producer: ClicksProducer,
+    json_share: f64,
+}
+
+/// Records to chosen partitions of the clicks topic, each acknowledged or reported: the
+/// generator's sink and `replay` both send through it.
+pub struct ClicksProducer {
     producer: ThreadedProducer<Deliveries>,
     topic: String,
     partitions: u32,
-    json_share: f64,
     sent: u64,
 }
 
@@ -55,9 +61,9 @@ impl ProducerContext for Deliveries {
     }
 }
 
-impl KafkaSink {
+impl ClicksProducer {
     /// Connects and learns the clicks topic's partition count, which must exist.
-    pub fn connect(kafka: &KafkaConfig, json_share: f64) -> anyhow::Result<Self> {
+    pub fn connect(kafka: &KafkaConfig) -> anyhow::Result<Self> {
         let producer: ThreadedProducer<Deliveries> = crate::kafka::producer_config(kafka)
             .create_with_context(Deliveries::default())
             .context("creating the Kafka producer")?;
@@ -81,13 +87,64 @@ impl KafkaSink {
             producer,
             topic,
             partitions,
-            json_share,
             sent: 0,
         })
     }
 
     pub fn partitions(&self) -> u32 {
         self.partitions
+    }
+
+    /// Hands one record to librdkafka for `partition`; records of one partition keep their
+    /// order (idempotent producer). A full queue is waited out: the caller's pace is Kafka's.
+    pub fn send(&mut self, partition: u32, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        let record = BaseRecord::to(&self.topic)
+            .key(key)
+            .payload(value)
+            .partition(partition as i32);
+        if let Err(failed) = crate::kafka::send::send(&self.producer, record, || true) {
+            bail!("producing to `{}`: {}", self.topic, failed.error);
+        }
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Records acknowledged by Kafka so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.producer.context().acknowledged.load(Ordering::Relaxed)
+    }
+
+    /// Waits for every acknowledgement; fails if any record did not arrive.
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        let flushed = self.producer.flush(FLUSH_TIMEOUT);
+        let ctx = self.producer.context();
+        let acknowledged = ctx.acknowledged.load(Ordering::SeqCst);
+        let failed = ctx.failed.load(Ordering::SeqCst);
+        if flushed.is_err() || failed > 0 || acknowledged != self.sent {
+            let first = ctx.first_error.lock().expect("not poisoned").clone();
+            bail!(
+                "Kafka acknowledged {acknowledged} of {} records ({failed} failed{}, {} still \
+                 in flight after {FLUSH_TIMEOUT:?})",
+                self.sent,
+                first.map(|e| format!(", first: {e}")).unwrap_or_default(),
+                self.producer.in_flight_count()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSink {
+    /// Connects and learns the clicks topic's partition count, which must exist.
+    pub fn connect(kafka: &KafkaConfig, json_share: f64) -> anyhow::Result<Self> {
+        Ok(Self {
+            producer: ClicksProducer::connect(kafka)?,
+            json_share,
+        })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.producer.partitions()
     }
 
     /// JSON for a `json_share` of click ids, chosen by hash so a retry is re-sent exactly as
@@ -104,34 +161,12 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     fn send(&mut self, e: &Emission) -> anyhow::Result<()> {
         let value = event_record(e, self.format(&e.click.event.click_id));
-        let record = BaseRecord::to(&self.topic)
-            .key(e.click.event.impression_id.as_bytes())
-            .payload(&value)
-            .partition(e.shard as i32);
-        // A full queue is waited out: the generator's pace is Kafka's.
-        if let Err(failed) = crate::kafka::send::send(&self.producer, record, || true) {
-            bail!("producing to `{}`: {}", self.topic, failed.error);
-        }
-        self.sent += 1;
-        Ok(())
+        self.producer
+            .send(e.shard, e.click.event.impression_id.as_bytes(), &value)
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
-        let flushed = self.producer.flush(FLUSH_TIMEOUT);
-        let ctx = self.producer.context();
-        let acknowledged = ctx.acknowledged.load(Ordering::SeqCst);
-        let failed = ctx.failed.load(Ordering::SeqCst);
-        if flushed.is_err() || failed > 0 || acknowledged != self.sent {
-            let first = ctx.first_error.lock().expect("not poisoned").clone();
-            bail!(
-                "Kafka acknowledged {acknowledged} of {} records ({failed} failed{}, {} still \
-                 in flight after {FLUSH_TIMEOUT:?})",
-                self.sent,
-                first.map(|e| format!(", first: {e}")).unwrap_or_default(),
-                self.producer.in_flight_count()
-            );
-        }
-        Ok(())
+        self.producer.finish()
     }
 }
 
