@@ -2,12 +2,13 @@
 # Installs what adclick's tests, demo and benchmarks need on a fresh Debian machine.
 # Idempotent: installs only what is missing.
 #   scripts/install-deps.sh          # build + test: protoc, Debian's Chromium and playwright-core
-#                                    # (dashboard test), Tansu (real broker for failure tests)
+#                                    # (dashboard test), promtool (Debian's prometheus: checks
+#                                    # docs/alerts), Tansu (real broker for failure tests)
 #   scripts/install-deps.sh bench    # + wrk, hey, nginx for scripts/bench-*.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(protoc:protobuf-compiler chromium:chromium node:nodejs npm:npm)
+want=(protoc:protobuf-compiler chromium:chromium node:nodejs npm:npm promtool:prometheus)
 if [[ "${1:-}" == "bench" ]]; then
   want+=(wrk:wrk hey:hey nginx:nginx-light jq:jq)
 fi

@@ -8,4 +8,9 @@ export TANSU_BIN=${TANSU_BIN:-$(scripts/tansu.sh install)}
 export ADCLICK_REQUIRE_TANSU=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The Prometheus alert rules: syntax, and their unit tests (each alert fires on its series).
+if command -v promtool >/dev/null 2>&1; then
+  promtool check rules docs/alerts/adclick-rules.yml
+  (cd docs/alerts && promtool test rules adclick-rules.test.yml)
+fi
 cargo test --workspace

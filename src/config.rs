@@ -44,6 +44,8 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     pub late_topic: String,
     pub aggregates_topic: String,
+    /// Traffic anomaly alerts (`[aggregator.alerts]`), keyed by kind, dimension, key and minute.
+    pub alerts_topic: String,
     /// Partitions of the clicks topic when adclick creates it (embedded broker).
     pub partitions: i32,
     /// Extra librdkafka properties for producers, e.g. `{ "linger.ms" = "2" }`.
@@ -64,6 +66,7 @@ impl Default for KafkaConfig {
             dlq_topic: "clicks-dlq".into(),
             late_topic: "clicks-late".into(),
             aggregates_topic: "click-aggregates".into(),
+            alerts_topic: "click-alerts".into(),
             partitions: 8,
             producer: toml::Table::new(),
             embedded: Default::default(),

@@ -125,6 +125,13 @@ pub struct Health {
     /// The newest checkpoint committed by this process, and how many it committed.
     pub checkpoint: Mutex<Option<Checkpointed>>,
     pub checkpoints_committed: AtomicU64,
+    /// With checkpoints on: their interval, and when this process last committed one (ms
+    /// since the epoch; its start until the first), so an alert can tell a stalled
+    /// checkpointer from one not yet due. Both 0 without checkpoints.
+    pub checkpoint_interval_ms: AtomicU64,
+    pub checkpoint_committed_at_ms: AtomicU64,
+    /// Traffic anomaly alerts raised by this process (process 0 holds them all).
+    pub alerts: crate::alert_log::AlertLog,
     /// Offset ranges deleted before this process read them; any makes health `degraded`.
     pub gaps: Mutex<BTreeSet<Gap>>,
     /// The supervisor's restarts of the whole cluster before this process started.

@@ -7,9 +7,13 @@
 //! `adclick-dataflows` crate.
 
 pub mod aggregator;
+pub mod alert_log;
 pub mod cli;
 pub mod config;
+pub mod disk;
 pub mod event;
+#[cfg(test)]
+mod exported_metrics;
 pub mod health;
 pub mod http_server;
 pub mod kafka;

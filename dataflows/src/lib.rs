@@ -8,6 +8,7 @@
 //!                └─ rejected ▶ (dead-letter sink)
 //! ```
 
+pub mod anomaly;
 pub mod click;
 pub mod dedup;
 pub mod flood;

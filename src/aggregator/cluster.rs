@@ -1,6 +1,7 @@
 //! What this process decides once, before the timely cluster starts, and shares with every
 //! one of its workers: the [`Cluster`].
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,6 +77,16 @@ impl Cluster {
             Input::Kafka { .. } => cfg.checkpoints(),
             Input::Files(_) | Input::Archive(_) => None,
         };
+        if let Some(c) = &checkpoints {
+            let ms = |d: Duration| d.as_millis() as u64;
+            health
+                .checkpoint_interval_ms
+                .store(ms(c.interval), Ordering::Relaxed);
+            let now = crate::timefmt::now_millis() as u64;
+            health
+                .checkpoint_committed_at_ms
+                .store(now, Ordering::Relaxed);
+        }
         // Fencing first: nothing is read or written before this process owns its share.
         let fences = fence::lock_process(
             checkpoints.as_ref().map(|c| c.dir.as_path()),
@@ -173,13 +184,29 @@ fn query_server(
         minute_retention_ms: cfg.minute_retention_ms,
         top_n: cfg.top_n,
         top_windows: cfg.top_window_minutes.clone(),
-        metrics: QueryMetrics::default(),
+        metrics: QueryMetrics::watching_disks(disks(cfg)),
     });
     if serving && cfg.process == 0 {
         let addr = query::spawn(&cfg.query_listen, cfg.query_limits(), server.clone())?;
         println!("query server: http://{addr}/");
     }
     Ok((server, asks))
+}
+
+/// The directories whose filesystems `/metrics` reports as `disk_used_ratio{dir}`.
+fn disks(cfg: &AggregatorConfig) -> Vec<(&'static str, std::path::PathBuf)> {
+    let output = std::path::Path::new(&cfg.output);
+    let output_dir = (cfg.output != "-")
+        .then(|| output.parent().filter(|p| !p.as_os_str().is_empty()))
+        .map(|p| p.map_or_else(|| ".".into(), |p| p.to_path_buf()));
+    [
+        ("checkpoint", cfg.checkpoint_dir.clone()),
+        ("parquet", cfg.parquet_dir.clone()),
+        ("output", output_dir),
+    ]
+    .into_iter()
+    .filter_map(|(name, dir)| Some((name, dir?)))
+    .collect()
 }
 
 /// Process 0's click-aggregates sink (Kafka input only). After a restore, the restored

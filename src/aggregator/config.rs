@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use adclick_dataflows::AggregateConfig;
+use adclick_dataflows::anomaly::AlertConfig;
 use adclick_dataflows::flood::{FloodRule, InvalidConfig};
 use adclick_dataflows::rollup::Retention;
 use adclick_dataflows::topn::TopNConfig;
@@ -64,6 +65,8 @@ pub struct AggregatorConfig {
     pub parquet_dir: Option<PathBuf>,
     /// The behavioural invalid-traffic rules (`[aggregator.invalid]`).
     pub invalid: InvalidRules,
+    /// Traffic anomaly alerts (`[aggregator.alerts]`): spikes, drops, invalid share.
+    pub alerts: AlertConfig,
     /// Flow control: how far (event time) a source may read ahead of what the whole dataflow
     /// has finished, and a partition ahead of its source's slowest one.
     pub read_ahead_ms: u64,
@@ -181,6 +184,7 @@ impl Default for AggregatorConfig {
             checkpoints_kept: 2,
             parquet_dir: None,
             invalid: InvalidRules::default(),
+            alerts: AlertConfig::default(),
             read_ahead_ms: 10_000,
             memory_budget_mb: 0,
         }
@@ -202,6 +206,9 @@ impl AggregatorConfig {
         anyhow::ensure!(self.top_n >= 1, "aggregator.top_n must be at least 1");
         self.query_limits().check("aggregator.query_")?;
         self.invalid.check()?;
+        self.alerts
+            .check()
+            .map_err(|e| anyhow::anyhow!("aggregator.alerts.{e}"))?;
         anyhow::ensure!(
             self.checkpoint_interval_ms >= 100,
             "aggregator.checkpoint_interval_ms must be at least 100"

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
 
+use adclick_dataflows::anomaly;
 use adclick_dataflows::dedup::{DedupCheckpoints, DedupState};
 use adclick_dataflows::names::Dictionary;
 use adclick_dataflows::report::reports;
@@ -81,6 +82,7 @@ impl Aggregation {
                 .exchange(|_| 0)
                 .inspect(move |n| names.borrow_mut().insert(n.clone()))
                 .probe_with(&probe);
+            b.alerts(&a);
             b.sinks(scope, a, checkpointer.as_ref());
             (traces, checkpointer)
         });
@@ -213,6 +215,21 @@ impl Builder<'_> {
                 }
             }),
         }
+    }
+
+    /// Traffic anomaly alerts from the minute rows, to worker 0's alert sink.
+    fn alerts(&self, a: &Aggregates<'_>) {
+        let cfg = &self.cluster.cfg;
+        if !cfg.alerts.enabled {
+            return;
+        }
+        let alerts = anomaly::alerts(a.minute.clone(), &cfg.alerts, cfg.allowed_lateness_ms);
+        let kafka = match &self.cluster.input {
+            Input::Kafka { kafka, .. } => Some(kafka),
+            Input::Files(_) | Input::Archive(_) => None,
+        };
+        let health = self.cluster.health.clone();
+        super::sink::alerts::alerts_sink(alerts, a.names.clone(), health, kafka);
     }
 
     /// Late and rejected clicks to their topics (every worker), and every line to worker 0's

@@ -159,12 +159,13 @@ impl EmbeddedKafka {
 
 /// adclick's topics with their partition counts: the clicks topic as configured, the others
 /// at most 4.
-fn topics(kafka: &KafkaConfig) -> [(&String, i32); 4] {
+fn topics(kafka: &KafkaConfig) -> [(&String, i32); 5] {
     [
         (&kafka.clicks_topic, kafka.partitions),
         (&kafka.dlq_topic, kafka.partitions.clamp(1, 4)),
         (&kafka.late_topic, kafka.partitions.clamp(1, 4)),
         (&kafka.aggregates_topic, kafka.partitions.clamp(1, 4)),
+        (&kafka.alerts_topic, 1),
     ]
 }
 

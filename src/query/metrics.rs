@@ -2,6 +2,7 @@
 //! completion latency, and, read from [`Health`] at scrape time, the tallies, the watermark
 //! delay and each partition's lag.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -33,6 +34,11 @@ pub struct QueryMetrics {
     checkpoint: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// The supervisor's restarts of the whole cluster before this process started.
     cluster_restarts: Gauge,
+    checkpoint_interval: Gauge<f64, std::sync::atomic::AtomicU64>,
+    checkpoint_committed_at: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Used share of the filesystem under each directory the aggregator writes.
+    disk_used: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    disks: Vec<(&'static str, PathBuf)>,
 }
 
 impl Default for QueryMetrics {
@@ -52,6 +58,9 @@ impl Default for QueryMetrics {
         let invalid = Family::<Labels, Gauge>::default();
         let checkpoint = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let cluster_restarts = Gauge::default();
+        let checkpoint_interval = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let checkpoint_committed_at = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let disk_used = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "query_duration_seconds",
             "Query answer time by endpoint and status",
@@ -99,6 +108,24 @@ impl Default for QueryMetrics {
             checkpoint.clone(),
         );
         registry.register(
+            "checkpoint_interval_seconds",
+            "aggregator.checkpoint_interval_ms in seconds (absent without checkpoints)",
+            checkpoint_interval.clone(),
+        );
+        registry.register(
+            "checkpoint_last_commit_timestamp_seconds",
+            "When this process last committed a checkpoint (s since the epoch), its start \
+             until the first; with checkpoint_interval_seconds it tells a stalled \
+             checkpointer (absent without checkpoints)",
+            checkpoint_committed_at.clone(),
+        );
+        registry.register(
+            "disk_used_ratio",
+            "Used share (0 to 1) of the filesystem under each directory the aggregator writes, \
+             by dir (checkpoint, parquet, output), as df's Use%",
+            disk_used.clone(),
+        );
+        registry.register(
             "cluster_restarts",
             "Restarts of the whole cluster by its supervisor (adclick-aggregator cluster) \
              before this process started; 0 when not supervised",
@@ -108,6 +135,10 @@ impl Default for QueryMetrics {
             registry: Mutex::new(registry),
             cluster_restarts,
             checkpoint,
+            checkpoint_interval,
+            checkpoint_committed_at,
+            disk_used,
+            disks: Vec::new(),
             queries,
             window_completion,
             tallies,
@@ -120,6 +151,14 @@ impl Default for QueryMetrics {
 }
 
 impl QueryMetrics {
+    /// Metrics that also report how full the filesystems under `disks` are.
+    pub fn watching_disks(disks: Vec<(&'static str, PathBuf)>) -> Self {
+        Self {
+            disks,
+            ..Self::default()
+        }
+    }
+
     pub fn observe(&self, endpoint: &'static str, status: u16, took: Duration) {
         self.queries
             .get_or_create(&vec![
@@ -172,136 +211,23 @@ impl QueryMetrics {
                     .set(v);
             }
         }
+        let interval = health.checkpoint_interval_ms.load(Ordering::Relaxed);
+        if interval > 0 {
+            self.checkpoint_interval.set(interval as f64 / 1000.0);
+            let at = health.checkpoint_committed_at_ms.load(Ordering::Relaxed);
+            self.checkpoint_committed_at.set(at as f64 / 1000.0);
+        }
+        for (name, dir) in &self.disks {
+            match crate::disk::used_ratio(dir) {
+                Ok(r) => {
+                    let dir = vec![("dir", name.to_string())];
+                    self.disk_used.get_or_create(&dir).set(r);
+                }
+                Err(e) => tracing::debug!("disk_used_ratio of {}: {e}", dir.display()),
+            }
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry.lock().unwrap()).expect("writing to a String");
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-    use std::sync::atomic::Ordering;
-
-    use serde_json::Value;
-
-    use super::*;
-
-    const DASHBOARD: &str = include_str!("../../docs/grafana/adclick-aggregator.json");
-
-    /// Every `expr` of every panel target, rows' nested panels included, and every query
-    /// variable's query.
-    fn exprs(dashboard: &Value) -> Vec<String> {
-        fn walk(panels: &Value, out: &mut Vec<String>) {
-            for panel in panels.as_array().into_iter().flatten() {
-                for target in panel["targets"].as_array().into_iter().flatten() {
-                    let expr = target["expr"].as_str().expect("a target without expr");
-                    out.push(expr.to_string());
-                }
-                walk(&panel["panels"], out);
-            }
-        }
-        let mut out = Vec::new();
-        walk(&dashboard["panels"], &mut out);
-        for var in dashboard["templating"]["list"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            if var["type"] == "query" {
-                let q = &var["query"];
-                out.push(q["query"].as_str().or(q.as_str()).unwrap().to_string());
-            }
-        }
-        out
-    }
-
-    /// Identifiers starting with `adclick_`.
-    fn metric_names(expr: &str) -> Vec<String> {
-        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
-        let mut names = Vec::new();
-        let mut rest = expr;
-        let mut prev_ident = false;
-        while let Some(c) = rest.chars().next() {
-            if !prev_ident && rest.starts_with("adclick_") {
-                let end = rest.find(|c: char| !ident(c)).unwrap_or(rest.len());
-                names.push(rest[..end].to_string());
-                rest = &rest[end..];
-                prev_ident = true;
-                continue;
-            }
-            prev_ident = ident(c);
-            rest = &rest[c.len_utf8()..];
-        }
-        names
-    }
-
-    /// The sample names in a text exposition with one observation in every family.
-    fn exposed() -> BTreeSet<String> {
-        let m = QueryMetrics::default();
-        m.observe("stats", 200, Duration::from_millis(3));
-        m.window_completion.observe(0.2);
-        let health = Health::default();
-        health.tallies.lock().unwrap().received = 5;
-        health.frontier.store(1, Ordering::Relaxed);
-        health.set_partition(0, 10, 12);
-        m.render(&health)
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| l[..l.find(['{', ' ']).unwrap_or(l.len())].to_string())
-            .collect()
-    }
-
-    #[test]
-    fn the_grafana_dashboard_only_uses_exported_metrics() {
-        let dashboard: Value = serde_json::from_str(DASHBOARD).expect("dashboard JSON");
-        assert_eq!(dashboard["title"], "adclick aggregator");
-        let panels = dashboard["panels"].as_array().expect("panels");
-        let graphs = panels.iter().filter(|p| p["type"] != "row").count();
-        assert!(graphs >= 6, "only {graphs} panels");
-        for p in panels {
-            assert!(p["gridPos"]["w"].as_u64().is_some(), "no gridPos: {p}");
-        }
-
-        let exposed = exposed();
-        for family in [
-            "query_duration_seconds_bucket",
-            "window_completion_latency_seconds_count",
-            "records",
-            "watermark_delay_seconds",
-            "partition_lag_records",
-        ] {
-            assert!(
-                exposed.contains(&format!("adclick_aggregator_{family}")),
-                "{family} not in {exposed:?}"
-            );
-        }
-        assert!(!exposed.contains("adclick_aggregator_record"));
-
-        let exprs = exprs(&dashboard);
-        assert!(exprs.len() >= 6, "{exprs:?}");
-        let mut used = 0;
-        for expr in &exprs {
-            for name in metric_names(expr) {
-                assert!(
-                    exposed.contains(&name),
-                    "the dashboard uses {name}, which /metrics does not export, in {expr}\n\
-                     exported: {exposed:?}"
-                );
-                used += 1;
-            }
-        }
-        assert!(
-            used >= exprs.len(),
-            "an expr without an adclick_ metric: {exprs:?}"
-        );
-    }
-
-    #[test]
-    fn metric_names_are_whole_identifiers() {
-        assert_eq!(
-            metric_names(r#"sum(rate(adclick_a_b{x="y"}[5m])) / xadclick_c + adclick_d:e"#),
-            ["adclick_a_b", "adclick_d:e"]
-        );
     }
 }

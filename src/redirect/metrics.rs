@@ -4,8 +4,12 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
 
 use adclick_dataflows::invalid::{Reason, Reasons};
 
@@ -66,6 +70,8 @@ pub struct RedirectMetrics {
     verdicts: std::sync::Arc<Vec<Verdicts>>,
     /// Partner events by outcome (accepted, rejected).
     pub partner_events: Family<Labels, Counter>,
+    /// Used share of the filesystem under the spool, read at each scrape.
+    disk_used: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 impl RedirectMetrics {
@@ -143,7 +149,15 @@ impl RedirectMetrics {
             "Partner events by outcome (accepted, rejected)",
             partner_events.clone(),
         );
+        let disk_used = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "disk_used_ratio",
+            "Used share (0 to 1) of the filesystem under the spool (dir=spool), as df's Use%: \
+             when it is full, clicks Kafka cannot take have nowhere to go",
+            disk_used.clone(),
+        );
         Self {
+            disk_used,
             endpoints: std::sync::Arc::new(endpoints),
             verdicts: std::sync::Arc::new(verdicts),
             partner_events,
@@ -164,6 +178,17 @@ impl RedirectMetrics {
         }
         for r in reasons.iter() {
             v.reasons[r.index()].inc();
+        }
+    }
+
+    /// Reads how full the filesystem under `path` is, as `disk_used_ratio{dir=name}`; a
+    /// directory that cannot be read keeps its last value (logged at debug).
+    pub fn observe_disk(&self, name: &'static str, path: &Path) {
+        match crate::disk::used_ratio(path) {
+            Ok(r) => {
+                self.disk_used.get_or_create(&vec![("dir", name)]).set(r);
+            }
+            Err(e) => tracing::debug!("disk_used_ratio of {}: {e}", path.display()),
         }
     }
 

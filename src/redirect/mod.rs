@@ -148,6 +148,8 @@ pub fn routes(
             .and(warp::get())
             .and(with_state)
             .map(|state: Arc<State>| {
+                let spool = &state.config.redirect.spool_dir;
+                state.metrics.observe_disk("spool", spool);
                 let mut text = String::new();
                 prometheus_client::encoding::text::encode(&mut text, &state.registry)
                     .expect("writing to a String cannot fail");

@@ -311,6 +311,10 @@ impl Checkpointer {
             );
             let health = &publish.health;
             health.checkpoints_committed.fetch_add(1, Ordering::Relaxed);
+            let now = crate::timefmt::now_millis() as u64;
+            health
+                .checkpoint_committed_at_ms
+                .store(now, Ordering::Relaxed);
             *health.checkpoint.lock().unwrap() = Some(Checkpointed {
                 frontier: manifest.frontier,
                 bytes: manifest.bytes,
