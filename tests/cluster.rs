@@ -320,3 +320,47 @@ fn rescaled_from_1x2_to_2x2_to_1x1_on_the_same_checkpoints_equals_the_truth() {
         "rescaled 1x2, then 2x2, then 1x1",
     );
 }
+
+/// What a restart cannot fix is not restarted: a cluster fenced by another aggregator holding
+/// its checkpoint directory and output exits with code 5 at once, and a configuration error
+/// stops the supervisor before any process starts.
+#[test]
+fn fenced_or_misconfigured_clusters_are_not_restarted() {
+    let kafka = common::embedded_kafka(2);
+    let brokers = kafka.bootstrap_servers();
+    let job = Job::new(&brokers, "127.0.0.1:0");
+    let holder = Spawned::spawn(
+        Command::new(AGGREGATOR)
+            .args(["--config", &demo_config()])
+            .args(&job.flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let lock = job.path("checkpoints/LOCK.process-0");
+    let holding = format!("pid {}", holder.child.id());
+    wait_until(SLOW, "the other aggregator's lock", || {
+        std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&holding))
+    });
+    let mut fenced = job.cluster(2, 1, &[]);
+    let status = fenced.wait(SLOW);
+    let log = plain(&fenced.stderr());
+    assert_eq!(status.code(), Some(5), "{log}");
+    assert!(
+        log.contains("exited with code 5 (fenced") && log.contains("not restarting"),
+        "{log}"
+    );
+    assert_eq!(log.matches("cluster: restart ").count(), 0, "{log}");
+    let s = job.status();
+    assert_eq!((&s["state"], &s["restarts"]), (&"failed".into(), &0.into()));
+    drop(holder);
+
+    let mut misconfigured = job.cluster(2, 0, &[]);
+    let status = misconfigured.wait(SLOW);
+    let log = plain(&misconfigured.stderr());
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("aggregator.workers must be at least 1"),
+        "{log}"
+    );
+    assert!(!log.contains("started (pids"), "no process started: {log}");
+}
