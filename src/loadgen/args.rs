@@ -126,6 +126,18 @@ pub struct LoadgenArgs {
     /// HTTP clicks are not sent this close to a minute boundary [default: 250].
     #[arg(long)]
     pub boundary_guard_ms: Option<i64>,
+    /// Plants a spike: one campaign's clicks from one country times `factor` (default 100)
+    /// for `minutes` from `at` seconds after the start, e.g.
+    /// `campaign=cmp_3,country=DE,at=1800,minutes=10`; repeatable; booked in the truth.
+    #[arg(
+        long = "spike",
+        value_name = "campaign=..,country=..,at=S,minutes=M[,factor=F]"
+    )]
+    pub spikes: Vec<crate::loadgen::anomalies::Spike>,
+    /// Plants a drop: one publisher's clicks kept at `factor` (default 0.1), e.g.
+    /// `publisher=pub_7,at=1800,minutes=10`; repeatable; booked in the truth.
+    #[arg(long = "drop", value_name = "publisher=..,at=S,minutes=M[,factor=F]")]
+    pub drops: Vec<crate::loadgen::anomalies::Drop>,
 }
 
 impl LoadgenArgs {
@@ -179,6 +191,12 @@ impl LoadgenArgs {
         );
         if self.realtime {
             out.push(("loadgen.realtime", true.into()));
+        }
+        if !self.spikes.is_empty() {
+            out.push(("loadgen.spikes", toml::Value::try_from(&self.spikes)?));
+        }
+        if !self.drops.is_empty() {
+            out.push(("loadgen.drops", toml::Value::try_from(&self.drops)?));
         }
         Ok(out)
     }

@@ -4,6 +4,7 @@
 //! Kafka, HTTP), [`truth`] keeps the books. This module holds the configuration and wires
 //! them together in [`run`]. [`replay`] sends recorded traffic again.
 
+pub mod anomalies;
 pub mod args;
 pub mod audience;
 pub mod catalog;
@@ -109,6 +110,11 @@ pub struct LoadgenConfig {
     pub out_of_orderness_ms: i64,
     pub allowed_lateness_ms: i64,
     pub boundary_guard_ms: i64,
+    /// Planted anomalies (`--spike`, `--drop`), booked in the truth's `config.anomalies`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spikes: Vec<anomalies::Spike>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drops: Vec<anomalies::Drop>,
 }
 
 impl Default for LoadgenConfig {
@@ -148,7 +154,30 @@ impl Default for LoadgenConfig {
             out_of_orderness_ms: 5_000,
             allowed_lateness_ms: 300_000,
             boundary_guard_ms: 250,
+            spikes: Vec::new(),
+            drops: Vec::new(),
         }
+    }
+}
+
+impl LoadgenConfig {
+    /// The planted anomalies against this catalog, their windows from `start_ms`.
+    pub fn injector(&self, start_ms: i64) -> anyhow::Result<anomalies::Injector> {
+        let (ads, s) = (self.ads.max(1), self.zipf_exponent);
+        let harmonic: f64 = (1..=ads).map(|k| f64::from(k).powf(-s)).sum();
+        let hot = self.hot_ad_share;
+        let ad_share = |a: u32| {
+            let zipf = f64::from(a + 1).powf(-s) / harmonic;
+            (1.0 - hot) * zipf + if a == 0 { hot } else { 0.0 }
+        };
+        let shape = anomalies::Shape {
+            ad_share: &ad_share,
+            ads,
+            campaigns: self.campaigns.max(1),
+            publishers: self.publishers,
+            start_ms,
+        };
+        anomalies::Injector::new(&self.spikes, &self.drops, &shape)
     }
 }
 
@@ -182,6 +211,7 @@ impl LoadgenConfig {
 
     /// Rejects settings the generator cannot honour, naming the key.
     pub fn check(&self) -> anyhow::Result<()> {
+        self.injector(0)?;
         if let Some(p) = self.pace
             && !(p.is_finite() && p > 0.0)
         {
@@ -421,7 +451,9 @@ pub fn run(cfg: &LoadgenConfig, config: &Config, stop: &AtomicBool) -> anyhow::R
     let enricher = Enricher::new(config.privacy.salt.as_bytes());
     let begin = |partitioner| -> anyhow::Result<_> {
         let schedule = cfg.schedule(now_ms, partitioner)?;
-        let description = serde_json::json!({ "loadgen": cfg, "schedule": schedule });
+        let anomalies = anomalies::describe(&cfg.spikes, &cfg.drops, schedule.start_ms);
+        let description =
+            serde_json::json!({ "loadgen": cfg, "schedule": schedule, "anomalies": anomalies });
         let traffic = Traffic::new(cfg, schedule, enricher.clone());
         // A counted click is at most the allowed lateness (and the bound) behind the latest.
         let truth = GroundTruth::new(Catalog::new(cfg.catalog_size()))

@@ -378,6 +378,8 @@ pub struct Traffic {
     actors: u32,
     /// Latest event time of a valid click emitted to each shard.
     shard_latest: Vec<i64>,
+    /// Planted spikes and drops (`--spike`, `--drop`).
+    injector: super::anomalies::Injector,
 }
 
 /// What a fresh slot holds, before any detail is drawn.
@@ -434,6 +436,9 @@ impl Traffic {
             pending: BTreeMap::new(),
             actors: 0,
             shard_latest: vec![i64::MIN; schedule.partitioner.shards() as usize],
+            injector: cfg
+                .injector(schedule.start_ms)
+                .expect("checked by LoadgenConfig::check"),
             cfg: cfg.clone(),
             schedule,
             catalog,
@@ -805,9 +810,12 @@ impl Traffic {
     }
 
     fn click(&mut self, impression_id: String, event_time_ms: i64, who: Who) -> Click {
-        let ad = self.ad();
-        let publisher = self.rng.random_range(0..self.cfg.publishers);
-        let country = audience::COUNTRIES[self.countries.sample(&mut self.rng)].0;
+        let mut ad = self.ad();
+        let mut publisher = self.rng.random_range(0..self.cfg.publishers);
+        let mut country = audience::COUNTRIES[self.countries.sample(&mut self.rng)].0;
+        let place = (&mut ad, &mut publisher, &mut country);
+        let publishers = self.cfg.publishers;
+        (self.injector).apply(&mut self.rng, event_time_ms, publishers, place);
         let persona = match who {
             Who::Bot | Who::Scheme(Scheme::Crawler) => {
                 let agents = if who == Who::Bot {

@@ -39,6 +39,8 @@ pub struct QueryMetrics {
     /// Used share of the filesystem under each directory the aggregator writes.
     disk_used: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     disks: Vec<(&'static str, PathBuf)>,
+    /// Traffic anomaly alerts raised since start, by kind and severity.
+    alerts: Family<Labels, Gauge>,
 }
 
 impl Default for QueryMetrics {
@@ -61,6 +63,13 @@ impl Default for QueryMetrics {
         let checkpoint_interval = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let checkpoint_committed_at = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let disk_used = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let alerts = Family::<Labels, Gauge>::default();
+        registry.register(
+            "alerts",
+            "Traffic anomaly alerts raised since start (GET /api/v1/alerts, the click-alerts \
+             topic), by kind (spike, drop, invalid_share) and severity (warning, critical)",
+            alerts.clone(),
+        );
         registry.register(
             "query_duration_seconds",
             "Query answer time by endpoint and status",
@@ -139,6 +148,7 @@ impl Default for QueryMetrics {
             checkpoint_committed_at,
             disk_used,
             disks: Vec::new(),
+            alerts,
             queries,
             window_completion,
             tallies,
@@ -216,6 +226,13 @@ impl QueryMetrics {
             self.checkpoint_interval.set(interval as f64 / 1000.0);
             let at = health.checkpoint_committed_at_ms.load(Ordering::Relaxed);
             self.checkpoint_committed_at.set(at as f64 / 1000.0);
+        }
+        for (kind, severity, n) in health.alerts.counts() {
+            let labels = vec![
+                ("kind", kind.name().to_string()),
+                ("severity", severity.name().to_string()),
+            ];
+            self.alerts.get_or_create(&labels).set(n as i64);
         }
         for (name, dir) in &self.disks {
             match crate::disk::used_ratio(dir) {

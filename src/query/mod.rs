@@ -253,6 +253,28 @@ pub fn routes(
             )
             .await
         });
+    let alerts = warp::path!("api" / "v1" / "alerts").and(queried()).map(
+        |p: Params, auth: Option<String>, s: Arc<Server>| {
+            let started = Instant::now();
+            let response = match s.access(auth.as_deref()) {
+                None => error(StatusCode::UNAUTHORIZED, "missing or unknown API key"),
+                Some(Access::Advertiser(_)) => error(
+                    StatusCode::FORBIDDEN,
+                    "traffic alerts span advertisers (publishers): an admin key is needed",
+                ),
+                Some(Access::Admin) => match params::alerts(&p) {
+                    Err(e) => refused(e),
+                    Ok((from, to, least)) => {
+                        let alerts = s.health.alerts.between(from, to, least);
+                        json_reply(StatusCode::OK, json!({ "alerts": alerts }))
+                    }
+                },
+            };
+            s.metrics
+                .observe("alerts", response.status().as_u16(), started.elapsed());
+            response
+        },
+    );
     let health = warp::path!("api" / "v1" / "health")
         .and(warp::get())
         .and(auth)
@@ -300,6 +322,8 @@ pub fn routes(
         .or(report)
         .unify()
         .or(quality)
+        .unify()
+        .or(alerts)
         .unify()
         .or(health)
         .unify()

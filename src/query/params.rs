@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use adclick_dataflows::anomaly::Severity;
 use adclick_dataflows::click::Sym;
 use adclick_dataflows::query::{Filter, Granularity, GroupBy, QueryKind};
 use adclick_dataflows::topn::{advertiser_scope, all_countries};
@@ -181,6 +182,19 @@ fn range(params: &Params) -> Result<(u64, u64), QueryError> {
         return Err(bad("to", "must be after `from`"));
     }
     Ok((from, to))
+}
+
+/// `GET /api/v1/alerts`: the event-time range [from, to) (required) and the least severity
+/// (`warning`, the default, or `critical`).
+pub fn alerts(params: &Params) -> Result<(u64, u64, Severity), QueryError> {
+    only(params, &["from", "to", "severity"])?;
+    let (from, to) = range(params)?;
+    let least = match params.get("severity") {
+        None => Severity::Warning,
+        Some(v) => Severity::from_name(v)
+            .ok_or_else(|| bad("severity", format!("{v:?}: expected warning or critical")))?,
+    };
+    Ok((from, to, least))
 }
 
 /// The finest rows that answer [from, to): minutes while they are kept, else hours or days

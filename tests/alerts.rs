@@ -1,0 +1,151 @@
+//! Traffic anomaly alerts end to end: the load generator plants a spike (x100 from one
+//! country on one campaign) and a drop (one publisher to 10 %) in 45 minutes of traffic on
+//! the embedded broker; a streaming aggregator raises both, each within 2 minutes of event
+//! time after it starts, and nothing before them, through `GET /api/v1/alerts`, `/metrics`
+//! and the admin-only rule.
+
+use std::process::Command;
+use std::time::Duration;
+
+use adclick_testkit as common;
+use common::http::blocking_get as get;
+use common::process::Spawned;
+use common::{demo_config, wait_every};
+use serde_json::Value;
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_adclick-loadgen");
+const AGGREGATOR: &str = env!("CARGO_BIN_EXE_adclick-aggregator");
+const ADMIN: &str = "demo-admin-key-not-secret";
+const ADV1: &str = "demo-adv-1-key-not-secret";
+
+#[test]
+fn a_planted_spike_and_drop_are_alerted_within_two_minutes_and_nothing_else_before() {
+    // The built-in broker keeps every record (the mock cluster would drop this many).
+    let kafka = adclick::kafka::embedded::EmbeddedKafka::builtin(&adclick::config::KafkaConfig {
+        partitions: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The demo configuration with a shorter warm-up: 25 minutes of history before the
+    // anomalies, 45 in all.
+    let config = dir.path().join("config.toml");
+    let demo = std::fs::read_to_string(demo_config()).unwrap();
+    std::fs::write(
+        &config,
+        format!("{demo}\n[aggregator.alerts]\nwarmup_minutes = 15\n"),
+    )
+    .unwrap();
+    let start = adclick::timefmt::now_millis() - 50 * 60_000;
+    let start = start - start.rem_euclid(60_000);
+    let truth_path = dir.path().join("truth.json");
+    let out = Command::new(LOADGEN)
+        .arg("--config")
+        .arg(&config)
+        .args(["--output", "kafka", "--brokers", &kafka.bootstrap_servers()])
+        .args([
+            "--rate",
+            "100",
+            "--duration",
+            "2700",
+            "--start",
+            &start.to_string(),
+        ])
+        .args(["--campaigns", "20", "--publishers", "10"])
+        .args(["--spike", "campaign=cmp_5,country=DE,at=1500,minutes=5"])
+        .args(["--drop", "publisher=pub_3,at=1500,minutes=20"])
+        .arg("--truth")
+        .arg(&truth_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let truth: Value = serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
+    let planted = truth["config"]["anomalies"].as_array().unwrap().clone();
+    assert_eq!(planted.len(), 2, "{planted:?}");
+    let begins = start as u64 + 1_500_000;
+    assert_eq!(planted[0]["from_ms"].as_u64(), Some(begins));
+
+    let mut aggregator = Spawned::start(
+        Command::new(AGGREGATOR)
+            .arg("--config")
+            .arg(&config)
+            .args(["--brokers", &kafka.bootstrap_servers(), "--workers", "2"])
+            .args(["--query-listen", "127.0.0.1:0", "--output"])
+            .arg(dir.path().join("out.ndjson"))
+            .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500"),
+    );
+    let printed = aggregator.line_with_prefix("query server: http://", Duration::from_secs(60));
+    let addr = printed.trim_end_matches('/').to_string();
+    let (from, to) = (
+        adclick::timefmt::format_millis(start),
+        adclick::timefmt::format_millis(start + 60 * 60_000),
+    );
+    let path = format!("/api/v1/alerts?from={from}&to={to}");
+    let found = |alerts: &Value, kind: &str, key: &[&str]| -> Option<u64> {
+        alerts["alerts"].as_array()?.iter().find_map(|a| {
+            let k: Vec<&str> = a["key"]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            (a["kind"] == kind && k == key)
+                .then(|| a["minute_ms"].as_u64())
+                .flatten()
+        })
+    };
+    let alerts = wait_every(
+        Duration::from_secs(180),
+        Duration::from_secs(1),
+        "the spike and the drop alerted",
+        || {
+            assert!(aggregator.running(), "the aggregator exited");
+            let r = get(&format!("http://{addr}{path}"), Some(ADMIN));
+            assert_eq!(r.status, 200, "{}", r.body);
+            let alerts = r.json();
+            let spike = found(&alerts, "spike", &["cmp_5", "DE"]);
+            let drop = found(&alerts, "drop", &["pub_3"]);
+            match (spike, drop) {
+                (Some(_), Some(_)) => Ok(alerts),
+                _ => Err(alerts.to_string()),
+            }
+        },
+    );
+    for (kind, key) in [("spike", &["cmp_5", "DE"][..]), ("drop", &["pub_3"][..])] {
+        let minute = found(&alerts, kind, key).unwrap();
+        assert!(
+            (begins..begins + 120_000).contains(&minute),
+            "{kind} of {key:?} at {minute}, planted at {begins}: {alerts}"
+        );
+    }
+    // Nothing fired on the ordinary traffic before the anomalies.
+    let early: Vec<_> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["minute_ms"].as_u64().unwrap() < begins)
+        .collect();
+    assert!(early.is_empty(), "{early:?}");
+    let critical = get(
+        &format!("http://{addr}{path}&severity=critical"),
+        Some(ADMIN),
+    )
+    .json();
+    assert!(
+        found(&critical, "spike", &["cmp_5", "DE"]).is_some(),
+        "{critical}"
+    );
+    // Alerts span advertisers: an advertiser's key is refused; a bad severity is a 400.
+    assert_eq!(get(&format!("http://{addr}{path}"), Some(ADV1)).status, 403);
+    let bad = get(&format!("http://{addr}{path}&severity=high"), Some(ADMIN));
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("severity"), "{}", bad.body);
+    let metrics = get(&format!("http://{addr}/metrics"), None).body;
+    assert!(
+        metrics.contains(r#"adclick_aggregator_alerts{kind="spike",severity="critical"} "#),
+        "{metrics}"
+    );
+}
