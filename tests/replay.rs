@@ -288,3 +288,126 @@ fn a_10x_replay_keeps_relative_timing_and_each_files_order() {
         "{span} ms recorded took {took} ms at 10x"
     );
 }
+
+/// A live job's raw Parquet archive, replayed into a fresh topic (each archived partition to
+/// its own) and aggregated from it, equals the batch recomputation of the archive.
+#[test]
+fn an_archive_replay_equals_the_batch_recomputation_of_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = record(dir.path(), 3, 3_000, 200, &["--invalid", "0.02"]);
+    // The live job that writes the archive: it reads the recording from a topic.
+    let first = common::embedded_kafka(3);
+    replay(&first.bootstrap_servers(), "max", &files);
+    let parquet = dir.path().join("parquet");
+    run(Command::new(AGGREGATOR)
+        .args([
+            "--config",
+            &demo_config(),
+            "--brokers",
+            &first.bootstrap_servers(),
+        ])
+        .args(["--until-end", "--output"])
+        .arg(dir.path().join("first.ndjson"))
+        .arg("--checkpoint-dir")
+        .arg(dir.path().join("checkpoints"))
+        .arg("--parquet-dir")
+        .arg(&parquet));
+
+    let second = common::embedded_kafka(3);
+    let summary = replay(
+        &second.bootstrap_servers(),
+        "max",
+        std::slice::from_ref(&parquet),
+    );
+    assert!(summary.contains(" 0 malformed"), "{summary}");
+    let live = dir.path().join("live.ndjson");
+    run(Command::new(AGGREGATOR)
+        .args([
+            "--config",
+            &demo_config(),
+            "--brokers",
+            &second.bootstrap_servers(),
+        ])
+        .args(["--workers", "2", "--until-end", "--output"])
+        .arg(&live));
+    let batch = dir.path().join("batch.ndjson");
+    run(Command::new(AGGREGATOR)
+        .args(["--config", &demo_config(), "--output"])
+        .arg(&batch)
+        .args(["replay", "--archive"])
+        .arg(&parquet)
+        .args([
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2099-01-01T00:00:00Z",
+        ]));
+    let same = compare(&batch, &live);
+    let report = String::from_utf8_lossy(&same.stdout);
+    assert!(same.status.success(), "{report}");
+    assert!(report.contains("EQUAL"), "{report}");
+}
+
+/// Partner NDJSON goes through the redirect's partner endpoint, in order; lines it rejects are
+/// sent as they are and counted in the redirect's answer.
+#[test]
+fn partner_lines_are_replayed_through_the_redirect() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = common::embedded_kafka(2);
+    let brokers = kafka.bootstrap_servers();
+    let mut redirect = common::process::Spawned::start(
+        Command::new(env!("CARGO_BIN_EXE_adclick-redirect"))
+            .args(["--config", &demo_config(), "--brokers", &brokers])
+            .args(["--listen", "127.0.0.1:0", "--spool-dir"])
+            .arg(dir.path().join("spool")),
+    );
+    let base = redirect
+        .line_with_prefix("adclick-redirect listening on ", Duration::from_secs(60))
+        .trim()
+        .to_string();
+    let now = adclick::timefmt::now_millis() - 60_000;
+    let line = |i: i64| {
+        format!(
+            r#"{{"impression_id":"imp-{i}","ad_id":"ad_{i}","campaign_id":"cmp_1","advertiser_id":"adv_1","publisher_id":"pub_1","click_timestamp":{},"country":"DE"}}"#,
+            now + i * 100
+        )
+    };
+    let lines = [
+        line(1),
+        line(2),
+        "{\"ad_id\":\"no impression\"}".to_string(),
+        line(3),
+        String::new(),
+        line(3),
+        "not json".to_string(),
+        line(4),
+    ];
+    let partner = dir.path().join("partner.ndjson");
+    std::fs::write(&partner, lines.join("\n")).unwrap();
+    let out = run(Command::new(LOADGEN)
+        .args(["--config", &demo_config(), "replay", "--to", "http"])
+        .args(["--target", &base, "--speed", "max", "--batch-lines", "3"])
+        .arg(&partner));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sent 7 records")
+            && stderr.contains("5 clicks, 2 malformed")
+            && stderr.contains("the redirect accepted 5 and rejected 2 in 3 batches"),
+        "{stderr}"
+    );
+    let got = common::read_topic(&brokers, "clicks", 5, Duration::from_secs(30));
+    let mut keys: Vec<String> = got
+        .iter()
+        .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["imp-1", "imp-2", "imp-3", "imp-3", "imp-4"]);
+    // Kafka output refuses partner lines, and the redirect refuses other formats.
+    let err = Command::new(LOADGEN)
+        .args(["--config", &demo_config(), "replay", "--brokers", &brokers])
+        .arg(&partner)
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("--to http"));
+}
