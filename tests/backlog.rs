@@ -428,6 +428,7 @@ fn wait_for_checkpoint_offset(dir: &Path, limit: u64) -> u64 {
         dir: dir.to_path_buf(),
         interval: Duration::from_secs(1),
         keep: 2,
+        settings: None,
     };
     let every = Duration::from_millis(100);
     wait_every(

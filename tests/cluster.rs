@@ -319,6 +319,20 @@ fn rescaled_from_1x2_to_2x2_to_1x1_on_the_same_checkpoints_equals_the_truth() {
         &truth,
         "rescaled 1x2, then 2x2, then 1x1",
     );
+    // What cannot change across a restart is refused, by name, before anything is touched.
+    let refused = Command::new(AGGREGATOR)
+        .args(["--config", &demo_config()])
+        .args(&job.flags)
+        .arg("--until-end")
+        .env("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", "60000")
+        .output()
+        .unwrap();
+    let err = plain(&String::from_utf8_lossy(&refused.stderr));
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("aggregator.allowed_lateness_ms = 40000 (this run: 60000)"),
+        "{err}"
+    );
 }
 
 /// What a restart cannot fix is not restarted: a cluster fenced by another aggregator holding

@@ -270,6 +270,11 @@ impl AggregatorConfig {
             dir: self.checkpoint_dir.clone()?,
             interval: std::time::Duration::from_millis(self.checkpoint_interval_ms),
             keep: self.checkpoints_kept,
+            settings: Some(crate::aggregator::checkpoint::StateSettings {
+                tick_ms: self.tick_ms,
+                allowed_lateness_ms: self.allowed_lateness_ms,
+                dedup_horizon_ms: self.dedup_horizon_ms,
+            }),
         })
     }
 

@@ -24,7 +24,7 @@ use adclick_dataflows::source::{Cuts, SourceSnapshot};
 use timely::dataflow::InputHandleVec;
 
 pub use part::{Restored, WorkerPart, WriterState};
-pub use store::{Manifest, PART_FORMAT, Store};
+pub use store::{Manifest, PART_FORMAT, StateSettings, Store};
 
 use part::Winners;
 
@@ -41,6 +41,10 @@ pub struct CheckpointConfig {
     pub interval: Duration,
     /// Complete checkpoints kept on disk (the newest ones).
     pub keep: usize,
+    /// This run's settings that a checkpoint's state is cut by: recorded in every manifest
+    /// it commits, and checked against the manifest it restores (`None`: neither, for tools
+    /// that only read checkpoints).
+    pub settings: Option<StateSettings>,
 }
 
 /// Loads the newest complete checkpoint, after clearing what a crash left half written.
@@ -53,6 +57,9 @@ pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Res
     let Some(manifest) = store.latest()? else {
         return Ok(None);
     };
+    if let (Some(took), Some(now)) = (&manifest.settings, &cfg.settings) {
+        took.check_restorable(now, manifest.frontier, &cfg.dir)?;
+    }
     let started = Instant::now();
     let parts = store.read_parts(&manifest)?;
     tracing::info!(
@@ -269,6 +276,7 @@ impl Checkpointer {
         let store = self.store.clone();
         let peers = self.peers;
         let keep = self.cfg.keep;
+        let settings = self.cfg.settings.clone();
         let settled = self.requests.as_ref().map(|r| r.settled.clone());
         let commit = self.worker == 0;
         let (publish, worker) = (self.publish.clone(), self.worker);
@@ -295,6 +303,7 @@ impl Checkpointer {
                 run: publish.run.clone(),
                 epoch: publish.epoch,
                 format: PART_FORMAT,
+                settings,
             };
             store.commit(&manifest, keep)?;
             if let Some(sinks) = &publish.sinks {

@@ -39,6 +39,55 @@ pub struct Manifest {
     /// The parts' encoding ([`PART_FORMAT`]); manifests from before it existed are format 1.
     #[serde(default = "first_format")]
     pub format: u32,
+    /// The settings its state is cut by (absent in manifests from before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<StateSettings>,
+}
+
+/// The settings a checkpoint's state is cut by, so that a run under other ones cannot
+/// restore it: the windows it reports final are final at the lateness it ran with, its dedup
+/// winners are kept for its horizon, its times are multiples of its tick. Restoring under
+/// others would be wrong, not merely different. The worker and process counts are not among
+/// them: any shape restores any checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSettings {
+    pub tick_ms: u64,
+    pub allowed_lateness_ms: u64,
+    pub dedup_horizon_ms: u64,
+}
+
+impl StateSettings {
+    /// Fails, naming every setting that differs, when a run with `now` would restore a
+    /// checkpoint (at `frontier` in `dir`) taken with `self`.
+    pub fn check_restorable(&self, now: &Self, frontier: u64, dir: &Path) -> anyhow::Result<()> {
+        let differ: Vec<String> = [
+            ("tick_ms", self.tick_ms, now.tick_ms),
+            (
+                "allowed_lateness_ms",
+                self.allowed_lateness_ms,
+                now.allowed_lateness_ms,
+            ),
+            (
+                "dedup_horizon_ms",
+                self.dedup_horizon_ms,
+                now.dedup_horizon_ms,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, took, run)| took != run)
+        .map(|(name, took, run)| format!("aggregator.{name} = {took} (this run: {run})"))
+        .collect();
+        anyhow::ensure!(
+            differ.is_empty(),
+            "the checkpoint at frontier {frontier} in {} was taken with {}: its windows, dedup \
+             winners and times are cut by those settings, so this run cannot restore it; run \
+             with the same settings, or move the checkpoint directory away to start from the \
+             topic's beginning",
+            dir.display(),
+            differ.join(", ")
+        );
+        Ok(())
+    }
 }
 
 /// The encoding of the parts this build writes and reads. Postcard is not self-describing, so
@@ -255,6 +304,7 @@ mod tests {
             run: "test".into(),
             epoch: 0,
             format: PART_FORMAT,
+            settings: None,
         }
     }
 
@@ -286,6 +336,32 @@ mod tests {
         );
         store.remove_incomplete().unwrap();
         assert_eq!(store.list().unwrap(), vec![(2_000, true), (3_000, true)]);
+    }
+
+    #[test]
+    fn a_checkpoint_is_restorable_only_under_the_settings_it_was_cut_by() {
+        let took = StateSettings {
+            tick_ms: 100,
+            allowed_lateness_ms: 300_000,
+            dedup_horizon_ms: 86_400_000,
+        };
+        let dir = Path::new("/ckpt");
+        took.check_restorable(&took.clone(), 5, dir).unwrap();
+        let now = StateSettings {
+            allowed_lateness_ms: 40_000,
+            dedup_horizon_ms: 3_600_000,
+            ..took.clone()
+        };
+        let e = took.check_restorable(&now, 5, dir).unwrap_err().to_string();
+        assert!(
+            e.contains("frontier 5 in /ckpt was taken with aggregator.allowed_lateness_ms = 300000 (this run: 40000), aggregator.dedup_horizon_ms = 86400000 (this run: 3600000)"),
+            "{e}"
+        );
+        assert!(!e.contains("tick_ms"), "{e}");
+        // Manifests from before the settings were recorded still parse (no check then).
+        let old = r#"{"frontier":1,"workers":2,"bytes":0,"duration_ms":0,"run":"r","epoch":1,"format":2}"#;
+        let m: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!(m.settings, None);
     }
 
     #[test]
