@@ -642,9 +642,7 @@ pub fn alerts<'s>(
                     debug_assert!(seen || data.is_empty(), "a key's minute unannounced");
                     detector.minute(minute, data, &mut out);
                     if !out.is_empty() {
-                        out.sort_by(|a, b| {
-                            (a.minute, a.kind, a.scope).cmp(&(b.minute, b.kind, b.scope))
-                        });
+                        out.sort_by_key(|a| (a.minute, a.kind, a.scope));
                         let at = c.delayed(&at.max(*c.time()));
                         output.session(&at).give_iterator(out.drain(..));
                     }
@@ -900,6 +898,139 @@ mod tests {
             ..AlertConfig::default()
         };
         assert!(c.check().unwrap_err().contains("min_score"));
+    }
+
+    /// Minute rows of 3 hours with a planted spike, each row's clicks arriving as several
+    /// updates at times before its minute is final (some late, one a correction that takes
+    /// clicks back), and retention retractions after: the dataflow's alerts on 1 and 2
+    /// workers, batched two ways, equal the detector's over the rows' final sums.
+    #[test]
+    fn the_operator_alerts_as_the_detector_on_final_rows_whatever_the_shape() {
+        use crate::click::Dims;
+        use differential_dataflow::input::Input as _;
+        use std::sync::{Arc, Mutex};
+        use timely::dataflow::operators::Capture;
+        use timely::dataflow::operators::capture::Event;
+
+        const LATENESS: u64 = 5 * MINUTE_MS;
+        let mut rng = Rng(7);
+        let campaigns = [Sym(1), Sym(2), Sym(3)];
+        let countries = [Sym(10), Sym(11)];
+        let publishers = [Sym(20), Sym(21), Sym(22), Sym(23)];
+        let spike_at = T0 + 90 * MINUTE_MS;
+        // (row, measures) finals, and the updates that make them: (row, time, delta).
+        let mut finals: Vec<(Row, Minute)> = Vec::new();
+        let mut updates: Vec<(Row, u64, Measures)> = Vec::new();
+        for i in 0..180u64 {
+            let minute = T0 + i * MINUTE_MS;
+            for (k, &c) in campaigns.iter().enumerate() {
+                for (j, &country) in countries.iter().enumerate() {
+                    let publisher = publishers[(k + j) % publishers.len()];
+                    let dims = Dims {
+                        campaign_id: c,
+                        country,
+                        publisher_id: publisher,
+                        ..Dims::default()
+                    };
+                    let mut mean = 30.0 * (k + 1) as f64;
+                    if c == Sym(2)
+                        && country == Sym(11)
+                        && (spike_at..spike_at + 5 * MINUTE_MS).contains(&minute)
+                    {
+                        mean *= 100.0;
+                    }
+                    let clicks = rng.poisson(mean);
+                    let invalid = rng.poisson(mean * 0.01);
+                    let row = (minute, dims);
+                    finals.push((
+                        row,
+                        Minute {
+                            clicks: clicks + invalid,
+                            invalid,
+                        },
+                    ));
+                    let total = Measures {
+                        clicks,
+                        invalid: [invalid, 0, 0, 0, 0, 0, 0],
+                        ..Measures::default()
+                    };
+                    // Most at once, a late part, and a correction (+1 then -1).
+                    let late = Measures::billable(clicks / 4);
+                    let spread = rng.next_f64();
+                    let t1 = minute + (spread * 60_000.0) as u64;
+                    let t2 = minute + 60_000 + (spread * (LATENESS - 1) as f64) as u64;
+                    updates.push((row, t1, total + late.times(-1) + Measures::billable(1)));
+                    updates.push((row, t2, late + Measures::billable(-1)));
+                    // Retention: long after the minute is final.
+                    updates.push((row, minute + 48 * HOUR_MS, -total));
+                }
+            }
+        }
+        // The detector over the final rows, by key and minute.
+        let mut want = Vec::new();
+        {
+            let mut d = Detector::new(AlertConfig::default());
+            let mut by_minute: BTreeMap<u64, HashMap<Scope, Minute>> = BTreeMap::new();
+            for (row, m) in &finals {
+                for s in scopes(row, true) {
+                    by_minute
+                        .entry(row.0)
+                        .or_default()
+                        .entry(s)
+                        .or_default()
+                        .add(*m);
+                }
+            }
+            for (minute, data) in by_minute {
+                d.minute(minute, data, &mut want);
+            }
+        }
+        want.sort_by_key(|a| (a.minute, a.kind, a.scope));
+        assert!(
+            want.iter().any(
+                |a| a.kind == Kind::Spike && a.scope == Scope::CampaignCountry(Sym(2), Sym(11))
+            ),
+            "{want:#?}"
+        );
+        updates.sort_by_key(|u| u.1);
+        for (workers, step_ms) in [(1, 100), (2, 100), (2, 7 * MINUTE_MS)] {
+            let updates = Arc::new(updates.clone());
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let sink = got.clone();
+            timely::execute(timely::Config::process(workers), move |worker| {
+                let (mut input, captured) = worker.dataflow::<u64, _, _>(|scope| {
+                    let (input, rows) = scope.new_collection::<Row, Measures>();
+                    let alerts = alerts(rows, &AlertConfig::default(), LATENESS);
+                    (input, alerts.capture())
+                });
+                let me = worker.index();
+                let peers = worker.peers();
+                let mut next = T0;
+                for (n, (row, t, m)) in updates.iter().enumerate() {
+                    while *t >= next + step_ms {
+                        next += step_ms;
+                        input.advance_to(next);
+                    }
+                    if n % peers == me {
+                        input.update_at(*row, *t, *m);
+                    }
+                }
+                input.close();
+                while worker.step() {}
+                let mut out: Vec<Alert> = captured
+                    .try_iter()
+                    .flat_map(|e| match e {
+                        Event::Messages(_, v) => v,
+                        Event::Progress(_) => Vec::new(),
+                    })
+                    .collect();
+                sink.lock().unwrap().append(&mut out);
+            })
+            .unwrap();
+            let mut got = std::mem::take(&mut *got.lock().unwrap());
+            got.sort_by_key(|a| (a.minute, a.kind, a.scope));
+            assert_eq!(got, want, "{workers} workers, steps of {step_ms} ms");
+        }
     }
 
     #[test]
