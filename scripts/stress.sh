@@ -10,8 +10,8 @@
 #     holds every final window and the tallies to the batch aggregator's on the same
 #     recording, exactly.
 # It prints the cluster's throughput over time (records read per second, from health), each
-# recovery's time (kill -9 to the query server answering again, and to reading past where it
-# was), and the largest lag (records in the topic not yet read). Exits non-zero on any
+# recovery's time (kill -9 to the restarted cluster's query server answering, and to reading
+# past where it was), and the largest lag (records in the topic not yet read). Exits non-zero on any
 # difference. Every process listens on 127.0.0.1 only.
 #
 #   scripts/stress.sh                      # 600 s, release build
@@ -189,6 +189,8 @@ log "replaying ${#files[@]} files at speed $SPEED; kill -9 of a random aggregato
 sample() {
   local h
   h=$(health) || return 1
+  # A restarted process 0 answers before every process has reported its partitions.
+  (($(jq '.partitions | length' <<<"$h") == PARTITIONS)) || return 1
   jq -r '"\([.partitions[]?.offset] | add // 0) \([.partitions[]?.lag] | add // 0)"' <<<"$h"
 }
 stress_t0=$(now_ms)
@@ -199,44 +201,49 @@ next_sample=$((stress_t0 + SAMPLE_S * 1000))
 recoveries=()
 echo "   time_s   read_to  records/s      lag   (read_to: records read, as of the last restore)"
 record_sample() {
-  local s pos lag t
+  local s pos lag t rate
   s=$(sample) || return 0
   read -r pos lag <<<"$s"
   t=$(now_ms)
   ((lag > max_lag)) && max_lag=$lag
-  printf '   %6.0f %9d %10.0f %8d\n' "$(((t - stress_t0) / 1000))" "$pos" \
-    "$(((pos - prev_pos) * 1000 / (t - prev_t > 0 ? t - prev_t : 1)))" "$lag"
+  rate=$(((pos - prev_pos) * 1000 / (t - prev_t > 0 ? t - prev_t : 1)))
+  # Behind the last sample: restored from a checkpoint in between, reading it again.
+  ((rate >= 0)) || rate="restored"
+  printf '   %6.0f %9d %10s %8d\n' "$(((t - stress_t0) / 1000))" "$pos" "$rate" "$lag"
   prev_pos=$pos prev_t=$t
 }
-# kill -9 of one random process; waits until the query server answers again (recovered) and
-# until the cluster reads past where it was (caught up).
+# kill -9 of one random process. The recovery is then watched while the run goes on
+# (check_recovery): the query server answering again for a restarted cluster (serving again),
+# then its read positions past where they were at the kill (caught up).
+k_at="" k_victim="" k_pid="" k_restarts=0 k_pos=0 k_up=""
 kill_random() {
-  local pids before_pos before_restarts victim t_kill t_up="" t_caught="" s pos
+  local pids s
   mapfile -t pids < <(children)
-  ((${#pids[@]} > 0)) || return 0
+  ((${#pids[@]} > 0)) || return 1
   s=$(sample) || s="0 0"
-  read -r before_pos _ <<<"$s"
-  before_restarts=$(restarts)
-  victim=$((RANDOM % ${#pids[@]}))
-  t_kill=$(now_ms)
-  kill -9 "${pids[victim]}" 2>/dev/null || return 0
+  read -r k_pos _ <<<"$s"
+  k_restarts=$(restarts)
+  k_victim=$((RANDOM % ${#pids[@]}))
+  k_pid=${pids[k_victim]}
+  k_at=$(now_ms) k_up=""
+  kill -9 "$k_pid" 2>/dev/null || { k_at=""; return 1; }
   kills=$((kills + 1))
-  while (($(now_ms) - t_kill < 300000)); do
-    alive "$cluster_pid" || die "the supervisor exited (cluster.log)"
-    if [[ -z $t_up ]] && (($(restarts) > before_restarts)) && s=$(sample); then
-      t_up=$(now_ms)
-    fi
-    if [[ -n $t_up ]] && s=$(sample); then
-      read -r pos _ <<<"$s"
-      if ((pos > before_pos)) || { ! alive "$replay_pid" && ((pos >= before_pos)); }; then
-        t_caught=$(now_ms); break
-      fi
-    fi
-    sleep 0.1
-  done
-  [[ -n $t_up && -n $t_caught ]] || die "the cluster did not recover within 300 s of kill -9 $kills"
-  recoveries+=("$((t_up - t_kill)) $((t_caught - t_kill))")
-  log "kill -9 $kills: process $victim (pid ${pids[victim]}); serving again after $(((t_up - t_kill)))e-3 s, reading past where it was after $(((t_caught - t_kill)))e-3 s"
+}
+check_recovery() {
+  local s pos t
+  t=$(now_ms)
+  ((t - k_at < 300000)) || die "the cluster did not recover within 300 s of kill -9 $kills"
+  if [[ -z $k_up ]]; then
+    (($(restarts) > k_restarts)) && health >/dev/null || return 0
+    k_up=$t
+  fi
+  s=$(sample) || return 0
+  read -r pos _ <<<"$s"
+  if ((pos > k_pos)) || { ! alive "$replay_pid" && ((pos >= k_pos)); }; then
+    recoveries+=("$((k_up - k_at)) $((t - k_at))")
+    log "kill -9 $kills: process $k_victim (pid $k_pid); serving again after $((k_up - k_at))e-3 s, reading past where it was after $((t - k_at))e-3 s"
+    k_at=""
+  fi
 }
 restart_broker() {
   kill -9 "$tansu_pid"; wait "$tansu_pid" 2>/dev/null || true
@@ -245,20 +252,28 @@ restart_broker() {
   broker_done=1
   log "broker killed (SIGKILL), down $BROKER_DOWN_S s, restarted on its storage"
 }
-while (($(now_ms) - stress_t0 < DURATION * 1000)) || alive "$replay_pid"; do
+replay_ended() {
+  local status=0
+  wait "$replay_pid" || status=$?
+  replay_pid=""
+  ((status == 0)) || die "the replay failed (replay.log)"
+  summary=$(grep "^adclick-loadgen replay: sent" "$WORK/replay.log" | tail -n 1)
+  log "${summary#adclick-loadgen }"
+  sent=$(sed -n 's/^adclick-loadgen replay: sent \([0-9]*\) records.*/\1/p' <<<"$summary")
+}
+while (($(now_ms) - stress_t0 < DURATION * 1000)) || [[ -n $replay_pid ]]; do
   alive "$cluster_pid" || die "the cluster's supervisor exited (cluster.log)"
+  [[ -z $replay_pid ]] || alive "$replay_pid" || replay_ended
   t=$(now_ms)
   if ((t >= next_sample)); then record_sample; next_sample=$((t + SAMPLE_S * 1000)); fi
   if ((!broker_done && t >= broker_at)); then restart_broker; fi
-  if ((t >= next_kill)); then kill_random; next_kill=$(($(now_ms) + KILL_EVERY_S * 1000)); fi
+  if [[ -n $k_at ]]; then
+    check_recovery
+  elif ((t >= next_kill)); then
+    if kill_random; then next_kill=$((t + KILL_EVERY_S * 1000)); else next_kill=$((t + 1000)); fi
+  fi
   sleep 0.2
 done
-status=0; wait "$replay_pid" || status=$?
-replay_pid=""
-((status == 0)) || die "the replay failed (replay.log)"
-summary=$(grep "^adclick-loadgen replay: sent" "$WORK/replay.log" | tail -n 1)
-log "${summary#adclick-loadgen }"
-sent=$(sed -n 's/^adclick-loadgen replay: sent \([0-9]*\) records.*/\1/p' <<<"$summary")
 ((broker_done)) || restart_broker
 
 # --- catch up, finalize, reconcile ----------------------------------------------------------
@@ -269,7 +284,8 @@ while :; do
   alive "$cluster_pid" || die "the cluster's supervisor exited (cluster.log)"
   t=$(now_ms)
   if ((t >= next_sample)); then record_sample; next_sample=$((t + SAMPLE_S * 1000)); fi
-  if s=$(sample); then
+  [[ -z $k_at ]] || check_recovery
+  if [[ -z $k_at ]] && s=$(sample); then
     read -r pos lag <<<"$s"
     ((pos >= sent && lag == 0)) && break
   fi
