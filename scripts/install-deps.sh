@@ -8,9 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(protoc:protobuf-compiler chromium:chromium node:nodejs npm:npm promtool:prometheus)
+want=(protoc:protobuf-compiler chromium:chromium node:nodejs npm:npm promtool:prometheus
+  curl:curl jq:jq) # curl and jq: the replay and stress scripts (tests/stress.rs) read health
 if [[ "${1:-}" == "bench" ]]; then
-  want+=(wrk:wrk hey:hey nginx:nginx-light jq:jq)
+  want+=(wrk:wrk hey:hey nginx:nginx-light)
 fi
 missing=()
 for pair in "${want[@]}"; do
