@@ -2,7 +2,7 @@
 //! country on one campaign) and a drop (one publisher to 10 %) in 45 minutes of traffic on
 //! the embedded broker; a streaming aggregator raises both, each within 2 minutes of event
 //! time after it starts, and nothing before them, through `GET /api/v1/alerts`, `/metrics`
-//! and the admin-only rule.
+//! and the admin-only rule; the dashboard's alerts card shows what the API answers.
 
 use std::process::Command;
 use std::time::Duration;
@@ -143,6 +143,39 @@ fn a_planted_spike_and_drop_are_alerted_within_two_minutes_and_nothing_else_befo
     let bad = get(&format!("http://{addr}{path}&severity=high"), Some(ADMIN));
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("severity"), "{}", bad.body);
+    // The dashboard's alerts card shows what the API answers for its range, newest first
+    // (Debian's headless Chromium).
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-alerts.png");
+    let shown = common::process::dashboard(&format!("http://{addr}/"), ADMIN, &screenshot);
+    let card = &shown["alerts"];
+    let (from, to) = (
+        card["params"]["from"].as_str().unwrap(),
+        card["params"]["to"].as_str().unwrap(),
+    );
+    let api = get(
+        &format!("http://{addr}/api/v1/alerts?from={from}&to={to}"),
+        Some(ADMIN),
+    )
+    .json();
+    // JavaScript prints 2665.0 as 2665: numbers compare as numbers.
+    let row = |a: &Value| {
+        let num = |v: &Value| v.as_f64().unwrap();
+        (
+            a["kind"].to_string(),
+            a["severity"].to_string(),
+            a["dimension"].to_string(),
+            a["key"].to_string(),
+            a["minute_ms"].as_u64(),
+            num(&a["observed"]),
+            num(&a["baseline"]),
+        )
+    };
+    let mut want: Vec<_> = api["alerts"].as_array().unwrap().iter().map(row).collect();
+    want.reverse();
+    assert!(want.len() >= 2, "{api}");
+    let rows: Vec<_> = card["rows"].as_array().unwrap().iter().map(row).collect();
+    assert_eq!(rows, want, "{card}");
+    assert_eq!(card["shown"].as_u64(), Some(want.len() as u64));
     let metrics = get(&format!("http://{addr}/metrics"), None).body;
     assert!(
         metrics.contains(r#"adclick_aggregator_alerts{kind="spike",severity="critical"} "#),

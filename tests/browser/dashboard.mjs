@@ -100,6 +100,7 @@ async function readDashboard(page) {
       top: d.top ?? null,
       health: d.health ?? null,
       quality: d.quality ?? null,
+      alerts: d.alerts ?? null,
     };
   });
 }
@@ -112,7 +113,7 @@ async function pageSays(page) {
         const node = document.querySelector(sel);
         return node && !node.hidden ? node.textContent.trim() : "";
       };
-      return ["#banner", "#status", "#chart-error", "#top-error", "#health-error", "#quality-error"]
+      return ["#banner", "#status", "#chart-error", "#top-error", "#health-error", "#quality-error", "#alerts-error"]
         .map((sel) => [sel, text(sel)])
         .filter(([, t]) => t)
         .map(([sel, t]) => `${sel}: ${t}`)

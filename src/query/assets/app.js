@@ -3,9 +3,10 @@
 // Plain ES2020, no build step. Served at /assets/app.js next to the vendored
 // uPlot (/assets/uplot.min.js), which defines the global `uPlot`.
 //
-// Every 2 s the page refreshes four panels: the clicks-per-minute chart
+// Every 2 s the page refreshes five panels: the clicks-per-minute chart
 // (billable and invalid), the traffic-quality table over the chart's range, the
-// top-ads table and the pipeline-health panel. The report table runs only when
+// top-ads table, the pipeline-health panel and the traffic alerts (admin keys;
+// an advertiser's key is told so). The report table runs only when
 // its form is submitted. After the first refresh in which all four panels
 // loaded, <body data-ready="1"> is set; what the panels show is mirrored on
 // window.__dashboard for tests.
@@ -67,7 +68,7 @@ const state = {
 };
 
 // What the page shows, for tests and the curious.
-window.__dashboard = { chart: [], plotted: null, top: [], health: null, quality: null, report: null };
+window.__dashboard = { chart: [], plotted: null, top: [], health: null, quality: null, alerts: null, report: null };
 
 // ---------------------------------------------------------------- helpers
 
@@ -563,6 +564,84 @@ function clearQuality() {
   window.__dashboard.quality = null;
 }
 
+// ---------------------------------------------------------- alerts panel
+
+const ALERT_HOURS = 24;
+const ALERT_ROWS = 100;
+
+/** Traffic alerts of the 24 h of event time up to the chart's end, newest first. */
+async function refreshAlerts(gen, health) {
+  const range = chartRange(health);
+  const params = { from: iso(range.to - ALERT_HOURS * 60 * MINUTE_MS), to: iso(range.to) };
+  const result = await apiGet("/api/v1/alerts", params);
+  if (gen !== state.generation) return { ...result, stale: true };
+  if (result.status === 403) {
+    // An advertiser's key: alerts span advertisers. Not a failure of the page.
+    clearAlerts("traffic alerts need an admin key");
+    return { ok: true, status: 403 };
+  }
+  if (result.ok && !Array.isArray(result.data.alerts)) {
+    result.ok = false;
+    result.message = "unexpected answer (no alerts)";
+  }
+  if (!result.ok) {
+    showPanelError("#alerts-error", result.message);
+    return result;
+  }
+  showPanelError("#alerts-error", "");
+  renderAlerts(result.data.alerts, params);
+  return result;
+}
+
+function fmtNumber(x) {
+  return typeof x === "number" && Number.isFinite(x) ? x.toLocaleString("en-US", { maximumFractionDigits: 3 }) : "–";
+}
+
+function renderAlerts(alerts, params) {
+  const newest = alerts.slice().reverse().slice(0, ALERT_ROWS);
+  const tbody = $("#alerts-table tbody");
+  tbody.replaceChildren(
+    ...newest.map((a) => {
+      const where = `${a.dimension} ${Array.isArray(a.key) ? a.key.join(" × ") : ""}`;
+      const severity = el("td", a.severity, a.severity === "critical" ? "severity-critical" : "severity-warning");
+      return row([
+        el("td", fmtTimeCell(a.minute, "minute")),
+        el("td", a.kind),
+        severity,
+        el("td", where),
+        el("td", fmtNumber(a.observed), "num"),
+        el("td", fmtNumber(a.baseline), "num"),
+        el("td", fmtNumber(a.ratio), "num"),
+      ]);
+    }),
+  );
+  if (!newest.length) {
+    tbody.append(row([Object.assign(el("td", "no alerts", "empty"), { colSpan: 7 })]));
+  }
+  const critical = alerts.filter((a) => a.severity === "critical").length;
+  $("#alerts-sub").textContent = `last ${ALERT_HOURS} hours of event time · ${fmtInt(alerts.length)} alerts, ${fmtInt(critical)} critical`;
+  window.__dashboard.alerts = {
+    params,
+    rows: newest.map((a) => ({
+      kind: a.kind,
+      severity: a.severity,
+      dimension: a.dimension,
+      key: a.key,
+      minute_ms: a.minute_ms,
+      observed: a.observed,
+      baseline: a.baseline,
+    })),
+    total: alerts.length,
+    shown: tbody.querySelectorAll("tr").length,
+  };
+}
+
+function clearAlerts(note = "last 24 hours of event time") {
+  $("#alerts-table tbody").replaceChildren();
+  $("#alerts-sub").textContent = note;
+  window.__dashboard.alerts = null;
+}
+
 // -------------------------------------------------------- top-ads panel
 
 function topParams() {
@@ -752,8 +831,12 @@ function clearFilters() {
 async function refreshHealthAndChart(gen) {
   const health = await refreshHealth(gen);
   const data = health.ok ? health.data : null;
-  const [chart, quality] = await Promise.all([refreshChart(gen, data), refreshQuality(gen, data)]);
-  return [health, chart, quality];
+  const [chart, quality, alerts] = await Promise.all([
+    refreshChart(gen, data),
+    refreshQuality(gen, data),
+    refreshAlerts(gen, data),
+  ]);
+  return [health, chart, quality, alerts];
 }
 
 async function refreshAll() {
@@ -762,8 +845,8 @@ async function refreshAll() {
     return;
   }
   const gen = state.generation;
-  const [[health, chart, quality], top] = await Promise.all([refreshHealthAndChart(gen), refreshTop(gen)]);
-  const results = [health, chart, quality, top];
+  const [[health, chart, quality, alerts], top] = await Promise.all([refreshHealthAndChart(gen), refreshTop(gen)]);
+  const results = [health, chart, quality, alerts, top];
   if (results.some((r) => r.stale)) return;
 
   if (results.some((r) => r.status === 401)) {
@@ -847,6 +930,7 @@ function clearPanels() {
   clearChart();
   clearTop();
   clearQuality();
+  clearAlerts();
   clearReport();
   window.__dashboard.health = null;
   $("#partitions-table tbody").replaceChildren();
@@ -854,7 +938,9 @@ function clearPanels() {
     $(id).textContent = "–";
   }
   $("#h-invalid-reasons").textContent = "";
-  for (const id of ["#chart-error", "#top-error", "#health-error", "#quality-error"]) showPanelError(id, "");
+  for (const id of ["#chart-error", "#top-error", "#health-error", "#quality-error", "#alerts-error"]) {
+    showPanelError(id, "");
+  }
 }
 
 function useKey(event) {
