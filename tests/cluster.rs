@@ -104,6 +104,8 @@ impl Job {
                 .args(["--backoff-ms", "200"])
                 .env("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "200")
                 .env("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", LATENESS)
+                // Plain log lines for the assertions.
+                .env("NO_COLOR", "1")
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped()),
         )
@@ -138,7 +140,7 @@ impl Job {
 fn stop(mut supervisor: Spawned) -> String {
     supervisor.terminate();
     let status = supervisor.wait(Duration::from_secs(30));
-    let log = plain(&supervisor.stderr());
+    let log = supervisor.stderr();
     assert!(
         status.success(),
         "the supervisor exited with {status}: {log}"
@@ -150,28 +152,9 @@ fn stop(mut supervisor: Spawned) -> String {
 fn to_the_end(job: &Job, processes: usize, workers: usize) -> String {
     let mut last = job.cluster(processes, workers, &["--until-end"]);
     let status = last.wait(SLOW);
-    let log = plain(&last.stderr());
+    let log = last.stderr();
     assert!(status.success(), "the last run exited with {status}: {log}");
     log
-}
-
-/// A log without ANSI colours.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters, ended by a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The health of the query server at `base`, once it answers.
@@ -330,9 +313,10 @@ fn rescaled_from_1x2_to_2x2_to_1x1_on_the_same_checkpoints_equals_the_truth() {
         .args(&job.flags)
         .arg("--until-end")
         .env("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", "60000")
+        .env("NO_COLOR", "1")
         .output()
         .unwrap();
-    let err = plain(&String::from_utf8_lossy(&refused.stderr));
+    let err = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{err}");
     assert!(
         err.contains("aggregator.allowed_lateness_ms = 40000 (this run: 60000)"),
@@ -362,7 +346,7 @@ fn fenced_or_misconfigured_clusters_are_not_restarted() {
     });
     let mut fenced = job.cluster(2, 1, &[]);
     let status = fenced.wait(SLOW);
-    let log = plain(&fenced.stderr());
+    let log = fenced.stderr();
     assert_eq!(status.code(), Some(5), "{log}");
     assert!(
         log.contains("exited with code 5 (fenced") && log.contains("not restarting"),
@@ -375,7 +359,7 @@ fn fenced_or_misconfigured_clusters_are_not_restarted() {
 
     let mut misconfigured = job.cluster(2, 0, &[]);
     let status = misconfigured.wait(SLOW);
-    let log = plain(&misconfigured.stderr());
+    let log = misconfigured.stderr();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
         log.contains("aggregator.workers must be at least 1"),
