@@ -521,8 +521,11 @@ fn scopes(row: &Row, by_country: bool) -> impl Iterator<Item = Scope> {
 /// traffic on this worker (broadcast, so every worker judges its quiet keys too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Part {
-    Key(Scope, u64, Minute),
-    Seen(u64),
+    /// A key's share of a minute; `true` for history (rows a restore put back, final
+    /// before its checkpoint), which seeds the baselines but raises nothing: its alerts were
+    /// raised before the checkpoint.
+    Key(Scope, u64, Minute, bool),
+    Seen(u64, bool),
 }
 
 /// Alerts from minute rows (`rows`, as the aggregation produces them: updates until the
@@ -546,15 +549,26 @@ pub fn alerts<'s>(
             move |cap, _info| {
                 let mut cap: Option<Capability<u64>> = Some(cap);
                 let mut open: BTreeMap<u64, HashMap<Scope, Minute>> = BTreeMap::new();
+                // Restored final minutes by the time they came back at, then minute.
+                type Minutes = BTreeMap<u64, HashMap<Scope, Minute>>;
+                let mut history: BTreeMap<u64, Minutes> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|_, data| {
                         for (row, t, m) in data.drain(..) {
-                            // At or after the final time: a retention retraction (or rows a
-                            // restore brings back), never news.
+                            let minute = Minute::of(&m);
+                            // At or after the final time: a retention retraction (negative),
+                            // never news, or a restored row (positive, at the checkpoint's
+                            // frontier − 1), history.
                             if t >= final_at(row.0) {
+                                if minute.clicks > 0 {
+                                    let keys = history.entry(t).or_default().entry(row.0);
+                                    let keys = keys.or_default();
+                                    for s in scopes(&row, cfg.by_country) {
+                                        keys.entry(s).or_default().add(minute);
+                                    }
+                                }
                                 continue;
                             }
-                            let minute = Minute::of(&m);
                             let keys = open.entry(row.0).or_default();
                             for s in scopes(&row, cfg.by_country) {
                                 keys.entry(s).or_default().add(minute);
@@ -563,6 +577,20 @@ pub fn alerts<'s>(
                     });
                     let limit = frontier.frontier().first().copied();
                     let Some(c) = cap.as_mut() else { return };
+                    while let Some(entry) = history.first_entry() {
+                        if limit.is_some_and(|l| l <= *entry.key()) {
+                            break;
+                        }
+                        let (t, minutes) = entry.remove_entry();
+                        let at = c.delayed(&t.max(*c.time()));
+                        let mut session = output.session(&at);
+                        for (minute, keys) in minutes {
+                            for (scope, m) in keys {
+                                session.give(Part::Key(scope, minute, m, true));
+                            }
+                            session.give(Part::Seen(minute, true));
+                        }
+                    }
                     while let Some(entry) = open.first_entry() {
                         let at = final_at(*entry.key());
                         if limit.is_some_and(|l| l <= at) {
@@ -575,14 +603,16 @@ pub fn alerts<'s>(
                         for (scope, m) in keys {
                             if !m.is_zero() {
                                 seen = true;
-                                session.give(Part::Key(scope, minute, m));
+                                session.give(Part::Key(scope, minute, m, false));
                             }
                         }
                         if seen {
-                            session.give(Part::Seen(minute));
+                            session.give(Part::Seen(minute, false));
                         }
                     }
-                    let next = open.keys().next().map(|m| final_at(*m));
+                    let next_open = open.keys().next().map(|m| final_at(*m));
+                    let next_history = history.keys().next().copied();
+                    let next = next_open.into_iter().chain(next_history).min();
                     match (limit, next) {
                         (None, None) => cap = None,
                         (l, n) => {
@@ -598,34 +628,40 @@ pub fn alerts<'s>(
     let seen = parts
         .clone()
         .flat_map(|p| match p {
-            Part::Seen(m) => Some(m),
+            Part::Seen(m, history) => Some((m, history)),
             Part::Key(..) => None,
         })
         .broadcast();
     let keys = parts.flat_map(|p| match p {
-        Part::Key(s, m, v) => Some((s, m, v)),
-        Part::Seen(_) => None,
+        Part::Key(s, m, v, history) => Some((s, m, v, history)),
+        Part::Seen(..) => None,
     });
     // Stage 2, by key: whole minutes in order, every known key judged in each.
     keys.binary_frontier::<_, CapacityContainerBuilder<Vec<Alert>>, _, _, _, _>(
         seen,
-        Exchange::new(|(s, _, _): &(Scope, u64, Minute)| s.hashed()),
+        Exchange::new(|(s, _, _, _): &(Scope, u64, Minute, bool)| s.hashed()),
         Pipeline,
         "Anomalies",
         move |cap, _info| {
             let mut cap: Option<Capability<u64>> = Some(cap);
             let mut detector = Detector::new(cfg);
-            let mut pending: BTreeMap<u64, (bool, HashMap<Scope, Minute>)> = BTreeMap::new();
+            let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
             let mut out = Vec::new();
             move |(keys, keys_frontier), (seen, seen_frontier), output| {
-                keys.for_each(|_, data| {
-                    for (s, m, v) in data.drain(..) {
-                        pending.entry(m).or_default().1.entry(s).or_default().add(v);
+                keys.for_each(|cap, data| {
+                    let at = *cap.least().expect("a totally ordered time");
+                    for (s, m, v, history) in data.drain(..) {
+                        let p = pending.entry(m).or_default();
+                        p.arrived(at, history);
+                        p.keys.entry(s).or_default().add(v);
                     }
                 });
-                seen.for_each(|_, data| {
-                    for m in data.drain(..) {
-                        pending.entry(m).or_default().0 = true;
+                seen.for_each(|cap, data| {
+                    let at = *cap.least().expect("a totally ordered time");
+                    for (m, history) in data.drain(..) {
+                        let p = pending.entry(m).or_default();
+                        p.arrived(at, history);
+                        p.seen = true;
                     }
                 });
                 let limit = [keys_frontier.frontier(), seen_frontier.frontier()]
@@ -633,21 +669,27 @@ pub fn alerts<'s>(
                     .filter_map(|f| f.first().copied())
                     .min();
                 let Some(c) = cap.as_mut() else { return };
+                // A minute is whole once the frontier passes its final time and the time its
+                // parts came at (later for history).
+                let ready = |m: u64, p: &Pending| final_at(m).max(p.at);
                 while let Some(entry) = pending.first_entry() {
-                    let at = final_at(*entry.key());
+                    let at = ready(*entry.key(), entry.get());
                     if limit.is_some_and(|l| l <= at) {
                         break;
                     }
-                    let (minute, (seen, data)) = entry.remove_entry();
-                    debug_assert!(seen || data.is_empty(), "a key's minute unannounced");
-                    detector.minute(minute, data, &mut out);
+                    let (minute, p) = entry.remove_entry();
+                    debug_assert!(p.seen || p.keys.is_empty(), "a key's minute unannounced");
+                    detector.minute(minute, p.keys, &mut out);
+                    if p.history {
+                        out.clear();
+                    }
                     if !out.is_empty() {
                         out.sort_by_key(|a| (a.minute, a.kind, a.scope));
                         let at = c.delayed(&at.max(*c.time()));
                         output.session(&at).give_iterator(out.drain(..));
                     }
                 }
-                let next = pending.keys().next().map(|m| final_at(*m));
+                let next = pending.iter().next().map(|(m, p)| ready(*m, p));
                 match (limit, next) {
                     (None, None) => cap = None,
                     (l, n) => {
@@ -660,6 +702,25 @@ pub fn alerts<'s>(
             }
         },
     )
+}
+
+/// A minute waiting to be judged whole.
+#[derive(Default)]
+struct Pending {
+    /// Some worker had clicks in it.
+    seen: bool,
+    /// Restored history: judged, its alerts dropped.
+    history: bool,
+    /// The latest time a part of it came at.
+    at: u64,
+    keys: HashMap<Scope, Minute>,
+}
+
+impl Pending {
+    fn arrived(&mut self, at: u64, history: bool) {
+        self.at = self.at.max(at);
+        self.history |= history;
+    }
 }
 
 #[cfg(test)]
@@ -903,7 +964,8 @@ mod tests {
     /// Minute rows of 3 hours with a planted spike, each row's clicks arriving as several
     /// updates at times before its minute is final (some late, one a correction that takes
     /// clicks back), and retention retractions after: the dataflow's alerts on 1 and 2
-    /// workers, batched two ways, equal the detector's over the rows' final sums.
+    /// workers, batched two ways, and resumed from a checkpoint, equal the detector's over
+    /// the rows' final sums.
     #[test]
     fn the_operator_alerts_as_the_detector_on_final_rows_whatever_the_shape() {
         use crate::click::Dims;
@@ -993,7 +1055,36 @@ mod tests {
             "{want:#?}"
         );
         updates.sort_by_key(|u| u.1);
-        for (workers, step_ms) in [(1, 100), (2, 100), (2, 7 * MINUTE_MS)] {
+        // Resumed from a checkpoint at `f`: each row's updates before `f` come back as one
+        // at f − 1 (final minutes among them), the rest as they were. The alerts of minutes
+        // final before `f` were raised before the checkpoint; the others must be raised as
+        // by the run without a restart, the spike's among them (so the baselines were
+        // seeded from the restored rows).
+        let f = T0 + 93 * MINUTE_MS + 1_234;
+        let mut sums: BTreeMap<Row, Measures> = BTreeMap::new();
+        let mut resumed: Vec<(Row, u64, Measures)> = Vec::new();
+        for (row, t, m) in &updates {
+            if *t < f {
+                *sums.entry(*row).or_default() += m;
+            } else {
+                resumed.push((*row, *t, *m));
+            }
+        }
+        let mut restored: Vec<_> = sums.into_iter().map(|(row, m)| (row, f - 1, m)).collect();
+        restored.append(&mut resumed);
+        let after: Vec<Alert> = want
+            .iter()
+            .filter(|a| a.minute + MINUTE_MS + LATENESS >= f)
+            .copied()
+            .collect();
+        assert!(after.iter().any(|a| a.kind == Kind::Spike), "{after:#?}");
+        for (workers, step_ms, updates, want) in [
+            (1, 100, &updates, &want),
+            (2, 100, &updates, &want),
+            (2, 7 * MINUTE_MS, &updates, &want),
+            (2, 100, &restored, &after),
+        ] {
+            let start = updates[0].1;
             let updates = Arc::new(updates.clone());
             let got = Arc::new(Mutex::new(Vec::new()));
             let sink = got.clone();
@@ -1005,7 +1096,8 @@ mod tests {
                 });
                 let me = worker.index();
                 let peers = worker.peers();
-                let mut next = T0;
+                let mut next = start;
+                input.advance_to(next);
                 for (n, (row, t, m)) in updates.iter().enumerate() {
                     while *t >= next + step_ms {
                         next += step_ms;
@@ -1029,7 +1121,11 @@ mod tests {
             .unwrap();
             let mut got = std::mem::take(&mut *got.lock().unwrap());
             got.sort_by_key(|a| (a.minute, a.kind, a.scope));
-            assert_eq!(got, want, "{workers} workers, steps of {step_ms} ms");
+            let restart = if start > T0 { ", resumed" } else { "" };
+            assert_eq!(
+                &got, want,
+                "{workers} workers, steps of {step_ms} ms{restart}"
+            );
         }
     }
 
