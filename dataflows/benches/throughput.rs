@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use adclick_dataflows::click::{Click, RawClick};
+use adclick_dataflows::anomaly::{self, AlertConfig, Detector, Minute, Scope};
+use adclick_dataflows::click::{Click, RawClick, Sym};
 use adclick_dataflows::dedup::{DedupConfig, DedupState};
 use adclick_dataflows::flood::{Flood, FloodState, InvalidConfig};
 use adclick_dataflows::report::reports;
@@ -92,7 +93,7 @@ impl PartitionReader for Memory {
     }
 }
 
-fn run(workers: usize, parts: Vec<Vec<RawClick>>, top_windows: Vec<u64>) -> f64 {
+fn run(workers: usize, parts: Vec<Vec<RawClick>>, top_windows: Vec<u64>, alerts: bool) -> f64 {
     let total: usize = parts.iter().map(Vec::len).sum();
     // Each worker's partitions, handed over outside the timed region.
     let mut shares: Vec<Vec<std::vec::IntoIter<RawClick>>> = (0..workers).map(|_| vec![]).collect();
@@ -114,8 +115,11 @@ fn run(workers: usize, parts: Vec<Vec<RawClick>>, top_windows: Vec<u64>) -> f64 
             let mut acfg = AggregateConfig::default();
             acfg.top.window_minutes = top;
             let a = aggregate(events, &acfg);
-            let (probe, _) = reports(a.minute, MINUTE_MS, 300_000).probe();
+            let (probe, _) = reports(a.minute.clone(), MINUTE_MS, 300_000).probe();
             a.top.probe_with(&probe);
+            if alerts {
+                anomaly::alerts(a.minute, &AlertConfig::default(), 300_000).probe_with(&probe);
+            }
             probe
         });
         while !probe.done() {
@@ -190,15 +194,16 @@ fn main() {
     let parts = clicks(n);
     println!("{n} clicks in memory, median of {rounds} rounds");
     let shapes = [
-        ("no top-N", vec![]),
-        ("top-N over 1 min", vec![1]),
-        ("top-N over 1, 5, 60 min", vec![1, 5, 60]),
+        ("no top-N", vec![], false),
+        ("top-N over 1 min", vec![1], false),
+        ("top-N over 1 min + alerts", vec![1], true),
+        ("top-N over 1, 5, 60 min", vec![1, 5, 60], false),
     ];
-    for (label, top) in shapes {
+    for (label, top, alerts) in shapes {
         for workers in [1, 2] {
             let r = median(
                 (0..rounds)
-                    .map(|_| run(workers, parts.clone(), top.clone()))
+                    .map(|_| run(workers, parts.clone(), top.clone(), alerts))
                     .collect(),
             );
             println!(
@@ -215,4 +220,37 @@ fn main() {
     for (rule, bytes) in flood_bytes_per_click(n.min(1_000_000)) {
         println!("{rule} state: {bytes:.0} heap bytes per counted click held");
     }
+    println!(
+        "alerts baseline: {:.0} bytes per tracked key (heap, table included; {} estimated)",
+        alert_bytes_per_key(100_000),
+        Detector::bytes_per_key()
+    );
+}
+
+/// Heap bytes per key the anomaly detector keeps, over `keys` keys of every kind.
+fn alert_bytes_per_key(keys: u64) -> f64 {
+    COUNTING.store(true, Ordering::SeqCst);
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut d = Detector::new(AlertConfig::default());
+    let mut data = foldhash::HashMap::default();
+    for k in 0..keys {
+        let scope = match k % 3 {
+            0 => Scope::Campaign(Sym(k)),
+            1 => Scope::Publisher(Sym(k)),
+            _ => Scope::CampaignCountry(Sym(k), Sym(k >> 8)),
+        };
+        data.insert(
+            scope,
+            Minute {
+                clicks: 1,
+                invalid: 0,
+            },
+        );
+    }
+    let mut out = Vec::new();
+    d.minute(START, data, &mut out);
+    drop(out);
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    COUNTING.store(false, Ordering::SeqCst);
+    held as f64 / d.len() as f64
 }
