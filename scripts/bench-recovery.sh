@@ -67,6 +67,7 @@ query="ads/ad_0/aggregated_count?from=$(iso "$hour_start")&to=$(iso "$end_ms")"
 answer() { curl -sf -H "Authorization: Bearer $KEY" "${base}$query" | jq -c '{count, duplicates}'; }
 want=$(answer)
 echo "   ad_0 over the hour: $want"
+echo "   tallies: $(health | jq -c '{watermark_ms, tallies: (.tallies | {received, counted, late, duplicates})}')"
 
 echo "== 4. kill -9 and restart"
 kill -9 "$agg_pid"
@@ -80,7 +81,11 @@ for _ in $(seq 6000); do
   sleep 0.05
 done
 t2=$(date +%s.%N)
-[ "$(answer)" = "$want" ] || { echo "the restarted aggregator answers $(answer), not $want"; exit 1; }
+[ "$(answer)" = "$want" ] || {
+  echo "the restarted aggregator answers $(answer), not $want;" \
+    "tallies: $(health | jq -c '{watermark_ms, tallies: (.tallies | {received, counted, late, duplicates})}')"
+  exit 1
+}
 # The restore's phases, as the restarted aggregator logs them.
 sed 's/\x1b\[[0-9;]*m//g' "$agg_log" |
   grep -E "restoring checkpoint|dedup state restored|restored state readable" |
