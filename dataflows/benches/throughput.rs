@@ -192,6 +192,9 @@ fn main() {
         .unwrap_or(1_000_000);
     let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
     let parts = clicks(n);
+    if args.get(3).map(String::as_str) == Some("alerts") {
+        return alerts_cost(parts, rounds);
+    }
     println!("{n} clicks in memory, median of {rounds} rounds");
     let shapes = [
         ("no top-N", vec![], false),
@@ -225,6 +228,65 @@ fn main() {
         alert_bytes_per_key(100_000),
         Detector::bytes_per_key()
     );
+}
+
+/// The anomaly operators' cost: top-N over 1 min without and with them, alternating within
+/// each round so that a noisy machine's drift hits both alike; the median of the rounds'
+/// ratios.
+fn alerts_cost(parts: Vec<Vec<RawClick>>, rounds: usize) {
+    let n: usize = parts.iter().map(Vec::len).sum();
+    println!("{n} clicks in memory, top-N over 1 min, without and with alerts, {rounds} rounds");
+    for workers in [1, 2] {
+        let mut ratios = Vec::new();
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        let mut cpu_ratios = Vec::new();
+        for _ in 0..rounds {
+            let c0 = cpu_seconds();
+            let a = run(workers, parts.clone(), vec![1], false);
+            let c1 = cpu_seconds();
+            let b = run(workers, parts.clone(), vec![1], true);
+            let c2 = cpu_seconds();
+            let (ca, cb) = (c1 - c0, c2 - c1);
+            println!(
+                "  {workers} worker(s): {a:>10.0} events/s without, {b:>10.0} with; \
+                 CPU {ca:.2} s without, {cb:.2} s with"
+            );
+            ratios.push(b / a);
+            cpu_ratios.push(cb / ca);
+            without.push(a);
+            with.push(b);
+        }
+        println!(
+            "{workers} worker(s): median {:.0} events/s without, {:.0} with; median ratio {:.3}; \
+             median CPU ratio (with / without) {:.3}",
+            median(without),
+            median(with),
+            median(ratios),
+            median(cpu_ratios)
+        );
+    }
+    println!(
+        "alerts baseline: {:.0} bytes per tracked key (heap, table included; {} estimated)",
+        alert_bytes_per_key(100_000),
+        Detector::bytes_per_key()
+    );
+}
+
+/// This process's CPU time (user + system) so far, from /proc/self/stat (Linux; 10 ms
+/// ticks): less disturbed than wall time by other work on a shared machine.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the command's closing parenthesis: state is field 0, utime 11, stime 12.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Heap bytes per key the anomaly detector keeps, over `keys` keys of every kind.
