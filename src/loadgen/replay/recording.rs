@@ -212,11 +212,7 @@ fn file_lane(
     Ok(Lane {
         name,
         partition,
-        format: if format == Format::Log {
-            Format::Events
-        } else {
-            format
-        },
+        format,
         len,
         records: Box::new(records),
     })
