@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn one_lane_keeps_relative_timing_at_the_speed() {
         let lane = vec![Some(1_000), Some(1_500), Some(3_000), Some(11_000)];
-        let at1: Vec<_> = plan(&[lane.clone()], Speed::Times(1.0), GAP)
+        let at1: Vec<_> = plan(std::slice::from_ref(&lane), Speed::Times(1.0), GAP)
             .into_iter()
             .map(|(_, _, d)| ms(d))
             .collect();
