@@ -136,6 +136,8 @@ pub struct Health {
     pub gaps: Mutex<BTreeSet<Gap>>,
     /// The supervisor's restarts of the whole cluster before this process started.
     pub restarts: Restarts,
+    /// The process's memory budget and its last reading (aggregator processes).
+    pub memory: Mutex<Option<std::sync::Arc<crate::memory::Budget>>>,
 }
 
 impl Health {

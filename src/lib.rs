@@ -18,6 +18,7 @@ pub mod health;
 pub mod http_server;
 pub mod kafka;
 pub mod loadgen;
+pub mod memory;
 pub mod query;
 pub mod redirect;
 pub mod spool;

@@ -13,9 +13,9 @@ use super::fence::{self, Fence};
 use super::input::Input;
 use super::sink::aggregates::{AggregatesSink, Committer};
 use super::sink::parquet;
-use super::source::budget::Budget;
 use crate::event::enrich::Enricher;
 use crate::health::Health;
+use crate::memory::Budget;
 use crate::query::metrics::QueryMetrics;
 use crate::query::{self, Ask, Bridge, Server};
 
@@ -113,6 +113,7 @@ impl Cluster {
             }
         }
         let budget = Budget::start(cfg.memory_budget_mb);
+        *health.memory.lock().unwrap() = Some(budget.clone());
         Ok(Self {
             cfg,
             input,

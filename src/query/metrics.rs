@@ -41,6 +41,8 @@ pub struct QueryMetrics {
     disks: Vec<(&'static str, PathBuf)>,
     /// Traffic anomaly alerts raised since start, by kind and severity.
     alerts: Family<Labels, Gauge>,
+    /// The resident set, the budget and whether the sources are held back by it.
+    memory: Family<Labels, Gauge>,
 }
 
 impl Default for QueryMetrics {
@@ -134,6 +136,15 @@ impl Default for QueryMetrics {
              by dir (checkpoint, parquet, output), as df's Use%",
             disk_used.clone(),
         );
+        let memory = Family::<Labels, Gauge>::default();
+        registry.register(
+            "memory_bytes",
+            "This process's resident set (value=resident), its budget \
+             (value=budget, aggregator.memory_budget_mb; 0 none), and value=over_budget: 1 \
+             while the resident set is over it and the sources read only what the dataflow \
+             caught up with",
+            memory.clone(),
+        );
         registry.register(
             "cluster_restarts",
             "Restarts of the whole cluster by its supervisor (adclick-aggregator cluster) \
@@ -142,6 +153,7 @@ impl Default for QueryMetrics {
         );
         Self {
             registry: Mutex::new(registry),
+            memory,
             cluster_restarts,
             checkpoint,
             checkpoint_interval,
@@ -227,6 +239,18 @@ impl QueryMetrics {
             let at = health.checkpoint_committed_at_ms.load(Ordering::Relaxed);
             self.checkpoint_committed_at.set(at as f64 / 1000.0);
         }
+        if let Some(b) = health.memory.lock().unwrap().as_ref() {
+            let over = b.over.load(Ordering::Relaxed);
+            for (what, v) in [
+                ("resident", b.resident_bytes.load(Ordering::Relaxed)),
+                ("budget", b.limit_bytes),
+                ("over_budget", u64::from(over)),
+            ] {
+                self.memory
+                    .get_or_create(&vec![("value", what.to_string())])
+                    .set(v as i64);
+            }
+        }
         for (kind, severity, n) in health.alerts.counts() {
             let labels = vec![
                 ("kind", kind.name().to_string()),
@@ -246,5 +270,33 @@ impl QueryMetrics {
         let mut out = String::new();
         encode(&mut out, &self.registry.lock().unwrap()).expect("writing to a String");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::Budget;
+
+    #[test]
+    fn the_memory_budget_and_the_resident_set_are_exported() {
+        let health = Health::new(1, 1);
+        let metrics = QueryMetrics::default();
+        assert!(
+            !metrics
+                .render(&health)
+                .contains("adclick_aggregator_memory_bytes{")
+        );
+        *health.memory.lock().unwrap() = Some(Budget::start(64));
+        let out = metrics.render(&health);
+        let value = |what: &str| -> i64 {
+            let prefix = format!("adclick_aggregator_memory_bytes{{value=\"{what}\"}} ");
+            let line = out.lines().find(|l| l.starts_with(&prefix)).expect(what);
+            line[prefix.len()..].parse().unwrap()
+        };
+        assert_eq!(value("budget"), 64 << 20);
+        assert!(value("resident") > 0);
+        // The flag follows the sampler's readings (memory.rs tests how); here only its form.
+        assert!([0, 1].contains(&value("over_budget")));
     }
 }

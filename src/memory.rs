@@ -1,5 +1,6 @@
-//! The process's memory budget, as the sources' flow control sees it: one flag, set while the
-//! resident set is over `aggregator.memory_budget_mb`, sampled by one thread per process.
+//! The aggregator process's memory budget, as the sources' flow control sees it: one flag, set
+//! while the resident set is over `aggregator.memory_budget_mb`, sampled by one thread per
+//! process; `/metrics` shows the same readings.
 //!
 //! Resident memory is the figure that the kernel's OOM killer and a container's limit judge,
 //! so it is what the budget is about; it is read from `/proc/self/statm` (Linux), which costs
