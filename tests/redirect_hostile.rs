@@ -593,6 +593,9 @@ async fn client_disconnects_are_not_errors() {
                 .iter()
                 .any(|t| l.contains(t))
         })
+        // The capture is process-wide and the tests of this file run at once: another one
+        // fills its own server to the connection limit on purpose, and that warning is its.
+        .filter(|l| !l.contains("connection limit reached"))
         .cloned()
         .collect();
     assert!(loud.is_empty(), "{loud:?}");
