@@ -158,7 +158,15 @@ fn settled_cluster(
     let addr = printed.trim_end_matches('/').to_string();
     let past_all = truth.windows.iter().map(|r| r.minute_ms).max().unwrap_or(0) as u64 + 60_000;
     let mut last = None;
-    let left = Duration::from_secs(60).saturating_sub(started.elapsed());
+    // Once every partition is idle the watermark trails the wall clock by the bound and the
+    // idle timeout, so past the last minute takes until the wall clock is there: the
+    // loadgen's out-of-order clicks can fall into the current minute, and a test started just
+    // after a minute turned would otherwise need more than a minute (seen in CI).
+    let wall_ms = adclick::timefmt::now_millis().max(0) as u64;
+    let until_past = Duration::from_millis((past_all + 20_000).saturating_sub(wall_ms));
+    let left = Duration::from_secs(60)
+        .saturating_sub(started.elapsed())
+        .max(until_past);
     let every = Duration::from_millis(1_500);
     let done = wait_every(left, every, "the watermark to settle", || {
         running(&mut cluster);
