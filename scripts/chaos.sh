@@ -75,31 +75,10 @@ LIFE_MIN=${LIFE_MS%%:*}
 LIFE_MAX=${LIFE_MS##*:}
 RANDOM=$SEED
 
-log() { printf '[chaos %6.1fs] %s\n' "$(($(now_ms) - T0))e-3" "$*"; }
-die() { log "FAILED: $*"; show_logs; exit 1; }
-# The last lines of every log, without ANSI colours or backtrace frames: a CI run keeps only
-# what is printed, not the work directory.
-show_logs() {
-  local f
-  for f in loadgen.log redirect.log aggregator.log tansu.log; do
-    [[ -s ${WORK:-}/$f ]] || continue
-    echo "--- last lines of $f"
-    sed 's/\x1b\[[0-9;]*m//g' "$WORK/$f" | grep -Ev '^ +([0-9]+: |at )' | tail -n 15
-  done
-}
-now_ms() { date +%s%3N; }
-T0=$(now_ms)
-command -v curl >/dev/null || die "curl is needed"
-
-# --- binaries -------------------------------------------------------------------------------
-if [[ -z ${AGGREGATOR:-} || -z ${REDIRECT:-} || -z ${LOADGEN:-} ]]; then
-  flag=(); [[ $PROFILE == release ]] && flag=(--release)
-  log "building the binaries (${PROFILE})"
-  cargo build --quiet "${flag[@]}" --bins
-  bin_dir=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
-  AGGREGATOR=$bin_dir/adclick-aggregator REDIRECT=$bin_dir/adclick-redirect
-  LOADGEN=$bin_dir/adclick-loadgen
-fi
+RUN_NAME=chaos
+source scripts/lib/run.sh
+need_tools curl
+build_binaries AGGREGATOR REDIRECT LOADGEN
 if [[ -z ${CHECKER:-} ]]; then
   flag=(); [[ $PROFILE == release ]] && flag=(--release)
   log "building the checker (tests/chaos.rs)"
@@ -111,11 +90,7 @@ TANSU_BIN=${TANSU_BIN:-$(scripts/tansu.sh install)}
 export TANSU_BIN
 
 # --- work directory and cleanup -------------------------------------------------------------
-if [[ -n ${WORK:-} ]]; then
-  keep=1; mkdir -p "$WORK"
-else
-  keep=0; WORK=$(mktemp -d "${TMPDIR:-/tmp}/adclick-chaos.XXXXXX")
-fi
+work_dir
 tansu_pid="" redirect_pid="" agg_pid="" loadgen_pid=""
 ok=0
 cleanup() {
@@ -132,34 +107,11 @@ export ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS=$CHECKPOINT_MS
 export ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS=$LATENESS_MS
 export ADCLICK_REDIRECT_DEGRADED_AFTER_MS=${ADCLICK_REDIRECT_DEGRADED_AFTER_MS:-1000}
 
-sleep_ms() { sleep "$(($1 / 1000)).$(printf '%03d' $(($1 % 1000)))"; }
-alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
-
 # --- the broker -----------------------------------------------------------------------------
-if [[ -z ${TANSU_PORT:-} ]]; then
-  # Below the ephemeral range, so no client socket holds it; checked free.
-  for _ in $(seq 50); do
-    TANSU_PORT=$(shuf -i 20000-32000 -n 1)
-    (exec 3<>"/dev/tcp/127.0.0.1/$TANSU_PORT") 2>/dev/null || break
-  done
-fi
+TANSU_PORT=${TANSU_PORT:-$(free_port)}
 BROKERS=127.0.0.1:$TANSU_PORT
-start_tansu() {
-  scripts/tansu.sh run "$TANSU_PORT" "$WORK/tansu" >>"$WORK/tansu.log" 2>&1 &
-  tansu_pid=$!
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$TANSU_PORT") 2>/dev/null && return 0
-    alive "$tansu_pid" || die "tansu exited (tansu.log)"
-    sleep 0.1
-  done
-  die "tansu did not come up on $BROKERS"
-}
 start_tansu
-for topic in clicks clicks-dlq clicks-late click-aggregates; do
-  n=1; [[ $topic == clicks ]] && n=$PARTITIONS
-  "$TANSU_BIN" topic create "$topic" --partitions "$n" --broker "tcp://$BROKERS" \
-    >>"$WORK/tansu.log" 2>&1 || die "creating topic $topic"
-done
+create_topics "$PARTITIONS"
 log "tansu on $BROKERS (storage $WORK/tansu), topic clicks with $PARTITIONS partitions"
 
 # --- the redirect ---------------------------------------------------------------------------

@@ -49,34 +49,11 @@ PROFILE=${PROFILE:-release}
 TIMEOUT_S=${TIMEOUT_S:-600}
 ADMIN_KEY=demo-admin-key-not-secret # config/demo.toml's public demo admin key
 
-now_ms() { date +%s%3N; }
-T0=$(now_ms)
-log() { printf '[replay %6.1fs] %s\n' "$(($(now_ms) - T0))e-3" "$*"; }
-show_logs() {
-  local f
-  for f in "${WORK:-}"/*.log; do
-    [[ -s $f ]] || continue
-    echo "--- last lines of $(basename "$f")"
-    sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -Ev '^ +([0-9]+: |at )' | tail -n 15
-  done
-}
-die() { log "FAILED: $*"; show_logs; exit 1; }
-for tool in curl jq; do command -v $tool >/dev/null || die "$tool is needed"; done
-
-if [[ -z ${AGGREGATOR:-} || -z ${REDIRECT:-} || -z ${LOADGEN:-} ]]; then
-  flag=(); [[ $PROFILE == release ]] && flag=(--release)
-  log "building the binaries ($PROFILE)"
-  cargo build --quiet "${flag[@]}" --bins
-  bin_dir=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
-  AGGREGATOR=$bin_dir/adclick-aggregator REDIRECT=$bin_dir/adclick-redirect
-  LOADGEN=$bin_dir/adclick-loadgen
-fi
-
-if [[ -n ${WORK:-} ]]; then
-  keep=1; mkdir -p "$WORK"
-else
-  keep=0; WORK=$(mktemp -d "${TMPDIR:-/tmp}/adclick-replay.XXXXXX")
-fi
+RUN_NAME=replay
+source scripts/lib/run.sh
+need_tools curl jq
+build_binaries AGGREGATOR REDIRECT LOADGEN
+work_dir
 pids=()
 ok=0
 cleanup() {
@@ -87,7 +64,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-alive() { kill -0 "$1" 2>/dev/null; }
 
 # --- what the recording is ------------------------------------------------------------------
 archive=""

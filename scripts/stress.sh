@@ -67,39 +67,17 @@ CONFIG=$ROOT/config/demo.toml
 ADMIN_KEY=demo-admin-key-not-secret # config/demo.toml's public demo admin key
 RANDOM=$SEED
 
-now_ms() { date +%s%3N; }
-T0=$(now_ms)
-log() { printf '[stress %6.1fs] %s\n' "$(($(now_ms) - T0))e-3" "$*"; }
-show_logs() {
-  local f
-  for f in "${WORK:-}"/*.log; do
-    [[ -s $f ]] || continue
-    echo "--- last lines of $(basename "$f")"
-    sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -Ev '^ +([0-9]+: |at )' | tail -n 15
-  done
-}
-die() { log "FAILED: $*"; show_logs; exit 1; }
-for tool in curl jq; do command -v $tool >/dev/null || die "$tool is needed"; done
-
-# --- binaries -------------------------------------------------------------------------------
-if [[ -z ${AGGREGATOR:-} || -z ${LOADGEN:-} ]]; then
-  flag=(); [[ $PROFILE == release ]] && flag=(--release)
-  log "building the binaries ($PROFILE)"
-  cargo build --quiet "${flag[@]}" --bin adclick-aggregator --bin adclick-loadgen
-  bin_dir=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
-  AGGREGATOR=$bin_dir/adclick-aggregator LOADGEN=$bin_dir/adclick-loadgen
-fi
+RUN_NAME=stress
+source scripts/lib/run.sh
+need_tools curl jq
+build_binaries AGGREGATOR LOADGEN
 "$AGGREGATOR" cluster --help >/dev/null 2>&1 \
   || die "$AGGREGATOR has no \`cluster\` subcommand (the supervised cluster, issue 16 item 1)"
 TANSU_BIN=${TANSU_BIN:-$(scripts/tansu.sh install)}
 export TANSU_BIN
 
 # --- work directory and cleanup -------------------------------------------------------------
-if [[ -n ${WORK:-} ]]; then
-  keep=1; mkdir -p "$WORK"
-else
-  keep=0; WORK=$(mktemp -d "${TMPDIR:-/tmp}/adclick-stress.XXXXXX")
-fi
+work_dir
 tansu_pid="" cluster_pid="" replay_pid=""
 ok=0
 cleanup() {
@@ -111,15 +89,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
-free_port() {
-  local p
-  for _ in $(seq 50); do
-    p=$(shuf -i 20000-32000 -n 1)
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-  die "no free port"
-}
 
 # --- the recording and its truth ------------------------------------------------------------
 if [[ -n ${RECORDING:-} ]]; then
@@ -143,22 +112,8 @@ log "truth: $(tail -n 1 "$WORK/truth.ndjson")"
 # --- the broker -----------------------------------------------------------------------------
 TANSU_PORT=${TANSU_PORT:-$(free_port)}
 BROKERS=127.0.0.1:$TANSU_PORT
-start_tansu() {
-  scripts/tansu.sh run "$TANSU_PORT" "$WORK/tansu" >>"$WORK/tansu.log" 2>&1 &
-  tansu_pid=$!
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$TANSU_PORT") 2>/dev/null && return 0
-    alive "$tansu_pid" || die "tansu exited (tansu.log)"
-    sleep 0.1
-  done
-  die "tansu did not come up on $BROKERS"
-}
 start_tansu
-for topic in clicks clicks-dlq clicks-late click-aggregates; do
-  n=1; [[ $topic == clicks ]] && n=$PARTITIONS
-  "$TANSU_BIN" topic create "$topic" --partitions "$n" --broker "tcp://$BROKERS" \
-    >>"$WORK/tansu.log" 2>&1 || die "creating topic $topic"
-done
+create_topics "$PARTITIONS"
 log "tansu on $BROKERS (storage $WORK/tansu), clicks with $PARTITIONS partitions"
 
 # --- the supervised cluster -----------------------------------------------------------------

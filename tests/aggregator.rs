@@ -13,7 +13,7 @@ use adclick::aggregator::output::{Line, Tallies};
 use adclick::kafka::embedded::EmbeddedKafka;
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
 use common::demo_config;
-use common::process::Spawned;
+use common::process::{Spawned, run_ok};
 use common::truth::{
     check, compare_rows, expected_tallies, output_lines, read_aggregates, read_output,
     read_parquet_windows, read_raw_archive,
@@ -30,27 +30,22 @@ fn loadgen(args: &[&str], truth: &Path) -> TruthReport {
 
 /// 8000 events at `rate` per simulated second, with enough of every kind of trouble.
 fn loadgen_at(rate: &str, args: &[&str], truth: &Path) -> TruthReport {
-    let out = Command::new(LOADGEN)
-        .args([
-            "--config",
-            &demo_config(),
-            "--count",
-            "8000",
-            "--rate",
-            rate,
-        ])
-        .args(["--seed", "7", "--ads", "300", "--hot-ad-share", "0.5"])
-        .args(["--duplicate-share", "0.08", "--late-share", "0.01"])
-        .args(["--invalid", "0.02"])
-        .arg("--truth")
-        .arg(truth)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(LOADGEN)
+            .args([
+                "--config",
+                &demo_config(),
+                "--count",
+                "8000",
+                "--rate",
+                rate,
+            ])
+            .args(["--seed", "7", "--ads", "300", "--hot-ad-share", "0.5"])
+            .args(["--duplicate-share", "0.08", "--late-share", "0.01"])
+            .args(["--invalid", "0.02"])
+            .arg("--truth")
+            .arg(truth)
+            .args(args),
     );
     let t = GroundTruth::read(truth).unwrap();
     let k = &t.tallies;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use adclick_testkit as common;
 use common::http::blocking_get as get;
-use common::process::Spawned;
+use common::process::{Spawned, run_ok};
 use common::{demo_config, wait_every};
 use serde_json::Value;
 
@@ -39,29 +39,24 @@ fn a_planted_spike_and_drop_are_alerted_within_two_minutes_and_nothing_else_befo
     let start = adclick::timefmt::now_millis() - 50 * 60_000;
     let start = start - start.rem_euclid(60_000);
     let truth_path = dir.path().join("truth.json");
-    let out = Command::new(LOADGEN)
-        .arg("--config")
-        .arg(&config)
-        .args(["--output", "kafka", "--brokers", &kafka.bootstrap_servers()])
-        .args([
-            "--rate",
-            "100",
-            "--duration",
-            "2700",
-            "--start",
-            &start.to_string(),
-        ])
-        .args(["--campaigns", "20", "--publishers", "10"])
-        .args(["--spike", "campaign=cmp_5,country=DE,at=1500,minutes=5"])
-        .args(["--drop", "publisher=pub_3,at=1500,minutes=20"])
-        .arg("--truth")
-        .arg(&truth_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(LOADGEN)
+            .arg("--config")
+            .arg(&config)
+            .args(["--output", "kafka", "--brokers", &kafka.bootstrap_servers()])
+            .args([
+                "--rate",
+                "100",
+                "--duration",
+                "2700",
+                "--start",
+                &start.to_string(),
+            ])
+            .args(["--campaigns", "20", "--publishers", "10"])
+            .args(["--spike", "campaign=cmp_5,country=DE,at=1500,minutes=5"])
+            .args(["--drop", "publisher=pub_3,at=1500,minutes=20"])
+            .arg("--truth")
+            .arg(&truth_path),
     );
     let truth: Value = serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
     let planted = truth["config"]["anomalies"].as_array().unwrap().clone();

@@ -15,7 +15,7 @@ use adclick::aggregator::checkpoint::{self, CheckpointConfig};
 use adclick::aggregator::output::{Line, Tallies};
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
 use common::http::blocking_get;
-use common::process::Spawned;
+use common::process::{Spawned, run_ok};
 use common::truth::{
     check, compare_rows_of, expected_tallies, final_rows, output_lines, read_output,
 };
@@ -40,19 +40,14 @@ fn preload(brokers: &str, count: u64, dir: &Path) -> TruthReport {
 /// [`preload`] with other load generator arguments (a seed among them).
 fn preload_with(brokers: &str, count: u64, dir: &Path, args: &[&str]) -> TruthReport {
     let truth = dir.join("truth.json");
-    let out = Command::new(LOADGEN)
-        .args(["--config", &demo_config(), "--output", "kafka"])
-        .args(["--brokers", brokers, "--count", &count.to_string()])
-        .args(["--rate", "20000"])
-        .args(args)
-        .arg("--truth")
-        .arg(&truth)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "loadgen: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(LOADGEN)
+            .args(["--config", &demo_config(), "--output", "kafka"])
+            .args(["--brokers", brokers, "--count", &count.to_string()])
+            .args(["--rate", "20000"])
+            .args(args)
+            .arg("--truth")
+            .arg(&truth),
     );
     GroundTruth::read(&truth).unwrap()
 }

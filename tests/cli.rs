@@ -8,36 +8,31 @@ use adclick::config::Config;
 use adclick::token::Keyring;
 use adclick_testkit::demo_config;
 use adclick_testkit::http::blocking_get;
-use adclick_testkit::process::Spawned;
+use adclick_testkit::process::{Spawned, run_ok};
 
 const REDIRECT: &str = env!("CARGO_BIN_EXE_adclick-redirect");
 
 fn sign(envs: &[(&str, &str)]) -> String {
-    let out = Command::new(REDIRECT)
-        .args([
-            "--config",
-            &demo_config(),
-            "sign",
-            "--impression-id",
-            "imp-cli",
-        ])
-        .args([
-            "--ad-id",
-            "ad_1",
-            "--campaign-id",
-            "cmp_1",
-            "--advertiser-id",
-            "adv_1",
-        ])
-        .args(["--publisher-id", "pub_1", "--url", "https://shop.example/x"])
-        .args(["--base", "http://127.0.0.1:9"])
-        .envs(envs.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(REDIRECT)
+            .args([
+                "--config",
+                &demo_config(),
+                "sign",
+                "--impression-id",
+                "imp-cli",
+            ])
+            .args([
+                "--ad-id",
+                "ad_1",
+                "--campaign-id",
+                "cmp_1",
+                "--advertiser-id",
+                "adv_1",
+            ])
+            .args(["--publisher-id", "pub_1", "--url", "https://shop.example/x"])
+            .args(["--base", "http://127.0.0.1:9"])
+            .envs(envs.iter().copied()),
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

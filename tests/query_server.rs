@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
 use common::http::blocking_request;
-use common::process::Spawned;
+use common::process::{Spawned, run_ok};
 use common::{demo_config, wait_every};
 use serde_json::Value;
 
@@ -37,24 +37,19 @@ fn traffic(
     let kafka = common::embedded_kafka(4);
     let dir = tempfile::tempdir().unwrap();
     let truth_path = dir.path().join("truth.json");
-    let out = Command::new(LOADGEN)
-        .args([
-            "--config",
-            &demo_config(),
-            "--output",
-            "kafka",
-            "--brokers",
-            &kafka.bootstrap_servers(),
-        ])
-        .args(args)
-        .arg("--truth")
-        .arg(&truth_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(LOADGEN)
+            .args([
+                "--config",
+                &demo_config(),
+                "--output",
+                "kafka",
+                "--brokers",
+                &kafka.bootstrap_servers(),
+            ])
+            .args(args)
+            .arg("--truth")
+            .arg(&truth_path),
     );
     let truth = GroundTruth::read(&truth_path).unwrap();
     (kafka, dir, truth)

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use adclick::loadgen::truth::GroundTruth;
 use common::demo_config;
+use common::process::run_ok;
 use common::truth::check;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -25,38 +26,31 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 const LOADGEN: &str = env!("CARGO_BIN_EXE_adclick-loadgen");
 const AGGREGATOR: &str = env!("CARGO_BIN_EXE_adclick-aggregator");
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Records `count` events at `rate` per recorded second into `files` files under `dir`.
 fn record(dir: &Path, files: u32, count: u32, rate: u32, extra: &[&str]) -> Vec<PathBuf> {
-    run(Command::new(LOADGEN)
-        .args(["--config", &demo_config(), "--output", "file"])
-        .arg("--out-dir")
-        .arg(dir.join("rec"))
-        .args(["--files", &files.to_string(), "--count", &count.to_string()])
-        .args(["--rate", &rate.to_string(), "--seed", "11"])
-        .arg("--truth")
-        .arg(dir.join("truth.json"))
-        .args(extra));
+    run_ok(
+        Command::new(LOADGEN)
+            .args(["--config", &demo_config(), "--output", "file"])
+            .arg("--out-dir")
+            .arg(dir.join("rec"))
+            .args(["--files", &files.to_string(), "--count", &count.to_string()])
+            .args(["--rate", &rate.to_string(), "--seed", "11"])
+            .arg("--truth")
+            .arg(dir.join("truth.json"))
+            .args(extra),
+    );
     (0..files)
         .map(|k| dir.join("rec").join(format!("events-{k:03}.ndjson")))
         .collect()
 }
 
 fn replay(brokers: &str, speed: &str, files: &[PathBuf]) -> String {
-    let out = run(Command::new(LOADGEN)
-        .args(["--config", &demo_config(), "replay", "--brokers", brokers])
-        .args(["--speed", speed])
-        .args(files));
+    let out = run_ok(
+        Command::new(LOADGEN)
+            .args(["--config", &demo_config(), "replay", "--brokers", brokers])
+            .args(["--speed", speed])
+            .args(files),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let summary = stderr
         .lines()
@@ -116,16 +110,20 @@ fn a_full_speed_replay_equals_the_batch_result_and_the_truth() {
     );
 
     let live = dir.path().join("live.ndjson");
-    run(Command::new(AGGREGATOR)
-        .args(["--config", &demo_config(), "--brokers", &brokers])
-        .args(["--workers", "2", "--until-end", "--output"])
-        .arg(&live));
+    run_ok(
+        Command::new(AGGREGATOR)
+            .args(["--config", &demo_config(), "--brokers", &brokers])
+            .args(["--workers", "2", "--until-end", "--output"])
+            .arg(&live),
+    );
     let batch = dir.path().join("batch.ndjson");
-    run(Command::new(AGGREGATOR)
-        .args(["--config", &demo_config(), "--input"])
-        .args(&files)
-        .arg("--output")
-        .arg(&batch));
+    run_ok(
+        Command::new(AGGREGATOR)
+            .args(["--config", &demo_config(), "--input"])
+            .args(&files)
+            .arg("--output")
+            .arg(&batch),
+    );
 
     let same = compare(&batch, &live);
     let report = String::from_utf8_lossy(&same.stdout);
@@ -299,19 +297,21 @@ fn an_archive_replay_equals_the_batch_recomputation_of_the_archive() {
     let first = common::embedded_kafka(3);
     replay(&first.bootstrap_servers(), "max", &files);
     let parquet = dir.path().join("parquet");
-    run(Command::new(AGGREGATOR)
-        .args([
-            "--config",
-            &demo_config(),
-            "--brokers",
-            &first.bootstrap_servers(),
-        ])
-        .args(["--until-end", "--output"])
-        .arg(dir.path().join("first.ndjson"))
-        .arg("--checkpoint-dir")
-        .arg(dir.path().join("checkpoints"))
-        .arg("--parquet-dir")
-        .arg(&parquet));
+    run_ok(
+        Command::new(AGGREGATOR)
+            .args([
+                "--config",
+                &demo_config(),
+                "--brokers",
+                &first.bootstrap_servers(),
+            ])
+            .args(["--until-end", "--output"])
+            .arg(dir.path().join("first.ndjson"))
+            .arg("--checkpoint-dir")
+            .arg(dir.path().join("checkpoints"))
+            .arg("--parquet-dir")
+            .arg(&parquet),
+    );
 
     let second = common::embedded_kafka(3);
     let summary = replay(
@@ -321,27 +321,31 @@ fn an_archive_replay_equals_the_batch_recomputation_of_the_archive() {
     );
     assert!(summary.contains(" 0 malformed"), "{summary}");
     let live = dir.path().join("live.ndjson");
-    run(Command::new(AGGREGATOR)
-        .args([
-            "--config",
-            &demo_config(),
-            "--brokers",
-            &second.bootstrap_servers(),
-        ])
-        .args(["--workers", "2", "--until-end", "--output"])
-        .arg(&live));
+    run_ok(
+        Command::new(AGGREGATOR)
+            .args([
+                "--config",
+                &demo_config(),
+                "--brokers",
+                &second.bootstrap_servers(),
+            ])
+            .args(["--workers", "2", "--until-end", "--output"])
+            .arg(&live),
+    );
     let batch = dir.path().join("batch.ndjson");
-    run(Command::new(AGGREGATOR)
-        .args(["--config", &demo_config(), "--output"])
-        .arg(&batch)
-        .args(["replay", "--archive"])
-        .arg(&parquet)
-        .args([
-            "--from",
-            "2000-01-01T00:00:00Z",
-            "--to",
-            "2099-01-01T00:00:00Z",
-        ]));
+    run_ok(
+        Command::new(AGGREGATOR)
+            .args(["--config", &demo_config(), "--output"])
+            .arg(&batch)
+            .args(["replay", "--archive"])
+            .arg(&parquet)
+            .args([
+                "--from",
+                "2000-01-01T00:00:00Z",
+                "--to",
+                "2099-01-01T00:00:00Z",
+            ]),
+    );
     let same = compare(&batch, &live);
     let report = String::from_utf8_lossy(&same.stdout);
     assert!(same.status.success(), "{report}");
@@ -384,10 +388,12 @@ fn partner_lines_are_replayed_through_the_redirect() {
     ];
     let partner = dir.path().join("partner.ndjson");
     std::fs::write(&partner, lines.join("\n")).unwrap();
-    let out = run(Command::new(LOADGEN)
-        .args(["--config", &demo_config(), "replay", "--to", "http"])
-        .args(["--target", &base, "--speed", "max", "--batch-lines", "3"])
-        .arg(&partner));
+    let out = run_ok(
+        Command::new(LOADGEN)
+            .args(["--config", &demo_config(), "replay", "--to", "http"])
+            .args(["--target", &base, "--speed", "max", "--batch-lines", "3"])
+            .arg(&partner),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("sent 7 records")

@@ -201,21 +201,7 @@ mod tests {
     use super::*;
 
     fn line(granularity: &str, start: u64, ad: &str, clicks: i64, status: &str) -> Line {
-        Line::Window {
-            granularity: granularity.into(),
-            window_start: String::new(),
-            window_start_ms: start,
-            ad_id: ad.into(),
-            campaign_id: "c".into(),
-            advertiser_id: "a".into(),
-            publisher_id: "p".into(),
-            country: "US".into(),
-            device: "mobile".into(),
-            clicks,
-            duplicates: 0,
-            invalid: Default::default(),
-            status: status.into(),
-        }
+        Line::window_fixture(granularity, start, ad, clicks, 0, &[], status)
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! piped, kept for the test to read.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -15,6 +15,22 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use crate::poll::wait_until;
+
+/// Runs `command` to its end and returns its output; panics with its standard error unless
+/// it succeeded. For the tools a test runs before it checks anything (the load generator, the
+/// broker's admin commands).
+pub fn run_ok(command: &mut Command) -> Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 /// A child process killed (SIGKILL) and reaped on drop.
 pub struct Spawned {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::outage::Broker;
 use crate::poll::wait_until;
-use crate::process::Spawned;
+use crate::process::{Spawned, run_ok};
 
 pub struct Tansu {
     bin: PathBuf,
@@ -80,21 +80,16 @@ impl Tansu {
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        let out = Command::new(&self.bin)
-            .args([
-                "topic",
-                "create",
-                name,
-                "--partitions",
-                &partitions.to_string(),
-            ])
-            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new(&self.bin)
+                .args([
+                    "topic",
+                    "create",
+                    name,
+                    "--partitions",
+                    &partitions.to_string(),
+                ])
+                .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)]),
         );
     }
 }

@@ -99,6 +99,37 @@ impl WindowParts<'_> {
     }
 }
 
+/// A window line of one ad whose other dimensions are fixed: the fixture the tests of every
+/// reader of window lines (reconciliation, replay's compare) build their outputs from.
+#[cfg(test)]
+impl Line {
+    pub fn window_fixture(
+        granularity: &str,
+        start: u64,
+        ad: &str,
+        clicks: i64,
+        duplicates: i64,
+        invalid: &[(&str, i64)],
+        status: &str,
+    ) -> Self {
+        Line::Window {
+            granularity: granularity.into(),
+            window_start: String::new(),
+            window_start_ms: start,
+            ad_id: ad.into(),
+            campaign_id: "c".into(),
+            advertiser_id: "a".into(),
+            publisher_id: "p".into(),
+            country: "US".into(),
+            device: "mobile".into(),
+            clicks,
+            duplicates,
+            invalid: invalid.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            status: status.into(),
+        }
+    }
+}
+
 impl Line {
     /// The parts of a window line; `None` for other lines.
     pub fn window(&self) -> Option<WindowParts<'_>> {

@@ -173,21 +173,7 @@ mod tests {
     use super::*;
 
     fn window(start: u64, ad: &str, clicks: i64, status: &str) -> Line {
-        Line::Window {
-            granularity: "minute".into(),
-            window_start: String::new(),
-            window_start_ms: start,
-            ad_id: ad.into(),
-            campaign_id: "c".into(),
-            advertiser_id: "a".into(),
-            publisher_id: "p".into(),
-            country: "US".into(),
-            device: "mobile".into(),
-            clicks,
-            duplicates: 1,
-            invalid: [("ip_flood".to_string(), 2)].into(),
-            status: status.into(),
-        }
+        Line::window_fixture("minute", start, ad, clicks, 1, &[("ip_flood", 2)], status)
     }
 
     fn tallies(received: u64) -> Line {
