@@ -19,6 +19,7 @@ pub mod query;
 pub mod report;
 pub mod retire;
 pub mod rollup;
+pub mod sketch;
 pub mod source;
 pub mod time;
 pub mod topn;
