@@ -66,6 +66,11 @@ impl Catalog {
         }
     }
 
+    /// Campaign `c` (0-based, below `size().campaigns`).
+    pub fn campaign_id(&self, c: u32) -> &str {
+        &self.campaigns[c as usize]
+    }
+
     pub fn publisher_id(&self, p: u32) -> &str {
         &self.publishers[p as usize]
     }

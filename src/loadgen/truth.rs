@@ -26,6 +26,13 @@
 //! its other reasons. Winners wait in buckets of event time until no click still to come can
 //! fall in their windows, so memory stays bounded by the rules' windows and the lateness.
 //!
+//! Reach (issue 14): the distinct users behind the winners, per ad and hour and per campaign
+//! and day, among the billable winners (`users`) and among all of them (`all_users`, what
+//! `traffic=all` owes). A user is the click's user id, or its address when it has none, as
+//! the pipeline takes `user_id_hash`, falling back to `ip_hash`; raw values here, since the
+//! hashes are keyed and one-to-one. Over HTTP the address is the one the generator intended,
+//! which the redirect hashes only when it reads it from the client IP header.
+//!
 //! Every emission lands in exactly one tally:
 //! `emitted = counted + invalid + duplicates + late + rejected`, where `counted` is billable.
 //! Hostile emissions ([`Hostile`]) are booked by the fate the pipeline owes them:
@@ -33,7 +40,7 @@
 //! too), ancient ones `late` (and `ancient`), and clicks with tracking parameters are clicks
 //! (and `tracked`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::Context;
@@ -44,6 +51,8 @@ use super::traffic::{Agent, Click, DUPLICATE_JITTER_MS, Emission, Hostile, Kind}
 use crate::event::Device;
 
 const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// The reasons a click is not billable, in their order of precedence: a click with several
 /// counts once, under the first. The names are the output's (`"invalid": {"<reason>": n}`).
@@ -141,8 +150,32 @@ pub struct GroundTruth {
     addresses: HashMap<String, u32>,
     users: HashMap<String, u32>,
     rows: HashMap<RowKey, Counts>,
+    reach: ReachSets,
     tallies: Tallies,
     kinds: BTreeMap<String, u64>,
+}
+
+/// The users behind the judged winners, by (window start, ad or campaign index).
+#[derive(Default)]
+struct ReachSets {
+    ad_hour: HashMap<(i64, u32), Users>,
+    campaign_day: HashMap<(i64, u32), Users>,
+}
+
+/// One group's users: every winner's, and the billable winners'.
+#[derive(Default)]
+struct Users {
+    all: HashSet<u64>,
+    billable: HashSet<u64>,
+}
+
+impl Users {
+    fn add(&mut self, who: u64, billable: bool) {
+        self.all.insert(who);
+        if billable {
+            self.billable.insert(who);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -177,6 +210,20 @@ struct Member {
 }
 
 const NOBODY: u32 = u32::MAX;
+
+impl Member {
+    /// Who the click counts as in reach: its user, else its address, else nobody. Users and
+    /// addresses are interned apart, so the two kinds are told apart by the upper half.
+    fn reach_user(&self) -> Option<u64> {
+        if self.user != NOBODY {
+            Some(1 << 32 | u64::from(self.user))
+        } else if self.address != NOBODY {
+            Some(u64::from(self.address))
+        } else {
+            None
+        }
+    }
+}
 
 /// The best click on an open impression so far.
 struct Winner {
@@ -229,6 +276,31 @@ pub struct Tallies {
     /// HTTP clicks whose response came in another minute than their request went out: the
     /// redirect's timestamp may put them in the next minute's row.
     pub ambiguous: u64,
+}
+
+/// Distinct users per group, as the aggregator owes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReachTruth {
+    /// Per ad and hour, sorted by hour, then ad.
+    pub ad_hour: Vec<ReachRow>,
+    /// Per campaign and day, sorted by day, then campaign.
+    pub campaign_day: Vec<ReachRow>,
+}
+
+/// The distinct users of one group (an ad in an hour, a campaign in a day).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReachRow {
+    /// The window's start, RFC 3339, UTC.
+    pub start: String,
+    pub start_ms: i64,
+    /// The ad's or the campaign's id.
+    pub id: String,
+    /// Distinct users among the billable clicks.
+    pub users: u64,
+    /// Distinct users among every deduplicated click, billable or invalid.
+    pub all_users: u64,
 }
 
 impl Tallies {
@@ -287,6 +359,9 @@ pub struct TruthReport {
     pub kinds: BTreeMap<String, u64>,
     /// Sorted by minute, then the dimensions.
     pub windows: Vec<Row>,
+    /// Distinct users (absent from truths written before it: empty).
+    #[serde(default)]
+    pub reach: ReachTruth,
 }
 
 impl GroundTruth {
@@ -309,6 +384,7 @@ impl GroundTruth {
             addresses: HashMap::new(),
             users: HashMap::new(),
             rows: HashMap::new(),
+            reach: ReachSets::default(),
             tallies: Tallies::default(),
             kinds: BTreeMap::new(),
         }
@@ -542,6 +618,20 @@ impl GroundTruth {
             |m| (m.user, m.campaign),
         );
         for m in members {
+            if let Some(who) = m.reach_user() {
+                let hour = m.event_time_ms.div_euclid(HOUR_MS) * HOUR_MS;
+                let day = m.event_time_ms.div_euclid(DAY_MS) * DAY_MS;
+                let billable = m.reasons == 0;
+                let r = &mut self.reach;
+                r.ad_hour
+                    .entry((hour, m.row.ad))
+                    .or_default()
+                    .add(who, billable);
+                r.campaign_day
+                    .entry((day, m.campaign))
+                    .or_default()
+                    .add(who, billable);
+            }
             let counts = self.rows.entry(m.row).or_default();
             if m.reasons == 0 {
                 counts.clicks += 1;
@@ -593,17 +683,43 @@ impl GroundTruth {
             })
             .collect();
         windows.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        let reach = self.reach_truth();
         let report = TruthReport {
             config,
             rules: self.rules,
             tallies: self.tallies,
             kinds: self.kinds,
             windows,
+            reach,
         };
         if let Err(e) = report.verify() {
             panic!("ground truth is inconsistent: {e}");
         }
         report
+    }
+
+    fn reach_truth(&self) -> ReachTruth {
+        let rows = |groups: &HashMap<(i64, u32), Users>, id: &dyn Fn(u32) -> String| {
+            let mut rows: Vec<ReachRow> = groups
+                .iter()
+                .map(|(&(start_ms, i), u)| ReachRow {
+                    start: crate::timefmt::format_millis(start_ms),
+                    start_ms,
+                    id: id(i),
+                    users: u.billable.len() as u64,
+                    all_users: u.all.len() as u64,
+                })
+                .collect();
+            rows.sort_by(|a, b| (a.start_ms, &a.id).cmp(&(b.start_ms, &b.id)));
+            rows
+        };
+        let c = &self.catalog;
+        ReachTruth {
+            ad_hour: rows(&self.reach.ad_hour, &|ad| c.ad(ad).ad_id.to_string()),
+            campaign_day: rows(&self.reach.campaign_day, &|campaign| {
+                c.campaign_id(campaign).to_string()
+            }),
+        }
     }
 
     /// Reads a truth file written by [`TruthReport::write`].
@@ -935,6 +1051,71 @@ mod tests {
             }
             truth.finish(serde_json::json!({}))
         }
+    }
+
+    /// Reach counts users (by user id, else address) per ad and hour and per campaign and
+    /// day: a user's repeated clicks once, a duplicate never, a flooded click in `all_users`
+    /// only, and hour and day windows by event time.
+    #[test]
+    fn reach_counts_distinct_users_of_the_winners() {
+        let mut h = Hand::new();
+        let ad = h.proto.click.ad;
+        let hour = T.div_euclid(HOUR_MS) * HOUR_MS;
+        let day = T.div_euclid(DAY_MS) * DAY_MS;
+        // Two users with ids, clicking three times each (different addresses), in one hour.
+        for k in 0..6 {
+            let e = h.click(hour + 1_000 * k, k as u32);
+            e.click.user_id = Some(format!("u{}", k % 2));
+            e.click.ip = format!("100.64.2.{k}");
+        }
+        // A duplicate of the first click from a third user: a duplicate is no user.
+        h.out[0].settles = false;
+        let mut dup = h.out[0].clone();
+        dup.settles = true;
+        dup.kind = Kind::Duplicate;
+        dup.click.event.event_time_ms += 10;
+        dup.click.event.click_id = "01900000-0000-7000-8000-0000000000ff".into();
+        dup.click.user_id = Some("u_duplicate".into());
+        h.out.push(dup);
+        // Seven clicks from one address without a user id in one minute: one user, billable
+        // through its first five clicks though the sixth and seventh are flooded.
+        for k in 0..7 {
+            h.click(hour + 120_000 + k, 100 + k as u32);
+        }
+        // A crawler's only click: its address is in all_users, not in users.
+        let bot = h.click(hour + 180_000, 200);
+        bot.click.ip = "100.64.3.1".into();
+        bot.click.agent = Agent::Crawler;
+        // The next hour, the same day: user u0 again.
+        let next = h.click(hour + HOUR_MS + 5, 300);
+        next.click.user_id = Some("u0".into());
+        let r = h.report(Rules::default());
+        let ad_id = Catalog::new(h.cfg.catalog_size()).ad(ad).ad_id.to_string();
+        let campaign_id = Catalog::new(h.cfg.catalog_size())
+            .ad(ad)
+            .campaign_id
+            .to_string();
+        let row = |start_ms: i64, id: &str, users: u64, all_users: u64| ReachRow {
+            start: crate::timefmt::format_millis(start_ms),
+            start_ms,
+            id: id.to_string(),
+            users,
+            all_users,
+        };
+        assert_eq!(
+            r.reach.ad_hour,
+            [row(hour, &ad_id, 3, 4), row(hour + HOUR_MS, &ad_id, 1, 1)]
+        );
+        // The day: u0, u1, the address 100.64.0.1, and the bot's address.
+        assert_eq!(r.reach.campaign_day, [row(day, &campaign_id, 3, 4)]);
+        assert_eq!(r.tallies.invalid_by_reason["ip_flood"], 2);
+        // Written and read back.
+        let dir = std::env::temp_dir().join(format!("reach-truth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("truth.json");
+        r.write(&path).unwrap();
+        assert_eq!(GroundTruth::read(&path).unwrap().reach, r.reach);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn invalid(r: &TruthReport) -> BTreeMap<String, u64> {
