@@ -369,6 +369,58 @@ fn http_output_through_the_redirect_matches_what_reached_kafka() {
     runtime.block_on(server.stop());
 }
 
+/// A redirect that refuses some requests: with a connection limit of 2 and 8 concurrent
+/// senders, new connections over the limit are answered 503 and closed without an event.
+/// The load generator sends each refused click again until the redirect takes it, and the
+/// truth holds only the click that was taken: what reached the clicks topic, counted
+/// independently, equals it exactly. (Recording a refused request, as the load generator once
+/// did, counts clicks Kafka never got; the asserts on the record count and rows fail then.)
+#[test]
+fn clicks_a_redirect_refused_are_sent_again_and_the_truth_holds_only_what_it_took() {
+    let kafka = common::embedded_kafka(4);
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&brokers, &dir.path().join("spool"));
+    config.redirect.max_connections = 2;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(common::RunningRedirect::start(config.clone()));
+    let cfg = LoadgenConfig {
+        output: OutputKind::Http,
+        target: server.base(),
+        truth: dir.path().join("truth.json"),
+        rate: 400.0,
+        count: Some(1_200),
+        concurrency: 8,
+        ads: 20,
+        publishers: 4,
+        duplicate_share: 0.1,
+        retry_share: 0.03,
+        malformed_share: 0.03,
+        ..LoadgenConfig::default()
+    };
+    let summary = loadgen::run(&cfg, &config, &AtomicBool::new(false)).unwrap();
+    assert_eq!(summary.errors, 0, "{summary}");
+    assert!(
+        summary.retried > 0,
+        "the redirect refused nothing: {summary}"
+    );
+    let truth = GroundTruth::read(&cfg.truth).unwrap();
+    let t = &truth.tallies;
+    assert_eq!(t.emitted, 1_200, "every emission taken once: {summary}");
+    let expected = (t.emitted - t.rejected) as usize;
+    let records = common::read_topic(&brokers, "clicks", expected + 1, Duration::from_secs(10));
+    assert_eq!(records.len(), expected, "every click the truth holds, once");
+    let mut count = Independent::default();
+    count.partition(records.iter().map(|(_, v)| v.as_slice()));
+    let rows = count.rows();
+    assert_eq!(count.tallies.counted, t.deduplicated());
+    assert_eq!(count.tallies.duplicates, t.duplicates);
+    if t.ambiguous == 0 {
+        assert_rows_equal(&truth.windows, &rows);
+    }
+    runtime.block_on(server.stop());
+}
+
 /// A redirect process listening on `port` (0: any), with its outbox spool in `spool`.
 fn spawn_redirect(brokers: &str, spool: &Path, port: u16) -> (Spawned, u16) {
     let mut redirect = Spawned::start(

@@ -398,6 +398,9 @@ pub struct Summary {
     pub truth: PathBuf,
     /// HTTP answers that were not what the truth assumes.
     pub errors: u64,
+    /// HTTP requests the redirect refused (`503`, `429`) or never saw (no connection), sent
+    /// again until it took them: only the one it took is in the truth.
+    pub retried: u64,
 }
 
 impl fmt::Display for Summary {
@@ -435,6 +438,9 @@ impl fmt::Display for Summary {
                 t.stalled
             )?;
         }
+        if self.retried > 0 {
+            write!(f, "; {} requests refused and sent again", self.retried)?;
+        }
         if self.errors > 0 {
             write!(f, "; {} UNEXPECTED ANSWERS", self.errors)?;
         }
@@ -461,7 +467,7 @@ pub fn run(cfg: &LoadgenConfig, config: &Config, stop: &AtomicBool) -> anyhow::R
         let progress = progress_bar(traffic.schedule().count);
         Ok((traffic, truth, description, progress))
     };
-    let (truth, description, errors) = match cfg.output {
+    let (truth, description, errors, retried) = match cfg.output {
         OutputKind::File => {
             let (traffic, truth, description, progress) =
                 begin(Partitioner::Crc32 { shards: cfg.files })?;
@@ -469,6 +475,7 @@ pub fn run(cfg: &LoadgenConfig, config: &Config, stop: &AtomicBool) -> anyhow::R
             (
                 drive(cfg, traffic, truth, &mut sink, &progress, stop)?,
                 description,
+                0,
                 0,
             )
         }
@@ -481,6 +488,7 @@ pub fn run(cfg: &LoadgenConfig, config: &Config, stop: &AtomicBool) -> anyhow::R
                 drive(cfg, traffic, truth, &mut sink, &progress, stop)?,
                 description,
                 0,
+                0,
             )
         }
         OutputKind::Http => {
@@ -490,8 +498,8 @@ pub fn run(cfg: &LoadgenConfig, config: &Config, stop: &AtomicBool) -> anyhow::R
                 .context("kafka.partitions must be at least 1")?;
             let (traffic, truth, description, progress) =
                 begin(Partitioner::Murmur2 { shards: partitions })?;
-            let (truth, errors) = output::http::run(cfg, config, traffic, truth, progress, stop)?;
-            (truth, description, errors)
+            let d = output::http::run(cfg, config, traffic, truth, progress, stop)?;
+            (d.truth, description, d.errors, d.retried)
         }
     };
     let report = truth.finish(description);
@@ -501,6 +509,7 @@ pub fn run(cfg: &LoadgenConfig, config: &Config, stop: &AtomicBool) -> anyhow::R
         elapsed: started.elapsed(),
         truth: cfg.truth.clone(),
         errors,
+        retried,
     })
 }
 

@@ -15,6 +15,16 @@
 //! others; keyless batches must get 401; a stalled click opens its own connection, sends half
 //! of its request head and then one byte at a time, never the end, until the redirect closes
 //! it (an error if it is still open after [`STALL_LIMIT`], or if it was answered 302).
+//!
+//! Failed requests: the truth holds only what the redirect answered as expected. A request
+//! the redirect provably did not take (the connection could not be opened, so nothing was
+//! sent; or the answer was `503`/`429`, which the redirect gives only without recording an
+//! event: its connection limit, or neither Kafka nor its spool taking the click) is sent again,
+//! freshly stamped, after a short backoff, until it is answered (or the run is stopped, when
+//! it is dropped like any queued emission). Any other failure (a wrong answer, or a
+//! connection lost after the request was sent, when the redirect may or may not have recorded
+//! it) is an error and stays out of the truth: errors say the truth no longer describes what
+//! the redirect recorded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -371,10 +381,21 @@ struct Shared {
     stopping: AtomicBool,
     /// Stalled connections, each ending with what became of it.
     stalls: Mutex<Vec<tokio::task::JoinHandle<anyhow::Result<Duration>>>>,
+    /// Requests the redirect provably did not take, sent again.
+    retried: AtomicU64,
 }
 
-/// Sends the traffic and returns the truth of what was sent and the number of unexpected
-/// answers (each is an error: the truth no longer describes what the redirect recorded).
+/// What the HTTP output did: the truth of what the redirect took, the unexpected answers,
+/// and the requests sent again because the redirect refused or never saw them.
+pub struct Delivery {
+    pub truth: GroundTruth,
+    pub errors: u64,
+    pub retried: u64,
+}
+
+/// Sends the traffic and returns the truth of what the redirect took, with the number of
+/// unexpected answers (each is an error: the truth no longer describes what the redirect
+/// recorded) and of requests sent again.
 pub fn run(
     cfg: &LoadgenConfig,
     config: &Config,
@@ -382,7 +403,7 @@ pub fn run(
     truth: GroundTruth,
     progress: ProgressBar,
     stop: &AtomicBool,
-) -> anyhow::Result<(GroundTruth, u64)> {
+) -> anyhow::Result<Delivery> {
     let target = Target::new(cfg, config, traffic.catalog().clone())?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -404,6 +425,7 @@ pub fn run(
             progress,
             stopping: AtomicBool::new(false),
             stalls: Mutex::new(Vec::new()),
+            retried: AtomicU64::new(0),
         });
         let mut queues = Vec::with_capacity(cfg.concurrency);
         let mut workers = Vec::with_capacity(cfg.concurrency);
@@ -451,8 +473,11 @@ pub fn run(
         let shared =
             Arc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("workers still hold the truth"))?;
         shared.progress.finish_and_clear();
-        let errors = shared.errors.into_inner();
-        Ok((shared.truth.into_inner().expect("not poisoned"), errors))
+        Ok(Delivery {
+            truth: shared.truth.into_inner().expect("not poisoned"),
+            errors: shared.errors.into_inner(),
+            retried: shared.retried.into_inner(),
+        })
     })
 }
 
@@ -561,18 +586,38 @@ async fn stall(addr: String, head: Vec<u8>, rest: Vec<u8>) -> anyhow::Result<Dur
 async fn worker(mut rx: tokio::sync::mpsc::Receiver<Emission>, s: Arc<Shared>) {
     // The URLs (and impression times) of clicks whose duplicate or retry is still to come.
     let mut links: HashMap<String, (String, i64)> = HashMap::new();
-    while let Some(mut e) = rx.recv().await {
-        if s.stopping.load(Ordering::Relaxed) {
-            s.outstanding.fetch_sub(1, Ordering::SeqCst);
-            continue;
-        }
-        let outcome = deliver(&s, &mut e, &mut links).await;
+    while let Some(first) = rx.recv().await {
+        let mut backoff = RETRY_FIRST;
+        let mut e = first.clone();
+        let outcome = loop {
+            if s.stopping.load(Ordering::Relaxed) {
+                break None;
+            }
+            match deliver(&s, &mut e, &mut links).await {
+                Ok(Delivered::Refused(why)) => {
+                    let n = s.retried.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n <= LOGGED_ERRORS {
+                        tracing::warn!(seq = e.seq, "{why}; sending it again");
+                    }
+                    // Stamped afresh when sent again: the redirect never saw this one.
+                    e = first.clone();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                other => break Some(other),
+            }
+        };
         let mut truth = s.truth.lock().expect("not poisoned");
-        truth.record(&e);
         match outcome {
-            Ok(Delivered { ambiguous: true }) => truth.note_ambiguous(),
-            Ok(_) => {}
-            Err(err) => {
+            // Stopped before the redirect took it: dropped, like a queued emission.
+            None => {}
+            Some(Ok(answered)) => {
+                truth.record(&e);
+                if answered == (Delivered::Answered { ambiguous: true }) {
+                    truth.note_ambiguous();
+                }
+            }
+            Some(Err(err)) => {
                 let n = s.errors.fetch_add(1, Ordering::Relaxed) + 1;
                 if n <= LOGGED_ERRORS {
                     tracing::error!(seq = e.seq, kind = e.kind.name(), "{err:#}");
@@ -585,8 +630,33 @@ async fn worker(mut rx: tokio::sync::mpsc::Receiver<Emission>, s: Arc<Shared>) {
     }
 }
 
-struct Delivered {
-    ambiguous: bool,
+/// The first wait before a refused request is sent again, doubled each time up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Debug, PartialEq, Eq)]
+enum Delivered {
+    /// Answered as planned; `ambiguous` if the redirect may have stamped another minute.
+    Answered { ambiguous: bool },
+    /// The redirect provably did not take it (why): it must be sent again.
+    Refused(String),
+}
+
+/// Whether hyper failed the request because the server spoke first, on a connection where
+/// no request had been sent yet: the redirect refusing a connection over its limit writes its
+/// 503 at once, and a request the server answered before reading it was never taken. hyper
+/// has no predicate for this error kind, so its message is matched.
+fn answered_unasked(err: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|e| e.downcast_ref::<hyper::Error>())
+        .is_some_and(|e| e.to_string().contains("unexpected message"))
+}
+
+/// Whether an answer says the redirect took nothing: `503` (connection limit, or neither
+/// Kafka nor the spool could take the click) and `429`.
+fn refused(status: StatusCode) -> bool {
+    status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// Sends `e`, setting its event time to what the redirect will record, and checks the answer.
@@ -599,7 +669,7 @@ async fn deliver(
         let (addr, head, rest) = s.target.stalled_head(e, now_millis().div_euclid(1000));
         let stall = tokio::spawn(stall(addr, head, rest));
         s.stalls.lock().expect("not poisoned").push(stall);
-        return Ok(Delivered { ambiguous: false });
+        return Ok(Delivered::Answered { ambiguous: false });
     }
     let is_get = matches!(
         e.kind,
@@ -633,7 +703,8 @@ async fn deliver(
         e.click.event.event_time_ms += sent_ms - e.base_ms;
     }
     let impression = e.click.event.impression_id.clone();
-    let link = links.remove(&impression);
+    // Kept until the redirect takes the request: one it refused is sent again with it.
+    let link = links.get(&impression).cloned();
     if is_get {
         // The impression was served as long before the request as the generator meant, or,
         // for a duplicate or retry, when its original's link says.
@@ -647,15 +718,25 @@ async fn deliver(
     let planned = s
         .target
         .plan(e, sent_ms.div_euclid(1000), link.map(|(url, _)| url));
-    if !e.settles {
-        links.insert(impression, (planned.request.uri().to_string(), served));
-    }
+    let uri = planned.request.uri().to_string();
     let client = s.client.read().expect("not poisoned").clone();
-    let resp = client
-        .request(planned.request)
-        .await
-        .context("request failed")?;
+    let resp = match client.request(planned.request).await {
+        Ok(resp) => resp,
+        // No connection, so no request; or an answer before the request (the redirect's
+        // 503 to a connection over its limit): the redirect never read it.
+        Err(err) if err.is_connect() || answered_unasked(&err) => {
+            return Ok(Delivered::Refused(format!("not taken: {err}")));
+        }
+        Err(err) => return Err(err).context("request failed"),
+    };
     let status = resp.status();
+    if refused(status) {
+        return Ok(Delivered::Refused(format!("answered {status}")));
+    }
+    links.remove(&impression);
+    if !e.settles {
+        links.insert(impression, (uri, served));
+    }
     let location = resp
         .headers()
         .get(LOCATION)
@@ -703,7 +784,7 @@ async fn deliver(
     }
     // A click near the too-fast limit answered late may have been stamped beyond it.
     let near_limit = served != 0 && sent_ms - served < 2_600 && received_ms - sent_ms > 500;
-    Ok(Delivered {
+    Ok(Delivered::Answered {
         ambiguous: planned.expect == Expect::Redirect
             && (sent_ms.div_euclid(MINUTE_MS) != received_ms.div_euclid(MINUTE_MS) || near_limit),
     })
