@@ -52,7 +52,30 @@ pub fn reports<'s>(
     window_ms: u64,
     lateness_ms: u64,
 ) -> Stream<'s, u64, Vec<WindowReport>> {
+    resumed_reports(rows, window_ms, lateness_ms, None)
+}
+
+/// [`reports`] of a dataflow resumed from a checkpoint at `restored_at` (`F`), whose rows come
+/// back at `F − 1`.
+///
+/// Every report is stamped with the time of what it reports, a function of the input alone:
+/// a row is reported `complete` at its window's end − 1 with the updates up to then (or, if
+/// its first update comes later, at that update's time), a `correction` at the time of each
+/// later update that changes it, with the updates up to that time, and `final` at its end +
+/// lateness. So the reports at times before `F` are exactly those a checkpoint at `F` covers
+/// (its output keeps every line of those times), and the last one of each row carries the row
+/// as the checkpoint holds it. A resumed dataflow therefore reports nothing for a restored
+/// row whose window ended by `F` (its `complete` or latest `correction` before `F` already
+/// said the same), and reports the others as an uninterrupted run would.
+pub fn resumed_reports<'s>(
+    rows: VecCollection<'s, u64, Row, Measures>,
+    window_ms: u64,
+    lateness_ms: u64,
+    restored_at: Option<u64>,
+) -> Stream<'s, u64, Vec<WindowReport>> {
     let exchange = Exchange::new(|(row, _, _): &(Row, u64, Measures)| row.hashed());
+    // Times before `F` carry only restored rows: reported before the checkpoint already.
+    let restored = move |t: u64| restored_at.is_some_and(|f| t < f);
     rows.inner
         .unary_frontier::<CapacityContainerBuilder<Vec<WindowReport>>, _, _, _>(
             exchange,
@@ -61,10 +84,6 @@ pub fn reports<'s>(
                 let mut cap = Some(cap);
                 let mut pending: BTreeMap<u64, Vec<(Row, Measures)>> = BTreeMap::new();
                 let mut rows = Rows::default();
-                // The latest time of any update applied: reports go out no earlier, so a
-                // consumer that has seen everything up to a report's time has seen the
-                // texts its dimensions need (announced at the times of their clicks).
-                let mut latest = 0;
                 move |(input, frontier), output| {
                     input.for_each(|_cap, data| {
                         for (row, t, m) in data.drain(..) {
@@ -73,80 +92,95 @@ pub fn reports<'s>(
                     });
                     let bound = frontier.frontier().first().copied();
                     let limit = bound.unwrap_or(u64::MAX);
-                    // Apply complete times in order; ignore updates to rows already final
-                    // (those are retention retractions).
-                    while let Some(entry) = pending.first_entry() {
-                        if *entry.key() >= limit {
-                            break;
-                        }
-                        let (t, updates) = entry.remove_entry();
-                        latest = latest.max(t);
-                        for (row, delta) in updates {
-                            let end = row.0 + window_ms;
-                            // No click reaches a window at or after end + lateness (the
-                            // sources judge it late first). Rows restored from a checkpoint at
-                            // F arrive at F − 1: those final at F − 1 or before were reported
-                            // final before the checkpoint, and those final at F or later still
-                            // owe their final report.
-                            if t >= end + lateness_ms {
-                                continue;
-                            }
-                            *rows.measures.entry(row).or_default() += delta;
-                            if rows.last.contains_key(&row) {
-                                rows.changed.insert(row);
-                            } else {
-                                rows.unreported.entry(end).or_default().insert(row);
-                            }
-                        }
-                    }
                     let Some(c) = cap.as_mut() else { return };
-                    let mut out = Vec::new();
-                    // Final reports go out at their window's end + lateness exactly (never
-                    // earlier than the capability): a function of the input alone, so a
-                    // checkpoint at frontier F holds exactly the finals before F, and after a
-                    // restore from it the others are reported, once.
-                    let mut finals: BTreeMap<u64, Vec<WindowReport>> = BTreeMap::new();
                     let report = |row: &Row, m: Measures, status| WindowReport {
                         window_ms,
                         row: *row,
                         measures: m,
                         status,
                     };
-                    // Corrections of rows reported before.
-                    for row in rows.changed.drain() {
-                        let m = rows.measures[&row];
-                        if rows.last.get(&row) != Some(&m) {
-                            out.push(report(&row, m, Status::Correction));
-                            rows.last.insert(row, m);
-                        }
-                    }
-                    // Windows the frontier passed the end of: complete.
-                    while let Some(entry) = rows.unreported.first_entry() {
-                        if *entry.key() > limit {
+                    // Reports by the time they are stamped with. Each is at or after the
+                    // capability: every time still pending, and every unreported window's end
+                    // − 1, is at or past the frontier of the last activation.
+                    let mut out: BTreeMap<u64, Vec<WindowReport>> = BTreeMap::new();
+                    // Step through the complete times in order: each time with updates, and
+                    // each unreported window's end − 1.
+                    loop {
+                        let update = pending.first_key_value().map(|(t, _)| *t);
+                        let ended = rows.unreported.first_key_value().map(|(e, _)| e - 1);
+                        let Some(t) = update.into_iter().chain(ended).min().filter(|t| *t < limit)
+                        else {
                             break;
-                        }
-                        let (end, bucket) = entry.remove_entry();
-                        for row in bucket {
-                            if end + lateness_ms <= limit {
-                                // Complete and final at once (a batch job's last step).
-                                let m = rows.measures.remove(&row).unwrap_or_default();
-                                let at = (end + lateness_ms).max(*c.time());
-                                finals
-                                    .entry(at)
-                                    .or_default()
-                                    .push(report(&row, m, Status::Final));
-                                continue;
+                        };
+                        if update == Some(t) {
+                            let updates = pending.remove(&t).expect("a pending time");
+                            for (row, delta) in updates {
+                                let end = row.0 + window_ms;
+                                // No click reaches a window at or after end + lateness (the
+                                // sources judge it late first): those are retention
+                                // retractions. Rows restored from a checkpoint at F arrive at
+                                // F − 1: those final at F − 1 or before were reported final
+                                // before the checkpoint, and those final at F or later still
+                                // owe their final report.
+                                if t >= end + lateness_ms {
+                                    continue;
+                                }
+                                *rows.measures.entry(row).or_default() += delta;
+                                if rows.last.contains_key(&row) {
+                                    rows.changed.insert(row);
+                                } else {
+                                    rows.unreported.entry(end).or_default().insert(row);
+                                }
                             }
+                        }
+                        let at = t.max(*c.time());
+                        // Corrections of rows reported before.
+                        let changed = if rows.changed.is_empty() {
+                            Vec::new()
+                        } else {
+                            rows.changed.drain().collect()
+                        };
+                        for row in changed {
                             let m = rows.measures[&row];
-                            out.push(report(&row, m, Status::Complete));
-                            rows.last.insert(row, m);
-                            rows.reported
-                                .entry(end + lateness_ms)
-                                .or_default()
-                                .insert(row);
+                            if rows.last.get(&row) != Some(&m) {
+                                out.entry(at).or_default().push(report(
+                                    &row,
+                                    m,
+                                    Status::Correction,
+                                ));
+                                rows.last.insert(row, m);
+                            }
+                        }
+                        // Windows ending by t + 1: complete, with the updates up to t.
+                        while let Some(entry) = rows.unreported.first_entry() {
+                            if *entry.key() > t + 1 {
+                                break;
+                            }
+                            let (end, bucket) = entry.remove_entry();
+                            for row in bucket {
+                                let m = rows.measures[&row];
+                                if end + lateness_ms <= limit {
+                                    // Final in this very step (a batch job's last step): the
+                                    // final report alone, below.
+                                } else if !restored(t) {
+                                    out.entry(at).or_default().push(report(
+                                        &row,
+                                        m,
+                                        Status::Complete,
+                                    ));
+                                }
+                                rows.last.insert(row, m);
+                                rows.reported
+                                    .entry(end + lateness_ms)
+                                    .or_default()
+                                    .insert(row);
+                            }
                         }
                     }
-                    // Windows the frontier passed the end plus lateness of: final.
+                    // Windows the frontier passed the end plus lateness of: final, at exactly
+                    // that time (never earlier than the capability), so a checkpoint at
+                    // frontier F holds exactly the finals before F, and after a restore from
+                    // it the others are reported, once.
                     while let Some(entry) = rows.reported.first_entry() {
                         if *entry.key() > limit {
                             break;
@@ -156,21 +190,24 @@ pub fn reports<'s>(
                         for row in bucket {
                             let m = rows.measures.remove(&row).unwrap_or_default();
                             rows.last.remove(&row);
-                            finals
-                                .entry(at)
-                                .or_default()
-                                .push(report(&row, m, Status::Final));
+                            // A row whose updates cancel out is not reported final: its last
+                            // report (a correction to zero) says it all, and no checkpoint can
+                            // hold it (differential consolidates it away), so a resumed run
+                            // could not report it either.
+                            if m != Measures::default() {
+                                out.entry(at)
+                                    .or_default()
+                                    .push(report(&row, m, Status::Final));
+                            }
                         }
                     }
-                    // Sent before the capability moves up to the new frontier: at a time the
+                    // Sent before the capability moves up to the new frontier: at times the
                     // frontier has already passed once the updates behind them are done, so
                     // a consumer waiting for the frontier is never left waiting for more
-                    // input that may not come.
-                    if !out.is_empty() {
-                        let at = c.delayed(&latest.max(*c.time()));
-                        output.session(&at).give_iterator(out.into_iter());
-                    }
-                    for (at, reports) in finals {
+                    // input that may not come; and no earlier than any update they include,
+                    // so a consumer that has seen everything up to a report's time has seen
+                    // the texts its dimensions need (announced at the times of their clicks).
+                    for (at, reports) in out {
                         output
                             .session(&c.delayed(&at))
                             .give_iterator(reports.into_iter());
@@ -186,4 +223,152 @@ pub fn reports<'s>(
                 }
             },
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use differential_dataflow::input::Input;
+    use timely::dataflow::operators::Probe;
+    use timely::dataflow::operators::capture::{Capture, Event};
+    use timely::dataflow::operators::probe::Handle;
+
+    use super::*;
+    use crate::click::{Dims, Sym};
+
+    const WINDOW: u64 = 10;
+    const LATENESS: u64 = 25;
+    const END: u64 = 120;
+
+    fn row(start: u64, ad: &str) -> Row {
+        let dims = Dims {
+            ad_id: Sym::of(ad),
+            ..Dims::default()
+        };
+        (start, dims)
+    }
+
+    fn clicks(n: i64) -> Measures {
+        Measures {
+            clicks: n,
+            ..Measures::default()
+        }
+    }
+
+    /// Updates (row, time, measures): clicks in their windows before and after the window
+    /// ends, a late first click of a row, a correction that cancels, retention retractions
+    /// after rows are final (ignored).
+    fn updates() -> Vec<(Row, u64, Measures)> {
+        let mut u = Vec::new();
+        for t in 0..70u64 {
+            let start = t - t % WINDOW;
+            u.push((row(start, "a"), t, clicks(1)));
+            if t % 3 == 0 {
+                u.push((row(start, "b"), t, clicks(2)));
+            }
+            // Late clicks into the window before, within the lateness.
+            if t % 4 == 1 && start >= WINDOW {
+                u.push((row(start - WINDOW, "a"), t, clicks(1)));
+            }
+        }
+        // A row whose first update comes after its window ended, and one that cancels out.
+        u.push((row(20, "late"), 37, clicks(1)));
+        u.push((row(30, "gone"), 31, clicks(1)));
+        u.push((row(30, "gone"), 44, clicks(-1)));
+        // Retention retractions after rows are final: not news.
+        u.push((row(0, "a"), 90, clicks(-10)));
+        u
+    }
+
+    /// The reports, each with its time, of the updates at times from `from` on, resumed from
+    /// the rows as they stood before `from` when `from > 0`; the input advances `chunk` times
+    /// before each round of steps.
+    fn run(from: u64, chunk: u64) -> Vec<(u64, WindowReport)> {
+        let (send, recv) = std::sync::mpsc::channel();
+        let all = updates();
+        timely::execute_directly(move |worker| {
+            let probe = Handle::new();
+            let restored_at = (from > 0).then_some(from);
+            let mut input = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, rows) = scope.new_collection::<Row, Measures>();
+                resumed_reports(rows, WINDOW, LATENESS, restored_at)
+                    .probe_with(&probe)
+                    .capture_into(send);
+                input
+            });
+            if from > 0 {
+                // The checkpoint's rows, as they stood at F − 1, consolidated.
+                let mut state: BTreeMap<Row, Measures> = BTreeMap::new();
+                for (r, _, m) in all.iter().filter(|(_, t, _)| *t < from) {
+                    *state.entry(*r).or_default() += *m;
+                }
+                input.advance_to(from - 1);
+                for (r, m) in state.into_iter().filter(|(_, m)| *m != Measures::default()) {
+                    input.update(r, m);
+                }
+            }
+            for t in from..END {
+                input.advance_to(t);
+                for (r, _, m) in all.iter().filter(|(_, at, _)| *at == t) {
+                    input.update(*r, *m);
+                }
+                if t % chunk == 0 {
+                    input.flush();
+                    worker.step_while(|| probe.less_than(input.time()));
+                }
+            }
+        });
+        let mut out: Vec<(u64, WindowReport)> = recv
+            .iter()
+            .flat_map(|e| match e {
+                Event::Messages(t, d) => {
+                    let t = *t.least().expect("a totally ordered time");
+                    d.into_iter().map(|r| (t, r)).collect()
+                }
+                Event::Progress(_) => Vec::new(),
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn reports_are_stamped_with_the_time_of_what_they_report_however_the_input_is_batched() {
+        let one = run(0, 1);
+        assert_eq!(one, run(0, 7), "batched in sevens");
+        let at = |status, start, ad: &str| {
+            one.iter()
+                .filter(|(_, r)| r.status == status && r.row == row(start, ad))
+                .map(|(t, r)| (*t, r.measures.clicks))
+                .collect::<Vec<_>>()
+        };
+        // Window [10, 20) of ad a: complete at 19 with its 10 clicks, a correction at each
+        // late click (21, 25, 29), final at 20 + 25 with all 13.
+        assert_eq!(at(Status::Complete, 10, "a"), vec![(19, 10)]);
+        assert_eq!(
+            at(Status::Correction, 10, "a"),
+            vec![(21, 11), (25, 12), (29, 13)]
+        );
+        assert_eq!(at(Status::Final, 10, "a"), vec![(45, 13)]);
+        // A row first seen after its window ended is complete then.
+        assert_eq!(at(Status::Complete, 20, "late"), vec![(37, 1)]);
+        assert_eq!(at(Status::Correction, 30, "gone"), vec![(44, 0)]);
+        assert_eq!(at(Status::Final, 30, "gone"), vec![], "nothing to finalize");
+    }
+
+    /// A resumed run reports exactly what the uninterrupted run reports from the checkpoint
+    /// on: no `complete` or `correction` again for rows the reports before `F` already gave
+    /// as the checkpoint holds them, every final once. (Without `restored_at`, every restored
+    /// row whose window had ended is reported `complete` again at F − 1.)
+    #[test]
+    fn a_resumed_run_repeats_no_report_of_the_checkpoint() {
+        let whole = run(0, 1);
+        for f in [5, 19, 20, 21, 33, 44, 45, 46, 60, 95] {
+            let mut joined: Vec<_> = whole.iter().filter(|(t, _)| *t < f).cloned().collect();
+            let resumed = run(f, 1);
+            assert!(resumed.iter().all(|(t, _)| *t >= f), "F = {f}");
+            joined.extend(resumed);
+            joined.sort();
+            assert_eq!(joined, whole, "resumed at F = {f}");
+        }
+    }
 }

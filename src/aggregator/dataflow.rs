@@ -9,7 +9,7 @@ use std::time::Instant;
 use adclick_dataflows::anomaly;
 use adclick_dataflows::dedup::{DedupCheckpoints, DedupState};
 use adclick_dataflows::names::Dictionary;
-use adclick_dataflows::report::reports;
+use adclick_dataflows::report::resumed_reports;
 use adclick_dataflows::source::{Flow, SourceEvent, SourceOptions, checkpointed_source};
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use adclick_dataflows::{Aggregates, Resume, Traces, resumed_aggregate};
@@ -241,6 +241,9 @@ impl Builder<'_> {
         checkpointer: Option<&Checkpointer>,
     ) {
         let lateness = self.cluster.cfg.allowed_lateness_ms;
+        // A restored run does not report again what the checkpoint's output already has.
+        let restored_at = self.cluster.restored.as_ref().map(|r| r.frontier);
+        let reports = |rows, window_ms| resumed_reports(rows, window_ms, lateness, restored_at);
         if let Input::Kafka { kafka, .. } = &self.cluster.input {
             let failure = &self.cluster.failure;
             super::sink::kafka::late_to_kafka(a.late.clone(), kafka, failure);
@@ -249,9 +252,9 @@ impl Builder<'_> {
         let lines = scope.concatenate([
             a.received.map(Out::Received),
             a.lost.map(Out::Lost),
-            reports(a.minute, MINUTE_MS, lateness).map(Out::Report),
-            reports(a.hour, HOUR_MS, lateness).map(Out::Report),
-            reports(a.day, DAY_MS, lateness).map(Out::Report),
+            reports(a.minute, MINUTE_MS).map(Out::Report),
+            reports(a.hour, HOUR_MS).map(Out::Report),
+            reports(a.day, DAY_MS).map(Out::Report),
             a.late.map(Out::Late),
             a.rejected.map(Out::Rejected),
             a.names.map(Out::Name),
