@@ -445,6 +445,18 @@ pub fn judge<'s>(
     cfg: &InvalidConfig,
     allowed_lateness_ms: u64,
 ) -> VecCollection<'s, u64, Row, Measures> {
+    let clicks = judged_clicks(counted, restored, cfg, allowed_lateness_ms);
+    rows_of(clicks)
+}
+
+/// The counted clicks with every reason they have, as [`judge`] counts them: the edge's, the
+/// flood rules', `too_fast`. Reach (`reach.rs`) reads the users behind them.
+pub fn judged_clicks<'s>(
+    counted: VecCollection<'s, u64, Click, i64>,
+    restored: Stream<'s, u64, Vec<Click>>,
+    cfg: &InvalidConfig,
+    allowed_lateness_ms: u64,
+) -> Stream<'s, u64, Vec<(Click, u64, i64)>> {
     let mut clicks = counted.inner;
     for (which, rule) in [(Flood::Ip, cfg.ip_flood), (Flood::User, cfg.user_flood)] {
         if let Some(rule) = rule {
@@ -452,13 +464,21 @@ pub fn judge<'s>(
         }
     }
     let cfg = *cfg;
-    timely::dataflow::operators::vec::Map::map(clicks, move |(c, t, d)| {
-        let mut reasons = c.reasons;
+    timely::dataflow::operators::vec::Map::map(clicks, move |(mut c, t, d)| {
         if cfg.too_fast(&c) {
-            reasons.insert(Reason::TooFast);
+            c.reasons.insert(Reason::TooFast);
         }
+        (c, t, d)
+    })
+}
+
+/// Judged clicks' window rows: each click billable or invalid under its first reason.
+pub fn rows_of<'s>(
+    judged: Stream<'s, u64, Vec<(Click, u64, i64)>>,
+) -> VecCollection<'s, u64, Row, Measures> {
+    timely::dataflow::operators::vec::Map::map(judged, |(c, t, d)| {
         let row = (window_start(c.event_time, MINUTE_MS), c.dims);
-        (row, t, Measures::click(reasons).times(d))
+        (row, t, Measures::click(c.reasons).times(d))
     })
     .as_collection()
 }

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! source events ─┬─ on time ─▶ dedup ─▶ minute rows ─┬─▶ hour rows, day rows (rollup)
-//!                ├─ late ───▶ (late sink)           └─▶ top-N per window length, country
+//!                │              └─▶ reach sketches  └─▶ top-N per window length, country
+//!                ├─ late ───▶ (late sink)
 //!                └─ rejected ▶ (dead-letter sink)
 //! ```
 
@@ -16,6 +17,7 @@ pub mod invalid;
 pub mod measures;
 pub mod names;
 pub mod query;
+pub mod reach;
 pub mod report;
 pub mod retire;
 pub mod rollup;
@@ -37,9 +39,11 @@ use timely::progress::frontier::AntichainRef;
 
 use click::{Measures, RawClick, Row, Sym};
 use dedup::{DedupConfig, Deduped};
-use flood::{InvalidConfig, judge};
+use flood::InvalidConfig;
 use names::Name;
+use reach::{Group, ReachConfig};
 use rollup::{Retention, rollup};
+use sketch::UserSketch;
 use source::{Gap, Rejected, SourceEvent};
 use time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use topn::{RankKey, Ranking, TopNConfig, top_n, top_n_by_advertiser};
@@ -53,6 +57,7 @@ pub struct AggregateConfig {
     pub retention: Retention,
     pub top: TopNConfig,
     pub invalid: InvalidConfig,
+    pub reach: ReachConfig,
 }
 
 impl Default for AggregateConfig {
@@ -63,6 +68,7 @@ impl Default for AggregateConfig {
             retention: Retention::default(),
             top: TopNConfig::default(),
             invalid: InvalidConfig::default(),
+            reach: ReachConfig::default(),
         }
     }
 }
@@ -73,7 +79,12 @@ impl AggregateConfig {
         DedupConfig {
             horizon_ms: self.dedup_horizon_ms,
             allowed_lateness_ms: self.allowed_lateness_ms,
-            lookback_ms: self.invalid.longest_window_ms(),
+            // Reach rebuilds the minutes not final at a checkpoint from these clicks too.
+            lookback_ms: if self.reach.enabled {
+                self.invalid.longest_window_ms().max(MINUTE_MS)
+            } else {
+                self.invalid.longest_window_ms()
+            },
         }
     }
 }
@@ -83,6 +94,8 @@ pub struct Aggregates<'s> {
     pub minute: VecCollection<'s, u64, Row, Measures>,
     pub hour: VecCollection<'s, u64, Row, Measures>,
     pub day: VecCollection<'s, u64, Row, Measures>,
+    /// Distinct users per group, hour and day, from final minutes (empty with reach off).
+    pub reach: VecCollection<'s, u64, (Group, UserSketch), isize>,
     pub top: VecCollection<'s, u64, (RankKey, Ranking), isize>,
     /// Each advertiser's own rankings, kept only while queries may read them.
     pub top_by_advertiser: VecCollection<'s, u64, (RankKey, Ranking), isize>,
@@ -106,6 +119,9 @@ pub struct RestoredRows {
     pub hour: Vec<(Row, Measures)>,
     pub day: Vec<(Row, Measures)>,
     pub names: Vec<Name>,
+    /// Reach sketches (absent from checkpoints written before reach).
+    #[serde(default)]
+    pub reach: Vec<(Group, UserSketch)>,
 }
 
 /// Where the aggregation starts from, and how it saves checkpoints.
@@ -216,12 +232,35 @@ pub fn resumed_aggregate<'s>(
         Deduped::Duplicate(row) => Some(row),
         Deduped::Counted(_) => None,
     });
-    let judged = judge(
+    let judged_clicks = flood::judged_clicks(
         counted,
-        at_time(scope, f, recent),
+        at_time(scope, f, recent.clone()),
         &cfg.invalid,
         cfg.allowed_lateness_ms,
     );
+    let judged = flood::rows_of(judged_clicks.clone());
+    let reach = if cfg.reach.enabled {
+        // The minutes not final at the checkpoint: their users come from the restored recent
+        // clicks, judged again on their own (a verdict is a function of the clicks of its
+        // window, all of which the dedup keeps for windows still open).
+        let again = flood::judged_clicks(
+            at_time(scope, f, recent)
+                .map(move |c| (c, f, 1))
+                .as_collection(),
+            timely::dataflow::operators::generic::operator::empty(scope),
+            &cfg.invalid,
+            cfg.allowed_lateness_ms,
+        );
+        reach::reach(
+            judged_clicks.concat(again),
+            at_time(scope, f, restored.reach),
+            &cfg.reach,
+            cfg.allowed_lateness_ms,
+            cfg.retention,
+        )
+    } else {
+        timely::dataflow::operators::generic::operator::empty(scope).as_collection()
+    };
     // Local pre-aggregation before rows are exchanged: a hot ad's clicks are summed on every
     // worker first, so no single worker receives them one by one.
     let deduped = duplicates
@@ -254,6 +293,7 @@ pub fn resumed_aggregate<'s>(
         minute,
         hour,
         day,
+        reach,
         top,
         top_by_advertiser,
         late,
@@ -295,9 +335,35 @@ fn rows_before(trace: &mut AdTrace, f: u64) -> Vec<(Row, Measures)> {
     rows
 }
 
+/// The sketches of `trace` as they stood at frontier `f`: the values with a positive count over
+/// the updates before `f` (one per group: a change retracts the old value).
+fn reach_before(trace: &mut ReachTrace, f: u64) -> Vec<(Group, UserSketch)> {
+    use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+    let (mut cursor, storage) = cursor_list(batches(trace));
+    let mut out = Vec::new();
+    while cursor.key_valid(&storage) {
+        while let Some(v) = cursor.get_val(&storage) {
+            let mut n = 0isize;
+            cursor.map_times(&storage, |t, d| {
+                if *t < f {
+                    n += *d;
+                }
+            });
+            if n > 0 {
+                out.push(v.clone());
+            }
+            cursor.step_val(&storage);
+        }
+        cursor.step_key(&storage);
+    }
+    out
+}
+
 /// Rows by ad: (ad, (window start, dimensions)) with their measures, what queries read. Keyed
 /// by ad so that one ad's count is a seek, not a scan.
 pub type AdTrace = TraceAgent<ValSpine<Sym, Row, u64, Measures>>;
+/// Reach sketches by (what they group by, the group's seek dimension), what queries read.
+pub type ReachTrace = TraceAgent<ValSpine<(reach::GroupBy, Sym), (Group, UserSketch), u64, isize>>;
 /// Rankings by (window length, window end, scope): global and advertisers' in one arrangement.
 pub type RankTrace = TraceAgent<ValSpine<RankKey, Ranking, u64, isize>>;
 
@@ -306,6 +372,7 @@ pub struct Traces {
     pub minute: AdTrace,
     pub hour: AdTrace,
     pub day: AdTrace,
+    pub reach: ReachTrace,
     pub top: RankTrace,
 }
 
@@ -322,6 +389,12 @@ impl Traces {
             minute: by_ad(&a.minute, "MinuteRowsByAd"),
             hour: by_ad(&a.hour, "HourRowsByAd"),
             day: by_ad(&a.day, "DayRowsByAd"),
+            reach: a
+                .reach
+                .clone()
+                .map(|(g, s)| ((g.by, g.by.primary(&g.dims)), (g, s)))
+                .arrange_by_key_named("ReachByGroup")
+                .trace,
             top: a
                 .top
                 .clone()
@@ -363,6 +436,7 @@ impl Traces {
         sealed(&mut |u| self.minute.read_upper(u))
             && sealed(&mut |u| self.hour.read_upper(u))
             && sealed(&mut |u| self.day.read_upper(u))
+            && sealed(&mut |u| self.reach.read_upper(u))
     }
 
     /// This worker's rows of each granularity as they stood at frontier `f`: the updates at
@@ -375,6 +449,7 @@ impl Traces {
             hour: rows_before(&mut self.hour, f),
             day: rows_before(&mut self.day, f),
             names: Vec::new(),
+            reach: reach_before(&mut self.reach, f),
         }
     }
 
@@ -387,6 +462,8 @@ impl Traces {
         }
         self.top.set_logical_compaction(frontier);
         self.top.set_physical_compaction(frontier);
+        self.reach.set_logical_compaction(frontier);
+        self.reach.set_physical_compaction(frontier);
     }
 }
 
@@ -415,6 +492,7 @@ mod tests {
                     hour: minute.clone(),
                     day: minute.clone(),
                     minute,
+                    reach: empty(scope).as_collection(),
                     top_by_advertiser: top.clone(),
                     top,
                     late: empty(scope),

@@ -249,6 +249,7 @@ impl AggregatorConfig {
                 window_minutes: self.top_window_minutes.clone(),
             },
             invalid: self.invalid.dataflow(),
+            reach: Default::default(),
         }
     }
 
