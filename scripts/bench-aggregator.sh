@@ -15,7 +15,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
-B=target/release
+B=${CARGO_TARGET_DIR:-target}/release
 
 ADCLICK_REDIRECT_SPOOL_DIR="$work/spool" ADCLICK_KAFKA_EMBEDDED_DIR="$work/kafka" \
   "$B/adclick-redirect" --config config/demo.toml \

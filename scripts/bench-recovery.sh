@@ -52,11 +52,20 @@ wait_watermark "$end_ms"
 echo "   $((emitted - before)) records in the hour's state; aggregator $(rss "$agg_pid")"
 check_received
 metric() { curl -sf "${base}metrics" | sed -n "s/^adclick_aggregator_checkpoint{value=\"$1\"} //p"; }
+# The answer compared after the restart must be the range's final one, from a checkpoint that
+# holds all of it: the watermark passes the end only once every partition has been idle for
+# IDLE_MS (nothing after the end is produced), and a checkpoint past the end follows. An
+# earlier answer (watermark at the newest click minus the out-of-orderness bound) misses the
+# range's last seconds, which the restarted aggregator then counts: a mismatch by chance.
 for _ in $(seq 600); do
   f=$(metric frontier || true)
-  [ -n "$f" ] && awk -v f="$f" -v e="$end_ms" 'BEGIN {exit !(f * 1000 >= e - 60000)}' && break
+  [ -n "$f" ] && awk -v f="$f" -v e="$end_ms" 'BEGIN {exit !(f * 1000 >= e)}' && break
   sleep 0.5
 done
+[ -n "$f" ] && awk -v f="$f" -v e="$end_ms" 'BEGIN {exit !(f * 1000 >= e)}' || {
+  echo "FAIL: no checkpoint past the end of the range (newest frontier: ${f:-none}); IDLE_MS=${IDLE_MS:-5000}"
+  exit 1
+}
 echo "   newest checkpoint: $(metric duration) s from request to manifest, $(metric bytes) bytes," \
   "$(metric committed) committed by this process"
 grep "checkpoint committed" "$agg_log" | sed 's/\x1b\[[0-9;]*m//g' |
@@ -64,8 +73,9 @@ grep "checkpoint committed" "$agg_log" | sed 's/\x1b\[[0-9;]*m//g' |
   awk -F= '{v[$1] = v[$1] " " $2} END {for (k in v) print "   all checkpoints, " k ":" v[k]}' |
   cut -c1-400
 query="ads/ad_0/aggregated_count?from=$(iso "$hour_start")&to=$(iso "$end_ms")"
-answer() { curl -sf -H "Authorization: Bearer $KEY" "${base}$query" | jq -c '{count, duplicates}'; }
+answer() { curl -sf -H "Authorization: Bearer $KEY" "${base}$query" | jq -c '{count, duplicates, complete}'; }
 want=$(answer)
+[ "$(jq .complete <<<"$want")" = true ] || { echo "FAIL: the answer before the kill is not complete: $want"; exit 1; }
 echo "   ad_0 over the hour: $want"
 echo "   tallies: $(health | jq -c '{watermark_ms, tallies: (.tallies | {received, counted, late, duplicates})}')"
 

@@ -1,7 +1,7 @@
 # Shared by the benchmark scripts (sourced from the repository root, after `set -euo
 # pipefail`): a work directory and its processes cleaned up on exit, the embedded broker,
 # aggregators and their health, and the chunked preload of event time.
-B=target/release
+B=${CARGO_TARGET_DIR:-target}/release
 KEY=demo-admin-key-not-secret
 work=$(mktemp -d)
 pids=()
