@@ -416,12 +416,14 @@ impl Traces {
             hour: self.hour.clone(),
             day: self.day.clone(),
             top: self.top.clone(),
+            reach: self.reach.clone(),
         };
         let unbounded = timely::progress::Antichain::new();
         for t in [&mut q.minute, &mut q.hour, &mut q.day] {
             t.set_physical_compaction(unbounded.borrow());
         }
         q.top.set_physical_compaction(unbounded.borrow());
+        q.reach.set_physical_compaction(unbounded.borrow());
         q
     }
 

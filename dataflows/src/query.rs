@@ -29,9 +29,11 @@ use timely::dataflow::operators::vec::Map;
 use timely::progress::Antichain;
 
 use crate::click::{Dims, Measures, Row, Sym};
+use crate::reach::{Group, GroupBy as ReachBy};
+use crate::sketch::UserSketch;
 use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS, window_start};
 use crate::topn::{RankKey, Ranking};
-use crate::{AdTrace, RankTrace, batches};
+use crate::{AdTrace, RankTrace, ReachTrace, batches};
 
 /// A query's timely time packs `(read_at, batch)` lexicographically into a u128 (timely's root
 /// timestamps must be totally ordered scalars): `read_at << 64 | batch`. The read time comes
@@ -152,6 +154,21 @@ pub enum QueryKind {
         n: usize,
         advertiser: Option<Sym>,
     },
+    /// Distinct users over [from, to) (whole hours) of the groups `by` (only `key`'s, if
+    /// given) that `filter` accepts, per `time` bucket (one bucket without): each row the
+    /// union of the day sketches of the whole days in range and the hour sketches of the rest.
+    Reach {
+        by: ReachBy,
+        key: Option<Sym>,
+        from: u64,
+        to: u64,
+        time: Option<Granularity>,
+        billable: bool,
+        filter: Filter,
+        /// The allowed lateness: sketches hold final minutes, so a range is complete once
+        /// the frontier passes its end plus this.
+        lateness_ms: u64,
+    },
 }
 
 impl QueryKind {
@@ -164,6 +181,7 @@ impl QueryKind {
             QueryKind::AdCount { ad, .. } => Some(ad.hashed()),
             QueryKind::Report { filter, .. } => filter.ad_id.map(|ad| ad.hashed()),
             QueryKind::Top { key, .. } => Some(key.hashed()),
+            QueryKind::Reach { by, key, .. } => key.map(|k| (*by, k).hashed()),
         }
     }
 }
@@ -241,14 +259,23 @@ pub enum Partial {
     },
     Rows(Vec<(GroupKey, Measures)>),
     Top(Ranking),
+    Reach(Vec<(ReachKey, UserSketch)>),
 }
+
+/// A reach row's key: its time bucket, and its group's dimensions.
+pub type ReachKey = (Option<u64>, Dims);
 
 /// The merged answer, still in fingerprints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    Count { measures: Measures, ad_seen: bool },
+    Count {
+        measures: Measures,
+        ad_seen: bool,
+    },
     Rows(Vec<(GroupKey, Measures)>),
     Top(Ranking),
+    /// Sorted by key; the sketches merged over workers.
+    Reach(Vec<(ReachKey, UserSketch)>),
 }
 
 /// The traces a worker answers from.
@@ -258,6 +285,7 @@ pub struct QueryTraces {
     pub hour: AdTrace,
     pub day: AdTrace,
     pub top: RankTrace,
+    pub reach: ReachTrace,
 }
 
 impl QueryTraces {
@@ -274,6 +302,7 @@ impl QueryTraces {
             t.set_logical_compaction(frontier.borrow());
         }
         self.top.set_logical_compaction(frontier.borrow());
+        self.reach.set_logical_compaction(frontier.borrow());
     }
 
     /// Whether the traces `kind` reads hold all updates at times ≤ `read_at`. Rows and
@@ -292,6 +321,7 @@ impl QueryTraces {
                     && ok(&mut |u| self.day.read_upper(u))
             }
             QueryKind::Top { .. } => ok(&mut |u| self.top.read_upper(u)),
+            QueryKind::Reach { .. } => ok(&mut |u| self.reach.read_upper(u)),
         }
     }
 }
@@ -400,6 +430,61 @@ fn ranking(trace: &mut RankTrace, key: &RankKey, read_at: u64) -> Ranking {
     found
 }
 
+/// Whether sketch `g` is one a reach query over [from, to) by `time` reads: the day sketch of
+/// a whole day in range (unless hours are asked), else the hour sketches in range.
+fn covers(g: &Group, from: u64, to: u64, time: Option<Granularity>) -> bool {
+    let whole_day =
+        |start: u64| time != Some(Granularity::Hour) && start >= from && start + DAY_MS <= to;
+    if g.len_ms == DAY_MS {
+        whole_day(g.start)
+    } else {
+        g.start >= from && g.start < to && !whole_day(window_start(g.start, DAY_MS))
+    }
+}
+
+/// This worker's reach rows: the sketches `by` (of `key`, or all) current at `read_at` that
+/// the query reads, merged by row.
+fn reach_rows(traces: &mut QueryTraces, q: &Query) -> Vec<(ReachKey, UserSketch)> {
+    let QueryKind::Reach {
+        by,
+        key,
+        from,
+        to,
+        time,
+        billable,
+        filter,
+        ..
+    } = &q.kind
+    else {
+        unreachable!("a reach query")
+    };
+    let (mut cursor, storage) = cursor_list(batches(&traces.reach));
+    cursor.seek_key(&storage, &(*by, key.unwrap_or_default()));
+    let mut rows: BTreeMap<ReachKey, UserSketch> = BTreeMap::new();
+    while let Some(k) = cursor.get_key(&storage) {
+        if k.0 != *by || key.is_some_and(|want| k.1 != want) {
+            break;
+        }
+        while let Some((g, sketch)) = cursor.get_val(&storage) {
+            if g.billable == *billable && covers(g, *from, *to, *time) && filter.matches(&g.dims) {
+                let mut n = 0isize;
+                cursor.map_times(&storage, |t, d| {
+                    if t.less_equal(&q.read_at) {
+                        n += *d;
+                    }
+                });
+                if n > 0 {
+                    let bucket = time.map(|gr| window_start(g.start, gr.ms()));
+                    rows.entry((bucket, g.dims)).or_default().merge(sketch);
+                }
+            }
+            cursor.step_val(&storage);
+        }
+        cursor.step_key(&storage);
+    }
+    rows.into_iter().collect()
+}
+
 /// This worker's part of the answer.
 pub fn answer_locally(traces: &mut QueryTraces, q: &Query) -> Partial {
     match &q.kind {
@@ -457,6 +542,7 @@ pub fn answer_locally(traces: &mut QueryTraces, q: &Query) -> Partial {
             ranking.truncate(*n);
             Partial::Top(ranking)
         }
+        QueryKind::Reach { .. } => Partial::Reach(reach_rows(traces, q)),
     }
 }
 
@@ -501,6 +587,17 @@ pub fn merge(kind: &QueryKind, parts: Vec<Partial>) -> Answer {
                 .next()
                 .unwrap_or_default();
             Answer::Top(ranking)
+        }
+        QueryKind::Reach { .. } => {
+            let mut rows: BTreeMap<ReachKey, UserSketch> = BTreeMap::new();
+            for p in parts {
+                if let Partial::Reach(part) = p {
+                    for (k, s) in part {
+                        rows.entry(k).or_default().merge(&s);
+                    }
+                }
+            }
+            Answer::Reach(rows.into_iter().collect())
         }
     }
 }
@@ -616,6 +713,33 @@ mod tests {
         );
         assert_eq!(spans(h - m, h + m, Minute), [(Minute, h - m, h + m)]);
         assert_eq!(spans(0, DAY_MS, Day), [(Day, 0, DAY_MS)]);
+    }
+
+    /// A reach range reads day sketches for its whole days and hour sketches for the rest,
+    /// hour sketches only when hours are asked: each user's click is in exactly one sketch read.
+    #[test]
+    fn a_reach_range_reads_whole_days_from_day_sketches() {
+        let g = |start, len_ms| Group {
+            start,
+            len_ms,
+            by: ReachBy::Ad,
+            billable: true,
+            dims: Dims::default(),
+        };
+        let (d, h) = (DAY_MS, HOUR_MS);
+        // [day 1 + 22 h, day 3 + 2 h): hours 22, 23 of day 1, day 2 whole, hours 0, 1 of day 3.
+        let (from, to) = (d + 22 * h, 3 * d + 2 * h);
+        let read = |len_ms: u64, time| {
+            (0..4 * d / len_ms)
+                .map(|i| i * len_ms)
+                .filter(|s| covers(&g(*s, len_ms), from, to, time))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(read(d, None), [2 * d]);
+        assert_eq!(read(h, None), [d + 22 * h, d + 23 * h, 3 * d, 3 * d + h]);
+        assert_eq!(read(d, Some(Granularity::Day)), [2 * d]);
+        assert_eq!(read(d, Some(Granularity::Hour)), Vec::<u64>::new());
+        assert_eq!(read(h, Some(Granularity::Hour)).len(), 28);
     }
 
     #[test]

@@ -185,6 +185,7 @@ fn query_server(
         minute_retention_ms: cfg.minute_retention_ms,
         top_n: cfg.top_n,
         top_windows: cfg.top_window_minutes.clone(),
+        allowed_lateness_ms: cfg.allowed_lateness_ms,
         metrics: QueryMetrics::watching_disks(disks(cfg)),
     });
     if serving && cfg.process == 0 {

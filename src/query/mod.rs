@@ -88,8 +88,14 @@ pub struct Server {
     pub minute_retention_ms: u64,
     pub top_n: usize,
     pub top_windows: Vec<u64>,
+    /// Reach holds final minutes only: a reach range is complete this long after its end.
+    pub allowed_lateness_ms: u64,
     pub metrics: metrics::QueryMetrics,
 }
+
+/// Plans the reach query whose `unique_users` an answer gains (`None` inside: not answerable
+/// for these parameters, shown as null).
+type ReachPlan = Box<dyn FnOnce(&Access) -> Option<QueryKind> + Send>;
 
 fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
@@ -135,6 +141,18 @@ impl Server {
         plan: impl FnOnce(&Access, &Plan) -> Result<(QueryKind, String), QueryError>,
         finish: impl FnOnce(serde_json::Value) -> serde_json::Value,
     ) -> Response {
+        self.query_with(endpoint, auth, plan, None, finish).await
+    }
+
+    /// [`Server::query`], and with `reach` the answer's `unique_users` from a second query.
+    async fn query_with(
+        &self,
+        endpoint: &'static str,
+        auth: Option<String>,
+        plan: impl FnOnce(&Access, &Plan) -> Result<(QueryKind, String), QueryError>,
+        reach: Option<ReachPlan>,
+        finish: impl FnOnce(serde_json::Value) -> serde_json::Value,
+    ) -> Response {
         let started = Instant::now();
         let response = match self.access(auth.as_deref()) {
             None => error(StatusCode::UNAUTHORIZED, "missing or unknown API key"),
@@ -142,12 +160,31 @@ impl Server {
                 Err(e) => refused(e),
                 Ok((kind, ad_text)) => {
                     let admin = access == Access::Admin;
-                    match self
+                    let reach = reach.map(|r| r(&access));
+                    let answer = self
                         .bridge
                         .ask(kind)
                         .await
-                        .map(|r| render(r, admin, &ad_text).map(finish))
-                    {
+                        .map(|r| render(r, admin, &ad_text).map(finish));
+                    let answer = match (answer, reach) {
+                        (Some(Ok(mut v)), Some(reach)) => {
+                            let users = match reach {
+                                Some(k) => {
+                                    self.bridge.ask(k).await.map(|r| render::unique_users(&r))
+                                }
+                                None => Some(None),
+                            };
+                            match users {
+                                Some(users) => {
+                                    v["unique_users"] = json!(users);
+                                    Some(Ok(v))
+                                }
+                                None => None,
+                            }
+                        }
+                        (answer, _) => answer,
+                    };
+                    match answer {
                         Some(Ok(v)) => json_reply(StatusCode::OK, v),
                         Some(Err(e)) => error(e.status(), &e.to_string()),
                         None => error(StatusCode::SERVICE_UNAVAILABLE, "the cluster is stopping"),
@@ -205,13 +242,32 @@ pub fn routes(
     let ad_count = warp::path!("ads" / String / "aggregated_count")
         .and(queried())
         .then(|ad: String, p: Params, auth, s: Arc<Server>| async move {
-            s.query(
+            let lateness = s.allowed_lateness_ms;
+            let (ad_for_reach, p_for_reach) = (ad.clone(), p.clone());
+            let reach: ReachPlan = Box::new(move |a: &Access| {
+                let ad = params::path_id("ad_id", &ad_for_reach).ok()?;
+                params::ad_reach(&ad, &p_for_reach, a, lateness)
+            });
+            s.query_with(
                 "aggregated_count",
                 auth,
                 |a, plan| {
                     let ad = params::path_id("ad_id", &ad)?;
                     params::ad_count(&ad, &p, a, plan).map(|k| (k, ad))
                 },
+                Some(reach),
+                std::convert::identity,
+            )
+            .await
+        });
+    let reach = warp::path!("api" / "v1" / "reports" / "reach")
+        .and(queried())
+        .then(|p: Params, auth, s: Arc<Server>| async move {
+            let lateness = s.allowed_lateness_ms;
+            s.query(
+                "reach",
+                auth,
+                |a, _plan| params::reach(&p, a, lateness).map(|k| (k, String::new())),
                 std::convert::identity,
             )
             .await
@@ -320,6 +376,8 @@ pub fn routes(
         .or(popular)
         .unify()
         .or(report)
+        .unify()
+        .or(reach)
         .unify()
         .or(quality)
         .unify()

@@ -376,6 +376,141 @@ pub fn report(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind
     })
 }
 
+/// `GET /api/v1/reports/reach`: distinct users over whole hours `[from, to)`, of the groups
+/// the dimensions (in `groupBy` or as filters) name: an ad, a campaign, a campaign by country,
+/// a publisher or a country (the last two span advertisers: admin keys only); per `hour` or
+/// `day` if grouped by one; billable clicks' users, or every click's with `traffic=all`.
+pub fn reach(params: &Params, access: &Access, lateness_ms: u64) -> Result<QueryKind, QueryError> {
+    use adclick_dataflows::reach::GroupBy as By;
+    const DIMS: [&str; 4] = ["ad_id", "campaign_id", "publisher_id", "country"];
+    let mut allowed = vec!["from", "to", "groupBy", "traffic"];
+    allowed.extend(DIMS);
+    only(params, &allowed)?;
+    let (from, to) = hour_range(params)?;
+    let billable = match params.get("traffic").map(String::as_str) {
+        None | Some("billable") => true,
+        Some("all") => false,
+        Some(other) => {
+            return Err(bad(
+                "traffic",
+                format!("{other:?} is not one of billable, all"),
+            ));
+        }
+    };
+    let mut time = None;
+    let mut named: Vec<&str> = DIMS
+        .into_iter()
+        .filter(|d| params.contains_key(*d))
+        .collect();
+    for g in params
+        .get("groupBy")
+        .map(String::as_str)
+        .unwrap_or("")
+        .split(',')
+        .filter(|g| !g.is_empty())
+    {
+        match g {
+            "hour" | "day" if time.is_some() => {
+                return Err(bad("groupBy", "at most one of hour, day"));
+            }
+            "hour" => time = Some(Granularity::Hour),
+            "day" => time = Some(Granularity::Day),
+            d if DIMS.contains(&d) => named.push(d),
+            other => {
+                return Err(bad(
+                    "groupBy",
+                    format!("{other:?} is not one of hour, day, {}", DIMS.join(", ")),
+                ));
+            }
+        }
+    }
+    let has = |d: &str| named.contains(&d);
+    let by = match (
+        has("ad_id"),
+        has("campaign_id"),
+        has("publisher_id"),
+        has("country"),
+    ) {
+        (true, _, false, false) => By::Ad,
+        (false, true, false, true) => By::CampaignCountry,
+        (false, true, false, false) => By::Campaign,
+        (false, false, true, false) => By::Publisher,
+        (false, false, false, true) => By::Country,
+        (false, false, false, false) => {
+            return Err(bad(
+                "groupBy",
+                "reach is kept per ad, campaign, campaign and country, publisher or country: \
+                 name one (in groupBy or as a filter)",
+            ));
+        }
+        _ => {
+            return Err(bad(
+                "groupBy",
+                "reach is kept per ad, campaign, campaign and country, publisher or country, \
+                 not for this combination",
+            ));
+        }
+    };
+    if matches!(by, By::Publisher | By::Country) && *access != Access::Admin {
+        return Err(bad(
+            "groupBy",
+            "publisher and country reach span advertisers: admin keys only",
+        ));
+    }
+    let filter = filter(params, access)?;
+    let key = match by {
+        By::Ad => filter.ad_id,
+        By::Campaign | By::CampaignCountry => filter.campaign_id,
+        By::Publisher => filter.publisher_id,
+        By::Country => filter.country,
+    };
+    Ok(QueryKind::Reach {
+        by,
+        key,
+        from,
+        to,
+        time,
+        billable,
+        filter,
+        lateness_ms,
+    })
+}
+
+/// `aggregated_count`'s `unique_users`: the ad's billable reach over the range, when the
+/// range is whole hours and nothing but the ad narrows it (reach is not kept per device or
+/// publisher of an ad); `None` otherwise.
+pub fn ad_reach(ad: &str, params: &Params, access: &Access, lateness_ms: u64) -> Option<QueryKind> {
+    let narrowed = ["filter", "campaign_id", "publisher_id", "country", "device"]
+        .iter()
+        .any(|p| params.contains_key(*p));
+    let (from, to) = hour_range(params).ok()?;
+    (!narrowed).then(|| QueryKind::Reach {
+        by: adclick_dataflows::reach::GroupBy::Ad,
+        key: Some(Sym::of(ad)),
+        from,
+        to,
+        time: None,
+        billable: true,
+        filter: Filter {
+            advertiser_id: access.advertiser(),
+            ..Filter::default()
+        },
+        lateness_ms,
+    })
+}
+
+/// [from, to) in whole hours: reach is sketched by the hour.
+fn hour_range(params: &Params) -> Result<(u64, u64), QueryError> {
+    let (from, to) = range(params)?;
+    let hour = Granularity::Hour.ms();
+    for (name, t) in [("from", from), ("to", to)] {
+        if !t.is_multiple_of(hour) {
+            return Err(bad(name, "reach is kept by the hour: give a whole hour"));
+        }
+    }
+    Ok((from, to))
+}
+
 /// The dimensions a traffic-quality report may group by.
 pub const QUALITY_GROUPS: [&str; 3] = ["publisher_id", "campaign_id", "country"];
 

@@ -28,6 +28,11 @@ impl Resolved {
                 .flat_map(|((_, dims), _)| dims.iter().flatten().copied())
                 .collect(),
             Answer::Top(ranking) => ranking.iter().map(|((ad, _), _)| *ad).collect(),
+            Answer::Reach(rows) => rows
+                .iter()
+                .flat_map(|((_, d), _)| [d.ad_id, d.campaign_id, d.publisher_id, d.country])
+                .filter(|s| *s != Sym::default())
+                .collect(),
         };
         syms.sort_unstable();
         syms.dedup();
@@ -121,8 +126,62 @@ pub fn render(resolved: Resolved, admin: bool, ad_text: &str) -> Result<Value, Q
             "update_time_minute": format_millis(*end as i64),
             "complete": end + MINUTE_MS <= frontier,
         })),
+        (
+            QueryKind::Reach {
+                to,
+                time,
+                lateness_ms,
+                ..
+            },
+            Answer::Reach(rows),
+        ) => {
+            let rows: Vec<Value> = rows
+                .iter()
+                .map(|((t, d), sketch)| {
+                    let mut row = serde_json::Map::new();
+                    if let (Some(g), Some(t)) = (time, t) {
+                        let name = if *g == Granularity::Day {
+                            "day"
+                        } else {
+                            "hour"
+                        };
+                        row.insert(name.into(), format_millis(*t as i64).into());
+                    }
+                    for (name, s) in [
+                        ("adId", d.ad_id),
+                        ("campaignId", d.campaign_id),
+                        ("publisherId", d.publisher_id),
+                        ("country", d.country),
+                    ] {
+                        if s != Sym::default() {
+                            row.insert(name.into(), text(s).into());
+                        }
+                    }
+                    row.insert("uniqueUsers".into(), sketch.estimate().into());
+                    row.insert("exact".into(), sketch.is_exact().into());
+                    Value::Object(row)
+                })
+                .collect();
+            Ok(json!({
+                "rows": rows,
+                "complete": to + lateness_ms <= frontier,
+                "watermark": format_millis(frontier as i64),
+            }))
+        }
         _ => unreachable!("merge answers each query with its own kind"),
     }
+}
+
+/// The distinct users of a reach answer's rows together (an ad's, for `aggregated_count`).
+pub fn unique_users(resolved: &Resolved) -> Option<u64> {
+    let Answer::Reach(rows) = &resolved.answer else {
+        return None;
+    };
+    let mut all = adclick_dataflows::sketch::UserSketch::default();
+    for (_, s) in rows {
+        all.merge(s);
+    }
+    Some(all.estimate())
 }
 
 /// A report's rows as `shape` asks: `clicks` counts the chosen traffic, and with `by_reason`
