@@ -177,6 +177,7 @@ impl Restored {
             rows.hour.extend(part.rows.hour.iter().copied());
             rows.day.extend(part.rows.day.iter().copied());
             rows.names.extend(part.rows.names.iter().cloned());
+            rows.reach.extend(part.rows.reach.iter().cloned());
         }
         rows
     }

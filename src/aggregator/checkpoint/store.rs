@@ -92,8 +92,8 @@ impl StateSettings {
 
 /// The encoding of the parts this build writes and reads. Postcard is not self-describing, so
 /// a part of another format cannot be read at all: format 2 added invalid-traffic measures
-/// and the recent winners' traits.
-pub const PART_FORMAT: u32 = 2;
+/// and the recent winners' traits, format 3 the reach sketches (`RestoredRows::reach`).
+pub const PART_FORMAT: u32 = 3;
 
 fn first_format() -> u32 {
     1
