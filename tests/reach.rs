@@ -42,31 +42,118 @@ fn assert_users(what: &str, got: Option<u64>, want: u64) {
     }
 }
 
-/// Traffic of about 2 hours ending more than an hour ago, so that once the aggregator has read
-/// it and its partitions are idle, its watermark (the wall clock's) is past every minute's
-/// lateness and every minute is in the sketches.
-fn traffic(kafka: &adclick::kafka::embedded::EmbeddedKafka, dir: &std::path::Path) -> TruthReport {
+/// The load generator's traffic into the broker at `brokers`, starting `ago` ms before now
+/// and made with `args` beside the usual; its truth.
+fn loadgen(brokers: &str, dir: &std::path::Path, ago: u64, args: &[&str]) -> TruthReport {
     let now = adclick::timefmt::now_millis() as u64;
-    let start = (now - 4 * HOUR) / HOUR * HOUR + 17 * 60_000;
+    let start = (now - ago) / 60_000 * 60_000;
     let truth_path = dir.join("truth.json");
     run_ok(
         Command::new(LOADGEN)
             .args(["--config", &demo_config(), "--output", "kafka"])
-            .args(["--brokers", &kafka.bootstrap_servers()])
-            .args(["--count", "14000", "--rate", "2", "--seed", "14"])
-            .args(["--ads", "8", "--users", "900", "--invalid", "0.1"])
+            .args(["--brokers", brokers])
             .args(["--start", &start.to_string()])
+            .args(args)
             .arg("--truth")
             .arg(&truth_path),
     );
     GroundTruth::read(&truth_path).unwrap()
 }
 
+/// Waits until the aggregator serving at `addr` has read all of `truth`'s records and its
+/// watermark is past the last minute's end plus `lateness`: every minute is in the sketches.
+fn wait_final(aggregator: &mut Spawned, addr: &str, truth: &TruthReport, lateness: u64) {
+    let last = truth.windows.iter().map(|r| r.minute_ms).max().unwrap() as u64;
+    let received = truth.tallies.emitted - truth.tallies.forged;
+    wait_every(
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        "every minute final",
+        || {
+            assert!(aggregator.running(), "the aggregator exited");
+            let (_, h) = get(addr, "/api/v1/health", ADMIN);
+            let done = h["tallies"]["received"] == received
+                && h["watermark_ms"]
+                    .as_u64()
+                    .is_some_and(|w| w > last + 60_000 + lateness);
+            if done { Ok(()) } else { Err(h.to_string()) }
+        },
+    );
+}
+
+/// Every ad's users in every hour (`aggregated_count`'s `unique_users`, billable) and every
+/// campaign's in every day (the reach report, billable and all traffic) against the truth.
+fn assert_reach_equals_the_truth(addr: &str, truth: &TruthReport) {
+    for r in &truth.reach.ad_hour {
+        let (from, to) = (
+            format_millis(r.start_ms),
+            format_millis(r.start_ms + HOUR as i64),
+        );
+        let (status, c) = get(
+            addr,
+            &format!("/ads/{}/aggregated_count?from={from}&to={to}", r.id),
+            ADMIN,
+        );
+        assert_eq!(status, 200, "{c}");
+        assert_users(
+            &format!("{} at {from}: {c}", r.id),
+            c["unique_users"].as_u64(),
+            r.users,
+        );
+    }
+    for r in &truth.reach.campaign_day {
+        let (from, to) = (
+            format_millis(r.start_ms),
+            format_millis(r.start_ms + DAY as i64),
+        );
+        for (traffic, want) in [("billable", r.users), ("all", r.all_users)] {
+            let (status, rep) = get(
+                addr,
+                &format!(
+                    "/api/v1/reports/reach?campaign_id={}&from={from}&to={to}&groupBy=day&traffic={traffic}",
+                    r.id
+                ),
+                ADMIN,
+            );
+            assert_eq!(status, 200, "{rep}");
+            let rows = rep["rows"].as_array().unwrap();
+            assert_eq!(rows.len(), 1, "{rep}");
+            assert_eq!(rows[0]["day"], format_millis(r.start_ms), "{rep}");
+            assert_eq!(rows[0]["campaignId"], r.id.as_str(), "{rep}");
+            assert_users(
+                &format!("{} {traffic}: {rep}", r.id),
+                rows[0]["uniqueUsers"].as_u64(),
+                want,
+            );
+        }
+    }
+}
+
 #[test]
 fn unique_users_equal_the_truths_distinct_users() {
     let kafka = common::embedded_kafka(4);
     let dir = tempfile::tempdir().unwrap();
-    let truth = traffic(&kafka, dir.path());
+    // About 2 hours of traffic ending more than an hour ago: once the aggregator has read it
+    // and its partitions are idle, its watermark (the wall clock's) is past every lateness.
+    let truth = loadgen(
+        &kafka.bootstrap_servers(),
+        dir.path(),
+        4 * HOUR - 17 * 60_000,
+        &[
+            "--count",
+            "14000",
+            "--rate",
+            "2",
+            "--seed",
+            "14",
+            "--ads",
+            "8",
+            "--users",
+            "900",
+            "--invalid",
+            "0.1",
+        ],
+    );
     assert!(truth.reach.ad_hour.len() >= 16, "{:?}", truth.reach);
     let mut aggregator = Spawned::start(
         Command::new(AGGREGATOR)
@@ -84,71 +171,8 @@ fn unique_users_equal_the_truths_distinct_users() {
     );
     let printed = aggregator.line_with_prefix("query server: http://", Duration::from_secs(60));
     let addr = printed.trim_end_matches('/').to_string();
-    let last = truth.windows.iter().map(|r| r.minute_ms).max().unwrap() as u64;
-    let received = truth.tallies.emitted - truth.tallies.forged;
-    wait_every(
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        "every minute final",
-        || {
-            assert!(aggregator.running(), "the aggregator exited");
-            let (_, h) = get(&addr, "/api/v1/health", ADMIN);
-            let done = h["tallies"]["received"] == received
-                && h["watermark_ms"]
-                    .as_u64()
-                    .is_some_and(|w| w > last + 60_000 + LATENESS);
-            if done { Ok(()) } else { Err(h.to_string()) }
-        },
-    );
-
-    // Every ad, every hour: aggregated_count's unique_users, billable.
-    for r in &truth.reach.ad_hour {
-        let (from, to) = (
-            format_millis(r.start_ms),
-            format_millis(r.start_ms + HOUR as i64),
-        );
-        let (status, c) = get(
-            &addr,
-            &format!("/ads/{}/aggregated_count?from={from}&to={to}", r.id),
-            ADMIN,
-        );
-        assert_eq!(status, 200, "{c}");
-        assert_users(
-            &format!("{} at {from}: {c}", r.id),
-            c["unique_users"].as_u64(),
-            r.users,
-        );
-    }
-    // Every campaign, every day: the reach report, billable and all traffic.
-    let campaign_day = |r: &ReachRow, traffic: &str, key: &str| {
-        let (from, to) = (
-            format_millis(r.start_ms),
-            format_millis(r.start_ms + DAY as i64),
-        );
-        get(
-            &addr,
-            &format!(
-                "/api/v1/reports/reach?campaign_id={}&from={from}&to={to}&groupBy=day&traffic={traffic}",
-                r.id
-            ),
-            key,
-        )
-    };
-    for r in &truth.reach.campaign_day {
-        for (traffic, want) in [("billable", r.users), ("all", r.all_users)] {
-            let (status, rep) = campaign_day(r, traffic, ADMIN);
-            assert_eq!(status, 200, "{rep}");
-            let rows = rep["rows"].as_array().unwrap();
-            assert_eq!(rows.len(), 1, "{rep}");
-            assert_eq!(rows[0]["day"], format_millis(r.start_ms), "{rep}");
-            assert_eq!(rows[0]["campaignId"], r.id.as_str(), "{rep}");
-            assert_users(
-                &format!("{} {traffic}: {rep}", r.id),
-                rows[0]["uniqueUsers"].as_u64(),
-                want,
-            );
-        }
-    }
+    wait_final(&mut aggregator, &addr, &truth, LATENESS);
+    assert_reach_equals_the_truth(&addr, &truth);
     assert!(
         truth
             .reach
@@ -216,4 +240,71 @@ fn unique_users_equal_the_truths_distinct_users() {
     );
     assert_eq!(status, 400, "{e}");
     assert!(e["error"].as_str().unwrap().contains("`to`"), "{e}");
+}
+
+/// Sketches survive restores: an aggregator killed with SIGKILL every few seconds while the
+/// traffic streams in (5 minutes of event time in 30 s, lateness 40 s, checkpoints every
+/// 200 ms, on 1 and 2 workers in turn), so that checkpoints hold final hours and days and
+/// minutes not yet final, then run to the end: its reach equals the truth as an uninterrupted
+/// run's does.
+#[test]
+fn sketches_survive_restores() {
+    const LATE: &str = "40000";
+    let kafka = common::embedded_kafka(4);
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let generator = {
+        let (brokers, path) = (brokers.clone(), dir.path().to_path_buf());
+        std::thread::spawn(move || {
+            loadgen(
+                &brokers,
+                &path,
+                15 * 60_000,
+                &[
+                    "--count",
+                    "6000",
+                    "--rate",
+                    "20",
+                    "--pace",
+                    "10",
+                    "--seed",
+                    "15",
+                    "--ads",
+                    "6",
+                    "--users",
+                    "300",
+                    "--invalid",
+                    "0.1",
+                    "--allowed-lateness-ms",
+                    LATE,
+                ],
+            )
+        })
+    };
+    let run = |workers: usize| {
+        Spawned::start(
+            Command::new(AGGREGATOR)
+                .args(["--config", &demo_config(), "--brokers", &brokers])
+                .args(["--workers", &workers.to_string(), "--checkpoint-dir"])
+                .arg(dir.path().join("checkpoints"))
+                .args(["--query-listen", "127.0.0.1:0", "--output"])
+                .arg(dir.path().join("out.ndjson"))
+                .env("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "200")
+                .env("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", LATE)
+                .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500"),
+        )
+    };
+    let mut kills = 0;
+    while !generator.is_finished() || kills < 4 {
+        let mut child = run(1 + kills % 2);
+        std::thread::sleep(Duration::from_millis(2_500 + 700 * (kills as u64 % 3)));
+        child.kill();
+        kills += 1;
+    }
+    let truth = generator.join().unwrap();
+    let mut aggregator = run(2);
+    let printed = aggregator.line_with_prefix("query server: http://", Duration::from_secs(60));
+    let addr = printed.trim_end_matches('/').to_string();
+    wait_final(&mut aggregator, &addr, &truth, 40_000);
+    assert_reach_equals_the_truth(&addr, &truth);
 }
