@@ -9,7 +9,7 @@ use adclick_testkit as common;
 use std::process::Command;
 use std::time::Duration;
 
-use adclick::loadgen::truth::{GroundTruth, ReachRow, TruthReport};
+use adclick::loadgen::truth::{GroundTruth, TruthReport};
 use adclick::timefmt::format_millis;
 use adclick_dataflows::sketch::{EXACT_MAX, STANDARD_ERROR};
 use common::http::blocking_request;
