@@ -231,6 +231,19 @@ fn a_supervised_2x2_cluster_restarts_after_kill_9_and_equals_the_truth() {
             .any(|l| l == "adclick_aggregator_cluster_restarts 1"),
         "{metrics}"
     );
+    // The dashboard's health panel shows the restart and its cause.
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-restarts.png");
+    let shown = common::process::dashboard(&format!("{base}/"), ADMIN, &screenshot);
+    let panel = &shown["health"];
+    assert_eq!(
+        (&panel["supervised"], &panel["restarts"]),
+        (&Value::from(true), &1.into()),
+        "{panel}"
+    );
+    assert_eq!(
+        panel["last_restart_cause"], h["last_restart_cause"],
+        "{panel}"
+    );
     let after = job.status();
     assert_eq!(
         (&after["state"], &after["restarts"]),

@@ -887,4 +887,10 @@ fn the_dashboard_shows_the_truth(addr: &str, truth: &TruthReport, end: u64) {
     assert_eq!(quality["total"], api.len(), "{quality}");
     assert_eq!(page[..], api[..page.len()], "traffic quality: page vs API");
     assert!(shown["health"]["tallies"]["invalid"].is_number(), "{shown}");
+    // A cluster started by hand has no supervisor: the panel says so, with no restart count.
+    assert_eq!(
+        (&shown["health"]["supervised"], &shown["health"]["restarts"]),
+        (&Value::from(false), &Value::Null),
+        "{shown}"
+    );
 }

@@ -291,6 +291,12 @@ function renderHealth(health) {
   $("#h-dead").textContent = fmtInt(tallies.dead_lettered);
   $("#h-dead").classList.toggle("warn", (tallies.dead_lettered || 0) > 0);
   $("#h-workers").textContent = `${fmtInt(health.workers)} × ${fmtInt(health.processes)}`;
+  // A supervised cluster restarts whole when a process dies: how often, and the last cause.
+  const restarts = health.restarts || 0;
+  const restartsNode = $("#h-restarts");
+  restartsNode.textContent = health.supervised ? fmtInt(restarts) : "not supervised";
+  restartsNode.title = health.last_restart_cause || "";
+  restartsNode.classList.toggle("warn", restarts > 0);
   // Records deleted before they were read: counts are short of the topic, and nobody may miss it.
   const lost = health.lost_records || 0;
   const gaps = Array.isArray(health.gaps) ? health.gaps : [];
@@ -339,6 +345,9 @@ function renderHealth(health) {
     processes: health.processes ?? null,
     status: health.status ?? null,
     lost_records: lost,
+    supervised: health.supervised ?? null,
+    restarts: health.supervised ? restarts : null,
+    last_restart_cause: health.last_restart_cause ?? null,
     gap_warning: gaps.length ? warning.textContent : null,
   };
 }
