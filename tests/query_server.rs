@@ -327,6 +327,16 @@ fn answers_equal_the_truth_and_keys_isolate_advertisers() {
     let (status, spec) = get(&addr, "/openapi.json", None);
     assert_eq!(status, 200);
     assert!(spec["paths"]["/ads/popular_ads"].is_object());
+    // Every field health answers is documented.
+    let (status, health) = get(&addr, "/api/v1/health", Some(ADMIN));
+    assert_eq!(status, 200, "{health}");
+    let documented = &spec["components"]["schemas"]["Health"]["properties"];
+    for field in health.as_object().unwrap().keys() {
+        assert!(
+            documented[field].is_object(),
+            "health's {field} is not in openapi.json"
+        );
+    }
 
     the_dashboard_shows_the_truth(&addr, &truth, end);
 }
