@@ -190,8 +190,11 @@ impl Health {
             .unwrap()
             .iter()
             .map(|(p, (next, high))| {
+                // The high watermark is fetched now and then, the offset read every batch: a
+                // partition read past its last fetched end has an end at least that far.
+                let high = (*high).max(*next);
                 json!({"partition": p, "offset": next, "high_watermark": high,
-                       "lag": (high - next).max(0)})
+                       "lag": high - next})
             })
             .collect();
         let t = *self.tallies.lock().unwrap();
@@ -217,5 +220,24 @@ impl Health {
             "restarts": self.restarts.count,
             "last_restart_cause": self.restarts.last_cause,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partition read past the end last fetched for it reports that end as at least its
+    /// offset, and no negative lag.
+    #[test]
+    fn a_partition_is_never_read_past_its_reported_end() {
+        let health = Health::new(1, 1);
+        health.set_partition(0, 120, 100);
+        health.set_partition(1, 50, 80);
+        let parts = health.to_json()["partitions"].clone();
+        assert_eq!(parts[0]["high_watermark"], 120);
+        assert_eq!(parts[0]["lag"], 0);
+        assert_eq!(parts[1]["high_watermark"], 80);
+        assert_eq!(parts[1]["lag"], 30);
     }
 }
