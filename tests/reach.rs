@@ -182,6 +182,56 @@ fn unique_users_equal_the_truths_distinct_users() {
         "invalid traffic adds users to traffic=all"
     );
 
+    // The clicks report with metrics=clicks,unique_users: each campaign's day, both measures.
+    let r0 = &truth.reach.campaign_day[0];
+    let (from0, to0) = (
+        format_millis(r0.start_ms),
+        format_millis(r0.start_ms + DAY as i64),
+    );
+    let (status, rep) = get(
+        &addr,
+        &format!(
+            "/api/v1/reports/clicks?from={from0}&to={to0}&groupBy=day,campaign_id&metrics=clicks,unique_users"
+        ),
+        ADMIN,
+    );
+    assert_eq!(status, 200, "{rep}");
+    let rows = rep["rows"].as_array().unwrap();
+    for r in truth
+        .reach
+        .campaign_day
+        .iter()
+        .filter(|r| r.start_ms == r0.start_ms)
+    {
+        let row = rows
+            .iter()
+            .find(|row| row["campaignId"] == r.id.as_str())
+            .unwrap_or_else(|| panic!("{} missing: {rep}", r.id));
+        assert_users(
+            &format!("{}: {row}", r.id),
+            row["uniqueUsers"].as_u64(),
+            r.users,
+        );
+        let clicks: u64 = truth
+            .windows
+            .iter()
+            .filter(|w| {
+                w.campaign_id == r.id && w.minute_ms / DAY as i64 == r.start_ms / DAY as i64
+            })
+            .map(|w| w.clicks)
+            .sum();
+        assert_eq!(row["clicks"].as_u64(), Some(clicks), "{row}");
+    }
+    let (status, e) = get(
+        &addr,
+        &format!(
+            "/api/v1/reports/clicks?from={from0}&to={to0}&groupBy=device&metrics=unique_users"
+        ),
+        ADMIN,
+    );
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("metrics"), "{e}");
+
     // A week merges its days: the reach of the whole traffic is the union, never the sum.
     let first_day = truth.reach.campaign_day[0].start_ms as u64 / DAY * DAY;
     let (from, to) = (

@@ -1,9 +1,13 @@
 //! The dataflow alone, on pre-built clicks in memory: events per second through source clock,
 //! dedup, invalid-traffic rules, minute/hour/day rows, top-N and window reports, on 1 and 2
 //! workers; and the heap bytes the dedup keeps per tracked impression and the flood rules per
-//! click they hold.
+//! click they hold. Reach (unique-user sketches) is on, as by default.
 //!
 //!     cargo bench -p adclick-dataflows --bench throughput -- [EVENTS] [ROUNDS]
+//!     cargo bench -p adclick-dataflows --bench throughput -- [EVENTS] [ROUNDS] alerts|reach
+//!
+//! `alerts` and `reach` alternate runs without and with that part, round by round, and
+//! report the ratios of events/s and of CPU time; `reach` also the sketches' bytes.
 
 mod traffic;
 
@@ -93,7 +97,16 @@ impl PartitionReader for Memory {
     }
 }
 
-fn run(workers: usize, parts: Vec<Vec<RawClick>>, top_windows: Vec<u64>, alerts: bool) -> f64 {
+/// What a run computes beside the rows, reports and top-N.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    None,
+    Alerts,
+    /// Reach off: the rest as by default.
+    NoReach,
+}
+
+fn run(workers: usize, parts: Vec<Vec<RawClick>>, top_windows: Vec<u64>, extra: Extra) -> f64 {
     let total: usize = parts.iter().map(Vec::len).sum();
     // Each worker's partitions, handed over outside the timed region.
     let mut shares: Vec<Vec<std::vec::IntoIter<RawClick>>> = (0..workers).map(|_| vec![]).collect();
@@ -114,10 +127,12 @@ fn run(workers: usize, parts: Vec<Vec<RawClick>>, top_windows: Vec<u64>, alerts:
             let events = clock_source(scope, "Memory", Memory(mine), cfg, || 0);
             let mut acfg = AggregateConfig::default();
             acfg.top.window_minutes = top;
+            acfg.reach.enabled = extra != Extra::NoReach;
             let a = aggregate(events, &acfg);
             let (probe, _) = reports(a.minute.clone(), MINUTE_MS, 300_000).probe();
             a.top.probe_with(&probe);
-            if alerts {
+            a.reach.inner.probe_with(&probe);
+            if extra == Extra::Alerts {
                 anomaly::alerts(a.minute, &AlertConfig::default(), 300_000).probe_with(&probe);
             }
             probe
@@ -192,21 +207,26 @@ fn main() {
         .unwrap_or(1_000_000);
     let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
     let parts = clicks(n);
-    if args.get(3).map(String::as_str) == Some("alerts") {
-        return alerts_cost(parts, rounds);
+    match args.get(3).map(String::as_str) {
+        Some("alerts") => return cost(parts, rounds, "alerts", Extra::None, Extra::Alerts),
+        Some("reach") => {
+            cost(parts, rounds, "reach", Extra::NoReach, Extra::None);
+            return reach_bytes(n.min(1_000_000));
+        }
+        _ => {}
     }
     println!("{n} clicks in memory, median of {rounds} rounds");
     let shapes = [
-        ("no top-N", vec![], false),
-        ("top-N over 1 min", vec![1], false),
-        ("top-N over 1 min + alerts", vec![1], true),
-        ("top-N over 1, 5, 60 min", vec![1, 5, 60], false),
+        ("no top-N", vec![], Extra::None),
+        ("top-N over 1 min", vec![1], Extra::None),
+        ("top-N over 1 min + alerts", vec![1], Extra::Alerts),
+        ("top-N over 1, 5, 60 min", vec![1, 5, 60], Extra::None),
     ];
-    for (label, top, alerts) in shapes {
+    for (label, top, extra) in shapes {
         for workers in [1, 2] {
             let r = median(
                 (0..rounds)
-                    .map(|_| run(workers, parts.clone(), top.clone(), alerts))
+                    .map(|_| run(workers, parts.clone(), top.clone(), extra))
                     .collect(),
             );
             println!(
@@ -230,21 +250,22 @@ fn main() {
     );
 }
 
-/// The anomaly operators' cost: top-N over 1 min without and with them, alternating within
-/// each round so that a noisy machine's drift hits both alike; the median of the rounds'
-/// ratios.
-fn alerts_cost(parts: Vec<Vec<RawClick>>, rounds: usize) {
+/// A part's cost (`what`: the anomaly operators, reach): top-N over 1 min `without` and
+/// `with` it, alternating within each round so that a noisy machine's drift hits both alike;
+/// the median of the rounds' ratios.
+fn cost(parts: Vec<Vec<RawClick>>, rounds: usize, what: &str, without: Extra, with: Extra) {
+    let (off, on) = (without, with);
     let n: usize = parts.iter().map(Vec::len).sum();
-    println!("{n} clicks in memory, top-N over 1 min, without and with alerts, {rounds} rounds");
+    println!("{n} clicks in memory, top-N over 1 min, without and with {what}, {rounds} rounds");
     for workers in [1, 2] {
         let mut ratios = Vec::new();
         let (mut without, mut with) = (Vec::new(), Vec::new());
         let mut cpu_ratios = Vec::new();
         for _ in 0..rounds {
             let c0 = cpu_seconds();
-            let a = run(workers, parts.clone(), vec![1], false);
+            let a = run(workers, parts.clone(), vec![1], off);
             let c1 = cpu_seconds();
-            let b = run(workers, parts.clone(), vec![1], true);
+            let b = run(workers, parts.clone(), vec![1], on);
             let c2 = cpu_seconds();
             let (ca, cb) = (c1 - c0, c2 - c1);
             println!(
@@ -265,11 +286,60 @@ fn alerts_cost(parts: Vec<Vec<RawClick>>, rounds: usize) {
             median(cpu_ratios)
         );
     }
+    if with == Extra::Alerts {
+        println!(
+            "alerts baseline: {:.0} bytes per tracked key (heap, table included; {} estimated)",
+            alert_bytes_per_key(100_000),
+            Detector::bytes_per_key()
+        );
+    }
+}
+
+/// The reach sketches' memory: the clicks' users grouped as the dataflow groups them (per
+/// ad, campaign, campaign x country, publisher, country; per minute, hour and day; billable),
+/// each group's sketch built and its heap bytes counted, per group and per user in it; for
+/// minutes too, which the dataflow does not keep, to show what they would cost.
+fn reach_bytes(n: usize) {
+    use adclick_dataflows::reach::{GroupBy, user_of};
+    use adclick_dataflows::sketch::UserSketch;
+    use adclick_dataflows::time::{DAY_MS, HOUR_MS, window_start};
+    let clicks: Vec<Click> = clicks(n).iter().flatten().map(Click::of).collect();
+    let span = clicks.iter().map(|c| c.event_time).max().unwrap_or(0)
+        - clicks.iter().map(|c| c.event_time).min().unwrap_or(0);
     println!(
-        "alerts baseline: {:.0} bytes per tracked key (heap, table included; {} estimated)",
-        alert_bytes_per_key(100_000),
-        Detector::bytes_per_key()
+        "reach memory over {n} clicks ({:.0} s of event time):",
+        span as f64 / 1_000.0
     );
+    for (name, len) in [("minute", MINUTE_MS), ("hour", HOUR_MS), ("day", DAY_MS)] {
+        let mut groups: foldhash::HashMap<
+            (u64, GroupBy, adclick_dataflows::click::Dims),
+            Vec<u64>,
+        > = Default::default();
+        for c in &clicks {
+            let Some(u) = user_of(c) else { continue };
+            for by in GroupBy::ALL {
+                groups
+                    .entry((window_start(c.event_time, len), by, by.dims(&c.dims)))
+                    .or_default()
+                    .push(u);
+            }
+        }
+        let users: usize = groups.values().map(Vec::len).sum();
+        let count = groups.len();
+        let sketches: Vec<UserSketch> = groups.into_values().map(UserSketch::of).collect();
+        let heap: usize = sketches.iter().map(UserSketch::heap_bytes).sum();
+        let distinct: u64 = sketches.iter().map(UserSketch::estimate).sum();
+        let dense = sketches.iter().filter(|s| !s.is_exact()).count();
+        let inline = std::mem::size_of::<UserSketch>()
+            + std::mem::size_of::<adclick_dataflows::reach::Group>();
+        println!(
+            "  {name:>6}: {count} groups ({dense} dense), {:.0} heap + {inline} inline bytes per \
+             group, {:.1} heap bytes per distinct user in a group ({users} clicks, {distinct} \
+             group-users)",
+            heap as f64 / count as f64,
+            heap as f64 / distinct as f64
+        );
+    }
 }
 
 /// This process's CPU time (user + system) so far, from /proc/self/stat (Linux; 10 ms

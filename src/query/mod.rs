@@ -93,9 +93,15 @@ pub struct Server {
     pub metrics: metrics::QueryMetrics,
 }
 
-/// Plans the reach query whose `unique_users` an answer gains (`None` inside: not answerable
-/// for these parameters, shown as null).
-type ReachPlan = Box<dyn FnOnce(&Access) -> Option<QueryKind> + Send>;
+/// A second, reach query beside an answer: how to plan it for the caller (`Ok(None)`: not
+/// answerable for these parameters; an error refuses the whole request), and how to put its
+/// answer (none when not planned) into the first's JSON.
+struct WithReach {
+    plan: Box<dyn FnOnce(&Access) -> PlannedReach + Send>,
+    combine: Box<dyn FnOnce(serde_json::Value, Option<Resolved>) -> serde_json::Value + Send>,
+}
+
+type PlannedReach = Result<Option<QueryKind>, QueryError>;
 
 fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
@@ -144,44 +150,40 @@ impl Server {
         self.query_with(endpoint, auth, plan, None, finish).await
     }
 
-    /// [`Server::query`], and with `reach` the answer's `unique_users` from a second query.
+    /// [`Server::query`], with a second, reach query whose answer joins the first's.
     async fn query_with(
         &self,
         endpoint: &'static str,
         auth: Option<String>,
         plan: impl FnOnce(&Access, &Plan) -> Result<(QueryKind, String), QueryError>,
-        reach: Option<ReachPlan>,
+        reach: Option<WithReach>,
         finish: impl FnOnce(serde_json::Value) -> serde_json::Value,
     ) -> Response {
         let started = Instant::now();
+        let planned = |access: &Access| {
+            let first = plan(access, &self.plan())?;
+            let second = match reach {
+                Some(r) => Some(((r.plan)(access)?, r.combine)),
+                None => None,
+            };
+            Ok::<_, QueryError>((first, second))
+        };
         let response = match self.access(auth.as_deref()) {
             None => error(StatusCode::UNAUTHORIZED, "missing or unknown API key"),
-            Some(access) => match plan(&access, &self.plan()) {
+            Some(access) => match planned(&access) {
                 Err(e) => refused(e),
-                Ok((kind, ad_text)) => {
+                Ok(((kind, ad_text), reach)) => {
                     let admin = access == Access::Admin;
-                    let reach = reach.map(|r| r(&access));
                     let answer = self
                         .bridge
                         .ask(kind)
                         .await
                         .map(|r| render(r, admin, &ad_text).map(finish));
                     let answer = match (answer, reach) {
-                        (Some(Ok(mut v)), Some(reach)) => {
-                            let users = match reach {
-                                Some(k) => {
-                                    self.bridge.ask(k).await.map(|r| render::unique_users(&r))
-                                }
-                                None => Some(None),
-                            };
-                            match users {
-                                Some(users) => {
-                                    v["unique_users"] = json!(users);
-                                    Some(Ok(v))
-                                }
-                                None => None,
-                            }
+                        (Some(Ok(v)), Some((Some(k), combine))) => {
+                            self.bridge.ask(k).await.map(|r| Ok(combine(v, Some(r))))
                         }
+                        (Some(Ok(v)), Some((None, combine))) => Some(Ok(combine(v, None))),
                         (answer, _) => answer,
                     };
                     match answer {
@@ -244,10 +246,16 @@ pub fn routes(
         .then(|ad: String, p: Params, auth, s: Arc<Server>| async move {
             let lateness = s.allowed_lateness_ms;
             let (ad_for_reach, p_for_reach) = (ad.clone(), p.clone());
-            let reach: ReachPlan = Box::new(move |a: &Access| {
-                let ad = params::path_id("ad_id", &ad_for_reach).ok()?;
-                params::ad_reach(&ad, &p_for_reach, a, lateness)
-            });
+            let reach = WithReach {
+                plan: Box::new(move |a: &Access| {
+                    let ad = params::path_id("ad_id", &ad_for_reach)?;
+                    Ok(params::ad_reach(&ad, &p_for_reach, a, lateness))
+                }),
+                combine: Box::new(|mut v, r| {
+                    v["unique_users"] = json!(r.as_ref().and_then(render::unique_users));
+                    v
+                }),
+            };
             s.query_with(
                 "aggregated_count",
                 auth,
@@ -290,11 +298,37 @@ pub fn routes(
                 Ok(shape) => shape,
                 Err(e) => return refused(e),
             };
-            s.query(
+            let metrics = match params::report_metrics(&p) {
+                Ok(m) => m,
+                Err(e) => return refused(e),
+            };
+            let lateness = s.allowed_lateness_ms;
+            let reach = metrics.unique_users.then(|| {
+                let p = p.clone();
+                let joined = params::grouped_names(&p);
+                WithReach {
+                    plan: Box::new(move |a: &Access| {
+                        params::report_reach(&p, a, lateness).map(Some)
+                    }),
+                    combine: Box::new(move |v, r| {
+                        let users = r.map(|r| render::render(r, true, "")).and_then(Result::ok);
+                        render::join_unique_users(v, users, &joined)
+                    }),
+                }
+            });
+            s.query_with(
                 "reports",
                 auth,
                 |a, plan| params::report(&p, a, plan).map(|k| (k, String::new())),
-                move |v| render::shape_report(v, shape),
+                reach,
+                move |v| {
+                    let v = render::shape_report(v, shape);
+                    if metrics.clicks {
+                        v
+                    } else {
+                        render::without_clicks(v)
+                    }
+                },
             )
             .await
         });

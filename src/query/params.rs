@@ -326,7 +326,7 @@ pub fn report_shape(params: &Params) -> Result<ReportShape, QueryError> {
 const INVALID_REASON: &str = "invalid_reason";
 
 pub fn report(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKind, QueryError> {
-    let mut allowed = vec!["from", "to", "groupBy", "filter", "traffic"];
+    let mut allowed = vec!["from", "to", "groupBy", "filter", "traffic", "metrics"];
     allowed.extend(DIMENSIONS);
     only(params, &allowed)?;
     let (from, to) = range(params)?;
@@ -473,6 +473,96 @@ pub fn reach(params: &Params, access: &Access, lateness_ms: u64) -> Result<Query
         billable,
         filter,
         lateness_ms,
+    })
+}
+
+/// What a report's rows show (`metrics=clicks,unique_users`; `clicks` alone by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metrics {
+    pub clicks: bool,
+    pub unique_users: bool,
+}
+
+pub fn report_metrics(params: &Params) -> Result<Metrics, QueryError> {
+    let Some(spec) = params.get("metrics") else {
+        return Ok(Metrics {
+            clicks: true,
+            unique_users: false,
+        });
+    };
+    let mut m = Metrics {
+        clicks: false,
+        unique_users: false,
+    };
+    for name in spec.split(',').filter(|n| !n.is_empty()) {
+        match name {
+            "clicks" => m.clicks = true,
+            "unique_users" => m.unique_users = true,
+            other => {
+                return Err(bad(
+                    "metrics",
+                    format!("{other:?} is not one of clicks, unique_users"),
+                ));
+            }
+        }
+    }
+    if !(m.clicks || m.unique_users) {
+        return Err(bad("metrics", "empty; expected clicks and/or unique_users"));
+    }
+    Ok(m)
+}
+
+/// The names a report's rows are keyed by, as its JSON shows them (`hour`, `day`, `adId`,
+/// `campaignId`, `publisherId`, `country`): what its `uniqueUsers` are joined on.
+pub fn grouped_names(params: &Params) -> Vec<&'static str> {
+    let groups = params.get("groupBy").map(String::as_str).unwrap_or("");
+    [
+        ("hour", "hour"),
+        ("day", "day"),
+        ("ad_id", "adId"),
+        ("campaign_id", "campaignId"),
+        ("publisher_id", "publisherId"),
+        ("country", "country"),
+    ]
+    .into_iter()
+    .filter(|(g, _)| groups.split(',').any(|x| x == *g))
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// A report's `unique_users`: the reach query of its range, groups and filters, which must be
+/// ones reach is kept by (whole hours; hour or day; an ad, a campaign, a campaign by country,
+/// a publisher or a country; billable or all traffic), else a 400 naming `metrics`.
+pub fn report_reach(
+    params: &Params,
+    access: &Access,
+    lateness_ms: u64,
+) -> Result<QueryKind, QueryError> {
+    let mut p = Params::new();
+    for (k, v) in params {
+        match k.as_str() {
+            "metrics" => {}
+            "traffic" if v == "invalid" => {
+                return Err(bad(
+                    "metrics",
+                    "unique_users counts billable or all traffic",
+                ));
+            }
+            "from" | "to" | "groupBy" | "traffic" | "ad_id" | "campaign_id" | "publisher_id"
+            | "country" => {
+                p.insert(k.clone(), v.clone());
+            }
+            other => {
+                return Err(bad(
+                    "metrics",
+                    format!("unique_users is not kept by {other}"),
+                ));
+            }
+        }
+    }
+    reach(&p, access, lateness_ms).map_err(|e| match e {
+        QueryError::BadParam(m) => QueryError::BadParam(format!("{m} (for metrics=unique_users)")),
+        other => other,
     })
 }
 

@@ -184,6 +184,38 @@ pub fn unique_users(resolved: &Resolved) -> Option<u64> {
     Some(all.estimate())
 }
 
+/// A report with each row's `uniqueUsers` from `reach` (the rendered reach answer of the same
+/// range and groups), joined on `names`; a row without users has 0.
+pub fn join_unique_users(mut report: Value, reach: Option<Value>, names: &[&str]) -> Value {
+    let key = |row: &Value| -> Vec<Value> { names.iter().map(|n| row[*n].clone()).collect() };
+    let users: std::collections::HashMap<String, Value> = reach
+        .as_ref()
+        .and_then(|r| r["rows"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|row| (json!(key(row)).to_string(), row["uniqueUsers"].clone()))
+        .collect();
+    if let Some(rows) = report.get_mut("rows").and_then(Value::as_array_mut) {
+        for row in rows {
+            let found = users.get(&json!(key(row)).to_string()).cloned();
+            row["uniqueUsers"] = found.unwrap_or(json!(0));
+        }
+    }
+    report
+}
+
+/// A report without its click measures (`metrics=unique_users` alone).
+pub fn without_clicks(mut report: Value) -> Value {
+    if let Some(rows) = report.get_mut("rows").and_then(Value::as_array_mut) {
+        for row in rows.iter_mut().filter_map(Value::as_object_mut) {
+            for m in ["clicks", "duplicates", "invalid"] {
+                row.remove(m);
+            }
+        }
+    }
+    report
+}
+
 /// A report's rows as `shape` asks: `clicks` counts the chosen traffic, and with `by_reason`
 /// each row becomes one row per reason present (`invalidReason`, null for billable clicks),
 /// without `duplicates` (a duplicate has no reason). Rows left at zero are dropped.
