@@ -47,6 +47,11 @@ pub struct LoadgenArgs {
     /// is).
     #[arg(long)]
     pub realtime: bool,
+    /// Vary the rate by the time of day (UTC: night trough, evening peak about 6x higher)
+    /// and a little by the day of the week, as real ad traffic does; --rate is then the mean
+    /// over a week. Deterministic, booked in the truth's `config.daily_cycle`.
+    #[arg(long)]
+    pub daily_cycle: bool,
     /// Pace file and Kafka output at this many simulated seconds per wall-clock second, the
     /// event times as without --realtime: a long stream, compressed, arriving while the
     /// consumer runs (crash tests).
@@ -191,6 +196,9 @@ impl LoadgenArgs {
         );
         if self.realtime {
             out.push(("loadgen.realtime", true.into()));
+        }
+        if self.daily_cycle {
+            out.push(("loadgen.daily_cycle", true.into()));
         }
         if !self.spikes.is_empty() {
             out.push(("loadgen.spikes", toml::Value::try_from(&self.spikes)?));

@@ -8,6 +8,7 @@ pub mod anomalies;
 pub mod args;
 pub mod audience;
 pub mod catalog;
+pub mod cycle;
 pub mod encode;
 pub mod output;
 pub mod partition;
@@ -77,6 +78,10 @@ pub struct LoadgenConfig {
     )]
     pub start: Option<i64>,
     pub realtime: bool,
+    /// The rate follows the time of day and the day of the week ([`cycle`]); `rate` is the
+    /// mean over a week.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub daily_cycle: bool,
     /// Simulated seconds per wall-clock second, for file and Kafka output without `realtime`.
     pub pace: Option<f64>,
     pub truth: PathBuf,
@@ -131,6 +136,7 @@ impl Default for LoadgenConfig {
             seed: 1,
             start: None,
             realtime: false,
+            daily_cycle: false,
             pace: None,
             truth: "truth.json".into(),
             ads: 10_000,
@@ -319,24 +325,46 @@ impl LoadgenConfig {
 
     /// Resolves the start time and length of the stream.
     pub fn schedule(&self, now_ms: i64, partitioner: Partitioner) -> anyhow::Result<Schedule> {
-        let count = match self.count {
-            Some(n) => n,
-            None => (self.duration.unwrap_or(DEFAULT_DURATION_S) * self.rate).round() as u64,
-        };
-        if count == 0 {
-            bail!("loadgen.duration × loadgen.rate is less than one event");
-        }
-        let span_ms = (count as f64 * 1000.0 / self.rate) as i64;
-        let start_ms = match (self.start, self.live()) {
+        let start = match (self.start, self.live()) {
             (Some(_), true) => bail!(
                 "loadgen.start (--start) is for file and kafka output without --realtime; live \
                  traffic starts now"
             ),
-            (Some(ms), false) => ms,
-            (None, true) => now_ms,
+            (Some(ms), false) => Some(ms),
+            (None, true) => Some(now_ms),
             // The stream ends about now, its minutes whole.
-            (None, false) => now_ms.div_euclid(60_000) * 60_000 - span_ms,
+            (None, false) => None,
         };
+        let end_ms = now_ms.div_euclid(60_000) * 60_000;
+        let duration_s = self.duration.unwrap_or(DEFAULT_DURATION_S);
+        let (start_ms, count) = if self.daily_cycle {
+            // The number of slots follows the cycle over the duration, or the start is where
+            // `count` slots end at `end_ms`.
+            let c = cycle::week();
+            let per_slot_ms = 1000.0 / self.rate;
+            match (self.count, start) {
+                (Some(n), Some(s)) => (s, n),
+                (Some(n), None) => (c.before(end_ms, n as f64 * per_slot_ms), n),
+                (None, s) => {
+                    let span_ms = (duration_s * 1000.0) as i64;
+                    let s = s.unwrap_or(end_ms - span_ms);
+                    let n = (c.between(s, s + span_ms) / per_slot_ms).round() as u64;
+                    (s, n)
+                }
+            }
+        } else {
+            let count = match self.count {
+                Some(n) => n,
+                None => (duration_s * self.rate).round() as u64,
+            };
+            let span_ms = (count as f64 * 1000.0 / self.rate) as i64;
+            (start.unwrap_or(end_ms - span_ms), count)
+        };
+        if count == 0 {
+            bail!("loadgen.duration × loadgen.rate is less than one event");
+        }
+        let span_ms =
+            cycle::Slots::new(start_ms, self.rate, self.daily_cycle).time(count) - start_ms;
         let mut earliest = start_ms - self.out_of_orderness_ms - self.allowed_lateness_ms - 660_000;
         if self.hostile > 0.0 {
             earliest =
@@ -458,8 +486,11 @@ pub fn run(cfg: &LoadgenConfig, config: &Config, stop: &AtomicBool) -> anyhow::R
     let begin = |partitioner| -> anyhow::Result<_> {
         let schedule = cfg.schedule(now_ms, partitioner)?;
         let anomalies = anomalies::describe(&cfg.spikes, &cfg.drops, schedule.start_ms);
-        let description =
+        let mut description =
             serde_json::json!({ "loadgen": cfg, "schedule": schedule, "anomalies": anomalies });
+        if cfg.daily_cycle {
+            description["daily_cycle"] = serde_json::json!(cycle::week().shape());
+        }
         let traffic = Traffic::new(cfg, schedule, enricher.clone());
         // A counted click is at most the allowed lateness (and the bound) behind the latest.
         let truth = GroundTruth::new(Catalog::new(cfg.catalog_size()))

@@ -1,7 +1,8 @@
 //! The traffic model: a pure, seeded generator of [`Emission`]s. Same configuration and seed,
 //! same sequence, byte for byte, whatever the output; nothing here reads a clock.
 //!
-//! Emission `i` occupies the time slot `start_ms + i * 1000 / rate`. A slot carries either a
+//! Emission `i` occupies the time slot `start_ms + i * 1000 / rate` (with `daily_cycle`, where
+//! the cycle's cumulative rate reaches `i`: [`super::cycle`]). A slot carries either a
 //! follow-up that fell due (a duplicate or retry of an earlier click) or a fresh draw:
 //! malformed, forged (HTTP only), allowed-late, too-late, bot, hostile ([`Hostile`], with
 //! `hostile` > 0), or a normal click.
@@ -31,6 +32,7 @@ use serde::Serialize;
 use super::LoadgenConfig;
 use super::audience;
 use super::catalog::Catalog;
+use super::cycle::Slots;
 use super::partition::Partitioner;
 use crate::event::enrich::{Enricher, Observed};
 use crate::event::{ClickEvent, Device};
@@ -380,6 +382,8 @@ pub struct Traffic {
     shard_latest: Vec<i64>,
     /// Planted spikes and drops (`--spike`, `--drop`).
     injector: super::anomalies::Injector,
+    /// When each slot falls: evenly, or following the daily cycle.
+    slots: Slots,
 }
 
 /// What a fresh slot holds, before any detail is drawn.
@@ -439,6 +443,7 @@ impl Traffic {
             injector: cfg
                 .injector(schedule.start_ms)
                 .expect("checked by LoadgenConfig::check"),
+            slots: Slots::new(schedule.start_ms, cfg.rate, cfg.daily_cycle),
             cfg: cfg.clone(),
             schedule,
             catalog,
@@ -456,7 +461,7 @@ impl Traffic {
 
     /// Simulated time of slot `seq`.
     pub fn base_ms(&self, seq: u64) -> i64 {
-        self.schedule.start_ms + (seq as f64 * 1000.0 / self.cfg.rate) as i64
+        self.slots.time(seq)
     }
 
     fn fresh(&mut self, seq: u64, base_ms: i64) -> Emission {
@@ -561,15 +566,7 @@ impl Traffic {
 
     /// The first slot whose time is at or after `t`.
     fn slot_at(&self, t: i64) -> u64 {
-        let exact = (t - self.schedule.start_ms) as f64 * self.cfg.rate / 1000.0;
-        let mut slot = exact.ceil().max(0.0) as u64;
-        while self.base_ms(slot) < t {
-            slot += 1;
-        }
-        while slot > 0 && self.base_ms(slot - 1) >= t {
-            slot -= 1;
-        }
-        slot
+        self.slots.first_at(t)
     }
 
     /// Plants the clicks of a burst as pending emissions (fresh impressions, due in the slots
