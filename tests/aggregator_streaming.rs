@@ -1,7 +1,8 @@
 //! Streaming from Kafka: a partition that never receives data must not hold the watermark back
 //! forever (after the idle timeout it is released, and windows complete), nor may a clock in
 //! 2099, nor silence; two aggregators never share a checkpoint directory or output; a lost
-//! peer process ends the cluster with its own exit code.
+//! peer process ends the cluster with its own exit code; late clicks and dead letters sent
+//! again after a restore carry the keys a consumer deduplicates them by.
 
 use adclick_testkit as common;
 
@@ -389,4 +390,162 @@ fn a_dead_peer_process_ends_the_survivor_with_exit_code_4() {
     assert_eq!(status.code(), Some(4), "{status:?}: {stderr}");
     assert!(stderr.contains("lost a peer process"), "{stderr}");
     assert!(!stderr.contains("panicked"), "no panic report: {stderr}");
+}
+
+/// Records for the clicks topic: (partition, payload).
+type Raw = Vec<(i32, Vec<u8>)>;
+
+/// On-time clicks `from..to` over partitions 0 and 1, with a malformed record and (once the
+/// watermarks are far enough along) a click far too late on each partition every 20 clicks. Also the origins (`clicks/p@offset`)
+/// of the late and malformed records, given the records each partition already holds.
+fn late_and_bad(from: i64, to: i64, held: &mut [u64; 2]) -> (Raw, Vec<String>, Vec<String>) {
+    let (mut records, mut late, mut bad) = (Vec::new(), Vec::new(), Vec::new());
+    let mut push = |p: i32, payload: Vec<u8>, keys: Option<&mut Vec<String>>| {
+        if let Some(keys) = keys {
+            keys.push(format!("clicks/{p}@{}", held[p as usize]));
+        }
+        held[p as usize] += 1;
+        records.push((p, payload));
+    };
+    for i in from..to {
+        let p = (i % 2) as i32;
+        push(p, event(i).to_protobuf(), None);
+        if i % 20 >= 18 {
+            push(p, format!("not a click {i}").into_bytes(), Some(&mut bad));
+        }
+        // Far behind its partition's watermark (START + i/2 s - 5 s, past the lateness of
+        // 20 s from i = 60 on): late, whatever the timing.
+        if i % 20 >= 18 && i >= 60 {
+            let mut e = event(1_000_000 + i);
+            e.event_time_ms = START;
+            push(p, e.to_protobuf(), Some(&mut late));
+        }
+    }
+    (records, late, bad)
+}
+
+fn produce_raw(brokers: &str, records: &Raw) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    for (p, payload) in records {
+        producer
+            .send(
+                BaseRecord::<[u8], _>::to("clicks")
+                    .partition(*p)
+                    .payload(payload),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// Issue 16, item 5: late clicks and dead letters go to their topics as they are read, so a
+/// restore from a checkpoint sends those read after it again. Each is keyed by where it was
+/// read (`clicks/partition@offset`), so the repeats carry the key and the content of the
+/// first: keeping one record per key leaves exactly the late clicks and dead letters the
+/// output's tallies count, each once. (Keyed by impression, as before, two late clicks of one
+/// impression would merge, and a dead letter of a keyless record had no key at all.)
+#[test]
+fn late_clicks_and_dead_letters_sent_again_after_a_restore_carry_their_keys() {
+    let kafka = common::embedded_kafka(2);
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let checkpoints = dir.path().join("checkpoints");
+    let ckpt = checkpoints.display().to_string();
+    let env = [
+        ("ADCLICK_AGGREGATOR_CHECKPOINT_DIR", ckpt.as_str()),
+        ("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "10000"),
+        ("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", "20000"),
+        // Historical event times: the watermark must follow the data alone, never the clock.
+        ("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "600000"),
+    ];
+    let mut held = [0; 2];
+    let (records, late, bad) = late_and_bad(0, 300, &mut held);
+    let mut aggregator = streaming(&brokers, &out, &env);
+    let committed = || {
+        std::fs::read_dir(&checkpoints)
+            .map(|d| d.flatten().any(|e| e.path().join("MANIFEST.json").exists()))
+            .unwrap_or(false)
+    };
+    // Sent in chunks, so the sources keep moving until a checkpoint is taken (a checkpoint
+    // is asked for as the sources' frontier moves); the rest at once after it: read after the
+    // checkpoint, sent to the topics, then lost with the process.
+    let mut chunks = records.chunks(12);
+    for chunk in chunks.by_ref() {
+        produce_raw(&brokers, &chunk.to_vec());
+        std::thread::sleep(Duration::from_millis(500));
+        if committed() {
+            break;
+        }
+    }
+    wait_every(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        "a checkpoint",
+        committed,
+    );
+    produce_raw(&brokers, &chunks.flatten().cloned().collect());
+    let timeout = Duration::from_secs(30);
+    assert!(common::read_topic(&brokers, "clicks-late", late.len(), timeout).len() >= late.len());
+    assert!(common::read_topic(&brokers, "clicks-dlq", bad.len(), timeout).len() >= bad.len());
+    aggregator.kill();
+
+    let finished = Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"))
+        .args(["--config", &demo_config()])
+        .args(["--brokers", &brokers, "--workers", "2", "--until-end"])
+        .arg("--output")
+        .arg(&out)
+        .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789")
+        .envs(env)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&finished.stderr);
+    assert!(finished.status.success(), "{stderr}");
+    assert!(stderr.contains("restoring checkpoint"), "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let tallies = text
+        .lines()
+        .rev()
+        .find_map(|l| match serde_json::from_str::<Line>(l) {
+            Ok(Line::Tallies(t)) => Some(t),
+            _ => None,
+        })
+        .expect("a tallies line");
+    assert_eq!(tallies.late, late.len() as u64, "{tallies:?}");
+    assert_eq!(tallies.dead_lettered, bad.len() as u64, "{tallies:?}");
+    assert_eq!(tallies.received, held.iter().sum::<u64>(), "{tallies:?}");
+
+    // A consumer's view: one record per key, every repeat the same as the first.
+    let same = |topic: &str, expected: &[String], content: &dyn Fn(&[u8]) -> serde_json::Value| {
+        let records = common::read_topic(&brokers, topic, expected.len(), timeout);
+        let mut first: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for (key, value) in &records {
+            let key = String::from_utf8(key.clone()).unwrap();
+            let value = content(value);
+            let kept = first.entry(key.clone()).or_insert_with(|| value.clone());
+            assert_eq!(*kept, value, "{topic}: a repeat of {key} differs");
+        }
+        let keys: Vec<String> = first.into_keys().collect();
+        let mut expected = expected.to_vec();
+        expected.sort();
+        assert_eq!(keys, expected, "{topic}: one key per record read");
+        records.len() - keys.len()
+    };
+    let json = |v: &[u8]| serde_json::from_slice::<serde_json::Value>(v).unwrap();
+    let repeated_late = same("clicks-late", &late, &json);
+    let repeated_bad = same("clicks-dlq", &bad, &|v: &[u8]| {
+        let mut letter = json(v);
+        letter.as_object_mut().unwrap().remove("rejected_at_ms");
+        letter
+    });
+    // The restore did send again what was read after the checkpoint: the keys are needed.
+    assert!(
+        repeated_late > 0 && repeated_bad > 0,
+        "no repeats ({repeated_late} late, {repeated_bad} dead letters): the kill came after \
+         a checkpoint that covered the second batch"
+    );
 }

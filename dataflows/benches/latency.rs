@@ -58,6 +58,7 @@ impl PartitionReader for Paced {
                 event_time,
                 labels: traffic::labels(r),
                 traits: traffic::traits(r, event_time),
+                origin: Default::default(),
             }));
             self.emitted[p] += 1;
         }

@@ -76,6 +76,7 @@ fn clicks(n: usize) -> Vec<Vec<RawClick>> {
             event_time,
             labels: traffic::labels(r),
             traits: traffic::traits(r, event_time),
+            origin: Default::default(),
         });
     }
     parts

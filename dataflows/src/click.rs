@@ -86,6 +86,19 @@ pub struct RawClick {
     pub labels: Labels,
     #[serde(default)]
     pub traits: Traits,
+    /// Where it was read: a late click's identity in the late topic.
+    #[serde(default)]
+    pub origin: Origin,
+}
+
+/// Where a record was read: its Kafka partition and offset, which name it uniquely within
+/// its topic however often it is read again (zero for sources without offsets).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Origin {
+    pub partition: i32,
+    pub offset: u64,
 }
 
 /// What the invalid-traffic rules judge a click by, beyond its dimensions.

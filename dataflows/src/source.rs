@@ -417,6 +417,7 @@ mod tests {
                     event_time: 1_000_000 + i * 1_000,
                     labels: Labels::default(),
                     traits: Default::default(),
+                    origin: Default::default(),
                 })
             }));
             self.next = to;

@@ -114,6 +114,7 @@ fn traffic() -> Vec<Vec<Item>> {
             event_time: now - rng.below(3_000),
             labels: labels(&mut rng),
             traits: Traits::default(),
+            origin: Default::default(),
         };
         c.traits = traits(&mut rng, &mut c);
         match rng.below(100) {
@@ -159,6 +160,7 @@ fn traffic() -> Vec<Vec<Item>> {
             event_time: t,
             labels: Labels::default(),
             traits: Traits::default(),
+            origin: Default::default(),
         }));
     }
     parts

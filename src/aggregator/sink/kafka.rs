@@ -1,10 +1,16 @@
 //! Late clicks and dead letters to their Kafka topics (`clicks-late`, `clicks-dlq`), from
-//! every worker, keyed like the input. Delivery is asynchronous; a batch job flushes before it
-//! exits.
+//! every worker. Delivery is asynchronous; a batch job flushes before it exits.
+//!
+//! Each record is keyed by where it was read, `{topic}/{partition}@{offset}`: a record of the
+//! clicks topic is late or dead-lettered once per reading, and a restore reads again what came
+//! after its checkpoint, so these topics are at least once across a crash, but every repeat
+//! carries the same key and the same content (a dead letter's `rejected_at_ms` aside). A
+//! consumer keeps the first record per key (or the topic is compacted), and has each late
+//! click and dead letter exactly once.
 
 use std::time::Duration;
 
-use adclick_dataflows::click::RawClick;
+use adclick_dataflows::click::{Origin, RawClick};
 use adclick_dataflows::source::Rejected;
 use anyhow::bail;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -17,9 +23,16 @@ use crate::config::KafkaConfig;
 use crate::event::dead_letter::DeadLetter;
 use crate::kafka::send::Verdict;
 
-/// The late topic's record: what the aggregator knew of the click.
-pub fn late_json(c: &RawClick) -> String {
+/// The late and dead-letter topics' key of a record read at `partition`, `offset` of `topic`.
+pub fn origin_key(topic: &str, origin: Origin) -> String {
+    format!("{topic}/{}@{}", origin.partition, origin.offset)
+}
+
+/// The late topic's record: what the aggregator knew of the click, and where it was read
+/// (`origin`, also the record's key).
+pub fn late_json(c: &RawClick, origin: &str) -> String {
     serde_json::json!({
+        "origin": origin,
         "impression_id": c.impression_id,
         "click_id": c.click_id,
         "event_time": c.event_time,
@@ -98,8 +111,11 @@ fn to_kafka<D: Clone + 'static>(
 
 pub fn late_to_kafka(late: Stream<'_, u64, Vec<RawClick>>, kafka: &KafkaConfig, failure: &Failure) {
     let topic = kafka.late_topic.clone();
-    to_kafka(late, kafka, topic, "LateToKafka", failure, |c| {
-        (c.impression_id.clone().into_bytes(), late_json(&c))
+    let clicks = kafka.clicks_topic.clone();
+    to_kafka(late, kafka, topic, "LateToKafka", failure, move |c| {
+        let origin = origin_key(&clicks, c.origin);
+        let value = late_json(&c, &origin);
+        (origin.into_bytes(), value)
     });
 }
 
@@ -114,10 +130,13 @@ pub fn rejected_to_kafka(
         kafka.dlq_topic.clone(),
         "DeadLettersToKafka",
         failure,
+        // The origin, `topic/partition@offset`, is the key: the record's own key (an
+        // impression id, or anything a foreign producer wrote) would not tell repeats from
+        // distinct records.
         |r| {
             let rejected_by = format!("aggregator ({})", r.origin);
             let letter = DeadLetter::new(r.code, r.reason, &rejected_by, &r.payload);
-            (r.key, letter.to_json())
+            (r.origin.into_bytes(), letter.to_json())
         },
     );
 }

@@ -1,6 +1,6 @@
 //! From input bytes to what the dataflow counts: a [`Click`] or a [`Rejected`] record.
 
-use adclick_dataflows::click::{Labels, RawClick, Traits};
+use adclick_dataflows::click::{Labels, Origin, RawClick, Traits};
 use adclick_dataflows::invalid::Reasons;
 use adclick_dataflows::source::{Record, Rejected};
 
@@ -66,6 +66,7 @@ pub fn to_click(e: ClickEvent) -> RawClick {
             impression_time: u64::try_from(e.impression_time_ms).unwrap_or(0),
             reasons,
         },
+        origin: Origin::default(),
     }
 }
 

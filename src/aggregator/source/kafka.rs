@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use adclick_dataflows::click::Origin;
 use adclick_dataflows::source::{Gap, PartitionReader, Polled, Record};
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
@@ -262,12 +263,18 @@ impl KafkaReader {
             out.push(self.gap(i, offset));
         }
         let topic = &self.topic;
-        let record = kafka_record(
+        let mut record = kafka_record(
             m.key().unwrap_or_default(),
             m.payload().unwrap_or_default(),
             bound,
             || format!("{topic}/{p}@{offset}"),
         );
+        if let Record::Click(click) = &mut record {
+            click.origin = Origin {
+                partition: p,
+                offset: offset as u64,
+            };
+        }
         if let (Some(a), Record::Click(click)) = (&self.archive, &record) {
             a.borrow_mut().push(Archived {
                 partition: p,

@@ -19,7 +19,7 @@ pub mod table;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use adclick_dataflows::click::{RawClick, Traits};
+use adclick_dataflows::click::{Origin, RawClick, Traits};
 use adclick_dataflows::invalid::{Reason, Reasons};
 use adclick_dataflows::time::HOUR_MS;
 
@@ -354,6 +354,10 @@ fn archived(r: &BTreeMap<String, Value>) -> anyhow::Result<Archived> {
                 },
                 reasons: parse_reason_names(&optional_text("invalid_reasons")?),
             },
+            origin: Origin {
+                partition: long(r, "partition")? as i32,
+                offset: long(r, "offset")? as u64,
+            },
         },
     })
 }
@@ -378,6 +382,7 @@ mod tests {
                 device: "mobile".into(),
             },
             traits,
+            origin: Default::default(),
         }
     }
 
