@@ -182,6 +182,32 @@ fn unique_users_equal_the_truths_distinct_users() {
         "invalid traffic adds users to traffic=all"
     );
 
+    // The dashboard's reach card: today's campaigns, each with the truth's users of today.
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reach-dashboard.png");
+    let shown = common::process::dashboard(&format!("http://{addr}/"), ADMIN, &screenshot);
+    let today = adclick::timefmt::now_millis() / DAY as i64 * DAY as i64;
+    let card = shown["reach"]["rows"]
+        .as_array()
+        .expect("the reach card's rows");
+    let want: Vec<_> = truth
+        .reach
+        .campaign_day
+        .iter()
+        .filter(|r| r.start_ms == today)
+        .collect();
+    assert_eq!(card.len(), want.len(), "{card:?}");
+    for r in want {
+        let row = card
+            .iter()
+            .find(|row| row["campaignId"] == r.id.as_str())
+            .unwrap_or_else(|| panic!("{} not on the card: {card:?}", r.id));
+        assert_users(
+            &format!("card {}", r.id),
+            row["uniqueUsers"].as_u64(),
+            r.users,
+        );
+    }
+
     // The clicks report with metrics=clicks,unique_users: each campaign's day, both measures.
     let r0 = &truth.reach.campaign_day[0];
     let (from0, to0) = (

@@ -9,6 +9,7 @@
 //    "top": [[adId, count], ...], "health": {...},
 //    "quality": {"params": {from, to, groupBy, ...}, "rows": [{id, clicks, invalid,
 //                invalidClicks, invalidShare}, ...], "total": n, "shown": n},
+//    "reach": {"params": {from, to, groupBy}, "rows": [{campaignId, uniqueUsers, exact}, ...]},
 //    "errors": [...]}
 //
 // Usage:
@@ -101,6 +102,7 @@ async function readDashboard(page) {
       health: d.health ?? null,
       quality: d.quality ?? null,
       alerts: d.alerts ?? null,
+      reach: d.reach ?? null,
     };
   });
 }
@@ -113,7 +115,7 @@ async function pageSays(page) {
         const node = document.querySelector(sel);
         return node && !node.hidden ? node.textContent.trim() : "";
       };
-      return ["#banner", "#status", "#chart-error", "#top-error", "#health-error", "#quality-error", "#alerts-error"]
+      return ["#banner", "#status", "#chart-error", "#top-error", "#health-error", "#quality-error", "#alerts-error", "#reach-error"]
         .map((sel) => [sel, text(sel)])
         .filter(([, t]) => t)
         .map(([sel, t]) => `${sel}: ${t}`)

@@ -68,7 +68,7 @@ const state = {
 };
 
 // What the page shows, for tests and the curious.
-window.__dashboard = { chart: [], plotted: null, top: [], health: null, quality: null, alerts: null, report: null };
+window.__dashboard = { chart: [], plotted: null, top: [], health: null, quality: null, alerts: null, reach: null, report: null };
 
 // ---------------------------------------------------------------- helpers
 
@@ -573,6 +573,51 @@ function clearQuality() {
   window.__dashboard.quality = null;
 }
 
+// ----------------------------------------------------------- reach panel
+
+const HOUR_MS = 60 * MINUTE_MS;
+const DAY_MS = 24 * HOUR_MS;
+const REACH_ROWS = 50;
+
+/** Today's (UTC) distinct users per campaign, billable, up to the watermark's next hour:
+ * reach is kept by the hour, from minutes once they are final. */
+async function refreshReach(gen, health) {
+  const watermark = health && health.watermark ? Date.parse(health.watermark) : Date.now();
+  const from = Math.floor(watermark / DAY_MS) * DAY_MS;
+  const to = Math.max(from + HOUR_MS, Math.ceil(watermark / HOUR_MS) * HOUR_MS);
+  const params = { from: iso(from), to: iso(to), groupBy: "campaign_id" };
+  const result = await apiGet("/api/v1/reports/reach", params);
+  if (gen !== state.generation) return { ...result, stale: true };
+  if (result.ok && !Array.isArray(result.data.rows)) {
+    result.ok = false;
+    result.message = "unexpected answer (no rows)";
+  }
+  if (!result.ok) {
+    showPanelError("#reach-error", result.message);
+    return result;
+  }
+  showPanelError("#reach-error", "");
+  const rows = [...result.data.rows].sort((a, b) => (b.uniqueUsers || 0) - (a.uniqueUsers || 0));
+  const shown = rows.slice(0, REACH_ROWS);
+  const tbody = $("#reach-table tbody");
+  tbody.replaceChildren(
+    ...shown.map((r) => row([el("td", r.campaignId ?? "–"), numCell(r.uniqueUsers), el("td", r.exact ? "yes" : "±0.6 %")])),
+  );
+  if (!shown.length) {
+    tbody.append(row([Object.assign(el("td", "no users yet today", "empty"), { colSpan: 3 })]));
+  }
+  const parts = [`${fmtTimeCell(iso(from))} – ${fmtTimeCell(iso(to))} UTC`, "billable clicks' users, final minutes"];
+  if (rows.length > shown.length) parts.push(`the ${fmtInt(shown.length)} largest of ${fmtInt(rows.length)}`);
+  $("#reach-sub").textContent = parts.join(" · ");
+  window.__dashboard.reach = { params, rows: shown.map((r) => ({ campaignId: r.campaignId, uniqueUsers: r.uniqueUsers, exact: r.exact })) };
+  return result;
+}
+
+function clearReach() {
+  $("#reach-table tbody").replaceChildren();
+  window.__dashboard.reach = null;
+}
+
 // ---------------------------------------------------------- alerts panel
 
 const ALERT_HOURS = 24;
@@ -840,12 +885,13 @@ function clearFilters() {
 async function refreshHealthAndChart(gen) {
   const health = await refreshHealth(gen);
   const data = health.ok ? health.data : null;
-  const [chart, quality, alerts] = await Promise.all([
+  const [chart, quality, alerts, reach] = await Promise.all([
     refreshChart(gen, data),
     refreshQuality(gen, data),
     refreshAlerts(gen, data),
+    refreshReach(gen, data),
   ]);
-  return [health, chart, quality, alerts];
+  return [health, chart, quality, alerts, reach];
 }
 
 async function refreshAll() {
@@ -854,8 +900,8 @@ async function refreshAll() {
     return;
   }
   const gen = state.generation;
-  const [[health, chart, quality, alerts], top] = await Promise.all([refreshHealthAndChart(gen), refreshTop(gen)]);
-  const results = [health, chart, quality, alerts, top];
+  const [[health, chart, quality, alerts, reach], top] = await Promise.all([refreshHealthAndChart(gen), refreshTop(gen)]);
+  const results = [health, chart, quality, alerts, reach, top];
   if (results.some((r) => r.stale)) return;
 
   if (results.some((r) => r.status === 401)) {
@@ -939,6 +985,7 @@ function clearPanels() {
   clearChart();
   clearTop();
   clearQuality();
+  clearReach();
   clearAlerts();
   clearReport();
   window.__dashboard.health = null;
@@ -947,7 +994,7 @@ function clearPanels() {
     $(id).textContent = "–";
   }
   $("#h-invalid-reasons").textContent = "";
-  for (const id of ["#chart-error", "#top-error", "#health-error", "#quality-error", "#alerts-error"]) {
+  for (const id of ["#chart-error", "#top-error", "#health-error", "#quality-error", "#alerts-error", "#reach-error"]) {
     showPanelError(id, "");
   }
 }
