@@ -396,15 +396,28 @@ mod tests {
             reasons: Reasons::of([Reason::KnownBot, Reason::Datacenter]),
         };
         let records = vec![
+            // A click read from Kafka carries its partition and offset as its origin.
             Archived {
                 partition: 0,
                 offset: 7,
-                click: click(1, flagged),
+                click: RawClick {
+                    origin: Origin {
+                        partition: 0,
+                        offset: 7,
+                    },
+                    ..click(1, flagged)
+                },
             },
             Archived {
                 partition: 0,
                 offset: 8,
-                click: click(2, Traits::default()),
+                click: RawClick {
+                    origin: Origin {
+                        partition: 0,
+                        offset: 8,
+                    },
+                    ..click(2, Traits::default())
+                },
             },
         ];
         archive(tmp.path(), 10, 0, records.clone()).unwrap();
