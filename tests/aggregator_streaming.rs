@@ -549,3 +549,128 @@ fn late_clicks_and_dead_letters_sent_again_after_a_restore_carry_their_keys() {
          a checkpoint that covered the second batch"
     );
 }
+
+/// Issue 16, item 4: a torn checkpoint part is found by its checksum, and the restore uses the
+/// previous complete checkpoint: the newest checkpoint's first part, cut in half after a kill,
+/// is set aside, the job finishes `--until-end` from the one before, and every final minute
+/// equals the input's count (once, in the output and in the Parquet windows), the tallies
+/// adding up. (Without the trailer the torn part would fail to decode and stop the restore;
+/// with the fallback but without withdrawing its published epoch, Parquet would hold those
+/// windows twice.)
+#[test]
+fn a_torn_newest_checkpoint_is_skipped_and_the_final_windows_stay_exact() {
+    let kafka = common::embedded_kafka(2);
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let checkpoints = dir.path().join("checkpoints");
+    let parquet = dir.path().join("parquet");
+    let (ckpt, pq) = (
+        checkpoints.display().to_string(),
+        parquet.display().to_string(),
+    );
+    let env = [
+        ("ADCLICK_AGGREGATOR_CHECKPOINT_DIR", ckpt.as_str()),
+        ("ADCLICK_AGGREGATOR_PARQUET_DIR", pq.as_str()),
+        ("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "1500"),
+        ("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", "20000"),
+        ("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "600000"),
+    ];
+    let mut held = [0; 2];
+    let (records, late, bad) = late_and_bad(0, 400, &mut held);
+    let mut aggregator = streaming(&brokers, &out, &env);
+    let manifests = || {
+        let mut done: Vec<std::path::PathBuf> = std::fs::read_dir(&checkpoints)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("MANIFEST.json").exists())
+            .collect();
+        done.sort();
+        done
+    };
+    let mut chunks = records.chunks(12);
+    for chunk in chunks.by_ref() {
+        produce_raw(&brokers, &chunk.to_vec());
+        std::thread::sleep(Duration::from_millis(300));
+        if manifests().len() >= 2 {
+            break;
+        }
+    }
+    let every = Duration::from_millis(50);
+    wait_every(Duration::from_secs(60), every, "two checkpoints", || {
+        manifests().len() >= 2
+    });
+    produce_raw(&brokers, &chunks.flatten().cloned().collect());
+    std::thread::sleep(Duration::from_millis(500));
+    aggregator.kill();
+    let newest = manifests().pop().unwrap();
+    let part = newest.join("worker-0.bin");
+    let bytes = std::fs::read(&part).unwrap();
+    std::fs::write(&part, &bytes[..bytes.len() / 2]).unwrap();
+
+    let finished = Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"))
+        .args(["--config", &demo_config()])
+        .args(["--brokers", &brokers, "--workers", "2", "--until-end"])
+        .arg("--output")
+        .arg(&out)
+        .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789")
+        .env("NO_COLOR", "1")
+        .envs(env)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&finished.stderr);
+    assert!(finished.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("falling back to the previous one"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("torn"), "{stderr}");
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    assert!(
+        checkpoints.join(format!("corrupt-{name}")).is_dir(),
+        "set aside"
+    );
+
+    let mut expected: BTreeMap<(u64, String), i64> = BTreeMap::new();
+    for i in 0..400 {
+        let e = event(i);
+        let minute = (e.event_time_ms - e.event_time_ms % 60_000) as u64;
+        *expected.entry((minute, e.ad_id)).or_default() += 1;
+    }
+    let finals = |lines: Vec<Line>| {
+        let mut got: BTreeMap<(u64, String), i64> = BTreeMap::new();
+        for l in lines {
+            if let Some(w) = l.window()
+                && w.granularity == "minute"
+                && w.status == "final"
+            {
+                let key = (w.start, w.dims[0].to_string());
+                assert!(got.insert(key.clone(), w.clicks).is_none(), "{key:?} twice");
+            }
+        }
+        got
+    };
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<Line> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tallies = lines
+        .iter()
+        .rev()
+        .find_map(|l| match l {
+            Line::Tallies(t) => Some(*t),
+            _ => None,
+        })
+        .expect("a tallies line");
+    assert_eq!(finals(lines), expected, "the output's final minutes");
+    let windows = adclick::aggregator::sink::parquet::read_windows(&parquet).unwrap();
+    assert_eq!(finals(windows), expected, "the Parquet windows");
+    assert_eq!(tallies.counted, 400, "{tallies:?}");
+    assert_eq!(tallies.late, late.len() as u64, "{tallies:?}");
+    assert_eq!(tallies.dead_lettered, bad.len() as u64, "{tallies:?}");
+    assert_eq!(tallies.received, held.iter().sum::<u64>(), "{tallies:?}");
+}

@@ -24,7 +24,7 @@ use adclick_dataflows::source::{Cuts, SourceSnapshot};
 use timely::dataflow::InputHandleVec;
 
 pub use part::{Restored, WorkerPart, WriterState};
-pub use store::{Manifest, PART_FORMAT, StateSettings, Store};
+pub use store::{Corrupt, Manifest, PART_FORMAT, StateSettings, Store};
 
 use part::Winners;
 
@@ -47,29 +47,62 @@ pub struct CheckpointConfig {
     pub settings: Option<StateSettings>,
 }
 
-/// Loads the newest complete checkpoint, after clearing what a crash left half written.
-/// `clear` on exactly one process of the cluster.
+/// Loads the newest complete checkpoint that reads whole, after clearing what a crash left
+/// half written. `clear` on exactly one process of the cluster, which also sets aside the
+/// newer checkpoints that could not be read ([`Corrupt`]: a torn or damaged part, a manifest
+/// that does not parse). If checkpoints exist but none reads whole, the restore fails rather
+/// than start from the topic's beginning, which would count everything again.
 pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Restored>> {
     let store = Store::new(&cfg.dir)?;
     if clear {
         store.remove_incomplete()?;
     }
-    let Some(manifest) = store.latest()? else {
-        return Ok(None);
-    };
-    if let (Some(took), Some(now)) = (&manifest.settings, &cfg.settings) {
-        took.check_restorable(now, manifest.frontier, &cfg.dir)?;
+    let mut skipped = Vec::new();
+    for f in store.complete_newest_first()? {
+        let started = Instant::now();
+        let loaded = store.manifest(f).and_then(|manifest| {
+            if let (Some(took), Some(now)) = (&manifest.settings, &cfg.settings) {
+                took.check_restorable(now, manifest.frontier, &cfg.dir)?;
+            }
+            let parts = store.read_parts(&manifest)?;
+            Ok((manifest, parts))
+        });
+        let (manifest, parts) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) if e.downcast_ref::<Corrupt>().is_some() => {
+                tracing::error!(
+                    frontier = f,
+                    "checkpoint unreadable, falling back to the previous one: {e:#}"
+                );
+                skipped.push(f);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if clear {
+            for f in &skipped {
+                store.set_aside(*f)?;
+            }
+        }
+        tracing::info!(
+            frontier = manifest.frontier,
+            workers = manifest.workers,
+            bytes = manifest.bytes,
+            read_ms = started.elapsed().as_millis() as u64,
+            skipped = skipped.len(),
+            "restoring checkpoint"
+        );
+        return Ok(Some(Restored::new(manifest.frontier, manifest.run, parts)));
     }
-    let started = Instant::now();
-    let parts = store.read_parts(&manifest)?;
-    tracing::info!(
-        frontier = manifest.frontier,
-        workers = manifest.workers,
-        bytes = manifest.bytes,
-        read_ms = started.elapsed().as_millis() as u64,
-        "restoring checkpoint"
+    anyhow::ensure!(
+        skipped.is_empty(),
+        "none of the {} checkpoints in {} reads whole (see the errors above): starting from the \
+         topic's beginning would count everything again; restore the directory from a backup, \
+         or move it away to start over",
+        skipped.len(),
+        cfg.dir.display()
     );
-    Ok(Some(Restored::new(manifest.frontier, manifest.run, parts)))
+    Ok(None)
 }
 
 /// One worker's side of checkpointing.
@@ -304,6 +337,7 @@ impl Checkpointer {
                 epoch: publish.epoch,
                 format: PART_FORMAT,
                 settings,
+                checksummed: true,
             };
             store.commit(&manifest, keep)?;
             if let Some(sinks) = &publish.sinks {

@@ -3,13 +3,20 @@
 //! a crash at any moment leaves either a whole checkpoint or none.
 //!
 //! ```text
-//! DIR/ckpt-00000001763833260000/worker-0.bin   (postcard: a WorkerPart)
+//! DIR/ckpt-00000001763833260000/worker-0.bin   (postcard: a WorkerPart, then a trailer)
 //!                              /worker-1.bin
 //!                              /MANIFEST.json  (renamed into place once every part is)
+//! DIR/corrupt-ckpt-…/                          (set aside by a restore that could not read it)
 //! ```
 //!
 //! Every process of a cluster writes into the same directory (shared storage when the
 //! processes run on several hosts).
+//!
+//! A part ends with a 20-byte trailer: the CRC-32 of the encoded part, its length (both little
+//! endian) and the magic `ADCKSUM1`. The rename makes a part whole or absent on a working file
+//! system; the trailer catches what the rename cannot: a part torn by a disk or file system
+//! that lost the end of a write, or damaged since. A manifest that says `checksummed` is read
+//! only with its parts' trailers intact; older manifests' parts have none.
 
 use std::fs::File;
 use std::io::Write;
@@ -42,6 +49,63 @@ pub struct Manifest {
     /// The settings its state is cut by (absent in manifests from before they were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<StateSettings>,
+    /// Whether every part ends with its checksum trailer (absent, false, in older manifests).
+    #[serde(default)]
+    pub checksummed: bool,
+}
+
+/// A checkpoint that cannot be read as written: a manifest that does not parse, a part
+/// missing, torn or damaged (its checksum). A restore skips it for the previous one; any
+/// other error (settings, format, I/O) stops the restore.
+#[derive(Debug)]
+pub struct Corrupt(pub String);
+
+impl std::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+/// The end of every checksummed part: CRC-32 (4 bytes), length (8 bytes), this magic.
+const TRAILER_MAGIC: &[u8; 8] = b"ADCKSUM1";
+const TRAILER: usize = 4 + 8 + 8;
+
+/// `payload` followed by its trailer.
+fn with_trailer(mut payload: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&payload);
+    let len = payload.len() as u64;
+    payload.extend_from_slice(&crc.to_le_bytes());
+    payload.extend_from_slice(&len.to_le_bytes());
+    payload.extend_from_slice(TRAILER_MAGIC);
+    payload
+}
+
+/// The payload of a checksummed part, or why it is not whole.
+fn checked(bytes: &[u8]) -> Result<&[u8], String> {
+    let Some(body) = bytes.len().checked_sub(TRAILER) else {
+        return Err(format!(
+            "{} bytes, shorter than its trailer: torn",
+            bytes.len()
+        ));
+    };
+    let (payload, trailer) = bytes.split_at(body);
+    if &trailer[12..] != TRAILER_MAGIC {
+        return Err("no checksum trailer at its end: torn or damaged".into());
+    }
+    let crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+    let len = u64::from_le_bytes(trailer[4..12].try_into().expect("8 bytes"));
+    if len != payload.len() as u64 {
+        return Err(format!(
+            "{} bytes where its trailer says {len}: torn",
+            payload.len()
+        ));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch: damaged".into());
+    }
+    Ok(payload)
 }
 
 /// The settings a checkpoint's state is cut by, so that a run under other ones cannot
@@ -129,7 +193,7 @@ impl Store {
         let dir = self.checkpoint_dir(frontier);
         std::fs::create_dir_all(&dir)?;
         let path = self.part_path(frontier, part.worker);
-        let bytes = postcard::to_stdvec(part).context("encoding a checkpoint part")?;
+        let bytes = with_trailer(postcard::to_stdvec(part).context("encoding a checkpoint part")?);
         write_atomically(&path, &bytes)?;
         Ok(bytes.len() as u64)
     }
@@ -236,11 +300,38 @@ impl Store {
         let Some((f, _)) = self.list()?.into_iter().rev().find(|(_, done)| *done) else {
             return Ok(None);
         };
+        self.manifest(f).map(Some)
+    }
+
+    /// Frontiers of the complete checkpoints, newest first.
+    pub fn complete_newest_first(&self) -> anyhow::Result<Vec<u64>> {
+        let all = self.list()?;
+        Ok(all
+            .into_iter()
+            .rev()
+            .filter(|(_, c)| *c)
+            .map(|(f, _)| f)
+            .collect())
+    }
+
+    /// The manifest of the complete checkpoint at `f`; [`Corrupt`] if it does not parse.
+    pub fn manifest(&self, f: u64) -> anyhow::Result<Manifest> {
         let path = self.checkpoint_dir(f).join(MANIFEST);
         let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(Some(
-            serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?,
-        ))
+        serde_json::from_slice(&text)
+            .map_err(|e| Corrupt(format!("{}: {e}", path.display())).into())
+    }
+
+    /// Moves the checkpoint at `f`, which could not be read, out of the way (`corrupt-ckpt-…`,
+    /// kept for a look): never restored, pruned or written into again.
+    pub fn set_aside(&self, f: u64) -> anyhow::Result<()> {
+        let from = self.checkpoint_dir(f);
+        let to = self.dir.join(format!("corrupt-ckpt-{f:020}"));
+        match std::fs::rename(&from, &to) {
+            // Another process of the cluster set it aside first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.with_context(|| format!("moving {} aside", from.display())),
+        }
     }
 
     /// All parts of a complete checkpoint.
@@ -260,11 +351,22 @@ impl Store {
             let readers: Vec<_> = (0..manifest.workers)
                 .map(|w| {
                     let path = self.part_path(manifest.frontier, w);
+                    let checksummed = manifest.checksummed;
                     scope.spawn(move || -> anyhow::Result<WorkerPart> {
-                        let bytes = std::fs::read(&path)
-                            .with_context(|| format!("reading {}", path.display()))?;
-                        postcard::from_bytes(&bytes)
-                            .with_context(|| format!("decoding {}", path.display()))
+                        let corrupt = |why: String| Corrupt(format!("{}: {why}", path.display()));
+                        let bytes = match std::fs::read(&path) {
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                return Err(corrupt("missing".into()).into());
+                            }
+                            r => r.with_context(|| format!("reading {}", path.display()))?,
+                        };
+                        let payload = if checksummed {
+                            checked(&bytes).map_err(corrupt)?
+                        } else {
+                            &bytes
+                        };
+                        Ok(postcard::from_bytes(payload)
+                            .map_err(|e| corrupt(format!("decoding: {e}")))?)
                     })
                 })
                 .collect();
@@ -305,6 +407,7 @@ mod tests {
             epoch: 0,
             format: PART_FORMAT,
             settings: None,
+            checksummed: true,
         }
     }
 
@@ -336,6 +439,71 @@ mod tests {
         );
         store.remove_incomplete().unwrap();
         assert_eq!(store.list().unwrap(), vec![(2_000, true), (3_000, true)]);
+    }
+
+    #[test]
+    fn torn_or_damaged_parts_and_unparsable_manifests_are_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path()).unwrap();
+        for f in [1_000, 2_000] {
+            store.write_part(f, &part(f)).unwrap();
+            store.commit(&manifest(f), 2).unwrap();
+        }
+        assert_eq!(store.complete_newest_first().unwrap(), vec![2_000, 1_000]);
+        let path = store.part_path(2_000, 0);
+        let whole = std::fs::read(&path).unwrap();
+        let is_corrupt = |store: &Store| {
+            let m = store.manifest(2_000)?;
+            store.read_parts(&m).map(|_| ())
+        };
+        is_corrupt(&store).unwrap();
+        // Torn: the end of the write lost, at every length.
+        for len in [0, 1, whole.len() / 2, whole.len() - 1] {
+            std::fs::write(&path, &whole[..len]).unwrap();
+            let e = is_corrupt(&store).unwrap_err();
+            assert!(e.downcast_ref::<Corrupt>().is_some(), "{len}: {e:#}");
+        }
+        // Damaged: one bit anywhere.
+        for at in [0, whole.len() / 2, whole.len() - 1] {
+            let mut bad = whole.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            let e = is_corrupt(&store).unwrap_err();
+            assert!(e.downcast_ref::<Corrupt>().is_some(), "bit at {at}: {e:#}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        let e = is_corrupt(&store).unwrap_err();
+        assert!(format!("{e:#}").contains("missing"), "{e:#}");
+        std::fs::write(&path, &whole).unwrap();
+        is_corrupt(&store).unwrap();
+        // A manifest that does not parse.
+        let m = store.checkpoint_dir(2_000).join(MANIFEST);
+        std::fs::write(&m, b"{\"frontier\": 2").unwrap();
+        assert!(
+            store
+                .manifest(2_000)
+                .unwrap_err()
+                .downcast_ref::<Corrupt>()
+                .is_some()
+        );
+        // Set aside, it is no longer a checkpoint; the previous one is the newest.
+        store.set_aside(2_000).unwrap();
+        store.set_aside(2_000).unwrap();
+        assert_eq!(store.complete_newest_first().unwrap(), vec![1_000]);
+        assert!(
+            tmp.path()
+                .join("corrupt-ckpt-00000000000000002000")
+                .is_dir()
+        );
+        // A part from before checksums (its manifest says so) is read without a trailer.
+        let old = store.part_path(1_000, 0);
+        let bytes = std::fs::read(&old).unwrap();
+        std::fs::write(&old, &bytes[..bytes.len() - TRAILER]).unwrap();
+        let legacy = Manifest {
+            checksummed: false,
+            ..manifest(1_000)
+        };
+        assert_eq!(store.read_parts(&legacy).unwrap(), vec![part(1_000)]);
     }
 
     #[test]

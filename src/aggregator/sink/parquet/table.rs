@@ -157,15 +157,42 @@ pub fn commit(root: &Path, f: u64) -> anyhow::Result<()> {
 }
 
 /// At start, after restoring checkpoint `g` (or none): publishes the pending files up to `g`
-/// and deletes the later ones.
+/// and deletes the later ones, and withdraws published files of epochs after `g`, which the
+/// restored run writes again. Those exist only when the restore fell back past a checkpoint
+/// it could not read (its epochs were published) or a finished `--until-end` job runs again
+/// (its last epoch, `u64::MAX`): left, they would hold those windows and clicks twice.
 pub fn recover(root: &Path, g: Option<u64>) -> anyhow::Result<()> {
+    let mut files = Vec::new();
     if let Some(g) = g {
         commit(root, g)?;
+        published_files(root, &mut files)?;
+        files.retain(|p| published_epoch(p).is_some_and(|e| e > g));
     }
-    let mut files = Vec::new();
     pending_files(root, &mut files)?;
     for path in files {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The epoch frontier in a published file's name.
+fn published_epoch(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_suffix(".parquet")?;
+    name.strip_prefix("part-")?.get(..20)?.parse().ok()
+}
+
+fn published_files(root: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            published_files(&path, out)?;
+        } else if published_epoch(&path).is_some() {
+            out.push(path);
+        }
     }
     Ok(())
 }
@@ -216,6 +243,13 @@ mod tests {
                 ("clicks".to_string(), Value::Long(20)),
                 ("window_start".to_string(), Value::Long(1_200_000)),
             ]]
+        );
+        // A restore that fell back to checkpoint 10 (20's parts unreadable): the epoch after
+        // it is withdrawn, for the restored run to write again.
+        recover(root, Some(10)).unwrap();
+        assert_eq!(
+            published(root),
+            vec!["part-00000000000000000010-w0.parquet"]
         );
     }
 }
