@@ -712,6 +712,117 @@ mod tests {
         }
     }
 
+    /// Reach is asked by the group kind the named dimensions (grouped or filtered) select,
+    /// over whole hours; what it is not kept by is a 400 naming the parameter, and publisher
+    /// and country reach are for admins.
+    #[test]
+    fn reach_queries_name_a_kept_group_or_the_parameter() {
+        use adclick_dataflows::reach::GroupBy as By;
+        let (admin, adv) = (Access::Admin, Access::Advertiser("adv_1".into()));
+        let day = [("from", "2026-04-20"), ("to", "2026-04-21")];
+        let with = |extra: &[(&str, &str)]| {
+            let mut all = day.to_vec();
+            all.extend_from_slice(extra);
+            p(&all)
+        };
+        let Ok(QueryKind::Reach {
+            by,
+            key,
+            time,
+            billable,
+            filter,
+            ..
+        }) = reach(
+            &with(&[("campaign_id", "cmp_1"), ("groupBy", "day,country")]),
+            &adv,
+            300_000,
+        )
+        else {
+            panic!("a campaign by country")
+        };
+        assert_eq!(
+            (by, key, time),
+            (
+                By::CampaignCountry,
+                Some(Sym::of("cmp_1")),
+                Some(Granularity::Day)
+            )
+        );
+        assert!(billable);
+        assert_eq!(filter.advertiser_id, Some(Sym::of("adv_1")));
+        let Ok(QueryKind::Reach {
+            by, key, filter, ..
+        }) = reach(
+            &with(&[
+                ("campaign_id", "cmp_1"),
+                ("groupBy", "ad_id"),
+                ("traffic", "all"),
+            ]),
+            &admin,
+            0,
+        )
+        else {
+            panic!("ads of a campaign")
+        };
+        assert_eq!(
+            (by, key, filter.campaign_id),
+            (By::Ad, None, Some(Sym::of("cmp_1")))
+        );
+        for (params, access, named) in [
+            (with(&[]), &admin, "`groupBy`"),
+            (with(&[("groupBy", "ad_id,country")]), &admin, "`groupBy`"),
+            (with(&[("groupBy", "device")]), &admin, "`groupBy`"),
+            (with(&[("groupBy", "publisher_id")]), &adv, "`groupBy`"),
+            (
+                with(&[("groupBy", "hour,day"), ("ad_id", "a")]),
+                &admin,
+                "`groupBy`",
+            ),
+            (
+                with(&[("ad_id", "a"), ("traffic", "invalid")]),
+                &admin,
+                "`traffic`",
+            ),
+            (
+                with(&[("ad_id", "a"), ("device", "mobile")]),
+                &admin,
+                "`device`",
+            ),
+            (
+                p(&[
+                    ("from", "2026-04-20T10:30:00Z"),
+                    ("to", "2026-04-21"),
+                    ("ad_id", "a"),
+                ]),
+                &admin,
+                "`from`",
+            ),
+        ] {
+            let e = reach(&params, access, 0).unwrap_err().to_string();
+            assert!(e.contains(named), "{params:?}: {e}");
+        }
+        // A report's unique_users: the same rules, named as the metric's.
+        let e = report_reach(&with(&[("groupBy", "device")]), &admin, 0).unwrap_err();
+        assert!(e.to_string().contains("metrics"), "{e}");
+        assert!(report_reach(&with(&[("groupBy", "day,campaign_id")]), &admin, 0).is_ok());
+        for bad in ["", "clicks,users"] {
+            let e = report_metrics(&p(&[("metrics", bad)])).unwrap_err();
+            assert!(e.to_string().contains("`metrics`"), "{e}");
+        }
+        // aggregated_count's unique_users only for whole hours without other filters.
+        assert!(ad_reach("a", &with(&[]), &admin, 0).is_some());
+        assert!(ad_reach("a", &with(&[("country", "US")]), &admin, 0).is_none());
+        assert!(
+            ad_reach(
+                "a",
+                &p(&[("from", "2026-04-20T00:01:00Z"), ("to", "2026-04-21")]),
+                &admin,
+                0
+            )
+            .is_none()
+        );
+    }
+
     #[test]
     fn errors_name_the_parameter() {
         let a = Access::Admin;
