@@ -253,6 +253,7 @@ pub fn routes(
                 }),
                 combine: Box::new(|mut v, r| {
                     v["unique_users"] = json!(r.as_ref().and_then(render::unique_users));
+                    v["unique_users_complete"] = json!(r.as_ref().and_then(render::reach_complete));
                     v
                 }),
             };

@@ -184,6 +184,17 @@ pub fn unique_users(resolved: &Resolved) -> Option<u64> {
     Some(all.estimate())
 }
 
+/// Whether a reach answer covers every minute of its range: the watermark has passed the
+/// range's end plus the lateness, so every minute of it is final and in the sketches.
+pub fn reach_complete(resolved: &Resolved) -> Option<bool> {
+    match &resolved.query.kind {
+        QueryKind::Reach {
+            to, lateness_ms, ..
+        } => Some(to + lateness_ms <= resolved.query.read_at + 1),
+        _ => None,
+    }
+}
+
 /// A report with each row's `uniqueUsers` from `reach` (the rendered reach answer of the same
 /// range and groups), joined on `names`; a row without users has 0.
 pub fn join_unique_users(mut report: Value, reach: Option<Value>, names: &[&str]) -> Value {
