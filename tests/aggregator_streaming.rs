@@ -17,7 +17,7 @@ use adclick_testkit::{demo_config, wait_every};
 use adclick::aggregator::output::Line;
 use adclick::event::{ClickEvent, Device, device_to_proto};
 use common::http::blocking_get;
-use common::process::Spawned;
+use common::process::{Spawned, run_ok};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -155,6 +155,23 @@ fn streaming(brokers: &str, out: &Path, env: &[(&str, &str)]) -> Spawned {
             .envs(env.iter().copied())
             .stderr(Stdio::null()),
     )
+}
+
+/// `--until-end` on 2 workers from where the streaming runs with `env` left off, its output
+/// in `out`; asserts it succeeded and returns its log (standard error, without colours).
+fn until_end(brokers: &str, out: &Path, env: &[(&str, &str)]) -> String {
+    let finished = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"))
+            .args(["--config", &demo_config()])
+            .args(["--brokers", brokers, "--workers", "2", "--until-end"])
+            .arg("--output")
+            .arg(out)
+            .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null()),
+    );
+    String::from_utf8_lossy(&finished.stderr).into_owned()
 }
 
 /// The demo configuration's admin key for the query API.
@@ -493,18 +510,7 @@ fn late_clicks_and_dead_letters_sent_again_after_a_restore_carry_their_keys() {
     assert!(common::read_topic(&brokers, "clicks-dlq", bad.len(), timeout).len() >= bad.len());
     aggregator.kill();
 
-    let finished = Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"))
-        .args(["--config", &demo_config()])
-        .args(["--brokers", &brokers, "--workers", "2", "--until-end"])
-        .arg("--output")
-        .arg(&out)
-        .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789")
-        .envs(env)
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&finished.stderr);
-    assert!(finished.status.success(), "{stderr}");
+    let stderr = until_end(&brokers, &out, &env);
     assert!(stderr.contains("restoring checkpoint"), "{stderr}");
     let text = std::fs::read_to_string(&out).unwrap();
     let tallies = text
@@ -610,19 +616,7 @@ fn a_torn_newest_checkpoint_is_skipped_and_the_final_windows_stay_exact() {
     let bytes = std::fs::read(&part).unwrap();
     std::fs::write(&part, &bytes[..bytes.len() / 2]).unwrap();
 
-    let finished = Command::new(env!("CARGO_BIN_EXE_adclick-aggregator"))
-        .args(["--config", &demo_config()])
-        .args(["--brokers", &brokers, "--workers", "2", "--until-end"])
-        .arg("--output")
-        .arg(&out)
-        .env("ADCLICK_PRIVACY_SALT", "test-salt-0123456789")
-        .env("NO_COLOR", "1")
-        .envs(env)
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&finished.stderr);
-    assert!(finished.status.success(), "{stderr}");
+    let stderr = until_end(&brokers, &out, &env);
     assert!(
         stderr.contains("falling back to the previous one"),
         "{stderr}"
