@@ -377,6 +377,18 @@ fn http_output_through_the_redirect_matches_what_reached_kafka() {
 /// did, counts clicks Kafka never got; the asserts on the record count and rows fail then.)
 #[test]
 fn clicks_a_redirect_refused_are_sent_again_and_the_truth_holds_only_what_it_took() {
+    // The eight senders need three connections at once for the redirect to refuse one: at
+    // 2,000 clicks/s they nearly always do (at 400/s, once in CI, they did not). Every run must
+    // be exact, and up to three runs may pass before one shows a refusal.
+    let refused = (0..3).map(|_| refused_clicks_run()).find(|n| *n > 0);
+    assert!(
+        refused.is_some(),
+        "the redirect refused nothing in three runs"
+    );
+}
+
+/// One run of the test above: the requests the redirect refused.
+fn refused_clicks_run() -> u64 {
     let kafka = common::embedded_kafka(4);
     let brokers = kafka.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
@@ -388,7 +400,7 @@ fn clicks_a_redirect_refused_are_sent_again_and_the_truth_holds_only_what_it_too
         output: OutputKind::Http,
         target: server.base(),
         truth: dir.path().join("truth.json"),
-        rate: 400.0,
+        rate: 2_000.0,
         count: Some(1_200),
         concurrency: 8,
         ads: 20,
@@ -400,10 +412,6 @@ fn clicks_a_redirect_refused_are_sent_again_and_the_truth_holds_only_what_it_too
     };
     let summary = loadgen::run(&cfg, &config, &AtomicBool::new(false)).unwrap();
     assert_eq!(summary.errors, 0, "{summary}");
-    assert!(
-        summary.retried > 0,
-        "the redirect refused nothing: {summary}"
-    );
     let truth = GroundTruth::read(&cfg.truth).unwrap();
     let t = &truth.tallies;
     assert_eq!(t.emitted, 1_200, "every emission taken once: {summary}");
@@ -419,6 +427,7 @@ fn clicks_a_redirect_refused_are_sent_again_and_the_truth_holds_only_what_it_too
         assert_rows_equal(&truth.windows, &rows);
     }
     runtime.block_on(server.stop());
+    summary.retried
 }
 
 /// A redirect process listening on `port` (0: any), with its outbox spool in `spool`.

@@ -653,6 +653,15 @@ fn answered_unasked(err: &hyper_util::client::legacy::Error) -> bool {
         .is_some_and(|e| e.to_string().contains("unexpected message"))
 }
 
+/// Whether hyper gave the request up before writing it: a pooled connection that closed
+/// before it was ready ("connection was not ready"). A canceled request never reached the
+/// wire, so the redirect never saw it.
+fn never_sent(err: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|e| e.downcast_ref::<hyper::Error>())
+        .is_some_and(hyper::Error::is_canceled)
+}
+
 /// Whether an answer says the redirect took nothing: `503` (connection limit, or neither
 /// Kafka nor the spool could take the click) and `429`.
 fn refused(status: StatusCode) -> bool {
@@ -722,9 +731,10 @@ async fn deliver(
     let client = s.client.read().expect("not poisoned").clone();
     let resp = match client.request(planned.request).await {
         Ok(resp) => resp,
-        // No connection, so no request; or an answer before the request (the redirect's
-        // 503 to a connection over its limit): the redirect never read it.
-        Err(err) if err.is_connect() || answered_unasked(&err) => {
+        // No connection, so no request; an answer before the request (the redirect's 503
+        // to a connection over its limit); or a request canceled before it was written: the
+        // redirect never read it.
+        Err(err) if err.is_connect() || answered_unasked(&err) || never_sent(&err) => {
             return Ok(Delivered::Refused(format!("not taken: {err}")));
         }
         Err(err) => return Err(err).context("request failed"),
