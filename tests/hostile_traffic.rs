@@ -204,22 +204,20 @@ fn hostile_kafka_records_equal_the_truth() {
 #[test]
 fn hostile_http_traffic_through_the_redirect_equals_the_truth() {
     let started = Instant::now();
-    let kafka = common::embedded_kafka(4);
-    let brokers = kafka.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = common::test_config(&brokers, &dir.path().join("spool"));
-    config.redirect.header_read_timeout_ms = 1_500;
-    // Each simulated client under its own address, as behind a real edge. From one loopback
-    // address every hot ad's clicks would be one IP flood, and which of them are beyond the
-    // 5th would depend on the order the redirect stamped concurrent requests in, which the
-    // truth cannot know.
-    config.redirect.client_ip_header = "x-forwarded-for".into();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(common::RunningRedirect::start(config.clone()));
+    let redirect = common::LocalRedirect::start(4, |config| {
+        config.redirect.header_read_timeout_ms = 1_500;
+        // Each simulated client under its own address, as behind a real edge. From one
+        // loopback address every hot ad's clicks would be one IP flood, and which of them are
+        // beyond the 5th would depend on the order the redirect stamped concurrent requests
+        // in, which the truth cannot know.
+        config.redirect.client_ip_header = "x-forwarded-for".into();
+    });
+    let brokers = redirect.brokers();
+    let dir = &redirect.dir;
 
     let cfg = LoadgenConfig {
         output: OutputKind::Http,
-        target: server.base(),
+        target: redirect.server.base(),
         truth: dir.path().join("truth.json"),
         // 13 s: late and ancient events wait for 10 s of traffic (LATE_WARMUP_MS).
         rate: 700.0,
@@ -237,8 +235,8 @@ fn hostile_http_traffic_through_the_redirect_equals_the_truth() {
         hostile: 0.05,
         ..LoadgenConfig::default()
     };
-    // The loadgen runs its own runtime on this thread; the redirect serves on `runtime`'s.
-    let summary = loadgen::run(&cfg, &config, &AtomicBool::new(false)).unwrap();
+    // The loadgen runs its own runtime on this thread; the redirect serves on its own.
+    let summary = loadgen::run(&cfg, &redirect.config, &AtomicBool::new(false)).unwrap();
     eprintln!("{summary}");
     assert_eq!(
         summary.errors, 0,
@@ -297,6 +295,6 @@ fn hostile_http_traffic_through_the_redirect_equals_the_truth() {
         let (_, tallies) = read_output(&out);
         assert_eq!(tallies, expected_tallies(&truth), "http tallies");
     }
-    runtime.block_on(server.stop());
+    redirect.stop();
     eprintln!("http: {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -21,6 +21,7 @@ use adclick::config::Config;
 use adclick::event::ClickEvent;
 use adclick::loadgen::truth::{GroundTruth, Row, Tallies, TruthReport};
 use adclick::loadgen::{self, LoadgenConfig, OutputKind};
+use common::LocalRedirect;
 use common::http::blocking_get;
 use common::process::{Signal, Spawned};
 use common::{demo_config, wait_every};
@@ -305,17 +306,12 @@ fn the_binary_is_reproducible_per_seed() {
 /// what reached the clicks topic and the dead-letter topic.
 #[test]
 fn http_output_through_the_redirect_matches_what_reached_kafka() {
-    let kafka = common::embedded_kafka(4);
-    let brokers = kafka.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::test_config(&brokers, &dir.path().join("spool"));
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(common::RunningRedirect::start(config.clone()));
-
+    let redirect = LocalRedirect::start(4, |_| {});
+    let brokers = redirect.brokers();
     let cfg = LoadgenConfig {
         output: OutputKind::Http,
-        target: server.base(),
-        truth: dir.path().join("truth.json"),
+        target: redirect.server.base(),
+        truth: redirect.dir.path().join("truth.json"),
         rate: 500.0,
         count: Some(2_000),
         concurrency: 8,
@@ -328,8 +324,8 @@ fn http_output_through_the_redirect_matches_what_reached_kafka() {
         forged_share: 0.03,
         ..LoadgenConfig::default()
     };
-    // The loadgen runs its own runtime on this thread; the redirect serves on `runtime`'s.
-    let summary = loadgen::run(&cfg, &config, &AtomicBool::new(false)).unwrap();
+    // The loadgen runs its own runtime on this thread; the redirect serves on its own.
+    let summary = loadgen::run(&cfg, &redirect.config, &AtomicBool::new(false)).unwrap();
     assert_eq!(summary.errors, 0, "{summary}");
     let truth = GroundTruth::read(&cfg.truth).unwrap();
     let t = &truth.tallies;
@@ -337,23 +333,7 @@ fn http_output_through_the_redirect_matches_what_reached_kafka() {
         t.forged > 10 && t.malformed > 10 && t.duplicates > 100,
         "{t:?}"
     );
-
-    let expected = (t.emitted - t.rejected) as usize;
-    let records = common::read_topic(&brokers, "clicks", expected, Duration::from_secs(30));
-    assert_eq!(
-        records.len(),
-        expected,
-        "every click and accepted partner event, once"
-    );
-    let mut count = Independent::default();
-    count.partition(records.iter().map(|(_, v)| v.as_slice()));
-    assert_eq!(count.tallies.rejected, 0);
-    let rows = count.rows();
-    assert_eq!(count.tallies.counted, t.deduplicated());
-    assert_eq!(count.tallies.duplicates, t.duplicates);
-    if t.ambiguous == 0 {
-        assert_rows_equal(&truth.windows, &rows);
-    }
+    clicks_topic_equals_the_truth(&brokers, &truth);
     let dead = common::read_topic(
         &brokers,
         "clicks-dlq",
@@ -365,8 +345,27 @@ fn http_output_through_the_redirect_matches_what_reached_kafka() {
         t.malformed,
         "malformed partner lines are dead-lettered"
     );
+    redirect.stop();
+}
 
-    runtime.block_on(server.stop());
+/// What reached the clicks topic, counted independently, is every click and accepted partner
+/// event of `truth` once (waiting 15 s for one more, which must not come): the same
+/// deduplicated clicks, duplicates and, unless the truth is ambiguous, rows.
+fn clicks_topic_equals_the_truth(brokers: &str, truth: &TruthReport) {
+    let t = &truth.tallies;
+    let expected = (t.emitted - t.rejected) as usize;
+    let records = common::read_topic(brokers, "clicks", expected + 1, Duration::from_secs(15));
+    assert_eq!(records.len(), expected, "every click the truth holds, once");
+    let mut count = Independent::default();
+    count.partition(records.iter().map(|(_, v)| v.as_slice()));
+    assert_eq!(count.tallies.rejected, 0);
+    // Counting the rows settles the tallies.
+    let rows = count.rows();
+    assert_eq!(count.tallies.counted, t.deduplicated());
+    assert_eq!(count.tallies.duplicates, t.duplicates);
+    if t.ambiguous == 0 {
+        assert_rows_equal(&truth.windows, &rows);
+    }
 }
 
 /// A redirect that refuses some requests: with a connection limit of 2 and 8 concurrent
@@ -389,17 +388,11 @@ fn clicks_a_redirect_refused_are_sent_again_and_the_truth_holds_only_what_it_too
 
 /// One run of the test above: the requests the redirect refused.
 fn refused_clicks_run() -> u64 {
-    let kafka = common::embedded_kafka(4);
-    let brokers = kafka.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = common::test_config(&brokers, &dir.path().join("spool"));
-    config.redirect.max_connections = 2;
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(common::RunningRedirect::start(config.clone()));
+    let redirect = LocalRedirect::start(4, |c| c.redirect.max_connections = 2);
     let cfg = LoadgenConfig {
         output: OutputKind::Http,
-        target: server.base(),
-        truth: dir.path().join("truth.json"),
+        target: redirect.server.base(),
+        truth: redirect.dir.path().join("truth.json"),
         rate: 2_000.0,
         count: Some(1_200),
         concurrency: 8,
@@ -410,23 +403,15 @@ fn refused_clicks_run() -> u64 {
         malformed_share: 0.03,
         ..LoadgenConfig::default()
     };
-    let summary = loadgen::run(&cfg, &config, &AtomicBool::new(false)).unwrap();
+    let summary = loadgen::run(&cfg, &redirect.config, &AtomicBool::new(false)).unwrap();
     assert_eq!(summary.errors, 0, "{summary}");
     let truth = GroundTruth::read(&cfg.truth).unwrap();
-    let t = &truth.tallies;
-    assert_eq!(t.emitted, 1_200, "every emission taken once: {summary}");
-    let expected = (t.emitted - t.rejected) as usize;
-    let records = common::read_topic(&brokers, "clicks", expected + 1, Duration::from_secs(10));
-    assert_eq!(records.len(), expected, "every click the truth holds, once");
-    let mut count = Independent::default();
-    count.partition(records.iter().map(|(_, v)| v.as_slice()));
-    let rows = count.rows();
-    assert_eq!(count.tallies.counted, t.deduplicated());
-    assert_eq!(count.tallies.duplicates, t.duplicates);
-    if t.ambiguous == 0 {
-        assert_rows_equal(&truth.windows, &rows);
-    }
-    runtime.block_on(server.stop());
+    assert_eq!(
+        truth.tallies.emitted, 1_200,
+        "every emission taken once: {summary}"
+    );
+    clicks_topic_equals_the_truth(&redirect.brokers(), &truth);
+    redirect.stop();
     summary.retried
 }
 

@@ -147,6 +147,44 @@ impl RunningRedirect {
     }
 }
 
+/// The in-process redirect most HTTP tests send to: serving on a runtime of its own over an
+/// embedded broker, its spool in a scratch directory. Stop it with [`LocalRedirect::stop`].
+pub struct LocalRedirect {
+    pub kafka: adclick::kafka::embedded::EmbeddedKafka,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    pub runtime: tokio::runtime::Runtime,
+    pub server: RunningRedirect,
+}
+
+impl LocalRedirect {
+    /// On a broker of `partitions` per topic, with [`test_config`] changed by `adjust`.
+    pub fn start(partitions: i32, adjust: impl FnOnce(&mut Config)) -> Self {
+        let kafka = embedded_kafka(partitions);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&kafka.bootstrap_servers(), &dir.path().join("spool"));
+        adjust(&mut config);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let server = runtime.block_on(RunningRedirect::start(config.clone()));
+        Self {
+            kafka,
+            dir,
+            config,
+            runtime,
+            server,
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        self.kafka.bootstrap_servers()
+    }
+
+    /// Graceful shutdown, as on SIGTERM.
+    pub fn stop(self) {
+        self.runtime.block_on(self.server.stop());
+    }
+}
+
 /// A record's key and value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
