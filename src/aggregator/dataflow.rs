@@ -255,8 +255,8 @@ impl Builder<'_> {
             reports(a.minute, MINUTE_MS).map(Out::Report),
             reports(a.hour, HOUR_MS).map(Out::Report),
             reports(a.day, DAY_MS).map(Out::Report),
-            a.late.map(Out::Late),
-            a.rejected.map(Out::Rejected),
+            a.late.map(|c| Out::Late(Box::new(c))),
+            a.rejected.map(|r| Out::Rejected(Box::new(r))),
             a.names.map(Out::Name),
         ]);
         if self.index != 0 {

@@ -19,10 +19,14 @@ use crate::timefmt::format_millis;
 
 /// What travels to the writer.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Every line waits here, one `Out` each, until the frontier passes its time (at the end of a
+/// batch input, every row's final report at once), so the rare large variants are boxed to
+/// keep each `Out` the size of a window report.
 pub enum Out {
     Report(WindowReport),
-    Late(RawClick),
-    Rejected(Rejected),
+    Late(Box<RawClick>),
+    Rejected(Box<Rejected>),
     /// A dimension text, needed before any report that uses it is written.
     Name(Name),
     /// Records a source read in one batch.
@@ -344,6 +348,7 @@ impl Writer {
                 }
             }
             Out::Late(c) => {
+                let c = *c;
                 self.tallies.late += 1;
                 Line::Late {
                     impression_id: c.impression_id,
@@ -353,6 +358,7 @@ impl Writer {
                 }
             }
             Out::Rejected(r) => {
+                let r = *r;
                 self.tallies.dead_lettered += 1;
                 Line::DeadLetter {
                     code: r.code,
@@ -390,13 +396,25 @@ mod tests {
     use super::*;
 
     fn letter() -> Out {
-        Out::Rejected(Rejected {
+        Out::Rejected(Box::new(Rejected {
             code: "test".into(),
             reason: "a test record".into(),
             origin: "test:1".into(),
             key: Vec::new(),
             payload: b"{}".to_vec(),
-        })
+        }))
+    }
+
+    /// Every line waits as an `Out` until its time is written: no variant may make every
+    /// window report pay for a late click's texts.
+    #[test]
+    fn an_out_is_the_size_of_a_window_report() {
+        assert!(
+            std::mem::size_of::<Out>() <= std::mem::size_of::<WindowReport>() + 8,
+            "Out is {} bytes, a window report {}",
+            std::mem::size_of::<Out>(),
+            std::mem::size_of::<WindowReport>()
+        );
     }
 
     #[test]
