@@ -5,7 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use foldhash::{HashMap, HashSet};
+use std::collections::BTreeSet;
+use std::collections::hash_map::Entry;
+
+use foldhash::HashMap;
 
 use differential_dataflow::{Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -15,7 +18,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use crate::click::{Measures, Row};
+use crate::click::{Dims, Measures, Row};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Status {
@@ -32,18 +35,50 @@ pub struct WindowReport {
     pub status: Status,
 }
 
-/// Rows by the state of their window, so each activation touches only what changes.
+/// Rows by window, each held once until its window is final: a row's report state follows
+/// from its window's (rows of a window that has not ended are unreported, the others were
+/// reported), so only rows changed since their last report keep a second copy.
 #[derive(Default)]
 struct Rows {
-    measures: HashMap<Row, Measures>,
-    /// Rows not yet reported, by window end.
-    unreported: BTreeMap<u64, HashSet<Row>>,
-    /// Reported rows, by the time they become final.
-    reported: BTreeMap<u64, HashSet<Row>>,
-    /// Reported rows changed since their last report.
-    changed: HashSet<Row>,
-    /// Rows already reported, with the measures they were last reported with.
-    last: HashMap<Row, Measures>,
+    /// By window start, which orders windows by end and by final time alike.
+    windows: BTreeMap<u64, HashMap<Dims, Measures>>,
+    /// Windows that have not been reported complete, by start.
+    unreported: BTreeSet<u64>,
+    /// Rows of reported windows changed since their last report, with the measures that
+    /// report gave (`None`: a row first seen after its window was reported).
+    changed: HashMap<Row, Option<Measures>>,
+}
+
+impl Rows {
+    /// Adds an update to its row. A row of a reported window starts a change, remembering
+    /// what its last report said.
+    fn update(&mut self, (start, dims): Row, delta: Measures) {
+        let unreported = &mut self.unreported;
+        let window = self.windows.entry(start).or_insert_with(|| {
+            unreported.insert(start);
+            HashMap::default()
+        });
+        let reported = !unreported.contains(&start);
+        let m = match window.entry(dims) {
+            Entry::Occupied(o) => {
+                if reported {
+                    self.changed.entry((start, dims)).or_insert(Some(*o.get()));
+                }
+                o.into_mut()
+            }
+            Entry::Vacant(v) => {
+                if reported {
+                    self.changed.insert((start, dims), None);
+                }
+                v.insert(Measures::default())
+            }
+        };
+        *m += delta;
+    }
+
+    fn measures(&self, (start, dims): &Row) -> Measures {
+        self.windows[start][dims]
+    }
 }
 
 /// Reports for rows of `window_ms` windows.
@@ -107,7 +142,7 @@ pub fn resumed_reports<'s>(
                     // each unreported window's end − 1.
                     loop {
                         let update = pending.first_key_value().map(|(t, _)| *t);
-                        let ended = rows.unreported.first_key_value().map(|(e, _)| e - 1);
+                        let ended = rows.unreported.first().map(|s| s + window_ms - 1);
                         let Some(t) = update.into_iter().chain(ended).min().filter(|t| *t < limit)
                         else {
                             break;
@@ -115,89 +150,85 @@ pub fn resumed_reports<'s>(
                         if update == Some(t) {
                             let updates = pending.remove(&t).expect("a pending time");
                             for (row, delta) in updates {
-                                let end = row.0 + window_ms;
                                 // No click reaches a window at or after end + lateness (the
                                 // sources judge it late first): those are retention
                                 // retractions. Rows restored from a checkpoint at F arrive at
                                 // F − 1: those final at F − 1 or before were reported final
                                 // before the checkpoint, and those final at F or later still
                                 // owe their final report.
-                                if t >= end + lateness_ms {
+                                if t >= row.0 + window_ms + lateness_ms {
                                     continue;
                                 }
-                                *rows.measures.entry(row).or_default() += delta;
-                                if rows.last.contains_key(&row) {
-                                    rows.changed.insert(row);
-                                } else {
-                                    rows.unreported.entry(end).or_default().insert(row);
-                                }
+                                rows.update(row, delta);
                             }
                         }
                         let at = t.max(*c.time());
-                        // Corrections of rows reported before.
+                        // A row final in this very step (a batch job's last step) gets the
+                        // final report alone, below; rows restored at F − 1 were reported
+                        // before the checkpoint.
+                        let owed =
+                            |row: &Row| row.0 + window_ms + lateness_ms > limit && !restored(t);
+                        // Rows of reported windows changed since their last report: a
+                        // correction, or `complete` for a row first seen after its window
+                        // ended.
                         let changed = if rows.changed.is_empty() {
                             Vec::new()
                         } else {
                             rows.changed.drain().collect()
                         };
-                        for row in changed {
-                            let m = rows.measures[&row];
-                            if rows.last.get(&row) != Some(&m) {
-                                out.entry(at).or_default().push(report(
-                                    &row,
-                                    m,
-                                    Status::Correction,
-                                ));
-                                rows.last.insert(row, m);
+                        for (row, last) in changed {
+                            let m = rows.measures(&row);
+                            let status = match last {
+                                None => Status::Complete,
+                                Some(l) if l != m => Status::Correction,
+                                Some(_) => continue,
+                            };
+                            if status == Status::Correction || owed(&row) {
+                                out.entry(at).or_default().push(report(&row, m, status));
                             }
                         }
                         // Windows ending by t + 1: complete, with the updates up to t.
-                        while let Some(entry) = rows.unreported.first_entry() {
-                            if *entry.key() > t + 1 {
+                        while let Some(start) = rows.unreported.first().copied() {
+                            if start + window_ms > t + 1 {
                                 break;
                             }
-                            let (end, bucket) = entry.remove_entry();
-                            for row in bucket {
-                                let m = rows.measures[&row];
-                                if end + lateness_ms <= limit {
-                                    // Final in this very step (a batch job's last step): the
-                                    // final report alone, below.
-                                } else if !restored(t) {
+                            rows.unreported.remove(&start);
+                            for (dims, m) in &rows.windows[&start] {
+                                let row = (start, *dims);
+                                if owed(&row) {
                                     out.entry(at).or_default().push(report(
                                         &row,
-                                        m,
+                                        *m,
                                         Status::Complete,
                                     ));
                                 }
-                                rows.last.insert(row, m);
-                                rows.reported
-                                    .entry(end + lateness_ms)
-                                    .or_default()
-                                    .insert(row);
                             }
                         }
                     }
                     // Windows the frontier passed the end plus lateness of: final, at exactly
                     // that time (never earlier than the capability), so a checkpoint at
                     // frontier F holds exactly the finals before F, and after a restore from
-                    // it the others are reported, once.
-                    while let Some(entry) = rows.reported.first_entry() {
-                        if *entry.key() > limit {
+                    // it the others are reported, once. Every such window was reported
+                    // complete in the steps above (its end is below the frontier).
+                    while let Some(entry) = rows.windows.first_entry() {
+                        let at = *entry.key() + window_ms + lateness_ms;
+                        if at > limit {
                             break;
                         }
-                        let (at, bucket) = entry.remove_entry();
+                        let (start, window) = entry.remove_entry();
+                        rows.unreported.remove(&start);
                         let at = at.max(*c.time());
-                        for row in bucket {
-                            let m = rows.measures.remove(&row).unwrap_or_default();
-                            rows.last.remove(&row);
+                        for (dims, m) in window {
                             // A row whose updates cancel out is not reported final: its last
                             // report (a correction to zero) says it all, and no checkpoint can
                             // hold it (differential consolidates it away), so a resumed run
                             // could not report it either.
                             if m != Measures::default() {
-                                out.entry(at)
-                                    .or_default()
-                                    .push(report(&row, m, Status::Final));
+                                out.entry(at).or_default().push(report(
+                                    &(start, dims),
+                                    m,
+                                    Status::Final,
+                                ));
                             }
                         }
                     }
@@ -283,8 +314,17 @@ mod tests {
     /// the rows as they stood before `from` when `from > 0`; the input advances `chunk` times
     /// before each round of steps.
     fn run(from: u64, chunk: u64) -> Vec<(u64, WindowReport)> {
+        run_updates(&updates(), from, chunk)
+    }
+
+    /// [`run`] of the given updates.
+    fn run_updates(
+        all: &[(Row, u64, Measures)],
+        from: u64,
+        chunk: u64,
+    ) -> Vec<(u64, WindowReport)> {
         let (send, recv) = std::sync::mpsc::channel();
-        let all = updates();
+        let all = all.to_vec();
         timely::execute_directly(move |worker| {
             let probe = Handle::new();
             let restored_at = (from > 0).then_some(from);
@@ -353,6 +393,96 @@ mod tests {
         assert_eq!(at(Status::Complete, 20, "late"), vec![(37, 1)]);
         assert_eq!(at(Status::Correction, 30, "gone"), vec![(44, 0)]);
         assert_eq!(at(Status::Final, 30, "gone"), vec![], "nothing to finalize");
+    }
+
+    /// The reports of each row, from the definition alone: `complete` at its window's end − 1
+    /// (or at its first update, if later) with the updates up to then, a `correction` at each
+    /// later update time whose updates change it, `final` at end + lateness unless zero.
+    fn oracle(all: &[(Row, u64, Measures)]) -> Vec<(u64, WindowReport)> {
+        let mut by_row: BTreeMap<Row, BTreeMap<u64, Measures>> = BTreeMap::new();
+        for (r, t, m) in all {
+            if *t < r.0 + WINDOW + LATENESS {
+                *by_row.entry(*r).or_default().entry(*t).or_default() += *m;
+            }
+        }
+        let mut out = Vec::new();
+        for (r, updates) in by_row {
+            let end = r.0 + WINDOW;
+            let upto = |x: u64| {
+                let mut m = Measures::default();
+                for (_, d) in updates.range(..=x) {
+                    m += *d;
+                }
+                m
+            };
+            let report = |measures, status| WindowReport {
+                window_ms: WINDOW,
+                row: r,
+                measures,
+                status,
+            };
+            let first = *updates.keys().next().expect("a row has updates");
+            let complete = first.max(end - 1);
+            let mut last = upto(complete);
+            out.push((complete, report(last, Status::Complete)));
+            for t in updates.keys().filter(|t| **t > complete) {
+                let m = upto(*t);
+                if m != last {
+                    out.push((*t, report(m, Status::Correction)));
+                    last = m;
+                }
+            }
+            if last != Measures::default() {
+                out.push((end + LATENESS, report(last, Status::Final)));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Random updates (clicks added and taken away, rows first seen late, updates after the
+    /// final time) give the definition's reports, however the input is batched.
+    #[test]
+    fn reports_follow_their_definition_on_random_updates() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        for round in 0..20 {
+            let mut all = Vec::new();
+            for _ in 0..200 {
+                let t = next(100);
+                let start = (t / WINDOW).saturating_sub(next(4)) * WINDOW;
+                let ad = ["a", "b", "c", "d"][next(4) as usize];
+                let delta = next(5) as i64 - 1;
+                all.push((row(start, ad), t, clicks(delta)));
+            }
+            let expected = oracle(&all);
+            for chunk in [1, 7, 30] {
+                let got = run_updates(&all, 0, chunk);
+                // A step whose frontier jumps past a row's final time reports it final
+                // alone (no checkpoint can fall in between): only then may a `complete` be
+                // missing.
+                let missing: Vec<_> = expected
+                    .iter()
+                    .filter(|e| !got.contains(e))
+                    .filter(|(t, r)| {
+                        // The frontier of the step that sees time t.
+                        let step = (t / chunk + 1) * chunk;
+                        let step = if step >= END { u64::MAX } else { step };
+                        r.status != Status::Complete || r.row.0 + WINDOW + LATENESS > step
+                    })
+                    .collect();
+                let extra: Vec<_> = got.iter().filter(|g| !expected.contains(g)).collect();
+                assert!(
+                    missing.is_empty() && extra.is_empty(),
+                    "round {round}, chunk {chunk}: missing {missing:?}, extra {extra:?}"
+                );
+            }
+        }
     }
 
     /// A resumed run reports exactly what the uninterrupted run reports from the checkpoint
