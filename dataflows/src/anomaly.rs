@@ -19,9 +19,10 @@
 //!
 //! Spike and drop need `warmup_minutes` of history for the key (a cold start learns the level
 //! first); the weekly buckets join once a whole hour of a past week is known. An alert fires
-//! when an episode starts, not again every minute it lasts. Anomalous minutes update the
-//! baseline clamped to the thresholds, so a long spike does not become the new normal within
-//! minutes.
+//! when an episode starts, not again every minute it lasts. A spike's minutes teach the
+//! recent level what was expected, not themselves, so a spike neither becomes the new normal
+//! nor leaves a false drop behind when it ends; one that lasts longer than `ewma_minutes` is
+//! a change of level, and its minutes teach again, clamped to the thresholds, as drops' do.
 
 use std::collections::BTreeMap;
 
@@ -272,6 +273,8 @@ pub struct Baseline {
     hour_sum: f32,
     /// Kinds in an episode (a bit per [`Kind`]).
     active: u8,
+    /// Minutes the current spike has lasted (0: none).
+    spiking: u16,
     /// The last minute with a click: keys silent for long are forgotten.
     last_click: u64,
 }
@@ -287,6 +290,7 @@ impl Baseline {
             hour_minutes: 0,
             hour_sum: 0.0,
             active: 0,
+            spiking: 0,
             last_click: minute,
         }
     }
@@ -375,26 +379,44 @@ impl Baseline {
             }
         }
         self.active = now;
-        self.learn(minute, observed, (low, high), warm, cfg);
+        // A spike's minute teaches the level what was expected, not itself: the episode stays
+        // one, and when it ends the level is where it was (learned even clamped to the
+        // threshold, ten minutes of a spike raised the level about threefold, and the
+        // ordinary minutes after it were a drop). A spike lasting longer than the trailing
+        // average's span is a change of level, and its minutes teach again (clamped). Drops
+        // teach as before: a drop leaves no false spike behind (the ratios are asymmetric).
+        // A function of the minutes alone, as before.
+        self.spiking = if now & Kind::Spike.bit() != 0 {
+            self.spiking.saturating_add(1)
+        } else {
+            0
+        };
+        let expected =
+            (self.spiking > 0 && f64::from(self.spiking) <= cfg.ewma_minutes).then_some(high);
+        self.learn(minute, observed, (low, high), warm, expected, cfg);
     }
 
-    /// Folds the minute into the level and its hour's bucket. Once warm, the level learns the
+    /// Folds the minute into the level and its hour's bucket. The level learns `expected`
+    /// instead of a spike's minute (see [`Baseline::observe`]); otherwise, once warm, the
     /// minute clamped to the thresholds (an anomaly moves it only as far as a borderline
-    /// minute would, so a long spike or drop stays one until it has lasted a while); the
-    /// weekly buckets learn drops as they are (a quiet hour that recurs is the norm for that
-    /// hour next week) and spikes clamped.
+    /// minute would, so a long drop, or a spike longer than the trailing average's span,
+    /// stays one until it has lasted a while). The weekly buckets learn drops as they are (a
+    /// quiet hour that recurs is the norm for that hour next week) and spikes clamped (a
+    /// surge that recurs at that hour becomes its norm).
     fn learn(
         &mut self,
         minute: u64,
         observed: f64,
         (low, high): (f64, f64),
         warm: bool,
+        expected: Option<f64>,
         cfg: &AlertConfig,
     ) {
         let ceiling = (high * cfg.spike_ratio).max(cfg.spike_min_clicks as f64);
         let (for_level, for_season) = if warm {
             let floor = (low * cfg.drop_ratio).min(ceiling);
-            (observed.clamp(floor, ceiling), observed.min(ceiling))
+            let level = expected.unwrap_or(observed.clamp(floor, ceiling));
+            (level, observed.min(ceiling))
         } else {
             (observed, observed)
         };
@@ -850,6 +872,49 @@ mod tests {
                 .all(|a| a.scope == Scope::Campaign(Sym(3)) && a.minute == start),
             "{others:#?}"
         );
+    }
+
+    /// A capped spike on a large key (10 minutes at 100x, 200 clicks a minute before and
+    /// after) raises its spike and nothing else: the spike's minutes teach the recent level
+    /// only what was expected, so when the spike ends the old level is not a drop. (Learning the
+    /// spike's minutes clamped to 5x raised the level to about 3x, and the first ordinary
+    /// minute after it was a critical drop.)
+    #[test]
+    fn the_end_of_a_spike_is_not_a_drop() {
+        let scope = Scope::Campaign(Sym(1));
+        let start = T0 + 3 * HOUR_MS;
+        let spike = start..start + 10 * MINUTE_MS;
+        let alerts = run(
+            &[(scope, 200.0)],
+            6 * 60,
+            &AlertConfig::default(),
+            |_, minute, _| {
+                if spike.contains(&minute) {
+                    20_000.0
+                } else {
+                    200.0
+                }
+            },
+        );
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        assert_eq!((alerts[0].kind, alerts[0].minute), (Kind::Spike, start));
+        // A spike lasting longer than the trailing average's span is a new level in the end:
+        // its minutes teach the level again (clamped), and it raises no second spike.
+        let long = start..start + 3 * HOUR_MS;
+        let alerts = run(
+            &[(scope, 200.0)],
+            8 * 60,
+            &AlertConfig::default(),
+            |_, minute, _| {
+                if long.contains(&minute) {
+                    2_000.0
+                } else {
+                    200.0
+                }
+            },
+        );
+        let spikes = alerts.iter().filter(|a| a.kind == Kind::Spike).count();
+        assert_eq!(spikes, 1, "{alerts:#?}");
     }
 
     #[test]
