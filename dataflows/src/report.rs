@@ -117,12 +117,32 @@ pub fn resumed_reports<'s>(
             "WindowReports",
             move |cap, _info| {
                 let mut cap = Some(cap);
+                // Updates after their window's end (late clicks, restored rows), by time: each may
+                // change a reported row, so they apply in time order.
                 let mut pending: BTreeMap<u64, Vec<(Row, Measures)>> = BTreeMap::new();
                 let mut rows = Rows::default();
                 move |(input, frontier), output| {
                     input.for_each(|_cap, data| {
                         for (row, t, m) in data.drain(..) {
-                            pending.entry(t).or_default().push((row, m));
+                            let end = row.0 + window_ms;
+                            if t >= end + lateness_ms {
+                                // No click reaches a window at or after end + lateness (the
+                                // sources judge it late first): a retention retraction.
+                                // Rows restored from a checkpoint at F arrive at F − 1: those
+                                // final at F − 1 or before were reported final before the
+                                // checkpoint, and those final at F or later still owe their
+                                // final report.
+                                continue;
+                            }
+                            if t < end {
+                                // Nothing reports the row before its window's end − 1, which
+                                // the frontier has not passed (t has not): no need to wait.
+                                // In a batch, where the frontier moves only at the end, this
+                                // keeps the updates from waiting beside the rows.
+                                rows.update(row, m);
+                            } else {
+                                pending.entry(t).or_default().push((row, m));
+                            }
                         }
                     });
                     let bound = frontier.frontier().first().copied();
@@ -150,15 +170,6 @@ pub fn resumed_reports<'s>(
                         if update == Some(t) {
                             let updates = pending.remove(&t).expect("a pending time");
                             for (row, delta) in updates {
-                                // No click reaches a window at or after end + lateness (the
-                                // sources judge it late first): those are retention
-                                // retractions. Rows restored from a checkpoint at F arrive at
-                                // F − 1: those final at F − 1 or before were reported final
-                                // before the checkpoint, and those final at F or later still
-                                // owe their final report.
-                                if t >= row.0 + window_ms + lateness_ms {
-                                    continue;
-                                }
                                 rows.update(row, delta);
                             }
                         }
