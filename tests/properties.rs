@@ -982,6 +982,8 @@ fn assert_answer(
             return;
         }
         Err(QueryError::BadParam(message)) => message,
+        // Only the server says reach is off; the parameters never do.
+        Err(e @ QueryError::Off(_)) => panic!("{e}"),
     };
     let named = message
         .strip_prefix("parameter `")

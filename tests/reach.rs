@@ -9,9 +9,14 @@ use adclick_testkit as common;
 use std::process::Command;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use adclick::aggregator::sink::aggregates::{AggregateRecord, CommittedReader};
+use adclick::aggregator::sink::output::Line;
+use adclick::aggregator::sink::parquet::read_reach;
 use adclick::loadgen::truth::{GroundTruth, TruthReport};
 use adclick::timefmt::format_millis;
-use adclick_dataflows::sketch::{EXACT_MAX, STANDARD_ERROR};
+use adclick_dataflows::sketch::{EXACT_MAX, STANDARD_ERROR, UserSketch};
 use common::http::blocking_request;
 use common::process::{Spawned, run_ok};
 use common::{demo_config, wait_every};
@@ -133,6 +138,197 @@ fn assert_reach_equals_the_truth(addr: &str, truth: &TruthReport, lateness: u64)
             );
         }
     }
+}
+
+/// A final reach line's group: (granularity, window start, grouped by, traffic, the group's
+/// id: its ad or campaign, or its publisher or country).
+type ReachKey = (String, u64, String, String, String);
+
+/// The final reach lines of a sink, by group, each as (users, exact); panics on a group
+/// reported twice, or on a sketch whose bytes do not decode to its estimate and exactness.
+fn final_reach(
+    lines: impl IntoIterator<Item = Line>,
+    sink: &str,
+) -> BTreeMap<ReachKey, (u64, bool)> {
+    use base64::Engine as _;
+    let mut by = BTreeMap::new();
+    for line in lines {
+        let Line::Reach {
+            granularity,
+            window_start_ms,
+            group_by,
+            traffic,
+            ad_id,
+            campaign_id,
+            publisher_id,
+            country,
+            unique_users,
+            exact,
+            sketch,
+            ..
+        } = line
+        else {
+            continue;
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&sketch)
+            .expect("base64");
+        let s = UserSketch::from_bytes(&bytes).expect("a sketch");
+        assert_eq!(
+            (s.estimate(), s.is_exact()),
+            (unique_users, exact),
+            "{sink}"
+        );
+        let id = match group_by.as_str() {
+            "ad" => ad_id,
+            "campaign" => campaign_id,
+            "campaign_country" => format!("{campaign_id}/{country}"),
+            "publisher" => publisher_id,
+            _ => country,
+        };
+        let key = (granularity, window_start_ms, group_by, traffic, id);
+        let again = by.insert(key.clone(), (unique_users, exact));
+        assert!(again.is_none(), "{sink}: {key:?} reported twice");
+    }
+    by
+}
+
+/// A sink's final reach against the truth: every ad's hours and every campaign's days that
+/// are final at `final_before` (their end plus `lateness` before it), billable and all
+/// traffic, exact while small, and no ad hour the truth does not have.
+fn assert_final_reach(
+    sink: &str,
+    reach: &BTreeMap<ReachKey, (u64, bool)>,
+    truth: &TruthReport,
+    lateness: u64,
+    final_before: u64,
+) {
+    let mut compared = 0;
+    for (rows, granularity, by, len) in [
+        (&truth.reach.ad_hour, "hour", "ad", HOUR),
+        (&truth.reach.campaign_day, "day", "campaign", DAY),
+    ] {
+        for r in rows
+            .iter()
+            .filter(|r| r.start_ms as u64 + len + lateness < final_before)
+        {
+            for (traffic, want) in [("billable", r.users), ("all", r.all_users)] {
+                let key = (
+                    granularity.to_string(),
+                    r.start_ms as u64,
+                    by.to_string(),
+                    traffic.to_string(),
+                    r.id.clone(),
+                );
+                let got = reach.get(&key);
+                if want == 0 {
+                    assert_eq!(got, None, "{sink}: {key:?}");
+                    continue;
+                }
+                let &(users, exact) = got.unwrap_or_else(|| panic!("{sink}: no {key:?}"));
+                assert_eq!(exact, want as usize <= EXACT_MAX, "{sink}: {key:?}");
+                assert_users(&format!("{sink}: {key:?}"), Some(users), want);
+                compared += 1;
+            }
+        }
+    }
+    let ad_hours = truth
+        .reach
+        .ad_hour
+        .iter()
+        .map(|r| (r.start_ms as u64, r.id.as_str()))
+        .collect::<std::collections::BTreeSet<_>>();
+    for (g, start, by, _, id) in reach.keys() {
+        if g == "hour" && by == "ad" {
+            assert!(
+                ad_hours.contains(&(*start, id.as_str())),
+                "{sink}: {id} at {start}"
+            );
+        }
+    }
+    eprintln!("{sink}: {compared} final groups equal the truth");
+    assert!(compared > 0, "{sink}: nothing final to compare");
+}
+
+/// The whole lines of the NDJSON output at `path` (not one being written).
+fn output_lines(path: &std::path::Path) -> Vec<Line> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The committed lines of the click-aggregates topic, as a consumer that honours the commit
+/// markers reads them.
+fn topic_lines(brokers: &str) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let topic = common::read_partitions(brokers, "click-aggregates", 1, Duration::from_secs(20));
+    for (_, records) in topic {
+        let mut reader = CommittedReader::default();
+        for (_, value) in records {
+            let record: AggregateRecord = serde_json::from_slice(&value).unwrap();
+            lines.extend(reader.push(record));
+        }
+    }
+    lines
+}
+
+/// Final reach reaches every sink once: an `--until-end` job over traffic of two days ago
+/// (every hour and day final) writes each group's final sketch to the NDJSON output, the
+/// Parquet `reach` table and the `click-aggregates` topic, each equal to the truth's
+/// distinct users per ad and hour and per campaign and day.
+#[test]
+fn final_reach_reaches_every_sink_once() {
+    let kafka = common::embedded_kafka(4);
+    let dir = tempfile::tempdir().unwrap();
+    // From 02:00 two days ago, about 2 hours (across no midnight).
+    let now = adclick::timefmt::now_millis() as u64;
+    let ago = now - (now / DAY * DAY - 2 * DAY + 2 * HOUR);
+    let truth = loadgen(
+        &kafka.bootstrap_servers(),
+        dir.path(),
+        ago,
+        &[
+            "--count",
+            "6000",
+            "--rate",
+            "1",
+            "--seed",
+            "16",
+            "--ads",
+            "6",
+            "--users",
+            "500",
+            "--invalid",
+            "0.1",
+        ],
+    );
+    let parquet = dir.path().join("parquet");
+    let out = dir.path().join("out.ndjson");
+    run_ok(
+        Command::new(AGGREGATOR)
+            .args(["--config", &demo_config()])
+            .args(["--brokers", &kafka.bootstrap_servers()])
+            .args(["--workers", "2", "--until-end", "--parquet-dir"])
+            .arg(&parquet)
+            .arg("--output")
+            .arg(&out),
+    );
+    let all = u64::MAX - LATENESS - DAY;
+    assert_final_reach(
+        "output",
+        &final_reach(output_lines(&out), "output"),
+        &truth,
+        LATENESS,
+        all,
+    );
+    let table = final_reach(read_reach(&parquet).unwrap(), "parquet");
+    assert_final_reach("parquet", &table, &truth, LATENESS, all);
+    let topic = final_reach(topic_lines(&kafka.bootstrap_servers()), "click-aggregates");
+    assert_final_reach("click-aggregates", &topic, &truth, LATENESS, all);
+    assert_eq!(table, topic);
 }
 
 #[test]
@@ -341,7 +537,7 @@ fn sketches_survive_restores() {
             loadgen(
                 &brokers,
                 &path,
-                15 * 60_000,
+                75 * 60_000,
                 &[
                     "--count",
                     "6000",
@@ -371,6 +567,8 @@ fn sketches_survive_restores() {
                 .arg(dir.path().join("checkpoints"))
                 .args(["--query-listen", "127.0.0.1:0", "--output"])
                 .arg(dir.path().join("out.ndjson"))
+                .arg("--parquet-dir")
+                .arg(dir.path().join("parquet"))
                 .env("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "200")
                 .env("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", LATE)
                 .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500"),
@@ -389,4 +587,123 @@ fn sketches_survive_restores() {
     let addr = printed.trim_end_matches('/').to_string();
     wait_final(&mut aggregator, &addr, &truth, 40_000);
     assert_reach_equals_the_truth(&addr, &truth, 40_000);
+    // The final hours reached the sinks once each, across the kills: the output (cut back
+    // to each restored checkpoint), the Parquet table and the topic (published and committed
+    // with the checkpoints). The traffic's hours ended at least 10 minutes ago.
+    let (_, health) = get(&addr, "/api/v1/health", ADMIN);
+    let watermark = health["watermark_ms"].as_u64().expect("a watermark");
+    let parquet = dir.path().join("parquet");
+    let out = dir.path().join("out.ndjson");
+    let reach_lines = |lines: Vec<Line>| {
+        lines
+            .into_iter()
+            .filter(|l| matches!(l, Line::Reach { .. }))
+            .count()
+    };
+    wait_every(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        "the output's final reach published",
+        || {
+            let (written, published) = (
+                reach_lines(output_lines(&out)),
+                reach_lines(read_reach(&parquet).unwrap()),
+            );
+            if written > 0 && written == published {
+                Ok(())
+            } else {
+                Err(format!("{written} written, {published} published"))
+            }
+        },
+    );
+    aggregator.kill();
+    let output = output_lines(&out);
+    assert_final_reach(
+        "output",
+        &final_reach(output, "output"),
+        &truth,
+        40_000,
+        watermark,
+    );
+    let table = final_reach(read_reach(&parquet).unwrap(), "parquet");
+    assert_final_reach("parquet", &table, &truth, 40_000, watermark);
+    let topic = final_reach(topic_lines(&brokers), "click-aggregates");
+    assert_final_reach("click-aggregates", &topic, &truth, 40_000, watermark);
+}
+
+/// `aggregator.reach = false`: no sketches (no reach line in the output), `unique_users`
+/// null, reach queries refused with a 409 that says reach is off, and the dashboard's Reach
+/// card saying so, while counts go on.
+#[test]
+fn reach_off_says_it_is_off() {
+    let kafka = common::embedded_kafka(2);
+    let dir = tempfile::tempdir().unwrap();
+    let truth = loadgen(
+        &kafka.bootstrap_servers(),
+        dir.path(),
+        3 * HOUR,
+        &[
+            "--count", "600", "--rate", "1", "--seed", "17", "--ads", "3",
+        ],
+    );
+    let out = dir.path().join("out.ndjson");
+    let mut aggregator = Spawned::start(
+        Command::new(AGGREGATOR)
+            .args(["--config", &demo_config()])
+            .args(["--brokers", &kafka.bootstrap_servers()])
+            .args(["--query-listen", "127.0.0.1:0", "--output"])
+            .arg(&out)
+            .env("ADCLICK_AGGREGATOR_REACH", "false")
+            .env("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "500"),
+    );
+    let printed = aggregator.line_with_prefix("query server: http://", Duration::from_secs(60));
+    let addr = printed.trim_end_matches('/').to_string();
+    wait_final(&mut aggregator, &addr, &truth, LATENESS);
+    assert_eq!(get(&addr, "/api/v1/health", ADMIN).1["reach"], false);
+    let r = &truth.reach.ad_hour[0];
+    let (from, to) = (
+        format_millis(r.start_ms),
+        format_millis(r.start_ms + HOUR as i64),
+    );
+    let (status, c) = get(
+        &addr,
+        &format!("/ads/{}/aggregated_count?from={from}&to={to}", r.id),
+        ADMIN,
+    );
+    assert_eq!(status, 200, "{c}");
+    let clicks: u64 = truth
+        .windows
+        .iter()
+        .filter(|w| w.ad_id == r.id && w.minute_ms / HOUR as i64 == r.start_ms / HOUR as i64)
+        .map(|w| w.clicks)
+        .sum();
+    assert_eq!(c["count"].as_u64(), Some(clicks), "{c}");
+    assert!(
+        c["unique_users"].is_null() && c["unique_users_complete"].is_null(),
+        "{c}"
+    );
+    for path in [
+        format!("/api/v1/reports/reach?from={from}&to={to}&groupBy=campaign_id"),
+        format!(
+            "/api/v1/reports/clicks?from={from}&to={to}&groupBy=ad_id&metrics=clicks,unique_users"
+        ),
+    ] {
+        let (status, e) = get(&addr, &path, ADMIN);
+        assert_eq!(status, 409, "{path}: {e}");
+        let message = e["error"].as_str().unwrap();
+        assert!(message.contains("reach") && message.contains("off"), "{e}");
+    }
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reach-off.png");
+    let shown = common::process::dashboard(&format!("http://{addr}/"), ADMIN, &screenshot);
+    assert_eq!(shown["reach"]["off"], true, "{shown}");
+    aggregator.kill();
+    let lines = output_lines(&out);
+    assert!(
+        lines.iter().any(|l| l.window().is_some()),
+        "windows written"
+    );
+    assert!(
+        !lines.iter().any(|l| matches!(l, Line::Reach { .. })),
+        "no reach line"
+    );
 }

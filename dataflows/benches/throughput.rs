@@ -132,6 +132,9 @@ fn run(workers: usize, parts: Vec<Vec<RawClick>>, top_windows: Vec<u64>, extra: 
             let a = aggregate(events, &acfg);
             let (probe, _) = reports(a.minute.clone(), MINUTE_MS, 300_000).probe();
             a.top.probe_with(&probe);
+            // The sketches and their final reports (once per group, for the sinks).
+            adclick_dataflows::reach::final_reports(a.reach.clone(), 300_000, None)
+                .probe_with(&probe);
             a.reach.inner.probe_with(&probe);
             if extra == Extra::Alerts {
                 anomaly::alerts(a.minute, &AlertConfig::default(), 300_000).probe_with(&probe);

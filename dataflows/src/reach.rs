@@ -339,6 +339,88 @@ fn merge<'s>(
         .as_collection()
 }
 
+/// A group's final sketch: what the sinks write, once per group.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReachReport {
+    pub group: Group,
+    pub sketch: UserSketch,
+}
+
+/// Each group's final sketch, once, from the sketches' collection (as [`reach`] makes it).
+///
+/// A group is final at its end plus the lateness, the very time its last minute's users join
+/// it, and its report is stamped with that time, a function of the input alone (as final
+/// window reports are, `report.rs`): so a checkpoint at frontier `F` covers exactly the
+/// groups final before `F`. A run resumed from it (`restored_at`) gets the checkpoint's
+/// sketches at `F − 1`: those final before `F` were reported before the checkpoint and are
+/// skipped; the others are reported at their final time, once, with the users of the minutes
+/// after `F` merged in. Later updates of a group are its retention retraction: not news.
+///
+/// Each group's updates come from one worker (`ReachMerge` routes by group), so the
+/// operator exchanges nothing; it keeps each open group's newest sketch until it is final
+/// (a second copy of `ReachMerge`'s open groups, the last hour and day's).
+pub fn final_reports<'s>(
+    sketches: VecCollection<'s, u64, (Group, UserSketch), isize>,
+    lateness: u64,
+    restored_at: Option<u64>,
+) -> Stream<'s, u64, Vec<ReachReport>> {
+    use timely::dataflow::channels::pact::Pipeline;
+    sketches
+        .inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<ReachReport>>, _, _, _>(
+            Pipeline,
+            "FinalReach",
+            move |_cap, _info| {
+                // Each open group's newest sketch, with the time it came at.
+                let mut open: HashMap<Group, (u64, UserSketch)> = HashMap::default();
+                // Groups by their final time, with a capability there.
+                let mut due: BTreeMap<u64, (Capability<u64>, Vec<Group>)> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        for ((g, s), t, d) in data.drain(..) {
+                            let f = g.final_at(lateness);
+                            let reported = restored_at.is_some_and(|r| t < r && f < r);
+                            if d <= 0 || t > f || reported {
+                                continue;
+                            }
+                            match open.entry(g) {
+                                std::collections::hash_map::Entry::Vacant(v) => {
+                                    v.insert((t, s));
+                                    due.entry(f)
+                                        .or_insert_with(|| (cap.delayed(&f, 0), Vec::new()))
+                                        .1
+                                        .push(g);
+                                }
+                                // A sketch only grows: the newest is the union of all before.
+                                std::collections::hash_map::Entry::Occupied(mut o) => {
+                                    let (at, old) = o.get_mut();
+                                    if t > *at {
+                                        *at = t;
+                                        *old = s;
+                                    } else if t == *at {
+                                        old.merge(&s);
+                                    }
+                                }
+                            }
+                        }
+                    });
+                    while let Some(f) = due.first_key_value().map(|(f, _)| *f) {
+                        if frontier.less_equal(&f) {
+                            break;
+                        }
+                        let (cap, groups) = due.remove(&f).expect("a due time");
+                        output
+                            .session(&cap)
+                            .give_iterator(groups.into_iter().filter_map(|g| {
+                                let (_, sketch) = open.remove(&g)?;
+                                Some(ReachReport { group: g, sketch })
+                            }));
+                    }
+                }
+            },
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,5 +682,144 @@ mod tests {
             }
         }
         assert!(dense >= 4, "the hot ad's groups are dense");
+    }
+
+    /// The final reports of a sketches' collection `updates`, each with its time; resumed
+    /// from the collection as it stood before `from` (at `from − 1`) when `from > 0`.
+    fn reports_of(
+        updates: &[((Group, UserSketch), u64, isize)],
+        from: u64,
+    ) -> Vec<(u64, ReachReport)> {
+        let (send, recv) = std::sync::mpsc::channel();
+        let updates = updates.to_vec();
+        timely::execute_directly(move |worker| {
+            let probe = Handle::new();
+            let mut input = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, sketches) = scope.new_collection::<(Group, UserSketch), isize>();
+                final_reports(sketches, LATENESS, (from > 0).then_some(from))
+                    .probe_with(&probe)
+                    .capture_into(send);
+                input
+            });
+            if from > 0 {
+                let mut before: BTreeMap<(Group, UserSketch), isize> = BTreeMap::new();
+                for (d, _, r) in updates.iter().filter(|u| u.1 < from) {
+                    *before.entry(d.clone()).or_default() += r;
+                }
+                input.advance_to(from - 1);
+                for (d, r) in before.into_iter().filter(|(_, r)| *r != 0) {
+                    input.update(d, r);
+                }
+            }
+            let mut times: Vec<u64> = updates.iter().map(|u| u.1).filter(|t| *t >= from).collect();
+            times.sort();
+            times.dedup();
+            for t in times {
+                input.advance_to(t);
+                for (d, _, r) in updates.iter().filter(|u| u.1 == t) {
+                    input.update(d.clone(), *r);
+                }
+                input.flush();
+                worker.step_while(|| probe.less_than(input.time()));
+            }
+        });
+        let mut out: Vec<(u64, ReachReport)> = recv
+            .iter()
+            .flat_map(|e| match e {
+                timely::dataflow::operators::capture::Event::Messages(t, d) => {
+                    let t = *t.least().expect("a totally ordered time");
+                    d.into_iter().map(|r| (t, r)).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Every group's final sketch is reported once, at its end plus the lateness, equal to
+    /// the sketch the collection holds then; a run resumed from a checkpoint at any `F`
+    /// reports exactly the uninterrupted run's reports from `F` on.
+    #[test]
+    fn final_reports_once_each_and_a_resumed_run_repeats_none() {
+        let mut clicks = Vec::new();
+        for n in 0..400u64 {
+            let t = T0 + n * 37_000;
+            clicks.push((click(n, t, n % 3, Some(n % 17), None), t, 1));
+        }
+        let end = T0 + DAY_MS + HOUR_MS;
+        // The sketches' collection, as `reach` makes it.
+        let (send, recv) = std::sync::mpsc::channel();
+        timely::execute_directly(move |worker| {
+            let probe = Handle::new();
+            let mut input = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, c) = scope.new_collection::<Click, i64>();
+                reach(
+                    c.inner,
+                    empty(scope),
+                    &ReachConfig::default(),
+                    LATENESS,
+                    Retention::default(),
+                )
+                .inner
+                .probe_with(&probe)
+                .capture_into(send);
+                input
+            });
+            for (c, t, d) in clicks {
+                input.advance_to(t);
+                input.update(c, d);
+            }
+            input.advance_to(end);
+            input.flush();
+            worker.step_while(|| probe.less_than(&end));
+        });
+        let updates: Vec<((Group, UserSketch), u64, isize)> = recv
+            .iter()
+            .flat_map(|e| match e {
+                timely::dataflow::operators::capture::Event::Messages(_, d) => d,
+                _ => Vec::new(),
+            })
+            .filter(|u| u.1 < end)
+            .collect();
+        let whole = reports_of(&updates, 0);
+        let groups: std::collections::BTreeSet<Group> =
+            whole.iter().map(|(_, r)| r.group).collect();
+        assert_eq!(groups.len(), whole.len(), "a group reported twice");
+        let hours = whole
+            .iter()
+            .filter(|(_, r)| r.group.len_ms == HOUR_MS)
+            .count();
+        assert!(hours > 20 && whole.len() > hours, "{} reports", whole.len());
+        for (t, r) in &whole {
+            assert_eq!(*t, r.group.final_at(LATENESS));
+            // The sketch the collection holds once the group is final.
+            let mut held: BTreeMap<UserSketch, isize> = BTreeMap::new();
+            for ((g, s), _, d) in updates.iter().filter(|u| u.1 <= *t) {
+                if *g == r.group {
+                    *held.entry(s.clone()).or_default() += d;
+                }
+            }
+            held.retain(|_, d| *d != 0);
+            assert_eq!(
+                held.into_iter().collect::<Vec<_>>(),
+                vec![(r.sketch.clone(), 1)]
+            );
+        }
+        let finals: Vec<u64> = whole.iter().map(|(t, _)| *t).collect();
+        for f in [
+            T0 + 1,
+            finals[0],
+            finals[0] + 1,
+            finals[5],
+            finals[whole.len() / 2] + 1,
+        ] {
+            let mut joined: Vec<_> = whole.iter().filter(|(t, _)| *t < f).cloned().collect();
+            let resumed = reports_of(&updates, f);
+            assert!(resumed.iter().all(|(t, _)| *t >= f), "F = {f}");
+            joined.extend(resumed);
+            joined.sort();
+            assert_eq!(joined, whole, "resumed at F = {f}");
+        }
     }
 }

@@ -148,6 +148,71 @@ impl UserSketch {
         matches!(self, UserSketch::Exact(h) if h.is_empty())
     }
 
+    /// The sketch as bytes, the format the Parquet `reach` table, the `click-aggregates`
+    /// topic and the NDJSON output carry (base64 there), stable for consumers that merge:
+    ///
+    /// - byte 0: `1` exact, `2` dense;
+    /// - exact: then the sorted, distinct 64-bit user hashes, 8 bytes each, little-endian
+    ///   (the estimate is their number);
+    /// - dense: then byte 1 is the precision p (15) and 2ᵖ register bytes follow, register
+    ///   `i` holding the largest rank seen at index `i` (a hash's top p bits), the rank being
+    ///   1 + the leading zeros of the remaining 64 − p bits (64 − p + 1 when all are zero).
+    ///
+    /// Merging two sketches is the union of the user sets: two exact lists merge (turning
+    /// dense past [`EXACT_MAX`] users: each hash sets its register), two dense ones take each
+    /// register's maximum, an exact one merges into a dense one by setting its hashes'
+    /// registers. [`UserSketch::from_bytes`] reads it back.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            UserSketch::Exact(h) => {
+                let mut b = Vec::with_capacity(1 + 8 * h.len());
+                b.push(1);
+                for x in h {
+                    b.extend_from_slice(&x.to_le_bytes());
+                }
+                b
+            }
+            UserSketch::Dense(r) => {
+                let mut b = Vec::with_capacity(2 + r.len());
+                b.extend_from_slice(&[2, PRECISION as u8]);
+                b.extend_from_slice(r);
+                b
+            }
+        }
+    }
+
+    /// Reads [`UserSketch::to_bytes`]'s format back; an error says what is wrong with it.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, String> {
+        match b.split_first() {
+            Some((1, rest)) => {
+                if rest.len() % 8 != 0 || rest.len() / 8 > EXACT_MAX {
+                    return Err(format!("an exact sketch of {} bytes", rest.len()));
+                }
+                let h: Vec<u64> = rest
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect();
+                if h.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err("an exact sketch's hashes are not sorted and distinct".into());
+                }
+                Ok(UserSketch::Exact(h))
+            }
+            Some((2, rest)) => match rest.split_first() {
+                Some((p, r)) if u32::from(*p) == PRECISION && r.len() == REGISTERS => {
+                    if r.iter().any(|x| u32::from(*x) > Q + 1) {
+                        return Err("a register above the largest rank".into());
+                    }
+                    Ok(UserSketch::Dense(r.to_vec()))
+                }
+                _ => Err(format!(
+                    "a dense sketch must be precision {PRECISION} with {REGISTERS} registers"
+                )),
+            },
+            Some((k, _)) => Err(format!("unknown sketch kind {k}")),
+            None => Err("an empty sketch".into()),
+        }
+    }
+
     /// Heap bytes the sketch holds (its inline size is `size_of::<UserSketch>()`, 32 bytes).
     pub fn heap_bytes(&self) -> usize {
         match self {
@@ -328,6 +393,17 @@ mod tests {
             let back: UserSketch = postcard::from_bytes(&bytes).expect("deserialize");
             assert_eq!(back, s);
             assert_eq!(back.estimate(), s.estimate());
+            let bytes = s.to_bytes();
+            assert_eq!(UserSketch::from_bytes(&bytes), Ok(s.clone()));
+            let expected = if s.is_exact() {
+                1 + 8 * n as usize
+            } else {
+                2 + REGISTERS
+            };
+            assert_eq!(bytes.len(), expected);
+        }
+        for bad in [&[][..], &[3], &[1, 0, 0], &[2, 14, 0]] {
+            assert!(UserSketch::from_bytes(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -186,6 +186,7 @@ fn query_server(
         top_n: cfg.top_n,
         top_windows: cfg.top_window_minutes.clone(),
         allowed_lateness_ms: cfg.allowed_lateness_ms,
+        reach: cfg.reach,
         metrics: QueryMetrics::watching_disks(disks(cfg)),
     });
     if serving && cfg.process == 0 {

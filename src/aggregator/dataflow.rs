@@ -249,7 +249,10 @@ impl Builder<'_> {
             super::sink::kafka::late_to_kafka(a.late.clone(), kafka, failure);
             super::sink::kafka::rejected_to_kafka(a.rejected.clone(), kafka, failure);
         }
+        // Each group's final reach sketch, once (none with reach off: no sketches).
+        let reach = adclick_dataflows::reach::final_reports(a.reach, lateness, restored_at);
         let lines = scope.concatenate([
+            reach.map(Out::Reach),
             a.received.map(Out::Received),
             a.lost.map(Out::Lost),
             reports(a.minute, MINUTE_MS).map(Out::Report),

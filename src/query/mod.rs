@@ -90,6 +90,9 @@ pub struct Server {
     pub top_windows: Vec<u64>,
     /// Reach holds final minutes only: a reach range is complete this long after its end.
     pub allowed_lateness_ms: u64,
+    /// Whether reach is kept (`aggregator.reach`): off, `unique_users` is null and reach
+    /// queries are refused with [`params::REACH_OFF`].
+    pub reach: bool,
     pub metrics: metrics::QueryMetrics,
 }
 
@@ -200,7 +203,10 @@ impl Server {
     }
 
     fn health_json(&self) -> serde_json::Value {
-        self.health.to_json()
+        let mut v = self.health.to_json();
+        // The dashboard asks for reach only when it is kept.
+        v["reach"] = json!(self.reach);
+        v
     }
 }
 
@@ -244,12 +250,15 @@ pub fn routes(
     let ad_count = warp::path!("ads" / String / "aggregated_count")
         .and(queried())
         .then(|ad: String, p: Params, auth, s: Arc<Server>| async move {
-            let lateness = s.allowed_lateness_ms;
+            let (lateness, on) = (s.allowed_lateness_ms, s.reach);
             let (ad_for_reach, p_for_reach) = (ad.clone(), p.clone());
             let reach = WithReach {
+                // Reach off: `unique_users` is null, as for a range reach cannot answer.
                 plan: Box::new(move |a: &Access| {
                     let ad = params::path_id("ad_id", &ad_for_reach)?;
-                    Ok(params::ad_reach(&ad, &p_for_reach, a, lateness))
+                    Ok(on
+                        .then(|| params::ad_reach(&ad, &p_for_reach, a, lateness))
+                        .flatten())
                 }),
                 combine: Box::new(|mut v, r| {
                     v["unique_users"] = json!(r.as_ref().and_then(render::unique_users));
@@ -272,11 +281,16 @@ pub fn routes(
     let reach = warp::path!("api" / "v1" / "reports" / "reach")
         .and(queried())
         .then(|p: Params, auth, s: Arc<Server>| async move {
-            let lateness = s.allowed_lateness_ms;
+            let (lateness, on) = (s.allowed_lateness_ms, s.reach);
             s.query(
                 "reach",
                 auth,
-                |a, _plan| params::reach(&p, a, lateness).map(|k| (k, String::new())),
+                |a, _plan| {
+                    if !on {
+                        return Err(params::REACH_OFF);
+                    }
+                    params::reach(&p, a, lateness).map(|k| (k, String::new()))
+                },
                 std::convert::identity,
             )
             .await
@@ -303,12 +317,15 @@ pub fn routes(
                 Ok(m) => m,
                 Err(e) => return refused(e),
             };
-            let lateness = s.allowed_lateness_ms;
+            let (lateness, on) = (s.allowed_lateness_ms, s.reach);
             let reach = metrics.unique_users.then(|| {
                 let p = p.clone();
                 let joined = params::grouped_names(&p);
                 WithReach {
                     plan: Box::new(move |a: &Access| {
+                        if !on {
+                            return Err(params::REACH_OFF);
+                        }
                         params::report_reach(&p, a, lateness).map(Some)
                     }),
                     combine: Box::new(move |v, r| {

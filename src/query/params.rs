@@ -43,13 +43,24 @@ pub enum QueryError {
     /// asking about another advertiser's ads learns nothing of them.
     #[error("not found")]
     NotFound,
+    /// What this aggregator is configured not to keep (a 409): the message says what is off
+    /// and the setting that turns it on.
+    #[error("{0}")]
+    Off(&'static str),
 }
+
+/// Why a reach query is refused when `aggregator.reach = false`.
+pub const REACH_OFF: QueryError = QueryError::Off(
+    "reach (unique users) is off in this aggregator: no sketches are kept \
+     (aggregator.reach = false)",
+);
 
 impl QueryError {
     pub fn status(&self) -> StatusCode {
         match self {
             QueryError::BadParam(_) => StatusCode::BAD_REQUEST,
             QueryError::NotFound => StatusCode::NOT_FOUND,
+            QueryError::Off(_) => StatusCode::CONFLICT,
         }
     }
 }

@@ -35,13 +35,38 @@ pub enum AggregateRecord {
         since: u64,
         window: Box<Line>,
     },
-    /// Commits `run`'s windows with `since < frontier`.
+    /// A group's final reach in an hour or a day ([`Line::Reach`]: estimate, whether it is
+    /// exact, and the sketch's bytes in base64), committed as windows are.
+    Reach {
+        run: String,
+        since: u64,
+        reach: Box<Line>,
+    },
+    /// Commits `run`'s windows and reach with `since < frontier`.
     Commit { run: String, frontier: u64 },
 }
 
 /// Key of a window's record: window and dimensions, so that a compacted topic keeps one per
-/// window.
+/// window; of a reach record: `reach|`, window, group kind, traffic and dimensions.
 fn key(line: &Line) -> Option<String> {
+    if let Line::Reach {
+        granularity,
+        window_start_ms,
+        group_by,
+        traffic,
+        ad_id,
+        campaign_id,
+        advertiser_id,
+        publisher_id,
+        country,
+        ..
+    } = line
+    {
+        return Some(format!(
+            "reach|{granularity}|{window_start_ms}|{group_by}|{traffic}|{ad_id}|{campaign_id}|\
+             {advertiser_id}|{publisher_id}|{country}"
+        ));
+    }
     let w = line.window()?;
     Some(format!(
         "{}|{}|{}",
@@ -76,17 +101,27 @@ impl AggregatesSink {
         })
     }
 
-    /// Sends a final window report (other lines are not for this topic). A record Kafka will
-    /// never take is kept as the epoch's error, which [`AggregatesSink::seal`] returns.
+    /// Sends a final window or reach report (other lines are not for this topic). A record
+    /// Kafka will never take is kept as the epoch's error, which [`AggregatesSink::seal`]
+    /// returns.
     pub fn send(&mut self, line: &Line) {
         let Some(key) = key(line) else { return };
         if self.failed.is_some() {
             return;
         }
-        let record = AggregateRecord::Window {
-            run: self.run.clone(),
-            since: self.since,
-            window: Box::new(line.clone()),
+        let (run, since) = (self.run.clone(), self.since);
+        let record = if matches!(line, Line::Reach { .. }) {
+            AggregateRecord::Reach {
+                run,
+                since,
+                reach: Box::new(line.clone()),
+            }
+        } else {
+            AggregateRecord::Window {
+                run,
+                since,
+                window: Box::new(line.clone()),
+            }
         };
         let value = serde_json::to_vec(&record).expect("a record encodes");
         if let Err(e) = send(&self.producer, &self.topic, key.as_bytes(), &value) {
@@ -151,7 +186,7 @@ impl Committer {
     }
 }
 
-/// Reads one partition of the topic as committed windows: records wait until a marker
+/// Reads one partition of the topic as committed windows and reach lines: records wait until a marker
 /// commits them; records no marker will commit are dropped. Those are the records of a run
 /// that crashed after its last commit: once a record of another run arrives (which a
 /// restarted run writes only after re-sending the marker of the checkpoint it restored), no
@@ -163,10 +198,15 @@ pub struct CommittedReader {
 }
 
 impl CommittedReader {
-    /// Takes the partition's next record; returns the windows it commits.
+    /// Takes the partition's next record; returns the window and reach lines it commits.
     pub fn push(&mut self, record: AggregateRecord) -> Vec<Line> {
         match record {
-            AggregateRecord::Window { run, since, window } => {
+            AggregateRecord::Window { run, since, window }
+            | AggregateRecord::Reach {
+                run,
+                since,
+                reach: window,
+            } => {
                 self.waiting.retain(|r, _| *r == run);
                 self.waiting.entry(run).or_default().push((since, *window));
                 Vec::new()
@@ -251,6 +291,34 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![1, 2, 3, 4]);
+        // Reach records wait for their run's marker as windows do.
+        let reach = Line::Reach {
+            granularity: "day".into(),
+            window_start: String::new(),
+            window_start_ms: 0,
+            group_by: "campaign".into(),
+            traffic: "all".into(),
+            ad_id: String::new(),
+            campaign_id: "c".into(),
+            advertiser_id: "a".into(),
+            publisher_id: String::new(),
+            country: String::new(),
+            unique_users: 1,
+            exact: true,
+            sketch: String::new(),
+        };
+        let record = AggregateRecord::Reach {
+            run: "B".into(),
+            since: 30,
+            reach: Box::new(reach.clone()),
+        };
+        assert!(r.push(record).is_empty());
+        assert!(r.push(commit("B", 30)).is_empty());
+        assert_eq!(r.push(commit("B", 40)), vec![reach.clone()]);
+        assert_eq!(
+            key(&reach).as_deref(),
+            Some("reach|day|0|campaign|all||c|a||")
+        );
         let json = serde_json::to_string(&commit("A", 5)).unwrap();
         assert_eq!(json, r#"{"type":"commit","run":"A","frontier":5}"#);
     }

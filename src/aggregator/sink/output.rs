@@ -9,6 +9,7 @@ use adclick_dataflows::click::Measures;
 
 use adclick_dataflows::click::RawClick;
 use adclick_dataflows::names::{Dictionary, Name};
+use adclick_dataflows::reach::{GroupBy, ReachReport};
 use adclick_dataflows::report::{Status, WindowReport};
 use adclick_dataflows::source::{Gap, Rejected};
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
@@ -33,6 +34,8 @@ pub enum Out {
     Received(u64),
     /// Offsets deleted before a source read them.
     Lost(Gap),
+    /// A group's final reach sketch.
+    Reach(ReachReport),
 }
 
 /// One NDJSON line. Readers (tests, reconciliation) parse it back with this type.
@@ -56,6 +59,29 @@ pub enum Line {
         #[serde(default)]
         invalid: BTreeMap<String, i64>,
         status: String,
+    },
+    /// A group's final distinct users (reach) in an hour or a day, once, with its sketch.
+    Reach {
+        /// `hour` or `day`.
+        granularity: String,
+        window_start: String,
+        window_start_ms: u64,
+        /// What the users are grouped by: `ad`, `campaign`, `campaign_country`, `publisher`
+        /// or `country`; the dimensions the group is not by (nor owned by) are empty.
+        group_by: String,
+        /// `billable` (billable clicks' users) or `all` (every deduplicated click's).
+        traffic: String,
+        ad_id: String,
+        campaign_id: String,
+        advertiser_id: String,
+        publisher_id: String,
+        country: String,
+        /// The estimate: exact when `exact`, else the HyperLogLog's (standard error 0.57 %).
+        unique_users: u64,
+        exact: bool,
+        /// The sketch, base64 (standard alphabet, padded) of the bytes
+        /// `UserSketch::to_bytes` documents, for consumers that merge groups or windows.
+        sketch: String,
     },
     Late {
         impression_id: String,
@@ -174,6 +200,17 @@ impl Line {
     }
 }
 
+/// The name a reach line gives what its group is by.
+pub fn group_by_name(by: GroupBy) -> &'static str {
+    match by {
+        GroupBy::Ad => "ad",
+        GroupBy::Campaign => "campaign",
+        GroupBy::CampaignCountry => "campaign_country",
+        GroupBy::Publisher => "publisher",
+        GroupBy::Country => "country",
+    }
+}
+
 pub fn granularity(window_ms: u64) -> &'static str {
     match window_ms {
         MINUTE_MS => "minute",
@@ -280,7 +317,11 @@ impl Writer {
         let (names, rest): (Vec<Out>, Vec<Out>) =
             items.into_iter().partition(|i| matches!(i, Out::Name(_)));
         for item in names.into_iter().chain(rest) {
-            let is_final = matches!(&item, Out::Report(r) if r.status == Status::Final);
+            let is_final = match &item {
+                Out::Report(r) => r.status == Status::Final,
+                Out::Reach(_) => true,
+                _ => false,
+            };
             if let Some(line) = self.write(item)?
                 && is_final
             {
@@ -347,6 +388,7 @@ impl Writer {
                     .into(),
                 }
             }
+            Out::Reach(r) => self.reach_line(r),
             Out::Late(c) => {
                 let c = *c;
                 self.tallies.late += 1;
@@ -370,6 +412,48 @@ impl Writer {
         };
         self.line(&line)?;
         Ok(Some(line))
+    }
+
+    fn reach_line(&self, r: ReachReport) -> Line {
+        use base64::Engine as _;
+        let g = r.group;
+        let mut d = self.names.labels(&g.dims);
+        // The dimensions the group is not by are zero in its key: empty, not a fingerprint.
+        let all = adclick_dataflows::click::Sym(1);
+        let of = g.by.dims(&adclick_dataflows::click::Dims {
+            ad_id: all,
+            campaign_id: all,
+            advertiser_id: all,
+            publisher_id: all,
+            country: all,
+            device: all,
+        });
+        for (has, text) in [
+            (of.ad_id, &mut d.ad_id),
+            (of.campaign_id, &mut d.campaign_id),
+            (of.advertiser_id, &mut d.advertiser_id),
+            (of.publisher_id, &mut d.publisher_id),
+            (of.country, &mut d.country),
+        ] {
+            if has != all {
+                text.clear();
+            }
+        }
+        Line::Reach {
+            granularity: granularity(g.len_ms).into(),
+            window_start: format_millis(g.start as i64),
+            window_start_ms: g.start,
+            group_by: group_by_name(g.by).into(),
+            traffic: if g.billable { "billable" } else { "all" }.into(),
+            ad_id: d.ad_id,
+            campaign_id: d.campaign_id,
+            advertiser_id: d.advertiser_id,
+            publisher_id: d.publisher_id,
+            country: d.country,
+            unique_users: r.sketch.estimate(),
+            exact: r.sketch.is_exact(),
+            sketch: base64::engine::general_purpose::STANDARD.encode(r.sketch.to_bytes()),
+        }
     }
 
     fn line(&mut self, line: &Line) -> std::io::Result<()> {

@@ -586,11 +586,23 @@ async function refreshReach(gen, health) {
   const from = Math.floor(watermark / DAY_MS) * DAY_MS;
   const to = Math.max(from + HOUR_MS, Math.ceil(watermark / HOUR_MS) * HOUR_MS);
   const params = { from: iso(from), to: iso(to), groupBy: "campaign_id" };
-  const result = await apiGet("/api/v1/reports/reach", params);
+  // Reach is off in this aggregator (aggregator.reach = false): health says so, and reach
+  // queries would answer 409.
+  const off = health && health.reach === false;
+  const result = off ? { ok: false, status: 409, message: "reach is off" } : await apiGet("/api/v1/reports/reach", params);
   if (gen !== state.generation) return { ...result, stale: true };
   if (result.ok && !Array.isArray(result.data.rows)) {
     result.ok = false;
     result.message = "unexpected answer (no rows)";
+  }
+  if (!result.ok && result.status === 409) {
+    // The card says reach is off.
+    showPanelError("#reach-error", "");
+    const cell = el("td", "reach is off in this aggregator (aggregator.reach = false)", "empty");
+    $("#reach-table tbody").replaceChildren(row([Object.assign(cell, { colSpan: 3 })]));
+    $("#reach-sub").textContent = "off: no distinct users are kept";
+    window.__dashboard.reach = { params, off: true, message: result.message, rows: [] };
+    return { ok: true, status: result.status };
   }
   if (!result.ok) {
     showPanelError("#reach-error", result.message);

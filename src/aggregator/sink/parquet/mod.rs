@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! DIR/windows/part-{F}.parquet                       final windows of the epoch ending at F
+//! DIR/reach/part-{F}.parquet                         final reach sketches of that epoch
 //! DIR/raw/hour=2026-11-22T17/part-{F}-w{W}.parquet   accepted clicks worker W read in it
 //! ```
 //!
@@ -30,21 +31,27 @@ use crate::aggregator::raw::Archived;
 use crate::aggregator::sink::output::Line;
 use crate::timefmt::format_millis;
 
-/// Final windows of the current epoch, written when it ends.
+/// Final windows and final reach of the current epoch, written when it ends.
 pub struct WindowFiles {
     root: PathBuf,
     dir: PathBuf,
     lines: Vec<Line>,
+    reach_dir: PathBuf,
+    reach: Vec<Line>,
 }
 
 impl WindowFiles {
     pub fn new(root: &Path) -> anyhow::Result<Self> {
         let dir = root.join("windows");
         std::fs::create_dir_all(&dir)?;
+        let reach_dir = root.join("reach");
+        std::fs::create_dir_all(&reach_dir)?;
         Ok(Self {
             root: root.into(),
             dir,
             lines: Vec::new(),
+            reach_dir,
+            reach: Vec::new(),
         })
     }
 
@@ -54,13 +61,17 @@ impl WindowFiles {
     }
 
     pub fn push(&mut self, line: &Line) {
-        if matches!(line, Line::Window { .. }) {
-            self.lines.push(line.clone());
+        match line {
+            Line::Window { .. } => self.lines.push(line.clone()),
+            Line::Reach { .. } => self.reach.push(line.clone()),
+            _ => {}
         }
     }
 
-    /// Ends the epoch at `f`: its windows go to a pending file (none if there were none).
+    /// Ends the epoch at `f`: its windows and its reach go to pending files (none if there
+    /// were none).
     pub fn seal(&mut self, f: u64) -> anyhow::Result<()> {
+        self.seal_reach(f)?;
         if self.lines.is_empty() {
             return Ok(());
         }
@@ -111,6 +122,117 @@ impl WindowFiles {
         }
         write_table(&pending_path(&self.dir, f, ""), &columns)
     }
+}
+
+impl WindowFiles {
+    /// The reach table: one row per final group, its estimate and its sketch's bytes
+    /// (`UserSketch::to_bytes`: merge rows to unite their users).
+    fn seal_reach(&mut self, f: u64) -> anyhow::Result<()> {
+        if self.reach.is_empty() {
+            return Ok(());
+        }
+        let mut text: [Vec<String>; 8] = Default::default();
+        let (mut start, mut users, mut exact, mut sketch) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for line in std::mem::take(&mut self.reach) {
+            let Line::Reach {
+                granularity,
+                window_start_ms,
+                group_by,
+                traffic,
+                ad_id,
+                campaign_id,
+                advertiser_id,
+                publisher_id,
+                country,
+                unique_users,
+                exact: is_exact,
+                sketch: encoded,
+                ..
+            } = line
+            else {
+                continue;
+            };
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(&encoded)?;
+            let texts = [
+                granularity,
+                group_by,
+                traffic,
+                ad_id,
+                campaign_id,
+                advertiser_id,
+                publisher_id,
+                country,
+            ];
+            for (column, v) in text.iter_mut().zip(texts) {
+                column.push(v);
+            }
+            start.push(window_start_ms as i64);
+            users.push(unique_users as i64);
+            exact.push(is_exact);
+            sketch.push(bytes);
+        }
+        let [
+            granularity,
+            group_by,
+            traffic,
+            ad,
+            campaign,
+            advertiser,
+            publisher,
+            country,
+        ] = text;
+        let columns = [
+            ("granularity", Column::Text(granularity)),
+            ("window_start", Column::Millis(start)),
+            ("group_by", Column::Text(group_by)),
+            ("traffic", Column::Text(traffic)),
+            ("ad_id", Column::Text(ad)),
+            ("campaign_id", Column::Text(campaign)),
+            ("advertiser_id", Column::Text(advertiser)),
+            ("publisher_id", Column::Text(publisher)),
+            ("country", Column::Text(country)),
+            ("unique_users", Column::Long(users)),
+            ("exact", Column::Bool(exact)),
+            ("sketch", Column::Bytes(sketch)),
+        ];
+        write_table(&pending_path(&self.reach_dir, f, ""), &columns)
+    }
+}
+
+/// The final reach the window sink published under `root` (`DIR/reach`), as report lines.
+pub fn read_reach(root: &Path) -> anyhow::Result<Vec<Line>> {
+    use base64::Engine as _;
+    rows(&root.join("reach"))?
+        .iter()
+        .map(|r| {
+            let start = long(r, "window_start")?;
+            let exact = match r.get("exact") {
+                Some(Value::Bool(b)) => *b,
+                other => anyhow::bail!("column exact: {other:?}, not a boolean"),
+            };
+            let sketch = match r.get("sketch") {
+                Some(Value::Bytes(b)) => base64::engine::general_purpose::STANDARD.encode(b),
+                other => anyhow::bail!("column sketch: {other:?}, not bytes"),
+            };
+            Ok(Line::Reach {
+                granularity: text(r, "granularity")?,
+                window_start: format_millis(start),
+                window_start_ms: start as u64,
+                group_by: text(r, "group_by")?,
+                traffic: text(r, "traffic")?,
+                ad_id: text(r, "ad_id")?,
+                campaign_id: text(r, "campaign_id")?,
+                advertiser_id: text(r, "advertiser_id")?,
+                publisher_id: text(r, "publisher_id")?,
+                country: text(r, "country")?,
+                unique_users: long(r, "unique_users")? as u64,
+                exact,
+                sketch,
+            })
+        })
+        .collect()
 }
 
 /// Writes `records` of the epoch ending at `f`, read by `worker`, one pending file per hour
@@ -452,6 +574,53 @@ mod tests {
         let a = &back[&3][0];
         assert_eq!((a.offset, a.click.impression_id.as_str()), (42, "imp-old"));
         assert_eq!(a.click.traits, Traits::default());
+    }
+
+    /// Final reach lines go to `DIR/reach`, published with their epoch, and read back as
+    /// written: the sketch's bytes raw in the table, base64 in the line.
+    #[test]
+    fn the_reach_table_reads_back_with_its_sketches() {
+        use adclick_dataflows::sketch::UserSketch;
+        use base64::Engine as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let line = |start: u64, hashes: Vec<u64>| {
+            let s = UserSketch::of(hashes);
+            Line::Reach {
+                granularity: "hour".into(),
+                window_start: format_millis(start as i64),
+                window_start_ms: start,
+                group_by: "ad".into(),
+                traffic: "billable".into(),
+                ad_id: "ad_1".into(),
+                campaign_id: "cmp_1".into(),
+                advertiser_id: "adv_1".into(),
+                publisher_id: String::new(),
+                country: String::new(),
+                unique_users: s.estimate(),
+                exact: s.is_exact(),
+                sketch: base64::engine::general_purpose::STANDARD.encode(s.to_bytes()),
+            }
+        };
+        let lines = vec![
+            line(1_776_686_400_000, vec![3, 1, 2]),
+            line(
+                1_776_690_000_000,
+                (0..10_000u64).map(|i| i * 0x9e37_79b9).collect(),
+            ),
+        ];
+        let mut files = WindowFiles::new(tmp.path()).unwrap();
+        for l in &lines {
+            files.push(l);
+        }
+        files.seal(10).unwrap();
+        assert_eq!(
+            read_reach(tmp.path()).unwrap(),
+            vec![],
+            "pending until committed"
+        );
+        commit(tmp.path(), 10).unwrap();
+        assert_eq!(read_reach(tmp.path()).unwrap(), lines);
+        assert!(read_windows(tmp.path()).unwrap().is_empty());
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! (DuckDB, pyarrow) read `*.parquet` only, so they see each epoch whole or not at all, and
 //! each row once: epochs never overlap.
 //!
-//! The tables are flat: UTF-8 strings and 64-bit integers, written with the low-level column
-//! API (no Arrow dependency for two small schemas).
+//! The tables are flat: UTF-8 strings, 64-bit integers, booleans and binary (a reach sketch's
+//! bytes), written with the low-level column API (no Arrow dependency for small schemas).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use parquet::basic::Compression;
-use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+use parquet::data_type::{BoolType, ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::FileReader;
 use parquet::file::serialized_reader::SerializedFileReader;
@@ -30,6 +30,9 @@ pub enum Column {
     Long(Vec<i64>),
     /// Milliseconds since the epoch, typed as a UTC timestamp for readers.
     Millis(Vec<i64>),
+    Bool(Vec<bool>),
+    /// Bytes, not text (BYTE_ARRAY without a UTF8 annotation).
+    Bytes(Vec<Vec<u8>>),
 }
 
 impl Column {
@@ -37,6 +40,8 @@ impl Column {
         match self {
             Column::Text(v) => v.len(),
             Column::Long(v) | Column::Millis(v) => v.len(),
+            Column::Bool(v) => v.len(),
+            Column::Bytes(v) => v.len(),
         }
     }
 
@@ -45,6 +50,8 @@ impl Column {
             Column::Text(_) => format!("REQUIRED BYTE_ARRAY {name} (UTF8);"),
             Column::Long(_) => format!("REQUIRED INT64 {name};"),
             Column::Millis(_) => format!("REQUIRED INT64 {name} (TIMESTAMP(MILLIS,true));"),
+            Column::Bool(_) => format!("REQUIRED BOOLEAN {name};"),
+            Column::Bytes(_) => format!("REQUIRED BYTE_ARRAY {name};"),
         }
     }
 }
@@ -75,6 +82,14 @@ pub fn write_table(path: &Path, columns: &[(&str, Column)]) -> anyhow::Result<()
             Column::Long(v) | Column::Millis(v) => {
                 col.typed::<Int64Type>().write_batch(v, None, None)?;
             }
+            Column::Bool(v) => {
+                col.typed::<BoolType>().write_batch(v, None, None)?;
+            }
+            Column::Bytes(v) => {
+                let values: Vec<ByteArray> = v.iter().map(|b| b.clone().into()).collect();
+                col.typed::<ByteArrayType>()
+                    .write_batch(&values, None, None)?;
+            }
         }
         col.close()?;
     }
@@ -89,6 +104,8 @@ pub fn write_table(path: &Path, columns: &[(&str, Column)]) -> anyhow::Result<()
 pub enum Value {
     Text(String),
     Long(i64),
+    Bool(bool),
+    Bytes(Vec<u8>),
 }
 
 /// Every row of a file, as (column name, value) pairs in schema order.
@@ -105,6 +122,8 @@ pub fn read_table(path: &Path) -> anyhow::Result<Vec<Vec<(String, Value)>>> {
                     Field::Str(s) => Value::Text(s.clone()),
                     Field::Long(n) => Value::Long(*n),
                     Field::TimestampMillis(n) => Value::Long(*n),
+                    Field::Bool(b) => Value::Bool(*b),
+                    Field::Bytes(b) => Value::Bytes(b.data().to_vec()),
                     other => anyhow::bail!("column {name}: unexpected {other:?}"),
                 };
                 Ok((name.clone(), v))
