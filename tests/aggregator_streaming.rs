@@ -668,3 +668,210 @@ fn a_torn_newest_checkpoint_is_skipped_and_the_final_windows_stay_exact() {
     assert_eq!(tallies.dead_lettered, bad.len() as u64, "{tallies:?}");
     assert_eq!(tallies.received, held.iter().sum::<u64>(), "{tallies:?}");
 }
+
+/// Issue 16, item 4: the clicks of [`incremental_chain`]: `n` impressions, two clicks a second
+/// of event time over partitions 0 and 1, and a second click of every tenth impression, sent
+/// ten records later on its partition: 1.5 s after the first (a duplicate), or, every other
+/// time, 1.5 s before it (the new winner, dethroning the first, possibly in the minute
+/// before). Returns the records in order, and the truth: final minute, hour and day rows by
+/// (granularity, window start, ad) as (clicks, duplicates).
+type Truth = BTreeMap<(&'static str, u64, String), (i64, i64)>;
+
+fn clicks_with_duplicates(n: i64) -> (Vec<(i32, ClickEvent)>, Truth) {
+    let mut records: Vec<(i32, ClickEvent)> = Vec::new();
+    let mut second: BTreeMap<i64, ClickEvent> = BTreeMap::new();
+    let mut truth: Truth = BTreeMap::new();
+    let mut count = |e: &ClickEvent, won: bool| {
+        for (granularity, len) in [("minute", 60_000), ("hour", 3_600_000), ("day", 86_400_000)] {
+            let start = (e.event_time_ms - e.event_time_ms.rem_euclid(len)) as u64;
+            let row = truth
+                .entry((granularity, start, e.ad_id.clone()))
+                .or_default();
+            if won {
+                row.0 += 1;
+            } else {
+                row.1 += 1;
+            }
+        }
+    };
+    for i in 0..n {
+        let e = event(i);
+        if let Some(again) = second.remove(&(i - 10)) {
+            records.push(((i % 2) as i32, again));
+        }
+        if i % 10 == 3 {
+            let mut again = event(i);
+            again.click_id = format!("0192f6a4-7c1e-7b3a-9c44-{:012x}", 500_000 + i);
+            again.event_time_ms += if i % 20 == 3 { 1_500 } else { -1_500 };
+            let first_wins = e.event_time_ms < again.event_time_ms;
+            count(&e, first_wins);
+            count(&again, !first_wins);
+            second.insert(i, again);
+        } else {
+            count(&e, true);
+        }
+        records.push(((i % 2) as i32, e));
+    }
+    for (i, again) in second {
+        records.push(((i % 2) as i32, again));
+    }
+    (records, truth)
+}
+
+/// Issue 16, item 4: a streaming run takes a full checkpoint, then links (only what changed:
+/// dedup winners, window rows, with minute rows retiring after a minute and dedup winners
+/// expiring after a minute and a half), compacts into a full one after five links and goes
+/// on linking; it is killed (SIGKILL) mid-chain. `tear`: the newest link's first part is cut
+/// in half too. `--until-end` restores from the newest checkpoint whose chain is whole (a
+/// link, replayed onto its base), and every final minute, hour and day row equals the
+/// truth, duplicates that arrived in other links than their impression's first click
+/// included, as do the tallies. Every checkpoint left on disk has the whole chain it builds
+/// on.
+fn incremental_chain(tear: bool) {
+    let kafka = common::embedded_kafka(2);
+    let brokers = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let checkpoints = dir.path().join("checkpoints");
+    let ckpt = checkpoints.display().to_string();
+    let env = [
+        ("ADCLICK_AGGREGATOR_CHECKPOINT_DIR", ckpt.as_str()),
+        ("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "700"),
+        ("ADCLICK_AGGREGATOR_CHECKPOINT_FULL_EVERY", "5"),
+        ("ADCLICK_AGGREGATOR_ALLOWED_LATENESS_MS", "20000"),
+        ("ADCLICK_AGGREGATOR_MINUTE_RETENTION_MS", "60000"),
+        ("ADCLICK_AGGREGATOR_DEDUP_HORIZON_MS", "70000"),
+        ("ADCLICK_AGGREGATOR_IDLE_TIMEOUT_MS", "600000"),
+    ];
+    let n = 1_600;
+    let (records, truth) = clicks_with_duplicates(n);
+    let mut aggregator = streaming(&brokers, &out, &env);
+    // Complete checkpoints, oldest first: (frontier, the chain it builds on).
+    let manifests = || {
+        let mut done: Vec<(u64, Vec<u64>)> = std::fs::read_dir(&checkpoints)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let text = std::fs::read(e.path().join("MANIFEST.json")).ok()?;
+                let m: serde_json::Value = serde_json::from_slice(&text).ok()?;
+                let chain = m["chain"]
+                    .as_array()
+                    .map(|c| c.iter().map(|f| f.as_u64().unwrap()).collect())
+                    .unwrap_or_default();
+                Some((m["frontier"].as_u64().unwrap(), chain))
+            })
+            .collect();
+        done.sort();
+        done
+    };
+    // Mid-chain, after a compaction: a second full checkpoint, and the newest has two or
+    // three links before it (one more commit before the kill is still a link).
+    let mid_chain = || {
+        let all = manifests();
+        let fulls = all.iter().filter(|m| m.1.is_empty()).count();
+        let newest = all.last().map_or(0, |m| m.1.len());
+        fulls >= 2 && (2..=3).contains(&newest)
+    };
+    let mut chunks = records.chunks(20);
+    let mut reached = false;
+    for chunk in chunks.by_ref() {
+        produce(&brokers, chunk);
+        std::thread::sleep(Duration::from_millis(150));
+        if mid_chain() {
+            reached = true;
+            break;
+        }
+    }
+    assert!(
+        reached,
+        "mid-chain before the input ran out: {:?}",
+        manifests()
+    );
+    aggregator.kill();
+    let before = manifests();
+    let (newest, chain) = before.last().cloned().unwrap();
+    assert!(!chain.is_empty(), "killed mid-chain: {before:?}");
+    let path = |f: u64| checkpoints.join(format!("ckpt-{f:020}"));
+    // Links hold what changed, far less than their base.
+    let size = |f: u64| {
+        std::fs::metadata(path(f).join("worker-0.bin"))
+            .unwrap()
+            .len()
+    };
+    assert!(
+        size(newest) < size(chain[0]),
+        "{} vs {}",
+        size(newest),
+        size(chain[0])
+    );
+    if tear {
+        let part = path(newest).join("worker-0.bin");
+        let bytes = std::fs::read(&part).unwrap();
+        std::fs::write(&part, &bytes[..bytes.len() / 2]).unwrap();
+    }
+    produce(&brokers, &chunks.flatten().cloned().collect::<Vec<_>>());
+
+    let stderr = until_end(&brokers, &out, &env);
+    let restored = before[before.len() - 1 - usize::from(tear)].clone();
+    assert!(
+        stderr.contains(&format!("frontier={} ", restored.0))
+            && stderr.contains(&format!("links={} ", restored.1.len())),
+        "restored from {restored:?}: {stderr}"
+    );
+    assert!(!restored.1.is_empty(), "from a link: {restored:?}");
+    if tear {
+        assert!(
+            stderr.contains("falling back to the previous one") && stderr.contains("torn"),
+            "{stderr}"
+        );
+    }
+    // Pruning kept what every checkpoint on disk builds on.
+    for (f, chain) in manifests() {
+        for g in chain {
+            assert!(path(g).join("MANIFEST.json").exists(), "{f} needs {g}");
+        }
+    }
+
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut finals: Truth = BTreeMap::new();
+    let mut tallies = None;
+    for line in text.lines() {
+        let l: Line = serde_json::from_str(line).unwrap();
+        if let Line::Tallies(t) = &l {
+            tallies = Some(*t);
+        }
+        if let Some(w) = l.window()
+            && w.status == "final"
+        {
+            let granularity = match w.granularity {
+                "minute" => "minute",
+                "hour" => "hour",
+                _ => "day",
+            };
+            let key = (granularity, w.start, w.dims[0].to_string());
+            assert!(
+                finals
+                    .insert(key.clone(), (w.clicks, w.duplicates))
+                    .is_none(),
+                "{key:?} final twice"
+            );
+        }
+    }
+    assert_eq!(finals, truth, "every final row");
+    let tallies = tallies.expect("a tallies line");
+    let duplicates = n / 10;
+    assert_eq!(tallies.counted, n, "{tallies:?}");
+    assert_eq!(tallies.duplicates, duplicates, "{tallies:?}");
+    assert_eq!(tallies.received, (n + duplicates) as u64, "{tallies:?}");
+}
+
+#[test]
+fn a_chain_of_incremental_checkpoints_restores_exactly_after_a_kill() {
+    incremental_chain(false);
+}
+
+#[test]
+fn a_torn_link_falls_back_to_the_previous_checkpoint_whose_chain_is_whole() {
+    incremental_chain(true);
+}

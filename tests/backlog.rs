@@ -423,6 +423,7 @@ fn wait_for_checkpoint_offset(dir: &Path, limit: u64) -> u64 {
         dir: dir.to_path_buf(),
         interval: Duration::from_secs(1),
         keep: 2,
+        full_every: 0,
         settings: None,
     };
     let every = Duration::from_millis(100);

@@ -98,6 +98,9 @@ impl Hasher for PassThrough {
 
 type Winners<V = Winner> = std::collections::HashMap<u128, V, BuildHasherDefault<PassThrough>>;
 
+/// A set of impressions, hashed by their fingerprint's low bits as they are.
+pub type Impressions = std::collections::HashSet<u128, BuildHasherDefault<PassThrough>>;
+
 const CLICK_BITS: u32 = 54;
 const TIME_SHIFT: u32 = CLICK_BITS - 32;
 
@@ -155,6 +158,13 @@ pub struct DedupState {
     /// The recent winners' traits, by the minute of their event time (so that whole minutes
     /// are forgotten at once), then impression.
     judged: BTreeMap<u64, Winners<Judged>>,
+    /// The minute before which no traits are kept any more (the sweeps' cut so far): a
+    /// restore from an incremental chain drops older traits the chain still carries.
+    judged_from: u64,
+    /// The impressions whose winner changed since the last [`DedupState::take_changed`], once
+    /// an incremental checkpoint has asked for them (none kept before: the first checkpoint
+    /// of a run is full).
+    changed: Option<Impressions>,
 }
 
 impl DedupState {
@@ -165,7 +175,46 @@ impl DedupState {
             dims: DimsTable::default(),
             next_sweep: 0,
             judged: BTreeMap::new(),
+            judged_from: 0,
+            changed: None,
         }
+    }
+
+    /// The impressions whose winner changed (won, replaced, or won again beyond the horizon)
+    /// since the previous call, and from now on records them: `None` at the first call, when
+    /// nothing was recorded. Swept impressions are not recorded: a restore drops them by
+    /// their event time.
+    pub fn take_changed(&mut self) -> Option<Impressions> {
+        self.changed.replace(Impressions::default())
+    }
+
+    /// The minute before which traits are no longer kept.
+    pub fn judged_from(&self) -> u64 {
+        self.judged_from
+    }
+
+    /// The winners of `impressions` still tracked, with their dimensions as indices into the
+    /// state's table (see [`DedupState::interned_winners`]), and the traits kept for them.
+    #[allow(clippy::type_complexity)]
+    pub fn winners_of<'a>(
+        &'a self,
+        impressions: impl Iterator<Item = u128> + 'a,
+    ) -> impl Iterator<Item = ((u128, u64, u64, u32), Option<Judged>)> + 'a {
+        impressions.filter_map(|imp| {
+            let w = self.winners.get(&imp)?;
+            let (t, click) = w.rank();
+            let judged = self
+                .judged
+                .get(&(t / MINUTE_MS))
+                .and_then(|m| m.get(&imp))
+                .copied();
+            Some(((imp, t, click, w.dims()), judged))
+        })
+    }
+
+    /// The table [`DedupState::interned_winners`] and [`DedupState::winners_of`] index into.
+    pub fn dims_table(&self) -> &[Dims] {
+        &self.dims.all
     }
 
     /// The recent winners' traits, what a checkpoint keeps beside the winners:
@@ -315,6 +364,9 @@ impl DedupState {
     fn win(&mut self, click: &Click) {
         let d = self.dims.intern(click.dims);
         let w = Winner::new(click.event_time, click.click, d);
+        if let Some(changed) = self.changed.as_mut() {
+            changed.insert(click.impression);
+        }
         if let Some(old) = self.winners.insert(click.impression, w)
             && let Some(m) = self.judged.get_mut(&(old.event_time() / MINUTE_MS))
         {
@@ -329,6 +381,7 @@ impl DedupState {
     pub fn sweep(&mut self, frontier: u64) {
         let (h, l) = (self.cfg.horizon_ms, self.cfg.allowed_lateness_ms);
         let recent = frontier.saturating_sub(l + self.cfg.lookback_ms) / MINUTE_MS;
+        self.judged_from = self.judged_from.max(recent);
         while self
             .judged
             .first_key_value()
@@ -366,7 +419,8 @@ pub struct DedupCheckpoints<'s> {
 }
 
 /// Where a worker's dedup state goes at a checkpoint frontier.
-pub type SaveDedup = Box<dyn FnMut(u64, &DedupState)>;
+/// It may take the impressions changed since the previous save ([`DedupState::take_changed`]).
+pub type SaveDedup = Box<dyn FnMut(u64, &mut DedupState)>;
 
 /// [`dedup`] starting from `state` (restored from a checkpoint, or empty), saving checkpoints.
 pub fn checkpointed_dedup<'s>(
@@ -425,7 +479,7 @@ pub fn checkpointed_dedup<'s>(
                         {
                             asked.pop_first();
                             if let Some(save) = save.as_mut() {
-                                save(f, &state);
+                                save(f, &mut state);
                             }
                             continue;
                         }

@@ -598,7 +598,7 @@ fn checkpoint(workers: usize, parts: Vec<Vec<Item>>, f: u64) -> Vec<Part> {
         let (mut requests, mut traces) = worker.dataflow::<u64, _, _>(move |scope| {
             let events = memory_source(scope, mine, Some(cuts_in), None, None);
             let (input, requests) = scope.new_input::<Vec<u64>>();
-            let save: SaveDedup = Box::new(move |at, state: &DedupState| {
+            let save: SaveDedup = Box::new(move |at, state: &mut DedupState| {
                 assert_eq!(at, f);
                 let mut parts = out_in.lock().unwrap();
                 parts[index].winners = state.winners().collect();

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use adclick_dataflows::AggregateConfig;
 use adclick_dataflows::anomaly::AlertConfig;
 use adclick_dataflows::flood::{FloodRule, InvalidConfig};
-use adclick_dataflows::reach::ReachConfig;
 use adclick_dataflows::rollup::Retention;
 use adclick_dataflows::topn::TopNConfig;
 use adclick_dataflows::watermark::TimeConfig;
@@ -60,17 +59,18 @@ pub struct AggregatorConfig {
     /// reads the topic from its start.
     pub checkpoint_dir: Option<PathBuf>,
     pub checkpoint_interval_ms: u64,
-    /// Complete checkpoints kept on disk.
+    /// Complete checkpoints kept on disk (with every checkpoint they build on).
     pub checkpoints_kept: usize,
+    /// Incremental checkpoints: between two full checkpoints, this many links, each holding
+    /// only what changed since the previous checkpoint (0: every checkpoint is full). A
+    /// restore reads one full checkpoint and at most this many links.
+    pub checkpoint_full_every: usize,
     /// Where the Parquet sinks write: final windows, and (with checkpoints) the raw archive.
     pub parquet_dir: Option<PathBuf>,
     /// The behavioural invalid-traffic rules (`[aggregator.invalid]`).
     pub invalid: InvalidRules,
     /// Traffic anomaly alerts (`[aggregator.alerts]`): spikes, drops, invalid share.
     pub alerts: AlertConfig,
-    /// Reach (distinct users per group, hour and day): `false` builds no sketches, and the
-    /// query API says reach is off (`ADCLICK_AGGREGATOR_REACH=false`).
-    pub reach: bool,
     /// Flow control: how far (event time) a source may read ahead of what the whole dataflow
     /// has finished, and a partition ahead of its source's slowest one.
     pub read_ahead_ms: u64,
@@ -186,10 +186,10 @@ impl Default for AggregatorConfig {
             checkpoint_dir: None,
             checkpoint_interval_ms: 10_000,
             checkpoints_kept: 2,
+            checkpoint_full_every: 30,
             parquet_dir: None,
             invalid: InvalidRules::default(),
             alerts: AlertConfig::default(),
-            reach: a.reach.enabled,
             read_ahead_ms: 10_000,
             memory_budget_mb: 0,
         }
@@ -254,10 +254,7 @@ impl AggregatorConfig {
                 window_minutes: self.top_window_minutes.clone(),
             },
             invalid: self.invalid.dataflow(),
-            reach: ReachConfig {
-                enabled: self.reach,
-                ..ReachConfig::default()
-            },
+            reach: Default::default(),
         }
     }
 
@@ -279,6 +276,7 @@ impl AggregatorConfig {
             dir: self.checkpoint_dir.clone()?,
             interval: std::time::Duration::from_millis(self.checkpoint_interval_ms),
             keep: self.checkpoints_kept,
+            full_every: self.checkpoint_full_every,
             settings: Some(crate::aggregator::checkpoint::StateSettings {
                 tick_ms: self.tick_ms,
                 allowed_lateness_ms: self.allowed_lateness_ms,

@@ -4,8 +4,9 @@
 //! it stood when its capability crossed `F`, and the arrangements hold their history back
 //! until their rows before `F` are read. This module gathers those pieces per worker, writes
 //! them off the worker thread, and has worker 0 commit the checkpoint once every part is on
-//! disk.
+//! disk. Between full checkpoints, each is a link holding only what changed (`chain.rs`).
 
+pub mod chain;
 pub mod part;
 pub mod store;
 
@@ -17,15 +18,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use adclick_dataflows::Traces;
 use adclick_dataflows::dedup::{DedupState, SaveDedup};
 use adclick_dataflows::names::Dictionary;
 use adclick_dataflows::source::{Cuts, SourceSnapshot};
+use adclick_dataflows::{RestoredRows, Traces};
 use timely::dataflow::InputHandleVec;
 
 pub use part::{Restored, WorkerPart, WriterState};
 pub use store::{Corrupt, Manifest, PART_FORMAT, StateSettings, Store};
 
+use chain::{ChainState, Digests, LinkPart, Part, Plan};
 use part::Winners;
 
 use super::raw::{Archived, RawBuffer};
@@ -39,8 +41,11 @@ use crate::health::{Checkpointed, Health};
 pub struct CheckpointConfig {
     pub dir: PathBuf,
     pub interval: Duration,
-    /// Complete checkpoints kept on disk (the newest ones).
+    /// Complete checkpoints kept on disk (the newest ones, with those they build on).
     pub keep: usize,
+    /// Links between full checkpoints (0: every checkpoint is full): a restore reads one
+    /// full checkpoint and at most this many links.
+    pub full_every: usize,
     /// This run's settings that a checkpoint's state is cut by: recorded in every manifest
     /// it commits, and checked against the manifest it restores (`None`: neither, for tools
     /// that only read checkpoints).
@@ -64,7 +69,7 @@ pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Res
             if let (Some(took), Some(now)) = (&manifest.settings, &cfg.settings) {
                 took.check_restorable(now, manifest.frontier, &cfg.dir)?;
             }
-            let parts = store.read_parts(&manifest)?;
+            let parts = store.read_chain(&manifest)?;
             Ok((manifest, parts))
         });
         let (manifest, parts) = match loaded {
@@ -88,6 +93,7 @@ pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Res
             frontier = manifest.frontier,
             workers = manifest.workers,
             bytes = manifest.bytes,
+            links = manifest.chain.len(),
             read_ms = started.elapsed().as_millis() as u64,
             skipped = skipped.len(),
             "restoring checkpoint"
@@ -118,12 +124,22 @@ pub struct Checkpointer {
     /// The source's cuts.
     pub cuts: Rc<RefCell<Cuts>>,
     /// Dedup winners saved at each asked frontier whose part is not yet written.
-    saved: Rc<RefCell<BTreeMap<u64, (Instant, Winners)>>>,
+    saved: Rc<RefCell<BTreeMap<u64, Saved>>>,
+    /// What the links after the newest committed checkpoint need.
+    chain: Rc<RefCell<ChainState>>,
     /// Worker 0: the report writer's state at each asked frontier.
     written: Rc<RefCell<BTreeMap<u64, WriterState>>>,
     /// Worker 0: the frontiers the writer must record its state at.
     asked: Rc<RefCell<std::collections::BTreeSet<u64>>>,
     requests: Option<Requests>,
+}
+
+/// A worker's dedup state at an asked frontier, and what its part is to be.
+struct Saved {
+    asked_at: Instant,
+    winners: Winners,
+    plan: Plan,
+    judged_from: u64,
 }
 
 /// What a committed checkpoint makes visible, and where it is reported.
@@ -166,19 +182,57 @@ impl Checkpointer {
             publish: Arc::new(publish),
             cuts: Rc::default(),
             saved: Rc::default(),
+            chain: Rc::default(),
             written: Rc::default(),
             asked: Rc::default(),
             requests: None,
         })
     }
 
-    /// Where the dedup puts its state at an asked frontier.
+    /// Where the dedup puts its state at an asked frontier: all of it for a full checkpoint,
+    /// the winners changed since the newest committed checkpoint for a link. Every worker
+    /// plans alike: the previous checkpoint has settled (committed or not) before `F` is
+    /// asked, so all of them see the same newest manifest.
     pub fn save_dedup(&self) -> SaveDedup {
         let saved = self.saved.clone();
-        Box::new(move |f, state: &DedupState| {
-            saved
-                .borrow_mut()
-                .insert(f, (Instant::now(), Winners::of(state)));
+        let chain = self.chain.clone();
+        let store = self.store.clone();
+        let full_every = self.cfg.full_every;
+        Box::new(move |f, state: &mut DedupState| {
+            let asked_at = Instant::now();
+            let changed = (full_every > 0).then(|| state.take_changed()).flatten();
+            let committed = if full_every > 0 {
+                match store.latest() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Every worker reads the same manifest: none builds a link on it.
+                        tracing::warn!("checkpoint at {f}: the newest manifest: {e:#}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let mut chain = chain.borrow_mut();
+            let plan = chain.plan(
+                f,
+                committed.as_ref().map(|m| (m.frontier, m.chain.as_slice())),
+                changed,
+                full_every,
+            );
+            let winners = match &plan {
+                Plan::Full => Winners::of(state),
+                Plan::Link { tip, .. } => Winners::changed(state, chain.changed_since(*tip)),
+            };
+            saved.borrow_mut().insert(
+                f,
+                Saved {
+                    asked_at,
+                    winners,
+                    plan,
+                    judged_from: state.judged_from(),
+                },
+            );
         })
     }
 
@@ -232,7 +286,7 @@ impl Checkpointer {
             } else {
                 None
             };
-            let (asked_at, winners) = self.saved.borrow_mut().remove(&f).expect("saved");
+            let saved = self.saved.borrow_mut().remove(&f).expect("saved");
             let mut rows = traces.rows_before(f);
             if let Some(names) = names {
                 // Texts of clicks after `F` too, which is harmless: a text never changes.
@@ -258,16 +312,53 @@ impl Checkpointer {
                     .collect();
                 r.borrow_mut().take_before(&positions)
             });
-            let part = WorkerPart {
+            let mut part = WorkerPart {
                 worker: self.worker,
                 peers: self.peers,
                 partitions: self.partitions.clone(),
                 source,
-                winners,
-                rows,
+                winners: saved.winners,
+                rows: RestoredRows::default(),
                 writer,
             };
-            self.write(f, part, raw.unwrap_or_default(), asked_at);
+            let part = if self.cfg.full_every == 0 {
+                part.rows = rows;
+                Part::Full(part)
+            } else {
+                let tip = match &saved.plan {
+                    Plan::Full => None,
+                    Plan::Link { tip, .. } => Some(*tip),
+                };
+                let digests = Digests::of(&rows);
+                let mut chain = self.chain.borrow_mut();
+                let at_tip = chain.digests(f, digests.clone(), tip);
+                match (tip, at_tip) {
+                    (None, _) => {
+                        part.rows = rows;
+                        Part::Full(part)
+                    }
+                    (Some(tip), Some(at_tip)) => {
+                        let (changed, emptied) = digests.delta(at_tip, rows);
+                        part.rows = changed;
+                        Part::Link(LinkPart {
+                            tip,
+                            part,
+                            emptied,
+                            judged_from: saved.judged_from,
+                        })
+                    }
+                    // The plan saw them (they are kept until a newer checkpoint commits, and
+                    // none can before this one settles).
+                    (Some(tip), None) => unreachable!("the digests of the tip {tip} are gone"),
+                }
+            };
+            self.write(
+                f,
+                part,
+                saved.plan.chain(),
+                raw.unwrap_or_default(),
+                saved.asked_at,
+            );
         }
     }
 
@@ -305,7 +396,7 @@ impl Checkpointer {
 
     /// Writes the part on a thread of its own; worker 0's thread then waits for every other
     /// part and commits the checkpoint.
-    fn write(&self, f: u64, part: WorkerPart, raw: Vec<Archived>, asked_at: Instant) {
+    fn write(&self, f: u64, part: Part, chain: Vec<u64>, raw: Vec<Archived>, asked_at: Instant) {
         let store = self.store.clone();
         let peers = self.peers;
         let keep = self.cfg.keep;
@@ -338,6 +429,7 @@ impl Checkpointer {
                 format: PART_FORMAT,
                 settings,
                 checksummed: true,
+                chain,
             };
             store.commit(&manifest, keep)?;
             if let Some(sinks) = &publish.sinks {
@@ -350,6 +442,7 @@ impl Checkpointer {
                 frontier = f,
                 bytes = manifest.bytes,
                 duration_ms = manifest.duration_ms,
+                links = manifest.chain.len(),
                 "checkpoint committed"
             );
             let health = &publish.health;

@@ -6,12 +6,14 @@
 //! partitions with their offsets and clocks to the worker that now reads them. Rows and the
 //! events a source had sent ahead may start on any worker (the dataflow exchanges them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 
 use adclick_dataflows::RestoredRows;
 use adclick_dataflows::click::Dims;
-use adclick_dataflows::dedup::{DedupConfig, DedupState, Judged};
+use adclick_dataflows::dedup::{DedupConfig, DedupState, Judged, PassThrough};
 use adclick_dataflows::source::SourceSnapshot;
+use adclick_dataflows::time::MINUTE_MS;
 use adclick_dataflows::watermark::ClockState;
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +65,70 @@ impl Winners {
             dims: dims.to_vec(),
             entries: winners.collect(),
             judged: state.judged().collect(),
+        }
+    }
+
+    /// The current winners (and kept traits) of `impressions` only: what a link holds. Their
+    /// dimensions are stored once each, in a table of their own.
+    pub fn changed(state: &DedupState, impressions: impl Iterator<Item = u128>) -> Self {
+        let table = state.dims_table();
+        let mut remap: HashMap<u32, u32> = HashMap::new();
+        let mut out = Self::default();
+        for ((imp, t, click, d), judged) in state.winners_of(impressions) {
+            let mine = *remap.entry(d).or_insert_with(|| {
+                out.dims.push(table[d as usize]);
+                (out.dims.len() - 1) as u32
+            });
+            out.entries.push((imp, t, click, mine));
+            if let Some(j) = judged {
+                out.judged.push((imp, t, j));
+            }
+        }
+        out
+    }
+
+    /// `base` with `links` applied oldest first, later winners overriding; a trait is kept
+    /// where no later link changed its impression's winner and its minute is not before
+    /// `judged_from` (the newest link's cut: the live state had dropped older ones).
+    pub fn fold(base: Winners, links: Vec<Winners>, judged_from: u64) -> Winners {
+        let mut dims = base.dims;
+        let mut index: HashMap<Dims, u32> = dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (*d, i as u32))
+            .collect();
+        let mut newer: HashMap<u128, (u64, u64, u32), BuildHasherDefault<PassThrough>> =
+            HashMap::default();
+        let mut newer_judged: HashMap<u128, (u64, Judged)> = HashMap::new();
+        for link in links {
+            for (imp, t, click, d) in link.entries {
+                let d = *index.entry(link.dims[d as usize]).or_insert_with(|| {
+                    dims.push(link.dims[d as usize]);
+                    (dims.len() - 1) as u32
+                });
+                newer.insert(imp, (t, click, d));
+                newer_judged.remove(&imp);
+            }
+            for (imp, t, j) in link.judged {
+                newer_judged.insert(imp, (t, j));
+            }
+        }
+        let recent = |t: u64| t / MINUTE_MS >= judged_from;
+        let mut entries = base.entries;
+        entries.retain(|(imp, ..)| !newer.contains_key(imp));
+        entries.extend(newer.iter().map(|(imp, (t, c, d))| (*imp, *t, *c, *d)));
+        let mut judged = base.judged;
+        judged.retain(|(imp, t, _)| !newer.contains_key(imp) && recent(*t));
+        judged.extend(
+            newer_judged
+                .into_iter()
+                .filter(|(imp, (t, _))| recent(*t) && newer.get(imp).is_some_and(|w| w.0 == *t))
+                .map(|(imp, (t, j))| (imp, t, j)),
+        );
+        Winners {
+            dims,
+            entries,
+            judged,
         }
     }
 

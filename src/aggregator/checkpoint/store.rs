@@ -3,7 +3,7 @@
 //! a crash at any moment leaves either a whole checkpoint or none.
 //!
 //! ```text
-//! DIR/ckpt-00000001763833260000/worker-0.bin   (postcard: a WorkerPart, then a trailer)
+//! DIR/ckpt-00000001763833260000/worker-0.bin   (postcard: a Part, full or link, then a trailer)
 //!                              /worker-1.bin
 //!                              /MANIFEST.json  (renamed into place once every part is)
 //! DIR/corrupt-ckpt-…/                          (set aside by a restore that could not read it)
@@ -17,6 +17,10 @@
 //! system; the trailer catches what the rename cannot: a part torn by a disk or file system
 //! that lost the end of a write, or damaged since. A manifest that says `checksummed` is read
 //! only with its parts' trailers intact; older manifests' parts have none.
+//!
+//! A manifest whose `chain` is not empty is a link of an incremental chain (`chain.rs`): it
+//! names the checkpoints it builds on, oldest first, the first one full, and is read only
+//! with all of them whole.
 
 use std::fs::File;
 use std::io::Write;
@@ -25,6 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::chain::{Part, fold, kept};
 use super::part::WorkerPart;
 
 /// What a complete checkpoint holds, written once all its parts are in place.
@@ -52,6 +57,10 @@ pub struct Manifest {
     /// Whether every part ends with its checksum trailer (absent, false, in older manifests).
     #[serde(default)]
     pub checksummed: bool,
+    /// The checkpoints this one builds on, oldest first (the first is full): empty for a
+    /// full checkpoint, and in manifests from before incremental checkpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<u64>,
 }
 
 /// A checkpoint that cannot be read as written: a manifest that does not parse, a part
@@ -156,8 +165,10 @@ impl StateSettings {
 
 /// The encoding of the parts this build writes and reads. Postcard is not self-describing, so
 /// a part of another format cannot be read at all: format 2 added invalid-traffic measures
-/// and the recent winners' traits, format 3 the reach sketches (`RestoredRows::reach`).
-pub const PART_FORMAT: u32 = 3;
+/// and the recent winners' traits, format 3 the reach sketches (`RestoredRows::reach`),
+/// format 4 the links of incremental chains (a part is a `Part`: full, or a link). Format 3
+/// parts are still read, as full parts.
+pub const PART_FORMAT: u32 = 4;
 
 fn first_format() -> u32 {
     1
@@ -189,10 +200,10 @@ impl Store {
 
     /// Writes one worker's part whole or not at all: into a temporary file, synced, then
     /// renamed. Returns its size.
-    pub fn write_part(&self, frontier: u64, part: &WorkerPart) -> anyhow::Result<u64> {
+    pub fn write_part(&self, frontier: u64, part: &Part) -> anyhow::Result<u64> {
         let dir = self.checkpoint_dir(frontier);
         std::fs::create_dir_all(&dir)?;
-        let path = self.part_path(frontier, part.worker);
+        let path = self.part_path(frontier, part.worker());
         let bytes = with_trailer(postcard::to_stdvec(part).context("encoding a checkpoint part")?);
         write_atomically(&path, &bytes)?;
         Ok(bytes.len() as u64)
@@ -267,17 +278,23 @@ impl Store {
         Ok(all)
     }
 
-    /// Removes complete checkpoints older than the `keep` newest, and incomplete ones older
-    /// than the newest complete one (abandoned by a crash).
+    /// Removes complete checkpoints that neither are among the `keep` newest nor anything
+    /// these build on (nor the newest on another base, with what it builds on: `chain::kept`),
+    /// and incomplete ones older than the newest complete one (abandoned by a crash). A
+    /// manifest that does not parse counts as full.
     fn prune(&self, keep: usize) -> anyhow::Result<()> {
         let all = self.list()?;
-        let complete: Vec<u64> = all.iter().filter(|(_, c)| *c).map(|(f, _)| *f).collect();
-        let Some(&newest) = complete.last() else {
+        let complete: Vec<(u64, Vec<u64>)> = all
+            .iter()
+            .filter(|(_, c)| *c)
+            .map(|(f, _)| (*f, self.manifest(*f).map(|m| m.chain).unwrap_or_default()))
+            .collect();
+        let Some(&(newest, _)) = complete.last() else {
             return Ok(());
         };
-        let oldest_kept = complete[complete.len().saturating_sub(keep)];
+        let keep = kept(&complete, keep);
         for (f, done) in all {
-            if (done && f < oldest_kept) || (!done && f < newest) {
+            if (done && !keep.contains(&f)) || (!done && f < newest) {
                 std::fs::remove_dir_all(self.checkpoint_dir(f))?;
             }
         }
@@ -334,14 +351,13 @@ impl Store {
         }
     }
 
-    /// All parts of a complete checkpoint.
     /// Every part of `manifest`'s checkpoint, each read and decoded on a thread of its own (a
     /// restart waits for all of them, and one part is about one worker's share of the state).
-    pub fn read_parts(&self, manifest: &Manifest) -> anyhow::Result<Vec<WorkerPart>> {
+    pub fn read_parts(&self, manifest: &Manifest) -> anyhow::Result<Vec<Part>> {
         anyhow::ensure!(
-            manifest.format == PART_FORMAT,
+            (3..=PART_FORMAT).contains(&manifest.format),
             "the checkpoint at frontier {} in {} has parts of format {}, and this build reads \
-             format {PART_FORMAT}: restore it with the build that wrote it, or move the \
+             formats 3 to {PART_FORMAT}: restore it with the build that wrote it, or move the \
              checkpoint directory away to start from the topic's beginning",
             manifest.frontier,
             self.dir.display(),
@@ -352,7 +368,8 @@ impl Store {
                 .map(|w| {
                     let path = self.part_path(manifest.frontier, w);
                     let checksummed = manifest.checksummed;
-                    scope.spawn(move || -> anyhow::Result<WorkerPart> {
+                    let format = manifest.format;
+                    scope.spawn(move || -> anyhow::Result<Part> {
                         let corrupt = |why: String| Corrupt(format!("{}: {why}", path.display()));
                         let bytes = match std::fs::read(&path) {
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -365,8 +382,17 @@ impl Store {
                         } else {
                             &bytes
                         };
-                        Ok(postcard::from_bytes(payload)
-                            .map_err(|e| corrupt(format!("decoding: {e}")))?)
+                        let decoding = |e: postcard::Error| corrupt(format!("decoding: {e}"));
+                        let part = if format == 3 {
+                            Part::Full(postcard::from_bytes(payload).map_err(decoding)?)
+                        } else {
+                            postcard::from_bytes(payload).map_err(decoding)?
+                        };
+                        anyhow::ensure!(
+                            part.worker() == w,
+                            corrupt(format!("holds worker {}'s part", part.worker()))
+                        );
+                        Ok(part)
                     })
                 })
                 .collect();
@@ -375,6 +401,43 @@ impl Store {
                 .map(|r| r.join().expect("a checkpoint reader panicked"))
                 .collect()
         })
+    }
+
+    /// Each worker's state at `manifest`'s checkpoint: its parts, folded onto those of every
+    /// checkpoint it builds on. [`Corrupt`] when any of them is missing, incomplete, of
+    /// another worker count, or not whole.
+    pub fn read_chain(&self, manifest: &Manifest) -> anyhow::Result<Vec<WorkerPart>> {
+        let mut frontiers = manifest.chain.clone();
+        frontiers.push(manifest.frontier);
+        let mut parts: Vec<Vec<Part>> = (0..manifest.workers).map(|_| Vec::new()).collect();
+        for f in &frontiers {
+            let m = if *f == manifest.frontier {
+                manifest.clone()
+            } else {
+                if !self.checkpoint_dir(*f).join(MANIFEST).exists() {
+                    return Err(Corrupt(format!(
+                        "the checkpoint at {} builds on the one at {f}, which is gone",
+                        manifest.frontier
+                    ))
+                    .into());
+                }
+                self.manifest(*f)?
+            };
+            if m.workers != manifest.workers {
+                return Err(Corrupt(format!(
+                    "the checkpoint at {} of {} workers builds on the one at {f} of {}",
+                    manifest.frontier, manifest.workers, m.workers
+                ))
+                .into());
+            }
+            for (w, p) in self.read_parts(&m)?.into_iter().enumerate() {
+                parts[w].push(p);
+            }
+        }
+        parts
+            .into_iter()
+            .map(|p| fold(p, &frontiers).map_err(anyhow::Error::from))
+            .collect()
     }
 }
 
@@ -408,13 +471,14 @@ mod tests {
             format: PART_FORMAT,
             settings: None,
             checksummed: true,
+            chain: Vec::new(),
         }
     }
 
-    fn part(frontier: u64) -> WorkerPart {
+    fn part(frontier: u64) -> Part {
         let mut p = WorkerPart::empty(0, 1);
         p.rows.frontier = frontier;
-        p
+        Part::Full(p)
     }
 
     #[test]
@@ -504,6 +568,110 @@ mod tests {
             ..manifest(1_000)
         };
         assert_eq!(store.read_parts(&legacy).unwrap(), vec![part(1_000)]);
+    }
+
+    /// A link at `frontier` on `tip` whose minute rows are `rows`.
+    fn link(frontier: u64, tip: u64, rows: Vec<u64>, emptied: Vec<u64>) -> Part {
+        use super::super::chain::{Emptied, LinkPart};
+        use adclick_dataflows::click::{Dims, Measures};
+        let mut p = WorkerPart::empty(0, 1);
+        p.rows.frontier = frontier;
+        p.rows.minute = rows
+            .into_iter()
+            .map(|start| ((start, Dims::default()), Measures::billable(1)))
+            .collect();
+        Part::Link(LinkPart {
+            tip,
+            part: p,
+            emptied: Emptied {
+                minute: emptied,
+                ..Emptied::default()
+            },
+            judged_from: 0,
+        })
+    }
+
+    #[test]
+    fn a_chain_is_read_whole_or_is_corrupt_and_pruning_keeps_what_it_builds_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path()).unwrap();
+        let with_chain = |f: u64, chain: &[u64]| Manifest {
+            chain: chain.to_vec(),
+            ..manifest(f)
+        };
+        // An old full checkpoint, then a chain: a full one at 2 000 and links on it.
+        store.write_part(1_000, &part(1_000)).unwrap();
+        store.commit(&manifest(1_000), 2).unwrap();
+        let mut base = WorkerPart::empty(0, 1);
+        base.rows.minute = vec![(
+            (0, adclick_dataflows::click::Dims::default()),
+            adclick_dataflows::click::Measures::billable(5),
+        )];
+        store.write_part(2_000, &Part::Full(base)).unwrap();
+        store.commit(&manifest(2_000), 2).unwrap();
+        store
+            .write_part(3_000, &link(3_000, 2_000, vec![60_000], vec![]))
+            .unwrap();
+        store.commit(&with_chain(3_000, &[2_000]), 2).unwrap();
+        store
+            .write_part(4_000, &link(4_000, 3_000, vec![120_000], vec![0]))
+            .unwrap();
+        store
+            .commit(&with_chain(4_000, &[2_000, 3_000]), 2)
+            .unwrap();
+        // The two newest, what they build on, and the newest on another base.
+        let frontiers = |store: &Store| -> Vec<u64> {
+            store.list().unwrap().into_iter().map(|(f, _)| f).collect()
+        };
+        assert_eq!(frontiers(&store), vec![1_000, 2_000, 3_000, 4_000]);
+        let newest = store.manifest(4_000).unwrap();
+        let parts = store.read_chain(&newest).unwrap();
+        let mut starts: Vec<u64> = parts[0].rows.minute.iter().map(|r| r.0.0).collect();
+        starts.sort();
+        assert_eq!(starts, vec![60_000, 120_000], "window 0 emptied, two added");
+        assert_eq!(parts[0].rows.frontier, 4_000);
+        // A torn link: that checkpoint, and any built on it, is corrupt; the one before reads.
+        let torn = store.part_path(3_000, 0);
+        let whole = std::fs::read(&torn).unwrap();
+        std::fs::write(&torn, &whole[..whole.len() / 2]).unwrap();
+        for f in [4_000, 3_000] {
+            let e = store.read_chain(&store.manifest(f).unwrap()).unwrap_err();
+            assert!(e.downcast_ref::<Corrupt>().is_some(), "{f}: {e:#}");
+        }
+        assert_eq!(
+            store.read_chain(&manifest(2_000)).unwrap()[0]
+                .rows
+                .minute
+                .len(),
+            1
+        );
+        std::fs::write(&torn, &whole).unwrap();
+        // A base that is gone.
+        std::fs::remove_file(store.checkpoint_dir(2_000).join(MANIFEST)).unwrap();
+        let e = store.read_chain(&newest).unwrap_err();
+        assert!(format!("{e:#}").contains("which is gone"), "{e:#}");
+        store.commit(&manifest(2_000), 2).unwrap();
+        // A new full checkpoint: the old chain stays as the one on another base, 1 000 goes.
+        store.write_part(5_000, &part(5_000)).unwrap();
+        store.commit(&manifest(5_000), 2).unwrap();
+        assert_eq!(frontiers(&store), vec![2_000, 3_000, 4_000, 5_000]);
+        store
+            .write_part(6_000, &link(6_000, 5_000, vec![], vec![]))
+            .unwrap();
+        store.commit(&with_chain(6_000, &[5_000]), 2).unwrap();
+        assert_eq!(frontiers(&store), vec![2_000, 3_000, 4_000, 5_000, 6_000]);
+        store.write_part(7_000, &part(7_000)).unwrap();
+        store.commit(&manifest(7_000), 2).unwrap();
+        assert_eq!(frontiers(&store), vec![5_000, 6_000, 7_000]);
+        // Parts of format 3 (a plain part, before links) read as full ones.
+        let old = WorkerPart::empty(0, 1);
+        let bytes = with_trailer(postcard::to_stdvec(&old).unwrap());
+        std::fs::write(store.part_path(7_000, 0), bytes).unwrap();
+        let legacy = Manifest {
+            format: 3,
+            ..manifest(7_000)
+        };
+        assert_eq!(store.read_parts(&legacy).unwrap(), vec![Part::Full(old)]);
     }
 
     #[test]

@@ -1,0 +1,679 @@
+//! Incremental checkpoints (issue 16 item 4): a chain of a full checkpoint and links, each
+//! link holding only what changed since the chain's tip, the newest committed checkpoint.
+//!
+//! - Dedup winners: the dedup records the impressions whose winner changed
+//!   ([`DedupState::take_changed`]); a link holds the current winners, and their traits, of
+//!   the impressions changed since the tip (including those of checkpoints that failed in
+//!   between: a worker keeps each checkpoint's set until a newer one is committed).
+//! - Rows and reach sketches, by window: a worker keeps an order-free digest of its rows per
+//!   (granularity, window start) ([`Digests`]); a link holds the rows of the windows whose
+//!   digest changed since the tip, and names the windows that emptied (retired by retention,
+//!   or cancelled out).
+//! - Everything else of a part (source cut, report writer, texts) is small and whole in
+//!   every link.
+//!
+//! A restore folds each worker's base and links oldest first, later ones overriding
+//! ([`fold`]); winners swept since the base are dropped by the dedup's own sweep, which a
+//! restored state runs at its first step, and traits older than the newest link's cut are
+//! dropped here. The first checkpoint of a run is full, so a chain never spans two worker
+//! counts, and a full one follows every `full_every` links ([`plan`]), which bounds what a
+//! restore reads. Pruning keeps every checkpoint a kept manifest builds on ([`kept`]).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+
+use adclick_dataflows::RestoredRows;
+use adclick_dataflows::click::{Measures, Row};
+use adclick_dataflows::reach::Group;
+use adclick_dataflows::sketch::UserSketch;
+use serde::{Deserialize, Serialize};
+
+use super::part::{Winners, WorkerPart};
+use super::store::Corrupt;
+
+/// What a part file holds (format 4): a whole part, or a link of a chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Part {
+    Full(WorkerPart),
+    Link(LinkPart),
+}
+
+impl Part {
+    pub fn worker(&self) -> usize {
+        match self {
+            Part::Full(p) => p.worker,
+            Part::Link(l) => l.part.worker,
+        }
+    }
+}
+
+/// One worker's changes since the checkpoint at `tip`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkPart {
+    /// The checkpoint this link applies to (the previous one in its chain).
+    pub tip: u64,
+    /// As a full part, except: `winners` holds the winners (and their traits) of the
+    /// impressions changed since `tip`, and `rows` the rows of the windows that changed.
+    pub part: WorkerPart,
+    /// The windows that had rows at `tip` and have none now.
+    pub emptied: Emptied,
+    /// The dedup's traits cut ([`DedupState::judged_from`]): older traits are gone.
+    pub judged_from: u64,
+}
+
+/// Windows without rows any more, by granularity; reach by (length, start).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Emptied {
+    pub minute: Vec<u64>,
+    pub hour: Vec<u64>,
+    pub day: Vec<u64>,
+    pub reach: Vec<(u64, u64)>,
+}
+
+/// What the next checkpoint of a worker is, decided alike by every worker from the
+/// manifests on disk (the previous checkpoint has settled before the next is asked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    Full,
+    /// A link on `tip`; `chain` is what the new checkpoint builds on, oldest first.
+    Link {
+        tip: u64,
+        chain: Vec<u64>,
+    },
+}
+
+impl Plan {
+    pub fn chain(&self) -> Vec<u64> {
+        match self {
+            Plan::Full => Vec::new(),
+            Plan::Link { chain, .. } => chain.clone(),
+        }
+    }
+}
+
+/// The next checkpoint's plan: a link on the newest committed checkpoint `tip` (its
+/// frontier and the chain it builds on) when this run took it (`ours`: the worker holds its
+/// digests) and its chain has fewer than `full_every` links; otherwise full. `full_every` 0:
+/// always full.
+pub fn plan(tip: Option<(u64, &[u64])>, ours: impl Fn(u64) -> bool, full_every: usize) -> Plan {
+    match tip {
+        Some((f, chain)) if full_every > 0 && ours(f) && chain.len() < full_every => {
+            let mut chain = chain.to_vec();
+            chain.push(f);
+            Plan::Link { tip: f, chain }
+        }
+        _ => Plan::Full,
+    }
+}
+
+/// The checkpoints pruning keeps, given every complete one (frontier, the chain it builds on;
+/// any order): the `keep` newest with everything they build on, and the newest on another
+/// base than the newest's with everything it builds on, so that a damaged base still leaves
+/// a checkpoint to fall back to.
+pub fn kept(complete: &[(u64, Vec<u64>)], keep: usize) -> BTreeSet<u64> {
+    let mut newest_first: Vec<&(u64, Vec<u64>)> = complete.iter().collect();
+    newest_first.sort_by_key(|c| std::cmp::Reverse(c.0));
+    let base = |c: &(u64, Vec<u64>)| c.1.first().copied().unwrap_or(c.0);
+    let mut out = BTreeSet::new();
+    let mut take = |c: &(u64, Vec<u64>)| {
+        out.insert(c.0);
+        out.extend(c.1.iter().copied());
+    };
+    for c in newest_first.iter().take(keep.max(1)) {
+        take(c);
+    }
+    if let Some(newest) = newest_first.first()
+        && let Some(other) = newest_first.iter().find(|c| base(c) != base(newest))
+    {
+        take(other);
+    }
+    out
+}
+
+/// An order-free digest of a worker's rows per window: the sum of the rows' 128-bit hashes
+/// (with their measures), per (granularity, window start). Two different sets of rows of a
+/// window share a digest with a chance of 2⁻¹²⁸. Kept in memory only, by the process that
+/// computed them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Digests {
+    minute: HashMap<u64, u128>,
+    hour: HashMap<u64, u128>,
+    day: HashMap<u64, u128>,
+    reach: HashMap<(u64, u64), u128>,
+}
+
+fn hash128<T: Hash>(x: &T) -> u128 {
+    let half = |seed: u8| {
+        let mut h = DefaultHasher::new();
+        seed.hash(&mut h);
+        x.hash(&mut h);
+        h.finish()
+    };
+    u128::from(half(0)) << 64 | u128::from(half(1))
+}
+
+fn row_digests(rows: &[(Row, Measures)]) -> HashMap<u64, u128> {
+    let mut out: HashMap<u64, u128> = HashMap::new();
+    for r in rows {
+        let d = out.entry(r.0.0).or_default();
+        *d = d.wrapping_add(hash128(r));
+    }
+    out
+}
+
+fn reach_window(g: &Group) -> (u64, u64) {
+    (g.len_ms, g.start)
+}
+
+/// The rows of the windows whose digest is not `tip`'s, and the windows of `tip` that `now`
+/// has not.
+fn changed<K: Hash + Eq + Ord + Copy, T>(
+    rows: Vec<T>,
+    window: impl Fn(&T) -> K,
+    now: &HashMap<K, u128>,
+    tip: &HashMap<K, u128>,
+) -> (Vec<T>, Vec<K>) {
+    let rows = rows
+        .into_iter()
+        .filter(|r| {
+            let w = window(r);
+            tip.get(&w) != now.get(&w)
+        })
+        .collect();
+    let mut emptied: Vec<K> = tip
+        .keys()
+        .filter(|w| !now.contains_key(w))
+        .copied()
+        .collect();
+    emptied.sort();
+    (rows, emptied)
+}
+
+impl Digests {
+    pub fn of(rows: &RestoredRows) -> Self {
+        let mut reach: HashMap<(u64, u64), u128> = HashMap::new();
+        for r in &rows.reach {
+            let d = reach.entry(reach_window(&r.0)).or_default();
+            *d = d.wrapping_add(hash128(r));
+        }
+        Self {
+            minute: row_digests(&rows.minute),
+            hour: row_digests(&rows.hour),
+            day: row_digests(&rows.day),
+            reach,
+        }
+    }
+
+    /// What of `rows` (whose digests are `self`) a link on `tip` carries.
+    pub fn delta(&self, tip: &Digests, rows: RestoredRows) -> (RestoredRows, Emptied) {
+        let start = |r: &(Row, Measures)| r.0.0;
+        let (minute, em) = changed(rows.minute, start, &self.minute, &tip.minute);
+        let (hour, eh) = changed(rows.hour, start, &self.hour, &tip.hour);
+        let (day, ed) = changed(rows.day, start, &self.day, &tip.day);
+        let (reach, er) = changed(
+            rows.reach,
+            |r: &(Group, UserSketch)| reach_window(&r.0),
+            &self.reach,
+            &tip.reach,
+        );
+        let delta = RestoredRows {
+            frontier: rows.frontier,
+            minute,
+            hour,
+            day,
+            names: rows.names,
+            reach,
+        };
+        let emptied = Emptied {
+            minute: em,
+            hour: eh,
+            day: ed,
+            reach: er,
+        };
+        (delta, emptied)
+    }
+}
+
+/// `base`'s rows with the windows of each link replaced by the link's, oldest first.
+fn fold_windows<K: Hash + Eq + Copy, T>(
+    base: Vec<T>,
+    links: Vec<(Vec<T>, Vec<K>)>,
+    window: impl Fn(&T) -> K,
+) -> Vec<T> {
+    if links.is_empty() {
+        return base;
+    }
+    let mut by_window: HashMap<K, Vec<T>> = HashMap::new();
+    for r in base {
+        by_window.entry(window(&r)).or_default().push(r);
+    }
+    for (rows, emptied) in links {
+        for w in emptied {
+            by_window.remove(&w);
+        }
+        let mut replaced: HashMap<K, Vec<T>> = HashMap::new();
+        for r in rows {
+            replaced.entry(window(&r)).or_default().push(r);
+        }
+        by_window.extend(replaced);
+    }
+    by_window.into_values().flatten().collect()
+}
+
+/// One worker's state at the newest of `parts` (oldest first, the first one full; a full
+/// one later starts afresh), each link checked to apply to the one before it (`frontiers`,
+/// the parts' checkpoints, oldest first).
+pub fn fold(parts: Vec<Part>, frontiers: &[u64]) -> Result<WorkerPart, Corrupt> {
+    assert_eq!(parts.len(), frontiers.len());
+    // Start from the newest full part: what is before it is overridden whole.
+    let Some(from) = parts.iter().rposition(|p| matches!(p, Part::Full(_))) else {
+        return Err(Corrupt(format!(
+            "the chain ending at {} has no full part",
+            frontiers.last().copied().unwrap_or_default()
+        )));
+    };
+    let mut parts = parts.into_iter().skip(from);
+    let Some(Part::Full(base)) = parts.next() else {
+        unreachable!("a full part")
+    };
+    let mut links = Vec::new();
+    for (p, at) in parts.zip(frontiers[from..].windows(2)) {
+        let Part::Link(link) = p else {
+            unreachable!("links only after the newest full part")
+        };
+        if link.tip != at[0] {
+            return Err(Corrupt(format!(
+                "worker {}'s link at {} applies to {}, not to {}",
+                link.part.worker, at[1], link.tip, at[0]
+            )));
+        }
+        links.push(link);
+    }
+    let Some(newest) = links.last() else {
+        return Ok(base);
+    };
+    let judged_from = newest.judged_from;
+    let mut out = newest.part.clone();
+    out.winners = Winners::fold(
+        base.winners,
+        links
+            .iter_mut()
+            .map(|l| std::mem::take(&mut l.part.winners))
+            .collect(),
+        judged_from,
+    );
+    let mut minute = Vec::new();
+    let mut hour = Vec::new();
+    let mut day = Vec::new();
+    let mut reach = Vec::new();
+    for l in links {
+        let (r, e) = (l.part.rows, l.emptied);
+        minute.push((r.minute, e.minute));
+        hour.push((r.hour, e.hour));
+        day.push((r.day, e.day));
+        reach.push((r.reach, e.reach));
+    }
+    let start = |r: &(Row, Measures)| r.0.0;
+    let base_rows = base.rows;
+    out.rows.minute = fold_windows(base_rows.minute, minute, start);
+    out.rows.hour = fold_windows(base_rows.hour, hour, start);
+    out.rows.day = fold_windows(base_rows.day, day, start);
+    out.rows.reach = fold_windows(base_rows.reach, reach, |r: &(Group, UserSketch)| {
+        reach_window(&r.0)
+    });
+    Ok(out)
+}
+
+/// Per asked frontier, what a worker keeps to write the links after it: the impressions
+/// changed up to each checkpoint not yet known committed, and the digests of the rows of
+/// each checkpoint from the newest committed one on.
+#[derive(Default)]
+pub struct ChainState {
+    changed: BTreeMap<u64, adclick_dataflows::dedup::Impressions>,
+    digests: BTreeMap<u64, Digests>,
+}
+
+impl ChainState {
+    /// The plan of the checkpoint at `f`, given the newest committed checkpoint, recording
+    /// `changed` (the impressions changed since the previous save; `None` before any) and
+    /// forgetting what the committed checkpoint covers.
+    pub fn plan(
+        &mut self,
+        f: u64,
+        committed: Option<(u64, &[u64])>,
+        changed: Option<adclick_dataflows::dedup::Impressions>,
+        full_every: usize,
+    ) -> Plan {
+        if let Some((c, _)) = committed {
+            self.changed = self.changed.split_off(&(c + 1));
+            self.digests = self.digests.split_off(&c);
+        }
+        let Some(changed) = changed else {
+            // Nothing recorded before this save: it is the run's first.
+            return Plan::Full;
+        };
+        self.changed.insert(f, changed);
+        plan(committed, |t| self.digests.contains_key(&t), full_every)
+    }
+
+    /// The impressions changed since `tip`, up to the newest save.
+    pub fn changed_since(&self, tip: u64) -> impl Iterator<Item = u128> + '_ {
+        let mut seen = adclick_dataflows::dedup::Impressions::default();
+        self.changed
+            .range(tip + 1..)
+            .flat_map(|(_, s)| s.iter().copied())
+            .filter(move |i| seen.insert(*i))
+    }
+
+    /// Records the digests of the rows of `f`, and returns the tip's (for a link).
+    pub fn digests(&mut self, f: u64, digests: Digests, tip: Option<u64>) -> Option<&Digests> {
+        self.digests.insert(f, digests);
+        tip.and_then(|t| self.digests.get(&t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use adclick_dataflows::click::{Click, Dims, Sym};
+    use adclick_dataflows::dedup::{DedupConfig, DedupState};
+    use adclick_dataflows::invalid::Reasons;
+    use adclick_dataflows::reach::GroupBy;
+
+    use super::*;
+
+    fn dims(ad: u64) -> Dims {
+        Dims {
+            ad_id: Sym(ad),
+            ..Dims::default()
+        }
+    }
+
+    fn row(start: u64, ad: u64, clicks: i64) -> (Row, Measures) {
+        ((start, dims(ad)), Measures::billable(clicks))
+    }
+
+    fn rows(minute: Vec<(Row, Measures)>) -> RestoredRows {
+        RestoredRows {
+            minute,
+            ..RestoredRows::default()
+        }
+    }
+
+    fn sorted(mut v: Vec<(Row, Measures)>) -> Vec<(Row, Measures)> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_link_carries_the_windows_whose_digest_changed_and_those_that_emptied() {
+        let tip = rows(vec![
+            row(0, 1, 1),
+            row(0, 2, 1),
+            row(60, 1, 3),
+            row(120, 1, 1),
+        ]);
+        // Window 0 reordered but equal; 60 changed; 120 emptied; 180 new.
+        let now = rows(vec![
+            row(0, 2, 1),
+            row(0, 1, 1),
+            row(60, 1, 4),
+            row(180, 9, 1),
+        ]);
+        let (delta, emptied) = Digests::of(&now).delta(&Digests::of(&tip), now.clone());
+        assert_eq!(sorted(delta.minute), vec![row(60, 1, 4), row(180, 9, 1)]);
+        assert_eq!(emptied.minute, vec![120]);
+        // A row moving between two ads of one window changes its digest (not a plain sum).
+        let moved = rows(vec![row(0, 1, 2), row(0, 2, 0)]);
+        let (d, _) = Digests::of(&moved).delta(&Digests::of(&tip), moved.clone());
+        assert!(d.minute.contains(&row(0, 1, 2)));
+        // Reach by (length, start).
+        let group = |start, len_ms| Group {
+            start,
+            len_ms,
+            by: GroupBy::Ad,
+            billable: true,
+            dims: dims(1),
+        };
+        let sk = |u: Vec<u64>| UserSketch::Exact(u);
+        let tip = RestoredRows {
+            reach: vec![
+                (group(0, 3_600), sk(vec![1])),
+                (group(0, 86_400), sk(vec![1])),
+            ],
+            ..RestoredRows::default()
+        };
+        let now = RestoredRows {
+            reach: vec![(group(0, 3_600), sk(vec![1, 2]))],
+            ..RestoredRows::default()
+        };
+        let (d, e) = Digests::of(&now).delta(&Digests::of(&tip), now.clone());
+        assert_eq!(d.reach, now.reach);
+        assert_eq!(e.reach, vec![(86_400, 0)]);
+    }
+
+    #[test]
+    fn links_apply_oldest_first_and_later_ones_override() {
+        let base = rows(vec![row(0, 1, 1), row(60, 1, 1), row(120, 1, 1)]);
+        let mut states = vec![base.clone()];
+        let steps = [
+            rows(vec![row(0, 1, 2), row(60, 1, 1), row(120, 1, 1)]),
+            rows(vec![row(0, 1, 2), row(120, 1, 1), row(180, 1, 5)]),
+            rows(vec![
+                row(0, 1, 3),
+                row(120, 1, 1),
+                row(180, 1, 5),
+                row(60, 2, 1),
+            ]),
+        ];
+        let mut parts = vec![Part::Full(WorkerPart {
+            rows: base,
+            ..WorkerPart::empty(0, 1)
+        })];
+        for (i, now) in steps.iter().enumerate() {
+            let tip = states.last().unwrap();
+            let (delta, emptied) = Digests::of(now).delta(&Digests::of(tip), now.clone());
+            parts.push(Part::Link(LinkPart {
+                tip: i as u64,
+                part: WorkerPart {
+                    rows: delta,
+                    ..WorkerPart::empty(0, 1)
+                },
+                emptied,
+                judged_from: 0,
+            }));
+            states.push(now.clone());
+        }
+        let folded = fold(parts.clone(), &[0, 1, 2, 3]).unwrap();
+        assert_eq!(sorted(folded.rows.minute), sorted(steps[2].minute.clone()));
+        // Any prefix folds to the state at its end.
+        let folded = fold(parts[..2].to_vec(), &[0, 1]).unwrap();
+        assert_eq!(sorted(folded.rows.minute), sorted(steps[0].minute.clone()));
+        // A link on another tip, or a chain without a full part, is corrupt.
+        assert!(fold(parts.clone(), &[0, 1, 5, 6]).is_err());
+        assert!(fold(parts[1..].to_vec(), &[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn the_plan_is_a_link_on_our_committed_tip_until_the_chain_is_full_every_long() {
+        let ours = |f: u64| f >= 10;
+        assert_eq!(plan(None, ours, 3), Plan::Full);
+        assert_eq!(plan(Some((5, &[])), ours, 3), Plan::Full, "not this run's");
+        assert_eq!(
+            plan(Some((10, &[])), ours, 3),
+            Plan::Link {
+                tip: 10,
+                chain: vec![10]
+            }
+        );
+        assert_eq!(
+            plan(Some((30, &[10, 20])), ours, 3),
+            Plan::Link {
+                tip: 30,
+                chain: vec![10, 20, 30]
+            }
+        );
+        assert_eq!(plan(Some((40, &[10, 20, 30])), ours, 3), Plan::Full);
+        assert_eq!(
+            plan(Some((10, &[])), ours, 0),
+            Plan::Full,
+            "incremental off"
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_every_checkpoint_a_kept_one_builds_on_and_another_chain() {
+        let c = |f: u64, chain: &[u64]| (f, chain.to_vec());
+        // Chain A: 1, 2, 3; chain B: 4, 5, 6.
+        let all = vec![
+            c(1, &[]),
+            c(2, &[1]),
+            c(3, &[1, 2]),
+            c(4, &[]),
+            c(5, &[4]),
+            c(6, &[4, 5]),
+        ];
+        assert_eq!(kept(&all, 2), BTreeSet::from([1, 2, 3, 4, 5, 6]));
+        assert_eq!(kept(&all, 1), BTreeSet::from([1, 2, 3, 4, 5, 6]));
+        // A third chain started: B is the other one, A goes.
+        let mut more = all.clone();
+        more.push(c(7, &[]));
+        assert_eq!(kept(&more, 2), BTreeSet::from([4, 5, 6, 7]));
+        more.push(c(8, &[7]));
+        assert_eq!(kept(&more, 2), BTreeSet::from([4, 5, 6, 7, 8]));
+        // Full checkpoints only: the keep newest, as before chains.
+        let full: Vec<_> = (1..=5).map(|f| c(f, &[])).collect();
+        assert_eq!(kept(&full, 2), BTreeSet::from([4, 5]));
+        assert_eq!(kept(&full, 3), BTreeSet::from([3, 4, 5]));
+    }
+
+    fn click(imp: u128, id: u64, t: u64, ad: u64) -> Click {
+        Click {
+            impression: imp,
+            click: id,
+            event_time: t,
+            dims: dims(ad),
+            click_id: u128::from(id),
+            ip: None,
+            user: Some(Sym(imp as u64)),
+            impression_time: t,
+            reasons: Reasons::NONE,
+        }
+    }
+
+    type Judgeds = Vec<(u128, u64, adclick_dataflows::dedup::Judged)>;
+
+    fn winners_and_judged(state: &DedupState) -> (Vec<(u128, u64, u64, Dims)>, Judgeds) {
+        let mut w: Vec<_> = state.winners().collect();
+        w.sort();
+        let mut j: Vec<_> = state.judged().collect();
+        j.sort_by_key(|x| x.0);
+        (w, j)
+    }
+
+    /// The dedup through a run with checkpoints every few thousand clicks, a full one and
+    /// links (one of which fails to commit), duplicates winning across links, sweeps
+    /// expiring winners and traits: every chain folds to exactly the live state, once the
+    /// restored state has swept as the live one did.
+    #[test]
+    fn a_chain_of_dedup_links_folds_to_the_live_state() {
+        let cfg = DedupConfig {
+            horizon_ms: 600_000,
+            allowed_lateness_ms: 5_000,
+            lookback_ms: 60_000,
+        };
+        let mut state = DedupState::new(cfg);
+        let mut chain = ChainState::default();
+        let mut out = Vec::new();
+        // (frontier, its part, whether it committed, what it builds on)
+        let mut written: Vec<(u64, Part, bool, Vec<u64>)> = Vec::new();
+        let mut seed = 7u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut t = 0u64;
+        for round in 0..12u64 {
+            for _ in 0..2_000 {
+                t += 50;
+                // Impressions recur within and beyond the horizon; earlier clicks win.
+                let imp = u128::from(rand() % 3_000);
+                let at = t.saturating_sub(rand() % 4_000);
+                state.decide(&click(imp, rand() % 1_000, at, rand() % 5), &mut out);
+            }
+            state.sweep(t.saturating_sub(5_000));
+            let f = t;
+            let committed = written
+                .iter()
+                .rev()
+                .find(|w| w.2)
+                .map(|w| (w.0, w.3.clone()));
+            let changed = state.take_changed();
+            let plan = chain.plan(
+                f,
+                committed.as_ref().map(|(c, ch)| (*c, ch.as_slice())),
+                changed,
+                4,
+            );
+            let part = match &plan {
+                Plan::Full => Part::Full(WorkerPart {
+                    winners: Winners::of(&state),
+                    ..WorkerPart::empty(0, 1)
+                }),
+                Plan::Link { tip, .. } => {
+                    let imps: Vec<u128> = chain.changed_since(*tip).collect();
+                    Part::Link(LinkPart {
+                        tip: *tip,
+                        part: WorkerPart {
+                            winners: Winners::changed(&state, imps.into_iter()),
+                            ..WorkerPart::empty(0, 1)
+                        },
+                        emptied: Emptied::default(),
+                        judged_from: state.judged_from(),
+                    })
+                }
+            };
+            chain.digests(f, Digests::default(), None);
+            // The fifth checkpoint fails: its changes roll into the next one.
+            let commits = round != 4;
+            written.push((f, part, commits, plan.chain()));
+            if !commits {
+                continue;
+            }
+            let links = plan.chain();
+            let frontiers: Vec<u64> = links.iter().copied().chain([f]).collect();
+            let parts = frontiers
+                .iter()
+                .map(|g| written.iter().find(|w| w.0 == *g).unwrap().1.clone())
+                .collect();
+            let folded = fold(parts, &frontiers).unwrap();
+            let mut restored = Restored::new(f, String::new(), vec![folded]).dedup_for(0, 1, cfg);
+            // The traits are read before the restored state first sweeps: they rebuild the
+            // invalid-traffic rules.
+            let (mut w, j) = winners_and_judged(&state);
+            let (_, rj) = winners_and_judged(&restored);
+            // Winners past their horizon change no verdict; the live state drops them at its
+            // next sweep (every 1/16 of the horizon), the restored one at its first.
+            restored.sweep(t.saturating_sub(5_000));
+            let (rw, _) = winners_and_judged(&restored);
+            w.retain(|w| w.1 + cfg.horizon_ms + cfg.allowed_lateness_ms >= t - 5_000);
+            assert_eq!(rw, w, "winners after round {round} ({plan:?})");
+            assert_eq!(rj, j, "traits after round {round} ({plan:?})");
+        }
+        let kinds: Vec<bool> = written
+            .iter()
+            .map(|w| matches!(w.1, Part::Full(_)))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                true, false, false, false, false, false, true, false, false, false, false, true
+            ],
+            "full, then links on the newest committed tip (the fifth failed), full after four"
+        );
+    }
+
+    use super::super::part::Restored;
+}
