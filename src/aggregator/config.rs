@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use adclick_dataflows::AggregateConfig;
 use adclick_dataflows::anomaly::AlertConfig;
 use adclick_dataflows::flood::{FloodRule, InvalidConfig};
+use adclick_dataflows::reach::ReachConfig;
 use adclick_dataflows::rollup::Retention;
 use adclick_dataflows::topn::TopNConfig;
 use adclick_dataflows::watermark::TimeConfig;
@@ -71,6 +72,9 @@ pub struct AggregatorConfig {
     pub invalid: InvalidRules,
     /// Traffic anomaly alerts (`[aggregator.alerts]`): spikes, drops, invalid share.
     pub alerts: AlertConfig,
+    /// Reach (distinct users per group, hour and day): `false` builds no sketches, and the
+    /// query API says reach is off (`ADCLICK_AGGREGATOR_REACH=false`).
+    pub reach: bool,
     /// Flow control: how far (event time) a source may read ahead of what the whole dataflow
     /// has finished, and a partition ahead of its source's slowest one.
     pub read_ahead_ms: u64,
@@ -190,6 +194,7 @@ impl Default for AggregatorConfig {
             parquet_dir: None,
             invalid: InvalidRules::default(),
             alerts: AlertConfig::default(),
+            reach: a.reach.enabled,
             read_ahead_ms: 10_000,
             memory_budget_mb: 0,
         }
@@ -254,7 +259,10 @@ impl AggregatorConfig {
                 window_minutes: self.top_window_minutes.clone(),
             },
             invalid: self.invalid.dataflow(),
-            reach: Default::default(),
+            reach: ReachConfig {
+                enabled: self.reach,
+                ..ReachConfig::default()
+            },
         }
     }
 
