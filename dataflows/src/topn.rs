@@ -450,10 +450,22 @@ fn rankings<'s>(
 
 /// The `n` best (ad, clicks): most clicks first, then smallest ad fingerprint; zero counts
 /// excluded.
+///
+/// Only the `n` best are sorted, and the ranking holds exactly them: rankings are kept (the
+/// last one per window, the arrangement, the retention queue), and a vector truncated from
+/// every ad of a shard would keep the room of them all.
 pub fn best(ads: impl Iterator<Item = (Ad, i64)>, n: usize) -> Ranking {
+    let order = |a: &(Ad, i64), b: &(Ad, i64)| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0));
     let mut all: Ranking = ads.filter(|(_, c)| *c > 0).collect();
-    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    all.truncate(n);
+    if all.len() > n {
+        if n == 0 {
+            return Ranking::new();
+        }
+        all.select_nth_unstable_by(n - 1, order);
+        all.truncate(n);
+    }
+    all.shrink_to_fit();
+    all.sort_by(order);
     all
 }
 
@@ -471,6 +483,36 @@ mod tests {
         );
         let ad = |a| (Sym(a), Sym(0));
         assert_eq!(r, vec![(ad(3), 5), (ad(1), 3), (ad(2), 3)]);
+    }
+
+    /// The partial sort gives the full sort's first `n`, ties included, and holds no more
+    /// room than they need.
+    #[test]
+    fn best_is_the_first_n_of_a_full_sort() {
+        let mut seed = 7u64;
+        let mut next = |m: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % m
+        };
+        for _ in 0..200 {
+            let len = next(300) as usize;
+            let n = next(120) as usize;
+            let ads: Vec<(Ad, i64)> = (0..len)
+                .map(|i| ((Sym(next(1_000)), Sym(i as u64)), next(8) as i64 - 1))
+                .collect();
+            let mut full: Ranking = ads.iter().copied().filter(|(_, c)| *c > 0).collect();
+            full.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            full.truncate(n);
+            let r = best(ads.into_iter(), n);
+            assert_eq!(r, full, "n = {n}");
+            assert!(
+                r.capacity() <= n.max(r.len()),
+                "room for {} of {n}",
+                r.capacity()
+            );
+        }
     }
 
     /// Every kind of late change, applied to a window of two minutes ranked to 2 ads: the
