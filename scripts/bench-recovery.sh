@@ -9,9 +9,13 @@
 #     clicks), waits for a checkpoint past the end, answers one ad's count over the hour, is
 #     killed with SIGKILL and started again: time to its query server, and time until the
 #     same query gives the same answer (serving again); checkpoint duration and size.
+#  Checkpoints are incremental (FULL_EVERY links between full ones, the aggregator's default
+#  when unset; FULL_EVERY=0: every checkpoint full): each checkpoint's bytes, duration and
+#  links are listed.
 # Usage: scripts/bench-recovery.sh
 #   (env: RATE=10000 DURATION=3600 BASELINE=300 ADS=100 PUBLISHERS=10 INTERVAL_MS=10000
-#         CHUNK_EVENTS=80000 IDLE_MS=5000)
+#         CHUNK_EVENTS=80000 IDLE_MS=5000 FULL_EVERY= NO_BUILD=: binaries already built in
+#         $CARGO_TARGET_DIR/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-10000}
@@ -21,7 +25,7 @@ ADS=${ADS:-100}
 PUBLISHERS=${PUBLISHERS:-10}
 INTERVAL_MS=${INTERVAL_MS:-10000}
 CHUNK_EVENTS=${CHUNK_EVENTS:-80000}
-cargo build --release --quiet --bins
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet --bins
 source scripts/lib/bench.sh
 start_broker
 end_ms=$(($(now_ms) / 60000 * 60000))
@@ -40,6 +44,8 @@ wait "$agg_pid" 2>/dev/null || true
 echo "== 2. checkpoints every $INTERVAL_MS ms, the same amount from empty state"
 ckpt_args=(--workers 2 --output "$work/out.ndjson" --checkpoint-dir "$work/checkpoints")
 export ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS=$INTERVAL_MS
+if [ -n "${FULL_EVERY:-}" ]; then export ADCLICK_AGGREGATOR_CHECKPOINT_FULL_EVERY=$FULL_EVERY; fi
+echo "   checkpoint_full_every: ${FULL_EVERY:-default}"
 start_aggregator checkpointed "${ckpt_args[@]}"
 before=$emitted
 preload "$hour_start" "$((hour_start + BASELINE * 1000))" --publishers "$PUBLISHERS"
@@ -69,9 +75,10 @@ done
 echo "   newest checkpoint: $(metric duration) s from request to manifest, $(metric bytes) bytes," \
   "$(metric committed) committed by this process"
 grep "checkpoint committed" "$agg_log" | sed 's/\x1b\[[0-9;]*m//g' |
-  awk '{for (i = 1; i <= NF; i++) if ($i ~ /^(bytes|duration_ms)=/) print $i}' |
-  awk -F= '{v[$1] = v[$1] " " $2} END {for (k in v) print "   all checkpoints, " k ":" v[k]}' |
-  cut -c1-400
+  awk '{for (i = 1; i <= NF; i++) if ($i ~ /^(bytes|duration_ms|links)=/) print $i}' |
+  awk -F= '{v[$1] = v[$1] " " $2; n[$1]++; s[$1] += $2}
+    END {for (k in v) printf "   all checkpoints, %s (mean %.0f):%s\n", k, s[k] / n[k], v[k]}' |
+  cut -c1-600
 query="ads/ad_0/aggregated_count?from=$(iso "$hour_start")&to=$(iso "$end_ms")"
 answer() { curl -sf -H "Authorization: Bearer $KEY" "${base}$query" | jq -c '{count, duplicates, complete}'; }
 want=$(answer)
