@@ -51,7 +51,7 @@ check_received
 # Distinct rows (window x ad x campaign x advertiser x publisher x country x device): each is
 # reported once as complete when its window closes (then corrected, then final).
 echo "window reports written ($(du -h "$work/out.ndjson" | cut -f1) of NDJSON):"
-awk -F'"granularity":"' 'NF > 1 {
+awk -F'"granularity":"' 'NF > 1 && /"type":"window"/ {
     split($2, g, "\""); match($0, /"status":"[a-z]+"/)
     n[g[1] " " substr($0, RSTART + 10, RLENGTH - 11)]++
     if (g[1] == "minute") {
