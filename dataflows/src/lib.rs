@@ -23,6 +23,8 @@ pub mod retire;
 pub mod rollup;
 pub mod sketch;
 pub mod source;
+#[cfg(test)]
+mod testing;
 pub mod time;
 pub mod topn;
 pub mod watermark;

@@ -455,13 +455,7 @@ mod tests {
     /// final time) give the definition's reports, however the input is batched.
     #[test]
     fn reports_follow_their_definition_on_random_updates() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (seed >> 33) % n
-        };
+        let mut next = crate::testing::numbers(0x9e37_79b9_7f4a_7c15u64);
         for round in 0..20 {
             let mut all = Vec::new();
             for _ in 0..200 {

@@ -489,13 +489,7 @@ mod tests {
     /// room than they need.
     #[test]
     fn best_is_the_first_n_of_a_full_sort() {
-        let mut seed = 7u64;
-        let mut next = |m: u64| {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (seed >> 33) % m
-        };
+        let mut next = crate::testing::numbers(7u64);
         for _ in 0..200 {
             let len = next(300) as usize;
             let n = next(120) as usize;
