@@ -434,10 +434,21 @@ impl Store {
                 parts[w].push(p);
             }
         }
-        parts
-            .into_iter()
-            .map(|p| fold(p, &frontiers).map_err(anyhow::Error::from))
-            .collect()
+        // Each worker's chain folds on a thread of its own, as its parts were read.
+        let frontiers = &frontiers;
+        std::thread::scope(|scope| {
+            let folds: Vec<_> = parts
+                .into_iter()
+                .map(|p| scope.spawn(move || fold(p, frontiers)))
+                .collect();
+            folds
+                .into_iter()
+                .map(|f| {
+                    let folded = f.join().expect("a checkpoint fold panicked");
+                    folded.map_err(anyhow::Error::from)
+                })
+                .collect()
+        })
     }
 }
 
