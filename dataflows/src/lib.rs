@@ -244,12 +244,19 @@ pub fn resumed_aggregate<'s>(
     let reach = if cfg.reach.enabled {
         // The minutes not final at the checkpoint: their users come from the restored recent
         // clicks, judged again on their own (a verdict is a function of the clicks of its
-        // window, all of which the dedup keeps for windows still open).
+        // window, all of which the dedup keeps for windows still open). Only those minutes'
+        // clicks are judged and sent; the older ones, whose users the restored sketches
+        // hold, go back into the rules' state without a word, as in the main path. They rank
+        // before every click of a later minute, so the verdicts are the same as judging all.
+        let lateness = cfg.allowed_lateness_ms;
+        let (open, settled): (Vec<_>, Vec<_>) = recent
+            .into_iter()
+            .partition(|c| time::window_start(c.event_time, MINUTE_MS) + MINUTE_MS + lateness > f);
         let again = flood::judged_clicks(
-            at_time(scope, f, recent)
+            at_time(scope, f, open)
                 .map(move |c| (c, f, 1))
                 .as_collection(),
-            timely::dataflow::operators::generic::operator::empty(scope),
+            at_time(scope, f, settled),
             &cfg.invalid,
             cfg.allowed_lateness_ms,
         );
