@@ -461,6 +461,28 @@ mod tests {
         updates: Vec<(Click, u64, i64)>,
         end: u64,
     ) -> BTreeMap<Group, UserSketch> {
+        let mut all = sketch_updates(workers, updates, end);
+        let mut by: BTreeMap<(Group, UserSketch), isize> = BTreeMap::new();
+        for (d, _, r) in all.drain(..) {
+            *by.entry(d).or_default() += r;
+        }
+        let mut out = BTreeMap::new();
+        for ((g, s), r) in by {
+            assert!(r == 0 || r == 1, "{g:?} held {r} times");
+            if r == 1 {
+                assert!(out.insert(g, s).is_none(), "two values for {g:?}");
+            }
+        }
+        out
+    }
+
+    /// The sketches' collection as `reach` makes it from `updates` ((click, time, diff)) on
+    /// `workers` workers (each click fed by one of them), its updates before `end`.
+    fn sketch_updates(
+        workers: usize,
+        updates: Vec<(Click, u64, i64)>,
+        end: u64,
+    ) -> Vec<((Group, UserSketch), u64, isize)> {
         let (send, recv) = std::sync::mpsc::channel();
         let send = std::sync::Mutex::new(send);
         timely::execute(timely::Config::process(workers), move |worker| {
@@ -493,26 +515,13 @@ mod tests {
             worker.step_while(|| probe.less_than(&end));
         })
         .unwrap();
-        let mut all: Vec<((Group, UserSketch), u64, isize)> = recv
-            .iter()
+        recv.iter()
             .flat_map(|e| match e {
                 timely::dataflow::operators::capture::Event::Messages(_, d) => d,
                 _ => Vec::new(),
             })
             .filter(|u| u.1 < end)
-            .collect();
-        let mut by: BTreeMap<(Group, UserSketch), isize> = BTreeMap::new();
-        for (d, _, r) in all.drain(..) {
-            *by.entry(d).or_default() += r;
-        }
-        let mut out = BTreeMap::new();
-        for ((g, s), r) in by {
-            assert!(r == 0 || r == 1, "{g:?} held {r} times");
-            if r == 1 {
-                assert!(out.insert(g, s).is_none(), "two values for {g:?}");
-            }
-        }
-        out
+            .collect()
     }
 
     fn users_of(
@@ -749,39 +758,7 @@ mod tests {
         }
         let end = T0 + DAY_MS + HOUR_MS;
         // The sketches' collection, as `reach` makes it.
-        let (send, recv) = std::sync::mpsc::channel();
-        timely::execute_directly(move |worker| {
-            let probe = Handle::new();
-            let mut input = worker.dataflow::<u64, _, _>(|scope| {
-                let (input, c) = scope.new_collection::<Click, i64>();
-                reach(
-                    c.inner,
-                    empty(scope),
-                    &ReachConfig::default(),
-                    LATENESS,
-                    Retention::default(),
-                )
-                .inner
-                .probe_with(&probe)
-                .capture_into(send);
-                input
-            });
-            for (c, t, d) in clicks {
-                input.advance_to(t);
-                input.update(c, d);
-            }
-            input.advance_to(end);
-            input.flush();
-            worker.step_while(|| probe.less_than(&end));
-        });
-        let updates: Vec<((Group, UserSketch), u64, isize)> = recv
-            .iter()
-            .flat_map(|e| match e {
-                timely::dataflow::operators::capture::Event::Messages(_, d) => d,
-                _ => Vec::new(),
-            })
-            .filter(|u| u.1 < end)
-            .collect();
+        let updates = sketch_updates(1, clicks, end);
         let whole = reports_of(&updates, 0);
         let groups: std::collections::BTreeSet<Group> =
             whole.iter().map(|(_, r)| r.group).collect();
