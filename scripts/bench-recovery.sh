@@ -15,7 +15,8 @@
 # Usage: scripts/bench-recovery.sh
 #   (env: RATE=10000 DURATION=3600 BASELINE=300 ADS=100 PUBLISHERS=10 INTERVAL_MS=10000
 #         CHUNK_EVENTS=80000 IDLE_MS=5000 FULL_EVERY= NO_BUILD=: binaries already built in
-#         $CARGO_TARGET_DIR/release)
+#         $CARGO_TARGET_DIR/release; PROFILE_RESTORE=FILE: `perf record -g` of the restarted
+#         aggregator from its start until it serves again, into FILE)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-10000}
@@ -92,12 +93,17 @@ wait "$agg_pid" 2>/dev/null || true
 t0=$(date +%s.%N)
 start_aggregator restarted "${ckpt_args[@]}"
 t1=$(date +%s.%N)
+if [ -n "${PROFILE_RESTORE:-}" ]; then
+  perf record -F 499 -g -o "$PROFILE_RESTORE" -p "$agg_pid" 2>"$work/perf.log" &
+  perf_pid=$!
+fi
 for _ in $(seq 6000); do
   alive
   [ "$(answer 2>/dev/null || true)" = "$want" ] && break
   sleep 0.05
 done
 t2=$(date +%s.%N)
+if [ -n "${PROFILE_RESTORE:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
 [ "$(answer)" = "$want" ] || {
   echo "the restarted aggregator answers $(answer), not $want;" \
     "tallies: $(health | jq -c '{watermark_ms, tallies: (.tallies | {received, counted, late, duplicates})}')"

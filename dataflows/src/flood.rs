@@ -21,7 +21,8 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use differential_dataflow::{AsCollection, VecCollection};
 
@@ -203,6 +204,22 @@ impl Group {
         e
     }
 
+    /// Puts back the clicks of a checkpoint, appended in any order: sorted into rank order
+    /// once, as a restore appends thousands of clicks to a busy key (inserting each at its
+    /// place would move the ones behind it every time). Equal ranks (one click restored twice)
+    /// add up.
+    fn put_back(&mut self, own: Reason) {
+        self.entries.sort_unstable_by_key(|e| rank(&e.click, own));
+        self.entries.dedup_by(|later, kept| {
+            let same = rank(&later.click, own) == rank(&kept.click, own);
+            if same {
+                kept.weight += later.weight;
+            }
+            same
+        });
+        self.entries.shrink_to_fit();
+    }
+
     /// Sets the verdicts after a batch of changes, appending what changed downstream. Only
     /// the first `limit + changed` counted clicks can have moved across the limit (each
     /// change shifts the ranks behind it by one); changed clicks further back are beyond it.
@@ -326,28 +343,39 @@ impl FloodState {
         }
     }
 
-    /// Puts back clicks counted before a checkpoint, with the verdicts they had, sending
-    /// nothing: the restored rows already hold them.
-    pub fn restore(&mut self, clicks: impl IntoIterator<Item = Click>) {
+    /// Puts back clicks counted before a checkpoint, sending nothing downstream (the restored
+    /// rows hold their verdicts), and appends each to `judged` with this rule's verdict: the
+    /// next rule ranks a click by the verdicts before it, and reach reads the users of minutes
+    /// not final yet from them. All of a checkpoint's clicks come in one call, before any
+    /// change: a verdict is a function of its window's clicks, and the restore sees them all.
+    pub fn restore(&mut self, clicks: impl IntoIterator<Item = Click>, judged: &mut Vec<Click>) {
         let own = self.flood.reason();
         let mut touched = foldhash::HashSet::default();
         for click in clicks {
             let Some(key) = self.flood.key(&click) else {
+                judged.push(click);
                 continue;
             };
             let w = self.window(&click);
             let group = self.windows.entry(w).or_default().entry(key).or_default();
-            group.entry(&click, own).weight += 1;
+            let mut e = Entry::new(&click, own);
+            e.weight = 1;
+            group.entries.push(e);
             touched.insert((w, key));
         }
         let limit = self.rule.max_clicks as usize;
         for (w, key) in touched {
-            if let Some(group) = self.windows.get_mut(&w).and_then(|g| g.get_mut(&key)) {
-                group.changed.clear();
-                for (position, e) in group.entries.iter_mut().enumerate() {
-                    e.flagged = Some(position >= limit);
-                    e.before = None;
-                }
+            let group = self
+                .windows
+                .get_mut(&w)
+                .and_then(|g| g.get_mut(&key))
+                .expect("a restored group");
+            group.put_back(own);
+            for (position, e) in group.entries.iter_mut().enumerate() {
+                let flagged = position >= limit;
+                e.flagged = Some(flagged);
+                let c = e.judged(self.flood, flagged);
+                judged.extend(std::iter::repeat_n(c, e.weight.max(0) as usize));
             }
         }
     }
@@ -366,15 +394,24 @@ impl FloodState {
     }
 }
 
+/// Updates of judged clicks: (click, time, diff).
+type Changes = Vec<(Click, u64, i64)>;
+
+/// A rule's (or the chain's) output: the changes of judged clicks, and the clicks a checkpoint
+/// put back, judged, at its frontier − 1.
+pub type Judged<'s> = (Stream<'s, u64, Changes>, Stream<'s, u64, Vec<Click>>);
+
 /// Applies `flood`'s rule to the counted clicks (updates with their multiplicity), after
-/// putting back `restored` (clicks counted before a checkpoint, at its frontier − 1).
+/// putting back `restored` (clicks counted before a checkpoint, at its frontier − 1). Returns
+/// the changes of judged clicks, and the restored clicks with this rule's verdict added (at
+/// their time), which the next rule puts back.
 pub fn flood<'s>(
     clicks: Stream<'s, u64, Vec<(Click, u64, i64)>>,
     restored: Stream<'s, u64, Vec<Click>>,
     flood: Flood,
     rule: FloodRule,
     allowed_lateness_ms: u64,
-) -> Stream<'s, u64, Vec<(Click, u64, i64)>> {
+) -> Judged<'s> {
     let route = move |c: &Click| match flood.key(c) {
         Some((who, what)) => who ^ what.rotate_left(29),
         None => c.impression as u64,
@@ -383,93 +420,108 @@ pub fn flood<'s>(
         Flood::Ip => "IpFlood",
         Flood::User => "UserFlood",
     };
-    clicks.binary_frontier::<_, CapacityContainerBuilder<Vec<(Click, u64, i64)>>, _, _, _, _>(
-        restored,
+    let mut builder = OperatorBuilder::new(name.to_owned(), clicks.scope());
+    let mut input = builder.new_input(
+        clicks,
         Exchange::new(move |(c, _, _): &(Click, u64, i64)| route(c)),
-        Exchange::new(move |c: &Click| route(c)),
-        name,
-        move |_cap, _info| {
-            let mut state = FloodState::new(flood, rule, allowed_lateness_ms);
-            let mut pending = Pending::new();
-            let mut restoring: Vec<Click> = Vec::new();
-            let mut out = Vec::new();
-            move |(input, frontier), (restored, restored_frontier), output| {
-                restored.for_each(|_cap, data| restoring.append(data));
-                input.for_each_stamp(|cap, data| {
-                    let Some(cap) = cap.retain_least(0) else {
-                        return;
-                    };
-                    let batch = &mut pending
-                        .entry(*cap.time())
-                        .or_insert_with(|| (cap, Vec::new()))
-                        .1;
-                    for part in data {
-                        batch.extend(part.drain(..).map(|(c, _, d)| (c, d)));
-                    }
-                });
-                // Restored clicks all come at the checkpoint's frontier − 1, before every click
-                // counted after it: they are all here once their input's frontier passes a
-                // pending time, and go back into the state before that time's changes.
-                let restored_done = restored_frontier.frontier().first().copied();
-                let passed =
-                    |t: &u64| !frontier.less_equal(t) && restored_done.is_none_or(|r| r > *t);
-                while let Some(t) = pending.first_key_value().map(|(t, _)| *t) {
-                    if !passed(&t) {
-                        break;
-                    }
-                    if !restoring.is_empty() {
-                        state.restore(restoring.drain(..));
-                    }
-                    let (cap, changes) = pending.remove(&t).expect("a pending time");
-                    state.apply(changes, &mut out);
-                    output
-                        .session(&cap)
-                        .give_iterator(out.drain(..).map(|(c, d)| (c, t, d)));
+    );
+    let mut restored = builder.new_input(restored, Exchange::new(move |c: &Click| route(c)));
+    let (changes, changes_stream) = builder.new_output();
+    let (judged, judged_stream) = builder.new_output();
+    let mut changes: OutputBuilder<u64, CapacityContainerBuilder<Changes>> =
+        OutputBuilder::from(changes);
+    let mut judged: OutputBuilder<u64, CapacityContainerBuilder<Vec<Click>>> =
+        OutputBuilder::from(judged);
+    builder.build(move |_capabilities| {
+        let mut state = FloodState::new(flood, rule, allowed_lateness_ms);
+        let mut pending = Pending::new();
+        let mut restoring: Vec<Click> = Vec::new();
+        let mut restoring_at: Option<Capability<u64>> = None;
+        let mut out = Vec::new();
+        let mut restored_out = Vec::new();
+        move |frontiers| {
+            let (frontier, restored_frontier) = (&frontiers[0], &frontiers[1]);
+            let mut changes = changes.activate();
+            let mut judged = judged.activate();
+            restored.for_each(|cap, data| {
+                if let Some(at) = cap.retain_least(1)
+                    && restoring_at.as_ref().is_none_or(|c| at.time() < c.time())
+                {
+                    restoring_at = Some(at);
                 }
-                if restored_done.is_none() && !restoring.is_empty() {
-                    state.restore(restoring.drain(..));
+                restoring.append(data);
+            });
+            input.for_each_stamp(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else {
+                    return;
+                };
+                let batch = &mut pending
+                    .entry(*cap.time())
+                    .or_insert_with(|| (cap, Vec::new()))
+                    .1;
+                for part in data {
+                    batch.extend(part.drain(..).map(|(c, _, d)| (c, d)));
                 }
-                let done = frontier.frontier().first().copied().unwrap_or(u64::MAX);
-                state.retire(done.min(restored_done.unwrap_or(u64::MAX)));
+            });
+            // Restored clicks all come at the checkpoint's frontier − 1, before every click
+            // counted after it: they are all here once their input's frontier passes a
+            // pending time, and go back into the state before that time's changes.
+            let restored_done = restored_frontier.frontier().first().copied();
+            let mut restore = |state: &mut FloodState| {
+                if let Some(at) = restoring_at.take() {
+                    state.restore(restoring.drain(..), &mut restored_out);
+                    judged.session(&at).give_iterator(restored_out.drain(..));
+                }
+            };
+            let passed = |t: &u64| !frontier.less_equal(t) && restored_done.is_none_or(|r| r > *t);
+            while let Some(t) = pending.first_key_value().map(|(t, _)| *t) {
+                if !passed(&t) {
+                    break;
+                }
+                restore(&mut state);
+                let (cap, batch) = pending.remove(&t).expect("a pending time");
+                state.apply(batch, &mut out);
+                changes
+                    .session(&cap)
+                    .give_iterator(out.drain(..).map(|(c, d)| (c, t, d)));
             }
-        },
-    )
+            if restored_done.is_none() {
+                restore(&mut state);
+            }
+            let done = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+            state.retire(done.min(restored_done.unwrap_or(u64::MAX)));
+        }
+    });
+    (changes_stream, judged_stream)
 }
 
-/// The counted clicks' window rows, each click billable or invalid under its first reason:
-/// the edge's, then the flood rules' (on `counted` with `restored` put back first), then
-/// `too_fast`.
-pub fn judge<'s>(
-    counted: VecCollection<'s, u64, Click, i64>,
-    restored: Stream<'s, u64, Vec<Click>>,
-    cfg: &InvalidConfig,
-    allowed_lateness_ms: u64,
-) -> VecCollection<'s, u64, Row, Measures> {
-    let clicks = judged_clicks(counted, restored, cfg, allowed_lateness_ms);
-    rows_of(clicks)
-}
-
-/// The counted clicks with every reason they have, as [`judge`] counts them: the edge's, the
-/// flood rules', `too_fast`. Reach (`reach.rs`) reads the users behind them.
+/// The counted clicks with every reason they have, as the windows count them: the edge's,
+/// the flood rules', `too_fast`; and the clicks `restored` from a checkpoint with every reason
+/// too (at the checkpoint's frontier − 1; they are in the restored rows already). Reach
+/// (`reach.rs`) reads the users behind them.
 pub fn judged_clicks<'s>(
     counted: VecCollection<'s, u64, Click, i64>,
     restored: Stream<'s, u64, Vec<Click>>,
     cfg: &InvalidConfig,
     allowed_lateness_ms: u64,
-) -> Stream<'s, u64, Vec<(Click, u64, i64)>> {
-    let mut clicks = counted.inner;
+) -> Judged<'s> {
+    let (mut clicks, mut restored) = (counted.inner, restored);
     for (which, rule) in [(Flood::Ip, cfg.ip_flood), (Flood::User, cfg.user_flood)] {
         if let Some(rule) = rule {
-            clicks = flood(clicks, restored.clone(), which, rule, allowed_lateness_ms);
+            (clicks, restored) = flood(clicks, restored, which, rule, allowed_lateness_ms);
         }
     }
     let cfg = *cfg;
-    timely::dataflow::operators::vec::Map::map(clicks, move |(mut c, t, d)| {
+    let too_fast = move |mut c: Click| {
         if cfg.too_fast(&c) {
             c.reasons.insert(Reason::TooFast);
         }
-        (c, t, d)
-    })
+        c
+    };
+    (
+        timely::dataflow::operators::vec::Map::map(clicks, move |(c, t, d)| (too_fast(c), t, d)),
+        timely::dataflow::operators::vec::Map::map(restored, too_fast),
+    )
 }
 
 /// Judged clicks' window rows: each click billable or invalid under its first reason.
@@ -652,7 +704,14 @@ mod tests {
     fn a_restore_puts_back_verdicts_without_sending_them() {
         let seven: Vec<_> = (0..7).map(|i| click(i, 1_000 + i as u64, i, "a")).collect();
         let mut state = FloodState::new(Flood::Ip, RULE, 300_000);
-        state.restore(seven.iter().copied());
+        let mut judged = Vec::new();
+        state.restore(seven.iter().copied(), &mut judged);
+        let mut flagged: Vec<_> = judged
+            .iter()
+            .map(|c| (c.impression, c.reasons.contains(Reason::IpFlood)))
+            .collect();
+        flagged.sort();
+        assert_eq!(flagged, (0..7).map(|i| (i, i >= 5)).collect::<Vec<_>>());
         let mut out = Vec::new();
         // Retracting the first counted click brings the 6th back under the limit.
         state.apply(vec![(seven[0], -1)], &mut out);
@@ -662,6 +721,44 @@ mod tests {
             .collect();
         got.sort();
         assert_eq!(got, [(0, false, -1), (5, false, 1), (5, true, -1)]);
+    }
+
+    #[test]
+    fn the_next_rule_puts_back_restored_clicks_with_the_verdicts_before_it() {
+        let user_rule = FloodRule {
+            max_clicks: 20,
+            window_ms: HOUR_MS,
+        };
+        let seven: Vec<_> = (0..7)
+            .map(|i| Click {
+                user: Some(Sym::of("u")),
+                ..click(i, 1_000 + i as u64, i, "a")
+            })
+            .collect();
+        let mut ip = FloodState::new(Flood::Ip, RULE, 300_000);
+        let mut user = FloodState::new(Flood::User, user_rule, 300_000);
+        let (mut after_ip, mut restored) = (Vec::new(), Vec::new());
+        ip.restore(seven.iter().copied(), &mut after_ip);
+        user.restore(after_ip, &mut restored);
+        // Retracting the first click brings the 6th (impression 5) back under the IP limit:
+        // the user rule must take it back as it was judged (flagged by the IP rule).
+        let (mut ip_out, mut user_out) = (Vec::new(), Vec::new());
+        ip.apply(vec![(seven[0], -1)], &mut ip_out);
+        user.apply(ip_out, &mut user_out);
+        let mut total: BTreeMap<(u128, bool), i64> = BTreeMap::new();
+        for (c, d) in restored
+            .iter()
+            .map(|c| (c, 1))
+            .chain(user_out.iter().map(|(c, d)| (c, *d)))
+        {
+            *total
+                .entry((c.impression, c.reasons.contains(Reason::IpFlood)))
+                .or_default() += d;
+        }
+        total.retain(|_, d| *d != 0);
+        let want: BTreeMap<_, _> = (1..7).map(|i| ((i, i == 6), 1)).collect();
+        assert_eq!(total, want);
+        assert_eq!(user.len(), 6);
     }
 
     #[test]

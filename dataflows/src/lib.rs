@@ -39,7 +39,7 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::vec::{Map, Partition};
 use timely::progress::frontier::AntichainRef;
 
-use click::{Measures, RawClick, Row, Sym};
+use click::{Click, Measures, RawClick, Row, Sym};
 use dedup::{DedupConfig, Deduped};
 use flood::InvalidConfig;
 use names::Name;
@@ -234,34 +234,24 @@ pub fn resumed_aggregate<'s>(
         Deduped::Duplicate(row) => Some(row),
         Deduped::Counted(_) => None,
     });
-    let judged_clicks = flood::judged_clicks(
+    let (judged_clicks, restored_judged) = flood::judged_clicks(
         counted,
-        at_time(scope, f, recent.clone()),
+        at_time(scope, f, recent),
         &cfg.invalid,
         cfg.allowed_lateness_ms,
     );
     let judged = flood::rows_of(judged_clicks.clone());
     let reach = if cfg.reach.enabled {
         // The minutes not final at the checkpoint: their users come from the restored recent
-        // clicks, judged again on their own (a verdict is a function of the clicks of its
-        // window, all of which the dedup keeps for windows still open). Only those minutes'
-        // clicks are judged and sent; the older ones, whose users the restored sketches
-        // hold, go back into the rules' state without a word, as in the main path. They rank
-        // before every click of a later minute, so the verdicts are the same as judging all.
+        // clicks, with the verdicts the rules' restore gave them (a verdict is a function of
+        // the clicks of its window, all of which the dedup keeps for windows still open). The
+        // older minutes' users are in the restored sketches.
         let lateness = cfg.allowed_lateness_ms;
-        let (open, settled): (Vec<_>, Vec<_>) = recent
-            .into_iter()
-            .partition(|c| time::window_start(c.event_time, MINUTE_MS) + MINUTE_MS + lateness > f);
-        let again = flood::judged_clicks(
-            at_time(scope, f, open)
-                .map(move |c| (c, f, 1))
-                .as_collection(),
-            at_time(scope, f, settled),
-            &cfg.invalid,
-            cfg.allowed_lateness_ms,
-        );
+        let open =
+            move |c: &Click| time::window_start(c.event_time, MINUTE_MS) + MINUTE_MS + lateness > f;
+        let open = restored_judged.flat_map(move |c| open(&c).then_some((c, f, 1)));
         reach::reach(
-            judged_clicks.concat(again),
+            judged_clicks.concat(open),
             at_time(scope, f, restored.reach),
             &cfg.reach,
             cfg.allowed_lateness_ms,

@@ -137,6 +137,7 @@ fn traffic() -> Vec<Vec<Item>> {
             dup_later.push((p, i + 1 + rng.below(30), c.clone())); // identical retry
         }
         parts[p].push(Item::Click(c));
+        flip_farm(i, &mut parts[p]);
         for (pp, _, d) in dup_later.extract_if(.., |(_, at, _)| *at <= i) {
             parts[pp].push(Item::Click(d));
         }
@@ -164,6 +165,44 @@ fn traffic() -> Vec<Vec<Item>> {
         }));
     }
     parts
+}
+
+/// A farm whose IP verdicts flip after the middle checkpoint (+150 s): one IP's 7 clicks on
+/// one ad, one user on one campaign, at +120.5 s (the 6th and 7th flagged), then, at +280 s,
+/// an allowed-late duplicate of the first click a second earlier, in the minute before. It
+/// replaces the first click, so the farm's minute holds 6 and its 6th click is allowed again:
+/// a restored click's IP verdict changes after the restore, which the user rule, downstream,
+/// must see as a retraction of the click as it was judged.
+fn flip_farm(i: u64, part: &mut Vec<Item>) {
+    let farm = |n: u64, event_time: u64, id: u64| {
+        let labels = Labels {
+            ad_id: "ad_0".into(),
+            campaign_id: "cmp_0".into(),
+            advertiser_id: "adv_0".into(),
+            publisher_id: "pub_0".into(),
+            country: "US".into(),
+            device: "mobile".into(),
+        };
+        Item::Click(RawClick {
+            impression_id: format!("flip-{n}"),
+            click_id: format!("{id:032x}"),
+            event_time,
+            labels,
+            traits: Traits {
+                ip_hash: "flip-ip".into(),
+                user_id_hash: "flip-user".into(),
+                impression_time: event_time - 10_000,
+                reasons: Reasons::NONE,
+            },
+            origin: Default::default(),
+        })
+    };
+    let t0 = START + 120_500;
+    match i {
+        2_410 => part.extend((0..7).map(|n| farm(n, t0 + n * 100, 100 + n))),
+        5_600 => part.push(farm(0, t0 - 1_000, 99)),
+        _ => {}
+    }
 }
 
 struct Memory {
