@@ -204,10 +204,8 @@ impl Group {
         e
     }
 
-    /// Puts back the clicks of a checkpoint, appended in any order: sorted into rank order
-    /// once, as a restore appends thousands of clicks to a busy key (inserting each at its
-    /// place would move the ones behind it every time). Equal ranks (one click restored twice)
-    /// add up.
+    /// Puts entries appended out of order back into rank order; equal ranks (one click
+    /// restored twice) add up.
     fn put_back(&mut self, own: Reason) {
         self.entries.sort_unstable_by_key(|e| rank(&e.click, own));
         self.entries.dedup_by(|later, kept| {
@@ -348,33 +346,41 @@ impl FloodState {
     /// next rule ranks a click by the verdicts before it, and reach reads the users of minutes
     /// not final yet from them. All of a checkpoint's clicks come in one call, before any
     /// change: a verdict is a function of its window's clicks, and the restore sees them all.
-    pub fn restore(&mut self, clicks: impl IntoIterator<Item = Click>, judged: &mut Vec<Click>) {
-        let own = self.flood.reason();
-        let mut touched = foldhash::HashSet::default();
-        for click in clicks {
-            let Some(key) = self.flood.key(&click) else {
-                judged.push(click);
+    pub fn restore(&mut self, mut clicks: Vec<Click>, judged: &mut Vec<Click>) {
+        let (flood, own) = (self.flood, self.flood.reason());
+        let len = self.rule.window_ms.max(1);
+        let place = |c: &Click| flood.key(c).map(|key| (c.event_time / len, key));
+        // One sort puts each group's clicks together, in rank order: every group is then built
+        // once, at its size (a restore holds millions of clicks; growing each group click by
+        // click, or inserting each at its rank, was most of a restore's time).
+        clicks.sort_unstable_by_key(|c| (place(c), rank(c, own)));
+        let limit = self.rule.max_clicks as usize;
+        for same in clicks.chunk_by(|a, b| place(a) == place(b)) {
+            let Some((w, key)) = place(&same[0]) else {
+                judged.extend_from_slice(same);
                 continue;
             };
-            let w = self.window(&click);
+            let mut entries: Vec<Entry> = Vec::with_capacity(same.len());
+            for c in same {
+                match entries.last_mut() {
+                    Some(e) if rank(&e.click, own) == rank(c, own) => e.weight += 1,
+                    _ => entries.push(Entry {
+                        weight: 1,
+                        ..Entry::new(c, own)
+                    }),
+                }
+            }
             let group = self.windows.entry(w).or_default().entry(key).or_default();
-            let mut e = Entry::new(&click, own);
-            e.weight = 1;
-            group.entries.push(e);
-            touched.insert((w, key));
-        }
-        let limit = self.rule.max_clicks as usize;
-        for (w, key) in touched {
-            let group = self
-                .windows
-                .get_mut(&w)
-                .and_then(|g| g.get_mut(&key))
-                .expect("a restored group");
-            group.put_back(own);
+            if group.entries.is_empty() {
+                group.entries = entries;
+            } else {
+                group.entries.append(&mut entries);
+                group.put_back(own);
+            }
             for (position, e) in group.entries.iter_mut().enumerate() {
                 let flagged = position >= limit;
                 e.flagged = Some(flagged);
-                let c = e.judged(self.flood, flagged);
+                let c = e.judged(flood, flagged);
                 judged.extend(std::iter::repeat_n(c, e.weight.max(0) as usize));
             }
         }
@@ -469,7 +475,7 @@ pub fn flood<'s>(
             let restored_done = restored_frontier.frontier().first().copied();
             let mut restore = |state: &mut FloodState| {
                 if let Some(at) = restoring_at.take() {
-                    state.restore(restoring.drain(..), &mut restored_out);
+                    state.restore(std::mem::take(&mut restoring), &mut restored_out);
                     judged.session(&at).give_iterator(restored_out.drain(..));
                 }
             };
@@ -705,7 +711,7 @@ mod tests {
         let seven: Vec<_> = (0..7).map(|i| click(i, 1_000 + i as u64, i, "a")).collect();
         let mut state = FloodState::new(Flood::Ip, RULE, 300_000);
         let mut judged = Vec::new();
-        state.restore(seven.iter().copied(), &mut judged);
+        state.restore(seven.clone(), &mut judged);
         let mut flagged: Vec<_> = judged
             .iter()
             .map(|c| (c.impression, c.reasons.contains(Reason::IpFlood)))
@@ -738,7 +744,7 @@ mod tests {
         let mut ip = FloodState::new(Flood::Ip, RULE, 300_000);
         let mut user = FloodState::new(Flood::User, user_rule, 300_000);
         let (mut after_ip, mut restored) = (Vec::new(), Vec::new());
-        ip.restore(seven.iter().copied(), &mut after_ip);
+        ip.restore(seven.clone(), &mut after_ip);
         user.restore(after_ip, &mut restored);
         // Retracting the first click brings the 6th (impression 5) back under the IP limit:
         // the user rule must take it back as it was judged (flagged by the IP rule).
