@@ -204,20 +204,6 @@ impl Group {
         e
     }
 
-    /// Puts entries appended out of order back into rank order; equal ranks (one click
-    /// restored twice) add up.
-    fn put_back(&mut self, own: Reason) {
-        self.entries.sort_unstable_by_key(|e| rank(&e.click, own));
-        self.entries.dedup_by(|later, kept| {
-            let same = rank(&later.click, own) == rank(&kept.click, own);
-            if same {
-                kept.weight += later.weight;
-            }
-            same
-        });
-        self.entries.shrink_to_fit();
-    }
-
     /// Sets the verdicts after a batch of changes, appending what changed downstream. Only
     /// the first `limit + changed` counted clicks can have moved across the limit (each
     /// change shifts the ranks behind it by one); changed clicks further back are beyond it.
@@ -371,12 +357,14 @@ impl FloodState {
                 }
             }
             let group = self.windows.entry(w).or_default().entry(key).or_default();
-            if group.entries.is_empty() {
-                group.entries = entries;
-            } else {
-                group.entries.append(&mut entries);
-                group.put_back(own);
-            }
+            // One call puts back all of a checkpoint's clicks before any change (the operator
+            // restores once the restored input is complete): a group found here already would
+            // mean verdicts judged on part of its window.
+            assert!(
+                group.entries.is_empty(),
+                "a restore into a rule's live state"
+            );
+            group.entries = entries;
             for (position, e) in group.entries.iter_mut().enumerate() {
                 let flagged = position >= limit;
                 e.flagged = Some(flagged);
