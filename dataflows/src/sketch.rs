@@ -1,5 +1,5 @@
 //! Distinct users as a mergeable sketch: an exact set of 64-bit user hashes while it is small,
-//! a HyperLogLog of 2¹⁵ registers once it is not.
+//! a HyperLogLog of 2¹⁷ registers once it is not.
 //!
 //! Why our own and not a crate's (docs/design.md, "Unique users (reach)", has the comparison):
 //! sketches are *data* in differential arrangements (retracted and inserted as they grow) and
@@ -10,25 +10,33 @@
 //!
 //! - **Exact** up to [`EXACT_MAX`] users: the sorted hashes, 8 bytes a user; the estimate is
 //!   the count (two users share a 64-bit hash with a chance of n²/2⁶⁵).
-//! - **Dense** above: 2¹⁵ one-byte registers (32 KiB), estimated with Ertl's improved raw
+//! - **Dense** above: 2¹⁷ one-byte registers (128 KiB), estimated with Ertl's improved raw
 //!   estimator ("New cardinality estimation algorithms for HyperLogLog sketches", 2017), which
 //!   needs no empirical bias tables and is unbiased across the whole range. Relative standard
-//!   error 1.04/√2¹⁵ = 0.57 %.
+//!   error 1.04/√2¹⁷ = 0.29 %, so the 1 % the reach figures promise is 3.5 standard errors:
+//!   about one estimate in 2,000 strays past it. (2¹⁵ registers, the first precision, had
+//!   0.57 %: one estimate in twelve was off by more than 1 %.)
 //!
 //! Merging is a union (registers' maximum), so it is associative, commutative and idempotent:
-//! a week's reach is the merge of seven day sketches, never a sum of counts.
+//! a week's reach is the merge of seven day sketches, never a sum of counts. A dense sketch
+//! of a smaller precision (checkpoints and sinks written with 2¹⁵) still merges: the finer one
+//! is folded to the coarser precision, which gives exactly the registers the coarser sketch
+//! would have built from the same users.
 
 use serde::{Deserialize, Serialize};
 
-/// log₂ of the dense sketch's register count.
-pub const PRECISION: u32 = 15;
+/// log₂ of the register count dense sketches are built with.
+pub const PRECISION: u32 = 17;
 /// Registers of a dense sketch.
 pub const REGISTERS: usize = 1 << PRECISION;
+/// The smallest precision read back: what checkpoints and sinks of the first reach release
+/// hold. Merged with a finer sketch it makes the union this coarse.
+pub const MIN_PRECISION: u32 = 15;
 /// Largest exact set: beyond it the exact list (8 bytes a user) would outgrow the dense
 /// registers (1 byte each).
 pub const EXACT_MAX: usize = REGISTERS / 8;
 /// The dense sketch's relative standard error, 1.04 / √m.
-pub const STANDARD_ERROR: f64 = 0.005_745;
+pub const STANDARD_ERROR: f64 = 0.002_873;
 
 /// The hash a user is counted by: `user` is already a 64-bit fingerprint (xxh3), mixed once
 /// more (splitmix64's finalizer) so the registers do not depend on how the fingerprint is used
@@ -45,7 +53,8 @@ pub fn user_hash(user: u64) -> u64 {
 pub enum UserSketch {
     /// Sorted, distinct user hashes; at most [`EXACT_MAX`].
     Exact(Vec<u64>),
-    /// [`REGISTERS`] registers, each the largest rank seen at its index.
+    /// 2ᵖ registers (p is [`PRECISION`], or down to [`MIN_PRECISION`] for a sketch from an
+    /// older checkpoint), each the largest rank seen at its index.
     Dense(Vec<u8>),
 }
 
@@ -55,18 +64,47 @@ impl Default for UserSketch {
     }
 }
 
-/// Bits of a hash left after the register index, and the largest rank (all of them zero).
-const Q: u32 = 64 - PRECISION;
+/// The precision of a dense sketch's registers: log₂ of their number.
+fn precision_of(registers: &[u8]) -> u32 {
+    debug_assert!(registers.len().is_power_of_two());
+    registers.len().trailing_zeros()
+}
 
-fn register(hash: u64) -> (usize, u8) {
-    let index = (hash >> Q) as usize;
-    let rest = hash << PRECISION;
+/// At precision `p`, a hash's register (its top `p` bits) and rank: 1 + the leading zeros of
+/// the remaining `64 − p` bits, `64 − p + 1` when all of them are zero.
+fn register(hash: u64, p: u32) -> (usize, u8) {
+    let index = (hash >> (64 - p)) as usize;
+    let rest = hash << p;
     let rank = if rest == 0 {
-        Q + 1
+        64 - p + 1
     } else {
         rest.leading_zeros() + 1
     };
     (index, rank as u8)
+}
+
+/// The registers of precision `p` (at most the registers' own) that the same users give:
+/// index bits below `p` become the first bits of the rank.
+fn fold(registers: &[u8], p: u32) -> Vec<u8> {
+    let shift = precision_of(registers) - p;
+    if shift == 0 {
+        return registers.to_vec();
+    }
+    let mut out = vec![0u8; 1 << p];
+    for (i, &r) in registers.iter().enumerate() {
+        if r == 0 {
+            continue;
+        }
+        let low = (i & ((1 << shift) - 1)) as u32;
+        let rank = if low == 0 {
+            u32::from(r) + shift
+        } else {
+            low.leading_zeros() - (32 - shift) + 1
+        };
+        let j = i >> shift;
+        out[j] = out[j].max(rank as u8);
+    }
+    out
 }
 
 impl UserSketch {
@@ -120,6 +158,17 @@ impl UserSketch {
             }
             (UserSketch::Dense(a), UserSketch::Exact(b)) => add(a, b),
             (UserSketch::Dense(a), UserSketch::Dense(b)) => {
+                let (p, q) = (precision_of(a), precision_of(b));
+                if p > q {
+                    *a = fold(a, q);
+                }
+                let folded;
+                let b = if q > p {
+                    folded = fold(b, p);
+                    &folded
+                } else {
+                    b
+                };
                 for (r, s) in a.iter_mut().zip(b) {
                     *r = (*r).max(*s);
                 }
@@ -154,13 +203,17 @@ impl UserSketch {
     /// - byte 0: `1` exact, `2` dense;
     /// - exact: then the sorted, distinct 64-bit user hashes, 8 bytes each, little-endian
     ///   (the estimate is their number);
-    /// - dense: then byte 1 is the precision p (15) and 2ᵖ register bytes follow, register
+    /// - dense: then byte 1 is the precision p (17; 15 in sketches written before) and 2ᵖ
+    ///   register bytes follow, register
     ///   `i` holding the largest rank seen at index `i` (a hash's top p bits), the rank being
     ///   1 + the leading zeros of the remaining 64 − p bits (64 − p + 1 when all are zero).
     ///
     /// Merging two sketches is the union of the user sets: two exact lists merge (turning
     /// dense past [`EXACT_MAX`] users: each hash sets its register), two dense ones take each
-    /// register's maximum, an exact one merges into a dense one by setting its hashes'
+    /// register's maximum (the finer folded first to the coarser precision p: register `i`
+    /// of the finer one, holding rank r, sets register `i >> d`, d the difference of the
+    /// precisions, to 1 + the leading zeros of `i`'s low d bits, or to r + d when those bits
+    /// are all zero), an exact one merges into a dense one by setting its hashes'
     /// registers. [`UserSketch::from_bytes`] reads it back.
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
@@ -174,7 +227,7 @@ impl UserSketch {
             }
             UserSketch::Dense(r) => {
                 let mut b = Vec::with_capacity(2 + r.len());
-                b.extend_from_slice(&[2, PRECISION as u8]);
+                b.extend_from_slice(&[2, precision_of(r) as u8]);
                 b.extend_from_slice(r);
                 b
             }
@@ -198,14 +251,17 @@ impl UserSketch {
                 Ok(UserSketch::Exact(h))
             }
             Some((2, rest)) => match rest.split_first() {
-                Some((p, r)) if u32::from(*p) == PRECISION && r.len() == REGISTERS => {
-                    if r.iter().any(|x| u32::from(*x) > Q + 1) {
+                Some((&p, r))
+                    if (MIN_PRECISION..=PRECISION).contains(&u32::from(p)) && r.len() == 1 << p =>
+                {
+                    if r.iter().any(|x| u32::from(*x) > 64 - u32::from(p) + 1) {
                         return Err("a register above the largest rank".into());
                     }
                     Ok(UserSketch::Dense(r.to_vec()))
                 }
                 _ => Err(format!(
-                    "a dense sketch must be precision {PRECISION} with {REGISTERS} registers"
+                    "a dense sketch must be of precision {MIN_PRECISION} to {PRECISION}, \
+                     with 2^precision registers"
                 )),
             },
             Some((k, _)) => Err(format!("unknown sketch kind {k}")),
@@ -229,8 +285,9 @@ fn dense(hashes: &[u64]) -> Vec<u8> {
 }
 
 fn add(registers: &mut [u8], hashes: &[u64]) {
+    let p = precision_of(registers);
     for h in hashes {
-        let (i, rank) = register(*h);
+        let (i, rank) = register(*h, p);
         if registers[i] < rank {
             registers[i] = rank;
         }
@@ -240,7 +297,7 @@ fn add(registers: &mut [u8], hashes: &[u64]) {
 /// Ertl's improved raw estimator: α∞ m² / (m σ(C₀/m) + Σ_{k=1..q} C_k 2⁻ᵏ + m τ(1 − C_{q+1}/m) 2⁻q),
 /// evaluated by Horner's scheme as in the paper (Algorithm 6).
 fn estimate(registers: &[u8]) -> f64 {
-    let q = Q as usize;
+    let q = 64 - precision_of(registers) as usize;
     let m = registers.len() as f64;
     let mut counts = vec![0u32; q + 2];
     for r in registers {
@@ -320,9 +377,9 @@ mod tests {
     }
 
     /// The issue's bound: at 10⁶ distinct users the error is at most 1 %. A HyperLogLog's
-    /// error is a random variable (standard error 0.57 % here), so the test measures it the
-    /// way the bound is meant: the root mean square over 8 independent sets of 10⁶ users is at
-    /// most 1 %, and no single one is off by more than 3 standard errors.
+    /// error is a random variable (standard error 0.29 % here), so the test measures it over 8
+    /// independent sets of 10⁶ users: each is within 1 % (3.5 standard errors), and their root
+    /// mean square within 2 standard errors.
     #[test]
     fn error_at_a_million_users_is_at_most_one_percent() {
         let n = 1_000_000;
@@ -331,9 +388,9 @@ mod tests {
             .collect();
         let rms = (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt();
         eprintln!("relative errors at 10^6: {errors:?}, rms {rms:.5}");
-        assert!(rms <= 0.01, "rms error {rms} over 1 %: {errors:?}");
+        assert!(rms <= 2.0 * STANDARD_ERROR, "rms error {rms}: {errors:?}");
         for e in &errors {
-            assert!(e.abs() <= 3.0 * STANDARD_ERROR, "{e}");
+            assert!(e.abs() <= 0.01, "{e} over 1 %: {errors:?}");
         }
     }
 
@@ -385,6 +442,51 @@ mod tests {
         }
     }
 
+    /// A sketch at `p` as the first release built it (its registers straight from the users).
+    fn dense_at(p: u32, hashes: &[u64]) -> UserSketch {
+        let mut registers = vec![0; 1 << p];
+        add(&mut registers, hashes);
+        UserSketch::Dense(registers)
+    }
+
+    /// Folding a fine sketch gives the coarse one the same users build, so a sketch of the
+    /// older precision (from a checkpoint or sink of the first release) merges with new ones
+    /// into the coarse sketch of the union, in either order.
+    #[test]
+    fn a_sketch_of_the_older_precision_merges_as_its_union() {
+        let a = users(21, 30_000);
+        let b = users(22, 50_000);
+        let fine = UserSketch::of(b.clone());
+        let UserSketch::Dense(registers) = &fine else {
+            panic!("50,000 users are dense")
+        };
+        assert_eq!(
+            UserSketch::Dense(fold(registers, MIN_PRECISION)),
+            dense_at(MIN_PRECISION, &b)
+        );
+        let union: Vec<u64> = a.iter().chain(&b).copied().collect();
+        let want = dense_at(MIN_PRECISION, &union);
+        let mut old_then_new = dense_at(MIN_PRECISION, &a);
+        old_then_new.merge(&fine);
+        assert_eq!(old_then_new, want);
+        let mut new_then_old = fine.clone();
+        new_then_old.merge(&dense_at(MIN_PRECISION, &a));
+        assert_eq!(new_then_old, want);
+        // An exact set merges into the old sketch at its precision.
+        let mut old_then_exact = dense_at(MIN_PRECISION, &a);
+        old_then_exact.merge(&UserSketch::of(b[..100].to_vec()));
+        let small: Vec<u64> = a.iter().chain(&b[..100]).copied().collect();
+        assert_eq!(old_then_exact, dense_at(MIN_PRECISION, &small));
+        // And it reads back from its bytes, estimating within its own error.
+        let old = dense_at(MIN_PRECISION, &union);
+        assert_eq!(UserSketch::from_bytes(&old.to_bytes()), Ok(old.clone()));
+        let e = relative_error(&old, union.len() as u64);
+        assert!(
+            e.abs() <= 3.0 * 1.04 / 2f64.powi(MIN_PRECISION as i32).sqrt(),
+            "{e}"
+        );
+    }
+
     #[test]
     fn sketches_survive_serialization() {
         for n in [0, 5, 100_000] {
@@ -402,7 +504,14 @@ mod tests {
             };
             assert_eq!(bytes.len(), expected);
         }
-        for bad in [&[][..], &[3], &[1, 0, 0], &[2, 14, 0]] {
+        for bad in [
+            &[][..],
+            &[3],
+            &[1, 0, 0],
+            &[2, 14, 0],
+            &[2, 15, 0],
+            &[2, 18, 0],
+        ] {
             assert!(UserSketch::from_bytes(bad).is_err(), "{bad:?}");
         }
     }
