@@ -46,10 +46,7 @@ mod by_reason {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[i64; 7], s: S) -> Result<S::Ok, S::Error> {
-        let m = Measures {
-            invalid: *v,
-            ..Measures::default()
-        };
+        let m = Measures::new(0, 0, *v);
         m.invalid_names().serialize(s)
     }
 

@@ -1076,17 +1076,17 @@ mod tests {
                             invalid,
                         },
                     ));
-                    let total = Measures {
-                        clicks,
-                        invalid: [invalid, 0, 0, 0, 0, 0, 0],
-                        ..Measures::default()
-                    };
+                    let total = Measures::new(clicks, 0, [invalid, 0, 0, 0, 0, 0, 0]);
                     // Most at once, a late part, and a correction (+1 then -1).
                     let late = Measures::billable(clicks / 4);
                     let spread = rng.next_f64();
                     let t1 = minute + (spread * 60_000.0) as u64;
                     let t2 = minute + 60_000 + (spread * (LATENESS - 1) as f64) as u64;
-                    updates.push((row, t1, total + late.times(-1) + Measures::billable(1)));
+                    updates.push((
+                        row,
+                        t1,
+                        total.clone() + late.clone().times(-1) + Measures::billable(1),
+                    ));
                     updates.push((row, t2, late + Measures::billable(-1)));
                     // Retention: long after the minute is final.
                     updates.push((row, minute + 48 * HOUR_MS, -total));
@@ -1132,7 +1132,7 @@ mod tests {
             if *t < f {
                 *sums.entry(*row).or_default() += m;
             } else {
-                resumed.push((*row, *t, *m));
+                resumed.push((*row, *t, m.clone()));
             }
         }
         let mut restored: Vec<_> = sums.into_iter().map(|(row, m)| (row, f - 1, m)).collect();
@@ -1169,7 +1169,7 @@ mod tests {
                         input.advance_to(next);
                     }
                     if n % peers == me {
-                        input.update_at(*row, *t, *m);
+                        input.update_at(*row, *t, m.clone());
                     }
                 }
                 input.close();

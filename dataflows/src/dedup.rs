@@ -527,11 +527,7 @@ mod tests {
     }
 
     fn m(clicks: i64, duplicates: i64) -> Measures {
-        Measures {
-            clicks,
-            duplicates,
-            ..Measures::default()
-        }
+        Measures::new(clicks, duplicates, [0; 7])
     }
 
     fn cfg() -> DedupConfig {

@@ -62,7 +62,9 @@ impl Rows {
         let m = match window.entry(dims) {
             Entry::Occupied(o) => {
                 if reported {
-                    self.changed.entry((start, dims)).or_insert(Some(*o.get()));
+                    self.changed
+                        .entry((start, dims))
+                        .or_insert_with(|| Some(o.get().clone()));
                 }
                 o.into_mut()
             }
@@ -77,7 +79,7 @@ impl Rows {
     }
 
     fn measures(&self, (start, dims): &Row) -> Measures {
-        self.windows[start][dims]
+        self.windows[start][dims].clone()
     }
 }
 
@@ -209,7 +211,7 @@ pub fn resumed_reports<'s>(
                                 if owed(&row) {
                                     out.entry(at).or_default().push(report(
                                         &row,
-                                        *m,
+                                        m.clone(),
                                         Status::Complete,
                                     ));
                                 }
@@ -290,10 +292,7 @@ mod tests {
     }
 
     fn clicks(n: i64) -> Measures {
-        Measures {
-            clicks: n,
-            ..Measures::default()
-        }
+        Measures::billable(n)
     }
 
     /// Updates (row, time, measures): clicks in their windows before and after the window
@@ -350,7 +349,7 @@ mod tests {
                 // The checkpoint's rows, as they stood at F − 1, consolidated.
                 let mut state: BTreeMap<Row, Measures> = BTreeMap::new();
                 for (r, _, m) in all.iter().filter(|(_, t, _)| *t < from) {
-                    *state.entry(*r).or_default() += *m;
+                    *state.entry(*r).or_default() += m;
                 }
                 input.advance_to(from - 1);
                 for (r, m) in state.into_iter().filter(|(_, m)| *m != Measures::default()) {
@@ -360,7 +359,7 @@ mod tests {
             for t in from..END {
                 input.advance_to(t);
                 for (r, _, m) in all.iter().filter(|(_, at, _)| *at == t) {
-                    input.update(*r, *m);
+                    input.update(*r, m.clone());
                 }
                 if t % chunk == 0 {
                     input.flush();
@@ -413,7 +412,7 @@ mod tests {
         let mut by_row: BTreeMap<Row, BTreeMap<u64, Measures>> = BTreeMap::new();
         for (r, t, m) in all {
             if *t < r.0 + WINDOW + LATENESS {
-                *by_row.entry(*r).or_default().entry(*t).or_default() += *m;
+                *by_row.entry(*r).or_default().entry(*t).or_default() += m;
             }
         }
         let mut out = Vec::new();
@@ -422,7 +421,7 @@ mod tests {
             let upto = |x: u64| {
                 let mut m = Measures::default();
                 for (_, d) in updates.range(..=x) {
-                    m += *d;
+                    m += d;
                 }
                 m
             };
@@ -435,11 +434,11 @@ mod tests {
             let first = *updates.keys().next().expect("a row has updates");
             let complete = first.max(end - 1);
             let mut last = upto(complete);
-            out.push((complete, report(last, Status::Complete)));
+            out.push((complete, report(last.clone(), Status::Complete)));
             for t in updates.keys().filter(|t| **t > complete) {
                 let m = upto(*t);
                 if m != last {
-                    out.push((*t, report(m, Status::Correction)));
+                    out.push((*t, report(m.clone(), Status::Correction)));
                     last = m;
                 }
             }

@@ -326,8 +326,10 @@ fn run_throttled(workers: usize, parts: Vec<Vec<Item>>, throttled: bool) -> Resu
             let (o1, o2, o3, o4, o5) = (out.clone(), out.clone(), out.clone(), out.clone(), out);
             let traces = Traces::arrange(&a);
             timely::dataflow::operators::Probe::probe_with(a.minute.inner.clone(), &done);
-            a.minute.inspect(move |u| o1.lock().unwrap().0.push(*u));
-            a.hour.inspect(move |u| o2.lock().unwrap().1.push(*u));
+            a.minute
+                .inspect(move |u| o1.lock().unwrap().0.push(u.clone()));
+            a.hour
+                .inspect(move |u| o2.lock().unwrap().1.push(u.clone()));
             a.top.inspect(move |u| o3.lock().unwrap().2.push(u.clone()));
             a.late.inspect(move |_| o4.lock().unwrap().3 += 1);
             a.rejected.inspect(move |_| o5.lock().unwrap().4 += 1);
@@ -500,7 +502,7 @@ fn oracle(parts: &[Vec<Item>]) -> Results {
                 .or_default();
             match reason {
                 None => m.clicks += 1,
-                Some(r) => m.invalid[r.index()] += 1,
+                Some(r) => m.add_invalid(r, 1),
             }
         }
     }
@@ -747,8 +749,10 @@ fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
             };
             let a = resumed_aggregate(events, &aggregate_config(), resume);
             let (o1, o2, o3, o4) = (out.clone(), out.clone(), out.clone(), out);
-            a.minute.inspect(move |u| o1.lock().unwrap().0.push(*u));
-            a.hour.inspect(move |u| o2.lock().unwrap().1.push(*u));
+            a.minute
+                .inspect(move |u| o1.lock().unwrap().0.push(u.clone()));
+            a.hour
+                .inspect(move |u| o2.lock().unwrap().1.push(u.clone()));
             a.late.inspect(move |_| o3.lock().unwrap().2 += 1);
             a.rejected.inspect(move |_| o4.lock().unwrap().3 += 1);
         });

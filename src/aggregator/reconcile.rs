@@ -91,13 +91,13 @@ pub fn compare(sink: &str, recomputed: &Windows, held: &Windows, twice: Vec<Wind
     for (key, want) in recomputed {
         match held.get(key) {
             Some(got) if got == want => *r.matched.entry(key.0.clone()).or_default() += 1,
-            Some(got) => r.differ.push((key.clone(), *want, *got)),
-            None => r.missing.push((key.clone(), *want)),
+            Some(got) => r.differ.push((key.clone(), want.clone(), got.clone())),
+            None => r.missing.push((key.clone(), want.clone())),
         }
     }
     for (key, got) in held {
         if !recomputed.contains_key(key) {
-            r.extra.push((key.clone(), *got));
+            r.extra.push((key.clone(), got.clone()));
         }
     }
     r

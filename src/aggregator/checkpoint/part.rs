@@ -248,9 +248,9 @@ impl Restored {
             ..RestoredRows::default()
         };
         for part in self.parts.iter().filter(|p| p.worker % peers == worker) {
-            rows.minute.extend(part.rows.minute.iter().copied());
-            rows.hour.extend(part.rows.hour.iter().copied());
-            rows.day.extend(part.rows.day.iter().copied());
+            rows.minute.extend(part.rows.minute.iter().cloned());
+            rows.hour.extend(part.rows.hour.iter().cloned());
+            rows.day.extend(part.rows.day.iter().cloned());
             rows.names.extend(part.rows.names.iter().cloned());
             rows.reach.extend(part.rows.reach.iter().cloned());
         }

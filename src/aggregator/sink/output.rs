@@ -121,11 +121,7 @@ pub struct WindowParts<'a> {
 
 impl WindowParts<'_> {
     pub fn measures(&self) -> Measures {
-        Measures {
-            clicks: self.clicks,
-            duplicates: self.duplicates,
-            invalid: self.invalid,
-        }
+        Measures::new(self.clicks, self.duplicates, self.invalid)
     }
 }
 
@@ -359,7 +355,7 @@ impl Writer {
                         .tallies
                         .invalid_by_reason
                         .iter_mut()
-                        .zip(r.measures.invalid)
+                        .zip(r.measures.invalid_counts())
                     {
                         *t += n;
                     }
