@@ -38,7 +38,7 @@ CONF
 nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
 
 BASE_PORT=18082
-ADCLICK_REDIRECT_SPOOL_DIR="$work/broker-spool" target/release/adclick-redirect --config config/demo.toml \
+ADCLICK_REDIRECT_SPOOL_DIR="$work/broker-spool" ${CARGO_TARGET_DIR:-target}/release/adclick-redirect --config config/demo.toml \
   --embedded-kafka --listen 127.0.0.1:0 >"$work/broker.out" 2>"$work/broker.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q "listening on" "$work/broker.out" 2>/dev/null && break; sleep 0.1; done
@@ -49,9 +49,9 @@ start_redirect() { # binary port name
   pids+=($!)
   for _ in $(seq 100); do grep -q "listening on" "$work/$3.out" 2>/dev/null && break; sleep 0.1; done
 }
-start_redirect target/release/adclick-redirect "$REDIRECT_PORT" redirect
+start_redirect ${CARGO_TARGET_DIR:-target}/release/adclick-redirect "$REDIRECT_PORT" redirect
 [[ -n "${BASELINE_BIN:-}" ]] && start_redirect "$BASELINE_BIN" "$BASE_PORT" baseline
-url=$(target/release/adclick-redirect --config config/demo.toml sign --impression-id bench-1 \
+url=$(${CARGO_TARGET_DIR:-target}/release/adclick-redirect --config config/demo.toml sign --impression-id bench-1 \
   --ad-id ad_1 --campaign-id cmp_1 --advertiser-id adv_1 --publisher-id pub_1 \
   --url https://shop.example/landing --base "http://127.0.0.1:$REDIRECT_PORT")
 nginx_url="http://127.0.0.1:$NGINX_PORT/api/v1/click/bench-1"

@@ -14,7 +14,8 @@
 # Settings (environment):
 #   RUN_DIR=target/cluster   the supervisor's files: cluster.log (every process's log, each
 #                            line prefixed [pN]), cluster.json (its status), hosts, supervisor.pid
-#   AGGREGATOR=              the binary (default: target/debug/adclick-aggregator, built if missing)
+#   AGGREGATOR=              the binary (default: $CARGO_TARGET_DIR or target, /debug/adclick-aggregator,
+#                            built if missing)
 #   CONFIG=config/demo.toml  passed as --config
 #   ADMIN_KEY=demo-admin-key-not-secret   the query key `status` asks health with
 set -euo pipefail
@@ -61,7 +62,7 @@ case ${1:-} in
     shift
     running && die "already running (pid $(cat "$PIDFILE")); scripts/cluster.sh stop first"
     if [[ -z $AGGREGATOR ]]; then
-      AGGREGATOR=$ROOT/target/debug/adclick-aggregator
+      AGGREGATOR=${CARGO_TARGET_DIR:-$ROOT/target}/debug/adclick-aggregator
       [[ -x $AGGREGATOR ]] || (cd "$ROOT" && cargo build --quiet --bin adclick-aggregator)
     fi
     mkdir -p "$RUN_DIR"

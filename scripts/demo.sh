@@ -14,7 +14,7 @@ rm -rf "$OUT/spool" "$OUT/kafka"
 # The embedded broker (built in) keeps every record in $OUT/kafka, across restarts.
 export ADCLICK_KAFKA_EMBEDDED_DIR=$OUT/kafka
 cargo build --quiet --bins
-BIN=target/debug
+BIN=${CARGO_TARGET_DIR:-target}/debug
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
