@@ -5,7 +5,7 @@
 
 use adclick_testkit as common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -132,11 +132,7 @@ fn files_on_every_cluster_shape_equal_the_truth() {
         ],
         &dir.path().join("truth.json"),
     );
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&events)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = common::event_files(&events);
     let mut input = vec!["--input".to_string()];
     input.extend(files.iter().map(|f| f.display().to_string()));
     every_shape(dir.path(), &input, &truth);

@@ -197,47 +197,14 @@ fn cycled_batch(
     adclick::loadgen::truth::TruthReport,
     Vec<(String, String, i64)>,
 ) {
-    let (events, truth_path, out) = (
-        dir.join("events"),
-        dir.join("truth.json"),
-        dir.join("out.ndjson"),
-    );
-    run_ok(
-        Command::new(LOADGEN)
-            .args([
-                "--config",
-                &demo_config(),
-                "--output",
-                "file",
-                "--files",
-                "2",
-            ])
-            .arg("--out-dir")
-            .arg(&events)
-            .arg("--truth")
-            .arg(&truth_path)
-            .arg("--daily-cycle")
-            .args(args.split_whitespace()),
-    );
-    let truth = adclick::loadgen::truth::GroundTruth::read(&truth_path).unwrap();
+    let mut args: Vec<&str> = args.split_whitespace().collect();
+    args.push("--daily-cycle");
+    let (truth, ran) = common::batch_job(LOADGEN, AGGREGATOR, dir, &args);
     assert!(
         truth.config["daily_cycle"]["hourly_utc"].is_array(),
         "the truth books the cycle"
     );
-    let mut files: Vec<_> = std::fs::read_dir(&events)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let ran = run_ok(
-        Command::new(AGGREGATOR)
-            .args(["--config", &demo_config(), "--workers", "2", "--input"])
-            .args(&files)
-            .arg("--output")
-            .arg(&out)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info"),
-    );
+    let out = dir.join("out.ndjson");
     common::truth::check(&out, &truth, "daily cycle, files");
     // `... traffic alert kind="spike" severity="critical" key="cmp_5,DE" minute="…" ...`
     let field = |line: &str, name: &str| -> String {

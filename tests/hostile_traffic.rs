@@ -12,7 +12,7 @@
 use adclick_testkit as common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -152,11 +152,7 @@ fn hostile_files_equal_the_truth() {
         ],
         &dir.path().join("truth.json"),
     );
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&events)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = common::event_files(&events);
     let longest = files
         .iter()
         .flat_map(|f| {

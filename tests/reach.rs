@@ -342,29 +342,25 @@ fn final_reach_reaches_every_sink_once() {
 #[test]
 fn large_groups_are_within_one_percent_of_the_truth() {
     let dir = tempfile::tempdir().unwrap();
-    let (events, truth_path, out) = (
-        dir.path().join("events"),
-        dir.path().join("truth.json"),
-        dir.path().join("out.ndjson"),
+    let (truth, _) = common::batch_job(
+        LOADGEN,
+        AGGREGATOR,
+        dir.path(),
+        &[
+            "--count",
+            "240000",
+            "--rate",
+            "20000",
+            "--seed",
+            "61",
+            "--ads",
+            "2",
+            "--users",
+            "160000",
+            "--invalid",
+            "0.05",
+        ],
     );
-    run_ok(
-        Command::new(LOADGEN)
-            .args([
-                "--config",
-                &demo_config(),
-                "--output",
-                "file",
-                "--files",
-                "2",
-            ])
-            .args(["--count", "240000", "--rate", "20000", "--seed", "61"])
-            .args(["--ads", "2", "--users", "160000", "--invalid", "0.05"])
-            .arg("--out-dir")
-            .arg(&events)
-            .arg("--truth")
-            .arg(&truth_path),
-    );
-    let truth = GroundTruth::read(&truth_path).unwrap();
     let dense = truth
         .reach
         .ad_hour
@@ -373,18 +369,7 @@ fn large_groups_are_within_one_percent_of_the_truth() {
         .filter(|r| r.users as usize > 2 * EXACT_MAX)
         .count();
     assert!(dense >= 2, "{:?}", truth.reach);
-    let mut files: Vec<_> = std::fs::read_dir(&events)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    run_ok(
-        Command::new(AGGREGATOR)
-            .args(["--config", &demo_config(), "--workers", "2", "--input"])
-            .args(&files)
-            .arg("--output")
-            .arg(&out),
-    );
+    let out = dir.path().join("out.ndjson");
     let reach = final_reach(output_lines(&out), "output");
     assert!(reach.values().filter(|(_, exact)| !exact).count() >= 2 * dense);
     assert_final_reach(

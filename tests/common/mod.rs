@@ -34,6 +34,59 @@ pub fn demo_config() -> String {
 
 pub const PARTNER_KEY: &str = "partner-key-0123456789";
 
+/// A batch job as a user runs one: the load generator's traffic (`args` beside the demo
+/// configuration) written as 2 NDJSON files into `dir/events` with its truth, then the batch
+/// aggregator (2 workers, the demo configuration, logging at info) over those files into
+/// `dir/out.ndjson`. Returns the truth and the aggregator's finished process (its log in
+/// `stderr`). `loadgen` and `aggregator` are the binaries (`CARGO_BIN_EXE_*`, known to the
+/// test binaries only).
+pub fn batch_job(
+    loadgen: &str,
+    aggregator: &str,
+    dir: &Path,
+    args: &[&str],
+) -> (adclick::loadgen::truth::TruthReport, std::process::Output) {
+    let (events, truth_path) = (dir.join("events"), dir.join("truth.json"));
+    process::run_ok(
+        std::process::Command::new(loadgen)
+            .args([
+                "--config",
+                &demo_config(),
+                "--output",
+                "file",
+                "--files",
+                "2",
+            ])
+            .arg("--out-dir")
+            .arg(&events)
+            .arg("--truth")
+            .arg(&truth_path)
+            .args(args),
+    );
+    let truth = adclick::loadgen::truth::GroundTruth::read(&truth_path).unwrap();
+    let ran = process::run_ok(
+        std::process::Command::new(aggregator)
+            .args(["--config", &demo_config(), "--workers", "2", "--input"])
+            .args(event_files(&events))
+            .arg("--output")
+            .arg(dir.join("out.ndjson"))
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info"),
+    );
+    (truth, ran)
+}
+
+/// The files the load generator wrote into `dir` (`--output file --out-dir DIR`), in name
+/// order: the order its `events-NNN` files are numbered, which the batch aggregator is given.
+pub fn event_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
 /// A timely hostfile in `dir` for `processes` processes on loopback. The ports are held
 /// together while they are picked, so no two are the same (another process can still take
 /// one before the cluster binds it).
