@@ -7,9 +7,12 @@
 //! leave only when the frontier reaches them, so downstream operators see each one once.
 
 use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::hash::Hash;
 
-use differential_dataflow::difference::Abelian;
+use differential_dataflow::difference::{Abelian, IsZero};
 use differential_dataflow::{AsCollection, Data, VecCollection};
+use foldhash::HashMap;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
@@ -22,7 +25,7 @@ pub fn retire<'s, D, R>(
     retire_at: impl Fn(&D) -> u64 + 'static,
 ) -> VecCollection<'s, u64, D, R>
 where
-    D: Data + Ord,
+    D: Data + Ord + Hash,
     R: Abelian + 'static,
 {
     updates
@@ -70,10 +73,15 @@ where
         .as_collection()
 }
 
-/// Retractions by time, each time's list consolidated whenever it has doubled, so that a row
-/// updated every second waits as one retraction, not thousands.
+/// Retractions by time, each time's consolidated as they arrive: one entry per distinct
+/// datum, whose differences add up, and which leaves once they cancel. A row updated every
+/// second waits as one retraction, and a value replaced by a new one (a reach sketch that
+/// grew: its old value's insertion and retraction cancel) leaves at once, so the queue holds
+/// one copy of each live value, never a backlog of versions. (It used to keep a list
+/// consolidated each time it doubled, from 1,024 entries: up to 2,048 waiting copies of
+/// 128 KiB sketches per retirement time.)
 struct Queue<D, R> {
-    by_time: BTreeMap<u64, (Vec<(D, R)>, usize)>,
+    by_time: BTreeMap<u64, HashMap<D, R>>,
 }
 
 impl<D, R> Default for Queue<D, R> {
@@ -84,13 +92,18 @@ impl<D, R> Default for Queue<D, R> {
     }
 }
 
-impl<D: Ord, R: Abelian> Queue<D, R> {
+impl<D: Ord + Hash, R: Abelian> Queue<D, R> {
     fn push(&mut self, at: u64, d: D, r: R) {
-        let (list, consolidated) = self.by_time.entry(at).or_insert((Vec::new(), 0));
-        list.push((d, r));
-        if list.len() >= 2 * (*consolidated).max(1024) {
-            differential_dataflow::consolidation::consolidate(list);
-            *consolidated = list.len();
+        match self.by_time.entry(at).or_default().entry(d) {
+            Entry::Occupied(mut o) => {
+                o.get_mut().plus_equals(&r);
+                if o.get().is_zero() {
+                    o.remove();
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert(r);
+            }
         }
     }
 
@@ -98,10 +111,21 @@ impl<D: Ord, R: Abelian> Queue<D, R> {
         self.by_time.keys().next().copied()
     }
 
+    /// The retractions due at `at`, sorted (so a run's output does not depend on hashing).
     fn take(&mut self, at: u64) -> Vec<(D, R)> {
-        let (mut list, _) = self.by_time.remove(&at).unwrap_or_default();
-        differential_dataflow::consolidation::consolidate(&mut list);
+        let mut list: Vec<(D, R)> = self
+            .by_time
+            .remove(&at)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         list
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_time.values().map(HashMap::len).sum()
     }
 }
 
@@ -153,5 +177,28 @@ mod tests {
             (0..15).flat_map(|k| [(k, k, 2), (k, k + 10, -2)]).collect();
         differential_dataflow::consolidation::consolidate_updates(&mut expected);
         assert_eq!(updates, expected);
+    }
+
+    /// A value replaced again and again (as reach replaces a growing sketch: the old value
+    /// retracted, the new inserted) waits as one retraction of the newest value, however many
+    /// versions came before; a datum whose updates cancel leaves the queue.
+    #[test]
+    fn the_queue_holds_one_retraction_per_live_value() {
+        let mut q = Queue::<(u32, Vec<u8>), isize>::default();
+        let version = |v: u8| (7, vec![v; 1024]);
+        q.push(100, version(0), -1);
+        for v in 1..=250u8 {
+            q.push(100, version(v - 1), 1); // the old value's retraction, negated
+            q.push(100, version(v), -1); // the new value's insertion, negated
+            assert_eq!(q.len(), 1);
+        }
+        q.push(100, (8, vec![1]), -3);
+        q.push(100, (8, vec![1]), 3);
+        assert_eq!(q.len(), 1);
+        q.push(50, (9, vec![2]), 1);
+        assert_eq!(q.first(), Some(50));
+        assert_eq!(q.take(50), [((9, vec![2]), 1)]);
+        assert_eq!(q.take(100), [(version(250), -1)]);
+        assert_eq!(q.first(), None);
     }
 }
