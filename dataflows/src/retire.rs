@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
 
-use differential_dataflow::difference::{Abelian, IsZero};
+use differential_dataflow::difference::Abelian;
 use differential_dataflow::{AsCollection, Data, VecCollection};
 use foldhash::HashMap;
 use timely::container::CapacityContainerBuilder;
