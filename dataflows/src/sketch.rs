@@ -204,9 +204,9 @@ impl UserSketch {
     /// - exact: then the sorted, distinct 64-bit user hashes, 8 bytes each, little-endian
     ///   (the estimate is their number);
     /// - dense: then byte 1 is the precision p (17; 15 in sketches written before) and 2ᵖ
-    ///   register bytes follow, register
-    ///   `i` holding the largest rank seen at index `i` (a hash's top p bits), the rank being
-    ///   1 + the leading zeros of the remaining 64 − p bits (64 − p + 1 when all are zero).
+    ///   register bytes follow, register `i` holding the largest rank seen at index `i` (a
+    ///   hash's top p bits), the rank being 1 + the leading zeros of the remaining 64 − p
+    ///   bits (64 − p + 1 when all are zero).
     ///
     /// Merging two sketches is the union of the user sets: two exact lists merge (turning
     /// dense past [`EXACT_MAX`] users: each hash sets its register), two dense ones take each
