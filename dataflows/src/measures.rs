@@ -96,9 +96,11 @@ impl Measures {
 
     /// Counts `n` more invalid clicks (fewer when negative) under `reason`.
     pub fn add_invalid(&mut self, reason: Reason, n: i64) {
-        let mut counts = self.invalid_counts();
+        let counts = self.invalid.get_or_insert_with(Default::default);
         counts[reason.index()] += n;
-        self.invalid = (counts != [0; 7]).then(|| Box::new(counts));
+        if **counts == [0; 7] {
+            self.invalid = None;
+        }
     }
 
     /// Invalid clicks by [`Reason`], indexed by its precedence.
@@ -259,6 +261,23 @@ mod tests {
             both.invalid_by_reason().collect::<Vec<_>>(),
             [(Reason::Datacenter, 1)]
         );
+    }
+
+    /// Invalid counts taken back to zero leave no counters behind: the measures equal (and
+    /// hash like) zero, whichever way they got there.
+    #[test]
+    fn invalid_counts_back_at_zero_are_zero() {
+        let mut m = Measures::default();
+        m.add_invalid(Reason::IpFlood, 2);
+        m.add_invalid(Reason::UserFlood, -1);
+        assert_eq!(m.invalid_counts()[Reason::IpFlood.index()], 2);
+        m.add_invalid(Reason::IpFlood, -2);
+        m.add_invalid(Reason::UserFlood, 1);
+        assert!(m.is_zero());
+        assert_eq!(m, Measures::default());
+        let mut sum = Measures::click(Reasons::of([Reason::IpFlood]));
+        sum += Measures::click(Reasons::of([Reason::IpFlood])).times(-1);
+        assert_eq!(sum, Measures::default());
     }
 
     /// The size the row budget counts on (a row is held in several places).
