@@ -223,14 +223,14 @@ impl Stamps {
         self.batch = self.next_id;
     }
 
-    /// A query of `kind` in the current batch. A ranking query reads the window ending with
-    /// the latest minute complete at its read time: chosen here, with the read time, rather
-    /// than by the HTTP handler from an earlier frontier, so that a ranking is read only while
-    /// it is the latest, and an advertiser's may leave a minute later
+    /// A query of `kind` in the current batch. A ranking query reads the latest window
+    /// ranked at its read time ([`crate::topn::latest_ranked`]): chosen here, with the read
+    /// time, rather than by the HTTP handler from an earlier frontier, so that a ranking is
+    /// read only while it is the latest, and an advertiser's may leave a minute later
     /// ([`crate::topn::advertiser_retire_at`]).
     pub fn stamp(&mut self, mut kind: QueryKind) -> Query {
         if let QueryKind::Top { key, .. } = &mut kind {
-            key.1 = (self.read_at.saturating_add(1) / MINUTE_MS).saturating_sub(1) * MINUTE_MS;
+            key.1 = crate::topn::latest_ranked(self.read_at);
         }
         let id = self.next_id;
         self.next_id += 1;

@@ -89,10 +89,23 @@ pub fn retire_at(end: u64, retention_ms: u64) -> u64 {
     end + MINUTE_MS + retention_ms
 }
 
+/// The time a window's ranking enters the collection: when the frontier passes the end of
+/// its last minute (`end`). Late clicks change it at their own, later, times.
+pub fn ranked_at(end: u64) -> u64 {
+    end + MINUTE_MS
+}
+
+/// The last minute of the latest window whose ranking is in the collection at `read_at`: the
+/// window a ranking query reads ([`crate::query::Stamps::stamp`]). Not the latest minute
+/// complete at `read_at`: when the frontier stands at a minute's end (`read_at` one before),
+/// that minute is complete, but its ranking comes at the frontier's time, after `read_at`.
+pub fn latest_ranked(read_at: u64) -> u64 {
+    (read_at / MINUTE_MS).saturating_sub(1) * MINUTE_MS
+}
+
 /// When an advertiser's ranking leaves the collection: as soon as no query can read it. A
-/// query reads the ranking of the latest minute complete at its read time
-/// ([`crate::query::Stamps::stamp`]), so the window ending at `end` is read only at read times
-/// in [end + 1 min − 1, end + 2 min − 1). Advertisers' rankings are many (one per advertiser
+/// query reads the window [`latest_ranked`] at its read time, so the window ending at `end`
+/// is read only at read times in [end + 1 min, end + 2 min). Advertisers' rankings are many (one per advertiser
 /// and per advertiser and country, for each window length and minute, each up to N ads), and
 /// kept for the minute rows' retention like the global ones they would take gigabytes.
 pub fn advertiser_retire_at(end: u64) -> u64 {
@@ -335,7 +348,7 @@ impl Ranker {
             if minute > last_data + (self.longest - 1) * MINUTE_MS {
                 break; // no window ending here or later holds data
             }
-            let at = (minute + MINUTE_MS).max(now);
+            let at = ranked_at(minute).max(now);
             for scope in &self.scopes {
                 for &m in &self.windows {
                     let key = (m, minute, *scope);
@@ -556,25 +569,21 @@ mod tests {
         }
     }
 
-    /// Issue 11, item 9: an advertiser whose ads are all outside the global top N has a top
-    /// N of its own, over all countries and per country; it leaves once no query can read it.
-    #[test]
-    fn each_advertiser_has_its_own_top_n() {
+    type Seen = Vec<((RankKey, Ranking), u64, isize)>;
+
+    /// The global rankings and the advertisers' rankings of `rows` (each at time 0), as
+    /// updates, once the frontier has passed each of `frontiers`.
+    fn rankings_of(cfg: TopNConfig, rows: Vec<(Row, Measures)>, frontiers: &[u64]) -> (Seen, Seen) {
         use differential_dataflow::input::Input as _;
         use std::sync::{Arc, Mutex};
         use timely::dataflow::operators::Probe;
 
-        type Seen = Vec<((RankKey, Ranking), u64, isize)>;
         let seen: Arc<Mutex<(Seen, Seen)>> = Arc::default();
         let out = seen.clone();
-        let (small, big, us) = (Sym::of("adv_small"), Sym::of("adv_big"), Sym::of("US"));
+        let frontiers = frontiers.to_vec();
         timely::execute_directly(move |worker| {
-            let cfg = TopNConfig {
-                n: 3,
-                window_minutes: vec![1],
-            };
-            let (mut rows, probe) = worker.dataflow::<u64, _, _>(|scope| {
-                let (rows, minute) = scope.new_collection::<Row, Measures>();
+            let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, minute) = scope.new_collection::<Row, Measures>();
                 let (o1, o2) = (out.clone(), out.clone());
                 let global = top_n(minute.clone(), &cfg, 0, 48 * 3_600_000);
                 global.inspect(move |u| o1.lock().unwrap().0.push(u.clone()));
@@ -582,29 +591,50 @@ mod tests {
                 let (probe, own) = own.inner.probe();
                 own.as_collection()
                     .inspect(move |u| o2.lock().unwrap().1.push(u.clone()));
-                (rows, probe)
+                (input, probe)
             });
-            // adv_big's 6 ads have 10 to 15 clicks, adv_small's 6 ads 1 to 6, in minute 0.
-            for (adv, base) in [(big, 9), (small, 0)] {
-                for a in 1..=6u64 {
-                    let dims = crate::click::Dims {
-                        ad_id: Sym(base * 100 + a),
-                        advertiser_id: adv,
-                        country: us,
-                        ..Default::default()
-                    };
-                    rows.update((0, dims), Measures::billable((base + a) as i64));
-                }
+            for (row, m) in rows {
+                input.update(row, m);
             }
-            for t in [1, 3 * MINUTE_MS] {
-                rows.advance_to(t);
-                rows.flush();
+            for t in frontiers {
+                input.advance_to(t);
+                input.flush();
                 while probe.less_than(&t) {
                     worker.step();
                 }
             }
         });
-        let (global, own) = std::mem::take(&mut *seen.lock().unwrap());
+        std::mem::take(&mut *seen.lock().unwrap())
+    }
+
+    fn row(minute: u64, ad: u64, advertiser: Sym, country: Sym) -> Row {
+        let dims = crate::click::Dims {
+            ad_id: Sym(ad),
+            advertiser_id: advertiser,
+            country,
+            ..Default::default()
+        };
+        (minute, dims)
+    }
+
+    /// Issue 11, item 9: an advertiser whose ads are all outside the global top N has a top
+    /// N of its own, over all countries and per country; it leaves once no query can read it.
+    #[test]
+    fn each_advertiser_has_its_own_top_n() {
+        let cfg = TopNConfig {
+            n: 3,
+            window_minutes: vec![1],
+        };
+        let (small, big, us) = (Sym::of("adv_small"), Sym::of("adv_big"), Sym::of("US"));
+        // adv_big's 6 ads have 10 to 15 clicks, adv_small's 6 ads 1 to 6, in minute 0.
+        let mut rows = Vec::new();
+        for (adv, base) in [(big, 9), (small, 0)] {
+            for a in 1..=6u64 {
+                let clicks = Measures::billable((base + a) as i64);
+                rows.push((row(0, base * 100 + a, adv, us), clicks));
+            }
+        }
+        let (global, own) = rankings_of(cfg, rows, &[1, 3 * MINUTE_MS]);
         let ads = |r: &Ranking| r.iter().map(|((a, _), c)| (a.0, *c)).collect::<Vec<_>>();
         let key = (1, 0, all_countries());
         let global: Vec<_> = global
@@ -620,6 +650,58 @@ mod tests {
             assert_eq!(ads(&mine[0].0.1), [(6, 6), (5, 5), (4, 4)]);
             assert_eq!((mine[0].1, mine[0].2), (MINUTE_MS, 1));
             assert_eq!((mine[1].1, mine[1].2), (advertiser_retire_at(0), -1));
+        }
+    }
+
+    /// A ranking query finds its window's ranking at every read time, the frontier standing
+    /// inside a minute or exactly at a minute's end. (With the window chosen as the latest
+    /// minute complete at the read time, a frontier at a minute's end read that minute before
+    /// its ranking came: an empty top N, marked complete.)
+    #[test]
+    fn a_ranking_query_reads_a_ranking_at_every_read_time() {
+        let cfg = TopNConfig {
+            n: 3,
+            window_minutes: vec![1, 5],
+        };
+        let (adv, us) = (Sym::of("adv"), Sym::of("US"));
+        let minutes = 6;
+        let rows = (0..minutes)
+            .map(|m| {
+                (
+                    row(m * MINUTE_MS, 1 + m % 2, adv, us),
+                    Measures::billable(1),
+                )
+            })
+            .collect();
+        let frontiers: Vec<u64> = (1..=minutes * 4).map(|q| q * MINUTE_MS / 4).collect();
+        let (global, own) = rankings_of(cfg.clone(), rows, &frontiers);
+        let scopes = [all_countries(), advertiser_scope(all_countries(), adv)];
+        for read_at in (2 * MINUTE_MS - 1..minutes * MINUTE_MS).step_by(250) {
+            for read_at in [read_at, read_at + 1] {
+                let mut stamps = crate::query::Stamps::default();
+                stamps.batch(read_at + 1);
+                for (&m, scope) in cfg.window_minutes.iter().zip(scopes) {
+                    let q = stamps.stamp(crate::query::QueryKind::Top {
+                        key: (m, 0, scope),
+                        n: 3,
+                        advertiser: None,
+                    });
+                    let crate::query::QueryKind::Top { key, .. } = q.kind else {
+                        unreachable!()
+                    };
+                    let updates = if scope == all_countries() {
+                        &global
+                    } else {
+                        &own
+                    };
+                    let live: isize = updates
+                        .iter()
+                        .filter(|((k, _), t, _)| *k == key && *t <= q.read_at)
+                        .map(|(_, _, d)| d)
+                        .sum();
+                    assert_eq!(live, 1, "{key:?} at {}: {updates:?}", q.read_at);
+                }
+            }
         }
     }
 }

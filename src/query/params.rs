@@ -695,7 +695,7 @@ pub fn popular(params: &Params, access: &Access, plan: &Plan) -> Result<QueryKin
         Some(adv) => advertiser_scope(country, adv),
         None => country,
     };
-    // The window's end: the latest complete minute at the read time, set by the cluster.
+    // The window's end: the latest minute ranked at the read time, set by the cluster.
     Ok(QueryKind::Top {
         key: (m, 0, scope),
         n,
