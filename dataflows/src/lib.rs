@@ -93,9 +93,12 @@ impl AggregateConfig {
 
 /// What the aggregation produces; sinks and the query server take it from here.
 pub struct Aggregates<'s> {
+    /// Rows by granularity, as they change; never retired here: retention applies where the
+    /// rows are kept ([`Traces::arrange`]), and the sinks need no retractions.
     pub minute: VecCollection<'s, u64, Row, Measures>,
     pub hour: VecCollection<'s, u64, Row, Measures>,
     pub day: VecCollection<'s, u64, Row, Measures>,
+    pub retention: Retention,
     /// Distinct users per group, hour and day, from final minutes (empty with reach off).
     pub reach: VecCollection<'s, u64, (Group, UserSketch), isize>,
     pub top: VecCollection<'s, u64, (RankKey, Ranking), isize>,
@@ -278,9 +281,9 @@ pub fn resumed_aggregate<'s>(
     names = names.concat(at_time(scope, f, restored.names));
     let minute_rows = rows(restored.minute);
     let r = cfg.retention;
-    let minute = rollup(minute_rows.clone(), MINUTE_MS, r.minute_ms);
-    let hour = rollup(rows(restored.hour), HOUR_MS, r.hour_ms);
-    let day = rollup(rows(restored.day), DAY_MS, r.day_ms);
+    let minute = rollup(minute_rows.clone(), MINUTE_MS);
+    let hour = rollup(rows(restored.hour), HOUR_MS);
+    let day = rollup(rows(restored.day), DAY_MS);
     let top = top_n(
         minute_rows.clone(),
         &cfg.top,
@@ -292,6 +295,7 @@ pub fn resumed_aggregate<'s>(
         minute,
         hour,
         day,
+        retention: r,
         reach,
         top,
         top_by_advertiser,
@@ -378,16 +382,14 @@ pub struct Traces {
 impl Traces {
     /// Arranges the aggregates (each worker holds the ads that hash to it).
     pub fn arrange(a: &Aggregates<'_>) -> Self {
-        let by_ad = |rows: &VecCollection<'_, u64, Row, Measures>, name: &str| {
-            rows.clone()
-                .map(|row| (row.1.ad_id, row))
-                .arrange_by_key_named(name)
-                .trace
+        let r = a.retention;
+        let by_ad = |rows: &VecCollection<'_, u64, Row, Measures>, kept_ms: u64, name: &str| {
+            retire::arrange_rows(rows.clone(), kept_ms, name).trace
         };
         Self {
-            minute: by_ad(&a.minute, "MinuteRowsByAd"),
-            hour: by_ad(&a.hour, "HourRowsByAd"),
-            day: by_ad(&a.day, "DayRowsByAd"),
+            minute: by_ad(&a.minute, MINUTE_MS + r.minute_ms, "MinuteRowsByAd"),
+            hour: by_ad(&a.hour, HOUR_MS + r.hour_ms, "HourRowsByAd"),
+            day: by_ad(&a.day, DAY_MS + r.day_ms, "DayRowsByAd"),
             reach: a
                 .reach
                 .clone()
@@ -493,6 +495,7 @@ mod tests {
                     hour: minute.clone(),
                     day: minute.clone(),
                     minute,
+                    retention: Retention::default(),
                     reach: empty(scope).as_collection(),
                     top_by_advertiser: top.clone(),
                     top,

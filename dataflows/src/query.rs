@@ -331,7 +331,7 @@ impl QueryTraces {
 /// no consolidation across batches, and a batch's cursor seeks straight to the range (rows
 /// sort by window first) and stops after it. `add` may see a row more than once, and a row
 /// whose updates cancel out.
-fn sum_rows(
+pub(crate) fn sum_rows(
     trace: &mut AdTrace,
     ad: Option<Sym>,
     windows: std::ops::Range<u64>,

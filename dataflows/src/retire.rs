@@ -3,20 +3,152 @@
 //! A retraction at a time far ahead of the frontier, given straight to an arrangement, waits
 //! in its batcher, which merges everything it holds each time the frontier moves: with a
 //! day's rows waiting two days ahead, that merging was most of a worker's time (the query
-//! benchmark, docs/benchmarks.md). Here the retractions wait in a queue ordered by time and
-//! leave only when the frontier reaches them, so downstream operators see each one once.
+//! benchmark, docs/benchmarks.md). So retractions go in only when the frontier reaches them.
+//!
+//! Two ways, by what is retired:
+//! - Rows ([`arrange_rows`]): the arrangement that keeps them is also where their retractions
+//!   come from. When a window's time comes, its rows are read back from the arrangement and
+//!   fed back into it negated, through a loop one tick long. Nothing else holds a copy: a
+//!   queue of every live row's retraction took as much memory as the rows' arrangement
+//!   itself (about 100 B per row, docs/benchmarks.md).
+//! - Anything else ([`retire`]): values (sketches, rankings) are replaced as they change, and
+//!   each live value's retraction waits in a queue ordered by time.
 
-use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 
 use differential_dataflow::difference::Abelian;
-use differential_dataflow::{AsCollection, Data, VecCollection};
+use differential_dataflow::operators::arrange::Arranged;
+use differential_dataflow::operators::arrange::arrangement::arrange_core;
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::trace::implementations::ValBatcher;
+use differential_dataflow::{AsCollection, Data, Hashable, VecCollection};
 use foldhash::HashMap;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Capability, Concat, ConnectLoop, Exchange, Feedback};
+use timely::progress::Antichain;
+
+use crate::AdTrace;
+use crate::click::{Measures, Row, Sym};
+
+/// Whether `frontier` has passed every time before `at`.
+fn reached(frontier: &timely::progress::frontier::MutableAntichain<u64>, at: u64) -> bool {
+    !frontier.frontier().iter().any(|f| *f < at)
+}
+
+/// `rows` arranged by ad, each window's rows retracted once the frontier reaches
+/// `start + kept_ms` (its window's end plus the retention). An update at or after its
+/// window's retirement is dropped: it would bring back a row that has already left, half
+/// counted.
+///
+/// The retractions are read from the arrangement itself: the operator only notes which
+/// windows it has seen, and holds a capability one tick before the earliest one due. When
+/// both the rows and the arrangement have passed that time, every update of the window's
+/// rows is in the arrangement and none can come; their sums go back in negated, through the
+/// loop, at the retirement time.
+pub fn arrange_rows<'s>(
+    rows: VecCollection<'s, u64, Row, Measures>,
+    kept_ms: u64,
+    name: &str,
+) -> Arranged<'s, AdTrace> {
+    type Update = ((Sym, Row), u64, Measures);
+    let retire_at = move |start: u64| start.saturating_add(kept_ms);
+    let (handle, looped) = rows.inner.scope().feedback::<Vec<Update>>(1);
+    // Routed to the worker that keeps each ad's rows (as `arrange_by_key` would route them)
+    // before the arrangement, so that this worker's retirement sees exactly its rows.
+    let kept = rows
+        .inner
+        .flat_map(move |(row, t, m)| (retire_at(row.0) > t).then_some(((row.1.ad_id, row), t, m)))
+        .exchange(|((ad, _), _, _): &Update| ad.hashed());
+    let arranged: Arranged<'s, AdTrace> = arrange_core::<_, _, ValBatcher<_, _, _, _>, _>(
+        kept.clone().concat(looped),
+        Pipeline,
+        name,
+        ValBatcher::new,
+    );
+    // This handle reads only whole windows, summing all their times: it holds back no merging.
+    let mut trace = arranged.trace.clone();
+    trace.set_logical_compaction(Antichain::new().borrow());
+    trace.set_physical_compaction(Antichain::new().borrow());
+    // The arrangement's batches only tell when it has caught up: they are an input with no
+    // connection to the output. Connected (as a binary operator's inputs are), the loop
+    // would bound the arrangement's frontier by its own oldest unsealed update plus one tick,
+    // and each time of the input would take a round of sealing, each rescanning every update
+    // waiting in its batcher (a third of a file run's time).
+    let mut builder = OperatorBuilder::new(format!("Retire{name}"), kept.scope());
+    let (output, retractions) = builder.new_output::<Vec<Update>>();
+    let mut output = OutputBuilder::<_, CapacityContainerBuilder<Vec<Update>>>::from(output);
+    let mut rows_in = builder.new_input_connection(kept, Pipeline, [(0, Antichain::from_elem(0))]);
+    let mut batches = builder.new_input_connection(arranged.stream.clone(), Pipeline, []);
+    builder.build(move |_| {
+        // Retirement time → the starts of the windows due then.
+        let mut due: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+        let mut last_seen = None;
+        // Held one tick before the earliest retirement: the loop adds the tick back.
+        let mut held: Option<Capability<u64>> = None;
+        move |frontiers| {
+            let (rows_frontier, arranged_frontier) = (&frontiers[0], &frontiers[1]);
+            rows_in.for_each(|cap, data| {
+                for ((_, (start, _)), _, _) in data.iter() {
+                    if last_seen == Some(*start) {
+                        continue;
+                    }
+                    last_seen = Some(*start);
+                    let at = retire_at(*start);
+                    due.entry(at).or_default().insert(*start);
+                    if held.as_ref().is_none_or(|h| at - 1 < *h.time()) {
+                        held = Some(cap.delayed(&(at - 1), 0));
+                    }
+                }
+            });
+            batches.for_each(|_, _| {});
+            if rows_frontier.is_empty() {
+                // The input has ended, and nothing reads the rows after the end: retiring
+                // them would only be a last pass over the whole arrangement.
+                due.clear();
+                held = None;
+            }
+            let Some(h) = held.as_mut() else { return };
+            let mut output = output.activate();
+            while let Some((&at, _)) = due.first_key_value() {
+                if !(reached(rows_frontier, at) && reached(arranged_frontier, at)) {
+                    break;
+                }
+                h.downgrade(&(at - 1));
+                let mut session = output.session(&*h);
+                for start in due.remove(&at).expect("the first entry") {
+                    for (row, m) in window_rows(&mut trace, start) {
+                        session.give(((row.1.ad_id, row), at, -m));
+                    }
+                }
+            }
+            match due.first_key_value() {
+                Some((&at, _)) => h.downgrade(&(at - 1)),
+                None => held = None,
+            }
+        }
+    });
+    retractions.connect_loop(handle);
+    arranged
+}
+
+/// The rows of the window starting at `start`, every update summed, sorted; none that
+/// cancel out.
+fn window_rows(trace: &mut AdTrace, start: u64) -> Vec<(Row, Measures)> {
+    let mut rows: BTreeMap<Row, Measures> = BTreeMap::new();
+    crate::query::sum_rows(trace, None, start..start + 1, u64::MAX, |row, m| {
+        *rows.entry(*row).or_default() += m;
+    });
+    rows.into_iter()
+        .filter(|(_, m)| *m != Measures::default())
+        .collect()
+}
 
 /// `updates`, each undone at `retire_at` of its data. An update at or after its data's
 /// retirement is dropped: it would bring back a row that has already left, half counted.
@@ -54,9 +186,13 @@ where
                             session.give((d, t, r));
                         }
                     });
+                    if frontier.is_empty() {
+                        // As in `arrange_rows`: nothing reads the values after the end.
+                        queue = Queue::default();
+                        held = None;
+                    }
                     let Some(h) = held.as_mut() else { return };
-                    let reached = |at: u64| !frontier.frontier().iter().any(|f| *f < at);
-                    while let Some(at) = queue.first().filter(|at| reached(*at)) {
+                    while let Some(at) = queue.first().filter(|at| reached(frontier, *at)) {
                         h.downgrade(&at);
                         let mut session = output.session(&*h);
                         for (d, r) in queue.take(at) {
@@ -177,6 +313,121 @@ mod tests {
             (0..15).flat_map(|k| [(k, k, 2), (k, k + 10, -2)]).collect();
         differential_dataflow::consolidation::consolidate_updates(&mut expected);
         assert_eq!(updates, expected);
+    }
+
+    /// The updates given at `t` in [`arranged_rows_leave_when_their_window_retires`]: window
+    /// t / 10 × 10 (open until its start + 10), 5 ads, every tick until 120; late clicks at 40,
+    /// for a window retired at 25 (to be dropped) and for one not yet retired, and at 41 a
+    /// row that cancels out.
+    fn rows_given_at(t: u64) -> Vec<(Row, Measures)> {
+        let row = |start: u64, ad: u64| {
+            let dims = crate::click::Dims {
+                ad_id: Sym(ad),
+                ..Default::default()
+            };
+            (start, dims)
+        };
+        let mut out = Vec::new();
+        if t < 120 {
+            for ad in 0..5 {
+                out.push((row(t / 10 * 10, ad), Measures::billable(1 + ad as i64)));
+            }
+        }
+        match t {
+            40 => {
+                out.push((row(0, 1), Measures::billable(5)));
+                out.push((row(20, 7), Measures::billable(2)));
+            }
+            41 => out.push((row(20, 7), Measures::billable(-2))),
+            _ => {}
+        }
+        out
+    }
+
+    /// Rows of windows 0..12 kept 25 ticks after their start, all given by worker 0 (so that
+    /// a worker keeps rows it never saw before the exchange): at every time the workers'
+    /// arrangements hold exactly the rows not yet retired, an update after its window's
+    /// retirement is dropped, and once every window has retired and the traces have
+    /// compacted, nothing is left in them. On 1 and on 2 workers.
+    #[test]
+    fn arranged_rows_leave_when_their_window_retires() {
+        use differential_dataflow::trace::cursor::{Cursor, Navigable};
+        use std::sync::{Arc, Mutex};
+
+        type Held = BTreeMap<u64, BTreeMap<Row, Measures>>;
+        let (kept_ms, end) = (25, 200u64);
+        for workers in [1, 2] {
+            let seen: Arc<Mutex<(Held, usize)>> = Arc::default();
+            let out = seen.clone();
+            timely::execute(timely::Config::process(workers), move |worker| {
+                let probe = Handle::new();
+                let (mut input, mut trace) = worker.dataflow::<u64, _, _>(|scope| {
+                    let (input, rows) = scope.new_collection::<Row, Measures>();
+                    let arranged = arrange_rows(rows, kept_ms, "Test");
+                    arranged.stream.probe_with(&probe);
+                    (input, arranged.trace)
+                });
+                for t in 0..end {
+                    input.advance_to(t);
+                    if worker.index() == 0 {
+                        for (row, m) in rows_given_at(t) {
+                            input.update(row, m);
+                        }
+                    }
+                    input.flush();
+                    worker.step_while(|| probe.less_than(input.time()));
+                    let Some(read_at) = t.checked_sub(1) else {
+                        continue;
+                    };
+                    let mut seen = out.lock().unwrap();
+                    let held = seen.0.entry(read_at).or_default();
+                    crate::query::sum_rows(&mut trace, None, 0..u64::MAX, read_at, |r, m| {
+                        *held.entry(*r).or_default() += m;
+                    });
+                    drop(seen);
+                    let f = Antichain::from_elem(read_at);
+                    trace.set_logical_compaction(f.borrow());
+                    trace.set_physical_compaction(f.borrow());
+                }
+                // All retired: once merged, the trace holds no update.
+                for _ in 0..64 {
+                    worker.step();
+                }
+                let mut left = 0;
+                for batch in crate::batches(&trace) {
+                    let mut c = batch.cursor();
+                    while c.key_valid(&batch) {
+                        while c.val_valid(&batch) {
+                            c.map_times(&batch, |_, _| left += 1);
+                            c.step_val(&batch);
+                        }
+                        c.step_key(&batch);
+                    }
+                }
+                out.lock().unwrap().1 += left;
+            })
+            .unwrap();
+            let (held, left) = std::mem::take(&mut *seen.lock().unwrap());
+            for read_at in 0..end - 1 {
+                // The updates up to read_at of the windows not retired by then.
+                let mut want: BTreeMap<Row, Measures> = BTreeMap::new();
+                for t in 0..=read_at {
+                    for (r, m) in rows_given_at(t) {
+                        if r.0 + kept_ms > read_at {
+                            *want.entry(r).or_default() += m;
+                        }
+                    }
+                }
+                want.retain(|_, m| *m != Measures::default());
+                let mut got = held[&read_at].clone();
+                got.retain(|_, m| *m != Measures::default());
+                assert_eq!(got, want, "{workers} workers, at {read_at}");
+            }
+            assert_eq!(
+                left, 0,
+                "{workers} workers: updates left after every window retired"
+            );
+        }
     }
 
     /// A value replaced again and again (as reach replaces a growing sketch: the old value

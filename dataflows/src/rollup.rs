@@ -1,12 +1,11 @@
-//! Minute rows rolled up to hours and days, each with its own retention. Retention is a
-//! retraction scheduled at the row's end plus the retention period ([`retire`]): once the
-//! frontier passes it, the arrangement compacts the row away, so state stays bounded by the
-//! retention.
+//! Minute rows rolled up to hours and days, each with its own retention. Retention is applied
+//! where the rows are kept, in their arrangements ([`crate::retire::arrange_rows`]): once the
+//! frontier passes a window's end plus its retention, its rows are retracted and compacted
+//! away, so state stays bounded by the retention.
 
 use differential_dataflow::VecCollection;
 
 use crate::click::{Measures, Row};
-use crate::retire::retire;
 use crate::time::window_start;
 
 /// How long rows of each granularity stay (seed 000's TTL policy).
@@ -27,12 +26,10 @@ impl Default for Retention {
     }
 }
 
-/// Rows of `len_ms` windows from minute rows, retired `retention_ms` after their window ends.
+/// Rows of `len_ms` windows from minute rows.
 pub fn rollup<'s>(
     minute_rows: VecCollection<'s, u64, Row, Measures>,
     len_ms: u64,
-    retention_ms: u64,
 ) -> VecCollection<'s, u64, Row, Measures> {
-    let rows = minute_rows.map(move |(start, dims)| (window_start(start, len_ms), dims));
-    retire(rows, move |(start, _)| start + len_ms + retention_ms)
+    minute_rows.map(move |(start, dims)| (window_start(start, len_ms), dims))
 }
