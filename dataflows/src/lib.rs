@@ -258,7 +258,6 @@ pub fn resumed_aggregate<'s>(
             at_time(scope, f, restored.reach),
             &cfg.reach,
             cfg.allowed_lateness_ms,
-            cfg.retention,
         )
     } else {
         timely::dataflow::operators::generic::operator::empty(scope).as_collection()
@@ -390,12 +389,7 @@ impl Traces {
             minute: by_ad(&a.minute, MINUTE_MS + r.minute_ms, "MinuteRowsByAd"),
             hour: by_ad(&a.hour, HOUR_MS + r.hour_ms, "HourRowsByAd"),
             day: by_ad(&a.day, DAY_MS + r.day_ms, "DayRowsByAd"),
-            reach: a
-                .reach
-                .clone()
-                .map(|(g, s)| ((g.by, g.by.primary(&g.dims)), (g, s)))
-                .arrange_by_key_named("ReachByGroup")
-                .trace,
+            reach: reach::arrange(a.reach.clone(), r),
             top: a
                 .top
                 .clone()

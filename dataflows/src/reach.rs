@@ -32,7 +32,6 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::click::{Click, Dims, Sym};
-use crate::retire::retire;
 use crate::rollup::Retention;
 use crate::sketch::{UserSketch, user_hash};
 use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS, window_start};
@@ -167,23 +166,69 @@ fn route(by: GroupBy, billable: bool, d: &Dims) -> u64 {
 /// updates: a retraction when a click is replaced or its verdict changes). `restored` is a
 /// checkpoint's sketches, at its frontier − 1; `judged` then also carries the restored recent
 /// clicks with their verdicts at that time, for the minutes not yet final.
+///
+/// Sketches are not retired here: their arrangement retires them ([`arrange`]).
 pub fn reach<'s>(
     judged: Stream<'s, u64, Vec<(Click, u64, i64)>>,
     restored: Stream<'s, u64, Vec<(Group, UserSketch)>>,
     cfg: &ReachConfig,
     allowed_lateness_ms: u64,
-    retention: Retention,
 ) -> VecCollection<'s, u64, (Group, UserSketch), isize> {
     let parts = final_users(judged, cfg.all_traffic, allowed_lateness_ms);
-    let sketches = merge(parts, restored, allowed_lateness_ms);
-    retire(sketches, move |(g, _): &(Group, UserSketch)| {
-        let keep = if g.len_ms == DAY_MS {
-            retention.day_ms
-        } else {
-            retention.hour_ms
-        };
-        g.start + g.len_ms + keep
-    })
+    merge(parts, restored, allowed_lateness_ms)
+}
+
+/// The sketches by (what they group by, the group's seek dimension), what queries read; each
+/// window's sketches leave at its end plus its granularity's retention, read back from the
+/// arrangement when that time comes ([`crate::retire::arrange_retiring`]) rather than kept
+/// as a second copy of every live sketch in a queue.
+pub fn arrange(
+    sketches: VecCollection<'_, u64, (Group, UserSketch), isize>,
+    retention: Retention,
+) -> crate::ReachTrace {
+    crate::retire::arrange_retiring(
+        sketches.map(|(g, s)| ((g.by, g.by.primary(&g.dims)), (g, s))),
+        |(g, _): &(Group, UserSketch)| (g.len_ms, g.start),
+        move |&(len_ms, start): &(u64, u64)| {
+            let keep = if len_ms == DAY_MS {
+                retention.day_ms
+            } else {
+                retention.hour_ms
+            };
+            start.saturating_add(len_ms + keep)
+        },
+        window_sketches,
+        "ReachByGroup",
+    )
+    .trace
+}
+
+/// A sketch as its arrangement keeps it: by (what it groups by, the group's seek dimension).
+type Keyed = ((GroupBy, Sym), (Group, UserSketch));
+
+/// The sketches of window `(len_ms, start)` in `trace` (their count is 1; a replaced value
+/// cancels out). Reads every sketch: a window retires once an hour at most.
+fn window_sketches(
+    trace: &mut crate::ReachTrace,
+    &(len_ms, start): &(u64, u64),
+) -> Vec<(Keyed, isize)> {
+    use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+    let (mut cursor, storage) = cursor_list(crate::batches(trace));
+    let mut out = Vec::new();
+    while let Some(key) = cursor.get_key(&storage) {
+        while let Some(v) = cursor.get_val(&storage) {
+            if v.0.len_ms == len_ms && v.0.start == start {
+                let mut n = 0isize;
+                cursor.map_times(&storage, |_, d| n += *d);
+                if n != 0 {
+                    out.push(((*key, v.clone()), n));
+                }
+            }
+            cursor.step_val(&storage);
+        }
+        cursor.step_key(&storage);
+    }
+    out
 }
 
 /// Each final minute's users per group, from the clicks' updates.
@@ -495,7 +540,6 @@ mod tests {
                     empty(scope),
                     &ReachConfig::default(),
                     LATENESS,
-                    Retention::default(),
                 )
                 .inner
                 .probe_with(&probe)
@@ -540,6 +584,98 @@ mod tests {
             })
             .map(|(_, s)| s.estimate())
             .collect()
+    }
+
+    /// Sketches leave their arrangement at their window's end plus its granularity's
+    /// retention, read back from it: the current value of a replaced sketch retires, its
+    /// older values (cancelled) are never read, and the day outlives its hours.
+    #[test]
+    fn sketches_retire_from_their_arrangement() {
+        use differential_dataflow::trace::TraceReader;
+        use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+
+        let h = HOUR_MS;
+        let retention = Retention {
+            minute_ms: 0,
+            hour_ms: h,
+            day_ms: DAY_MS,
+        };
+        let group = |start: u64, len_ms: u64, ad: u64| Group {
+            start,
+            len_ms,
+            by: GroupBy::Ad,
+            billable: true,
+            dims: Dims {
+                ad_id: Sym(ad),
+                ..Default::default()
+            },
+        };
+        timely::execute_directly(move |worker| {
+            let probe = Handle::new();
+            let (mut input, mut trace) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, sketches) = scope.new_collection::<(Group, UserSketch), isize>();
+                sketches.inner.clone().probe_with(&probe);
+                (input, arrange(sketches, retention))
+            });
+            // Hour 0 (retires at 2 h), hour 1 (at 3 h), day 0 (at 2 days); hour 0's sketch
+            // of ad 1 replaced by a larger one at 30 min.
+            let (one, two) = (UserSketch::of(vec![1]), UserSketch::of(vec![1, 2]));
+            input.insert((group(0, h, 1), one.clone()));
+            input.insert((group(0, h, 2), one.clone()));
+            input.insert((group(h, h, 1), one.clone()));
+            input.insert((group(0, DAY_MS, 1), one.clone()));
+            input.advance_to(h / 2);
+            input.remove((group(0, h, 1), one.clone()));
+            input.insert((group(0, h, 1), two.clone()));
+            let live_at = |read_at: u64, trace: &mut crate::ReachTrace| {
+                let (mut cursor, storage) = cursor_list(crate::batches(trace));
+                let mut live = Vec::new();
+                while cursor.key_valid(&storage) {
+                    while let Some((g, s)) = cursor.get_val(&storage) {
+                        let mut n = 0isize;
+                        cursor.map_times(&storage, |t, d| {
+                            if *t <= read_at {
+                                n += d;
+                            }
+                        });
+                        if n != 0 {
+                            live.push((g.start, g.len_ms, g.dims.ad_id.0, s.estimate(), n));
+                        }
+                        cursor.step_val(&storage);
+                    }
+                    cursor.step_key(&storage);
+                }
+                live.sort();
+                live
+            };
+            for (t, want) in [
+                (
+                    h,
+                    vec![
+                        (0, h, 1, 2, 1),
+                        (0, h, 2, 1, 1),
+                        (0, DAY_MS, 1, 1, 1),
+                        (h, h, 1, 1, 1),
+                    ],
+                ),
+                (2 * h, vec![(0, DAY_MS, 1, 1, 1), (h, h, 1, 1, 1)]),
+                (3 * h, vec![(0, DAY_MS, 1, 1, 1)]),
+                (2 * DAY_MS + 1, vec![]),
+            ] {
+                input.advance_to(t + 1);
+                input.flush();
+                worker.step_while(|| probe.less_than(input.time()));
+                let mut upper = timely::progress::Antichain::new();
+                loop {
+                    trace.read_upper(&mut upper);
+                    if !upper.less_equal(&t) {
+                        break;
+                    }
+                    worker.step();
+                }
+                assert_eq!(live_at(t, &mut trace), want, "at {t}");
+            }
+        });
     }
 
     /// Users from user ids, else addresses; a click with neither is nobody; a user's clicks

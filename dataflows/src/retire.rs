@@ -19,11 +19,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 
 use differential_dataflow::difference::Abelian;
-use differential_dataflow::operators::arrange::Arranged;
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::TraceReader;
-use differential_dataflow::trace::implementations::ValBatcher;
-use differential_dataflow::{AsCollection, Data, Hashable, VecCollection};
+use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
+use differential_dataflow::{AsCollection, Data, ExchangeData, Hashable, VecCollection};
 use foldhash::HashMap;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -35,7 +35,7 @@ use timely::dataflow::operators::{Capability, Concat, ConnectLoop, Exchange, Fee
 use timely::progress::Antichain;
 
 use crate::AdTrace;
-use crate::click::{Measures, Row, Sym};
+use crate::click::{Measures, Row};
 
 /// Whether `frontier` has passed every time before `at`.
 fn reached(frontier: &timely::progress::frontier::MutableAntichain<u64>, at: u64) -> bool {
@@ -43,30 +43,60 @@ fn reached(frontier: &timely::progress::frontier::MutableAntichain<u64>, at: u64
 }
 
 /// `rows` arranged by ad, each window's rows retracted once the frontier reaches
-/// `start + kept_ms` (its window's end plus the retention). An update at or after its
-/// window's retirement is dropped: it would bring back a row that has already left, half
-/// counted.
-///
-/// The retractions are read from the arrangement itself: the operator only notes which
-/// windows it has seen, and holds a capability one tick before the earliest one due. When
-/// both the rows and the arrangement have passed that time, every update of the window's
-/// rows is in the arrangement and none can come; their sums go back in negated, through the
-/// loop, at the retirement time.
+/// `start + kept_ms` (its window's end plus the retention).
 pub fn arrange_rows<'s>(
     rows: VecCollection<'s, u64, Row, Measures>,
     kept_ms: u64,
     name: &str,
 ) -> Arranged<'s, AdTrace> {
-    type Update = ((Sym, Row), u64, Measures);
-    let retire_at = move |start: u64| start.saturating_add(kept_ms);
-    let (handle, looped) = rows.inner.scope().feedback::<Vec<Update>>(1);
-    // Routed to the worker that keeps each ad's rows (as `arrange_by_key` would route them)
-    // before the arrangement, so that this worker's retirement sees exactly its rows.
-    let kept = rows
+    arrange_retiring(
+        rows.map(|row| (row.1.ad_id, row)),
+        |row: &Row| row.0,
+        move |start: &u64| start.saturating_add(kept_ms),
+        |trace: &mut AdTrace, start: &u64| {
+            window_rows(trace, *start)
+                .into_iter()
+                .map(|(row, m)| ((row.1.ad_id, row), m))
+                .collect()
+        },
+        name,
+    )
+}
+
+/// `updates` arranged by key, each value's window (`window_of`) retracted once the frontier
+/// reaches `retire_at(window)`. An update at or after its window's retirement is dropped: it
+/// would bring back a value that has already left, half counted.
+///
+/// The retractions are read from the arrangement itself (`read`: a window's updates, summed,
+/// none that cancel): the operator only notes which windows it has seen, and holds a
+/// capability one tick before the earliest one due. When both the updates and the
+/// arrangement have passed that time, every update of the window is in the arrangement and
+/// none can come; their sums go back in negated, through the loop, at the retirement time.
+pub fn arrange_retiring<'s, K, V, R, W>(
+    updates: VecCollection<'s, u64, (K, V), R>,
+    window_of: impl Fn(&V) -> W + 'static,
+    retire_at: impl Fn(&W) -> u64 + 'static,
+    read: impl Fn(&mut TraceAgent<ValSpine<K, V, u64, R>>, &W) -> Vec<((K, V), R)> + 'static,
+    name: &str,
+) -> Arranged<'s, TraceAgent<ValSpine<K, V, u64, R>>>
+where
+    K: ExchangeData + Hashable,
+    V: ExchangeData,
+    R: ExchangeData + Abelian,
+    W: Ord + Clone + 'static,
+{
+    let retire_at = std::rc::Rc::new(retire_at);
+    let (handle, looped) = updates.inner.scope().feedback::<Vec<((K, V), u64, R)>>(1);
+    // Routed to the worker that keeps each key (as `arrange_by_key` would route it) before
+    // the arrangement, so that this worker's retirement sees exactly what it keeps.
+    let keep = retire_at.clone();
+    let window = std::rc::Rc::new(window_of);
+    let window_in = window.clone();
+    let kept = updates
         .inner
-        .flat_map(move |(row, t, m)| (retire_at(row.0) > t).then_some(((row.1.ad_id, row), t, m)))
-        .exchange(|((ad, _), _, _): &Update| ad.hashed());
-    let arranged: Arranged<'s, AdTrace> = arrange_core::<_, _, ValBatcher<_, _, _, _>, _>(
+        .flat_map(move |(kv, t, r)| (keep(&window_in(&kv.1)) > t).then_some((kv, t, r)))
+        .exchange(|((k, _), _, _): &((K, V), u64, R)| k.hashed().into());
+    let arranged = arrange_core::<_, _, ValBatcher<K, V, u64, R>, _>(
         kept.clone().concat(looped),
         Pipeline,
         name,
@@ -82,49 +112,53 @@ pub fn arrange_rows<'s>(
     // and each time of the input would take a round of sealing, each rescanning every update
     // waiting in its batcher (a third of a file run's time).
     let mut builder = OperatorBuilder::new(format!("Retire{name}"), kept.scope());
-    let (output, retractions) = builder.new_output::<Vec<Update>>();
-    let mut output = OutputBuilder::<_, CapacityContainerBuilder<Vec<Update>>>::from(output);
-    let mut rows_in = builder.new_input_connection(kept, Pipeline, [(0, Antichain::from_elem(0))]);
+    let (output, retractions) = builder.new_output::<Vec<((K, V), u64, R)>>();
+    let mut output =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<((K, V), u64, R)>>>::from(output);
+    let mut updates_in =
+        builder.new_input_connection(kept, Pipeline, [(0, Antichain::from_elem(0))]);
     let mut batches = builder.new_input_connection(arranged.stream.clone(), Pipeline, []);
     builder.build(move |_| {
-        // Retirement time → the starts of the windows due then.
-        let mut due: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-        let mut last_seen = None;
+        // Retirement time → the windows due then.
+        let mut due: BTreeMap<u64, BTreeSet<W>> = BTreeMap::new();
+        let mut last_seen: Option<W> = None;
         // Held one tick before the earliest retirement: the loop adds the tick back.
         let mut held: Option<Capability<u64>> = None;
         move |frontiers| {
-            let (rows_frontier, arranged_frontier) = (&frontiers[0], &frontiers[1]);
-            rows_in.for_each(|cap, data| {
-                for ((_, (start, _)), _, _) in data.iter() {
-                    if last_seen == Some(*start) {
+            let (updates_frontier, arranged_frontier) = (&frontiers[0], &frontiers[1]);
+            updates_in.for_each(|cap, data| {
+                for ((_, v), _, _) in data.iter() {
+                    let w = window(v);
+                    if last_seen.as_ref() == Some(&w) {
                         continue;
                     }
-                    last_seen = Some(*start);
-                    let at = retire_at(*start);
-                    due.entry(at).or_default().insert(*start);
+                    let at = retire_at(&w);
+                    due.entry(at).or_default().insert(w.clone());
+                    last_seen = Some(w);
                     if held.as_ref().is_none_or(|h| at - 1 < *h.time()) {
                         held = Some(cap.delayed(&(at - 1), 0));
                     }
                 }
             });
             batches.for_each(|_, _| {});
-            if rows_frontier.is_empty() {
-                // The input has ended, and nothing reads the rows after the end: retiring
-                // them would only be a last pass over the whole arrangement.
+            if updates_frontier.is_empty() {
+                // The input has ended, and nothing reads the arrangement after the end:
+                // retiring would only be a last pass over all of it.
                 due.clear();
                 held = None;
             }
             let Some(h) = held.as_mut() else { return };
             let mut output = output.activate();
             while let Some((&at, _)) = due.first_key_value() {
-                if !(reached(rows_frontier, at) && reached(arranged_frontier, at)) {
+                if !(reached(updates_frontier, at) && reached(arranged_frontier, at)) {
                     break;
                 }
                 h.downgrade(&(at - 1));
                 let mut session = output.session(&*h);
-                for start in due.remove(&at).expect("the first entry") {
-                    for (row, m) in window_rows(&mut trace, start) {
-                        session.give(((row.1.ad_id, row), at, -m));
+                for w in due.remove(&at).expect("the first entry") {
+                    for (kv, mut r) in read(&mut trace, &w) {
+                        r.negate();
+                        session.give((kv, at, r));
                     }
                 }
             }
@@ -322,7 +356,7 @@ mod tests {
     fn rows_given_at(t: u64) -> Vec<(Row, Measures)> {
         let row = |start: u64, ad: u64| {
             let dims = crate::click::Dims {
-                ad_id: Sym(ad),
+                ad_id: crate::click::Sym(ad),
                 ..Default::default()
             };
             (start, dims)
