@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::chain::{Part, fold, kept};
+use super::chain::{Part, fold, kept, push_part};
 use super::part::WorkerPart;
 
 /// What a complete checkpoint holds, written once all its parts are in place.
@@ -431,7 +431,7 @@ impl Store {
                 .into());
             }
             for (w, p) in self.read_parts(&m)?.into_iter().enumerate() {
-                parts[w].push(p);
+                push_part(&mut parts[w], p);
             }
         }
         // Each worker's chain folds on a thread of its own, as its parts were read.
