@@ -454,6 +454,20 @@ mod tests {
         }
     }
 
+    /// The link on the checkpoint at `tip_frontier` (state `tip`) to state `now`.
+    fn link(tip_frontier: u64, tip: &RestoredRows, now: &RestoredRows) -> Part {
+        let (delta, emptied) = Digests::of(now).delta(&Digests::of(tip), now.clone());
+        Part::Link(LinkPart {
+            tip: tip_frontier,
+            part: WorkerPart {
+                rows: delta,
+                ..WorkerPart::empty(0, 1)
+            },
+            emptied,
+            judged_from: 0,
+        })
+    }
+
     fn sorted(mut v: Vec<(Row, Measures)>) -> Vec<(Row, Measures)> {
         v.sort();
         v
@@ -525,17 +539,7 @@ mod tests {
             ..WorkerPart::empty(0, 1)
         })];
         for (i, now) in steps.iter().enumerate() {
-            let tip = states.last().unwrap();
-            let (delta, emptied) = Digests::of(now).delta(&Digests::of(tip), now.clone());
-            parts.push(Part::Link(LinkPart {
-                tip: i as u64,
-                part: WorkerPart {
-                    rows: delta,
-                    ..WorkerPart::empty(0, 1)
-                },
-                emptied,
-                judged_from: 0,
-            }));
+            parts.push(link(i as u64, states.last().unwrap(), now));
             states.push(now.clone());
         }
         let folded = fold(parts.clone(), &[0, 1, 2, 3]).unwrap();
@@ -614,17 +618,7 @@ mod tests {
                     ..WorkerPart::empty(0, 1)
                 })
             } else {
-                let tip = &states[i - 1];
-                let (delta, emptied) = Digests::of(now).delta(&Digests::of(tip), now.clone());
-                Part::Link(LinkPart {
-                    tip: i as u64 - 1,
-                    part: WorkerPart {
-                        rows: delta,
-                        ..WorkerPart::empty(0, 1)
-                    },
-                    emptied,
-                    judged_from: 0,
-                })
+                link(i as u64 - 1, &states[i - 1], now)
             };
             whole.push(part.clone());
             push_part(&mut pruned, part);
