@@ -6,13 +6,14 @@
 //! benchmark, docs/benchmarks.md). So retractions go in only when the frontier reaches them.
 //!
 //! Two ways, by what is retired:
-//! - Rows ([`arrange_rows`]): the arrangement that keeps them is also where their retractions
-//!   come from. When a window's time comes, its rows are read back from the arrangement and
-//!   fed back into it negated, through a loop one tick long. Nothing else holds a copy: a
-//!   queue of every live row's retraction took as much memory as the rows' arrangement
-//!   itself (about 100 B per row, docs/benchmarks.md).
-//! - Anything else ([`retire`]): values (sketches, rankings) are replaced as they change, and
-//!   each live value's retraction waits in a queue ordered by time.
+//! - What an arrangement keeps by window ([`arrange_retiring`]; rows, [`arrange_rows`]; reach
+//!   sketches, `reach::arrange`): the arrangement is also where the retractions come from.
+//!   When a window's time comes, its updates are read back from the arrangement and fed back
+//!   into it negated, through a loop one tick long. Nothing else holds a copy: a queue of
+//!   every live row's retraction took as much memory as the rows' arrangement itself (about
+//!   100 B per row, docs/benchmarks.md).
+//! - Anything else ([`retire`]; rankings, retired before the merge that arranges them): each
+//!   live value's retraction waits in a queue ordered by time.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
