@@ -9,6 +9,12 @@
 //!   (granularity, window start) ([`Digests`]); a link holds the rows of the windows whose
 //!   digest changed since the tip, and names the windows that emptied (retired by retention,
 //!   or cancelled out).
+//! - A changed window's reach sketch that the tip had goes into a link as what it gained
+//!   since ([`Growth`]: the users an exact set gained, the registers of a dense one that
+//!   rose) when that is smaller than the sketch, which it is for an open hour or day late in
+//!   its window. For that, a worker keeps a copy of the sketches of the windows its previous
+//!   checkpoint saw change (the open ones); a restore grows the tip's sketch as it reads the
+//!   link ([`push_part`]).
 //! - Everything else of a part (source cut, report writer, texts) is small and whole in
 //!   every link.
 //!
@@ -26,13 +32,13 @@ use std::hash::{Hash, Hasher};
 use adclick_dataflows::RestoredRows;
 use adclick_dataflows::click::{Measures, Row};
 use adclick_dataflows::reach::Group;
-use adclick_dataflows::sketch::UserSketch;
+use adclick_dataflows::sketch::{Growth, UserSketch};
 use serde::{Deserialize, Serialize};
 
 use super::part::{Winners, WorkerPart};
 use super::store::Corrupt;
 
-/// What a part file holds (format 4): a whole part, or a link of a chain.
+/// What a part file holds (format 5): a whole part, or a link of a chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Part {
     Full(WorkerPart),
@@ -44,6 +50,38 @@ impl Part {
         match self {
             Part::Full(p) => p.worker,
             Part::Link(l) => l.part.worker,
+        }
+    }
+}
+
+/// Format 4's part (before growths), read as a format 5 one whose links grow nothing.
+#[derive(Deserialize)]
+pub enum PartV4 {
+    Full(WorkerPart),
+    Link {
+        tip: u64,
+        part: WorkerPart,
+        emptied: Emptied,
+        judged_from: u64,
+    },
+}
+
+impl From<PartV4> for Part {
+    fn from(p: PartV4) -> Self {
+        match p {
+            PartV4::Full(w) => Part::Full(w),
+            PartV4::Link {
+                tip,
+                part,
+                emptied,
+                judged_from,
+            } => Part::Link(LinkPart {
+                tip,
+                part,
+                emptied,
+                judged_from,
+                grown: Vec::new(),
+            }),
         }
     }
 }
@@ -60,6 +98,9 @@ pub struct LinkPart {
     pub emptied: Emptied,
     /// The dedup's traits cut ([`DedupState::judged_from`]): older traits are gone.
     pub judged_from: u64,
+    /// The reach sketches of the changed windows that are given as what they gained since
+    /// the tip (the others of those windows are whole in `part.rows.reach`).
+    pub grown: Vec<(Group, Growth)>,
 }
 
 /// Windows without rows any more, by granularity; reach by (length, start).
@@ -261,19 +302,25 @@ fn fold_windows<K: Hash + Eq + Copy, T>(
     by_window.into_values().flatten().collect()
 }
 
-/// Appends `part` to a worker's chain as it is read (oldest first), dropping from the parts
-/// before it what [`fold`] would override anyway: their rows, sketches and winners when
-/// `part` is full (a fold starts from the newest full part); the rows and sketches of the
-/// windows `part` rewrites or empties when it is a link. A restore then holds the base and
-/// one copy of each live window, not every link's copy of the same open windows: at 20 M
-/// clicks, 28 links of about 80 MB, nearly all of it the open hour and day sketches
-/// rewritten (docs/benchmarks.md).
-pub fn push_part(chain: &mut Vec<Part>, part: Part) {
-    fn rows_of(p: &mut Part) -> &mut WorkerPart {
-        match p {
-            Part::Full(w) => w,
-            Part::Link(l) => &mut l.part,
-        }
+fn rows_of(p: &mut Part) -> &mut WorkerPart {
+    match p {
+        Part::Full(w) => w,
+        Part::Link(l) => &mut l.part,
+    }
+}
+
+/// Appends `part` to a worker's chain as it is read (oldest first). A link's growths are
+/// applied to the sketches they grow, found in the parts before it, and become whole
+/// sketches of the link ([`Corrupt`] when a sketch to grow is missing, ambiguous or of
+/// another kind). Then the parts before it drop what [`fold`] would override anyway: their
+/// rows, sketches and winners when `part` is full (a fold starts from the newest full part);
+/// the rows and sketches of the windows `part` rewrites or empties when it is a link. A
+/// restore then holds the base and one copy of each live window, not every link's copy of
+/// the same open windows: at 20 M clicks, 28 links of about 80 MB, nearly all of it the open
+/// hour and day sketches rewritten (docs/benchmarks.md).
+pub fn push_part(chain: &mut Vec<Part>, mut part: Part) -> Result<(), Corrupt> {
+    if let Part::Link(l) = &mut part {
+        grow_sketches(chain, l)?;
     }
     match &part {
         Part::Full(_) => {
@@ -313,13 +360,68 @@ pub fn push_part(chain: &mut Vec<Part>, part: Part) {
         }
     }
     chain.push(part);
+    Ok(())
+}
+
+/// Turns `link`'s growths into whole sketches: each grows the one sketch of its group that
+/// the parts before the link hold (taken out of them: the link rewrites its window).
+fn grow_sketches(chain: &mut [Part], link: &mut LinkPart) -> Result<(), Corrupt> {
+    if link.grown.is_empty() {
+        return Ok(());
+    }
+    let worker = link.part.worker;
+    let mut grown: HashMap<Group, Growth> = HashMap::with_capacity(link.grown.len());
+    for (g, growth) in std::mem::take(&mut link.grown) {
+        if grown.insert(g, growth).is_some() {
+            return Err(Corrupt(format!("worker {worker}'s link grows {g:?} twice")));
+        }
+    }
+    let mut found: Vec<(Group, UserSketch)> = Vec::with_capacity(grown.len());
+    for p in chain.iter_mut() {
+        let reach = &mut rows_of(p).rows.reach;
+        if !reach.iter().any(|(g, _)| grown.contains_key(g)) {
+            continue;
+        }
+        let (taken, kept) = std::mem::take(reach)
+            .into_iter()
+            .partition(|(g, _)| grown.contains_key(g));
+        *reach = kept;
+        found.extend(taken);
+    }
+    if found.len() != grown.len() {
+        return Err(Corrupt(format!(
+            "worker {worker}'s link at tip {} grows {} sketches, and the chain before it holds \
+             {} of them",
+            link.tip,
+            grown.len(),
+            found.len()
+        )));
+    }
+    for (g, mut sketch) in found {
+        let Some(growth) = grown.remove(&g) else {
+            return Err(Corrupt(format!(
+                "worker {worker}'s chain holds {g:?} twice"
+            )));
+        };
+        sketch
+            .grow(&growth)
+            .map_err(|e| Corrupt(format!("worker {worker}'s sketch of {g:?}: {e}")))?;
+        link.part.rows.reach.push((g, sketch));
+    }
+    Ok(())
 }
 
 /// One worker's state at the newest of `parts` (oldest first, the first one full; a full
-/// one later starts afresh), each link checked to apply to the one before it (`frontiers`,
-/// the parts' checkpoints, oldest first).
+/// one later starts afresh; as [`push_part`] leaves them, their growths applied), each link
+/// checked to apply to the one before it (`frontiers`, the parts' checkpoints, oldest first).
 pub fn fold(parts: Vec<Part>, frontiers: &[u64]) -> Result<WorkerPart, Corrupt> {
     assert_eq!(parts.len(), frontiers.len());
+    if parts
+        .iter()
+        .any(|p| matches!(p, Part::Link(l) if !l.grown.is_empty()))
+    {
+        return Err(Corrupt("a link's sketch growths were not applied".into()));
+    }
     // Start from the newest full part: what is before it is overridden whole.
     let Some(from) = parts.iter().rposition(|p| matches!(p, Part::Full(_))) else {
         return Err(Corrupt(format!(
@@ -381,11 +483,24 @@ pub fn fold(parts: Vec<Part>, frontiers: &[u64]) -> Result<WorkerPart, Corrupt> 
 
 /// Per asked frontier, what a worker keeps to write the links after it: the impressions
 /// changed up to each checkpoint not yet known committed, and the digests of the rows of
-/// each checkpoint from the newest committed one on.
+/// each checkpoint from the newest committed one on, with the sketches of its open windows.
 #[derive(Default)]
 pub struct ChainState {
     changed: BTreeMap<u64, adclick_dataflows::dedup::Impressions>,
     digests: BTreeMap<u64, Digests>,
+    sketches: BTreeMap<u64, HashMap<Group, UserSketch>>,
+}
+
+/// What a part carries of a worker's rows ([`ChainState::part_rows`]).
+#[derive(Debug, PartialEq)]
+pub enum PartRows {
+    Full(RestoredRows),
+    Link {
+        tip: u64,
+        rows: RestoredRows,
+        emptied: Emptied,
+        grown: Vec<(Group, Growth)>,
+    },
 }
 
 impl ChainState {
@@ -402,6 +517,7 @@ impl ChainState {
         if let Some((c, _)) = committed {
             self.changed = self.changed.split_off(&(c + 1));
             self.digests = self.digests.split_off(&c);
+            self.sketches = self.sketches.split_off(&c);
         }
         let Some(changed) = changed else {
             // Nothing recorded before this save: it is the run's first.
@@ -420,10 +536,66 @@ impl ChainState {
             .filter(move |i| seen.insert(*i))
     }
 
-    /// Records the digests of the rows of `f`, and returns the tip's (for a link).
-    pub fn digests(&mut self, f: u64, digests: Digests, tip: Option<u64>) -> Option<&Digests> {
+    /// What the part at `f` carries of `rows`, the worker's rows at `f`: all of them when
+    /// `tip` is `None`; else the windows changed since `tip` (which must be one this state
+    /// recorded: the plan saw to that), each changed sketch the tip had given as its growth
+    /// where that is smaller. Records what the links after `f` need: the rows' digests, and a
+    /// copy of the sketches of the windows that changed since the previous checkpoint (the
+    /// open windows, which the next link's growths are taken against).
+    pub fn part_rows(&mut self, f: u64, rows: RestoredRows, tip: Option<u64>) -> PartRows {
+        let digests = Digests::of(&rows);
+        let open: HashSet<(u64, u64)> = match self.digests.range(..f).next_back() {
+            Some((_, before)) => digests
+                .reach
+                .iter()
+                .filter(|(w, d)| before.reach.get(w) != Some(d))
+                .map(|(w, _)| *w)
+                .collect(),
+            // The run's first checkpoint: which windows are open shows at the next one.
+            None => HashSet::new(),
+        };
+        let mut copies: HashMap<Group, UserSketch> = HashMap::new();
+        let mut twice: HashSet<Group> = HashSet::new();
+        for (g, sketch) in &rows.reach {
+            if open.contains(&reach_window(g)) && copies.insert(*g, sketch.clone()).is_some() {
+                twice.insert(*g);
+            }
+        }
+        // A group held twice has no single value to grow (never expected: one sketch a group).
+        copies.retain(|g, _| !twice.contains(g));
+        let out = match tip {
+            None => PartRows::Full(rows),
+            Some(tip) => {
+                let at_tip = self.digests.get(&tip).unwrap_or_else(|| {
+                    unreachable!("the digests of the tip {tip} are kept until a newer commit")
+                });
+                let (mut rows, emptied) = digests.delta(at_tip, rows);
+                let tip_sketches = self.sketches.get(&tip);
+                let mut grown = Vec::new();
+                rows.reach.retain(|(g, sketch)| {
+                    let growth = tip_sketches
+                        .and_then(|t| t.get(g))
+                        .filter(|_| !twice.contains(g))
+                        .and_then(|before| sketch.growth_since(before));
+                    match growth {
+                        Some(growth) => {
+                            grown.push((*g, growth));
+                            false
+                        }
+                        None => true,
+                    }
+                });
+                PartRows::Link {
+                    tip,
+                    rows,
+                    emptied,
+                    grown,
+                }
+            }
+        };
         self.digests.insert(f, digests);
-        tip.and_then(|t| self.digests.get(&t))
+        self.sketches.insert(f, copies);
+        out
     }
 }
 
@@ -465,6 +637,7 @@ mod tests {
             },
             emptied,
             judged_from: 0,
+            grown: Vec::new(),
         })
     }
 
@@ -552,11 +725,13 @@ mod tests {
         assert!(fold(parts[1..].to_vec(), &[1, 2, 3]).is_err());
     }
 
-    /// Parts dropped as they are read ([`push_part`]) fold to what the whole chain folds to,
-    /// after every part, with full parts and emptied windows in the chain, for rows and
-    /// sketches; and what is left of earlier parts is only the windows no later part touches.
+    /// A chain written by [`ChainState::part_rows`] and read part by part ([`push_part`])
+    /// folds to the worker's state after every part: with full parts, emptied windows, a
+    /// checkpoint that failed (the next link builds on the one before it), and open hour and
+    /// day sketches, exact and dense, carried as their growth. What is left of earlier parts
+    /// is only the windows no later part touches.
     #[test]
-    fn a_chain_pruned_as_it_is_read_folds_to_the_same_state() {
+    fn a_chain_read_part_by_part_folds_to_the_state_at_every_part() {
         let group = |start, len_ms, ad| Group {
             start,
             len_ms,
@@ -565,6 +740,8 @@ mod tests {
             dims: dims(ad),
         };
         let sk = |u: Vec<u64>| UserSketch::Exact(u);
+        let users =
+            |n: u64| UserSketch::of((0..n).map(adclick_dataflows::sketch::user_hash).collect());
         let state = |minute: Vec<(Row, Measures)>, reach: Vec<(Group, UserSketch)>| RestoredRows {
             minute,
             hour: vec![row(0, 1, 1)],
@@ -577,6 +754,7 @@ mod tests {
                 vec![
                     (group(0, 3_600, 1), sk(vec![1])),
                     (group(0, 86_400, 1), sk(vec![1])),
+                    (group(0, 86_400, 2), users(20_000)),
                 ],
             ),
             state(
@@ -584,60 +762,109 @@ mod tests {
                 vec![
                     (group(0, 3_600, 1), sk(vec![1, 2])),
                     (group(0, 86_400, 1), sk(vec![1])),
+                    (group(0, 86_400, 2), users(200_000)),
                 ],
             ),
             state(
                 vec![row(0, 1, 2), row(120, 1, 1), row(180, 1, 5)],
-                vec![(group(0, 86_400, 1), sk(vec![1, 2]))],
+                vec![
+                    (group(0, 86_400, 1), sk(vec![1, 2])),
+                    (group(0, 86_400, 2), users(210_000)),
+                ],
+            ),
+            // Fails to commit: the next link builds on the one before.
+            state(
+                vec![row(0, 1, 2), row(120, 1, 1), row(180, 1, 6)],
+                vec![
+                    (group(0, 86_400, 1), sk(vec![1, 2, 3])),
+                    (group(0, 86_400, 2), users(215_000)),
+                ],
             ),
             state(
                 vec![row(0, 1, 3), row(120, 1, 1), row(180, 1, 5), row(60, 2, 1)],
                 vec![
-                    (group(0, 86_400, 1), sk(vec![1, 2, 3])),
+                    (group(0, 86_400, 1), sk(vec![1, 2, 3, 7])),
+                    (group(0, 86_400, 2), users(220_000)),
                     (group(3_600, 3_600, 2), sk(vec![4])),
                 ],
             ),
             state(
                 vec![row(0, 1, 3), row(240, 1, 1)],
-                vec![(group(3_600, 3_600, 2), sk(vec![4, 5]))],
+                vec![
+                    (group(0, 86_400, 2), users(230_000)),
+                    (group(3_600, 3_600, 2), sk(vec![4, 5])),
+                ],
             ),
             state(
                 vec![row(0, 1, 4), row(240, 1, 1)],
-                vec![(group(3_600, 3_600, 2), sk(vec![4, 5, 6]))],
+                vec![
+                    (group(0, 86_400, 2), users(240_000)),
+                    (group(3_600, 3_600, 2), sk(vec![4, 5, 6])),
+                ],
             ),
         ];
-        // Full, three links, full again (a compaction), one link.
-        let full = [true, false, false, false, true, false];
-        let mut whole: Vec<Part> = Vec::new();
+        // (full, commits): full, links (the fourth fails), full again, a link.
+        let kinds = [
+            (true, true),
+            (false, true),
+            (false, true),
+            (false, false),
+            (false, true),
+            (true, true),
+            (false, true),
+        ];
+        let mut chain = ChainState::default();
         let mut pruned: Vec<Part> = Vec::new();
         let mut frontiers = Vec::new();
+        let mut tip = None;
+        let mut grown = 0;
         for (i, now) in states.iter().enumerate() {
-            let part = if full[i] {
-                Part::Full(WorkerPart {
-                    rows: now.clone(),
+            let (full, commits) = kinds[i];
+            let f = i as u64;
+            let part = match chain.part_rows(f, now.clone(), (!full).then_some(tip).flatten()) {
+                PartRows::Full(rows) => Part::Full(WorkerPart {
+                    rows,
                     ..WorkerPart::empty(0, 1)
-                })
-            } else {
-                link(i as u64 - 1, &states[i - 1], now)
+                }),
+                PartRows::Link {
+                    tip,
+                    rows,
+                    emptied,
+                    grown: g,
+                } => {
+                    assert!(!full, "part {i} is full");
+                    grown += g.len();
+                    Part::Link(LinkPart {
+                        tip,
+                        part: WorkerPart {
+                            rows,
+                            ..WorkerPart::empty(0, 1)
+                        },
+                        emptied,
+                        judged_from: 0,
+                        grown: g,
+                    })
+                }
             };
-            whole.push(part.clone());
-            push_part(&mut pruned, part);
-            frontiers.push(i as u64);
-            let a = fold(whole.clone(), &frontiers).unwrap();
-            let b = fold(pruned.clone(), &frontiers).unwrap();
-            let norm = |mut r: RestoredRows| {
+            if !commits {
+                continue;
+            }
+            push_part(&mut pruned, part).unwrap();
+            frontiers.push(f);
+            tip = Some(f);
+            let norm = |r: &RestoredRows| {
+                let mut r = r.clone();
                 r.minute.sort();
                 r.hour.sort();
                 r.reach.sort();
-                r
+                (r.minute, r.hour, r.reach)
             };
-            assert_eq!(norm(b.rows), norm(a.rows.clone()), "after part {i}");
-            assert_eq!(
-                sorted(a.rows.minute),
-                sorted(now.minute.clone()),
-                "after part {i}"
-            );
+            let folded = fold(pruned.clone(), &frontiers).unwrap();
+            assert_eq!(norm(&folded.rows), norm(now), "after part {i}");
         }
+        // The open day sketch grew in every link after the first (the tip's copy is of the
+        // windows that changed before it), and exact sets grew too.
+        assert!(grown >= 5, "{grown} growths");
         // Before the second full part nothing is left; the full part itself keeps only the
         // windows its link does not rewrite (minute 240 is unchanged).
         let held = |p: &Part| match p {
@@ -650,6 +877,52 @@ mod tests {
         let base = held(&pruned[4]);
         assert_eq!(base.minute, vec![row(240, 1, 1)]);
         assert!(base.reach.is_empty(), "{:?}", base.reach);
+    }
+
+    /// A growth whose sketch the chain does not hold, or holds of another kind, makes the
+    /// chain corrupt; a link read without its growths applied does not fold.
+    #[test]
+    fn a_growth_without_its_sketch_is_corrupt() {
+        let g = Group {
+            start: 0,
+            len_ms: 3_600,
+            by: GroupBy::Ad,
+            billable: true,
+            dims: dims(1),
+        };
+        let base = |reach| {
+            Part::Full(WorkerPart {
+                rows: RestoredRows {
+                    reach,
+                    ..RestoredRows::default()
+                },
+                ..WorkerPart::empty(0, 1)
+            })
+        };
+        let link = |growth| {
+            Part::Link(LinkPart {
+                tip: 0,
+                part: WorkerPart::empty(0, 1),
+                emptied: Emptied::default(),
+                judged_from: 0,
+                grown: vec![(g, growth)],
+            })
+        };
+        let users = Growth::Users(vec![5]);
+        let mut chain = vec![base(Vec::new())];
+        assert!(push_part(&mut chain, link(users.clone())).is_err());
+        let mut chain = vec![base(vec![(g, UserSketch::Exact(vec![1]))])];
+        let registers = Growth::Registers {
+            skips: vec![0],
+            values: vec![1],
+        };
+        assert!(push_part(&mut chain, link(registers)).is_err());
+        let mut chain = vec![base(vec![(g, UserSketch::Exact(vec![1]))])];
+        push_part(&mut chain, link(users.clone())).unwrap();
+        let folded = fold(chain, &[0, 1]).unwrap();
+        assert_eq!(folded.rows.reach, vec![(g, UserSketch::Exact(vec![1, 5]))]);
+        let unapplied = vec![base(vec![(g, UserSketch::Exact(vec![1]))]), link(users)];
+        assert!(fold(unapplied, &[0, 1]).is_err());
     }
 
     #[test]
@@ -790,10 +1063,11 @@ mod tests {
                         },
                         emptied: Emptied::default(),
                         judged_from: state.judged_from(),
+                        grown: Vec::new(),
                     })
                 }
             };
-            chain.digests(f, Digests::default(), None);
+            chain.part_rows(f, RestoredRows::default(), None);
             // The fifth checkpoint fails: its changes roll into the next one.
             let commits = round != 4;
             written.push((f, part, commits, plan.chain()));

@@ -27,7 +27,7 @@ use timely::dataflow::InputHandleVec;
 pub use part::{Restored, WorkerPart, WriterState};
 pub use store::{Corrupt, Manifest, PART_FORMAT, StateSettings, Store};
 
-use chain::{ChainState, Digests, LinkPart, Part, Plan};
+use chain::{ChainState, LinkPart, Part, PartRows, Plan};
 use part::Winners;
 
 use super::raw::{Archived, RawBuffer};
@@ -329,27 +329,26 @@ impl Checkpointer {
                     Plan::Full => None,
                     Plan::Link { tip, .. } => Some(*tip),
                 };
-                let digests = Digests::of(&rows);
-                let mut chain = self.chain.borrow_mut();
-                let at_tip = chain.digests(f, digests.clone(), tip);
-                match (tip, at_tip) {
-                    (None, _) => {
+                match self.chain.borrow_mut().part_rows(f, rows, tip) {
+                    PartRows::Full(rows) => {
                         part.rows = rows;
                         Part::Full(part)
                     }
-                    (Some(tip), Some(at_tip)) => {
-                        let (changed, emptied) = digests.delta(at_tip, rows);
-                        part.rows = changed;
+                    PartRows::Link {
+                        tip,
+                        rows,
+                        emptied,
+                        grown,
+                    } => {
+                        part.rows = rows;
                         Part::Link(LinkPart {
                             tip,
                             part,
                             emptied,
                             judged_from: saved.judged_from,
+                            grown,
                         })
                     }
-                    // The plan saw them (they are kept until a newer checkpoint commits, and
-                    // none can before this one settles).
-                    (Some(tip), None) => unreachable!("the digests of the tip {tip} are gone"),
                 }
             };
             self.write(

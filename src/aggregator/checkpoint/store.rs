@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::chain::{Part, fold, kept, push_part};
+use super::chain::{Part, PartV4, fold, kept, push_part};
 use super::part::WorkerPart;
 
 /// What a complete checkpoint holds, written once all its parts are in place.
@@ -166,9 +166,10 @@ impl StateSettings {
 /// The encoding of the parts this build writes and reads. Postcard is not self-describing, so
 /// a part of another format cannot be read at all: format 2 added invalid-traffic measures
 /// and the recent winners' traits, format 3 the reach sketches (`RestoredRows::reach`),
-/// format 4 the links of incremental chains (a part is a `Part`: full, or a link). Format 3
-/// parts are still read, as full parts.
-pub const PART_FORMAT: u32 = 4;
+/// format 4 the links of incremental chains (a part is a `Part`: full, or a link), format 5
+/// the links' sketch growths (`LinkPart::grown`). Format 3 parts are still read, as full
+/// parts, and format 4 ones as links without growths.
+pub const PART_FORMAT: u32 = 5;
 
 fn first_format() -> u32 {
     1
@@ -383,10 +384,12 @@ impl Store {
                             &bytes
                         };
                         let decoding = |e: postcard::Error| corrupt(format!("decoding: {e}"));
-                        let part = if format == 3 {
-                            Part::Full(postcard::from_bytes(payload).map_err(decoding)?)
-                        } else {
-                            postcard::from_bytes(payload).map_err(decoding)?
+                        let part = match format {
+                            3 => Part::Full(postcard::from_bytes(payload).map_err(decoding)?),
+                            4 => postcard::from_bytes::<PartV4>(payload)
+                                .map_err(decoding)?
+                                .into(),
+                            _ => postcard::from_bytes(payload).map_err(decoding)?,
                         };
                         anyhow::ensure!(
                             part.worker() == w,
@@ -431,7 +434,7 @@ impl Store {
                 .into());
             }
             for (w, p) in self.read_parts(&m)?.into_iter().enumerate() {
-                push_part(&mut parts[w], p);
+                push_part(&mut parts[w], p)?;
             }
         }
         // Each worker's chain folds on a thread of its own, as its parts were read.
@@ -599,6 +602,7 @@ mod tests {
                 ..Emptied::default()
             },
             judged_from: 0,
+            grown: Vec::new(),
         })
     }
 
@@ -683,6 +687,18 @@ mod tests {
             ..manifest(7_000)
         };
         assert_eq!(store.read_parts(&legacy).unwrap(), vec![Part::Full(old)]);
+        // Links of format 4 (before growths: the same fields without the last) read as links
+        // that grow nothing.
+        let link4 = link(8_000, 7_000, vec![60], vec![0]);
+        let mut encoded = postcard::to_stdvec(&link4).unwrap();
+        assert_eq!(encoded.pop(), Some(0), "an empty `grown` is its length, 0");
+        std::fs::create_dir_all(store.checkpoint_dir(8_000)).unwrap();
+        std::fs::write(store.part_path(8_000, 0), with_trailer(encoded)).unwrap();
+        let format4 = Manifest {
+            format: 4,
+            ..manifest(8_000)
+        };
+        assert_eq!(store.read_parts(&format4).unwrap(), vec![link4]);
     }
 
     #[test]
