@@ -1,6 +1,7 @@
 # Shared by the benchmark scripts (sourced from the repository root, after `set -euo
 # pipefail`): a work directory and its processes cleaned up on exit, the embedded broker,
-# aggregators and their health, and the chunked preload of event time.
+# aggregators and their health, and the chunked preload of event time. KEEP_WORK=1 leaves
+# the work directory (checkpoints, logs, the broker's data) in place for a look afterwards.
 B=${CARGO_TARGET_DIR:-target}/release
 KEY=demo-admin-key-not-secret
 work=$(mktemp -d)
@@ -13,7 +14,7 @@ cleanup() {
     kill -9 "${pids[i]}" 2>/dev/null || true
   done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  if [ -n "${KEEP_WORK:-}" ]; then echo "work directory kept: $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT INT TERM
 now_ms() { date +%s%3N; }
