@@ -35,7 +35,7 @@ use adclick_dataflows::reach::Group;
 use adclick_dataflows::sketch::{Growth, UserSketch};
 use serde::{Deserialize, Serialize};
 
-use super::part::{Winners, WorkerPart};
+use super::part::{LegacyWinners, Winners, WorkerPart};
 use super::store::Corrupt;
 
 /// What a part file holds (format 5): a whole part, or a link of a chain.
@@ -54,13 +54,14 @@ impl Part {
     }
 }
 
-/// Format 4's part (before growths), read as a format 5 one whose links grow nothing.
+/// Format 4's part (before growths, winners encoded the old way), read as a format 5 one
+/// whose links grow nothing.
 #[derive(Deserialize)]
 pub enum PartV4 {
-    Full(WorkerPart),
+    Full(WorkerPart<LegacyWinners>),
     Link {
         tip: u64,
-        part: WorkerPart,
+        part: WorkerPart<LegacyWinners>,
         emptied: Emptied,
         judged_from: u64,
     },
@@ -69,7 +70,7 @@ pub enum PartV4 {
 impl From<PartV4> for Part {
     fn from(p: PartV4) -> Self {
         match p {
-            PartV4::Full(w) => Part::Full(w),
+            PartV4::Full(w) => Part::Full(w.into()),
             PartV4::Link {
                 tip,
                 part,
@@ -77,7 +78,7 @@ impl From<PartV4> for Part {
                 judged_from,
             } => Part::Link(LinkPart {
                 tip,
-                part,
+                part: part.into(),
                 emptied,
                 judged_from,
                 grown: Vec::new(),

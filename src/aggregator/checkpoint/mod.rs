@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod part;
 pub mod store;
+mod wire;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -19,18 +19,51 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::aggregator::sink::output::WriterState;
 
+/// `W`: how the winners are encoded; [`LegacyWinners`] for parts of formats 3 and 4.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerPart {
+pub struct WorkerPart<W = Winners> {
     pub worker: usize,
     pub peers: usize,
     /// The Kafka partitions this worker read, in its reader's order (the snapshot's order).
     pub partitions: Vec<i32>,
     pub source: SourceSnapshot,
-    pub winners: Winners,
+    pub winners: W,
     /// This worker's rows; worker 0's also carries every dimension text.
     pub rows: RestoredRows,
     /// Worker 0 only: the report output as it stood.
     pub writer: Option<WriterState>,
+}
+
+/// Winners as parts of formats 3 and 4 encode them: the traits in a list of their own, ids
+/// as varints.
+#[derive(Deserialize)]
+pub struct LegacyWinners {
+    dims: Vec<Dims>,
+    entries: Vec<(u128, u64, u64, u32)>,
+    judged: Vec<(u128, u64, Judged)>,
+}
+
+impl From<WorkerPart<LegacyWinners>> for WorkerPart {
+    fn from(p: WorkerPart<LegacyWinners>) -> Self {
+        let LegacyWinners {
+            dims,
+            entries,
+            judged,
+        } = p.winners;
+        WorkerPart {
+            worker: p.worker,
+            peers: p.peers,
+            partitions: p.partitions,
+            source: p.source,
+            winners: Winners {
+                dims,
+                entries,
+                judged,
+            },
+            rows: p.rows,
+            writer: p.writer,
+        }
+    }
 }
 
 impl WorkerPart {
@@ -51,11 +84,12 @@ impl WorkerPart {
 /// own table), which is far fewer than the impressions: (impression, event time, click id,
 /// index into `dims`); and the recent winners' traits, from which a restore rebuilds the
 /// invalid-traffic rules' state.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Encoded as `wire.rs` says (each trait beside its entry, ids in fixed width).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Winners {
-    dims: Vec<Dims>,
-    entries: Vec<(u128, u64, u64, u32)>,
-    judged: Vec<(u128, u64, Judged)>,
+    pub(super) dims: Vec<Dims>,
+    pub(super) entries: Vec<(u128, u64, u64, u32)>,
+    pub(super) judged: Vec<(u128, u64, Judged)>,
 }
 
 impl Winners {

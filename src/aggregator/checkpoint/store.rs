@@ -30,7 +30,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::chain::{Part, PartV4, fold, kept, push_part};
-use super::part::WorkerPart;
+use super::part::{LegacyWinners, WorkerPart};
 
 /// What a complete checkpoint holds, written once all its parts are in place.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,8 +167,9 @@ impl StateSettings {
 /// a part of another format cannot be read at all: format 2 added invalid-traffic measures
 /// and the recent winners' traits, format 3 the reach sketches (`RestoredRows::reach`),
 /// format 4 the links of incremental chains (a part is a `Part`: full, or a link), format 5
-/// the links' sketch growths (`LinkPart::grown`). Format 3 parts are still read, as full
-/// parts, and format 4 ones as links without growths.
+/// the links' sketch growths (`LinkPart::grown`) and the winners' compact encoding
+/// (`wire.rs`). Format 3 parts are still read, as full parts, and format 4 ones as links
+/// without growths (both with their winners' old encoding, `LegacyWinners`).
 pub const PART_FORMAT: u32 = 5;
 
 fn first_format() -> u32 {
@@ -394,7 +395,11 @@ impl Store {
                         };
                         let decoding = |e: postcard::Error| corrupt(format!("decoding: {e}"));
                         let part = match format {
-                            3 => Part::Full(postcard::from_bytes(payload).map_err(decoding)?),
+                            3 => Part::Full(
+                                postcard::from_bytes::<WorkerPart<LegacyWinners>>(payload)
+                                    .map_err(decoding)?
+                                    .into(),
+                            ),
                             4 => postcard::from_bytes::<PartV4>(payload)
                                 .map_err(decoding)?
                                 .into(),
