@@ -95,7 +95,7 @@ impl Cluster {
         )
         .map_err(|e| Fenced(format!("{e:#}")))?;
         let restored = match &checkpoints {
-            Some(c) => checkpoint::restore(c, cfg.process == 0)?,
+            Some(c) => checkpoint::restore(c, cfg.process == 0)?.map(|r| r.shared_by(cfg.workers)),
             None => None,
         };
         let epoch = match (&checkpoints, cfg.process) {

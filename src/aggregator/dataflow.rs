@@ -185,24 +185,24 @@ impl Builder<'_> {
         let (index, peers) = (self.index, self.peers);
         let restored = self.cluster.restored.as_ref();
         let acfg = self.cluster.cfg.aggregate();
-        let dedup = restored.map_or_else(
-            || DedupState::new(acfg.dedup()),
+        let (dedup, rows) = restored.map_or_else(
+            || (DedupState::new(acfg.dedup()), None),
             |r| {
                 let started = Instant::now();
-                let dedup = r.dedup_for(index, peers, acfg.dedup());
+                let (dedup, rows) = r.take_share(index, peers, acfg.dedup());
                 tracing::info!(
                     worker = index,
                     winners = dedup.len(),
                     ms = started.elapsed().as_millis() as u64,
                     "dedup state restored"
                 );
-                dedup
+                (dedup, Some(rows))
             },
         );
         let restored_at = restored.map(|r| r.frontier);
         Resume {
             dedup,
-            rows: restored.map(|r| r.rows_for(index, peers)),
+            rows,
             checkpoints: checkpointer.map(|c| {
                 let (input, requests) = scope.new_input::<Vec<u64>>();
                 // Worker 0 asks; the other workers' inputs close here.

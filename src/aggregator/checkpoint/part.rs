@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use adclick_dataflows::RestoredRows;
 use adclick_dataflows::click::Dims;
@@ -189,7 +191,10 @@ pub struct Restored {
     pub frontier: u64,
     /// The run that took it.
     pub run: String,
-    parts: Vec<WorkerPart>,
+    /// Their winners and rows only until every worker of this process has taken its share.
+    parts: RwLock<Vec<WorkerPart>>,
+    /// This process's workers yet to take their share ([`Restored::take_share`]).
+    takers: AtomicUsize,
 }
 
 impl Restored {
@@ -197,13 +202,50 @@ impl Restored {
         Self {
             frontier,
             run,
-            parts,
+            parts: RwLock::new(parts),
+            takers: AtomicUsize::new(usize::MAX),
         }
+    }
+
+    /// Restored for the `workers` of this process: once each has taken its share, the
+    /// checkpoint's winners and rows are dropped.
+    pub fn shared_by(self, workers: usize) -> Self {
+        self.takers.store(workers, Ordering::Relaxed);
+        self
+    }
+
+    fn parts(&self) -> std::sync::RwLockReadGuard<'_, Vec<WorkerPart>> {
+        self.parts.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What worker `worker` of `peers` starts from: its dedup state and its rows. Each worker
+    /// of the process takes its share once; the last one ([`Restored::shared_by`]) drops
+    /// every part's winners and rows, which would otherwise stay resident for the life of the
+    /// process beside the state built from them: about 1 GB after a restore at 20 M clicks
+    /// (docs/benchmarks.md).
+    pub fn take_share(
+        &self,
+        worker: usize,
+        peers: usize,
+        cfg: DedupConfig,
+    ) -> (DedupState, RestoredRows) {
+        let share = (
+            self.dedup_for(worker, peers, cfg),
+            self.rows_for(worker, peers),
+        );
+        if self.takers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut parts = self.parts.write().unwrap_or_else(|e| e.into_inner());
+            for p in parts.iter_mut() {
+                p.winners = Winners::default();
+                p.rows = RestoredRows::default();
+            }
+        }
+        share
     }
 
     /// Where every partition resumes.
     pub fn offsets(&self) -> BTreeMap<i32, u64> {
-        self.parts
+        self.parts()
             .iter()
             .flat_map(|p| p.partitions.iter().copied().zip(p.source.positions.clone()))
             .collect()
@@ -217,8 +259,9 @@ impl Restored {
         let mut positions = Vec::new();
         let mut max_seen = Vec::new();
         let mut capability: Option<u64> = None;
+        let parts = self.parts();
         for p in partitions {
-            let old = self.parts.iter().find_map(|part| {
+            let old = parts.iter().find_map(|part| {
                 let i = part.partitions.iter().position(|q| q == p)?;
                 Some((part, i))
             });
@@ -236,7 +279,7 @@ impl Restored {
             }
         }
         let events = self
-            .parts
+            .parts()
             .iter()
             .filter(|p| p.worker % peers == worker)
             .flat_map(|p| p.source.events.iter().cloned())
@@ -253,10 +296,11 @@ impl Restored {
 
     /// The winners worker `worker` of `peers` decides for.
     pub fn dedup_for(&self, worker: usize, peers: usize, cfg: DedupConfig) -> DedupState {
-        let total: usize = self.parts.iter().map(|p| p.winners.len()).sum();
+        let parts = self.parts();
+        let total: usize = parts.iter().map(|p| p.winners.len()).sum();
         // Impressions spread evenly over workers; a little room spares a late rehash.
         let mut state = DedupState::with_capacity(cfg, total / peers + total / peers / 16);
-        for part in &self.parts {
+        for part in parts.iter() {
             let mine = part
                 .winners
                 .entries
@@ -265,7 +309,7 @@ impl Restored {
                 .copied();
             state.restore_winners(&part.winners.dims, mine);
         }
-        for part in &self.parts {
+        for part in parts.iter() {
             for (imp, t, judged) in &part.winners.judged {
                 if DedupState::owner(*imp, peers) == worker {
                     state.restore_judged(*imp, *t, *judged);
@@ -281,7 +325,7 @@ impl Restored {
             frontier: self.frontier,
             ..RestoredRows::default()
         };
-        for part in self.parts.iter().filter(|p| p.worker % peers == worker) {
+        for part in self.parts().iter().filter(|p| p.worker % peers == worker) {
             rows.minute.extend(part.rows.minute.iter().cloned());
             rows.hour.extend(part.rows.hour.iter().cloned());
             rows.day.extend(part.rows.day.iter().cloned());
@@ -293,7 +337,7 @@ impl Restored {
 
     /// The report writer's state (worker 0's).
     pub fn writer(&self) -> Option<WriterState> {
-        self.parts.iter().find_map(|p| p.writer)
+        self.parts().iter().find_map(|p| p.writer)
     }
 }
 
@@ -380,5 +424,34 @@ mod tests {
             seen.sort();
             assert_eq!(seen, (0..10).collect::<Vec<_>>());
         }
+        // Shared by the 3 workers of a process: each takes what it would have read, and once
+        // the last has, the checkpoint's winners and rows are gone; the rest stays.
+        let mut p = WorkerPart::empty(0, 1);
+        p.winners = Winners::of(&state);
+        p.rows.minute = vec![(
+            (0, dims("0")),
+            adclick_dataflows::click::Measures::billable(1),
+        )];
+        p.partitions = vec![0];
+        p.source.positions = vec![7];
+        let r = Restored::new(0, String::new(), vec![p]).shared_by(3);
+        let mut seen = Vec::new();
+        let mut rows = Vec::new();
+        for w in 0..3 {
+            assert_eq!(r.parts()[0].winners.len(), 10, "kept until the last share");
+            let (dedup, share) = r.take_share(w, 3, cfg);
+            seen.extend(dedup.winners().map(|w| w.0));
+            rows.extend(share.minute);
+        }
+        seen.sort();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert_eq!(
+            rows.len(),
+            1,
+            "worker 0 of 1 starts worker 0 of 3 with its rows"
+        );
+        assert!(r.parts()[0].winners.is_empty());
+        assert!(r.parts()[0].rows.minute.is_empty());
+        assert_eq!(r.offsets(), BTreeMap::from([(0, 7)]));
     }
 }
