@@ -3,7 +3,9 @@
 //! `final` once the frontier passes its end plus the allowed lateness, after which it never
 //! changes again (later updates to it are only its retention retraction, which is not news).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use std::collections::BTreeSet;
 use std::collections::hash_map::Entry;
@@ -83,13 +85,35 @@ impl Rows {
     }
 }
 
+/// How many final reports a step sends before it yields (see [`resumed_reports`]).
+const FINAL_CHUNK: usize = 16_384;
+
+/// How far the consumer of the reports has taken them: the frontier of its input, shared on
+/// a worker between the consumer, which sets it, and the report operators, which read it.
+/// When the frontier jumps over more final reports than one step sends (a batch's end, a
+/// backlog caught up), an operator sends its next chunk only once the consumer's frontier
+/// has reached the chunk's time, so what waits to be written is a few chunks, not every row.
+#[derive(Clone, Default)]
+pub struct Pace(Rc<Cell<u64>>);
+
+impl Pace {
+    /// The consumer's input frontier (`None`: empty, everything taken).
+    pub fn set(&self, frontier: Option<u64>) {
+        self.0.set(frontier.unwrap_or(u64::MAX));
+    }
+
+    fn reached(&self, t: u64) -> bool {
+        self.0.get() >= t
+    }
+}
+
 /// Reports for rows of `window_ms` windows.
 pub fn reports<'s>(
     rows: VecCollection<'s, u64, Row, Measures>,
     window_ms: u64,
     lateness_ms: u64,
 ) -> Stream<'s, u64, Vec<WindowReport>> {
-    resumed_reports(rows, window_ms, lateness_ms, None)
+    resumed_reports(rows, window_ms, lateness_ms, None, None)
 }
 
 /// [`reports`] of a dataflow resumed from a checkpoint at `restored_at` (`F`), whose rows come
@@ -104,25 +128,33 @@ pub fn reports<'s>(
 /// as the checkpoint holds it. A resumed dataflow therefore reports nothing for a restored
 /// row whose window ended by `F` (its `complete` or latest `correction` before `F` already
 /// said the same), and reports the others as an uninterrupted run would.
+///
+/// With a `pace`, final reports past one chunk wait for their consumer (see [`Pace`]); without
+/// one they still go a chunk a step, but every step.
 pub fn resumed_reports<'s>(
     rows: VecCollection<'s, u64, Row, Measures>,
     window_ms: u64,
     lateness_ms: u64,
     restored_at: Option<u64>,
+    pace: Option<Pace>,
 ) -> Stream<'s, u64, Vec<WindowReport>> {
     let exchange = Exchange::new(|(row, _, _): &(Row, u64, Measures)| row.hashed());
     // Times before `F` carry only restored rows: reported before the checkpoint already.
     let restored = move |t: u64| restored_at.is_some_and(|f| t < f);
+    let scope = rows.inner.scope();
     rows.inner
         .unary_frontier::<CapacityContainerBuilder<Vec<WindowReport>>, _, _, _>(
             exchange,
             "WindowReports",
-            move |cap, _info| {
+            move |cap, info| {
+                let activator = scope.activator_for(info.address);
                 let mut cap = Some(cap);
                 // Updates after their window's end (late clicks, restored rows), by time: each may
                 // change a reported row, so they apply in time order.
                 let mut pending: BTreeMap<u64, Vec<(Row, Measures)>> = BTreeMap::new();
                 let mut rows = Rows::default();
+                // The last step stopped with final reports still to send.
+                let mut yielded = false;
                 move |(input, frontier), output| {
                     input.for_each(|_cap, data| {
                         for (row, t, m) in data.drain(..) {
@@ -223,14 +255,39 @@ pub fn resumed_reports<'s>(
                     // frontier F holds exactly the finals before F, and after a restore from
                     // it the others are reported, once. Every such window was reported
                     // complete in the steps above (its end is below the frontier).
-                    while let Some(entry) = rows.windows.first_entry() {
-                        let at = *entry.key() + window_ms + lateness_ms;
+                    //
+                    // At most about `FINAL_CHUNK` reports a step: when the frontier jumps over
+                    // many windows (a batch's end, a backlog), the rest wait for the next
+                    // activation with the capability at the first of them, so the consumers
+                    // see the frontier pass each chunk and write it before the next is sent,
+                    // instead of holding every final report of the batch at once.
+                    let mut budget = match &pace {
+                        Some(p) if yielded && !p.reached(*c.time()) => 0,
+                        _ => FINAL_CHUNK,
+                    };
+                    let mut more = None;
+                    while let Some(mut entry) = rows.windows.first_entry() {
+                        let start = *entry.key();
+                        let at = start + window_ms + lateness_ms;
                         if at > limit {
                             break;
                         }
-                        let (start, window) = entry.remove_entry();
-                        rows.unreported.remove(&start);
                         let at = at.max(*c.time());
+                        if budget == 0 {
+                            more = Some(at);
+                            break;
+                        }
+                        rows.unreported.remove(&start);
+                        let window = if entry.get().len() <= budget {
+                            entry.remove()
+                        } else {
+                            let part = entry.get_mut();
+                            let keys: Vec<Dims> = part.keys().take(budget).copied().collect();
+                            keys.into_iter()
+                                .map(|k| (k, part.remove(&k).expect("a key just read")))
+                                .collect()
+                        };
+                        budget -= window.len();
                         for (dims, m) in window {
                             // A row whose updates cancel out is not reported final: its last
                             // report (a correction to zero) says it all, and no checkpoint can
@@ -255,6 +312,12 @@ pub fn resumed_reports<'s>(
                         output
                             .session(&c.delayed(&at))
                             .give_iterator(reports.into_iter());
+                    }
+                    yielded = more.is_some();
+                    if let Some(next) = more {
+                        c.downgrade(&next);
+                        activator.activate();
+                        return;
                     }
                     if let Some(b) = bound
                         && b > *c.time()
@@ -340,7 +403,7 @@ mod tests {
             let restored_at = (from > 0).then_some(from);
             let mut input = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, rows) = scope.new_collection::<Row, Measures>();
-                resumed_reports(rows, WINDOW, LATENESS, restored_at)
+                resumed_reports(rows, WINDOW, LATENESS, restored_at, None)
                     .probe_with(&probe)
                     .capture_into(send);
                 input
@@ -487,6 +550,84 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// What a paced consumer holds: every report of a batch's end, with and without a
+    /// [`Pace`], and the most reports the consumer ever held unwritten (it writes the times
+    /// its frontier has passed, and final reports at the frontier's own time, as the report
+    /// writer does).
+    fn batch_end(rows: usize, paced: bool) -> (Vec<(u64, WindowReport)>, usize) {
+        timely::execute_directly(move |worker| {
+            let written = Rc::new(std::cell::RefCell::new((Vec::new(), 0)));
+            let seen = written.clone();
+            let mut input = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, updates) = scope.new_collection::<Row, Measures>();
+                let pace = Pace::default();
+                let reports =
+                    resumed_reports(updates, WINDOW, LATENESS, None, paced.then(|| pace.clone()));
+                let mut held: BTreeMap<u64, Vec<WindowReport>> = BTreeMap::new();
+                reports.sink(
+                    timely::dataflow::channels::pact::Pipeline,
+                    "Writer",
+                    move |(input, frontier)| {
+                        input.for_each(|cap, data| {
+                            held.entry(*cap.least().expect("a time"))
+                                .or_default()
+                                .append(data);
+                        });
+                        let first = frontier.frontier().first().copied();
+                        let mut w = seen.borrow_mut();
+                        w.1 = w.1.max(held.values().map(Vec::len).sum::<usize>());
+                        while let Some(e) = held.first_entry() {
+                            if first.is_some_and(|f| *e.key() >= f) {
+                                break;
+                            }
+                            let (t, rs) = e.remove_entry();
+                            w.0.extend(rs.into_iter().map(|r| (t, r)));
+                        }
+                        if let Some(f) = first
+                            && let Some(rs) = held.get_mut(&f)
+                        {
+                            let finals = rs.extract_if(.., |r| r.status == Status::Final);
+                            w.0.extend(finals.map(|r| (f, r)));
+                        }
+                        pace.set(first);
+                    },
+                );
+                input
+            });
+            // Rows in three windows, the middle one larger than a chunk, all final only at
+            // the end of the input.
+            for i in 0..rows {
+                let start = [0, WINDOW, WINDOW, WINDOW, 2 * WINDOW][i % 5];
+                input.update(row(start, &format!("ad{i}")), clicks(1 + (i % 3) as i64));
+            }
+            input.close();
+            while worker.step_or_park(None) {}
+            let (mut out, most) = written.take();
+            out.sort();
+            (out, most)
+        })
+    }
+
+    /// When the input ends, final reports go a chunk at a time, each once the consumer has
+    /// taken the chunks before it: the same reports, but never every row's held at once.
+    #[test]
+    fn a_batch_end_sends_its_finals_a_chunk_at_a_time_at_the_consumers_pace() {
+        let rows = 5 * FINAL_CHUNK;
+        let (paced, most) = batch_end(rows, true);
+        let (unpaced, all_at_once) = batch_end(rows, false);
+        assert_eq!(paced.len(), rows, "one final report per row");
+        assert!(paced.iter().all(|(_, r)| r.status == Status::Final));
+        assert_eq!(paced, unpaced);
+        assert!(
+            most <= 2 * FINAL_CHUNK,
+            "the consumer held {most} reports at once"
+        );
+        assert!(
+            all_at_once > most,
+            "unpaced, the consumer held {all_at_once}"
+        );
     }
 
     /// A resumed run reports exactly what the uninterrupted run reports from the checkpoint

@@ -9,7 +9,7 @@ use std::time::Instant;
 use adclick_dataflows::anomaly;
 use adclick_dataflows::dedup::{DedupCheckpoints, DedupState};
 use adclick_dataflows::names::Dictionary;
-use adclick_dataflows::report::resumed_reports;
+use adclick_dataflows::report::{Pace, resumed_reports};
 use adclick_dataflows::source::{Flow, SourceEvent, SourceOptions, checkpointed_source};
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use adclick_dataflows::{Aggregates, Resume, Traces, resumed_aggregate};
@@ -243,7 +243,11 @@ impl Builder<'_> {
         let lateness = self.cluster.cfg.allowed_lateness_ms;
         // A restored run does not report again what the checkpoint's output already has.
         let restored_at = self.cluster.restored.as_ref().map(|r| r.frontier);
-        let reports = |rows, window_ms| resumed_reports(rows, window_ms, lateness, restored_at);
+        // The writer's input frontier paces the report operators' final reports.
+        let pace = Pace::default();
+        let reports = |rows, window_ms| {
+            resumed_reports(rows, window_ms, lateness, restored_at, Some(pace.clone()))
+        };
         if let Input::Kafka { kafka, .. } = &self.cluster.input {
             let failure = &self.cluster.failure;
             super::sink::kafka::late_to_kafka(a.late.clone(), kafka, failure);
@@ -263,7 +267,11 @@ impl Builder<'_> {
             a.names.map(Out::Name),
         ]);
         if self.index != 0 {
-            lines.sink(Exchange::new(|_: &Out| 0), "WriteReports", |_| {});
+            lines.sink(
+                Exchange::new(|_: &Out| 0),
+                "WriteReports",
+                move |(_, frontier)| pace.set(frontier.frontier().first().copied()),
+            );
             return;
         }
         let mut sink = self.report_sink(checkpointer);
@@ -282,6 +290,7 @@ impl Builder<'_> {
                 {
                     failure.fail(e.context("writing the reports"));
                 }
+                pace.set(frontier.frontier().first().copied());
             },
         );
     }

@@ -132,6 +132,9 @@ pub struct Checkpointer {
     written: Rc<RefCell<BTreeMap<u64, WriterState>>>,
     /// Worker 0: the frontiers the writer must record its state at.
     asked: Rc<RefCell<std::collections::BTreeSet<u64>>>,
+    /// Worker 0: the latest time the writer began before the frontier passed it (see
+    /// [`WriterHook::new`]); no frontier at or before it is asked.
+    begun: Rc<std::cell::Cell<u64>>,
     requests: Option<Requests>,
 }
 
@@ -186,6 +189,7 @@ impl Checkpointer {
             chain: Rc::default(),
             written: Rc::default(),
             asked: Rc::default(),
+            begun: Rc::default(),
             requests: None,
         })
     }
@@ -251,7 +255,7 @@ impl Checkpointer {
 
     /// What the report writer needs to record its state at asked frontiers (worker 0).
     pub fn writer_hook(&self) -> WriterHook {
-        WriterHook::new(self.asked.clone(), self.written.clone())
+        WriterHook::new(self.asked.clone(), self.written.clone(), self.begun.clone())
     }
 
     /// How far the arrangements may compact: to `frontier − 1`, not `frontier`, since the
@@ -382,7 +386,8 @@ impl Checkpointer {
             return;
         };
         let settled = r.settled.load(Ordering::Acquire) >= r.last_asked;
-        if settled && sf > r.last_asked && r.asked_at.elapsed() >= self.cfg.interval {
+        let begun = self.begun.get();
+        if settled && sf > r.last_asked && sf > begun && r.asked_at.elapsed() >= self.cfg.interval {
             r.input.advance_to(sf);
             r.input.send(sf);
             r.last_asked = sf;

@@ -310,9 +310,15 @@ impl Writer {
         items: Vec<Out>,
         finals: &mut dyn FnMut(&Line),
     ) -> std::io::Result<()> {
-        let (names, rest): (Vec<Out>, Vec<Out>) =
-            items.into_iter().partition(|i| matches!(i, Out::Name(_)));
-        for item in names.into_iter().chain(rest) {
+        for item in &items {
+            if let Out::Name(n) = item {
+                self.names.insert(n.clone());
+            }
+        }
+        for item in items {
+            if matches!(item, Out::Name(_)) {
+                continue;
+            }
             let is_final = match &item {
                 Out::Report(r) => r.status == Status::Final,
                 Out::Reach(_) => true,

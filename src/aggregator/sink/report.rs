@@ -2,13 +2,15 @@
 //! to the NDJSON output and the final windows to the `click-aggregates` topic, with the
 //! writer's state recorded at each checkpoint frontier.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use timely::progress::frontier::MutableAntichain;
+
+use adclick_dataflows::report::Status;
 
 use super::aggregates::AggregatesSink;
 use super::output::{Line, Out, Writer, WriterState};
@@ -23,15 +25,24 @@ use crate::health::Health;
 pub struct WriterHook {
     asked: Rc<RefCell<BTreeSet<u64>>>,
     written: Rc<RefCell<BTreeMap<u64, WriterState>>>,
+    begun: Rc<Cell<u64>>,
 }
 
 impl WriterHook {
-    /// The hook over the checkpointer's `asked` frontiers and the `written` states it collects.
+    /// The hook over the checkpointer's `asked` frontiers, the `written` states it collects,
+    /// and `begun`: the latest time the writer has written lines of before the frontier passed
+    /// it, at or before which the checkpointer must ask no frontier (its output would hold
+    /// some of that time's lines and not others).
     pub fn new(
         asked: Rc<RefCell<BTreeSet<u64>>>,
         written: Rc<RefCell<BTreeMap<u64, WriterState>>>,
+        begun: Rc<Cell<u64>>,
     ) -> Self {
-        Self { asked, written }
+        Self {
+            asked,
+            written,
+            begun,
+        }
     }
 
     /// Records the writer's state for every asked frontier `F` with `reached(F)`: called with
@@ -120,6 +131,7 @@ impl ReportSink {
         }
     }
 
+    /// The lines of `time`, as they arrive.
     pub fn add(&mut self, time: u64, items: &mut Vec<Out>) {
         self.pending.entry(time).or_default().append(items);
     }
@@ -143,6 +155,27 @@ impl ReportSink {
         }
         if let Some(h) = &self.hook {
             h.record(|f| !frontier.less_than(&f), w, &mut |f| sinks.seal(f))?;
+        }
+        // Final window reports of the frontier's own time need no text that may still come
+        // (their clicks, and the texts those announced, are all earlier) and nothing of their
+        // time is written before them that they depend on: they go now, so a batch's finals,
+        // which the report operators send a chunk at a time, do not wait for the last chunk.
+        if let Some(&t) = frontier.frontier().first()
+            && let Some(items) = self.pending.get_mut(&t)
+        {
+            let finals: Vec<Out> = items
+                .extract_if(
+                    ..,
+                    |i| matches!(i, Out::Report(r) if r.status == Status::Final),
+                )
+                .collect();
+            if !finals.is_empty() {
+                if let Some(h) = &self.hook {
+                    h.begun.set(t);
+                }
+                w.write_time(finals, &mut |line| sinks.send(line))?;
+                *self.health.tallies.lock().unwrap() = w.tallies;
+            }
         }
         let done = frontier.is_empty();
         // Without checkpoints the sinks commit their own epochs; the end of the input closes
@@ -176,5 +209,77 @@ impl ReportSink {
 fn commit(k: &AggregatesSink, run: &str, f: u64) {
     if let Err(e) = k.committer().commit(run, f) {
         tracing::error!("click-aggregates: committing {f}: {e:#}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use adclick_dataflows::click::{Dims, Measures, Sym};
+    use adclick_dataflows::report::WindowReport;
+    use adclick_dataflows::time::MINUTE_MS;
+
+    use super::*;
+
+    fn report(ad: &str, status: Status) -> Out {
+        Out::Report(WindowReport {
+            window_ms: MINUTE_MS,
+            row: (
+                0,
+                Dims {
+                    ad_id: Sym::of(ad),
+                    ..Dims::default()
+                },
+            ),
+            measures: Measures::billable(1),
+            status,
+        })
+    }
+
+    fn frontier(at: u64) -> MutableAntichain<u64> {
+        let mut f = MutableAntichain::new();
+        f.update_iter([(at, 1)]);
+        f
+    }
+
+    /// Final reports at the frontier's own time are written before the frontier passes it,
+    /// after the state of a checkpoint asked at that time is recorded; the time's other lines
+    /// wait for the frontier; and from then on no checkpoint may be asked at that time.
+    #[test]
+    fn finals_at_the_frontier_go_at_once_after_the_checkpoint_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ndjson");
+        let asked = Rc::new(RefCell::new(BTreeSet::from([7])));
+        let written = Rc::new(RefCell::new(BTreeMap::new()));
+        let begun = Rc::new(Cell::new(0));
+        let hook = WriterHook::new(asked, written.clone(), begun.clone());
+        let writer = Writer::resume(path.to_str().unwrap(), None).unwrap();
+        let sinks = Sinks {
+            kafka: None,
+            windows: None,
+        };
+        let health = Arc::new(Health::new(1, 1));
+        let mut sink = ReportSink::new(writer, sinks, Some(hook), Duration::ZERO, "r", health);
+        let name = |ad: &str| Out::Name((Sym::of(ad), ad.into()));
+        sink.add(
+            7,
+            &mut vec![
+                name("a"),
+                name("b"),
+                report("a", Status::Final),
+                report("b", Status::Complete),
+            ],
+        );
+        sink.write_ready(&frontier(7)).unwrap();
+        let lines = || std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            written.borrow()[&7].output_len,
+            0,
+            "the checkpoint at 7 holds no line of time 7"
+        );
+        assert_eq!(begun.get(), 7);
+        assert_eq!(lines().lines().count(), 1, "only the final: {}", lines());
+        assert!(lines().contains("\"final\""));
+        sink.write_ready(&frontier(8)).unwrap();
+        assert_eq!(lines().lines().count(), 2, "then the rest: {}", lines());
     }
 }
