@@ -173,6 +173,9 @@ impl Entry {
 /// nearly in rank order (inserted at or near the end).
 #[derive(Default)]
 struct Group {
+    /// Counted clicks ranked before every entry, whose verdicts can no longer change (see
+    /// [`FloodState::retire`]): kept as their number alone, which places the entries.
+    frozen: u32,
     entries: Vec<Entry>,
     /// Ranks of the clicks the batch being applied changed.
     changed: Vec<Rank>,
@@ -210,7 +213,7 @@ impl Group {
     fn settle(&mut self, limit: usize, flood: Flood, out: &mut Vec<(Click, i64)>) {
         let own = flood.reason();
         let reach = limit + self.changed.len();
-        let (mut position, mut walked) = (0, 0);
+        let (mut position, mut walked) = (self.frozen as usize, 0);
         for e in &mut self.entries {
             if position >= reach {
                 break;
@@ -266,6 +269,8 @@ pub struct FloodState {
     rule: FloodRule,
     allowed_lateness_ms: u64,
     windows: BTreeMap<u64, HashMap<(u64, u64), Group>>,
+    /// The cut at which [`FloodState::retire`] next freezes clicks.
+    next_freeze: u64,
 }
 
 impl FloodState {
@@ -275,10 +280,11 @@ impl FloodState {
             rule,
             allowed_lateness_ms,
             windows: BTreeMap::new(),
+            next_freeze: 0,
         }
     }
 
-    /// Clicks held, over every window.
+    /// Clicks held whole (those whose verdict can still change), over every window.
     pub fn len(&self) -> usize {
         self.windows
             .values()
@@ -318,7 +324,7 @@ impl FloodState {
             let groups = self.windows.get_mut(&w).expect("a touched window");
             let group = groups.get_mut(&key).expect("a touched key");
             group.settle(limit, self.flood, out);
-            if group.entries.is_empty() {
+            if group.entries.is_empty() && group.frozen == 0 {
                 groups.remove(&key);
                 if groups.is_empty() {
                     self.windows.remove(&w);
@@ -361,7 +367,7 @@ impl FloodState {
             // restores once the restored input is complete): a group found here already would
             // mean verdicts judged on part of its window.
             assert!(
-                group.entries.is_empty(),
+                group.entries.is_empty() && group.frozen == 0,
                 "a restore into a rule's live state"
             );
             group.entries = entries;
@@ -376,15 +382,40 @@ impl FloodState {
 
     /// Forgets windows no click at or after `frontier` can fall in: such a click has event
     /// time at least `frontier - allowed_lateness`.
+    ///
+    /// Within the windows kept, the clicks before that cut are frozen: every click still to
+    /// come, or to be retracted (a dedup retraction's click ranks after its replacement, which
+    /// is on time), or to change its verdict under the rules before this one (only behind
+    /// such a click), ranks after them, and so can neither move them nor change their
+    /// verdicts. A group keeps only their number. For an hour's window and minutes of
+    /// lateness, that is most of the window's clicks. The groups are walked once the cut has
+    /// moved by a quarter of the lateness (at least a minute), so each walk is paid for by a
+    /// quarter of a lateness of clicks.
     pub fn retire(&mut self, frontier: u64) {
         let len = self.rule.window_ms.max(1);
+        let lateness = self.allowed_lateness_ms;
         while let Some((&w, _)) = self.windows.first_key_value() {
             let end = (w + 1).saturating_mul(len);
-            if end.saturating_add(self.allowed_lateness_ms) > frontier {
+            if end.saturating_add(lateness) > frontier {
                 break;
             }
             self.windows.pop_first();
         }
+        let cut = frontier.saturating_sub(lateness);
+        if cut < self.next_freeze {
+            return;
+        }
+        for groups in self.windows.values_mut() {
+            for g in groups.values_mut() {
+                let old = g.entries.partition_point(|e| e.click.event_time < cut);
+                if old > 0 {
+                    g.frozen += g.entries[..old].iter().filter(|e| e.weight > 0).count() as u32;
+                    g.entries.drain(..old);
+                    g.entries.shrink_to_fit();
+                }
+            }
+        }
+        self.next_freeze = cut.saturating_add((lateness / 4).max(MINUTE_MS));
     }
 }
 
@@ -581,10 +612,15 @@ mod tests {
     /// The rule, stated plainly: per (ip, ad, minute), the counted clicks beyond the 5th in
     /// rank order are flagged.
     fn oracle(counted: &[Click]) -> BTreeMap<(Rank, bool), i64> {
+        oracle_in(counted, MINUTE_MS)
+    }
+
+    /// [`oracle`] for windows of `window_ms`.
+    fn oracle_in(counted: &[Click], window_ms: u64) -> BTreeMap<(Rank, bool), i64> {
         let mut groups: BTreeMap<_, BTreeSet<Rank>> = BTreeMap::new();
         for c in counted {
             groups
-                .entry((c.ip, c.event_time / MINUTE_MS))
+                .entry((c.ip, c.event_time / window_ms))
                 .or_default()
                 .insert(rank(c, Reason::IpFlood));
         }
@@ -765,8 +801,72 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(state.len(), 1);
         state.retire(MINUTE_MS + 300_000 - 1);
-        assert_eq!(state.len(), 1);
+        assert_eq!(
+            state.len(),
+            0,
+            "behind the lateness: frozen, held as a count"
+        );
+        assert!(!state.is_empty(), "its window is not retired yet");
         state.retire(MINUTE_MS + 300_000);
         assert!(state.is_empty());
+    }
+
+    /// A long window (an hour, as the user rule's) with a short lateness: clicks arrive up to
+    /// the lateness out of order, some are retracted while still within it (dedup's
+    /// replacements), and the frontier advances after every second. Freezing the clicks behind
+    /// the lateness changes no verdict, and they are no longer held whole.
+    #[test]
+    fn frozen_clicks_keep_every_verdict_and_leave_the_state() {
+        const LATENESS: u64 = 60_000;
+        let rule = FloodRule {
+            max_clicks: 5,
+            window_ms: HOUR_MS,
+        };
+        let mut next = crate::testing::numbers(0x2545_f491_4f6c_dd1d);
+        // (arrival second, click, diff)
+        let mut events: Vec<(u64, Click, i64)> = Vec::new();
+        for i in 0..3_000u128 {
+            let arrival = next(2 * 3_600) * 1_000;
+            let event_time = arrival.saturating_sub(next(LATENESS));
+            let ip = ["a", "b", "c", "d"][next(4) as usize];
+            let c = click(i, event_time, i * 7_919 % 3_001, ip);
+            events.push((arrival, c, 1));
+            // A retraction while the click is still within the lateness of the frontier.
+            if next(5) == 0 {
+                let at = arrival + next(event_time + LATENESS - arrival + 1);
+                events.push((at.max(arrival + 1), c, -1));
+            }
+        }
+        events.retain(|(at, c, _)| c.event_time + LATENESS >= *at);
+        events.sort_by_key(|(at, c, d)| (*at, -d, c.impression));
+        let mut state = FloodState::new(Flood::Ip, rule, LATENESS);
+        let mut out = Vec::new();
+        let mut most_held = 0;
+        for batch in events.chunk_by(|a, b| a.0 == b.0) {
+            state.apply(batch.iter().map(|(_, c, d)| (*c, *d)).collect(), &mut out);
+            state.retire(batch[0].0 + 1);
+            most_held = most_held.max(state.len());
+        }
+        let mut net: BTreeMap<(Rank, bool), i64> = BTreeMap::new();
+        for (c, d) in out {
+            let flagged = c.reasons.contains(Reason::IpFlood);
+            *net.entry((rank(&c, Reason::IpFlood), flagged)).or_default() += d;
+        }
+        net.retain(|_, d| *d != 0);
+        let mut counted: BTreeMap<u128, (Click, i64)> = BTreeMap::new();
+        for (_, c, d) in &events {
+            counted.entry(c.impression).or_insert((*c, 0)).1 += d;
+        }
+        let counted: Vec<Click> = counted
+            .values()
+            .filter(|(_, n)| *n > 0)
+            .map(|(c, _)| *c)
+            .collect();
+        assert_eq!(net, oracle_in(&counted, HOUR_MS));
+        assert!(
+            most_held < counted.len() / 4,
+            "held {most_held} of {} clicks whole",
+            counted.len()
+        );
     }
 }
