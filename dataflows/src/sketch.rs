@@ -23,6 +23,8 @@
 //! is folded to the coarser precision, which gives exactly the registers the coarser sketch
 //! would have built from the same users.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// log₂ of the register count dense sketches are built with.
@@ -52,15 +54,56 @@ pub fn user_hash(user: u64) -> u64 {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum UserSketch {
     /// Sorted, distinct user hashes; at most [`EXACT_MAX`].
-    Exact(Vec<u64>),
+    Exact(Shared<u64>),
     /// 2ᵖ registers (p is [`PRECISION`], or down to [`MIN_PRECISION`] for a sketch from an
     /// older checkpoint), each the largest rank seen at its index.
-    Dense(Vec<u8>),
+    Dense(Shared<u8>),
+}
+
+/// A sketch's storage, shared by its copies until one of them changes (copy on write).
+///
+/// A growing sketch is data in a differential collection: each change is sent as the old
+/// value's retraction and the new value's insertion, to every consumer (the arrangement
+/// queries read, the final reports, the checkpoints' copies), and both wait in batchers until
+/// they cancel. With the storage shared, the retraction is the value the arrangement already
+/// holds and each consumer's copy is a pointer: a change costs one new value, not several
+/// (on a stream spanning hours, copies of the open day sketches were most of the process's
+/// memory). Serialized as the vector it holds: the same bytes as before it was shared.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Shared<T>(Arc<Vec<T>>);
+
+impl<T> std::ops::Deref for Shared<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
+        &self.0
+    }
+}
+
+impl<T: Clone> std::ops::DerefMut for Shared<T> {
+    /// Copies the storage first if another copy of the sketch shares it.
+    fn deref_mut(&mut self) -> &mut Vec<T> {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl<T> From<Vec<T>> for Shared<T> {
+    fn from(v: Vec<T>) -> Self {
+        Shared(Arc::new(v))
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Shared<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 impl Default for UserSketch {
     fn default() -> Self {
-        UserSketch::Exact(Vec::new())
+        UserSketch::Exact(Shared::default())
     }
 }
 
@@ -113,9 +156,9 @@ impl UserSketch {
         hashes.sort_unstable();
         hashes.dedup();
         if hashes.len() <= EXACT_MAX {
-            UserSketch::Exact(hashes)
+            UserSketch::Exact(hashes.into())
         } else {
-            UserSketch::Dense(dense(&hashes))
+            UserSketch::Dense(dense(&hashes).into())
         }
     }
 
@@ -151,19 +194,19 @@ impl UserSketch {
                 union.extend_from_slice(&a[i..]);
                 union.extend_from_slice(&b[j..]);
                 *self = if union.len() <= EXACT_MAX {
-                    UserSketch::Exact(union)
+                    UserSketch::Exact(union.into())
                 } else {
-                    UserSketch::Dense(dense(&union))
+                    UserSketch::Dense(dense(&union).into())
                 };
             }
             (UserSketch::Dense(a), UserSketch::Exact(b)) => add(a, b),
             (UserSketch::Dense(a), UserSketch::Dense(b)) => {
                 let (p, q) = (precision_of(a), precision_of(b));
                 if p > q {
-                    *a = fold(a, q);
+                    *a = fold(a, q).into();
                 }
                 let folded;
-                let b = if q > p {
+                let b: &[u8] = if q > p {
                     folded = fold(b, p);
                     &folded
                 } else {
@@ -248,7 +291,7 @@ impl UserSketch {
                 if h.windows(2).any(|w| w[0] >= w[1]) {
                     return Err("an exact sketch's hashes are not sorted and distinct".into());
                 }
-                Ok(UserSketch::Exact(h))
+                Ok(UserSketch::Exact(h.into()))
             }
             Some((2, rest)) => match rest.split_first() {
                 Some((&p, r))
@@ -257,7 +300,7 @@ impl UserSketch {
                     if r.iter().any(|x| u32::from(*x) > 64 - u32::from(p) + 1) {
                         return Err("a register above the largest rank".into());
                     }
-                    Ok(UserSketch::Dense(r.to_vec()))
+                    Ok(UserSketch::Dense(r.to_vec().into()))
                 }
                 _ => Err(format!(
                     "a dense sketch must be of precision {MIN_PRECISION} to {PRECISION}, \
@@ -320,7 +363,7 @@ impl UserSketch {
                 if gained.windows(2).any(|w| w[0] >= w[1]) {
                     return Err("a growth's users are not sorted and distinct".into());
                 }
-                self.merge(&UserSketch::Exact(gained.clone()));
+                self.merge(&UserSketch::Exact(gained.clone().into()));
                 Ok(())
             }
             (UserSketch::Dense(r), Growth::Registers { skips, values }) => {
@@ -560,7 +603,7 @@ mod tests {
         let UserSketch::Dense(r) = &big_a else {
             panic!("dense")
         };
-        let coarse = UserSketch::Dense(fold(r, MIN_PRECISION));
+        let coarse = UserSketch::Dense(fold(r, MIN_PRECISION).into());
         assert_eq!(big_a.growth_since(&coarse), None);
         let mut exact = a.clone();
         assert!(
@@ -626,7 +669,7 @@ mod tests {
     fn dense_at(p: u32, hashes: &[u64]) -> UserSketch {
         let mut registers = vec![0; 1 << p];
         add(&mut registers, hashes);
-        UserSketch::Dense(registers)
+        UserSketch::Dense(registers.into())
     }
 
     /// Folding a fine sketch gives the coarse one the same users build, so a sketch of the
@@ -641,7 +684,7 @@ mod tests {
             panic!("50,000 users are dense")
         };
         assert_eq!(
-            UserSketch::Dense(fold(registers, MIN_PRECISION)),
+            UserSketch::Dense(fold(registers, MIN_PRECISION).into()),
             dense_at(MIN_PRECISION, &b)
         );
         let union: Vec<u64> = a.iter().chain(&b).copied().collect();
@@ -664,6 +707,37 @@ mod tests {
         assert!(
             e.abs() <= 3.0 * 1.04 / 2f64.powi(MIN_PRECISION as i32).sqrt(),
             "{e}"
+        );
+    }
+
+    /// Copies share their storage; changing one copies it first, and leaves the others as
+    /// they were. Serialized, a sketch is the vector it holds, as before the storage was shared.
+    #[test]
+    fn a_copy_shares_its_storage_until_one_changes() {
+        let storage = |s: &UserSketch| match s {
+            UserSketch::Exact(h) => h.as_ptr() as usize,
+            UserSketch::Dense(r) => r.as_ptr() as usize,
+        };
+        for n in [100, 40_000] {
+            let a = UserSketch::of(users(3, n));
+            let mut b = a.clone();
+            assert_eq!(storage(&a), storage(&b), "{n} users: a copy is a pointer");
+            b.extend(users(4, 1_000));
+            assert_ne!(storage(&a), storage(&b));
+            assert_eq!(
+                a,
+                UserSketch::of(users(3, n)),
+                "{n} users: the original is unchanged"
+            );
+            let mut both = users(3, n);
+            both.extend(users(4, 1_000));
+            assert_eq!(b, UserSketch::of(both));
+        }
+        let exact = UserSketch::of(vec![7, 9]);
+        assert_eq!(
+            postcard::to_allocvec(&exact).unwrap(),
+            postcard::to_allocvec(&(0u32, vec![7u64, 9u64])).unwrap(),
+            "the variant, then the vector"
         );
     }
 

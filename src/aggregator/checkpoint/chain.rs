@@ -677,7 +677,7 @@ mod tests {
             billable: true,
             dims: dims(1),
         };
-        let sk = |u: Vec<u64>| UserSketch::Exact(u);
+        let sk = |u: Vec<u64>| UserSketch::Exact(u.into());
         let tip = RestoredRows {
             reach: vec![
                 (group(0, 3_600), sk(vec![1])),
@@ -740,7 +740,7 @@ mod tests {
             billable: true,
             dims: dims(ad),
         };
-        let sk = |u: Vec<u64>| UserSketch::Exact(u);
+        let sk = |u: Vec<u64>| UserSketch::Exact(u.into());
         let users =
             |n: u64| UserSketch::of((0..n).map(adclick_dataflows::sketch::user_hash).collect());
         let state = |minute: Vec<(Row, Measures)>, reach: Vec<(Group, UserSketch)>| RestoredRows {
@@ -912,17 +912,23 @@ mod tests {
         let users = Growth::Users(vec![5]);
         let mut chain = vec![base(Vec::new())];
         assert!(push_part(&mut chain, link(users.clone())).is_err());
-        let mut chain = vec![base(vec![(g, UserSketch::Exact(vec![1]))])];
+        let mut chain = vec![base(vec![(g, UserSketch::Exact(vec![1].into()))])];
         let registers = Growth::Registers {
             skips: vec![0],
             values: vec![1],
         };
         assert!(push_part(&mut chain, link(registers)).is_err());
-        let mut chain = vec![base(vec![(g, UserSketch::Exact(vec![1]))])];
+        let mut chain = vec![base(vec![(g, UserSketch::Exact(vec![1].into()))])];
         push_part(&mut chain, link(users.clone())).unwrap();
         let folded = fold(chain, &[0, 1]).unwrap();
-        assert_eq!(folded.rows.reach, vec![(g, UserSketch::Exact(vec![1, 5]))]);
-        let unapplied = vec![base(vec![(g, UserSketch::Exact(vec![1]))]), link(users)];
+        assert_eq!(
+            folded.rows.reach,
+            vec![(g, UserSketch::Exact(vec![1, 5].into()))]
+        );
+        let unapplied = vec![
+            base(vec![(g, UserSketch::Exact(vec![1].into()))]),
+            link(users),
+        ];
         assert!(fold(unapplied, &[0, 1]).is_err());
     }
 
