@@ -101,6 +101,13 @@ type Winners<V = Winner> = std::collections::HashMap<u128, V, BuildHasherDefault
 /// A set of impressions, hashed by their fingerprint's low bits as they are.
 pub type Impressions = std::collections::HashSet<u128, BuildHasherDefault<PassThrough>>;
 
+/// The span of event time of one map of recent winners' traits: a second.
+const JUDGED_BUCKET_MS: u64 = 1_000;
+
+fn judged_bucket(event_time: u64) -> u64 {
+    event_time / JUDGED_BUCKET_MS
+}
+
 const CLICK_BITS: u32 = 54;
 const TIME_SHIFT: u32 = CLICK_BITS - 32;
 
@@ -155,8 +162,10 @@ pub struct DedupState {
     winners: Winners,
     dims: DimsTable,
     next_sweep: u64,
-    /// The recent winners' traits, by the minute of their event time (so that whole minutes
-    /// are forgotten at once), then impression.
+    /// The recent winners' traits, by the second of their event time (so that whole minutes
+    /// are forgotten at once, and no one map holds a minute: a map doubles its room as it
+    /// grows, and a minute at 20,000 clicks a second held the old and new room of a million
+    /// entries at once), then impression.
     judged: BTreeMap<u64, Winners<Judged>>,
     /// The minute before which no traits are kept any more (the sweeps' cut so far): a
     /// restore from an incremental chain drops older traits the chain still carries.
@@ -205,7 +214,7 @@ impl DedupState {
             let (t, click) = w.rank();
             let judged = self
                 .judged
-                .get(&(t / MINUTE_MS))
+                .get(&judged_bucket(t))
                 .and_then(|m| m.get(&imp))
                 .copied();
             Some(((imp, t, click, w.dims()), judged))
@@ -229,7 +238,7 @@ impl DedupState {
     /// Puts back a recent winner's traits (after its winner).
     pub fn restore_judged(&mut self, impression: u128, event_time: u64, judged: Judged) {
         self.judged
-            .entry(event_time / MINUTE_MS)
+            .entry(judged_bucket(event_time))
             .or_default()
             .insert(impression, judged);
     }
@@ -331,10 +340,9 @@ impl DedupState {
             Some(w) if click.event_time < w.event_time().saturating_add(horizon) => {
                 if click.rank() < w.rank() {
                     let w = *w;
-                    let minute = w.event_time() / MINUTE_MS;
                     let judged = self
                         .judged
-                        .get_mut(&minute)
+                        .get_mut(&judged_bucket(w.event_time()))
                         .and_then(|m| m.remove(&click.impression))
                         .unwrap_or(Judged {
                             click_id: 0,
@@ -368,7 +376,7 @@ impl DedupState {
             changed.insert(click.impression);
         }
         if let Some(old) = self.winners.insert(click.impression, w)
-            && let Some(m) = self.judged.get_mut(&(old.event_time() / MINUTE_MS))
+            && let Some(m) = self.judged.get_mut(&judged_bucket(old.event_time()))
         {
             m.remove(&click.impression);
         }
@@ -385,7 +393,7 @@ impl DedupState {
         while self
             .judged
             .first_key_value()
-            .is_some_and(|(m, _)| *m < recent)
+            .is_some_and(|(b, _)| *b < judged_bucket(recent * MINUTE_MS))
         {
             self.judged.pop_first();
         }
