@@ -281,10 +281,12 @@ pub fn resumed_reports<'s>(
                         let window = if entry.get().len() <= budget {
                             entry.remove()
                         } else {
-                            let part = entry.get_mut();
-                            let keys: Vec<Dims> = part.keys().take(budget).copied().collect();
-                            keys.into_iter()
-                                .map(|k| (k, part.remove(&k).expect("a key just read")))
+                            // Rows not taken stay in the window (a dropped `extract_if`
+                            // retains what it has not reached).
+                            entry
+                                .get_mut()
+                                .extract_if(|_, _| true)
+                                .take(budget)
                                 .collect()
                         };
                         budget -= window.len();
@@ -617,9 +619,27 @@ mod tests {
         let rows = 5 * FINAL_CHUNK;
         let (paced, most) = batch_end(rows, true);
         let (unpaced, all_at_once) = batch_end(rows, false);
-        assert_eq!(paced.len(), rows, "one final report per row");
-        assert!(paced.iter().all(|(_, r)| r.status == Status::Final));
-        assert_eq!(paced, unpaced);
+        let mut expected: Vec<(u64, WindowReport)> = (0..rows)
+            .map(|i| {
+                let row = row(
+                    [0, WINDOW, WINDOW, WINDOW, 2 * WINDOW][i % 5],
+                    &format!("ad{i}"),
+                );
+                let report = WindowReport {
+                    window_ms: WINDOW,
+                    row,
+                    measures: clicks(1 + (i % 3) as i64),
+                    status: Status::Final,
+                };
+                (row.0 + WINDOW + LATENESS, report)
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(
+            paced, expected,
+            "one final report per row, at its final time"
+        );
+        assert_eq!(unpaced, expected);
         assert!(
             most <= 2 * FINAL_CHUNK,
             "the consumer held {most} reports at once"

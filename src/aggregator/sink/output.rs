@@ -301,10 +301,12 @@ impl Writer {
         })
     }
 
-    /// Writes everything of one timely time. The caller hands times over in order, once the
-    /// frontier has passed them, so every text a report needs has arrived: a text is announced
-    /// no later than the first click that carries it, and reports come no earlier.
-    /// Final window reports also go to `finals` (the Kafka sink).
+    /// Writes lines of one timely time, the texts among them first. The caller hands times
+    /// over in order, once the frontier has passed them, so every text a report needs has
+    /// arrived: a text is announced no later than the first click that carries it, and
+    /// reports come no earlier. (Final reports of the frontier's own time may come before the
+    /// frontier passes it: their texts are all earlier.) Final window reports also go to
+    /// `finals` (the Kafka sink).
     pub fn write_time(
         &mut self,
         items: Vec<Out>,
@@ -316,9 +318,6 @@ impl Writer {
             }
         }
         for item in items {
-            if matches!(item, Out::Name(_)) {
-                continue;
-            }
             let is_final = match &item {
                 Out::Report(r) => r.status == Status::Final,
                 Out::Reach(_) => true,
@@ -336,10 +335,8 @@ impl Writer {
     /// Writes the line of `item`, if it has one, and returns it.
     fn write(&mut self, item: Out) -> std::io::Result<Option<Line>> {
         let line = match item {
-            Out::Name(n) => {
-                self.names.insert(n);
-                return Ok(None);
-            }
+            // Applied before the time's other lines (`write_time`).
+            Out::Name(_) => return Ok(None),
             Out::Received(n) => {
                 self.tallies.received += n;
                 return Ok(None);
