@@ -75,6 +75,45 @@ fn supported(key: ApiKey, version: i16) -> bool {
         .any(|&(k, lo, hi)| k == key && (lo..=hi).contains(&version))
 }
 
+/// How a broker's own temporary directory is named: `<prefix><pid>-<nanos>`.
+const TEMP_PREFIX: &str = "adclick-broker-";
+
+/// Removes the temporary directories of brokers whose process is gone. A process killed with
+/// SIGKILL never runs [`Broker`]'s drop, and its directory holds every record it was given
+/// (often hundreds of MB); without this, each crash or `kill -9` test would leave one behind
+/// for good. A directory whose process still runs is kept, as is any name not of the form.
+fn sweep_orphans(temp: &Path, alive: impl Fn(u32) -> bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return 0;
+    };
+    let mut swept = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, nanos)| nanos.parse::<u128>().ok().and(pid.parse::<u32>().ok()))
+        else {
+            continue;
+        };
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && !alive(pid) && std::fs::remove_dir_all(entry.path()).is_ok() {
+            swept += 1;
+        }
+    }
+    swept
+}
+
+/// Whether process `pid` runs; where that cannot be known, it is taken to run.
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
 /// An in-process single-node Kafka broker on 127.0.0.1. Stops when dropped.
 pub struct Broker {
     addr: SocketAddr,
@@ -103,8 +142,15 @@ impl Broker {
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos());
-                let d = std::env::temp_dir()
-                    .join(format!("adclick-broker-{}-{nanos}", std::process::id()));
+                let temp = std::env::temp_dir();
+                let swept = sweep_orphans(&temp, process_alive);
+                if swept > 0 {
+                    tracing::info!(
+                        swept,
+                        "removed brokers' directories left by killed processes"
+                    );
+                }
+                let d = temp.join(format!("{TEMP_PREFIX}{}-{nanos}", std::process::id()));
                 (d.clone(), Some(d))
             }
         };
@@ -564,4 +610,42 @@ fn list_offsets(shared: &Shared, req: ListOffsetsRequest) -> ListOffsetsResponse
         r.topics.push(tr);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_directories_of_dead_brokers_are_swept() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let make = |name: &str| {
+            let d = temp.path().join(name);
+            std::fs::create_dir(&d).expect("dir");
+            std::fs::write(d.join("clicks-0.log"), b"records").expect("log");
+            d
+        };
+        let dead = make("adclick-broker-41-1796289154385769816");
+        let running = make("adclick-broker-42-1796289154385769816");
+        let unlike = [
+            make("adclick-broker-41"),
+            make("adclick-broker-x-1796289154385769816"),
+            make("adclick-broker-41-later"),
+            make("other-41-1796289154385769816"),
+        ];
+        let file = temp.path().join("adclick-broker-41-1796289154385769817");
+        std::fs::write(&file, b"not a directory").expect("file");
+
+        assert_eq!(sweep_orphans(temp.path(), |pid| pid == 42), 1);
+        assert!(!dead.exists());
+        assert!(running.exists());
+        assert!(unlike.iter().all(|d| d.exists()));
+        assert!(file.exists());
+        assert_eq!(sweep_orphans(temp.path(), |pid| pid == 42), 0);
+    }
+
+    #[test]
+    fn this_process_is_alive() {
+        assert!(process_alive(std::process::id()));
+    }
 }
