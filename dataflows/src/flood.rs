@@ -14,6 +14,7 @@
 //! (window + allowed lateness), for each rule.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use foldhash::HashMap;
 
@@ -338,46 +339,87 @@ impl FloodState {
     /// next rule ranks a click by the verdicts before it, and reach reads the users of minutes
     /// not final yet from them. All of a checkpoint's clicks come in one call, before any
     /// change: a verdict is a function of its window's clicks, and the restore sees them all.
-    pub fn restore(&mut self, mut clicks: Vec<Click>, judged: &mut Vec<Click>) {
+    /// `frontier` bounds every change still to come, as for [`FloodState::retire`]. Only the
+    /// judged clicks `wanted` downstream are appended; every click counts for the verdicts.
+    pub fn restore(
+        &mut self,
+        batches: Vec<Vec<Click>>,
+        frontier: u64,
+        wanted: &dyn Fn(&Click) -> bool,
+        judged: &mut Vec<Click>,
+    ) {
         let (flood, own) = (self.flood, self.flood.reason());
         let len = self.rule.window_ms.max(1);
         let place = |c: &Click| flood.key(c).map(|key| (c.event_time / len, key));
+        // The batches as they arrived, moved once into a buffer of their size: gathering them
+        // into a growing vector copied every click twice over, into fresh pages, and was a
+        // quarter of a restore's time.
+        let mut clicks = Vec::with_capacity(batches.iter().map(Vec::len).sum());
+        for mut batch in batches {
+            clicks.append(&mut batch);
+        }
         // One sort puts each group's clicks together, in rank order: every group is then built
         // once, at its size (a restore holds millions of clicks; growing each group click by
         // click, or inserting each at its rank, was most of a restore's time).
         clicks.sort_unstable_by_key(|c| (place(c), rank(c, own)));
         let limit = self.rule.max_clicks as usize;
+        // The clicks a retire at `frontier` would freeze are counted, never held whole: for an
+        // hour's window and minutes of lateness, that is nearly all of them.
+        let cut = self.freeze_cut(frontier);
         for same in clicks.chunk_by(|a, b| place(a) == place(b)) {
             let Some((w, key)) = place(&same[0]) else {
-                judged.extend_from_slice(same);
+                judged.extend(same.iter().filter(|c| wanted(c)));
                 continue;
             };
-            let mut entries: Vec<Entry> = Vec::with_capacity(same.len());
-            for c in same {
-                match entries.last_mut() {
-                    Some(e) if rank(&e.click, own) == rank(c, own) => e.weight += 1,
-                    _ => entries.push(Entry {
-                        weight: 1,
-                        ..Entry::new(c, own)
-                    }),
+            let old = same.partition_point(|c| c.event_time < cut);
+            let mut group = Group {
+                entries: Vec::with_capacity(same.len() - old),
+                ..Group::default()
+            };
+            let mut ranked = 0;
+            for (i, c) in same.iter().enumerate() {
+                let r = rank(c, own);
+                let first = i == 0 || rank(&same[i - 1], own) != r;
+                ranked += usize::from(first);
+                let flagged = ranked > limit;
+                let entry = Entry {
+                    weight: 1,
+                    flagged: Some(flagged),
+                    ..Entry::new(c, own)
+                };
+                let c = entry.judged(flood, flagged);
+                if wanted(&c) {
+                    judged.push(c);
+                }
+                if i < old {
+                    group.frozen += u32::from(first);
+                } else if first {
+                    group.entries.push(entry);
+                } else {
+                    group
+                        .entries
+                        .last_mut()
+                        .expect("an entry of this rank")
+                        .weight += 1;
                 }
             }
-            let group = self.windows.entry(w).or_default().entry(key).or_default();
+            let groups = self.windows.entry(w).or_default();
             // One call puts back all of a checkpoint's clicks before any change (the operator
             // restores once the restored input is complete): a group found here already would
             // mean verdicts judged on part of its window.
             assert!(
-                group.entries.is_empty() && group.frozen == 0,
+                !groups.contains_key(&key),
                 "a restore into a rule's live state"
             );
-            group.entries = entries;
-            for (position, e) in group.entries.iter_mut().enumerate() {
-                let flagged = position >= limit;
-                e.flagged = Some(flagged);
-                let c = e.judged(flood, flagged);
-                judged.extend(std::iter::repeat_n(c, e.weight.max(0) as usize));
-            }
+            groups.insert(key, group);
         }
+        self.retire(frontier);
+    }
+
+    /// Below which clicks a retire at `frontier` freezes: no click still to come there can
+    /// rank before them.
+    fn freeze_cut(&self, frontier: u64) -> u64 {
+        frontier.saturating_sub(self.allowed_lateness_ms)
     }
 
     /// Forgets windows no click at or after `frontier` can fall in: such a click has event
@@ -401,7 +443,7 @@ impl FloodState {
             }
             self.windows.pop_first();
         }
-        let cut = frontier.saturating_sub(lateness);
+        let cut = self.freeze_cut(frontier);
         if cut < self.next_freeze {
             return;
         }
@@ -428,14 +470,15 @@ pub type Judged<'s> = (Stream<'s, u64, Changes>, Stream<'s, u64, Vec<Click>>);
 
 /// Applies `flood`'s rule to the counted clicks (updates with their multiplicity), after
 /// putting back `restored` (clicks counted before a checkpoint, at its frontier − 1). Returns
-/// the changes of judged clicks, and the restored clicks with this rule's verdict added (at
-/// their time), which the next rule puts back.
+/// the changes of judged clicks, and the restored clicks `wanted` with this rule's verdict
+/// added (at their time), which the next rule puts back.
 pub fn flood<'s>(
     clicks: Stream<'s, u64, Vec<(Click, u64, i64)>>,
     restored: Stream<'s, u64, Vec<Click>>,
     flood: Flood,
     rule: FloodRule,
     allowed_lateness_ms: u64,
+    wanted: Rc<dyn Fn(&Click) -> bool>,
 ) -> Judged<'s> {
     let route = move |c: &Click| match flood.key(c) {
         Some((who, what)) => who ^ what.rotate_left(29),
@@ -460,7 +503,7 @@ pub fn flood<'s>(
     builder.build(move |_capabilities| {
         let mut state = FloodState::new(flood, rule, allowed_lateness_ms);
         let mut pending = Pending::new();
-        let mut restoring: Vec<Click> = Vec::new();
+        let mut restoring: Vec<Vec<Click>> = Vec::new();
         let mut restoring_at: Option<Capability<u64>> = None;
         let mut out = Vec::new();
         let mut restored_out = Vec::new();
@@ -474,7 +517,7 @@ pub fn flood<'s>(
                 {
                     restoring_at = Some(at);
                 }
-                restoring.append(data);
+                restoring.push(std::mem::take(data));
             });
             input.for_each_stamp(|cap, data| {
                 let Some(cap) = cap.retain_least(0) else {
@@ -492,10 +535,14 @@ pub fn flood<'s>(
             // counted after it: they are all here once their input's frontier passes a
             // pending time, and go back into the state before that time's changes.
             let restored_done = restored_frontier.frontier().first().copied();
-            let mut restore = |state: &mut FloodState| {
+            // `upto` bounds the changes still to come: the pending time about to be applied,
+            // or the input's frontier.
+            let mut restore = |state: &mut FloodState, upto: u64| {
                 if let Some(at) = restoring_at.take() {
-                    state.restore(std::mem::take(&mut restoring), &mut restored_out);
-                    judged.session(&at).give_iterator(restored_out.drain(..));
+                    let batches = std::mem::take(&mut restoring);
+                    state.restore(batches, upto, &*wanted, &mut restored_out);
+                    judged.session(&at).give_container(&mut restored_out);
+                    restored_out.clear();
                 }
             };
             let passed = |t: &u64| !frontier.less_equal(t) && restored_done.is_none_or(|r| r > *t);
@@ -503,17 +550,17 @@ pub fn flood<'s>(
                 if !passed(&t) {
                     break;
                 }
-                restore(&mut state);
+                restore(&mut state, t);
                 let (cap, batch) = pending.remove(&t).expect("a pending time");
                 state.apply(batch, &mut out);
                 changes
                     .session(&cap)
                     .give_iterator(out.drain(..).map(|(c, d)| (c, t, d)));
             }
-            if restored_done.is_none() {
-                restore(&mut state);
-            }
             let done = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+            if restored_done.is_none() {
+                restore(&mut state, done);
+            }
             state.retire(done.min(restored_done.unwrap_or(u64::MAX)));
         }
     });
@@ -522,19 +569,34 @@ pub fn flood<'s>(
 
 /// The counted clicks with every reason they have, as the windows count them: the edge's,
 /// the flood rules', `too_fast`; and the clicks `restored` from a checkpoint with every reason
-/// too (at the checkpoint's frontier − 1; they are in the restored rows already). Reach
-/// (`reach.rs`) reads the users behind them.
+/// too (at the checkpoint's frontier − 1; they are in the restored rows already), those
+/// `wanted` only. Reach (`reach.rs`) reads the users behind them, in the minutes not final at
+/// the checkpoint: a few minutes' clicks of the hours a restore puts back, so the rest are
+/// judged (each rule needs every verdict before it) but not sent on.
 pub fn judged_clicks<'s>(
     counted: VecCollection<'s, u64, Click, i64>,
     restored: Stream<'s, u64, Vec<Click>>,
     cfg: &InvalidConfig,
     allowed_lateness_ms: u64,
+    wanted: impl Fn(&Click) -> bool + 'static,
 ) -> Judged<'s> {
     let (mut clicks, mut restored) = (counted.inner, restored);
-    for (which, rule) in [(Flood::Ip, cfg.ip_flood), (Flood::User, cfg.user_flood)] {
-        if let Some(rule) = rule {
-            (clicks, restored) = flood(clicks, restored, which, rule, allowed_lateness_ms);
-        }
+    let rules: Vec<_> = [(Flood::Ip, cfg.ip_flood), (Flood::User, cfg.user_flood)]
+        .into_iter()
+        .filter_map(|(which, rule)| Some((which, rule?)))
+        .collect();
+    let wanted: Rc<dyn Fn(&Click) -> bool> = Rc::new(wanted);
+    if rules.is_empty() {
+        let wanted = wanted.clone();
+        restored = timely::dataflow::operators::vec::Filter::filter(restored, move |c| wanted(c));
+    }
+    for (i, &(which, rule)) in rules.iter().enumerate() {
+        let keep: Rc<dyn Fn(&Click) -> bool> = if i + 1 == rules.len() {
+            wanted.clone()
+        } else {
+            Rc::new(|_: &Click| true)
+        };
+        (clicks, restored) = flood(clicks, restored, which, rule, allowed_lateness_ms, keep);
     }
     let cfg = *cfg;
     let too_fast = move |mut c: Click| {
@@ -735,7 +797,7 @@ mod tests {
         let seven: Vec<_> = (0..7).map(|i| click(i, 1_000 + i as u64, i, "a")).collect();
         let mut state = FloodState::new(Flood::Ip, RULE, 300_000);
         let mut judged = Vec::new();
-        state.restore(seven.clone(), &mut judged);
+        state.restore(vec![seven.clone()], 0, &|_| true, &mut judged);
         let mut flagged: Vec<_> = judged
             .iter()
             .map(|c| (c.impression, c.reasons.contains(Reason::IpFlood)))
@@ -751,6 +813,25 @@ mod tests {
             .collect();
         got.sort();
         assert_eq!(got, [(0, false, -1), (5, false, 1), (5, true, -1)]);
+
+        // Only the wanted clicks are sent on, with the verdicts all seven give them, and the
+        // state is the same.
+        let mut wanting = FloodState::new(Flood::Ip, RULE, 300_000);
+        let mut judged = Vec::new();
+        wanting.restore(
+            vec![seven.clone()],
+            0,
+            &|c| c.event_time >= 1_004,
+            &mut judged,
+        );
+        let flagged: Vec<_> = judged
+            .iter()
+            .map(|c| (c.impression, c.reasons.contains(Reason::IpFlood)))
+            .collect();
+        assert_eq!(flagged, [(4, false), (5, true), (6, true)]);
+        let mut again = Vec::new();
+        wanting.apply(vec![(seven[0], -1)], &mut again);
+        assert_eq!(net_of(again), net_of(out));
     }
 
     #[test]
@@ -768,8 +849,8 @@ mod tests {
         let mut ip = FloodState::new(Flood::Ip, RULE, 300_000);
         let mut user = FloodState::new(Flood::User, user_rule, 300_000);
         let (mut after_ip, mut restored) = (Vec::new(), Vec::new());
-        ip.restore(seven.clone(), &mut after_ip);
-        user.restore(after_ip, &mut restored);
+        ip.restore(vec![seven.clone()], 0, &|_| true, &mut after_ip);
+        user.restore(vec![after_ip], 0, &|_| true, &mut restored);
         // Retracting the first click brings the 6th (impression 5) back under the IP limit:
         // the user rule must take it back as it was judged (flagged by the IP rule).
         let (mut ip_out, mut user_out) = (Vec::new(), Vec::new());
@@ -811,19 +892,17 @@ mod tests {
         assert!(state.is_empty());
     }
 
-    /// A long window (an hour, as the user rule's) with a short lateness: clicks arrive up to
-    /// the lateness out of order, some are retracted while still within it (dedup's
-    /// replacements), and the frontier advances after every second. Freezing the clicks behind
-    /// the lateness changes no verdict, and they are no longer held whole.
-    #[test]
-    fn frozen_clicks_keep_every_verdict_and_leave_the_state() {
-        const LATENESS: u64 = 60_000;
-        let rule = FloodRule {
-            max_clicks: 5,
-            window_ms: HOUR_MS,
-        };
+    const LATENESS: u64 = 60_000;
+    const HOUR_RULE: FloodRule = FloodRule {
+        max_clicks: 5,
+        window_ms: HOUR_MS,
+    };
+
+    /// Two hours of clicks from four IPs, as (arrival, click, diff): clicks arrive up to the
+    /// lateness out of order, and some are retracted while still within it (dedup's
+    /// replacements).
+    fn long_window_events() -> Vec<(u64, Click, i64)> {
         let mut next = crate::testing::numbers(0x2545_f491_4f6c_dd1d);
-        // (arrival second, click, diff)
         let mut events: Vec<(u64, Click, i64)> = Vec::new();
         for i in 0..3_000u128 {
             let arrival = next(2 * 3_600) * 1_000;
@@ -839,6 +918,26 @@ mod tests {
         }
         events.retain(|(at, c, _)| c.event_time + LATENESS >= *at);
         events.sort_by_key(|(at, c, d)| (*at, -d, c.impression));
+        events
+    }
+
+    /// Changes of verdicts as their net effect: what the rows downstream add up.
+    fn net_of(changes: impl IntoIterator<Item = (Click, i64)>) -> BTreeMap<(Rank, bool), i64> {
+        let mut net: BTreeMap<(Rank, bool), i64> = BTreeMap::new();
+        for (c, d) in changes {
+            let flagged = c.reasons.contains(Reason::IpFlood);
+            *net.entry((rank(&c, Reason::IpFlood), flagged)).or_default() += d;
+        }
+        net.retain(|_, d| *d != 0);
+        net
+    }
+
+    /// A long window (an hour, as the user rule's) with a short lateness, the frontier
+    /// advancing after every second. Freezing the clicks behind the lateness changes no
+    /// verdict, and they are no longer held whole.
+    #[test]
+    fn frozen_clicks_keep_every_verdict_and_leave_the_state() {
+        let (rule, events) = (HOUR_RULE, long_window_events());
         let mut state = FloodState::new(Flood::Ip, rule, LATENESS);
         let mut out = Vec::new();
         let mut most_held = 0;
@@ -847,26 +946,66 @@ mod tests {
             state.retire(batch[0].0 + 1);
             most_held = most_held.max(state.len());
         }
-        let mut net: BTreeMap<(Rank, bool), i64> = BTreeMap::new();
-        for (c, d) in out {
-            let flagged = c.reasons.contains(Reason::IpFlood);
-            *net.entry((rank(&c, Reason::IpFlood), flagged)).or_default() += d;
-        }
-        net.retain(|_, d| *d != 0);
-        let mut counted: BTreeMap<u128, (Click, i64)> = BTreeMap::new();
-        for (_, c, d) in &events {
-            counted.entry(c.impression).or_insert((*c, 0)).1 += d;
-        }
-        let counted: Vec<Click> = counted
-            .values()
-            .filter(|(_, n)| *n > 0)
-            .map(|(c, _)| *c)
-            .collect();
-        assert_eq!(net, oracle_in(&counted, HOUR_MS));
+        let counted = counted_by(&events);
+        assert_eq!(net_of(out), oracle_in(&counted, HOUR_MS));
         assert!(
             most_held < counted.len() / 4,
             "held {most_held} of {} clicks whole",
             counted.len()
         );
+    }
+
+    /// The clicks counted after `events`: each impression's net weight.
+    fn counted_by(events: &[(u64, Click, i64)]) -> Vec<Click> {
+        let mut counted: BTreeMap<u128, (Click, i64)> = BTreeMap::new();
+        for (_, c, d) in events {
+            counted.entry(c.impression).or_insert((*c, 0)).1 += d;
+        }
+        counted
+            .values()
+            .filter(|(_, n)| *n > 0)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// A restore in the middle of that stream, as after a checkpoint there: the clicks counted
+    /// by then, put back in several batches with the frontier there, get the verdicts the
+    /// uninterrupted rule gave them; the rest of the stream is then judged change for change
+    /// as the uninterrupted rule judges it; and the restored rule holds no more clicks whole.
+    #[test]
+    fn a_restore_mid_stream_judges_the_rest_as_if_never_stopped() {
+        let events = long_window_events();
+        for split in [30 * MINUTE_MS, HOUR_MS + 17_000, 100 * MINUTE_MS] {
+            let (before, after): (Vec<(u64, Click, i64)>, Vec<_>) =
+                events.iter().partition(|e| e.0 < split);
+            let mut whole = FloodState::new(Flood::Ip, HOUR_RULE, LATENESS);
+            let mut out = Vec::new();
+            for batch in before.chunk_by(|a, b| a.0 == b.0) {
+                whole.apply(batch.iter().map(|(_, c, d)| (*c, *d)).collect(), &mut out);
+                whole.retire(batch[0].0 + 1);
+            }
+            whole.retire(split);
+            let counted = counted_by(&before);
+            let mut restored = FloodState::new(Flood::Ip, HOUR_RULE, LATENESS);
+            let mut judged = Vec::new();
+            let batches = counted.chunks(97).map(<[_]>::to_vec).collect();
+            restored.restore(batches, split, &|_| true, &mut judged);
+            assert_eq!(judged.len(), counted.len());
+            assert_eq!(
+                net_of(judged.into_iter().map(|c| (c, 1))),
+                net_of(out),
+                "split {split}"
+            );
+            assert!(restored.len() <= whole.len(), "split {split}");
+            for batch in after.chunk_by(|a, b| a.0 == b.0) {
+                let changes: Vec<_> = batch.iter().map(|(_, c, d)| (*c, *d)).collect();
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                whole.apply(changes.clone(), &mut a);
+                restored.apply(changes, &mut b);
+                assert_eq!(net_of(b), net_of(a), "split {split}, at {}", batch[0].0);
+                whole.retire(batch[0].0 + 1);
+                restored.retire(batch[0].0 + 1);
+            }
+        }
     }
 }

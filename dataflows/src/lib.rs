@@ -153,8 +153,9 @@ fn at_time<'s, D: Clone + 'static>(
         cap.downgrade(&at);
         let mut cap = Some(cap);
         move |output| {
-            if let (Some(c), Some(d)) = (cap.take(), data.take()) {
-                output.session(&c).give_iterator(d.into_iter());
+            // Handed on whole: a restore's clicks are millions, each copied otherwise.
+            if let (Some(c), Some(mut d)) = (cap.take(), data.take()) {
+                output.session(&c).give_container(&mut d);
             }
         }
     })
@@ -237,22 +238,24 @@ pub fn resumed_aggregate<'s>(
         Deduped::Duplicate(row) => Some(row),
         Deduped::Counted(_) => None,
     });
+    // Reach rebuilds the minutes not final at the checkpoint from the restored recent clicks,
+    // with the verdicts the rules' restore gave them (a verdict is a function of the clicks of
+    // its window, all of which the dedup keeps for windows still open). The older minutes'
+    // users are in the restored sketches; without reach, no restored click is wanted.
+    let (reach_on, lateness) = (cfg.reach.enabled, cfg.allowed_lateness_ms);
+    let open = move |c: &Click| {
+        reach_on && time::window_start(c.event_time, MINUTE_MS) + MINUTE_MS + lateness > f
+    };
     let (judged_clicks, restored_judged) = flood::judged_clicks(
         counted,
         at_time(scope, f, recent),
         &cfg.invalid,
         cfg.allowed_lateness_ms,
+        open,
     );
     let judged = flood::rows_of(judged_clicks.clone());
     let reach = if cfg.reach.enabled {
-        // The minutes not final at the checkpoint: their users come from the restored recent
-        // clicks, with the verdicts the rules' restore gave them (a verdict is a function of
-        // the clicks of its window, all of which the dedup keeps for windows still open). The
-        // older minutes' users are in the restored sketches.
-        let lateness = cfg.allowed_lateness_ms;
-        let open =
-            move |c: &Click| time::window_start(c.event_time, MINUTE_MS) + MINUTE_MS + lateness > f;
-        let open = restored_judged.flat_map(move |c| open(&c).then_some((c, f, 1)));
+        let open = restored_judged.map(move |c| (c, f, 1));
         reach::reach(
             judged_clicks.concat(open),
             at_time(scope, f, restored.reach),
