@@ -81,14 +81,42 @@ impl std::error::Error for Corrupt {}
 const TRAILER_MAGIC: &[u8; 8] = b"ADCKSUM1";
 const TRAILER: usize = 4 + 8 + 8;
 
+/// The trailer of a payload of `len` bytes with checksum `crc`.
+fn trailer(crc: u32, len: u64) -> [u8; TRAILER] {
+    let mut t = [0; TRAILER];
+    t[..4].copy_from_slice(&crc.to_le_bytes());
+    t[4..12].copy_from_slice(&len.to_le_bytes());
+    t[12..].copy_from_slice(TRAILER_MAGIC);
+    t
+}
+
 /// `payload` followed by its trailer.
+#[cfg(test)]
 fn with_trailer(mut payload: Vec<u8>) -> Vec<u8> {
-    let crc = crc32fast::hash(&payload);
-    let len = payload.len() as u64;
-    payload.extend_from_slice(&crc.to_le_bytes());
-    payload.extend_from_slice(&len.to_le_bytes());
-    payload.extend_from_slice(TRAILER_MAGIC);
+    let t = trailer(crc32fast::hash(&payload), payload.len() as u64);
+    payload.extend_from_slice(&t);
     payload
+}
+
+/// A writer that checksums and counts the bytes passing to `inner`: a part's trailer is
+/// computed as the part is written, so no encoded copy of the part is ever held.
+struct Checksummed<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The payload of a checksummed part, or why it is not whole.
@@ -201,14 +229,28 @@ impl Store {
     }
 
     /// Writes one worker's part whole or not at all: into a temporary file, synced, then
-    /// renamed. Returns its size.
+    /// renamed. Returns its size. The part is encoded straight into the file: a full part is
+    /// hundreds of MB, and encoding it into memory first (a vector grown by doubling) held
+    /// up to twice that beside the state.
     pub fn write_part(&self, frontier: u64, part: &Part) -> anyhow::Result<u64> {
         let dir = self.checkpoint_dir(frontier);
         std::fs::create_dir_all(&dir)?;
         let path = self.part_path(frontier, part.worker());
-        let bytes = with_trailer(postcard::to_stdvec(part).context("encoding a checkpoint part")?);
-        write_atomically(&path, &bytes)?;
-        Ok(bytes.len() as u64)
+        write_atomically_with(&path, |file| {
+            let checksummed = Checksummed {
+                inner: file,
+                crc: crc32fast::Hasher::new(),
+                len: 0,
+            };
+            let buffered = std::io::BufWriter::with_capacity(1 << 20, checksummed);
+            let buffered = postcard::to_io(part, buffered).context("encoding a checkpoint part")?;
+            let Checksummed { inner, crc, len } = buffered
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .context("writing a checkpoint part")?;
+            inner.write_all(&trailer(crc.finalize(), len))?;
+            Ok(len + TRAILER as u64)
+        })
     }
 
     /// Whether the parts of all `workers` are in place for `frontier`.
@@ -472,16 +514,24 @@ impl Store {
 /// `bytes` at `path`, or nothing there: a synced temporary file renamed into place, and the
 /// directory synced so the rename itself survives a power cut.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomically_with(path, |file| Ok(file.write_all(bytes)?))
+}
+
+/// [`write_atomically`], the file's contents written by `write`.
+fn write_atomically_with<T>(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(bytes)?;
+    let written = write(&mut file)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
     }
-    Ok(())
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -507,6 +557,36 @@ mod tests {
         let mut p = WorkerPart::empty(0, 1);
         p.rows.frontier = frontier;
         Part::Full(p)
+    }
+
+    /// A part written as it is encoded, through a buffer it overflows many times, is the
+    /// part's encoding and its trailer, byte for byte, and reads back as written.
+    #[test]
+    fn a_part_is_written_as_it_is_encoded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path()).unwrap();
+        let mut p = WorkerPart::empty(0, 1);
+        p.rows.frontier = 7_000;
+        p.winners.dims = vec![adclick_dataflows::click::Dims::default()];
+        p.winners.entries = (0..200_000u128)
+            .map(|i| {
+                (
+                    i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    7_000 + i as u64,
+                    i as u64,
+                    0,
+                )
+            })
+            .collect();
+        let part = Part::Full(p);
+        let size = store.write_part(7_000, &part).unwrap();
+        let written = std::fs::read(store.part_path(7_000, 0)).unwrap();
+        assert!(written.len() > 4 << 20, "{} bytes", written.len());
+        assert_eq!(written, with_trailer(postcard::to_stdvec(&part).unwrap()));
+        assert_eq!(size, written.len() as u64);
+        store.commit(&manifest(7_000), 2).unwrap();
+        let m = store.latest().unwrap().unwrap();
+        assert_eq!(store.read_parts(&m).unwrap(), vec![part]);
     }
 
     #[test]
