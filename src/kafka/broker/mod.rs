@@ -14,6 +14,7 @@
 
 pub mod log;
 
+use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,11 +78,49 @@ fn supported(key: ApiKey, version: i16) -> bool {
 
 /// How a broker's own temporary directory is named: `<prefix><pid>-<nanos>`.
 const TEMP_PREFIX: &str = "adclick-broker-";
+/// The file in its temporary directory a broker holds locked while it runs.
+const TEMP_LOCK: &str = "LOCK";
+
+/// A broker's own temporary directory, removed on drop and locked while its process runs:
+/// the kernel drops the lock when the process ends, however it ends, so a sweep can tell a
+/// live broker's directory from an orphan even where the process ids of another PID
+/// namespace (a container sharing `/tmp`) mean nothing.
+struct TempDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl TempDir {
+    fn create(temp: &Path) -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = temp.join(format!("{TEMP_PREFIX}{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        let lock = File::create(path.join(TEMP_LOCK))?;
+        lock.try_lock()
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(Self { path, _lock: lock })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Whether another open file holds `dir`'s broker lock.
+fn held(dir: &Path) -> bool {
+    File::open(dir.join(TEMP_LOCK)).is_ok_and(|f| f.try_lock().is_err())
+}
 
 /// Removes the temporary directories of brokers whose process is gone. A process killed with
 /// SIGKILL never runs [`Broker`]'s drop, and its directory holds every record it was given
 /// (often hundreds of MB); without this, each crash or `kill -9` test would leave one behind
-/// for good. A directory whose process still runs is kept, as is any name not of the form.
+/// for good. A directory is kept while its process runs or its lock is held (see
+/// [`TempDir`]; directories from before the lock have none), as is any name not of the form.
 fn sweep_orphans(temp: &Path, alive: impl Fn(u32) -> bool) -> usize {
     let Ok(entries) = std::fs::read_dir(temp) else {
         return 0;
@@ -98,7 +137,8 @@ fn sweep_orphans(temp: &Path, alive: impl Fn(u32) -> bool) -> usize {
             continue;
         };
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if is_dir && !alive(pid) && std::fs::remove_dir_all(entry.path()).is_ok() {
+        let path = entry.path();
+        if is_dir && !alive(pid) && !held(&path) && std::fs::remove_dir_all(&path).is_ok() {
             swept += 1;
         }
     }
@@ -119,7 +159,8 @@ pub struct Broker {
     addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    temp_dir: Option<PathBuf>,
+    /// Dropped after the broker has stopped.
+    temp_dir: Option<TempDir>,
 }
 
 struct Shared {
@@ -139,9 +180,6 @@ impl Broker {
         let (dir, temp_dir) = match dir {
             Some(d) => (d.to_path_buf(), None),
             None => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
                 let temp = std::env::temp_dir();
                 let swept = sweep_orphans(&temp, process_alive);
                 if swept > 0 {
@@ -150,8 +188,8 @@ impl Broker {
                         "removed brokers' directories left by killed processes"
                     );
                 }
-                let d = temp.join(format!("{TEMP_PREFIX}{}-{nanos}", std::process::id()));
-                (d.clone(), Some(d))
+                let d = TempDir::create(&temp)?;
+                (d.path.clone(), Some(d))
             }
         };
         let store = Store::open(&dir, topics)?;
@@ -216,9 +254,7 @@ impl Drop for Broker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Some(d) = self.temp_dir.take() {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        drop(self.temp_dir.take());
     }
 }
 
@@ -627,6 +663,13 @@ mod tests {
         };
         let dead = make("adclick-broker-41-1796289154385769816");
         let running = make("adclick-broker-42-1796289154385769816");
+        // Its process looks gone (another PID namespace), but its lock is held.
+        let locked = make("adclick-broker-43-1796289154385769816");
+        let lock = File::create(locked.join(TEMP_LOCK)).expect("lock file");
+        lock.try_lock().expect("locked");
+        // A lock file no one holds: its broker died.
+        let released = make("adclick-broker-44-1796289154385769816");
+        File::create(released.join(TEMP_LOCK)).expect("lock file");
         let unlike = [
             make("adclick-broker-41"),
             make("adclick-broker-x-1796289154385769816"),
@@ -636,9 +679,11 @@ mod tests {
         let file = temp.path().join("adclick-broker-41-1796289154385769817");
         std::fs::write(&file, b"not a directory").expect("file");
 
-        assert_eq!(sweep_orphans(temp.path(), |pid| pid == 42), 1);
+        assert_eq!(sweep_orphans(temp.path(), |pid| pid == 42), 2);
         assert!(!dead.exists());
+        assert!(!released.exists());
         assert!(running.exists());
+        assert!(locked.exists());
         assert!(unlike.iter().all(|d| d.exists()));
         assert!(file.exists());
         assert_eq!(sweep_orphans(temp.path(), |pid| pid == 42), 0);
@@ -647,5 +692,17 @@ mod tests {
     #[test]
     fn this_process_is_alive() {
         assert!(process_alive(std::process::id()));
+    }
+
+    /// A broker's own directory is locked while it runs and gone once it is dropped.
+    #[test]
+    fn a_temporary_directory_is_held_until_dropped() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = TempDir::create(temp.path()).expect("created");
+        let path = dir.path.clone();
+        assert!(held(&path));
+        assert_eq!(sweep_orphans(temp.path(), |_| false), 0);
+        drop(dir);
+        assert!(!path.exists());
     }
 }
