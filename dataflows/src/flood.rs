@@ -29,7 +29,7 @@ use differential_dataflow::{AsCollection, VecCollection};
 
 use crate::click::{Click, Measures, Row};
 use crate::invalid::Reason;
-use crate::time::{HOUR_MS, MINUTE_MS, window_start};
+use crate::time::{HOUR_MS, MINUTE_MS, open_from, window_start};
 
 /// "More than `max_clicks` in one tumbling window of `window_ms`".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +70,17 @@ impl InvalidConfig {
     pub fn too_fast(&self, click: &Click) -> bool {
         click.impression_time != 0
             && click.event_time < click.impression_time.saturating_add(self.too_fast_ms)
+    }
+
+    /// Where the rules' open windows at `frontier` start, the earliest of them: a click before
+    /// it is in a complete window of every rule, which a restore there would drop at once.
+    pub fn open_from(&self, frontier: u64, allowed_lateness_ms: u64) -> u64 {
+        [self.ip_flood, self.user_flood]
+            .into_iter()
+            .flatten()
+            .map(|r| open_from(r.window_ms, frontier, allowed_lateness_ms))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// The longest flood window: how much event time the rules look back.
@@ -436,9 +447,9 @@ impl FloodState {
     pub fn retire(&mut self, frontier: u64) {
         let len = self.rule.window_ms.max(1);
         let lateness = self.allowed_lateness_ms;
+        let first_open = open_from(len, frontier, lateness) / len;
         while let Some((&w, _)) = self.windows.first_key_value() {
-            let end = (w + 1).saturating_mul(len);
-            if end.saturating_add(lateness) > frontier {
+            if w >= first_open {
                 break;
             }
             self.windows.pop_first();

@@ -227,8 +227,26 @@ pub fn resumed_aggregate<'s>(
     let restored = resume.rows.unwrap_or_default();
     let f = restored.frontier.saturating_sub(1);
     // The invalid-traffic rules' state is a function of the recent counted clicks, which the
-    // restored dedup state holds: they go back in at F − 1 too.
-    let recent: Vec<_> = resume.dedup.recent_counted().collect();
+    // restored dedup state holds: they go back in at F − 1 too. Reach rebuilds the minutes
+    // not final at the checkpoint from them, with the verdicts the rules' restore gave them (a
+    // verdict is a function of the clicks of its window, all of which the dedup keeps for
+    // windows still open). The older minutes' users are in the restored sketches; without
+    // reach, no restored click is wanted.
+    let (reach_on, lateness) = (cfg.reach.enabled, cfg.allowed_lateness_ms);
+    let reach_from = if reach_on {
+        time::open_from(MINUTE_MS, f, lateness)
+    } else {
+        u64::MAX
+    };
+    let open = move |c: &Click| c.event_time >= reach_from;
+    // Of the recent clicks, those before every rule's open windows and reach's would only be
+    // dropped by the restore (about half of the longest window, on average): they stay out.
+    let needed_from = cfg.invalid.open_from(f, lateness).min(reach_from);
+    let recent: Vec<_> = resume
+        .dedup
+        .recent_counted()
+        .filter(|c| c.event_time >= needed_from)
+        .collect();
     let deduped = dedup::checkpointed_dedup(on_time, resume.dedup, resume.checkpoints);
     let counted = deduped.clone().flat_map(|d| match d {
         Deduped::Counted(c) => Some(c),
@@ -238,14 +256,6 @@ pub fn resumed_aggregate<'s>(
         Deduped::Duplicate(row) => Some(row),
         Deduped::Counted(_) => None,
     });
-    // Reach rebuilds the minutes not final at the checkpoint from the restored recent clicks,
-    // with the verdicts the rules' restore gave them (a verdict is a function of the clicks of
-    // its window, all of which the dedup keeps for windows still open). The older minutes'
-    // users are in the restored sketches; without reach, no restored click is wanted.
-    let (reach_on, lateness) = (cfg.reach.enabled, cfg.allowed_lateness_ms);
-    let open = move |c: &Click| {
-        reach_on && time::window_start(c.event_time, MINUTE_MS) + MINUTE_MS + lateness > f
-    };
     let (judged_clicks, restored_judged) = flood::judged_clicks(
         counted,
         at_time(scope, f, recent),
