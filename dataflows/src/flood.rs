@@ -387,10 +387,11 @@ impl FloodState {
                 entries: Vec::with_capacity(same.len() - old),
                 ..Group::default()
             };
-            let mut ranked = 0;
+            let (mut ranked, mut previous) = (0, None);
             for (i, c) in same.iter().enumerate() {
-                let r = rank(c, own);
-                let first = i == 0 || rank(&same[i - 1], own) != r;
+                let r = Some(rank(c, own));
+                let first = previous != r;
+                previous = r;
                 ranked += usize::from(first);
                 let flagged = ranked > limit;
                 let entry = Entry {
