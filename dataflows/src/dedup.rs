@@ -33,6 +33,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::click::{Click, Dims, Row, Sym};
 use crate::invalid::Reasons;
+use crate::pending::Pending;
 use crate::time::{MINUTE_MS, window_start};
 
 /// The dedup's settings.
@@ -431,9 +432,11 @@ pub struct DedupCheckpoints<'s> {
 pub type SaveDedup = Box<dyn FnMut(u64, &mut DedupState)>;
 
 /// [`dedup`] starting from `state` (restored from a checkpoint, or empty), saving checkpoints.
+/// Until the state is built it reads nothing: the clicks and checkpoint requests wait in its
+/// inputs, holding every frontier downstream at their times.
 pub fn checkpointed_dedup<'s>(
     clicks: Stream<'s, u64, Vec<Click>>,
-    state: DedupState,
+    state: Pending<DedupState>,
     checkpoints: Option<DedupCheckpoints<'s>>,
 ) -> VecCollection<'s, u64, Deduped, i64> {
     let scope = clicks.scope();
@@ -451,15 +454,22 @@ pub fn checkpointed_dedup<'s>(
             exchange,
             timely::dataflow::channels::pact::Pipeline,
             "Dedup",
-            move |_cap, _info| {
+            move |_cap, info| {
+                let wake = scope.worker().sync_activator_for(info.address.to_vec());
                 let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Click>)> = BTreeMap::new();
                 // Asked frontiers, each holding a capability at itself until saved: no frontier
                 // downstream passes `F` before the state of `F` is saved (so the arrangements
                 // still tell the updates before `F` apart when their rows are read).
                 let mut asked: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-                let mut state = state;
+                let (mut building, mut state) = (Some(state), None);
                 let mut updates = Vec::new();
                 move |(input, frontier), (requests, asked_frontier), output| {
+                    if let Some(b) = &building {
+                        let Some(built) = b.take(&wake) else { return };
+                        state = Some(built);
+                        building = None;
+                    }
+                    let state = state.as_mut().expect("the dedup state is built");
                     requests.for_each(|cap, data| {
                         for f in data.drain(..) {
                             asked.insert(f, cap.delayed(&f, 0));
@@ -487,7 +497,7 @@ pub fn checkpointed_dedup<'s>(
                         {
                             asked.pop_first();
                             if let Some(save) = save.as_mut() {
-                                save(f, &mut state);
+                                save(f, state);
                             }
                             continue;
                         }

@@ -16,6 +16,7 @@ pub mod flood;
 pub mod invalid;
 pub mod measures;
 pub mod names;
+pub mod pending;
 pub mod query;
 pub mod reach;
 pub mod report;
@@ -43,6 +44,7 @@ use click::{Click, Measures, RawClick, Row, Sym};
 use dedup::{DedupConfig, Deduped};
 use flood::InvalidConfig;
 use names::Name;
+use pending::Pending;
 use reach::{Group, ReachConfig};
 use rollup::{Retention, rollup};
 use sketch::UserSketch;
@@ -131,9 +133,62 @@ pub struct RestoredRows {
 
 /// Where the aggregation starts from, and how it saves checkpoints.
 pub struct Resume<'s> {
-    pub dedup: dedup::DedupState,
+    /// The dedup state, which a restore may still be building: the dedup waits for it, and
+    /// the restored rows are served meanwhile.
+    pub dedup: Pending<dedup::DedupState>,
+    /// The recent counted clicks the invalid-traffic rules and reach rebuild their state from
+    /// ([`restored_clicks`] of the dedup state), built with it.
+    pub recent: Pending<Vec<Click>>,
     pub rows: Option<RestoredRows>,
     pub checkpoints: Option<dedup::DedupCheckpoints<'s>>,
+}
+
+impl<'s> Resume<'s> {
+    /// A start from `dedup` as it is (empty, or restored before the dataflow is built).
+    pub fn now(
+        cfg: &AggregateConfig,
+        dedup: dedup::DedupState,
+        rows: Option<RestoredRows>,
+        checkpoints: Option<dedup::DedupCheckpoints<'s>>,
+    ) -> Self {
+        let frontier = rows.as_ref().map_or(0, |r| r.frontier);
+        Self {
+            recent: Pending::ready(restored_clicks(cfg, frontier, &dedup)),
+            dedup: Pending::ready(dedup),
+            rows,
+            checkpoints,
+        }
+    }
+}
+
+/// The first minute reach rebuilds from restored clicks, for a checkpoint at `frontier`
+/// (`u64::MAX` with reach off: none).
+fn reach_from(cfg: &AggregateConfig, frontier: u64) -> u64 {
+    if cfg.reach.enabled {
+        time::open_from(MINUTE_MS, frontier.saturating_sub(1), cfg.allowed_lateness_ms)
+    } else {
+        u64::MAX
+    }
+}
+
+/// Of a restored dedup state's recent counted clicks, those the invalid-traffic rules and
+/// reach rebuild their state from after a checkpoint at `frontier`. Those before every rule's
+/// open windows and reach's would only be dropped by the restore (about half of the longest
+/// window, on average): they stay out.
+pub fn restored_clicks(
+    cfg: &AggregateConfig,
+    frontier: u64,
+    dedup: &dedup::DedupState,
+) -> Vec<Click> {
+    let f = frontier.saturating_sub(1);
+    let needed_from = cfg
+        .invalid
+        .open_from(f, cfg.allowed_lateness_ms)
+        .min(reach_from(cfg, frontier));
+    dedup
+        .recent_counted()
+        .filter(|c| c.event_time >= needed_from)
+        .collect()
 }
 
 /// `data` as a stream at time `at`.
@@ -142,20 +197,33 @@ fn at_time<'s, D: Clone + 'static>(
     at: u64,
     data: Vec<D>,
 ) -> Stream<'s, u64, Vec<D>> {
+    later_at_time(scope, at, Pending::ready(data))
+}
+
+/// `data` as a stream at time `at`, once it is built: the stream's frontier stays at `at`
+/// until then.
+fn later_at_time<'s, D: Clone + 'static>(
+    scope: timely::dataflow::Scope<'s, u64>,
+    at: u64,
+    data: Pending<Vec<D>>,
+) -> Stream<'s, u64, Vec<D>> {
     use timely::container::CapacityContainerBuilder;
-    let mut data = Some(data);
     timely::dataflow::operators::generic::operator::source::<
         _,
         CapacityContainerBuilder<Vec<D>>,
         _,
         _,
-    >(scope, "Restored", move |mut cap, _info| {
+    >(scope, "Restored", move |mut cap, info| {
+        let wake = scope.worker().sync_activator_for(info.address.to_vec());
         cap.downgrade(&at);
         let mut cap = Some(cap);
         move |output| {
-            // Handed on whole: a restore's clicks are millions, each copied otherwise.
-            if let (Some(c), Some(mut d)) = (cap.take(), data.take()) {
-                output.session(&c).give_container(&mut d);
+            if let Some(c) = &cap
+                && let Some(mut d) = data.take(&wake)
+            {
+                // Handed on whole: a restore's clicks are millions, each copied otherwise.
+                output.session(c).give_container(&mut d);
+                cap = None;
             }
         }
     })
@@ -166,11 +234,7 @@ pub fn aggregate<'s>(
     events: Stream<'s, u64, Vec<SourceEvent>>,
     cfg: &AggregateConfig,
 ) -> Aggregates<'s> {
-    let resume = Resume {
-        dedup: dedup::DedupState::new(cfg.dedup()),
-        rows: None,
-        checkpoints: None,
-    };
+    let resume = Resume::now(cfg, dedup::DedupState::new(cfg.dedup()), None, None);
     resumed_aggregate(events, cfg, resume)
 }
 
@@ -225,28 +289,17 @@ pub fn resumed_aggregate<'s>(
     // reaches F, which the restored sources' capabilities already allow, queries reading at
     // F − 1 see the whole restored state without waiting for new input.
     let restored = resume.rows.unwrap_or_default();
-    let f = restored.frontier.saturating_sub(1);
+    let at = restored.frontier;
+    let f = at.saturating_sub(1);
     // The invalid-traffic rules' state is a function of the recent counted clicks, which the
-    // restored dedup state holds: they go back in at F − 1 too. Reach rebuilds the minutes
-    // not final at the checkpoint from them, with the verdicts the rules' restore gave them (a
-    // verdict is a function of the clicks of its window, all of which the dedup keeps for
-    // windows still open). The older minutes' users are in the restored sketches; without
-    // reach, no restored click is wanted.
-    let (reach_on, lateness) = (cfg.reach.enabled, cfg.allowed_lateness_ms);
-    let reach_from = if reach_on {
-        time::open_from(MINUTE_MS, f, lateness)
-    } else {
-        u64::MAX
-    };
+    // restored dedup state holds: they go back in as the state of F − 1, but at F, where they
+    // and the dedup state may come later (built off the worker threads) without holding back
+    // the restored rows. Reach rebuilds the minutes not final at the checkpoint from them,
+    // with the verdicts the rules' restore gave them (a verdict is a function of the clicks of
+    // its window, all of which the dedup keeps for windows still open). The older minutes'
+    // users are in the restored sketches; without reach, no restored click is wanted.
+    let reach_from = reach_from(cfg, at);
     let open = move |c: &Click| c.event_time >= reach_from;
-    // Of the recent clicks, those before every rule's open windows and reach's would only be
-    // dropped by the restore (about half of the longest window, on average): they stay out.
-    let needed_from = cfg.invalid.open_from(f, lateness).min(reach_from);
-    let recent: Vec<_> = resume
-        .dedup
-        .recent_counted()
-        .filter(|c| c.event_time >= needed_from)
-        .collect();
     let deduped = dedup::checkpointed_dedup(on_time, resume.dedup, resume.checkpoints);
     let counted = deduped.clone().flat_map(|d| match d {
         Deduped::Counted(c) => Some(c),
@@ -258,13 +311,15 @@ pub fn resumed_aggregate<'s>(
     });
     let (judged_clicks, restored_judged) = flood::judged_clicks(
         counted,
-        at_time(scope, f, recent),
+        later_at_time(scope, at, resume.recent),
         &cfg.invalid,
         cfg.allowed_lateness_ms,
         open,
     );
     let judged = flood::rows_of(judged_clicks.clone());
     let reach = if cfg.reach.enabled {
+        // Stamped F − 1, the time they stand for (they come at F): reach leaves out those of
+        // minutes final before it, whose users the restored sketches hold.
         let open = restored_judged.map(move |c| (c, f, 1));
         reach::reach(
             judged_clicks.concat(open),

@@ -5,7 +5,8 @@
 //! dedup's replacements change) and too-fast clicks.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use std::sync::{Arc, Mutex};
 
 use adclick_dataflows::click::{Click, Labels, Measures, RawClick, Row, Sym, Traits};
@@ -25,7 +26,8 @@ use adclick_dataflows::time::{HOUR_MS, MINUTE_MS, window_start};
 use adclick_dataflows::topn::{RankKey, Ranking, all_countries};
 use adclick_dataflows::watermark::TimeConfig;
 use adclick_dataflows::{AggregateConfig, Traces, aggregate};
-use adclick_dataflows::{RestoredRows, Resume, resumed_aggregate};
+use adclick_dataflows::pending::Pending;
+use adclick_dataflows::{RestoredRows, Resume, restored_clicks, resumed_aggregate};
 use differential_dataflow::trace::cursor::{Cursor, cursor_list};
 use timely::dataflow::operators::Input;
 use timely::dataflow::operators::Inspect;
@@ -651,14 +653,11 @@ fn checkpoint(workers: usize, parts: Vec<Vec<Item>>, f: u64) -> Vec<Part> {
                 parts[index].judged = state.judged().collect();
             });
             let acfg = aggregate_config();
-            let resume = Resume {
-                dedup: DedupState::new(dedup_config()),
-                rows: None,
-                checkpoints: Some(DedupCheckpoints {
-                    requests: requests.broadcast(),
-                    save,
-                }),
+            let checkpoints = DedupCheckpoints {
+                requests: requests.broadcast(),
+                save,
             };
+            let resume = Resume::now(&acfg, DedupState::new(dedup_config()), None, Some(checkpoints));
             let a = resumed_aggregate(events, &acfg, resume);
             let traces = Traces::arrange(&a);
             let c2 = counts_in.clone();
@@ -721,6 +720,17 @@ fn dedup_config() -> DedupConfig {
 /// Goes on from a checkpoint's `saved` parts: the minute and hour rows and the tallies at
 /// the end, checkpointed state included.
 fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
+    resume_built_after(parts, saved, None).0
+}
+
+/// [`resume`], with each worker's dedup state built on a thread of its own `delay` after the
+/// start, as a restart builds it; and whether every worker's restored minute rows were
+/// readable (the frontier at the checkpoint's) before its state was built.
+fn resume_built_after(
+    parts: Vec<Vec<Item>>,
+    saved: Vec<Part>,
+    delay: Option<Duration>,
+) -> (Results, bool) {
     let workers = saved.len();
     let shared = Arc::new(Mutex::new((Vec::new(), Vec::new(), 0, 0)));
     let out = shared.clone();
@@ -729,6 +739,8 @@ fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
     let before: (usize, usize) = saved
         .iter()
         .fold((0, 0), |a, p| (a.0 + p.late, a.1 + p.rejected));
+    let served_first = Arc::new(Mutex::new(Vec::new()));
+    let served = served_first.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let mine = mine(&parts, index, peers);
@@ -745,26 +757,52 @@ fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
             }
         }
         let out = out.clone();
-        worker.dataflow::<u64, _, _>(move |scope| {
+        let frontier = part.rows.frontier;
+        let built = Arc::new(AtomicBool::new(delay.is_none()));
+        let resume = |checkpoints| match delay {
+            None => Resume::now(&aggregate_config(), dedup, Some(part.rows), checkpoints),
+            Some(delay) => {
+                let (state, fill_state) = Pending::later();
+                let (recent, fill_recent) = Pending::later();
+                let built = built.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let clicks = restored_clicks(&aggregate_config(), frontier, &dedup);
+                    built.store(true, Ordering::SeqCst);
+                    fill_recent.fill(clicks);
+                    fill_state.fill(dedup);
+                });
+                Resume {
+                    dedup: state,
+                    recent,
+                    rows: Some(part.rows),
+                    checkpoints,
+                }
+            }
+        };
+        let probe = worker.dataflow::<u64, _, _>(move |scope| {
             let events = memory_source(scope, mine, None, Some(part.source), None);
-            let resume = Resume {
-                dedup,
-                rows: Some(part.rows),
-                checkpoints: None,
-            };
-            let a = resumed_aggregate(events, &aggregate_config(), resume);
+            let a = resumed_aggregate(events, &aggregate_config(), resume(None));
             let (o1, o2, o3, o4) = (out.clone(), out.clone(), out.clone(), out);
-            a.minute
-                .inspect(move |u| o1.lock().unwrap().0.push(u.clone()));
+            let (probe, minute) = a.minute.probe();
+            minute.inspect(move |u| o1.lock().unwrap().0.push(u.clone()));
             a.hour
                 .inspect(move |u| o2.lock().unwrap().1.push(u.clone()));
             a.late.inspect(move |_| o3.lock().unwrap().2 += 1);
             a.rejected.inspect(move |_| o4.lock().unwrap().3 += 1);
+            probe
         });
-        while worker.step_or_park(None) {}
+        let mut readable_unbuilt = false;
+        while worker.step_or_park(None) {
+            if !probe.less_than(&frontier) && !built.load(Ordering::SeqCst) {
+                readable_unbuilt = true;
+            }
+        }
+        served.lock().unwrap().push(readable_unbuilt);
     })
     .unwrap()
     .join();
+    let served_first = served_first.lock().unwrap().iter().all(|s| *s);
     let (minute_u, hour_u, late, rejected) = std::mem::take(&mut *shared.lock().unwrap());
     let mut r = Results {
         late: before.0 + late,
@@ -776,7 +814,7 @@ fn resume(parts: Vec<Vec<Item>>, saved: Vec<Part>) -> Results {
     let retention = aggregate_config().retention;
     r.minute = fold(minute_u, MINUTE_MS + retention.minute_ms);
     r.hour = fold(hour_u, HOUR_MS + retention.hour_ms);
-    r
+    (r, served_first)
 }
 
 /// The stream crosses an hour (10 minutes of it, the hour at +4 min), and the checkpoints
@@ -854,6 +892,27 @@ fn resumed_from_a_checkpoint_equals_the_oracle() {
             assert_rows(&got.minute, &expected.minute, &format!("minute, {what}"));
             assert_rows(&got.hour, &expected.hour, &format!("hour, {what}"));
         }
+    }
+}
+
+/// A restart serves the restored rows before its dedup state is built (off the worker
+/// threads), and the clicks after the checkpoint wait for that state: the result is the
+/// oracle's all the same.
+#[test]
+fn restored_rows_are_served_while_the_dedup_state_is_built() {
+    let parts = traffic();
+    let expected = oracle(&parts);
+    let f = START + 150_000;
+    for workers in [1, 2] {
+        let saved = checkpoint(workers, parts.clone(), f);
+        let (got, served_first) =
+            resume_built_after(parts.clone(), saved, Some(Duration::from_millis(400)));
+        let what = format!("state built 400 ms late, {workers} workers");
+        assert!(served_first, "the restored rows were readable first, {what}");
+        assert_eq!(got.late, expected.late, "late, {what}");
+        assert_eq!(got.rejected, expected.rejected, "rejected, {what}");
+        assert_rows(&got.minute, &expected.minute, &format!("minute, {what}"));
+        assert_rows(&got.hour, &expected.hour, &format!("hour, {what}"));
     }
 }
 

@@ -44,7 +44,8 @@ pub struct Cluster {
     asks: Mutex<Option<Receiver<Ask>>>,
     /// Checkpoints are for Kafka, whose offsets can be sought; a job over files starts over.
     pub checkpoints: Option<CheckpointConfig>,
-    pub restored: Option<Restored>,
+    /// Shared with the threads that build each worker's dedup state from it.
+    pub restored: Option<Arc<Restored>>,
     /// This run's id, carried by its records in the click-aggregates topic.
     pub run: String,
     /// The fencing epoch this run claimed (process 0), else 0.
@@ -95,7 +96,8 @@ impl Cluster {
         )
         .map_err(|e| Fenced(format!("{e:#}")))?;
         let restored = match &checkpoints {
-            Some(c) => checkpoint::restore(c, cfg.process == 0)?.map(|r| r.shared_by(cfg.workers)),
+            Some(c) => checkpoint::restore(c, cfg.process == 0)?
+                .map(|r| Arc::new(r.shared_by(cfg.workers))),
             None => None,
         };
         let epoch = match (&checkpoints, cfg.process) {
@@ -103,7 +105,7 @@ impl Cluster {
             _ => 0,
         };
         let run = uuid::Uuid::now_v7().to_string();
-        let aggregates = aggregates_sink(&cfg, &input, &run, restored.as_ref())?;
+        let aggregates = aggregates_sink(&cfg, &input, &run, restored.as_deref())?;
         if let Some(dir) = &cfg.parquet_dir
             && cfg.process == 0
         {

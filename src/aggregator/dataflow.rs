@@ -9,6 +9,7 @@ use std::time::Instant;
 use adclick_dataflows::anomaly;
 use adclick_dataflows::dedup::{DedupCheckpoints, DedupState};
 use adclick_dataflows::names::Dictionary;
+use adclick_dataflows::pending::Pending;
 use adclick_dataflows::report::{Pace, resumed_reports};
 use adclick_dataflows::source::{Flow, SourceEvent, SourceOptions, checkpointed_source};
 use adclick_dataflows::time::{DAY_MS, HOUR_MS, MINUTE_MS};
@@ -175,8 +176,10 @@ impl Builder<'_> {
         Some(checkpointer)
     }
 
-    /// Where the aggregation starts: the restored dedup state and rows, if any, and the
-    /// checkpoint requests its dedup answers.
+    /// Where the aggregation starts: the restored rows and dedup state, if any, and the
+    /// checkpoint requests its dedup answers. The rows are served at once; the dedup state
+    /// (the most of a checkpoint) is built on a thread of its own meanwhile, and the clicks
+    /// after the checkpoint wait for it in the dataflow.
     fn resume<'s>(
         &self,
         scope: Scope<'s, u64>,
@@ -185,35 +188,47 @@ impl Builder<'_> {
         let (index, peers) = (self.index, self.peers);
         let restored = self.cluster.restored.as_ref();
         let acfg = self.cluster.cfg.aggregate();
-        let (dedup, rows) = restored.map_or_else(
-            || (DedupState::new(acfg.dedup()), None),
-            |r| {
-                let started = Instant::now();
-                let (dedup, rows) = r.take_share(index, peers, acfg.dedup());
+        let checkpoints = checkpointer.map(|c| {
+            let (input, requests) = scope.new_input::<Vec<u64>>();
+            // Worker 0 asks; the other workers' inputs close here.
+            if index == 0 {
+                c.take_requests(input, restored.map(|r| r.frontier));
+            }
+            DedupCheckpoints {
+                requests: requests.broadcast(),
+                save: c.save_dedup(),
+            }
+        });
+        let Some(r) = restored else {
+            return Resume::now(&acfg, DedupState::new(acfg.dedup()), None, checkpoints);
+        };
+        let rows = r.take_rows(index, peers);
+        let (dedup, fill_dedup) = Pending::later();
+        let (recent, fill_recent) = Pending::later();
+        let (r, started) = (r.clone(), self.cluster.started);
+        std::thread::Builder::new()
+            .name(format!("restore-dedup-{index}"))
+            .spawn(move || {
+                let building = Instant::now();
+                let state = r.take_dedup(index, peers, acfg.dedup());
+                let clicks = adclick_dataflows::restored_clicks(&acfg, r.frontier, &state);
                 tracing::info!(
                     worker = index,
-                    winners = dedup.len(),
+                    winners = state.len(),
+                    recent = clicks.len(),
+                    build_ms = building.elapsed().as_millis() as u64,
                     ms = started.elapsed().as_millis() as u64,
                     "dedup state restored"
                 );
-                (dedup, Some(rows))
-            },
-        );
-        let restored_at = restored.map(|r| r.frontier);
+                fill_recent.fill(clicks);
+                fill_dedup.fill(state);
+            })
+            .expect("spawning a restore thread");
         Resume {
             dedup,
-            rows,
-            checkpoints: checkpointer.map(|c| {
-                let (input, requests) = scope.new_input::<Vec<u64>>();
-                // Worker 0 asks; the other workers' inputs close here.
-                if index == 0 {
-                    c.take_requests(input, restored_at);
-                }
-                DedupCheckpoints {
-                    requests: requests.broadcast(),
-                    save: c.save_dedup(),
-                }
-            }),
+            recent,
+            rows: Some(rows),
+            checkpoints,
         }
     }
 

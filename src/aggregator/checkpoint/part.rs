@@ -193,7 +193,7 @@ pub struct Restored {
     pub run: String,
     /// Their winners and rows only until every worker of this process has taken its share.
     parts: RwLock<Vec<WorkerPart>>,
-    /// This process's workers yet to take their share ([`Restored::take_share`]).
+    /// This process's workers yet to take their dedup state ([`Restored::take_dedup`]).
     takers: AtomicUsize,
 }
 
@@ -207,8 +207,8 @@ impl Restored {
         }
     }
 
-    /// Restored for the `workers` of this process: once each has taken its share, the
-    /// checkpoint's winners and rows are dropped.
+    /// Restored for the `workers` of this process: once each has taken its dedup state, the
+    /// checkpoint's winners are dropped.
     pub fn shared_by(self, workers: usize) -> Self {
         self.takers.store(workers, Ordering::Relaxed);
         self
@@ -218,28 +218,39 @@ impl Restored {
         self.parts.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// What worker `worker` of `peers` starts from: its dedup state and its rows. Each worker
-    /// of the process takes its share once: its rows move out of the parts, and the last one
-    /// ([`Restored::shared_by`]) drops every part's winners, which would otherwise stay
-    /// resident for the life of the process beside the state built from them (with the rows,
-    /// about 1.3 GB after a restore at 20 M clicks, docs/benchmarks.md).
-    pub fn take_share(
-        &self,
-        worker: usize,
-        peers: usize,
-        cfg: DedupConfig,
-    ) -> (DedupState, RestoredRows) {
-        let share = (
-            self.dedup_for(worker, peers, cfg),
-            self.take_rows(worker, peers),
-        );
+    /// The rows (and texts) worker `worker` of `peers` starts from, taken out of the parts:
+    /// each part's rows start exactly one worker (the dataflow exchanges them from there), so
+    /// they are moved, not copied.
+    pub fn take_rows(&self, worker: usize, peers: usize) -> RestoredRows {
+        let mut rows = RestoredRows {
+            frontier: self.frontier,
+            ..RestoredRows::default()
+        };
+        let mut parts = self.parts.write().unwrap_or_else(|e| e.into_inner());
+        for part in parts.iter_mut().filter(|p| p.worker % peers == worker) {
+            let taken = std::mem::take(&mut part.rows);
+            rows.minute.extend(taken.minute);
+            rows.hour.extend(taken.hour);
+            rows.day.extend(taken.day);
+            rows.names.extend(taken.names);
+            rows.reach.extend(taken.reach);
+        }
+        rows
+    }
+
+    /// Worker `worker` of `peers`'s dedup state, which each worker of the process takes once:
+    /// the last one ([`Restored::shared_by`]) drops every part's winners, which would
+    /// otherwise stay resident for the life of the process beside the state built from them
+    /// (with the rows, about 1.3 GB after a restore at 20 M clicks, docs/benchmarks.md).
+    pub fn take_dedup(&self, worker: usize, peers: usize, cfg: DedupConfig) -> DedupState {
+        let state = self.dedup_for(worker, peers, cfg);
         if self.takers.fetch_sub(1, Ordering::AcqRel) == 1 {
             let mut parts = self.parts.write().unwrap_or_else(|e| e.into_inner());
             for p in parts.iter_mut() {
                 p.winners = Winners::default();
             }
         }
-        share
+        state
     }
 
     /// Where every partition resumes.
@@ -316,26 +327,6 @@ impl Restored {
             }
         }
         state
-    }
-
-    /// Rows (and texts) to start worker `worker` of `peers` with, taken out of the parts:
-    /// each part's rows start exactly one worker (the dataflow exchanges them from there), so
-    /// they are moved, not copied.
-    fn take_rows(&self, worker: usize, peers: usize) -> RestoredRows {
-        let mut rows = RestoredRows {
-            frontier: self.frontier,
-            ..RestoredRows::default()
-        };
-        let mut parts = self.parts.write().unwrap_or_else(|e| e.into_inner());
-        for part in parts.iter_mut().filter(|p| p.worker % peers == worker) {
-            let taken = std::mem::take(&mut part.rows);
-            rows.minute.extend(taken.minute);
-            rows.hour.extend(taken.hour);
-            rows.day.extend(taken.day);
-            rows.names.extend(taken.names);
-            rows.reach.extend(taken.reach);
-        }
-        rows
     }
 
     /// The report writer's state (worker 0's).
@@ -442,7 +433,7 @@ mod tests {
         let mut rows = Vec::new();
         for w in 0..3 {
             assert_eq!(r.parts()[0].winners.len(), 10, "kept until the last share");
-            let (dedup, share) = r.take_share(w, 3, cfg);
+            let (dedup, share) = (r.take_dedup(w, 3, cfg), r.take_rows(w, 3));
             seen.extend(dedup.winners().map(|w| w.0));
             rows.extend(share.minute);
         }
