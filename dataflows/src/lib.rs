@@ -165,7 +165,11 @@ impl<'s> Resume<'s> {
 /// (`u64::MAX` with reach off: none).
 fn reach_from(cfg: &AggregateConfig, frontier: u64) -> u64 {
     if cfg.reach.enabled {
-        time::open_from(MINUTE_MS, frontier.saturating_sub(1), cfg.allowed_lateness_ms)
+        time::open_from(
+            MINUTE_MS,
+            frontier.saturating_sub(1),
+            cfg.allowed_lateness_ms,
+        )
     } else {
         u64::MAX
     }

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use adclick_dataflows::click::{Click, Labels, Measures, RawClick, Row, Sym, Traits};
 use adclick_dataflows::dedup::Judged;
@@ -18,6 +18,7 @@ use std::rc::Rc;
 use adclick_dataflows::click::Dims;
 use adclick_dataflows::dedup::{DedupCheckpoints, DedupConfig, DedupState, SaveDedup};
 use adclick_dataflows::names::Name;
+use adclick_dataflows::pending::Pending;
 use adclick_dataflows::source::{
     Cuts, Flow, PartitionReader, Polled, Record, Rejected, SourceEvent, SourceOptions,
     SourceSnapshot, checkpointed_source,
@@ -26,7 +27,6 @@ use adclick_dataflows::time::{HOUR_MS, MINUTE_MS, window_start};
 use adclick_dataflows::topn::{RankKey, Ranking, all_countries};
 use adclick_dataflows::watermark::TimeConfig;
 use adclick_dataflows::{AggregateConfig, Traces, aggregate};
-use adclick_dataflows::pending::Pending;
 use adclick_dataflows::{RestoredRows, Resume, restored_clicks, resumed_aggregate};
 use differential_dataflow::trace::cursor::{Cursor, cursor_list};
 use timely::dataflow::operators::Input;
@@ -657,7 +657,12 @@ fn checkpoint(workers: usize, parts: Vec<Vec<Item>>, f: u64) -> Vec<Part> {
                 requests: requests.broadcast(),
                 save,
             };
-            let resume = Resume::now(&acfg, DedupState::new(dedup_config()), None, Some(checkpoints));
+            let resume = Resume::now(
+                &acfg,
+                DedupState::new(dedup_config()),
+                None,
+                Some(checkpoints),
+            );
             let a = resumed_aggregate(events, &acfg, resume);
             let traces = Traces::arrange(&a);
             let c2 = counts_in.clone();
@@ -908,7 +913,10 @@ fn restored_rows_are_served_while_the_dedup_state_is_built() {
         let (got, served_first) =
             resume_built_after(parts.clone(), saved, Some(Duration::from_millis(400)));
         let what = format!("state built 400 ms late, {workers} workers");
-        assert!(served_first, "the restored rows were readable first, {what}");
+        assert!(
+            served_first,
+            "the restored rows were readable first, {what}"
+        );
         assert_eq!(got.late, expected.late, "late, {what}");
         assert_eq!(got.rejected, expected.rejected, "rejected, {what}");
         assert_rows(&got.minute, &expected.minute, &format!("minute, {what}"));

@@ -28,6 +28,9 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use adclick_dataflows::RestoredRows;
 use adclick_dataflows::click::{Measures, Row};
@@ -51,6 +54,68 @@ impl Part {
             Part::Full(p) => p.worker,
             Part::Link(l) => l.part.worker,
         }
+    }
+
+    /// The worker's part, whole or (in a link) of what changed.
+    pub fn worker_part_mut(&mut self) -> &mut WorkerPart {
+        match self {
+            Part::Full(w) => w,
+            Part::Link(l) => &mut l.part,
+        }
+    }
+}
+
+/// A part's winners as read: decoded with the part (formats before 6), or still encoded in
+/// the part's mapped file, whose trailer has been checked.
+pub enum LazyWinners {
+    Decoded(Winners),
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        range: Range<usize>,
+        path: PathBuf,
+    },
+}
+
+impl LazyWinners {
+    pub fn decode(self) -> Result<Winners, Corrupt> {
+        match self {
+            LazyWinners::Decoded(w) => Ok(w),
+            LazyWinners::Mapped { map, range, path } => postcard::from_bytes(&map[range])
+                .map_err(|e| Corrupt(format!("{}: decoding its winners: {e}", path.display()))),
+        }
+    }
+}
+
+/// One worker's winners through its chain, as [`fold`] folds them, still encoded: those of
+/// the newest full part and of each link after it, and the newest link's traits cut.
+#[derive(Default)]
+pub struct ChainWinners {
+    parts: Vec<LazyWinners>,
+    judged_from: Option<u64>,
+}
+
+impl ChainWinners {
+    /// Adds `part`'s winners, read after those before it: a full part starts afresh.
+    pub fn push(&mut self, part: &Part, winners: LazyWinners) {
+        match part {
+            Part::Full(_) => {
+                self.parts.clear();
+                self.judged_from = None;
+            }
+            Part::Link(l) => self.judged_from = Some(l.judged_from),
+        }
+        self.parts.push(winners);
+    }
+
+    /// The winners at the chain's newest checkpoint.
+    pub fn decode(self) -> Result<Winners, Corrupt> {
+        let mut parts = self.parts.into_iter().map(LazyWinners::decode);
+        let base = parts.next().transpose()?.unwrap_or_default();
+        let links = parts.collect::<Result<Vec<_>, _>>()?;
+        Ok(match self.judged_from {
+            Some(judged_from) if !links.is_empty() => Winners::fold(base, links, judged_from),
+            _ => base,
+        })
     }
 }
 
@@ -303,13 +368,6 @@ fn fold_windows<K: Hash + Eq + Copy, T>(
     by_window.into_values().flatten().collect()
 }
 
-fn rows_of(p: &mut Part) -> &mut WorkerPart {
-    match p {
-        Part::Full(w) => w,
-        Part::Link(l) => &mut l.part,
-    }
-}
-
 /// Appends `part` to a worker's chain as it is read (oldest first). A link's growths are
 /// applied to the sketches they grow, found in the parts before it, and become whole
 /// sketches of the link ([`Corrupt`] when a sketch to grow is missing, ambiguous or of
@@ -326,7 +384,7 @@ pub fn push_part(chain: &mut Vec<Part>, mut part: Part) -> Result<(), Corrupt> {
     match &part {
         Part::Full(_) => {
             for p in chain.iter_mut() {
-                let w = rows_of(p);
+                let w = p.worker_part_mut();
                 w.rows = RestoredRows::default();
                 w.winners = Winners::default();
             }
@@ -351,7 +409,7 @@ pub fn push_part(chain: &mut Vec<Part>, mut part: Part) -> Result<(), Corrupt> {
                 .chain(e.reach.iter().copied())
                 .collect();
             for p in chain.iter_mut() {
-                let rows = &mut rows_of(p).rows;
+                let rows = &mut p.worker_part_mut().rows;
                 rows.minute.retain(|r| !minute.contains(&r.0.0));
                 rows.hour.retain(|r| !hour.contains(&r.0.0));
                 rows.day.retain(|r| !day.contains(&r.0.0));
@@ -379,7 +437,7 @@ fn grow_sketches(chain: &mut [Part], link: &mut LinkPart) -> Result<(), Corrupt>
     }
     let mut found: Vec<(Group, UserSketch)> = Vec::with_capacity(grown.len());
     for p in chain.iter_mut() {
-        let reach = &mut rows_of(p).rows.reach;
+        let reach = &mut p.worker_part_mut().rows.reach;
         if !reach.iter().any(|(g, _)| grown.contains_key(g)) {
             continue;
         }

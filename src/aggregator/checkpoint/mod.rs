@@ -70,10 +70,10 @@ pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Res
             if let (Some(took), Some(now)) = (&manifest.settings, &cfg.settings) {
                 took.check_restorable(now, manifest.frontier, &cfg.dir)?;
             }
-            let parts = store.read_chain(&manifest)?;
+            let parts = store.read_chain_lazily(&manifest)?;
             Ok((manifest, parts))
         });
-        let (manifest, parts) = match loaded {
+        let (manifest, (parts, winners)) = match loaded {
             Ok(loaded) => loaded,
             Err(e) if e.downcast_ref::<Corrupt>().is_some() => {
                 tracing::error!(
@@ -99,7 +99,8 @@ pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Res
             skipped = skipped.len(),
             "restoring checkpoint"
         );
-        return Ok(Some(Restored::new(manifest.frontier, manifest.run, parts)));
+        let restored = Restored::lazy(manifest.frontier, manifest.run, parts, winners);
+        return Ok(Some(restored));
     }
     anyhow::ensure!(
         skipped.is_empty(),
@@ -401,7 +402,14 @@ impl Checkpointer {
 
     /// Writes the part on a thread of its own; worker 0's thread then waits for every other
     /// part and commits the checkpoint.
-    fn write(&self, f: u64, part: Part, chain: Vec<u64>, raw: Vec<Archived>, asked_at: Instant) {
+    fn write(
+        &self,
+        f: u64,
+        mut part: Part,
+        chain: Vec<u64>,
+        raw: Vec<Archived>,
+        asked_at: Instant,
+    ) {
         let store = self.store.clone();
         let peers = self.peers;
         let keep = self.cfg.keep;
@@ -414,7 +422,7 @@ impl Checkpointer {
             if let Some(dir) = &publish.parquet {
                 archive(dir, f, worker, raw)?;
             }
-            store.write_part(f, &part)?;
+            store.write_part(f, &mut part)?;
             drop(part);
             if !commit {
                 return Ok(());

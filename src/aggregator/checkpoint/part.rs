@@ -8,8 +8,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use adclick_dataflows::RestoredRows;
 use adclick_dataflows::click::Dims;
@@ -19,6 +19,7 @@ use adclick_dataflows::time::MINUTE_MS;
 use adclick_dataflows::watermark::ClockState;
 use serde::{Deserialize, Serialize};
 
+use super::chain::{ChainWinners, LazyWinners, Part};
 pub use crate::aggregator::sink::output::WriterState;
 
 /// `W`: how the winners are encoded; [`LegacyWinners`] for parts of formats 3 and 4.
@@ -191,20 +192,79 @@ pub struct Restored {
     pub frontier: u64,
     /// The run that took it.
     pub run: String,
-    /// Their winners and rows only until every worker of this process has taken its share.
+    /// Every worker's part without its winners; the rows only until each worker of this
+    /// process has taken its own.
     parts: RwLock<Vec<WorkerPart>>,
+    /// Each old worker's winners, still encoded until the first dedup state is built.
+    encoded: Mutex<Vec<ChainWinners>>,
+    /// Each old worker's winners, decoded once for every worker of this process, and dropped
+    /// when the last has taken its dedup state.
+    winners: Mutex<Option<Arc<Vec<Winners>>>>,
     /// This process's workers yet to take their dedup state ([`Restored::take_dedup`]).
     takers: AtomicUsize,
 }
 
 impl Restored {
-    pub fn new(frontier: u64, run: String, parts: Vec<WorkerPart>) -> Self {
+    /// A checkpoint whose `parts` hold their winners decoded.
+    pub fn new(frontier: u64, run: String, mut parts: Vec<WorkerPart>) -> Self {
+        let winners = parts
+            .iter_mut()
+            .map(|p| {
+                let mut chain = ChainWinners::default();
+                let decoded = LazyWinners::Decoded(std::mem::take(&mut p.winners));
+                chain.push(&Part::Full(WorkerPart::empty(p.worker, p.peers)), decoded);
+                chain
+            })
+            .collect();
+        Self::lazy(frontier, run, parts, winners)
+    }
+
+    /// A checkpoint whose winners (`winners`, by old worker) are decoded when the first
+    /// dedup state is built ([`Restored::take_dedup`]), after the rows are served.
+    pub fn lazy(
+        frontier: u64,
+        run: String,
+        parts: Vec<WorkerPart>,
+        winners: Vec<ChainWinners>,
+    ) -> Self {
         Self {
             frontier,
             run,
             parts: RwLock::new(parts),
+            encoded: Mutex::new(winners),
+            winners: Mutex::new(None),
             takers: AtomicUsize::new(usize::MAX),
         }
+    }
+
+    /// Every old worker's winners: decoded by the first caller, each chain on a thread of its
+    /// own, while the others wait. Their trailers were checked when they were read, so a
+    /// winners part that does not decode is a bug of the build that wrote it, not damage.
+    ///
+    /// # Panics
+    /// On such a part.
+    fn winners(&self) -> Arc<Vec<Winners>> {
+        let mut winners = self.winners.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = winners.as_ref() {
+            return w.clone();
+        }
+        let encoded = std::mem::take(&mut *self.encoded.lock().unwrap_or_else(|e| e.into_inner()));
+        let decoded = std::thread::scope(|scope| {
+            let threads: Vec<_> = encoded
+                .into_iter()
+                .map(|c| scope.spawn(move || c.decode()))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| match t.join().expect("a winners decoder panicked") {
+                    Ok(w) => w,
+                    Err(e) => panic!("restoring the checkpoint at {}: {e:#}", self.frontier),
+                })
+                .collect::<Vec<_>>()
+        });
+        let decoded = Arc::new(decoded);
+        *winners = Some(decoded.clone());
+        decoded
     }
 
     /// Restored for the `workers` of this process: once each has taken its dedup state, the
@@ -245,10 +305,7 @@ impl Restored {
     pub fn take_dedup(&self, worker: usize, peers: usize, cfg: DedupConfig) -> DedupState {
         let state = self.dedup_for(worker, peers, cfg);
         if self.takers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let mut parts = self.parts.write().unwrap_or_else(|e| e.into_inner());
-            for p in parts.iter_mut() {
-                p.winners = Winners::default();
-            }
+            *self.winners.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         state
     }
@@ -306,21 +363,20 @@ impl Restored {
 
     /// The winners worker `worker` of `peers` decides for.
     pub fn dedup_for(&self, worker: usize, peers: usize, cfg: DedupConfig) -> DedupState {
-        let parts = self.parts();
-        let total: usize = parts.iter().map(|p| p.winners.len()).sum();
+        let all = self.winners();
+        let total: usize = all.iter().map(|w| w.len()).sum();
         // Impressions spread evenly over workers; a little room spares a late rehash.
         let mut state = DedupState::with_capacity(cfg, total / peers + total / peers / 16);
-        for part in parts.iter() {
-            let mine = part
-                .winners
+        for winners in all.iter() {
+            let mine = winners
                 .entries
                 .iter()
                 .filter(|(imp, ..)| DedupState::owner(*imp, peers) == worker)
                 .copied();
-            state.restore_winners(&part.winners.dims, mine);
+            state.restore_winners(&winners.dims, mine);
         }
-        for part in parts.iter() {
-            for (imp, t, judged) in &part.winners.judged {
+        for winners in all.iter() {
+            for (imp, t, judged) in &winners.judged {
                 if DedupState::owner(*imp, peers) == worker {
                     state.restore_judged(*imp, *t, *judged);
                 }
@@ -431,11 +487,14 @@ mod tests {
         let r = Restored::new(0, String::new(), vec![p]).shared_by(3);
         let mut seen = Vec::new();
         let mut rows = Vec::new();
+        let decoded = |r: &Restored| r.winners.lock().unwrap().as_ref().map(|w| w[0].len());
+        assert_eq!(decoded(&r), None, "decoded only for the first dedup state");
         for w in 0..3 {
-            assert_eq!(r.parts()[0].winners.len(), 10, "kept until the last share");
             let (dedup, share) = (r.take_dedup(w, 3, cfg), r.take_rows(w, 3));
             seen.extend(dedup.winners().map(|w| w.0));
             rows.extend(share.minute);
+            let kept = (w < 2).then_some(10);
+            assert_eq!(decoded(&r), kept, "kept until the last share");
         }
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
@@ -444,7 +503,6 @@ mod tests {
             1,
             "worker 0 of 1 starts worker 0 of 3 with its rows"
         );
-        assert!(r.parts()[0].winners.is_empty());
         assert!(r.parts()[0].rows.minute.is_empty());
         assert_eq!(r.offsets(), BTreeMap::from([(0, 7)]));
     }

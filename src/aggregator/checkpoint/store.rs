@@ -3,7 +3,8 @@
 //! a crash at any moment leaves either a whole checkpoint or none.
 //!
 //! ```text
-//! DIR/ckpt-00000001763833260000/worker-0.bin   (postcard: a Part, full or link, then a trailer)
+//! DIR/ckpt-00000001763833260000/worker-0.bin   (postcard: a Part, full or link, without its
+//!                                               winners; its winners; then a trailer)
 //!                              /worker-1.bin
 //!                              /MANIFEST.json  (renamed into place once every part is)
 //! DIR/corrupt-ckpt-…/                          (set aside by a restore that could not read it)
@@ -25,11 +26,12 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::chain::{Part, PartV4, fold, kept, push_part};
+use super::chain::{ChainWinners, LazyWinners, Part, PartV4, fold, kept, push_part};
 use super::part::{LegacyWinners, WorkerPart};
 
 /// What a complete checkpoint holds, written once all its parts are in place.
@@ -196,9 +198,11 @@ impl StateSettings {
 /// and the recent winners' traits, format 3 the reach sketches (`RestoredRows::reach`),
 /// format 4 the links of incremental chains (a part is a `Part`: full, or a link), format 5
 /// the links' sketch growths (`LinkPart::grown`) and the winners' compact encoding
-/// (`wire.rs`). Format 3 parts are still read, as full parts, and format 4 ones as links
-/// without growths (both with their winners' old encoding, `LegacyWinners`).
-pub const PART_FORMAT: u32 = 5;
+/// (`wire.rs`), format 6 moved the winners after the rest of the part, so that a restore
+/// decodes the rows first and the winners later, off the path to serving (`Encoded`). Format 3
+/// parts are still read, as full parts, and format 4 ones as links without growths (both with
+/// their winners' old encoding, `LegacyWinners`), and format 5 ones with their winners inside.
+pub const PART_FORMAT: u32 = 6;
 
 fn first_format() -> u32 {
     1
@@ -231,8 +235,9 @@ impl Store {
     /// Writes one worker's part whole or not at all: into a temporary file, synced, then
     /// renamed. Returns its size. The part is encoded straight into the file: a full part is
     /// hundreds of MB, and encoding it into memory first (a vector grown by doubling) held
-    /// up to twice that beside the state.
-    pub fn write_part(&self, frontier: u64, part: &Part) -> anyhow::Result<u64> {
+    /// up to twice that beside the state. Its winners go last (format 6; the part is given
+    /// back as it was).
+    pub fn write_part(&self, frontier: u64, part: &mut Part) -> anyhow::Result<u64> {
         let dir = self.checkpoint_dir(frontier);
         std::fs::create_dir_all(&dir)?;
         let path = self.part_path(frontier, part.worker());
@@ -243,7 +248,11 @@ impl Store {
                 len: 0,
             };
             let buffered = std::io::BufWriter::with_capacity(1 << 20, checksummed);
-            let buffered = postcard::to_io(part, buffered).context("encoding a checkpoint part")?;
+            let winners = std::mem::take(&mut part.worker_part_mut().winners);
+            let encoded =
+                postcard::to_io(&*part, buffered).and_then(|b| postcard::to_io(&winners, b));
+            part.worker_part_mut().winners = winners;
+            let buffered = encoded.context("encoding a checkpoint part")?;
             let Checksummed { inner, crc, len } = buffered
                 .into_inner()
                 .map_err(|e| e.into_error())
@@ -396,8 +405,21 @@ impl Store {
     }
 
     /// Every part of `manifest`'s checkpoint, each read and decoded on a thread of its own (a
-    /// restart waits for all of them, and one part is about one worker's share of the state).
+    /// restart waits for all of them, and one part is about one worker's share of the state),
+    /// with its winners decoded.
     pub fn read_parts(&self, manifest: &Manifest) -> anyhow::Result<Vec<Part>> {
+        self.read_parts_lazily(manifest)?
+            .into_iter()
+            .map(|(mut part, winners)| {
+                part.worker_part_mut().winners = winners.decode()?;
+                Ok(part)
+            })
+            .collect()
+    }
+
+    /// [`Store::read_parts`], each part's winners still encoded where its format puts them
+    /// last: checked whole (the trailer), but decoded only when [`LazyWinners::decode`]d.
+    fn read_parts_lazily(&self, manifest: &Manifest) -> anyhow::Result<Vec<(Part, LazyWinners)>> {
         anyhow::ensure!(
             (3..=PART_FORMAT).contains(&manifest.format),
             "the checkpoint at frontier {} in {} has parts of format {}, and this build reads \
@@ -413,7 +435,7 @@ impl Store {
                     let path = self.part_path(manifest.frontier, w);
                     let checksummed = manifest.checksummed;
                     let format = manifest.format;
-                    scope.spawn(move || -> anyhow::Result<Part> {
+                    scope.spawn(move || -> anyhow::Result<(Part, LazyWinners)> {
                         let corrupt = |why: String| Corrupt(format!("{}: {why}", path.display()));
                         let file = match File::open(&path) {
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -436,22 +458,39 @@ impl Store {
                             &bytes
                         };
                         let decoding = |e: postcard::Error| corrupt(format!("decoding: {e}"));
-                        let part = match format {
-                            3 => Part::Full(
+                        let decoded = |mut part: Part| {
+                            let winners = std::mem::take(&mut part.worker_part_mut().winners);
+                            (part, LazyWinners::Decoded(winners))
+                        };
+                        let (part, winners) = match format {
+                            3 => decoded(Part::Full(
                                 postcard::from_bytes::<WorkerPart<LegacyWinners>>(payload)
                                     .map_err(decoding)?
                                     .into(),
+                            )),
+                            4 => decoded(
+                                postcard::from_bytes::<PartV4>(payload)
+                                    .map_err(decoding)?
+                                    .into(),
                             ),
-                            4 => postcard::from_bytes::<PartV4>(payload)
-                                .map_err(decoding)?
-                                .into(),
-                            _ => postcard::from_bytes(payload).map_err(decoding)?,
+                            5 => decoded(postcard::from_bytes(payload).map_err(decoding)?),
+                            _ => {
+                                let (part, rest) =
+                                    postcard::take_from_bytes::<Part>(payload).map_err(decoding)?;
+                                let range = payload.len() - rest.len()..payload.len();
+                                let winners = LazyWinners::Mapped {
+                                    map: Arc::new(bytes),
+                                    range,
+                                    path: path.clone(),
+                                };
+                                (part, winners)
+                            }
                         };
                         anyhow::ensure!(
                             part.worker() == w,
                             corrupt(format!("holds worker {}'s part", part.worker()))
                         );
-                        Ok(part)
+                        Ok((part, winners))
                     })
                 })
                 .collect();
@@ -466,9 +505,25 @@ impl Store {
     /// checkpoint it builds on. [`Corrupt`] when any of them is missing, incomplete, of
     /// another worker count, or not whole.
     pub fn read_chain(&self, manifest: &Manifest) -> anyhow::Result<Vec<WorkerPart>> {
+        let (mut parts, winners) = self.read_chain_lazily(manifest)?;
+        for (p, w) in parts.iter_mut().zip(winners) {
+            p.winners = w.decode()?;
+        }
+        Ok(parts)
+    }
+
+    /// [`Store::read_chain`], each worker's winners folded only when its [`ChainWinners`] is
+    /// decoded: a restore serves the rows meanwhile.
+    pub fn read_chain_lazily(
+        &self,
+        manifest: &Manifest,
+    ) -> anyhow::Result<(Vec<WorkerPart>, Vec<ChainWinners>)> {
         let mut frontiers = manifest.chain.clone();
         frontiers.push(manifest.frontier);
         let mut parts: Vec<Vec<Part>> = (0..manifest.workers).map(|_| Vec::new()).collect();
+        let mut winners: Vec<ChainWinners> = (0..manifest.workers)
+            .map(|_| ChainWinners::default())
+            .collect();
         for f in &frontiers {
             let m = if *f == manifest.frontier {
                 manifest.clone()
@@ -489,13 +544,14 @@ impl Store {
                 ))
                 .into());
             }
-            for (w, p) in self.read_parts(&m)?.into_iter().enumerate() {
+            for (w, (p, lazy)) in self.read_parts_lazily(&m)?.into_iter().enumerate() {
+                winners[w].push(&p, lazy);
                 push_part(&mut parts[w], p)?;
             }
         }
         // Each worker's chain folds on a thread of its own, as its parts were read.
         let frontiers = &frontiers;
-        std::thread::scope(|scope| {
+        let folded = std::thread::scope(|scope| {
             let folds: Vec<_> = parts
                 .into_iter()
                 .map(|p| scope.spawn(move || fold(p, frontiers)))
@@ -506,8 +562,9 @@ impl Store {
                     let folded = f.join().expect("a checkpoint fold panicked");
                     folded.map_err(anyhow::Error::from)
                 })
-                .collect()
-        })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        Ok((folded, winners))
     }
 }
 
@@ -578,11 +635,16 @@ mod tests {
                 )
             })
             .collect();
-        let part = Part::Full(p);
-        let size = store.write_part(7_000, &part).unwrap();
+        let mut part = Part::Full(p);
+        let size = store.write_part(7_000, &mut part).unwrap();
         let written = std::fs::read(store.part_path(7_000, 0)).unwrap();
         assert!(written.len() > 4 << 20, "{} bytes", written.len());
-        assert_eq!(written, with_trailer(postcard::to_stdvec(&part).unwrap()));
+        // The part without its winners, then its winners (format 6).
+        let mut head = part.clone();
+        let winners = std::mem::take(&mut head.worker_part_mut().winners);
+        let mut encoded = postcard::to_stdvec(&head).unwrap();
+        encoded.extend(postcard::to_stdvec(&winners).unwrap());
+        assert_eq!(written, with_trailer(encoded));
         assert_eq!(size, written.len() as u64);
         store.commit(&manifest(7_000), 2).unwrap();
         let m = store.latest().unwrap().unwrap();
@@ -595,12 +657,12 @@ mod tests {
         let store = Store::new(tmp.path()).unwrap();
         assert_eq!(store.latest().unwrap(), None);
         for f in [1_000, 2_000, 3_000] {
-            store.write_part(f, &part(f)).unwrap();
+            store.write_part(f, &mut part(f)).unwrap();
             assert!(store.parts_written(f, 1));
             store.commit(&manifest(f), 2).unwrap();
         }
         // A part without its manifest: a crash mid-checkpoint.
-        store.write_part(4_000, &part(4_000)).unwrap();
+        store.write_part(4_000, &mut part(4_000)).unwrap();
         let latest = store.latest().unwrap().unwrap();
         assert_eq!(latest.frontier, 3_000);
         let parts = store.read_parts(&latest).unwrap();
@@ -618,7 +680,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path()).unwrap();
         for f in [1_000, 2_000] {
-            store.write_part(f, &part(f)).unwrap();
+            store.write_part(f, &mut part(f)).unwrap();
             store.commit(&manifest(f), 2).unwrap();
         }
         assert_eq!(store.complete_newest_first().unwrap(), vec![2_000, 1_000]);
@@ -709,21 +771,21 @@ mod tests {
             ..manifest(f)
         };
         // An old full checkpoint, then a chain: a full one at 2 000 and links on it.
-        store.write_part(1_000, &part(1_000)).unwrap();
+        store.write_part(1_000, &mut part(1_000)).unwrap();
         store.commit(&manifest(1_000), 2).unwrap();
         let mut base = WorkerPart::empty(0, 1);
         base.rows.minute = vec![(
             (0, adclick_dataflows::click::Dims::default()),
             adclick_dataflows::click::Measures::billable(5),
         )];
-        store.write_part(2_000, &Part::Full(base)).unwrap();
+        store.write_part(2_000, &mut Part::Full(base)).unwrap();
         store.commit(&manifest(2_000), 2).unwrap();
         store
-            .write_part(3_000, &link(3_000, 2_000, vec![60_000], vec![]))
+            .write_part(3_000, &mut link(3_000, 2_000, vec![60_000], vec![]))
             .unwrap();
         store.commit(&with_chain(3_000, &[2_000]), 2).unwrap();
         store
-            .write_part(4_000, &link(4_000, 3_000, vec![120_000], vec![0]))
+            .write_part(4_000, &mut link(4_000, 3_000, vec![120_000], vec![0]))
             .unwrap();
         store
             .commit(&with_chain(4_000, &[2_000, 3_000]), 2)
@@ -764,15 +826,15 @@ mod tests {
         assert!(format!("{e:#}").contains("which is gone"), "{e:#}");
         store.commit(&manifest(2_000), 2).unwrap();
         // A new full checkpoint: the old chain stays as the one on another base, 1 000 goes.
-        store.write_part(5_000, &part(5_000)).unwrap();
+        store.write_part(5_000, &mut part(5_000)).unwrap();
         store.commit(&manifest(5_000), 2).unwrap();
         assert_eq!(frontiers(&store), vec![2_000, 3_000, 4_000, 5_000]);
         store
-            .write_part(6_000, &link(6_000, 5_000, vec![], vec![]))
+            .write_part(6_000, &mut link(6_000, 5_000, vec![], vec![]))
             .unwrap();
         store.commit(&with_chain(6_000, &[5_000]), 2).unwrap();
         assert_eq!(frontiers(&store), vec![2_000, 3_000, 4_000, 5_000, 6_000]);
-        store.write_part(7_000, &part(7_000)).unwrap();
+        store.write_part(7_000, &mut part(7_000)).unwrap();
         store.commit(&manifest(7_000), 2).unwrap();
         assert_eq!(frontiers(&store), vec![5_000, 6_000, 7_000]);
         // Parts of format 3 (a plain part, before links) read as full ones.
@@ -796,6 +858,58 @@ mod tests {
             ..manifest(8_000)
         };
         assert_eq!(store.read_parts(&format4).unwrap(), vec![link4]);
+        // Parts of format 5 (winners inside the part, not after it) read with their winners.
+        let mut part5 = part(9_000);
+        part5.worker_part_mut().winners.entries = vec![(7, 9_000, 3, 0)];
+        part5.worker_part_mut().winners.dims = vec![Default::default()];
+        std::fs::create_dir_all(store.checkpoint_dir(9_000)).unwrap();
+        let bytes = with_trailer(postcard::to_stdvec(&part5).unwrap());
+        std::fs::write(store.part_path(9_000, 0), bytes).unwrap();
+        let format5 = Manifest {
+            format: 5,
+            ..manifest(9_000)
+        };
+        assert_eq!(store.read_parts(&format5).unwrap(), vec![part5]);
+    }
+
+    /// A chain read for a restore holds its rows decoded and its winners still encoded: they
+    /// decode, later, to the winners the chain folds to.
+    #[test]
+    fn a_chain_is_read_with_its_winners_left_encoded() {
+        use super::super::part::Winners;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path()).unwrap();
+        let winners = |entries: Vec<(u128, u64, u64, u32)>| Winners {
+            dims: vec![Default::default()],
+            entries,
+            judged: Vec::new(),
+        };
+        let mut base = part(1_000);
+        base.worker_part_mut().winners = winners(vec![(1, 10, 1, 0), (2, 20, 2, 0)]);
+        let mut next = link(2_000, 1_000, vec![60_000], vec![]);
+        next.worker_part_mut().winners = winners(vec![(2, 15, 5, 0), (3, 30, 3, 0)]);
+        store.write_part(1_000, &mut base.clone()).unwrap();
+        store.commit(&manifest(1_000), 2).unwrap();
+        store.write_part(2_000, &mut next.clone()).unwrap();
+        let newest = Manifest {
+            chain: vec![1_000],
+            ..manifest(2_000)
+        };
+        store.commit(&newest, 2).unwrap();
+        let (parts, lazy) = store.read_chain_lazily(&newest).unwrap();
+        assert!(parts[0].winners.is_empty(), "read without its winners");
+        assert_eq!(parts[0].rows.minute.len(), 1, "with its rows");
+        let decoded = lazy.into_iter().next().unwrap().decode().unwrap();
+        let folded = Winners::fold(
+            base.worker_part_mut().winners.clone(),
+            vec![next.worker_part_mut().winners.clone()],
+            0,
+        );
+        assert_eq!(decoded, folded);
+        assert_eq!(store.read_chain(&newest).unwrap()[0].winners, folded);
+        let mut imps: Vec<_> = decoded.entries.iter().map(|e| (e.0, e.1)).collect();
+        imps.sort();
+        assert_eq!(imps, vec![(1, 10), (2, 15), (3, 30)]);
     }
 
     #[test]
@@ -831,7 +945,7 @@ mod tests {
         let zombie = store.claim_epoch().unwrap();
         let successor = store.claim_epoch().unwrap();
         assert_eq!((zombie, successor), (1, 2));
-        store.write_part(1_000, &part(1_000)).unwrap();
+        store.write_part(1_000, &mut part(1_000)).unwrap();
         let late = Manifest {
             epoch: zombie,
             format: PART_FORMAT,
