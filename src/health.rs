@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use adclick_dataflows::source::Gap;
 use serde::{Deserialize, Serialize};
@@ -133,6 +133,9 @@ pub struct Health {
     pub gaps: Mutex<BTreeSet<Gap>>,
     /// The supervisor's restarts of the whole cluster before this process started.
     pub restarts: Restarts,
+    /// This process's workers whose restored dedup state is still being built: they serve
+    /// the restored windows, and count no click past the checkpoint until it is built.
+    pub restoring_workers: AtomicUsize,
     /// The process's memory budget and its last reading (aggregator processes).
     pub memory: Mutex<Option<std::sync::Arc<crate::memory::Budget>>>,
 }
@@ -216,6 +219,7 @@ impl Health {
             "supervised": self.restarts.supervised,
             "restarts": self.restarts.count,
             "last_restart_cause": self.restarts.last_cause,
+            "restoring_workers": self.restoring_workers.load(Ordering::Relaxed),
         })
     }
 }

@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use adclick_dataflows::anomaly;
@@ -206,6 +207,8 @@ impl Builder<'_> {
         let (dedup, fill_dedup) = Pending::later();
         let (recent, fill_recent) = Pending::later();
         let (r, started) = (r.clone(), self.cluster.started);
+        let health = self.cluster.health.clone();
+        health.restoring_workers.fetch_add(1, Ordering::Relaxed);
         std::thread::Builder::new()
             .name(format!("restore-dedup-{index}"))
             .spawn(move || {
@@ -222,6 +225,7 @@ impl Builder<'_> {
                 );
                 fill_recent.fill(clicks);
                 fill_dedup.fill(state);
+                health.restoring_workers.fetch_sub(1, Ordering::Relaxed);
             })
             .expect("spawning a restore thread");
         Resume {

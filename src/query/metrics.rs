@@ -34,6 +34,7 @@ pub struct QueryMetrics {
     checkpoint: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// The supervisor's restarts of the whole cluster before this process started.
     cluster_restarts: Gauge,
+    restoring_workers: Gauge,
     checkpoint_interval: Gauge<f64, std::sync::atomic::AtomicU64>,
     checkpoint_committed_at: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Used share of the filesystem under each directory the aggregator writes.
@@ -62,6 +63,7 @@ impl Default for QueryMetrics {
         let invalid = Family::<Labels, Gauge>::default();
         let checkpoint = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let cluster_restarts = Gauge::default();
+        let restoring_workers = Gauge::default();
         let checkpoint_interval = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let checkpoint_committed_at = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let disk_used = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
@@ -151,10 +153,18 @@ impl Default for QueryMetrics {
              before this process started; 0 when not supervised",
             cluster_restarts.clone(),
         );
+        registry.register(
+            "restoring_workers",
+            "This process's workers whose restored dedup state is still being built after a \
+             restart: they serve the restored windows, and count no click past the checkpoint \
+             until it is built",
+            restoring_workers.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             memory,
             cluster_restarts,
+            restoring_workers,
             checkpoint,
             checkpoint_interval,
             checkpoint_committed_at,
@@ -212,6 +222,8 @@ impl QueryMetrics {
         }
         self.gap_records.set(health.lost_records() as i64);
         self.cluster_restarts.set(health.restarts.count as i64);
+        self.restoring_workers
+            .set(health.restoring_workers.load(Ordering::Relaxed) as i64);
         if let Some(d) = health.watermark_delay_ms() {
             self.watermark_delay.set(d as f64 / 1000.0);
         }
