@@ -7,8 +7,9 @@
 #     state: records/s, the ratio to the baseline measured in the same run;
 #  3. that aggregator goes on to DURATION s of event time in all (1 h at 10 k clicks/s: 36 M
 #     clicks), waits for a checkpoint past the end, answers one ad's count over the hour, is
-#     killed with SIGKILL and started again: time to its query server, and time until the
-#     same query gives the same answer (serving again); checkpoint duration and size.
+#     killed with SIGKILL and started again: time to its query server, time until the same
+#     query gives the same answer (serving again), and until every worker's dedup state is
+#     built (counting again); checkpoint duration and size.
 #  Checkpoints are incremental (FULL_EVERY links between full ones, the aggregator's default
 #  when unset; FULL_EVERY=0: every checkpoint full): each checkpoint's bytes, duration and
 #  links are listed.
@@ -109,10 +110,21 @@ if [ -n "${PROFILE_RESTORE:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" |
     "tallies: $(health | jq -c '{watermark_ms, tallies: (.tallies | {received, counted, late, duplicates})}')"
   exit 1
 }
+# Serving comes first; each worker's dedup state is built meanwhile, and no click past the
+# checkpoint is counted before it is: health's restoring_workers (absent in builds before it)
+# says when every one is built.
+for _ in $(seq 6000); do
+  alive
+  [ "$(health | jq '.restoring_workers // 0')" = 0 ] && break
+  sleep 0.05
+done
+t3=$(date +%s.%N)
 # The restore's phases, as the restarted aggregator logs them.
 sed 's/\x1b\[[0-9;]*m//g' "$agg_log" |
   grep -E "restoring checkpoint|dedup state restored|restored state readable" |
   sed -E 's/^[^ ]+ +INFO +[^ ]+ //; s/^/   /'
 awk -v a="$t0" -v b="$t1" -v c="$t2" \
   'BEGIN {printf "   query server up after %.2f s; the same answer after %.2f s (serving again)\n", b-a, c-a}'
+awk -v a="$t0" -v d="$t3" \
+  'BEGIN {printf "   every dedup state built after %.2f s (counting again)\n", d-a}'
 echo "   aggregator after the restart: $(rss "$agg_pid")"
