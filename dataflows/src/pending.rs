@@ -78,3 +78,41 @@ impl<T> Drop for Fill<T> {
         self.settle(Slot::Abandoned);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle to wake, from a worker of its own (the tests below take no operator's).
+    fn waker() -> SyncActivator {
+        timely::execute_directly(|worker| worker.sync_activator_for(vec![0]))
+    }
+
+    #[test]
+    fn a_value_is_taken_once_whenever_it_comes() {
+        let wake = waker();
+        let ready = Pending::ready(7);
+        assert_eq!(ready.take(&wake), Some(7));
+        assert_eq!(ready.take(&wake), None, "taken once");
+        let (later, fill) = Pending::later();
+        assert_eq!(later.take(&wake), None, "not built yet");
+        std::thread::spawn(move || fill.fill(8)).join().unwrap();
+        assert_eq!(later.take(&wake), Some(8));
+        assert_eq!(later.take(&wake), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "never built")]
+    fn a_value_whose_builder_failed_is_not_waited_for() {
+        let wake = waker();
+        let (later, fill) = Pending::<u32>::later();
+        assert_eq!(later.take(&wake), None);
+        // The builder panics (or returns) without filling.
+        let _ = std::thread::spawn(move || {
+            let _fill = fill;
+            panic!("building failed");
+        })
+        .join();
+        later.take(&wake);
+    }
+}
