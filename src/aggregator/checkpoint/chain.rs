@@ -28,9 +28,6 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::ops::Range;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 use adclick_dataflows::RestoredRows;
 use adclick_dataflows::click::{Measures, Row};
@@ -62,60 +59,6 @@ impl Part {
             Part::Full(w) => w,
             Part::Link(l) => &mut l.part,
         }
-    }
-}
-
-/// A part's winners as read: decoded with the part (formats before 6), or still encoded in
-/// the part's mapped file, whose trailer has been checked.
-pub enum LazyWinners {
-    Decoded(Winners),
-    Mapped {
-        map: Arc<memmap2::Mmap>,
-        range: Range<usize>,
-        path: PathBuf,
-    },
-}
-
-impl LazyWinners {
-    pub fn decode(self) -> Result<Winners, Corrupt> {
-        match self {
-            LazyWinners::Decoded(w) => Ok(w),
-            LazyWinners::Mapped { map, range, path } => postcard::from_bytes(&map[range])
-                .map_err(|e| Corrupt(format!("{}: decoding its winners: {e}", path.display()))),
-        }
-    }
-}
-
-/// One worker's winners through its chain, as [`fold`] folds them, still encoded: those of
-/// the newest full part and of each link after it, and the newest link's traits cut.
-#[derive(Default)]
-pub struct ChainWinners {
-    parts: Vec<LazyWinners>,
-    judged_from: Option<u64>,
-}
-
-impl ChainWinners {
-    /// Adds `part`'s winners, read after those before it: a full part starts afresh.
-    pub fn push(&mut self, part: &Part, winners: LazyWinners) {
-        match part {
-            Part::Full(_) => {
-                self.parts.clear();
-                self.judged_from = None;
-            }
-            Part::Link(l) => self.judged_from = Some(l.judged_from),
-        }
-        self.parts.push(winners);
-    }
-
-    /// The winners at the chain's newest checkpoint.
-    pub fn decode(self) -> Result<Winners, Corrupt> {
-        let mut parts = self.parts.into_iter().map(LazyWinners::decode);
-        let base = parts.next().transpose()?.unwrap_or_default();
-        let links = parts.collect::<Result<Vec<_>, _>>()?;
-        Ok(match self.judged_from {
-            Some(judged_from) if !links.is_empty() => Winners::fold(base, links, judged_from),
-            _ => base,
-        })
     }
 }
 

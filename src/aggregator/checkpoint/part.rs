@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
+use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -19,7 +21,6 @@ use adclick_dataflows::time::MINUTE_MS;
 use adclick_dataflows::watermark::ClockState;
 use serde::{Deserialize, Serialize};
 
-use super::chain::{ChainWinners, LazyWinners, Part};
 pub use crate::aggregator::sink::output::WriterState;
 
 /// `W`: how the winners are encoded; [`LegacyWinners`] for parts of formats 3 and 4.
@@ -187,6 +188,58 @@ impl Winners {
     }
 }
 
+/// A part's winners as read: decoded with the part (formats before 6), or still encoded in
+/// the part's mapped file, whose trailer has been checked.
+pub enum LazyWinners {
+    Decoded(Winners),
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        range: Range<usize>,
+        path: PathBuf,
+    },
+}
+
+impl LazyWinners {
+    pub fn decode(self) -> anyhow::Result<Winners> {
+        match self {
+            LazyWinners::Decoded(w) => Ok(w),
+            LazyWinners::Mapped { map, range, path } => postcard::from_bytes(&map[range])
+                .map_err(|e| anyhow::anyhow!("{}: decoding its winners: {e}", path.display())),
+        }
+    }
+}
+
+/// One worker's winners through its chain, as `chain::fold` folds them, still encoded: those of
+/// the newest full part and of each link after it, and the newest link's traits cut.
+#[derive(Default)]
+pub struct ChainWinners {
+    parts: Vec<LazyWinners>,
+    judged_from: Option<u64>,
+}
+
+impl ChainWinners {
+    /// Adds a part's winners, read after those before it: a full part's (`link_cut` `None`)
+    /// start afresh; a link's carry its traits cut ([`DedupState::judged_from`]).
+    pub fn push(&mut self, winners: LazyWinners, link_cut: Option<u64>) {
+        if link_cut.is_none() {
+            self.parts.clear();
+        }
+        self.judged_from = link_cut;
+        self.parts.push(winners);
+    }
+
+    /// The winners at the chain's newest checkpoint.
+    pub fn decode(self) -> anyhow::Result<Winners> {
+        let mut parts = self.parts.into_iter().map(LazyWinners::decode);
+        let base = parts.next().transpose()?.unwrap_or_default();
+        let links = parts.collect::<Result<Vec<_>, _>>()?;
+        Ok(match self.judged_from {
+            Some(judged_from) if !links.is_empty() => Winners::fold(base, links, judged_from),
+            _ => base,
+        })
+    }
+}
+
 /// A complete checkpoint, read back for a cluster that may have another shape.
 pub struct Restored {
     pub frontier: u64,
@@ -211,8 +264,7 @@ impl Restored {
             .iter_mut()
             .map(|p| {
                 let mut chain = ChainWinners::default();
-                let decoded = LazyWinners::Decoded(std::mem::take(&mut p.winners));
-                chain.push(&Part::Full(WorkerPart::empty(p.worker, p.peers)), decoded);
+                chain.push(LazyWinners::Decoded(std::mem::take(&mut p.winners)), None);
                 chain
             })
             .collect();

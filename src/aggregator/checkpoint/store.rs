@@ -31,8 +31,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::chain::{ChainWinners, LazyWinners, Part, PartV4, fold, kept, push_part};
-use super::part::{LegacyWinners, WorkerPart};
+use super::chain::{Part, PartV4, fold, kept, push_part};
+use super::part::{ChainWinners, LazyWinners, LegacyWinners, WorkerPart};
 
 /// What a complete checkpoint holds, written once all its parts are in place.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,7 +411,8 @@ impl Store {
         self.read_parts_lazily(manifest)?
             .into_iter()
             .map(|(mut part, winners)| {
-                part.worker_part_mut().winners = winners.decode()?;
+                let decoded = winners.decode().map_err(|e| Corrupt(format!("{e:#}")))?;
+                part.worker_part_mut().winners = decoded;
                 Ok(part)
             })
             .collect()
@@ -507,7 +508,7 @@ impl Store {
     pub fn read_chain(&self, manifest: &Manifest) -> anyhow::Result<Vec<WorkerPart>> {
         let (mut parts, winners) = self.read_chain_lazily(manifest)?;
         for (p, w) in parts.iter_mut().zip(winners) {
-            p.winners = w.decode()?;
+            p.winners = w.decode().map_err(|e| Corrupt(format!("{e:#}")))?;
         }
         Ok(parts)
     }
@@ -545,7 +546,11 @@ impl Store {
                 .into());
             }
             for (w, (p, lazy)) in self.read_parts_lazily(&m)?.into_iter().enumerate() {
-                winners[w].push(&p, lazy);
+                let link_cut = match &p {
+                    Part::Full(_) => None,
+                    Part::Link(l) => Some(l.judged_from),
+                };
+                winners[w].push(lazy, link_cut);
                 push_part(&mut parts[w], p)?;
             }
         }
