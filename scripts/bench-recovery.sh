@@ -82,49 +82,13 @@ grep "checkpoint committed" "$agg_log" | sed 's/\x1b\[[0-9;]*m//g' |
     END {for (k in v) printf "   all checkpoints, %s (mean %.0f):%s\n", k, s[k] / n[k], v[k]}' |
   cut -c1-600
 query="ads/ad_0/aggregated_count?from=$(iso "$hour_start")&to=$(iso "$end_ms")"
-answer() { curl -sf -H "Authorization: Bearer $KEY" "${base}$query" | jq -c '{count, duplicates, complete}'; }
 want=$(answer)
 [ "$(jq .complete <<<"$want")" = true ] || { echo "FAIL: the answer before the kill is not complete: $want"; exit 1; }
 echo "   ad_0 over the hour: $want"
+echo "   (query: $query)"
 echo "   tallies: $(health | jq -c '{watermark_ms, tallies: (.tallies | {received, counted, late, duplicates})}')"
 
 echo "== 4. kill -9 and restart"
 kill -9 "$agg_pid"
 wait "$agg_pid" 2>/dev/null || true
-t0=$(date +%s.%N)
-start_aggregator restarted "${ckpt_args[@]}"
-t1=$(date +%s.%N)
-if [ -n "${PROFILE_RESTORE:-}" ]; then
-  perf record -F 499 -g -o "$PROFILE_RESTORE" -p "$agg_pid" 2>"$work/perf.log" &
-  perf_pid=$!
-fi
-for _ in $(seq 6000); do
-  alive
-  [ "$(answer 2>/dev/null || true)" = "$want" ] && break
-  sleep 0.05
-done
-t2=$(date +%s.%N)
-if [ -n "${PROFILE_RESTORE:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
-[ "$(answer)" = "$want" ] || {
-  echo "the restarted aggregator answers $(answer), not $want;" \
-    "tallies: $(health | jq -c '{watermark_ms, tallies: (.tallies | {received, counted, late, duplicates})}')"
-  exit 1
-}
-# Serving comes first; each worker's dedup state is built meanwhile, and no click past the
-# checkpoint is counted before it is: health's restoring_workers (absent in builds before it)
-# says when every one is built.
-for _ in $(seq 6000); do
-  alive
-  [ "$(health | jq '.restoring_workers // 0')" = 0 ] && break
-  sleep 0.05
-done
-t3=$(date +%s.%N)
-# The restore's phases, as the restarted aggregator logs them.
-sed 's/\x1b\[[0-9;]*m//g' "$agg_log" |
-  grep -E "restoring checkpoint|dedup state restored|restored state readable" |
-  sed -E 's/^[^ ]+ +INFO +[^ ]+ //; s/^/   /'
-awk -v a="$t0" -v b="$t1" -v c="$t2" \
-  'BEGIN {printf "   query server up after %.2f s; the same answer after %.2f s (serving again)\n", b-a, c-a}'
-awk -v a="$t0" -v d="$t3" \
-  'BEGIN {printf "   every dedup state built after %.2f s (counting again)\n", d-a}'
-echo "   aggregator after the restart: $(rss "$agg_pid")"
+restart_timed "$want" "${ckpt_args[@]}"

@@ -112,3 +112,48 @@ wait_watermark() {
   echo "the watermark did not reach $(iso "$1"): $h"
   exit 1
 }
+
+# The answer to `query` (a path under the query server) that a restart must give again.
+answer() { curl -sf -H "Authorization: Bearer $KEY" "${base}$query" | jq -c '{count, duplicates, complete}'; }
+
+# restart_timed WANT ARGS...: starts the aggregator `restarted` with ARGS (on a checkpoint
+# directory, after a kill) and prints when its query server is up, when `query` answers WANT
+# again (serving again), when every worker's dedup state is built (counting again: health's
+# restoring_workers, absent in builds before it, is 0), the restore's log lines and its
+# memory. PROFILE_RESTORE=FILE: `perf record -g` of it until it serves again, into FILE.
+restart_timed() {
+  local want=$1 t0 t1 t2 t3 perf_pid
+  shift
+  t0=$(date +%s.%N)
+  start_aggregator restarted "$@"
+  t1=$(date +%s.%N)
+  if [ -n "${PROFILE_RESTORE:-}" ]; then
+    perf record -F 499 -g -o "$PROFILE_RESTORE" -p "$agg_pid" 2>"$work/perf.log" &
+    perf_pid=$!
+  fi
+  for _ in $(seq 6000); do
+    alive
+    [ "$(answer 2>/dev/null || true)" = "$want" ] && break
+    sleep 0.05
+  done
+  t2=$(date +%s.%N)
+  if [ -n "${PROFILE_RESTORE:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+  [ "$(answer)" = "$want" ] || {
+    echo "the restarted aggregator answers $(answer), not $want;" \
+      "tallies: $(health | jq -c '{watermark_ms, tallies: (.tallies | {received, counted, late, duplicates})}')"
+    exit 1
+  }
+  for _ in $(seq 6000); do
+    alive
+    [ "$(health | jq '.restoring_workers // 0')" = 0 ] && break
+    sleep 0.05
+  done
+  t3=$(date +%s.%N)
+  sed 's/\x1b\[[0-9;]*m//g' "$agg_log" |
+    grep -E "restoring checkpoint|dedup state restored|restored state readable" |
+    sed -E 's/^[^ ]+ +INFO +[^ ]+ //; s/^/   /'
+  awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" 'BEGIN {
+    printf "   query server up after %.2f s; the same answer after %.2f s (serving again)\n", b-a, c-a
+    printf "   every dedup state built after %.2f s (counting again)\n", d-a}'
+  echo "   aggregator after the restart: $(rss "$agg_pid")"
+}
