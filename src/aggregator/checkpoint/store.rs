@@ -406,7 +406,8 @@ impl Store {
 
     /// Every part of `manifest`'s checkpoint, each read and decoded on a thread of its own (a
     /// restart waits for all of them, and one part is about one worker's share of the state),
-    /// with its winners decoded.
+    /// with its winners decoded (what the tests compare; a restore reads them lazily).
+    #[cfg(test)]
     pub fn read_parts(&self, manifest: &Manifest) -> anyhow::Result<Vec<Part>> {
         self.read_parts_lazily(manifest)?
             .into_iter()
@@ -418,8 +419,9 @@ impl Store {
             .collect()
     }
 
-    /// [`Store::read_parts`], each part's winners still encoded where its format puts them
-    /// last: checked whole (the trailer), but decoded only when [`LazyWinners::decode`]d.
+    /// Every part of `manifest`'s checkpoint, as `read_parts` reads them, each part's winners
+    /// still encoded where its format puts them last: checked whole (the trailer), but
+    /// decoded only when [`LazyWinners::decode`]d.
     fn read_parts_lazily(&self, manifest: &Manifest) -> anyhow::Result<Vec<(Part, LazyWinners)>> {
         anyhow::ensure!(
             (3..=PART_FORMAT).contains(&manifest.format),
@@ -504,7 +506,9 @@ impl Store {
 
     /// Each worker's state at `manifest`'s checkpoint: its parts, folded onto those of every
     /// checkpoint it builds on. [`Corrupt`] when any of them is missing, incomplete, of
-    /// another worker count, or not whole.
+    /// another worker count, or not whole. Winners decoded (what the tests compare; a restore
+    /// reads them lazily).
+    #[cfg(test)]
     pub fn read_chain(&self, manifest: &Manifest) -> anyhow::Result<Vec<WorkerPart>> {
         let (mut parts, winners) = self.read_chain_lazily(manifest)?;
         for (p, w) in parts.iter_mut().zip(winners) {
@@ -513,7 +517,7 @@ impl Store {
         Ok(parts)
     }
 
-    /// [`Store::read_chain`], each worker's winners folded only when its [`ChainWinners`] is
+    /// Each worker's state, as `read_chain` folds it, each worker's winners folded only when its [`ChainWinners`] is
     /// decoded: a restore serves the rows meanwhile.
     pub fn read_chain_lazily(
         &self,
