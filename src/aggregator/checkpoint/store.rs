@@ -517,8 +517,8 @@ impl Store {
         Ok(parts)
     }
 
-    /// Each worker's state, as `read_chain` folds it, each worker's winners folded only when its [`ChainWinners`] is
-    /// decoded: a restore serves the rows meanwhile.
+    /// Each worker's state, as `read_chain` folds it, each worker's winners folded only when
+    /// its [`ChainWinners`] is decoded: a restore serves the rows meanwhile.
     pub fn read_chain_lazily(
         &self,
         manifest: &Manifest,
