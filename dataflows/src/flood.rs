@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use foldhash::HashMap;
+use smallvec::SmallVec;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -182,15 +183,15 @@ impl Entry {
 
 /// One key's clicks in one window, in rank order: a sorted vector, since almost every key
 /// holds one or a few clicks (a map's node would cost ten times the click), and clicks arrive
-/// nearly in rank order (inserted at or near the end).
+/// nearly in rank order (inserted at or near the end). A group's first click lives in the
+/// group itself: most groups never hold more, and an allocation for each was part of a tenth
+/// of a batch run's time (docs/benchmarks.md).
 #[derive(Default)]
 struct Group {
     /// Counted clicks ranked before every entry, whose verdicts can no longer change (see
     /// [`FloodState::retire`]): kept as their number alone, which places the entries.
     frozen: u32,
-    entries: Vec<Entry>,
-    /// Ranks of the clicks the batch being applied changed.
-    changed: Vec<Rank>,
+    entries: SmallVec<[Entry; 1]>,
 }
 
 impl Group {
@@ -199,32 +200,35 @@ impl Group {
             .binary_search_by(|e| rank(&e.click, own).cmp(r))
     }
 
-    /// The entry of `click`, made if new.
-    fn entry(&mut self, click: &Click, own: Reason) -> &mut Entry {
+    /// The entry of `click`, made if new, and its rank if this is the batch's first change
+    /// to it.
+    fn entry(&mut self, click: &Click, own: Reason) -> (&mut Entry, Option<Rank>) {
         let r = rank(click, own);
         let i = match self.find(&r, own) {
             Ok(i) => i,
             Err(i) => {
-                if self.entries.capacity() == 0 {
-                    self.entries.reserve_exact(1);
-                }
                 self.entries.insert(i, Entry::new(click, own));
                 i
             }
         };
         let e = &mut self.entries[i];
-        if e.touch() {
-            self.changed.push(r);
-        }
-        e
+        let first = e.touch().then_some(r);
+        (e, first)
     }
 
     /// Sets the verdicts after a batch of changes, appending what changed downstream. Only
     /// the first `limit + changed` counted clicks can have moved across the limit (each
     /// change shifts the ranks behind it by one); changed clicks further back are beyond it.
-    fn settle(&mut self, limit: usize, flood: Flood, out: &mut Vec<(Click, i64)>) {
+    /// `changed` holds the ranks of the clicks the batch changed, and is left empty.
+    fn settle(
+        &mut self,
+        limit: usize,
+        flood: Flood,
+        changed: &mut Vec<Rank>,
+        out: &mut Vec<(Click, i64)>,
+    ) {
         let own = flood.reason();
-        let reach = limit + self.changed.len();
+        let reach = limit + changed.len();
         let (mut position, mut walked) = (self.frozen as usize, 0);
         for e in &mut self.entries {
             if position >= reach {
@@ -237,14 +241,14 @@ impl Group {
             let desired = position >= limit;
             if e.flagged != Some(desired) {
                 if e.touch() {
-                    self.changed.push(rank(&e.click, own));
+                    changed.push(rank(&e.click, own));
                 }
                 e.flagged = Some(desired);
             }
             position += 1;
         }
         let mut removed = false;
-        for r in std::mem::take(&mut self.changed) {
+        for r in changed.drain(..) {
             let i = self.find(&r, own).expect("a changed click");
             let e = &mut self.entries[i];
             if e.weight > 0 && i >= walked {
@@ -318,7 +322,8 @@ impl FloodState {
     /// pass through unjudged.
     pub fn apply(&mut self, changes: Vec<(Click, i64)>, out: &mut Vec<(Click, i64)>) {
         let own = self.flood.reason();
-        let mut touched: Vec<(u64, (u64, u64))> = Vec::new();
+        // The first change of each click, by group: one list for the batch, not one per group.
+        let mut touched: Vec<((u64, (u64, u64)), Rank)> = Vec::new();
         for (click, diff) in changes {
             let Some(key) = self.flood.key(&click) else {
                 out.push((click, diff));
@@ -326,16 +331,21 @@ impl FloodState {
             };
             let w = self.window(&click);
             let group = self.windows.entry(w).or_default().entry(key).or_default();
-            if group.changed.is_empty() {
-                touched.push((w, key));
+            let (entry, first) = group.entry(&click, own);
+            entry.weight += diff;
+            if let Some(r) = first {
+                touched.push(((w, key), r));
             }
-            group.entry(&click, own).weight += diff;
         }
+        touched.sort_unstable_by_key(|(group, _)| *group);
         let limit = self.rule.max_clicks as usize;
-        for (w, key) in touched {
+        let mut changed = Vec::new();
+        for same in touched.chunk_by(|a, b| a.0 == b.0) {
+            let (w, key) = same[0].0;
+            changed.extend(same.iter().map(|(_, r)| *r));
             let groups = self.windows.get_mut(&w).expect("a touched window");
             let group = groups.get_mut(&key).expect("a touched key");
-            group.settle(limit, self.flood, out);
+            group.settle(limit, self.flood, &mut changed, out);
             if group.entries.is_empty() && group.frozen == 0 {
                 groups.remove(&key);
                 if groups.is_empty() {
@@ -384,7 +394,7 @@ impl FloodState {
             };
             let old = same.partition_point(|c| c.event_time < cut);
             let mut group = Group {
-                entries: Vec::with_capacity(same.len() - old),
+                entries: SmallVec::with_capacity(same.len() - old),
                 ..Group::default()
             };
             let (mut ranked, mut previous) = (0, None);

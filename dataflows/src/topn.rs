@@ -259,6 +259,14 @@ struct Ranker {
     pending: BTreeMap<u64, Vec<Change>>,
     /// Scopes with minutes kept.
     scopes: BTreeSet<Scope>,
+    /// The scopes of each minute kept, and the minutes of each scope: what the shard holds,
+    /// by minute and by scope. Each step reads the first and last minute and forgets the
+    /// oldest; a scan of the shard for them, every step, was a sixth of a long stream's time
+    /// (there are as many advertiser scopes as advertisers and their countries).
+    minute_scopes: BTreeMap<u64, Vec<Scope>>,
+    scope_minutes: HashMap<Scope, u32>,
+    /// The earliest time at which an emitted ranking is final (`u64::MAX`: none emitted).
+    first_final: u64,
     /// Minutes whose windows have been ranked at least once: everything before.
     ranked_through: Option<u64>,
 }
@@ -301,14 +309,17 @@ impl Ranker {
             let mut dirty: BTreeMap<RankKey, (BTreeSet<Ad>, BTreeSet<Ad>)> = BTreeMap::new();
             for (minute, in_scopes, ad, clicks) in changes {
                 for scope in in_scopes {
-                    *self
+                    let ads = self
                         .shard
                         .minutes
                         .entry((scope, minute))
-                        .or_default()
-                        .entry(ad)
-                        .or_default() += clicks;
-                    self.scopes.insert(scope);
+                        .or_insert_with(|| {
+                            self.minute_scopes.entry(minute).or_default().push(scope);
+                            *self.scope_minutes.entry(scope).or_default() += 1;
+                            self.scopes.insert(scope);
+                            HashMap::default()
+                        });
+                    *ads.entry(ad).or_default() += clicks;
                     if self.ranked_through.is_none_or(|r| minute > r) {
                         continue; // ranked when the frontier passes it
                     }
@@ -339,11 +350,11 @@ impl Ranker {
 
     /// Ranks the windows of the minutes the frontier has passed the end of.
     fn rank_passed_minutes(&mut self, limit: u64, now: u64, changed: &mut Changed) {
-        let minutes = || self.shard.minutes.keys().map(|(_, m)| *m);
+        let first_data = self.minute_scopes.first_key_value().map(|(m, _)| *m);
         let mut minute = self
             .ranked_through
-            .map_or(minutes().min().unwrap_or(u64::MAX), |r| r + MINUTE_MS);
-        let last_data = minutes().max().unwrap_or(0);
+            .map_or(first_data.unwrap_or(u64::MAX), |r| r + MINUTE_MS);
+        let last_data = self.minute_scopes.last_key_value().map_or(0, |(m, _)| *m);
         while minute != u64::MAX && minute + MINUTE_MS <= limit {
             if minute > last_data + (self.longest - 1) * MINUTE_MS {
                 break; // no window ending here or later holds data
@@ -369,6 +380,8 @@ impl Ranker {
                 out.push((((key, self.shard_id), old), at, -1));
             }
             if !ranking.is_empty() {
+                let final_at = final_at(key.1, self.allowed_lateness_ms);
+                self.first_final = self.first_final.min(final_at);
                 self.shard.emitted.insert(key, ranking.clone());
                 out.push((((key, self.shard_id), ranking), at, 1));
             }
@@ -380,18 +393,34 @@ impl Ranker {
     /// no window that can still change needs.
     fn forget(&mut self, limit: u64, ended: bool) {
         let lateness = self.allowed_lateness_ms;
-        self.shard
-            .emitted
-            .retain(|(_, end, _), _| final_at(*end, lateness) > limit);
+        if self.first_final <= limit {
+            let emitted = &mut self.shard.emitted;
+            emitted.retain(|(_, end, _), _| final_at(*end, lateness) > limit);
+            self.first_final = emitted
+                .keys()
+                .map(|(_, end, _)| final_at(*end, lateness))
+                .min()
+                .unwrap_or(u64::MAX);
+        }
+        if ended {
+            return;
+        }
         let keep_from = limit.saturating_sub(lateness + self.longest * MINUTE_MS + MINUTE_MS);
-        let before = self.shard.minutes.len();
-        self.shard
-            .minutes
-            .retain(|(_, m), _| *m >= keep_from || ended);
-        if self.shard.minutes.len() < before {
-            // Scopes with no minute left rank empty: stop ranking them (there are as many
-            // advertiser scopes as advertisers and their countries).
-            self.scopes = self.shard.minutes.keys().map(|(s, _)| *s).collect();
+        while let Some(first) = self.minute_scopes.first_entry() {
+            if *first.key() >= keep_from {
+                break;
+            }
+            let (minute, scopes) = first.remove_entry();
+            for scope in scopes {
+                self.shard.minutes.remove(&(scope, minute));
+                let left = self.scope_minutes.get_mut(&scope).expect("a kept scope");
+                *left -= 1;
+                if *left == 0 {
+                    // A scope with no minute left ranks empty: it is no longer ranked.
+                    self.scope_minutes.remove(&scope);
+                    self.scopes.remove(&scope);
+                }
+            }
         }
     }
 }
@@ -426,6 +455,9 @@ fn rankings<'s>(
                     shard: Shard::default(),
                     pending: BTreeMap::new(),
                     scopes: BTreeSet::new(),
+                    minute_scopes: BTreeMap::new(),
+                    scope_minutes: HashMap::default(),
+                    first_final: u64::MAX,
                     ranked_through: None,
                 };
                 move |(input, frontier), output| {

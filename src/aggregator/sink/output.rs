@@ -233,6 +233,9 @@ pub struct Writer {
     len: u64,
     names: Dictionary,
     pub tallies: Tallies,
+    /// The line being encoded, reused: a fresh vector per line, grown as it was filled, was
+    /// a large part of a batch's writing (docs/benchmarks.md).
+    encoded: Vec<u8>,
 }
 
 impl Writer {
@@ -286,6 +289,7 @@ impl Writer {
             len,
             names: Dictionary::new(),
             tallies,
+            encoded: Vec::new(),
         })
     }
 
@@ -456,9 +460,11 @@ impl Writer {
     }
 
     fn line(&mut self, line: &Line) -> std::io::Result<()> {
-        let mut bytes = serde_json::to_vec(line)?;
+        let bytes = &mut self.encoded;
+        bytes.clear();
+        serde_json::to_writer(&mut *bytes, line)?;
         bytes.push(b'\n');
-        self.out.write_all(&bytes)?;
+        self.out.write_all(bytes)?;
         self.len += bytes.len() as u64;
         Ok(())
     }
