@@ -127,6 +127,9 @@ impl Flood {
 /// same place.
 type Rank = (u64, u128, u128, u8);
 
+/// Where a group lives: its window, and its key in the window.
+type GroupAt = (u64, (u64, u64));
+
 fn rank(c: &Click, own: Reason) -> Rank {
     (
         c.event_time,
@@ -323,7 +326,7 @@ impl FloodState {
     pub fn apply(&mut self, changes: Vec<(Click, i64)>, out: &mut Vec<(Click, i64)>) {
         let own = self.flood.reason();
         // The first change of each click, by group: one list for the batch, not one per group.
-        let mut touched: Vec<((u64, (u64, u64)), Rank)> = Vec::new();
+        let mut touched: Vec<(GroupAt, Rank)> = Vec::new();
         for (click, diff) in changes {
             let Some(key) = self.flood.key(&click) else {
                 out.push((click, diff));
