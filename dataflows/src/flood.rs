@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use foldhash::HashMap;
-use smallvec::SmallVec;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -186,15 +185,13 @@ impl Entry {
 
 /// One key's clicks in one window, in rank order: a sorted vector, since almost every key
 /// holds one or a few clicks (a map's node would cost ten times the click), and clicks arrive
-/// nearly in rank order (inserted at or near the end). A group's first click lives in the
-/// group itself: most groups never hold more, and an allocation for each was part of a tenth
-/// of a batch run's time (docs/benchmarks.md).
+/// nearly in rank order (inserted at or near the end).
 #[derive(Default)]
 struct Group {
     /// Counted clicks ranked before every entry, whose verdicts can no longer change (see
     /// [`FloodState::retire`]): kept as their number alone, which places the entries.
     frozen: u32,
-    entries: SmallVec<[Entry; 1]>,
+    entries: Vec<Entry>,
 }
 
 impl Group {
@@ -210,6 +207,9 @@ impl Group {
         let i = match self.find(&r, own) {
             Ok(i) => i,
             Err(i) => {
+                if self.entries.capacity() == 0 {
+                    self.entries.reserve_exact(1);
+                }
                 self.entries.insert(i, Entry::new(click, own));
                 i
             }
@@ -325,7 +325,9 @@ impl FloodState {
     /// pass through unjudged.
     pub fn apply(&mut self, changes: Vec<(Click, i64)>, out: &mut Vec<(Click, i64)>) {
         let own = self.flood.reason();
-        // The first change of each click, by group: one list for the batch, not one per group.
+        // The first change of each click, by group: one list for the batch. A list in each
+        // group, made and dropped by every batch that touched it, cost more time and memory
+        // than the rule's work (docs/benchmarks.md).
         let mut touched: Vec<(GroupAt, Rank)> = Vec::new();
         for (click, diff) in changes {
             let Some(key) = self.flood.key(&click) else {
@@ -397,7 +399,7 @@ impl FloodState {
             };
             let old = same.partition_point(|c| c.event_time < cut);
             let mut group = Group {
-                entries: SmallVec::with_capacity(same.len() - old),
+                entries: Vec::with_capacity(same.len() - old),
                 ..Group::default()
             };
             let (mut ranked, mut previous) = (0, None);
