@@ -272,6 +272,30 @@ struct Ranker {
 }
 
 impl Ranker {
+    fn new(
+        shard_id: u64,
+        n: usize,
+        windows: Vec<u64>,
+        allowed_lateness_ms: u64,
+        scopes_of: Scopes,
+    ) -> Self {
+        Ranker {
+            shard_id,
+            n,
+            longest: windows.iter().copied().max().unwrap_or(1),
+            windows,
+            allowed_lateness_ms,
+            scopes_of,
+            shard: Shard::default(),
+            pending: BTreeMap::new(),
+            scopes: BTreeSet::new(),
+            minute_scopes: BTreeMap::new(),
+            scope_minutes: HashMap::default(),
+            first_final: u64::MAX,
+            ranked_through: None,
+        }
+    }
+
     /// Buffers a minute row's change at time `t`.
     fn take(&mut self, t: u64, (minute, dims): Row, clicks: i64) {
         if clicks != 0 {
@@ -436,7 +460,6 @@ fn rankings<'s>(
     retire_at: impl Fn(u64) -> u64 + 'static,
 ) -> VecCollection<'s, u64, (RankKey, Ranking), isize> {
     let (n, windows) = (cfg.n, cfg.window_minutes.clone());
-    let longest = windows.iter().copied().max().unwrap_or(1);
     let exchange = Exchange::new(|((_, d), _, _): &(Row, u64, Measures)| d.ad_id.0);
     let shards = minute_rows
         .inner
@@ -445,21 +468,13 @@ fn rankings<'s>(
             shard_name,
             move |cap, info| {
                 let mut cap = Some(cap);
-                let mut ranker = Ranker {
-                    shard_id: info.global_id as u64,
+                let mut ranker = Ranker::new(
+                    info.global_id as u64,
                     n,
                     windows,
-                    longest,
                     allowed_lateness_ms,
                     scopes_of,
-                    shard: Shard::default(),
-                    pending: BTreeMap::new(),
-                    scopes: BTreeSet::new(),
-                    minute_scopes: BTreeMap::new(),
-                    scope_minutes: HashMap::default(),
-                    first_final: u64::MAX,
-                    ranked_through: None,
-                };
+                );
                 move |(input, frontier), output| {
                     input.for_each(|_, data| {
                         for (row, t, m) in data.drain(..) {
@@ -517,6 +532,68 @@ pub fn best(ads: impl Iterator<Item = (Ad, i64)>, n: usize) -> Ranking {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::click::Dims;
+
+    /// As a stream moves on, a shard forgets exactly the minutes no window that can still
+    /// change needs, and the scopes left without minutes; its indexes by minute and by scope
+    /// agree with the minutes it holds, and no final ranking is kept.
+    #[test]
+    fn a_shard_forgets_old_minutes_and_scopes_left_empty() {
+        let lateness = 2 * MINUTE_MS;
+        let mut r = Ranker::new(0, 3, vec![1, 5], lateness, |d| [d.country, d.advertiser_id]);
+        let mut next = crate::testing::numbers(5u64);
+        let mut added = BTreeSet::new();
+        let mut forgot_a_scope = false;
+        for step in 1..60u64 {
+            let now = step * MINUTE_MS;
+            for _ in 0..30 {
+                let minute = (step - next(3).min(step)) * MINUTE_MS;
+                // Countries come and go every ten minutes; advertisers stay.
+                let dims = Dims {
+                    ad_id: Sym(next(10)),
+                    advertiser_id: Sym(next(4)),
+                    country: Sym(100 + step / 10 * 10 + next(3)),
+                    ..Dims::default()
+                };
+                r.take(now, (minute, dims), 1);
+                added.insert((dims.country, minute));
+                added.insert((dims.advertiser_id, minute));
+            }
+            let scopes_before = r.scopes.len();
+            r.step(Some(now + 1), now);
+            let keep_from = (now + 1).saturating_sub(lateness + 5 * MINUTE_MS + MINUTE_MS);
+            let held: BTreeSet<(Scope, u64)> = r.shard.minutes.keys().copied().collect();
+            let want: BTreeSet<(Scope, u64)> = added
+                .iter()
+                .filter(|(_, m)| *m >= keep_from)
+                .copied()
+                .collect();
+            assert_eq!(held, want, "minutes held after the step at {now}");
+            let by_minute: BTreeSet<(Scope, u64)> = r
+                .minute_scopes
+                .iter()
+                .flat_map(|(m, ss)| ss.iter().map(move |s| (*s, *m)))
+                .collect();
+            assert_eq!(by_minute, held);
+            let scopes: BTreeSet<Scope> = held.iter().map(|(s, _)| *s).collect();
+            assert_eq!(r.scopes, scopes);
+            for (s, n) in &r.scope_minutes {
+                assert_eq!(*n as usize, held.iter().filter(|(h, _)| h == s).count());
+            }
+            assert_eq!(r.scope_minutes.len(), scopes.len());
+            assert!(
+                r.shard
+                    .emitted
+                    .keys()
+                    .all(|(_, end, _)| final_at(*end, lateness) > now + 1)
+            );
+            forgot_a_scope |= r.scopes.len() < scopes_before;
+        }
+        assert!(
+            forgot_a_scope,
+            "the countries that left were never forgotten"
+        );
+    }
 
     #[test]
     fn ranking_breaks_ties_by_ad_fingerprint_and_drops_zeros() {

@@ -233,8 +233,8 @@ pub struct Writer {
     len: u64,
     names: Dictionary,
     pub tallies: Tallies,
-    /// The line being encoded, reused: a fresh vector per line, grown as it was filled, was
-    /// a large part of a batch's writing (docs/benchmarks.md).
+    /// The line being encoded, reused: a fresh vector per line cost an allocation and its
+    /// regrowths for every line written.
     encoded: Vec<u8>,
 }
 
