@@ -131,9 +131,8 @@ struct Shard {
     sliding: HashMap<(Scope, u64), Sliding>,
 }
 
-/// Windows shorter than this are summed in full each time: a few minute maps cost less to
-/// sum than the memory a running sum per scope would hold (7 % of a long stream's peak RSS
-/// with 5-minute windows slid too).
+/// Windows shorter than this are summed in full each time: a few minute maps cost little to
+/// sum, and a running sum is one more map per scope and window length to hold.
 const SLIDE_FROM_MINUTES: u64 = 10;
 
 /// A window's clicks per ad, kept as the window moves on by a minute at a time. It holds
