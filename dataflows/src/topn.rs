@@ -194,21 +194,22 @@ impl Shard {
                 w
             }
             _ => {
-                let mut w = Sliding {
+                let w = Sliding {
                     end,
-                    sums: HashMap::new(),
+                    sums: self.sums(key),
                 };
-                let first = end.saturating_sub((m - 1) * MINUTE_MS);
-                for (_, ads) in minutes.range((scope, first)..=(scope, end)) {
-                    w.add_minute(Some(ads), 1);
-                }
                 self.sliding.entry((scope, m)).insert_entry(w).into_mut()
             }
         };
         best(w.sums.iter().map(|(ad, c)| (*ad, *c)), n)
     }
 
-    fn rank(&self, (m, end, scope): &RankKey, n: usize) -> Ranking {
+    fn rank(&self, key: &RankKey, n: usize) -> Ranking {
+        best(self.sums(key).into_iter(), n)
+    }
+
+    /// The clicks per ad over the window `key`, summed from its minutes.
+    fn sums(&self, (m, end, scope): &RankKey) -> HashMap<Ad, i64> {
         let mut sums: HashMap<Ad, i64> = HashMap::new();
         let first = end.saturating_sub((m - 1) * MINUTE_MS);
         for (_, ads) in self.minutes.range((*scope, first)..=(*scope, *end)) {
@@ -216,7 +217,7 @@ impl Shard {
                 *sums.entry(*ad).or_default() += c;
             }
         }
-        best(sums.into_iter(), n)
+        sums
     }
 
     /// `ad`'s clicks over the window `key`.
@@ -336,14 +337,12 @@ struct Ranker {
     scopes_of: Scopes,
     shard: Shard,
     pending: BTreeMap<u64, Vec<Change>>,
-    /// Scopes with minutes kept.
-    scopes: BTreeSet<Scope>,
-    /// The scopes of each minute kept, and the minutes of each scope: what the shard holds,
-    /// by minute and by scope. Each step reads the first and last minute and forgets the
+    /// The scopes of each minute kept, and how many minutes each scope has kept (the scopes
+    /// ranked): what the shard holds, by minute and by scope. Each step reads the first and last minute and forgets the
     /// oldest; a scan of the shard for them, every step, was a sixth of a long stream's time
     /// (there are as many advertiser scopes as advertisers and their countries).
     minute_scopes: BTreeMap<u64, Vec<Scope>>,
-    scope_minutes: HashMap<Scope, u32>,
+    scope_minutes: BTreeMap<Scope, u32>,
     /// The earliest time at which an emitted ranking is final (`u64::MAX`: none emitted).
     first_final: u64,
     /// Minutes whose windows have been ranked at least once: everything before.
@@ -367,9 +366,8 @@ impl Ranker {
             scopes_of,
             shard: Shard::default(),
             pending: BTreeMap::new(),
-            scopes: BTreeSet::new(),
             minute_scopes: BTreeMap::new(),
-            scope_minutes: HashMap::default(),
+            scope_minutes: BTreeMap::new(),
             first_final: u64::MAX,
             ranked_through: None,
         }
@@ -419,11 +417,10 @@ impl Ranker {
                         .or_insert_with(|| {
                             self.minute_scopes.entry(minute).or_default().push(scope);
                             *self.scope_minutes.entry(scope).or_default() += 1;
-                            self.scopes.insert(scope);
                             HashMap::default()
                         });
                     *ads.entry(ad).or_default() += clicks;
-                    for &m in &self.windows {
+                    for &m in self.windows.iter().filter(|m| **m >= SLIDE_FROM_MINUTES) {
                         if let Some(w) = self.shard.sliding.get_mut(&(scope, m))
                             && w.holds(m, minute)
                         {
@@ -470,7 +467,7 @@ impl Ranker {
                 break; // no window ending here or later holds data
             }
             let at = ranked_at(minute).max(now);
-            for scope in &self.scopes {
+            for scope in self.scope_minutes.keys() {
                 for &m in &self.windows {
                     let key = (m, minute, *scope);
                     let ranking = self.shard.slide(&key, self.n);
@@ -539,7 +536,6 @@ impl Ranker {
                 if *left == 0 {
                     // A scope with no minute left ranks empty: it is no longer ranked.
                     self.scope_minutes.remove(&scope);
-                    self.scopes.remove(&scope);
                 }
             }
         }
@@ -719,7 +715,7 @@ mod tests {
                 added.insert((dims.country, minute));
                 added.insert((dims.advertiser_id, minute));
             }
-            let scopes_before = r.scopes.len();
+            let scopes_before = r.scope_minutes.len();
             r.step(Some(now + 1), now);
             let keep_from = (now + 1).saturating_sub(lateness + 5 * MINUTE_MS + MINUTE_MS);
             let held: BTreeSet<(Scope, u64)> = r.shard.minutes.keys().copied().collect();
@@ -736,7 +732,10 @@ mod tests {
                 .collect();
             assert_eq!(by_minute, held);
             let scopes: BTreeSet<Scope> = held.iter().map(|(s, _)| *s).collect();
-            assert_eq!(r.scopes, scopes);
+            assert_eq!(
+                r.scope_minutes.keys().copied().collect::<BTreeSet<_>>(),
+                scopes
+            );
             for (s, n) in &r.scope_minutes {
                 assert_eq!(*n as usize, held.iter().filter(|(h, _)| h == s).count());
             }
@@ -747,7 +746,7 @@ mod tests {
                     .keys()
                     .all(|(_, end, _)| final_at(*end, lateness) > now + 1)
             );
-            forgot_a_scope |= r.scopes.len() < scopes_before;
+            forgot_a_scope |= r.scope_minutes.len() < scopes_before;
         }
         assert!(
             forgot_a_scope,
