@@ -5,9 +5,9 @@ use adclick_testkit as common;
 use adclick::kafka::embedded::EmbeddedKafka;
 use common::outage::{self, Broker};
 
-struct Mock(EmbeddedKafka);
+struct Embedded(EmbeddedKafka);
 
-impl Broker for Mock {
+impl Broker for Embedded {
     fn brokers(&self) -> String {
         self.0.bootstrap_servers()
     }
@@ -25,6 +25,6 @@ async fn every_click_reaches_the_embedded_broker_exactly_once_across_an_outage()
         partitions: 4,
         ..Default::default()
     };
-    let mut broker = Mock(EmbeddedKafka::mock(&config).unwrap());
+    let mut broker = Embedded(EmbeddedKafka::builtin(&config).unwrap());
     outage::run(&mut broker).await;
 }

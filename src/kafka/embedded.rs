@@ -12,8 +12,11 @@
 //!   partition). `scripts/tansu.sh install` builds it once.
 //! - `mock`: librdkafka's mock cluster, in this process. It keeps only about 5 MB per
 //!   partition (`max_size` in rdkafka_mock.c, which no public API changes) and silently drops
-//!   older message sets beyond that. For small tests that take the broker down and up; the
-//!   aggregator reports what it drops as a gap.
+//!   older message sets beyond that, and it checks an idempotent producer's sequence numbers
+//!   only for transactional producers: a batch retried after its acknowledgement was lost (a
+//!   connection dropped) is stored twice. For small tests; the aggregator reports what it
+//!   drops as a gap. Outage tests take the built-in broker down and up, which keeps both
+//!   promises.
 //!
 //! Why: see docs/design.md, "The embedded broker".
 
@@ -140,19 +143,21 @@ impl EmbeddedKafka {
         }
     }
 
-    /// Makes the broker refuse connections, as if it had died; its records are kept. Only the
-    /// mock cluster can do this in-process.
+    /// Makes the broker refuse connections and drop the open ones, as if it had died; its
+    /// records are kept. Tansu, a child process, is taken down by killing it instead.
     pub fn broker_down(&self) -> anyhow::Result<()> {
         match self {
+            Self::Builtin(b, _) => Ok(b.down()),
             Self::Mock(m) => Ok(m.broker_down(1)?),
-            _ => bail!("broker_down needs the mock cluster"),
+            Self::Tansu(_) => bail!("broker_down: stop the Tansu process instead"),
         }
     }
 
     pub fn broker_up(&self) -> anyhow::Result<()> {
         match self {
+            Self::Builtin(b, _) => Ok(b.up()),
             Self::Mock(m) => Ok(m.broker_up(1)?),
-            _ => bail!("broker_up needs the mock cluster"),
+            Self::Tansu(_) => bail!("broker_up: start the Tansu process again instead"),
         }
     }
 }

@@ -157,6 +157,8 @@ fn process_alive(pid: u32) -> bool {
 /// An in-process single-node Kafka broker on 127.0.0.1. Stops when dropped.
 pub struct Broker {
     addr: SocketAddr,
+    /// Whether it serves: [`Broker::down`] and [`Broker::up`] flip it.
+    online: watch::Sender<bool>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Dropped after the broker has stopped.
@@ -194,8 +196,7 @@ impl Broker {
         };
         let store = Store::open(&dir, topics)?;
         let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("binding the broker's port")?;
-        listener.set_nonblocking(true)?;
+            bind(SocketAddr::from(([127, 0, 0, 1], 0))).context("binding the broker's port")?;
         let addr = listener.local_addr()?;
         let first_pid = (store.max_producer_id() + 1).max(1000);
         let shared = Arc::new(Shared {
@@ -212,20 +213,15 @@ impl Broker {
             .build()
             .context("building the broker's runtime")?;
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let online = watch::Sender::new(true);
+        let online_rx = online.subscribe();
         let thread = std::thread::Builder::new()
             .name("adclick-broker".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!(error = %e, "broker listener");
-                            return;
-                        }
-                    };
                     tokio::select! {
                         _ = rx => {}
-                        _ = accept_loop(listener, shared) => {}
+                        _ = serve_while_online(listener, online_rx, shared) => {}
                     }
                 });
                 // Dropping the runtime here cancels every connection task.
@@ -234,6 +230,7 @@ impl Broker {
             .context("spawning the broker thread")?;
         Ok(Broker {
             addr,
+            online,
             shutdown: Some(tx),
             thread: Some(thread),
             temp_dir,
@@ -243,6 +240,19 @@ impl Broker {
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap_servers(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Goes away as a crashed broker does, keeping its logs: the port refuses connections and
+    /// every open connection is closed at once, whatever it was doing. A produce request being
+    /// handled may be stored without its answer reaching the client: what outage tests need,
+    /// since the producer's retry of it must not be stored twice.
+    pub fn down(&self) {
+        self.online.send_replace(false);
+    }
+
+    /// Serves again on the same port after [`Broker::down`].
+    pub fn up(&self) {
+        self.online.send_replace(true);
     }
 }
 
@@ -258,14 +268,61 @@ impl Drop for Broker {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts and serves connections while `online`; while not, the port is closed and so is
+/// every connection. The first listener is the one bound at start; later ones bind its
+/// address again.
+async fn serve_while_online(
+    first: std::net::TcpListener,
+    mut online: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) {
+    let addr = first.local_addr().ok();
+    let mut next = Some(first);
+    loop {
+        if online.wait_for(|up| *up).await.is_err() {
+            return;
+        }
+        let bound = match next.take() {
+            Some(l) => Ok(l),
+            None => addr
+                .context("no address to bind again")
+                .and_then(|a| Ok(bind(a)?)),
+        };
+        let listener = match bound.and_then(|l| Ok(TcpListener::from_std(l)?)) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "broker listener");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let mut going_down = online.clone();
+        tokio::select! {
+            _ = going_down.wait_for(|up| !*up) => {}
+            _ = accept_loop(listener, online.clone(), shared.clone()) => {}
+        }
+    }
+}
+
+/// A nonblocking listener on `addr` (the OS's choice of port when it is 0).
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+async fn accept_loop(listener: TcpListener, online: watch::Receiver<bool>, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let shared = shared.clone();
+                let mut online = online.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(stream, shared).await {
-                        tracing::debug!(error = %e, "broker connection closed");
+                    tokio::select! {
+                        _ = online.wait_for(|up| !*up) => {}
+                        served = serve(stream, shared) => if let Err(e) = served {
+                            tracing::debug!(error = %e, "broker connection closed");
+                        }
                     }
                 });
             }
