@@ -183,6 +183,19 @@ impl Winners {
         self.entries.len()
     }
 
+    /// How many distinct dimension combinations the winners refer to.
+    pub fn dims_len(&self) -> usize {
+        self.dims.len()
+    }
+
+    /// Adds the winner of `impression` (event time, click id, and its dimensions as an index
+    /// below [`Winners::dims_len`]) without a dedup state: how benches/inflate_checkpoint.rs
+    /// grows a kept checkpoint to a size no benchmark has time to load.
+    pub fn push(&mut self, impression: u128, time_ms: u64, click: u64, dims: u32) {
+        assert!((dims as usize) < self.dims.len(), "no dimensions {dims}");
+        self.entries.push((impression, time_ms, click, dims));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

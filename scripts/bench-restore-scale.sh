@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Issue 16 item 4 at CLICKS clicks of dedup state (default 100 M), loopback only, without
+# loading them through Kafka first (over an hour on this machine). A work directory that
+# bench-recovery.sh kept (KEEP_WORK=1) has its newest checkpoint rewritten as one full
+# checkpoint whose winners are grown to CLICKS (benches/inflate_checkpoint.rs: fresh impressions
+# spread over the dedup horizon; rows, offsets and output as kept). Then, for each phase of
+# PHASES (default "plain checkpointed plain", so that drift shows), a copy of it is restarted
+# with 2 workers and, once its dedup state is built, reads LOAD_S s of new event time at RATE
+# clicks/s (preloaded in chunks while it reads, as bench-recovery.sh does). That event time
+# starts at the checkpoint's frontier and must end in the past: clicks ahead of the clock hold
+# the watermark (and those beyond aggregator.max_future_skew_ms are dead-lettered), so run it
+# within the hour or so after bench-recovery.sh, which ends its event time at its start.
+#  - plain: checkpoints never due (the interval is a day), the baseline;
+#  - checkpointed: the aggregator's default interval and chain length (or INTERVAL_MS,
+#    FULL_EVERY), its records/s as a ratio to the plain phases' median: the checkpoint cost.
+#    It then waits for a checkpoint past the end, is killed with SIGKILL and restarted, timed
+#    as bench-recovery.sh's step 4 (serving again, counting again).
+# The load should take longer than a full checkpoint's cycle (FULL_EVERY + 1 intervals: 310 s
+# by default) for the ratio to include one; the first checkpoint after a restore is full. QUERY and WANT are the ones bench-recovery.sh printed for the kept run.
+# Usage: scripts/bench-restore-scale.sh KEPT_DIR QUERY WANT
+#   (env: CLICKS=100000000 RATE=8000 LOAD_S=1800 ADS=10 PUBLISHERS=2 PHASES= INTERVAL_MS=
+#         FULL_EVERY= CHUNK_EVENTS=80000 NO_BUILD=)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kept=${1:?the kept work directory} query=${2:?the query} want=${3:?the answer}
+[ -d "$kept/checkpoints" ] || { echo "no checkpoints in $kept"; exit 1; }
+CLICKS=${CLICKS:-100000000} RATE=${RATE:-8000} LOAD_S=${LOAD_S:-1800} ADS=${ADS:-10}
+PUBLISHERS=${PUBLISHERS:-2} CHUNK_EVENTS=${CHUNK_EVENTS:-80000}
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet --bins
+source scripts/lib/bench.sh
+grown=$work/grown
+mkdir -p "$grown"
+echo "date: $(date -u +%Y-%m-%dT%H:%MZ)   $CLICKS clicks of dedup state; then $LOAD_S s at $RATE clicks/s, $ADS ads, $PUBLISHERS publishers, 2 workers"
+echo "== growing the newest checkpoint of $kept"
+t0=$(date +%s.%N)
+cargo bench --quiet --bench inflate_checkpoint -- "$kept/checkpoints" "$grown/checkpoints" "$CLICKS" |
+  sed 's/^/   /'
+awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "   written in %.1f s\n", b - a}'
+frontier=$(jq .frontier "$grown"/checkpoints/ckpt-*/MANIFEST.json)
+start=$(((frontier / 60000 + 1) * 60000))
+((start + LOAD_S * 1000 < $(now_ms) - 60000)) || {
+  echo "the load's event time, $LOAD_S s from the checkpoint's frontier ($(iso "$frontier")), would run ahead of the clock: lower LOAD_S"
+  exit 1
+}
+
+phase_args=(--workers 2 --output "$work/out.ndjson" --checkpoint-dir "$work/checkpoints")
+rates=()
+for phase in ${PHASES:-plain checkpointed plain}; do
+  echo "== $phase"
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+  rm -rf "${work:?}/kafka" "$work/checkpoints" "$work/out.ndjson" "$work/spool"
+  cp -a "$kept/kafka" "$kept/out.ndjson" "$work/"
+  cp -a "$grown/checkpoints" "$work/"
+  start_broker
+  sync
+  echo 3 2>/dev/null >/proc/sys/vm/drop_caches || true
+  cat "$work"/checkpoints/*/* >/dev/null 2>&1 || true
+  case $phase in
+    plain) export ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS=86400000 ;;
+    checkpointed)
+      export ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS=${INTERVAL_MS:-10000}
+      if [ -n "${FULL_EVERY:-}" ]; then export ADCLICK_AGGREGATOR_CHECKPOINT_FULL_EVERY=$FULL_EVERY; fi
+      ;;
+    *) echo "unknown phase $phase"; exit 1 ;;
+  esac
+  restart_timed "$want" "${phase_args[@]}"
+  # The records already read (the kept run's, all before the checkpoint) count as produced.
+  emitted=$(health | jq '[.partitions[].offset] | add') counted=0 chunks=1000
+  before=$emitted
+  preload "$start" "$((start + LOAD_S * 1000))" --publishers "$PUBLISHERS"
+  loaded=$((emitted - before))
+  rate=$(awk -v n="$loaded" -v s="$preload_s" 'BEGIN {printf "%.0f", n / s}')
+  rates+=("$phase:$rate")
+  echo "   $loaded records in $preload_s s: $rate records/s; aggregator $(rss "$agg_pid")"
+  if [ "$phase" = checkpointed ]; then
+    grep "checkpoint committed" "$agg_log" | sed 's/\x1b\[[0-9;]*m//g' |
+      awk '{for (i = 1; i <= NF; i++) if ($i ~ /^(bytes|duration_ms|links)=/) print $i}' |
+      awk -F= '{v[$1] = v[$1] " " $2; n[$1]++; s[$1] += $2}
+        END {for (k in v) printf "   checkpoints, %s (mean %.0f):%s\n", k, s[k] / n[k], v[k]}' |
+      cut -c1-400
+    end_ms=$((start + LOAD_S * 1000))
+    wait_watermark "$end_ms"
+    for _ in $(seq 600); do
+      f=$(curl -sf "${base}metrics" | sed -n 's/^adclick_aggregator_checkpoint{value="frontier"} //p')
+      [ -n "$f" ] && awk -v f="$f" -v e="$end_ms" 'BEGIN {exit !(f * 1000 >= e)}' && break
+      sleep 0.5
+    done
+    # The slowest restore reads the longest chain: a minute of event time at a time, on until
+    # the newest checkpoint is the last link before a full one.
+    links() { grep 'checkpoint committed' "$agg_log" | tail -1 | sed 's/.*links=\([0-9]*\).*/\1/'; }
+    while [ "$(links)" -lt "${FULL_EVERY:-30}" ]; do
+      preload "$end_ms" "$((end_ms + 60000))" --publishers "$PUBLISHERS"
+      end_ms=$((end_ms + 60000))
+      sleep 3
+    done
+    wait_watermark "$end_ms"
+    after=$(answer)
+    echo "   $(grep -c 'checkpoint committed' "$agg_log") checkpoints committed; links of the newest: $(links)"
+    echo "== kill -9 and restart after $phase"
+    kill -9 "$agg_pid"
+    wait "$agg_pid" 2>/dev/null || true
+    restart_timed "$after" "${phase_args[@]}"
+  fi
+done
+echo "== records/s: ${rates[*]}"
+printf '%s\n' "${rates[@]}" | awk -F: '
+  $1 == "plain" {p[n++] = $2} $1 == "checkpointed" {c[m++] = $2}
+  END {
+    if (!n || !m) exit
+    asort(p); asort(c)
+    pm = n % 2 ? p[(n + 1) / 2] : (p[n / 2] + p[n / 2 + 1]) / 2
+    cm = m % 2 ? c[(m + 1) / 2] : (c[m / 2] + c[m / 2 + 1]) / 2
+    printf "   checkpointed %.0f against plain %.0f (medians): %.3f of the baseline\n", cm, pm, cm / pm
+  }'
