@@ -2,7 +2,8 @@
 //! forever (after the idle timeout it is released, and windows complete), nor may a clock in
 //! 2099, nor silence; two aggregators never share a checkpoint directory or output; a lost
 //! peer process ends the cluster with its own exit code; late clicks and dead letters sent
-//! again after a restore carry the keys a consumer deduplicates them by.
+//! again after a restore carry the keys a consumer deduplicates them by; dead letters are
+//! written while the watermark waits ahead of the clock.
 
 use adclick_testkit as common;
 
@@ -267,6 +268,73 @@ fn a_click_from_2099_is_dead_lettered_and_moves_no_watermark() {
         .map(|(_, (_, c))| c)
         .sum();
     assert_eq!(counted, 40);
+}
+
+/// While clicks up to the future-skew bound ahead hold the watermark there, a flood of
+/// records beyond the bound is dead-lettered and written at once, not held in memory until the
+/// wall clock reaches the watermark (minutes later; 20 GB in a benchmark that did this).
+#[test]
+fn dead_letters_are_written_while_the_watermark_waits_for_the_clock() {
+    let kafka = common::embedded_kafka(2);
+    let brokers = kafka.bootstrap_servers();
+    let now = adclick::timefmt::now_millis();
+    let ahead: Vec<_> = (0..2)
+        .map(|p| {
+            let mut e = event(20_000 + i64::from(p));
+            e.event_time_ms = now + 180_000;
+            (p, e)
+        })
+        .collect();
+    produce(&brokers, &ahead);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let mut aggregator = streaming(&brokers, &out, &[]);
+    let base = aggregator.line_with_prefix("query server: ", Duration::from_secs(30));
+    let health = format!("{base}api/v1/health");
+    let every = Duration::from_millis(200);
+    wait_every(
+        Duration::from_secs(30),
+        every,
+        "the watermark ahead",
+        || {
+            let health = blocking_get(&health, ADMIN).json();
+            match health["watermark_ms"].as_i64() > Some(now + 60_000) {
+                true => Ok(()),
+                false => Err(health.to_string()),
+            }
+        },
+    );
+    let flood: Vec<_> = (0..400)
+        .map(|i| {
+            let mut e = event(30_000 + i);
+            e.event_time_ms = now + 3_600_000;
+            ((i % 2) as i32, e)
+        })
+        .collect();
+    produce(&brokers, &flood);
+    let tallies = wait_every(
+        Duration::from_secs(30),
+        every,
+        "every dead letter written",
+        || {
+            let health = blocking_get(&health, ADMIN).json();
+            let t = &health["tallies"];
+            match t["dead_lettered"] == 400 {
+                true => Ok(t.clone()),
+                false => Err(health.to_string()),
+            }
+        },
+    );
+    assert_eq!(tallies["received"], 402, "{tallies}");
+    let (_, letters) = latest_rows(&out);
+    assert_eq!(letters.len(), 400);
+    assert!(letters.iter().all(|c| c == "event_time_in_future"));
+    let health = blocking_get(&health, ADMIN).json();
+    let watermark = health["watermark_ms"].as_u64().unwrap();
+    assert!(
+        watermark > adclick::timefmt::now_millis() as u64,
+        "the watermark still waits ahead of the clock: {health}"
+    );
 }
 
 /// Issue 11, item 5: clicks stamped by the redirect's clock, then silence. Before, the last
