@@ -147,7 +147,10 @@ impl EmbeddedKafka {
     /// records are kept. Tansu, a child process, is taken down by killing it instead.
     pub fn broker_down(&self) -> anyhow::Result<()> {
         match self {
-            Self::Builtin(b, _) => Ok(b.down()),
+            Self::Builtin(b, _) => {
+                b.down();
+                Ok(())
+            }
             Self::Mock(m) => Ok(m.broker_down(1)?),
             Self::Tansu(_) => bail!("broker_down: stop the Tansu process instead"),
         }
@@ -155,7 +158,10 @@ impl EmbeddedKafka {
 
     pub fn broker_up(&self) -> anyhow::Result<()> {
         match self {
-            Self::Builtin(b, _) => Ok(b.up()),
+            Self::Builtin(b, _) => {
+                b.up();
+                Ok(())
+            }
             Self::Mock(m) => Ok(m.broker_up(1)?),
             Self::Tansu(_) => bail!("broker_up: start the Tansu process again instead"),
         }
