@@ -3,7 +3,7 @@
 //! writer's state recorded at each checkpoint frontier.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +112,10 @@ pub struct ReportSink {
     alone: Option<(Instant, Duration)>,
     run: String,
     pending: BTreeMap<u64, Vec<Out>>,
+    /// Per pending time, how many of its lines need no text ([`needs_no_text`]).
+    free: HashMap<u64, usize>,
+    /// The pending times with [`EARLY_LINES`] such lines or more.
+    flooded: BTreeSet<u64>,
     health: Arc<Health>,
 }
 
@@ -132,12 +136,19 @@ impl ReportSink {
             alone,
             run: run.into(),
             pending: BTreeMap::new(),
+            free: HashMap::new(),
+            flooded: BTreeSet::new(),
             health,
         }
     }
 
     /// The lines of `time`, as they arrive.
     pub fn add(&mut self, time: u64, items: &mut Vec<Out>) {
+        let free = self.free.entry(time).or_default();
+        *free += items.iter().filter(|i| needs_no_text(i)).count();
+        if *free >= EARLY_LINES {
+            self.flooded.insert(time);
+        }
         self.pending.entry(time).or_default().append(items);
     }
 
@@ -152,6 +163,8 @@ impl ReportSink {
                 break;
             }
             let (t, items) = entry.remove_entry();
+            self.free.remove(&t);
+            self.flooded.remove(&t);
             if let Some(h) = &self.hook {
                 h.record(|f| f <= t, w, &mut |f| sinks.seal(f))?;
             }
@@ -212,29 +225,30 @@ impl ReportSink {
             return Ok(());
         };
         let asked = self.hook.as_ref().and_then(|h| h.first_asked());
-        let mut emptied = Vec::new();
-        for (&t, items) in self.pending.range_mut(at..) {
+        let flooded: Vec<u64> = self.flooded.range(at..).copied().collect();
+        let times = std::iter::once(at).chain(flooded.into_iter().filter(|t| *t != at));
+        for t in times {
             if asked.is_some_and(|f| f <= t) {
                 break;
             }
+            let Some(items) = self.pending.get_mut(&t) else {
+                continue;
+            };
             let final_now =
                 |i: &Out| t == at && matches!(i, Out::Report(r) if r.status == Status::Final);
-            let free = |i: &Out| {
-                final_now(i)
-                    || matches!(
-                        i,
-                        Out::Rejected(_) | Out::Late(_) | Out::Received(_) | Out::Lost(_)
-                    )
-            };
-            if !items.iter().any(final_now)
-                && items.iter().filter(|i| free(i)).count() < EARLY_LINES
-            {
+            if !self.flooded.contains(&t) && !items.iter().any(final_now) {
                 continue;
             }
-            let early: Vec<Out> = items.extract_if(.., |i| free(i)).collect();
+            let early: Vec<Out> = items
+                .extract_if(.., |i| needs_no_text(i) || final_now(i))
+                .collect();
             if items.is_empty() {
-                emptied.push(t);
+                self.pending.remove(&t);
+                self.free.remove(&t);
+            } else {
+                self.free.insert(t, 0);
             }
+            self.flooded.remove(&t);
             if let Some(h) = &self.hook {
                 h.begun.set(h.begun.get().max(t));
             }
@@ -242,11 +256,17 @@ impl ReportSink {
             w.write_time(early, &mut |line| sinks.send(line))?;
             *self.health.tallies.lock().unwrap() = w.tallies;
         }
-        for t in emptied {
-            self.pending.remove(&t);
-        }
         Ok(())
     }
+}
+
+/// Dead letters, late clicks, gaps and tallies: lines that need no text and that nothing else
+/// of their time depends on.
+fn needs_no_text(item: &Out) -> bool {
+    matches!(
+        item,
+        Out::Rejected(_) | Out::Late(_) | Out::Received(_) | Out::Lost(_)
+    )
 }
 
 /// How many lines that depend on nothing still to come may wait at one time ahead of the
@@ -430,5 +450,6 @@ mod tests {
             "14's lines went once the cut was made"
         );
         assert!(sink.pending.is_empty(), "{:?}", sink.pending.keys());
+        assert!(sink.free.is_empty() && sink.flooded.is_empty());
     }
 }
