@@ -13,13 +13,15 @@
 #  - plain: checkpoints never due (the interval is a day), the baseline;
 #  - checkpointed: the aggregator's default interval and chain length (or INTERVAL_MS,
 #    FULL_EVERY), its records/s as a ratio to the plain phases' median: the checkpoint cost.
-#    It then waits for a checkpoint past the end, is killed with SIGKILL and restarted, timed
-#    as bench-recovery.sh's step 4 (serving again, counting again).
-# The load should take longer than a full checkpoint's cycle (FULL_EVERY + 1 intervals: 310 s
-# by default) for the ratio to include one; the first checkpoint after a restore is full. QUERY and WANT are the ones bench-recovery.sh printed for the kept run.
+#    It then reads a minute more at a time until its newest checkpoint is the longest chain
+#    (the slowest restore), is killed with SIGKILL and restarted, timed as bench-recovery.sh's
+#    step 4 (serving again, counting again).
+# The first checkpoint after a restore is full, so each checkpointed phase includes one.
+# QUERY and WANT are the ones bench-recovery.sh printed for the kept run (its range ends
+# before the loaded event time, so the answer stays).
 # Usage: scripts/bench-restore-scale.sh KEPT_DIR QUERY WANT
 #   (env: CLICKS=100000000 RATE=8000 LOAD_S=1800 ADS=10 PUBLISHERS=2 PHASES= INTERVAL_MS=
-#         FULL_EVERY= CHUNK_EVENTS=80000 NO_BUILD=)
+#         FULL_EVERY= CHUNK_EVENTS=80000 IDLE_MS=86400000 NO_BUILD=)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kept=${1:?the kept work directory} query=${2:?the query} want=${3:?the answer}
@@ -27,6 +29,9 @@ kept=${1:?the kept work directory} query=${2:?the query} want=${3:?the answer}
 CLICKS=${CLICKS:-100000000} RATE=${RATE:-8000} LOAD_S=${LOAD_S:-1800} ADS=${ADS:-10}
 PUBLISHERS=${PUBLISHERS:-2} CHUNK_EVENTS=${CHUNK_EVENTS:-80000}
 [ -n "${NO_BUILD:-}" ] || cargo build --release --quiet --bins
+# Partitions are never idle here: the kept checkpoint's frontier is in the past, and an idle
+# stream's watermark would follow the wall clock past it, making every loaded click late.
+export IDLE_MS=${IDLE_MS:-86400000}
 source scripts/lib/bench.sh
 grown=$work/grown
 mkdir -p "$grown"
@@ -80,28 +85,23 @@ for phase in ${PHASES:-plain checkpointed plain}; do
       awk -F= '{v[$1] = v[$1] " " $2; n[$1]++; s[$1] += $2}
         END {for (k in v) printf "   checkpoints, %s (mean %.0f):%s\n", k, s[k] / n[k], v[k]}' |
       cut -c1-400
-    end_ms=$((start + LOAD_S * 1000))
-    wait_watermark "$end_ms"
-    for _ in $(seq 600); do
-      f=$(curl -sf "${base}metrics" | sed -n 's/^adclick_aggregator_checkpoint{value="frontier"} //p')
-      [ -n "$f" ] && awk -v f="$f" -v e="$end_ms" 'BEGIN {exit !(f * 1000 >= e)}' && break
-      sleep 0.5
-    done
     # The slowest restore reads the longest chain: a minute of event time at a time, on until
     # the newest checkpoint is the last link before a full one.
-    links() { { grep 'checkpoint committed' "$agg_log" || echo links=-1; } | tail -1 | sed 's/.*links=\([0-9]*\).*/\1/'; }
+    end_ms=$((start + LOAD_S * 1000))
+    links() {
+      { grep 'checkpoint committed' "$agg_log" || echo links=-1; } | tail -1 |
+        sed 's/\x1b\[[0-9;]*m//g; s/.*links=\(-*[0-9]*\).*/\1/'
+    }
     while [ "$(links)" -lt "${FULL_EVERY:-30}" ]; do
       preload "$end_ms" "$((end_ms + 60000))" --publishers "$PUBLISHERS"
       end_ms=$((end_ms + 60000))
       sleep 3
     done
-    wait_watermark "$end_ms"
-    after=$(answer)
     echo "   $(grep -c 'checkpoint committed' "$agg_log") checkpoints committed; links of the newest: $(links)"
     echo "== kill -9 and restart after $phase"
     kill -9 "$agg_pid"
     wait "$agg_pid" 2>/dev/null || true
-    restart_timed "$after" "${phase_args[@]}"
+    restart_timed "$want" "${phase_args[@]}"
   fi
 done
 echo "== records/s: ${rates[*]}"
