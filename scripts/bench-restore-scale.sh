@@ -105,12 +105,10 @@ for phase in ${PHASES:-plain checkpointed plain}; do
   fi
 done
 echo "== records/s: ${rates[*]}"
-printf '%s\n' "${rates[@]}" | awk -F: '
-  $1 == "plain" {p[n++] = $2} $1 == "checkpointed" {c[m++] = $2}
-  END {
-    if (!n || !m) exit
-    asort(p); asort(c)
-    pm = n % 2 ? p[(n + 1) / 2] : (p[n / 2] + p[n / 2 + 1]) / 2
-    cm = m % 2 ? c[(m + 1) / 2] : (c[m / 2] + c[m / 2 + 1]) / 2
-    printf "   checkpointed %.0f against plain %.0f (medians): %.3f of the baseline\n", cm, pm, cm / pm
-  }'
+median() { sort -n | awk '{v[NR] = $1} END {if (NR) print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+plain=$(printf '%s\n' "${rates[@]}" | sed -n 's/^plain://p' | median)
+checkpointed=$(printf '%s\n' "${rates[@]}" | sed -n 's/^checkpointed://p' | median)
+if [ -n "$plain" ] && [ -n "$checkpointed" ]; then
+  awk -v c="$checkpointed" -v p="$plain" \
+    'BEGIN {printf "   checkpointed %.0f against plain %.0f (medians): %.3f of the baseline\n", c, p, c / p}'
+fi
