@@ -18,7 +18,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -157,6 +157,7 @@ fn process_alive(pid: u32) -> bool {
 /// An in-process single-node Kafka broker on 127.0.0.1. Stops when dropped.
 pub struct Broker {
     addr: SocketAddr,
+    shared: Arc<Shared>,
     /// Whether it serves: [`Broker::down`] and [`Broker::up`] flip it.
     online: watch::Sender<bool>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -172,6 +173,8 @@ struct Shared {
     next_producer_id: AtomicI64,
     host: String,
     port: i32,
+    /// Set by [`Broker::lose_next_produce_answer`].
+    lose_produce_answer: AtomicBool,
 }
 
 impl Broker {
@@ -203,6 +206,7 @@ impl Broker {
             store,
             appended: watch::Sender::new(0),
             next_producer_id: AtomicI64::new(first_pid),
+            lose_produce_answer: AtomicBool::new(false),
             host: addr.ip().to_string(),
             port: i32::from(addr.port()),
         });
@@ -215,6 +219,7 @@ impl Broker {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let online = watch::Sender::new(true);
         let online_rx = online.subscribe();
+        let shared_for_broker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("adclick-broker".into())
             .spawn(move || {
@@ -230,6 +235,7 @@ impl Broker {
             .context("spawning the broker thread")?;
         Ok(Broker {
             addr,
+            shared: shared_for_broker,
             online,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -253,6 +259,14 @@ impl Broker {
     /// Serves again on the same port after [`Broker::down`].
     pub fn up(&self) {
         self.online.send_replace(true);
+    }
+
+    /// Drops the next produce request's answer, after its records are stored, with its
+    /// connection: a broker dying between the two, which tests of retries need on demand.
+    pub fn lose_next_produce_answer(&self) {
+        self.shared
+            .lose_produce_answer
+            .store(true, Ordering::SeqCst);
     }
 }
 
@@ -348,9 +362,13 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<()> {
         anyhow::ensure!(len <= MAX_FRAME, "request of {len} bytes too large");
         let mut frame = BytesMut::zeroed(len);
         rd.read_exact(&mut frame).await?;
+        let produce = frame.starts_with(&(ApiKey::Produce as i16).to_be_bytes());
         let Some(resp) = handle(frame.freeze(), &shared).await? else {
             continue;
         };
+        if produce && shared.lose_produce_answer.swap(false, Ordering::SeqCst) {
+            anyhow::bail!("the answer to a stored produce request dropped on purpose");
+        }
         wr.write_all(&resp).await?;
     }
 }
