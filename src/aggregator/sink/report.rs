@@ -303,6 +303,29 @@ mod tests {
         })
     }
 
+    type Asked = Rc<RefCell<BTreeSet<u64>>>;
+    type Written = Rc<RefCell<BTreeMap<u64, WriterState>>>;
+
+    /// A sink writing to `path` whose checkpointer has asked `asked`: with the hook's shared
+    /// asked frontiers, written states and `begun`.
+    fn hooked_sink(
+        path: &std::path::Path,
+        asked: BTreeSet<u64>,
+    ) -> (ReportSink, Asked, Written, Rc<Cell<u64>>) {
+        let asked = Rc::new(RefCell::new(asked));
+        let written = Rc::new(RefCell::new(BTreeMap::new()));
+        let begun = Rc::new(Cell::new(0));
+        let hook = WriterHook::new(asked.clone(), written.clone(), begun.clone());
+        let writer = Writer::resume(path.to_str().unwrap(), None).unwrap();
+        let sinks = Sinks {
+            kafka: None,
+            windows: None,
+        };
+        let health = Arc::new(Health::new(1, 1));
+        let sink = ReportSink::new(writer, sinks, Some(hook), Duration::ZERO, "r", health);
+        (sink, asked, written, begun)
+    }
+
     fn frontier(at: u64) -> MutableAntichain<u64> {
         let mut f = MutableAntichain::new();
         f.update_iter([(at, 1)]);
@@ -316,17 +339,7 @@ mod tests {
     fn finals_at_the_frontier_go_at_once_after_the_checkpoint_there() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.ndjson");
-        let asked = Rc::new(RefCell::new(BTreeSet::from([7])));
-        let written = Rc::new(RefCell::new(BTreeMap::new()));
-        let begun = Rc::new(Cell::new(0));
-        let hook = WriterHook::new(asked, written.clone(), begun.clone());
-        let writer = Writer::resume(path.to_str().unwrap(), None).unwrap();
-        let sinks = Sinks {
-            kafka: None,
-            windows: None,
-        };
-        let health = Arc::new(Health::new(1, 1));
-        let mut sink = ReportSink::new(writer, sinks, Some(hook), Duration::ZERO, "r", health);
+        let (mut sink, _, written, begun) = hooked_sink(&path, BTreeSet::from([7]));
         let name = |ad: &str| Out::Name((Sym::of(ad), ad.into()));
         sink.add(
             7,
@@ -369,17 +382,7 @@ mod tests {
     fn dead_letters_go_ahead_of_a_stalled_frontier_but_never_past_an_asked_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.ndjson");
-        let asked = Rc::new(RefCell::new(BTreeSet::new()));
-        let written = Rc::new(RefCell::new(BTreeMap::new()));
-        let begun = Rc::new(Cell::new(0));
-        let hook = WriterHook::new(asked.clone(), written.clone(), begun.clone());
-        let writer = Writer::resume(path.to_str().unwrap(), None).unwrap();
-        let sinks = Sinks {
-            kafka: None,
-            windows: None,
-        };
-        let health = Arc::new(Health::new(1, 1));
-        let mut sink = ReportSink::new(writer, sinks, Some(hook), Duration::ZERO, "r", health);
+        let (mut sink, asked, written, begun) = hooked_sink(&path, BTreeSet::new());
         let lines = || std::fs::read_to_string(&path).unwrap();
         let late = Out::Late(Box::new(adclick_dataflows::click::RawClick {
             impression_id: "late-9".into(),
