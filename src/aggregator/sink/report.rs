@@ -1,6 +1,7 @@
-//! Worker 0's end of the pipeline: every report in time order (late clicks and dead letters
-//! as they come, see [`ReportSink::write_early`]), to the NDJSON output and the final windows to the `click-aggregates` topic, with the
-//! writer's state recorded at each checkpoint frontier.
+//! Worker 0's end of the pipeline: every report in time order (a flood of late clicks and
+//! dead letters ahead of it, see [`ReportSink::write_early`]), to the NDJSON output and the
+//! final windows to the `click-aggregates` topic, with the writer's state recorded at each
+//! checkpoint frontier.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -218,8 +219,8 @@ impl ReportSink {
     /// 2-worker benchmark. No time at or after a checkpoint frontier asked and not yet reached
     /// is written (its lines go after that checkpoint's cut), and none at or before a written
     /// time is asked from then on (`begun`). That is why the rest waits for the threshold:
-    /// written as they come, the tallies stamped at the sources' frontier kept `begun` there
-    /// and no checkpoint was asked at all under load.
+    /// written as they come, the tallies, stamped at the sources' frontier with every batch
+    /// read, would keep `begun` there, and no checkpoint can be asked while it stays.
     fn write_early(&mut self, at: u64) -> anyhow::Result<()> {
         let Some(w) = self.writer.as_mut() else {
             return Ok(());
