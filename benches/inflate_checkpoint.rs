@@ -36,7 +36,8 @@ fn main() -> anyhow::Result<()> {
         .settings
         .as_ref()
         .context("the checkpoint records no settings")?
-        .dedup_horizon_ms;
+        .dedup_horizon_ms
+        .max(1);
     let (parts, winners) = from.read_chain_lazily(&manifest)?;
     let to = Store::new(&dst)?;
     let workers = parts.len();

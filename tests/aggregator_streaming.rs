@@ -292,19 +292,25 @@ fn dead_letters_are_written_while_the_watermark_waits_for_the_clock() {
     let mut aggregator = streaming(&brokers, &out, &[]);
     let base = aggregator.line_with_prefix("query server: ", Duration::from_secs(30));
     let health = format!("{base}api/v1/health");
-    let every = Duration::from_millis(200);
-    wait_every(
-        Duration::from_secs(30),
-        every,
-        "the watermark ahead",
-        || {
-            let health = blocking_get(&health, ADMIN).json();
-            match health["watermark_ms"].as_i64() > Some(now + 60_000) {
-                true => Ok(()),
-                false => Err(health.to_string()),
-            }
-        },
-    );
+    // Health, polled until `done` holds for it.
+    let health_until = |what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        wait_every(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            what,
+            || {
+                let health = blocking_get(&health, ADMIN).json();
+                if done(&health) {
+                    Ok(())
+                } else {
+                    Err(health.to_string())
+                }
+            },
+        )
+    };
+    health_until("the watermark ahead", &|h| {
+        h["watermark_ms"].as_i64() > Some(now + 60_000)
+    });
     let flood: Vec<_> = (0..3000)
         .map(|i| {
             let mut e = event(30_000 + i);
@@ -313,18 +319,9 @@ fn dead_letters_are_written_while_the_watermark_waits_for_the_clock() {
         })
         .collect();
     produce(&brokers, &flood);
-    wait_every(
-        Duration::from_secs(30),
-        every,
-        "the dead letters written",
-        || {
-            let health = blocking_get(&health, ADMIN).json();
-            match health["tallies"]["dead_lettered"].as_u64() >= Some(2000) {
-                true => Ok(()),
-                false => Err(health.to_string()),
-            }
-        },
-    );
+    health_until("the dead letters written", &|h| {
+        h["tallies"]["dead_lettered"].as_u64() >= Some(2000)
+    });
     let (_, letters) = latest_rows(&out);
     assert!(letters.len() >= 2000, "{} dead letters", letters.len());
     assert!(letters.iter().all(|c| c == "event_time_in_future"));
