@@ -3,7 +3,8 @@
 //! 2099, nor silence; two aggregators never share a checkpoint directory or output; a lost
 //! peer process ends the cluster with its own exit code; late clicks and dead letters sent
 //! again after a restore carry the keys a consumer deduplicates them by; dead letters are
-//! written while the watermark waits ahead of the clock.
+//! written while the watermark waits ahead of the clock; a restart with no click after it goes
+//! on checkpointing.
 
 use adclick_testkit as common;
 
@@ -373,6 +374,83 @@ fn a_quiet_stream_completes_its_last_windows() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no completion histogram: {metrics}"));
     assert!((1..=5).contains(&count), "minutes observed: {count}");
+}
+
+/// The aggregator's `checkpoint` gauge `value` (frontier in s, committed count since start)
+/// from `/metrics` at `base`; `None` before the first commit.
+fn checkpoint_metric(base: &str, value: &str) -> Option<f64> {
+    let metrics = blocking_get(&format!("{base}metrics"), ADMIN).body;
+    let prefix = format!("adclick_aggregator_checkpoint{{value=\"{value}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A restart from a checkpoint that holds recent clicks, then no click at all (or only late
+/// ones: the aggregator down for hours while the redirect spooled): checkpoints go on being
+/// committed. Before, the user rule held the restored clicks until a click was counted after
+/// the restore, and reach and the report writer behind them waited at the checkpoint's
+/// frontier: no line written, no checkpoint committed, for as long as no click came.
+#[test]
+fn a_restart_with_no_click_after_it_goes_on_checkpointing() {
+    let kafka = common::embedded_kafka(2);
+    let brokers = kafka.bootstrap_servers();
+    let (minute, mut events) = last_minute_clicks(40, 0);
+    for (i, (_, e)) in events.iter_mut().enumerate() {
+        e.ip_hash = format!("{i:032x}");
+        e.user_id_hash = format!("{:032x}", 100 + i % 5);
+    }
+    let last_s = events.iter().map(|(_, e)| e.event_time_ms).max().unwrap() as f64 / 1000.0;
+    produce(&brokers, &events);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let ckpt = dir.path().join("checkpoints").display().to_string();
+    let env = [
+        ("ADCLICK_AGGREGATOR_CHECKPOINT_DIR", ckpt.as_str()),
+        ("ADCLICK_AGGREGATOR_CHECKPOINT_INTERVAL_MS", "1000"),
+    ];
+    let every = Duration::from_millis(200);
+    let mut first = streaming(&brokers, &out, &env);
+    let base = first.line_with_prefix("query server: ", Duration::from_secs(30));
+    wait_every(
+        Duration::from_secs(60),
+        every,
+        "the clicks' minute complete",
+        || {
+            let (rows, _) = latest_rows(&out);
+            let clicks: i64 = rows
+                .iter()
+                .filter(|(m, _)| m.0 == minute)
+                .map(|(_, r)| r.1)
+                .sum();
+            match clicks == 40 {
+                true => Ok(()),
+                false => Err(format!("{rows:?}")),
+            }
+        },
+    );
+    wait_every(
+        Duration::from_secs(60),
+        every,
+        "a checkpoint past the clicks",
+        || match checkpoint_metric(&base, "frontier") {
+            Some(f) if f > last_s + 6.0 => Ok(()),
+            f => Err(format!("newest checkpoint at {f:?} s")),
+        },
+    );
+    first.kill();
+    let mut again = streaming(&brokers, &out, &env);
+    let base = again.line_with_prefix("query server: ", Duration::from_secs(30));
+    wait_every(
+        Duration::from_secs(30),
+        every,
+        "a checkpoint after the restart",
+        || match checkpoint_metric(&base, "committed") {
+            Some(n) if n >= 1.0 => Ok(()),
+            n => Err(format!("committed since the restart: {n:?}")),
+        },
+    );
 }
 
 /// Issue 11, item 6: a second aggregator on the same checkpoint directory or output fails at

@@ -558,10 +558,13 @@ pub fn flood<'s>(
                     batch.extend(part.drain(..).map(|(c, _, d)| (c, d)));
                 }
             });
-            // Restored clicks all come at the checkpoint's frontier − 1, before every click
-            // counted after it: they are all here once their input's frontier passes a
-            // pending time, and go back into the state before that time's changes.
+            // Restored clicks all come at one time, the checkpoint's frontier, before every
+            // click counted after it: they are all here once their input's frontier passes
+            // that time, and go back into the state before any later time's changes.
             let restored_done = restored_frontier.frontier().first().copied();
+            let all_restored_here = restoring_at
+                .as_ref()
+                .is_some_and(|at| restored_done.is_none_or(|r| r > *at.time()));
             // `upto` bounds the changes still to come: the pending time about to be applied,
             // or the input's frontier.
             let mut restore = |state: &mut FloodState, upto: u64| {
@@ -585,8 +588,17 @@ pub fn flood<'s>(
                     .give_iterator(out.drain(..).map(|(c, d)| (c, t, d)));
             }
             let done = frontier.frontier().first().copied().unwrap_or(u64::MAX);
-            if restored_done.is_none() {
-                restore(&mut state, done);
+            // Not only once the restored input ends: the next rule's restored input is this
+            // rule's judged output, whose frontier follows this rule's clicks, so it never
+            // ends while the stream runs. Waiting for its end held the next rule's restored
+            // clicks, and reach and the report writer behind them, at the checkpoint's
+            // frontier until a click was counted after the restore: for ever on a quiet
+            // stream or one of only late clicks, with no checkpoint committed meanwhile.
+            if all_restored_here {
+                let upto = pending
+                    .first_key_value()
+                    .map_or(done, |(t, _)| done.min(*t));
+                restore(&mut state, upto);
             }
             state.retire(done.min(restored_done.unwrap_or(u64::MAX)));
         }
@@ -1034,5 +1046,54 @@ mod tests {
                 restored.retire(batch[0].0 + 1);
             }
         }
+    }
+
+    /// After a restore, with no click counted since (a quiet stream, or only late clicks),
+    /// the restored clicks still leave both rules once the clicks' frontier has passed the
+    /// checkpoint's: the user rule's restored input is the IP rule's judged output, which
+    /// never ends while the stream runs. Waiting for it to end held reach, and the report
+    /// writer behind it, at the checkpoint's frontier: no line written, no checkpoint taken.
+    #[test]
+    fn restored_clicks_pass_both_rules_with_no_click_counted_after_the_restore() {
+        use differential_dataflow::input::Input as _;
+        use timely::dataflow::operators::{Input as _, Inspect as _, Probe as _};
+
+        const F: u64 = 10 * MINUTE_MS;
+        let restored_clicks: Vec<Click> = (0..7)
+            .map(|i| Click {
+                user: Some(Sym::of("u")),
+                ..click(i, F - 30_000 + i as u64, i, "a")
+            })
+            .collect();
+        let expected = restored_clicks.len();
+        timely::execute_directly(move |worker| {
+            let judged = Rc::new(std::cell::RefCell::new(Vec::new()));
+            let seen = judged.clone();
+            let (mut counted, mut restored, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (counted_input, counted) = scope.new_collection::<Click, i64>();
+                let (restored_input, restored) = scope.new_input::<Vec<Click>>();
+                let cfg = InvalidConfig::default();
+                let (_, judged) = judged_clicks(counted, restored, &cfg, 300_000, |_| true);
+                let (probe, _) = judged.inspect(move |c| seen.borrow_mut().push(*c)).probe();
+                (counted_input, restored_input, probe)
+            });
+            restored.advance_to(F);
+            restored.send_batch(&mut restored_clicks.clone());
+            restored.close();
+            // The clicks' frontier moves on (an idle source following the clock); no click.
+            counted.advance_to(F + MINUTE_MS);
+            counted.flush();
+            for _ in 0..1_000 {
+                worker.step();
+                if !probe.less_equal(&F) {
+                    break;
+                }
+            }
+            assert!(
+                !probe.less_equal(&F),
+                "the restored clicks are still held at the checkpoint's frontier"
+            );
+            assert_eq!(judged.borrow().len(), expected);
+        });
     }
 }
