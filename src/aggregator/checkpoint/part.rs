@@ -110,13 +110,16 @@ impl Winners {
     /// dimensions are stored once each, in a table of their own.
     pub fn changed(state: &DedupState, impressions: impl Iterator<Item = u128>) -> Self {
         let table = state.dims_table();
-        let mut remap: HashMap<u32, u32> = HashMap::new();
+        // The table's index to the link's, looked up per winner: an array, not a hash map.
+        let mut remap: Vec<u32> = vec![u32::MAX; table.len()];
         let mut out = Self::default();
         for ((imp, t, click, d), judged) in state.winners_of(impressions) {
-            let mine = *remap.entry(d).or_insert_with(|| {
+            let slot = &mut remap[d as usize];
+            if *slot == u32::MAX {
                 out.dims.push(table[d as usize]);
-                (out.dims.len() - 1) as u32
-            });
+                *slot = (out.dims.len() - 1) as u32;
+            }
+            let mine = *slot;
             out.entries.push((imp, t, click, mine));
             if let Some(j) = judged {
                 out.judged.push((imp, t, j));
