@@ -430,27 +430,27 @@ fn a_restart_with_no_click_after_it_goes_on_checkpointing() {
             }
         },
     );
-    wait_every(
-        Duration::from_secs(60),
-        every,
-        "a checkpoint past the clicks",
-        || match checkpoint_metric(&base, "frontier") {
-            Some(f) if f > last_s + 6.0 => Ok(()),
-            f => Err(format!("newest checkpoint at {f:?} s")),
-        },
-    );
+    // The query server at `base` until its checkpoint gauge `value` passes `ok`.
+    let until = |base: &str, what: &str, value: &str, ok: &dyn Fn(f64) -> bool| {
+        wait_every(
+            Duration::from_secs(60),
+            every,
+            what,
+            || match checkpoint_metric(base, value) {
+                Some(v) if ok(v) => Ok(()),
+                v => Err(format!("checkpoint {value}: {v:?}")),
+            },
+        )
+    };
+    until(&base, "a checkpoint past the clicks", "frontier", &|f| {
+        f > last_s + 6.0
+    });
     first.kill();
     let mut again = streaming(&brokers, &out, &env);
     let base = again.line_with_prefix("query server: ", Duration::from_secs(30));
-    wait_every(
-        Duration::from_secs(30),
-        every,
-        "a checkpoint after the restart",
-        || match checkpoint_metric(&base, "committed") {
-            Some(n) if n >= 1.0 => Ok(()),
-            n => Err(format!("committed since the restart: {n:?}")),
-        },
-    );
+    until(&base, "a checkpoint after the restart", "committed", &|n| {
+        n >= 1.0
+    });
 }
 
 /// Issue 11, item 6: a second aggregator on the same checkpoint directory or output fails at
