@@ -66,9 +66,8 @@ for ((r = 0; r < ${ROUNDS:-2}; r++)); do
     rates[$spec]="${rates[$spec]:-} $rate"
   done
 done
-median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 for b in "${builds[@]}"; do
-  p=$(median <<<"${rates[$b:plain]}") c=$(median <<<"${rates[$b:ck]}")
+  p=$(tr ' ' '\n' <<<"${rates[$b:plain]}" | median) c=$(tr ' ' '\n' <<<"${rates[$b:ck]}" | median)
   awk -v b="$b" -v c="$c" -v p="$p" \
     'BEGIN {printf "%s: checkpointed %.0f against plain %.0f (medians): %.3f\n", b, c, p, c / p}'
 done

@@ -105,7 +105,6 @@ for phase in ${PHASES:-plain checkpointed plain}; do
   fi
 done
 echo "== records/s: ${rates[*]}"
-median() { sort -n | awk '{v[NR] = $1} END {if (NR) print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 plain=$(printf '%s\n' "${rates[@]}" | sed -n 's/^plain://p' | median)
 checkpointed=$(printf '%s\n' "${rates[@]}" | sed -n 's/^checkpointed://p' | median)
 if [ -n "$plain" ] && [ -n "$checkpointed" ]; then

@@ -157,3 +157,6 @@ restart_timed() {
     printf "   every dedup state built after %.2f s (counting again)\n", d-a}'
   echo "   aggregator after the restart: $(rss "$agg_pid")"
 }
+
+# The median of the numbers read, one a line (blank lines skipped); nothing for none.
+median() { awk 'NF' | sort -n | awk '{v[NR] = $1} END {if (NR) print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
