@@ -528,13 +528,18 @@ impl ChainState {
         plan(committed, |t| self.digests.contains_key(&t), full_every)
     }
 
-    /// The impressions changed since `tip`, up to the newest save.
+    /// The impressions changed since `tip`, up to the newest save, each once. Usually that is
+    /// one save's set; an impression in several is given by the oldest, and later sets are
+    /// only probed (a set built for the union cost 3.6 % of a checkpointed load's samples at
+    /// 100 M clicks of state, docs/benchmarks.md).
     pub fn changed_since(&self, tip: u64) -> impl Iterator<Item = u128> + '_ {
-        let mut seen = adclick_dataflows::dedup::Impressions::default();
-        self.changed
-            .range(tip + 1..)
-            .flat_map(|(_, s)| s.iter().copied())
-            .filter(move |i| seen.insert(*i))
+        let sets: Vec<_> = self.changed.range(tip + 1..).map(|(_, s)| s).collect();
+        (0..sets.len()).flat_map(move |i| {
+            let (older, this) = (sets[..i].to_vec(), sets[i]);
+            this.iter()
+                .copied()
+                .filter(move |imp| !older.iter().any(|o| o.contains(imp)))
+        })
     }
 
     /// What the part at `f` carries of `rows`, the worker's rows at `f`: all of them when
@@ -930,6 +935,27 @@ mod tests {
             link(users),
         ];
         assert!(fold(unapplied, &[0, 1]).is_err());
+    }
+
+    /// A link after checkpoints that failed holds the impressions changed in each save since
+    /// its tip: every one once, none from the saves the tip covers.
+    #[test]
+    fn the_impressions_changed_since_a_tip_come_once_each_across_saves() {
+        let mut chain = ChainState::default();
+        let set = |imps: &[u128]| Some(imps.iter().copied().collect());
+        assert_eq!(chain.plan(10, None, None, 4), Plan::Full);
+        chain.part_rows(10, RestoredRows::default(), None);
+        chain.plan(20, Some((10, &[])), set(&[1, 2, 3]), 4);
+        // 20 fails: 30 builds on 10 and holds what changed in both intervals.
+        chain.plan(30, Some((10, &[])), set(&[3, 4, 1, 5]), 4);
+        chain.plan(40, Some((10, &[])), set(&[5, 6]), 4);
+        let mut since: Vec<u128> = chain.changed_since(10).collect();
+        since.sort();
+        assert_eq!(since, vec![1, 2, 3, 4, 5, 6]);
+        let mut since: Vec<u128> = chain.changed_since(20).collect();
+        since.sort();
+        assert_eq!(since, vec![1, 3, 4, 5, 6], "not 2, changed only up to 20");
+        assert_eq!(chain.changed_since(40).count(), 0);
     }
 
     #[test]
