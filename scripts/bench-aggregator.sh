@@ -8,6 +8,7 @@
 # Usage: scripts/bench-aggregator.sh   (env: EVENTS=200000 ROUNDS=3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/stats.sh
 EVENTS=${EVENTS:-200000}
 ROUNDS=${ROUNDS:-3}
 cargo build --release --quiet --bins
@@ -30,7 +31,6 @@ common=(--config config/demo.toml --count "$EVENTS" --rate "${RATE:-100000}" --s
 
 # What the aggregator must receive: every record produced (forged links exist only via HTTP).
 expected=$(jq '.tallies.emitted - .tallies.forged' "$work/truth.json")
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 measure() { # label, args...
   local label=$1; shift
   local rates=()

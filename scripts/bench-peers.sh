@@ -71,7 +71,6 @@ duck_clicks=$(sed -n 's/^billable //p' "$work/duckdb.out")
 echo "billable clicks in final minute rows: adclick $adclick_clicks, DuckDB $duck_clicks" \
   "(DuckDB has no event time: it also counts what adclick rules beyond the allowed lateness)"
 echo "== medians over $ROUNDS rounds"
-median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 duck_s=$(awk '$1 == "duckdb" {print $2}' "$work/runs" | median)
 duck_k=$(awk '$1 == "duckdb" {print $3}' "$work/runs" | median)
 for name in $(awk '{print $1}' "$work/runs" | sort -u); do

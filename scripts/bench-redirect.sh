@@ -11,6 +11,7 @@
 # Usage: scripts/bench-redirect.sh   (env: ROUNDS=3 DURATION=10 RATE=20000 BASELINE_BIN=)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/stats.sh
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 RATE=${RATE:-20000}
@@ -59,7 +60,6 @@ base_url=${url/:$REDIRECT_PORT/:$BASE_PORT}
 [[ $(curl -s -o /dev/null -w '%{http_code}' "$url") == 302 ]] || { echo "redirect not answering 302" >&2; exit 1; }
 
 rps() { wrk -t2 -c64 -d"${DURATION}s" "$1" | awk '/Requests\/sec/ {print $2}'; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 declare -a n_rps r_rps b_rps
 for i in $(seq "$ROUNDS"); do
   n_rps+=("$(rps "$nginx_url")")

@@ -2,6 +2,7 @@
 # pipefail`): a work directory and its processes cleaned up on exit, the embedded broker,
 # aggregators and their health, and the chunked preload of event time. KEEP_WORK=1 leaves
 # the work directory (checkpoints, logs, the broker's data) in place for a look afterwards.
+source scripts/lib/stats.sh
 B=${CARGO_TARGET_DIR:-target}/release
 KEY=demo-admin-key-not-secret
 work=$(mktemp -d)
@@ -157,6 +158,3 @@ restart_timed() {
     printf "   every dedup state built after %.2f s (counting again)\n", d-a}'
   echo "   aggregator after the restart: $(rss "$agg_pid")"
 }
-
-# The median of the numbers read, one a line (blank lines skipped); nothing for none.
-median() { awk 'NF' | sort -n | awk '{v[NR] = $1} END {if (NR) print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }

@@ -7,6 +7,7 @@
 //! disk. Between full checkpoints, each is a link holding only what changed (`chain.rs`).
 
 pub mod chain;
+mod direct;
 pub mod part;
 pub mod store;
 mod wire;

@@ -32,6 +32,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::chain::{Part, PartV4, fold, kept, push_part};
+use super::direct::DirectFile;
 use super::part::{ChainWinners, LazyWinners, LegacyWinners, WorkerPart};
 
 /// What a complete checkpoint holds, written once all its parts are in place.
@@ -243,7 +244,7 @@ impl Store {
         let path = self.part_path(frontier, part.worker());
         write_atomically_with(&path, |file| {
             let checksummed = Checksummed {
-                inner: file,
+                inner: DirectFile::new(file),
                 crc: crc32fast::Hasher::new(),
                 len: 0,
             };
@@ -257,7 +258,9 @@ impl Store {
                 .into_inner()
                 .map_err(|e| e.into_error())
                 .context("writing a checkpoint part")?;
+            let mut inner = inner;
             inner.write_all(&trailer(crc.finalize(), len))?;
+            inner.finish().context("writing a checkpoint part")?;
             Ok(len + TRAILER as u64)
         })
     }
