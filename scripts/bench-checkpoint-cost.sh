@@ -4,8 +4,10 @@
 # workers and its partitions never idle; once its dedup state is built it reads LOAD_S s of
 # new event time (from the checkpoint's frontier, at RATE clicks/s) as fast as it can, with
 # checkpoints every INTERVAL_MS ("ck") or never due ("plain"). The runs alternate builds and
-# phases ABBA, ROUNDS times; it prints each run's records/s and, per build, the median
-# checkpointed over the median plain. The loaded event time must end before the clock.
+# phases ABBA, ROUNDS times; it prints each run's records/s and CPU time a record and, per
+# build, the median checkpointed over the median plain (records/s; plain over checkpointed
+# for CPU a record, which a shared machine's load moves less). The loaded event time must end
+# before the clock.
 # Usage: scripts/bench-checkpoint-cost.sh KEPT_DIR QUERY WANT AGGREGATOR_BIN...
 #   (env: LOAD_S=240 RATE=12000 ADS=10 PUBLISHERS=2 INTERVAL_MS=10000 ROUNDS=2 NO_BUILD=)
 set -euo pipefail
@@ -47,9 +49,10 @@ run() {
   local before=$emitted
   preload "$start" "$((start + LOAD_S * 1000))" --publishers "$PUBLISHERS" >/dev/null
   rate=$(awk -v n="$((emitted - before))" -v s="$preload_s" 'BEGIN {printf "%.0f", n / s}')
+  cpu_us=$(awk -v n="$((emitted - before))" -v s="$preload_cpu_s" 'BEGIN {printf "%.2f", s * 1e6 / n}')
 }
 
-declare -A rates
+declare -A rates cpus
 for ((r = 0; r < ${ROUNDS:-2}; r++)); do
   # ABBA over builds and phases: every build's phases in one order, then reversed.
   order=()
@@ -62,12 +65,15 @@ for ((r = 0; r < ${ROUNDS:-2}; r++)); do
   for spec in "${order[@]}"; do
     b=${spec%:*} phase=${spec##*:}
     run "$b" "$phase"
-    echo "   $b $phase: $rate records/s"
+    echo "   $b $phase: $rate records/s, $cpu_us CPU µs a record"
     rates[$spec]="${rates[$spec]:-} $rate"
+    cpus[$spec]="${cpus[$spec]:-} $cpu_us"
   done
 done
 for b in "${builds[@]}"; do
   p=$(tr ' ' '\n' <<<"${rates[$b:plain]}" | median) c=$(tr ' ' '\n' <<<"${rates[$b:ck]}" | median)
-  awk -v b="$b" -v c="$c" -v p="$p" \
-    'BEGIN {printf "%s: checkpointed %.0f against plain %.0f (medians): %.3f\n", b, c, p, c / p}'
+  pc=$(tr ' ' '\n' <<<"${cpus[$b:plain]}" | median) cc=$(tr ' ' '\n' <<<"${cpus[$b:ck]}" | median)
+  awk -v b="$b" -v c="$c" -v p="$p" -v pc="$pc" -v cc="$cc" 'BEGIN {
+    printf "%s: checkpointed %.0f against plain %.0f records/s (medians): %.3f\n", b, c, p, c / p
+    printf "%s: CPU a record, plain %.2f µs against checkpointed %.2f µs (medians): %.3f\n", b, pc, cc, pc / cc}'
 done

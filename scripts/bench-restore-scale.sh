@@ -49,7 +49,7 @@ start=$(((frontier / 60000 + 1) * 60000))
 }
 
 phase_args=(--workers 2 --output "$work/out.ndjson" --checkpoint-dir "$work/checkpoints")
-rates=()
+rates=() cpus=()
 for phase in ${PHASES:-plain checkpointed plain}; do
   echo "== $phase"
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -77,8 +77,10 @@ for phase in ${PHASES:-plain checkpointed plain}; do
   preload "$start" "$((start + LOAD_S * 1000))" --publishers "$PUBLISHERS"
   loaded=$((emitted - before))
   rate=$(awk -v n="$loaded" -v s="$preload_s" 'BEGIN {printf "%.0f", n / s}')
+  cpu_us=$(awk -v n="$loaded" -v s="$preload_cpu_s" 'BEGIN {printf "%.2f", s * 1e6 / n}')
   rates+=("$phase:$rate")
-  echo "   $loaded records in $preload_s s: $rate records/s; aggregator $(rss "$agg_pid")"
+  cpus+=("$phase:$cpu_us")
+  echo "   $loaded records in $preload_s s: $rate records/s, $cpu_us CPU µs a record; aggregator $(rss "$agg_pid")"
   if [ "$phase" = checkpointed ]; then
     { grep "checkpoint committed" "$agg_log" || true; } | sed 's/\x1b\[[0-9;]*m//g' |
       awk '{for (i = 1; i <= NF; i++) if ($i ~ /^(bytes|duration_ms|links)=/) print $i}' |
@@ -110,4 +112,8 @@ checkpointed=$(printf '%s\n' "${rates[@]}" | sed -n 's/^checkpointed://p' | medi
 if [ -n "$plain" ] && [ -n "$checkpointed" ]; then
   awk -v c="$checkpointed" -v p="$plain" \
     'BEGIN {printf "   checkpointed %.0f against plain %.0f (medians): %.3f of the baseline\n", c, p, c / p}'
+  pc=$(printf '%s\n' "${cpus[@]}" | sed -n 's/^plain://p' | median)
+  cc=$(printf '%s\n' "${cpus[@]}" | sed -n 's/^checkpointed://p' | median)
+  awk -v c="$cc" -v p="$pc" \
+    'BEGIN {printf "   CPU a record: plain %.2f µs against checkpointed %.2f µs (medians): %.3f\n", p, c, p / c}'
 fi

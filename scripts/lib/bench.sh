@@ -70,11 +70,14 @@ alive() { kill -0 "$agg_pid" 2>/dev/null || { echo "the aggregator died:"; tail 
 # preload START_MS END_MS [LOADGEN ARGS...]: event time [START_MS, END_MS) at RATE clicks per
 # simulated second over ADS ads, in chunks of about CHUNK_EVENTS records, each once the
 # aggregator has read everything before it (the partitions' read offsets add up to the
-# records produced), so the benchmark measures reading as the records arrive. Adds to `emitted` and `counted`; sets `preload_s`.
+# records produced), so the benchmark measures reading as the records arrive. Adds to `emitted` and `counted`; sets `preload_s`,
+# and `preload_cpu_s`: the CPU seconds the aggregator spent meanwhile, which on a shared
+# machine varies less than the wall clock.
 emitted=0 counted=0 chunks=0
 preload() {
-  local start=$1 end=$2 c d line read_to t0 t1
+  local start=$1 end=$2 c d line read_to t0 t1 cpu0
   shift 2
+  cpu0=$(cpu_s "$agg_pid")
   local chunk_s=$((CHUNK_EVENTS / RATE / 60 * 60))
   ((chunk_s >= 60)) || chunk_s=60
   t0=$(date +%s.%N)
@@ -99,6 +102,13 @@ preload() {
   done
   t1=$(date +%s.%N)
   preload_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
+  preload_cpu_s=$(awk -v a="$cpu0" -v b="$(cpu_s "$agg_pid")" 'BEGIN {printf "%.1f", b - a}')
+}
+
+# CPU seconds (user and system) process PID has used so far.
+cpu_s() {
+  # The fields after the command name, which may hold spaces: utime and stime are 12th and 13th.
+  sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'
 }
 
 # wait_watermark MS: until the aggregator's watermark is within a minute of MS.
