@@ -54,20 +54,41 @@ pub struct CheckpointConfig {
     pub settings: Option<StateSettings>,
 }
 
+/// The checkpoints whose parts a restore found damaged only once it had begun (their winners,
+/// [`part::DamagedWinners`]), for the process it restarts into: `,`-separated frontiers.
+const DAMAGED_ENV: &str = "ADCLICK_DAMAGED_CHECKPOINTS";
+
 /// Loads the newest complete checkpoint that reads whole, after clearing what a crash left
 /// half written. `clear` on exactly one process of the cluster, which also sets aside the
 /// newer checkpoints that could not be read ([`Corrupt`]: a torn or damaged part, a manifest
 /// that does not parse). If checkpoints exist but none reads whole, the restore fails rather
 /// than start from the topic's beginning, which would count everything again.
+///
+/// The restore serves a checkpoint's rows once their parts' heads are checked, and checks the
+/// winners as they decode. Winners found damaged then mean the process began with a
+/// checkpoint it cannot count from: nothing after its frontier has been counted, committed or
+/// written yet (every dedup waits for its state), so the process starts over in place (the
+/// same pid, arguments and environment, `exec`) with the damaged checkpoint, and every one
+/// that builds on it, skipped like one whose part was torn.
 pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Restored>> {
     let store = Store::new(&cfg.dir)?;
     if clear {
         store.remove_incomplete()?;
     }
+    let damaged = damaged_before();
     let mut skipped = Vec::new();
     for f in store.complete_newest_first()? {
         let started = Instant::now();
         let loaded = store.manifest(f).and_then(|manifest| {
+            if let Some(d) = std::iter::once(&manifest.frontier)
+                .chain(&manifest.chain)
+                .find(|f| damaged.contains(f))
+            {
+                return Err(Corrupt(format!(
+                    "the winners of the checkpoint at {d}, which it holds, were found damaged"
+                ))
+                .into());
+            }
             if let (Some(took), Some(now)) = (&manifest.settings, &cfg.settings) {
                 took.check_restorable(now, manifest.frontier, &cfg.dir)?;
             }
@@ -100,7 +121,8 @@ pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Res
             skipped = skipped.len(),
             "restoring checkpoint"
         );
-        let restored = Restored::lazy(manifest.frontier, manifest.run, parts, winners);
+        let restored = Restored::lazy(manifest.frontier, manifest.run, parts, winners)
+            .on_damage(Box::new(move |d| restart_past(f, d, &damaged)));
         return Ok(Some(restored));
     }
     anyhow::ensure!(
@@ -112,6 +134,38 @@ pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Res
         cfg.dir.display()
     );
     Ok(None)
+}
+
+/// The checkpoints found damaged by the restores this process restarted from.
+fn damaged_before() -> Vec<u64> {
+    std::env::var(DAMAGED_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|f| f.trim().parse().ok())
+        .collect()
+}
+
+/// Starts this process over in place, the checkpoint at `d.frontier` (and so the one restored,
+/// `restored`, which holds it) to be skipped. Returns only if it cannot.
+fn restart_past(restored: u64, d: &part::DamagedWinners, before: &[u64]) {
+    use std::os::unix::process::CommandExt;
+    tracing::error!(
+        frontier = restored,
+        "checkpoint unreadable, falling back to the previous one: {d}; restarting the process"
+    );
+    let mut damaged = before.to_vec();
+    damaged.push(d.frontier);
+    let list: Vec<String> = damaged.iter().map(u64::to_string).collect();
+    let mut args = std::env::args_os();
+    let program = args.next().unwrap_or_default();
+    let e = std::env::current_exe().map(|exe| {
+        std::process::Command::new(exe)
+            .arg0(program)
+            .args(args)
+            .env(DAMAGED_ENV, list.join(","))
+            .exec()
+    });
+    tracing::error!("restarting the process past a damaged checkpoint: {e:?}");
 }
 
 /// One worker's side of checkpointing.

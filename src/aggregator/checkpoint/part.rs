@@ -246,22 +246,59 @@ impl WinnersFold {
 }
 
 /// A part's winners as read: decoded with the part (formats before 6), or still encoded in
-/// the part's mapped file, whose trailer has been checked.
+/// the part's mapped file, whose length and head have been checked.
 pub enum LazyWinners {
     Decoded(Winners),
     Mapped {
         map: Arc<memmap2::Mmap>,
         range: Range<usize>,
+        /// The checksum `range` must have (format 7); `None`: checked with the whole part.
+        crc: Option<u32>,
+        /// The checkpoint the part belongs to.
+        frontier: u64,
         path: PathBuf,
     },
 }
+
+/// Winners found damaged as they were decoded, after the restore had begun with their
+/// checkpoint (`checkpoint::restore` restarts the process past it).
+#[derive(Debug)]
+pub struct DamagedWinners {
+    /// The checkpoint whose part is damaged: every checkpoint whose chain holds it is too.
+    pub frontier: u64,
+    pub why: String,
+}
+
+impl std::fmt::Display for DamagedWinners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl std::error::Error for DamagedWinners {}
 
 impl LazyWinners {
     pub fn decode(self) -> anyhow::Result<Winners> {
         match self {
             LazyWinners::Decoded(w) => Ok(w),
-            LazyWinners::Mapped { map, range, path } => postcard::from_bytes(&map[range])
-                .map_err(|e| anyhow::anyhow!("{}: decoding its winners: {e}", path.display())),
+            LazyWinners::Mapped {
+                map,
+                range,
+                crc,
+                frontier,
+                path,
+            } => {
+                let bytes = &map[range];
+                let damaged = |why: String| DamagedWinners {
+                    frontier,
+                    why: format!("{}: {why}", path.display()),
+                };
+                if crc.is_some_and(|crc| crc32fast::hash(bytes) != crc) {
+                    return Err(damaged("checksum mismatch in its winners: damaged".into()).into());
+                }
+                postcard::from_bytes(bytes)
+                    .map_err(|e| damaged(format!("decoding its winners: {e}")).into())
+            }
         }
     }
 }
@@ -321,7 +358,13 @@ pub struct Restored {
     winners: Mutex<Option<Arc<Vec<Winners>>>>,
     /// This process's workers yet to take their dedup state ([`Restored::take_dedup`]).
     takers: AtomicUsize,
+    /// What to do when winners turn out damaged as they decode (never returns); a panic
+    /// without it.
+    on_damage: Option<DamageHandler>,
 }
+
+/// See [`Restored::on_damage`].
+pub type DamageHandler = Box<dyn Fn(&DamagedWinners) + Send + Sync>;
 
 impl Restored {
     /// A checkpoint whose `parts` hold their winners decoded.
@@ -352,15 +395,22 @@ impl Restored {
             encoded: Mutex::new(winners),
             winners: Mutex::new(None),
             takers: AtomicUsize::new(usize::MAX),
+            on_damage: None,
         }
     }
 
+    /// What handles winners found damaged as they decode, after the rows were served from
+    /// this checkpoint: it must not return (it restarts the process past the checkpoint).
+    pub fn on_damage(mut self, handler: DamageHandler) -> Self {
+        self.on_damage = Some(handler);
+        self
+    }
+
     /// Every old worker's winners: decoded by the first caller, each chain on a thread of its
-    /// own, while the others wait. Their trailers were checked when they were read, so a
-    /// winners part that does not decode is a bug of the build that wrote it, not damage.
+    /// own, while the others wait. Damaged winners go to the [`Restored::on_damage`] handler.
     ///
     /// # Panics
-    /// On such a part.
+    /// On winners that do not decode, without a handler (or if it returns).
     fn winners(&self) -> Arc<Vec<Winners>> {
         let mut winners = self.winners.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(w) = winners.as_ref() {
@@ -376,7 +426,14 @@ impl Restored {
                 .into_iter()
                 .map(|t| match t.join().expect("a winners decoder panicked") {
                     Ok(w) => w,
-                    Err(e) => panic!("restoring the checkpoint at {}: {e:#}", self.frontier),
+                    Err(e) => {
+                        if let (Some(d), Some(handle)) =
+                            (e.downcast_ref::<DamagedWinners>(), &self.on_damage)
+                        {
+                            handle(d);
+                        }
+                        panic!("restoring the checkpoint at {}: {e:#}", self.frontier)
+                    }
                 })
                 .collect::<Vec<_>>()
         });

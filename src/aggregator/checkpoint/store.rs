@@ -13,11 +13,17 @@
 //! Every process of a cluster writes into the same directory (shared storage when the
 //! processes run on several hosts).
 //!
-//! A part ends with a 20-byte trailer: the CRC-32 of the encoded part, its length (both little
-//! endian) and the magic `ADCKSUM1`. The rename makes a part whole or absent on a working file
-//! system; the trailer catches what the rename cannot: a part torn by a disk or file system
-//! that lost the end of a write, or damaged since. A manifest that says `checksummed` is read
-//! only with its parts' trailers intact; older manifests' parts have none.
+//! A part ends with a 32-byte trailer: the length of its head (the part without its winners),
+//! the CRC-32 of the head, the CRC-32 of the winners after it, the length of both (all little
+//! endian) and the magic `ADCKSUM2` (format 7; formats 5 and 6 end with 20 bytes: one CRC-32 of
+//! the whole, the length, `ADCKSUM1`). The rename makes a part whole or absent on a working
+//! file system; the trailer catches what the rename cannot: a part torn by a disk or file
+//! system that lost the end of a write, or damaged since. A manifest that says `checksummed`
+//! is read only with its parts' lengths and heads intact; older manifests' parts have none.
+//! The winners' own checksum is checked as they are decoded, after the restore serves the
+//! rows: at 100 M clicks the winners are 4 GB, and reading them from a cold disk before
+//! serving took 5 s of a restart's 11 (docs/benchmarks.md). Damage found there restarts the
+//! process past the checkpoint (`checkpoint::restore`).
 //!
 //! A manifest whose `chain` is not empty is a link of an incremental chain (`chain.rs`): it
 //! names the checkpoints it builds on, oldest first, the first one full, and is read only
@@ -80,24 +86,44 @@ impl std::fmt::Display for Corrupt {
 
 impl std::error::Error for Corrupt {}
 
-/// The end of every checksummed part: CRC-32 (4 bytes), length (8 bytes), this magic.
+/// The end of a checksummed part of formats 5 and 6: CRC-32 (4 bytes), length (8 bytes), this
+/// magic.
 const TRAILER_MAGIC: &[u8; 8] = b"ADCKSUM1";
 const TRAILER: usize = 4 + 8 + 8;
+/// The end of a part of format 7: head length (8 bytes), the head's CRC-32 (4), the winners'
+/// CRC-32 (4), length (8), this magic.
+const SPLIT_MAGIC: &[u8; 8] = b"ADCKSUM2";
+const SPLIT_TRAILER: usize = 8 + 4 + 4 + 8 + 8;
 
-/// The trailer of a payload of `len` bytes with checksum `crc`.
-fn trailer(crc: u32, len: u64) -> [u8; TRAILER] {
-    let mut t = [0; TRAILER];
-    t[..4].copy_from_slice(&crc.to_le_bytes());
-    t[4..12].copy_from_slice(&len.to_le_bytes());
-    t[12..].copy_from_slice(TRAILER_MAGIC);
+/// The trailer of a part of `len` bytes whose first `head.0` bytes have checksum `head.1` and
+/// whose winners after them have checksum `winners`.
+fn split_trailer(head: (u64, u32), winners: u32, len: u64) -> [u8; SPLIT_TRAILER] {
+    let mut t = [0; SPLIT_TRAILER];
+    t[..8].copy_from_slice(&head.0.to_le_bytes());
+    t[8..12].copy_from_slice(&head.1.to_le_bytes());
+    t[12..16].copy_from_slice(&winners.to_le_bytes());
+    t[16..24].copy_from_slice(&len.to_le_bytes());
+    t[24..].copy_from_slice(SPLIT_MAGIC);
     t
 }
 
-/// `payload` followed by its trailer.
+/// `head` and `winners` as a part of format 7 lays them out, with its trailer.
 #[cfg(test)]
-fn with_trailer(mut payload: Vec<u8>) -> Vec<u8> {
-    let t = trailer(crc32fast::hash(&payload), payload.len() as u64);
-    payload.extend_from_slice(&t);
+fn with_trailer(mut head: Vec<u8>, winners: &[u8]) -> Vec<u8> {
+    let h = (head.len() as u64, crc32fast::hash(&head));
+    head.extend_from_slice(winners);
+    let t = split_trailer(h, crc32fast::hash(winners), head.len() as u64);
+    head.extend_from_slice(&t);
+    head
+}
+
+/// `payload` with the trailer of formats 5 and 6.
+#[cfg(test)]
+fn with_whole_trailer(mut payload: Vec<u8>) -> Vec<u8> {
+    let len = payload.len() as u64;
+    payload.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    payload.extend_from_slice(&len.to_le_bytes());
+    payload.extend_from_slice(TRAILER_MAGIC);
     payload
 }
 
@@ -107,6 +133,25 @@ struct Checksummed<W> {
     inner: W,
     crc: crc32fast::Hasher,
     len: u64,
+    /// The head's length and checksum, once [`Checksummed::end_head`] has marked it.
+    head: Option<(u64, u32)>,
+}
+
+impl<W> Checksummed<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            head: None,
+        }
+    }
+
+    /// Everything so far is the head; what follows, the winners, is checksummed on its own.
+    fn end_head(&mut self) {
+        let crc = std::mem::take(&mut self.crc).finalize();
+        self.head = Some((self.len, crc));
+    }
 }
 
 impl<W: Write> Write for Checksummed<W> {
@@ -122,30 +167,64 @@ impl<W: Write> Write for Checksummed<W> {
     }
 }
 
-/// The payload of a checksummed part, or why it is not whole.
-fn checked(bytes: &[u8]) -> Result<&[u8], String> {
-    let Some(body) = bytes.len().checked_sub(TRAILER) else {
+/// A part's payload as its trailer vouches for it.
+#[derive(Debug)]
+struct Checked<'a> {
+    payload: &'a [u8],
+    /// Where the head ends (format 7), checked; `None`: the whole payload is checked.
+    head: Option<usize>,
+    /// The checksum the winners after the head must have, not checked yet.
+    winners_crc: Option<u32>,
+}
+
+/// The payload of a checksummed part, or why it is not whole. Only the head of a format 7
+/// part is checked here (see the module's doc); the whole of an older one.
+fn checked(bytes: &[u8]) -> Result<Checked<'_>, String> {
+    let magic = bytes.len().checked_sub(8).map(|at| &bytes[at..]);
+    let split = magic == Some(&SPLIT_MAGIC[..]);
+    let size = if split { SPLIT_TRAILER } else { TRAILER };
+    let Some(body) = bytes.len().checked_sub(size) else {
         return Err(format!(
             "{} bytes, shorter than its trailer: torn",
             bytes.len()
         ));
     };
     let (payload, trailer) = bytes.split_at(body);
-    if &trailer[12..] != TRAILER_MAGIC {
+    if !split && &trailer[12..] != TRAILER_MAGIC {
         return Err("no checksum trailer at its end: torn or damaged".into());
     }
-    let crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
-    let len = u64::from_le_bytes(trailer[4..12].try_into().expect("8 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(trailer[at..at + 8].try_into().expect("8 bytes"));
+    let u32_at = |at: usize| u32::from_le_bytes(trailer[at..at + 4].try_into().expect("4 bytes"));
+    let len = if split { u64_at(16) } else { u64_at(4) };
     if len != payload.len() as u64 {
         return Err(format!(
             "{} bytes where its trailer says {len}: torn",
             payload.len()
         ));
     }
-    if crc32fast::hash(payload) != crc {
-        return Err("checksum mismatch: damaged".into());
+    if !split {
+        if crc32fast::hash(payload) != u32_at(0) {
+            return Err("checksum mismatch: damaged".into());
+        }
+        return Ok(Checked {
+            payload,
+            head: None,
+            winners_crc: None,
+        });
     }
-    Ok(payload)
+    let head = u64_at(0);
+    if head > len {
+        return Err(format!("a head of {head} bytes in {len}: damaged"));
+    }
+    let head = head as usize;
+    if crc32fast::hash(&payload[..head]) != u32_at(8) {
+        return Err("checksum mismatch in its head: damaged".into());
+    }
+    Ok(Checked {
+        payload,
+        head: Some(head),
+        winners_crc: Some(u32_at(12)),
+    })
 }
 
 /// The settings a checkpoint's state is cut by, so that a run under other ones cannot
@@ -200,10 +279,12 @@ impl StateSettings {
 /// format 4 the links of incremental chains (a part is a `Part`: full, or a link), format 5
 /// the links' sketch growths (`LinkPart::grown`) and the winners' compact encoding
 /// (`wire.rs`), format 6 moved the winners after the rest of the part, so that a restore
-/// decodes the rows first and the winners later, off the path to serving (`Encoded`). Format 3
-/// parts are still read, as full parts, and format 4 ones as links without growths (both with
-/// their winners' old encoding, `LegacyWinners`), and format 5 ones with their winners inside.
-pub const PART_FORMAT: u32 = 6;
+/// decodes the rows first and the winners later, off the path to serving (`Encoded`), format 7
+/// checksums the head and the winners apart (the module's doc). Format 3 parts are still read,
+/// as full parts, and format 4 ones as links without growths (both with their winners' old
+/// encoding, `LegacyWinners`), format 5 ones with their winners inside, format 6 ones checked
+/// whole.
+pub const PART_FORMAT: u32 = 7;
 
 fn first_format() -> u32 {
     1
@@ -243,25 +324,30 @@ impl Store {
         std::fs::create_dir_all(&dir)?;
         let path = self.part_path(frontier, part.worker());
         write_atomically_with(&path, |file| {
-            let checksummed = Checksummed {
-                inner: DirectFile::new(file),
-                crc: crc32fast::Hasher::new(),
-                len: 0,
-            };
+            let checksummed = Checksummed::new(DirectFile::new(file));
             let buffered = std::io::BufWriter::with_capacity(1 << 20, checksummed);
             let winners = std::mem::take(&mut part.worker_part_mut().winners);
-            let encoded =
-                postcard::to_io(&*part, buffered).and_then(|b| postcard::to_io(&winners, b));
+            let encoded = (|| -> anyhow::Result<_> {
+                let mut b = postcard::to_io(&*part, buffered)?;
+                b.flush()?;
+                b.get_mut().end_head();
+                Ok(postcard::to_io(&winners, b)?)
+            })();
             part.worker_part_mut().winners = winners;
             let buffered = encoded.context("encoding a checkpoint part")?;
-            let Checksummed { inner, crc, len } = buffered
+            let Checksummed {
+                mut inner,
+                crc,
+                len,
+                head,
+            } = buffered
                 .into_inner()
                 .map_err(|e| e.into_error())
                 .context("writing a checkpoint part")?;
-            let mut inner = inner;
-            inner.write_all(&trailer(crc.finalize(), len))?;
+            let head = head.expect("the head was marked");
+            inner.write_all(&split_trailer(head, crc.finalize(), len))?;
             inner.finish().context("writing a checkpoint part")?;
-            Ok(len + TRAILER as u64)
+            Ok(len + SPLIT_TRAILER as u64)
         })
     }
 
@@ -458,11 +544,16 @@ impl Store {
                         // which leaves the mapping valid.
                         let bytes = unsafe { memmap2::Mmap::map(&file) }
                             .with_context(|| format!("mapping {}", path.display()))?;
-                        let payload = if checksummed {
+                        let checked = if checksummed {
                             checked(&bytes).map_err(corrupt)?
                         } else {
-                            &bytes
+                            Checked {
+                                payload: &bytes,
+                                head: None,
+                                winners_crc: None,
+                            }
                         };
+                        let payload = checked.payload;
                         let decoding = |e: postcard::Error| corrupt(format!("decoding: {e}"));
                         let decoded = |mut part: Part| {
                             let winners = std::mem::take(&mut part.worker_part_mut().winners);
@@ -481,12 +572,24 @@ impl Store {
                             ),
                             5 => decoded(postcard::from_bytes(payload).map_err(decoding)?),
                             _ => {
+                                // Only the checked head is decoded now.
+                                let head = &payload[..checked.head.unwrap_or(payload.len())];
                                 let (part, rest) =
-                                    postcard::take_from_bytes::<Part>(payload).map_err(decoding)?;
-                                let range = payload.len() - rest.len()..payload.len();
+                                    postcard::take_from_bytes::<Part>(head).map_err(decoding)?;
+                                if checked.head.is_some() && !rest.is_empty() {
+                                    return Err(corrupt(format!(
+                                        "{} bytes of its head after its part",
+                                        rest.len()
+                                    ))
+                                    .into());
+                                }
+                                let range = head.len() - rest.len()..payload.len();
+                                let crc = checked.winners_crc;
                                 let winners = LazyWinners::Mapped {
                                     map: Arc::new(bytes),
                                     range,
+                                    crc,
+                                    frontier: manifest.frontier,
                                     path: path.clone(),
                                 };
                                 (part, winners)
@@ -651,16 +754,84 @@ mod tests {
         let size = store.write_part(7_000, &mut part).unwrap();
         let written = std::fs::read(store.part_path(7_000, 0)).unwrap();
         assert!(written.len() > 4 << 20, "{} bytes", written.len());
-        // The part without its winners, then its winners (format 6).
-        let mut head = part.clone();
-        let winners = std::mem::take(&mut head.worker_part_mut().winners);
-        let mut encoded = postcard::to_stdvec(&head).unwrap();
-        encoded.extend(postcard::to_stdvec(&winners).unwrap());
-        assert_eq!(written, with_trailer(encoded));
+        // The part without its winners, then its winners, each checksummed (format 7).
+        let (head, winners) = encoded(&part);
+        assert_eq!(written, with_trailer(head, &winners));
         assert_eq!(size, written.len() as u64);
         store.commit(&manifest(7_000), 2).unwrap();
         let m = store.latest().unwrap().unwrap();
         assert_eq!(store.read_parts(&m).unwrap(), vec![part]);
+    }
+
+    /// `part`'s head (the part without its winners) and its winners, encoded.
+    fn encoded(part: &Part) -> (Vec<u8>, Vec<u8>) {
+        let mut head = part.clone();
+        let winners = std::mem::take(&mut head.worker_part_mut().winners);
+        let encoded = postcard::to_stdvec(&head).unwrap();
+        (encoded, postcard::to_stdvec(&winners).unwrap())
+    }
+
+    /// A part with winners, at `frontier`.
+    fn part_with_winners(frontier: u64) -> Part {
+        let mut p = WorkerPart::empty(0, 1);
+        p.rows.frontier = frontier;
+        p.winners.dims = vec![adclick_dataflows::click::Dims::default()];
+        p.winners.entries = (0..100u128).map(|i| (i, frontier, i as u64, 0)).collect();
+        Part::Full(p)
+    }
+
+    /// A part's head is checked when it is read, its winners only as they decode: a torn part
+    /// or a damaged head is [`Corrupt`] at once, damaged winners are [`DamagedWinners`] of their
+    /// checkpoint when decoded (and every bit of the part is covered by one of the two).
+    /// Format 6 parts, with one checksum of the whole, are checked whole when read.
+    #[test]
+    fn a_part_head_is_checked_when_read_and_its_winners_when_decoded() {
+        use super::super::part::DamagedWinners;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path()).unwrap();
+        let mut part = part_with_winners(5_000);
+        store.write_part(5_000, &mut part).unwrap();
+        store.commit(&manifest(5_000), 2).unwrap();
+        let path = store.part_path(5_000, 0);
+        let whole = std::fs::read(&path).unwrap();
+        let (head, winners) = encoded(&part);
+        assert_eq!(whole.len(), head.len() + winners.len() + SPLIT_TRAILER);
+        let m = store.latest().unwrap().unwrap();
+        let read = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            let mut lazy = store.read_parts_lazily(&m)?;
+            let (head, winners) = lazy.pop().unwrap();
+            Ok::<_, anyhow::Error>((head, winners.decode()))
+        };
+        let written = part.worker_part_mut().winners.clone();
+        let (_, decoded) = read(&whole).unwrap();
+        assert_eq!(decoded.unwrap(), written);
+        for at in 0..whole.len() {
+            let mut bad = whole.clone();
+            bad[at] ^= 0x01;
+            // The winners, or their checksum in the trailer.
+            let end = head.len() + winners.len();
+            let in_winners = (head.len()..end).contains(&at) || (end + 12..end + 16).contains(&at);
+            match read(&bad) {
+                Ok((_, decoded)) => {
+                    assert!(in_winners, "a bit at {at} read as a whole head");
+                    let e = decoded.unwrap_err();
+                    let d = e.downcast_ref::<DamagedWinners>().expect("damaged winners");
+                    assert_eq!(d.frontier, 5_000, "{e:#}");
+                }
+                Err(e) => {
+                    assert!(!in_winners, "a bit at {at} in the winners: {e:#}");
+                    assert!(e.downcast_ref::<Corrupt>().is_some(), "bit at {at}: {e:#}");
+                }
+            }
+        }
+        // Format 6: one checksum of the whole, checked when read.
+        let mut payload = with_whole_trailer([head.clone(), winners.clone()].concat());
+        let (_, decoded) = read(&payload).unwrap();
+        assert_eq!(decoded.unwrap(), written);
+        payload[head.len() + 3] ^= 0x01;
+        let e = read(&payload).unwrap_err();
+        assert!(e.downcast_ref::<Corrupt>().is_some(), "{e:#}");
     }
 
     #[test]
@@ -744,7 +915,7 @@ mod tests {
         // A part from before checksums (its manifest says so) is read without a trailer.
         let old = store.part_path(1_000, 0);
         let bytes = std::fs::read(&old).unwrap();
-        std::fs::write(&old, &bytes[..bytes.len() - TRAILER]).unwrap();
+        std::fs::write(&old, &bytes[..bytes.len() - SPLIT_TRAILER]).unwrap();
         let legacy = Manifest {
             checksummed: false,
             ..manifest(1_000)
@@ -851,7 +1022,7 @@ mod tests {
         assert_eq!(frontiers(&store), vec![5_000, 6_000, 7_000]);
         // Parts of format 3 (a plain part, before links) read as full ones.
         let old = WorkerPart::empty(0, 1);
-        let bytes = with_trailer(postcard::to_stdvec(&old).unwrap());
+        let bytes = with_whole_trailer(postcard::to_stdvec(&old).unwrap());
         std::fs::write(store.part_path(7_000, 0), bytes).unwrap();
         let legacy = Manifest {
             format: 3,
@@ -864,7 +1035,7 @@ mod tests {
         let mut encoded = postcard::to_stdvec(&link4).unwrap();
         assert_eq!(encoded.pop(), Some(0), "an empty `grown` is its length, 0");
         std::fs::create_dir_all(store.checkpoint_dir(8_000)).unwrap();
-        std::fs::write(store.part_path(8_000, 0), with_trailer(encoded)).unwrap();
+        std::fs::write(store.part_path(8_000, 0), with_whole_trailer(encoded)).unwrap();
         let format4 = Manifest {
             format: 4,
             ..manifest(8_000)
@@ -875,7 +1046,7 @@ mod tests {
         part5.worker_part_mut().winners.entries = vec![(7, 9_000, 3, 0)];
         part5.worker_part_mut().winners.dims = vec![Default::default()];
         std::fs::create_dir_all(store.checkpoint_dir(9_000)).unwrap();
-        let bytes = with_trailer(postcard::to_stdvec(&part5).unwrap());
+        let bytes = with_whole_trailer(postcard::to_stdvec(&part5).unwrap());
         std::fs::write(store.part_path(9_000, 0), bytes).unwrap();
         let format5 = Manifest {
             format: 5,
