@@ -15,7 +15,9 @@
 #    FULL_EVERY), its records/s as a ratio to the plain phases' median: the checkpoint cost.
 #    It then reads a minute more at a time until its newest checkpoint is the longest chain
 #    (the slowest restore), is killed with SIGKILL and restarted, timed as bench-recovery.sh's
-#    step 4 (serving again, counting again).
+#    step 4 (serving again, counting again). The phase and that loop are one whole cycle of
+#    the chain (a full checkpoint, then FULL_EVERY links): its records/s and CPU µs a record
+#    are the steady cost, however LOAD_S falls against the full checkpoints.
 # The first checkpoint after a restore is full, so each checkpointed phase includes one.
 # QUERY and WANT are the ones bench-recovery.sh printed for the kept run (its range ends
 # before the loaded event time, so the answer stays).
@@ -49,7 +51,7 @@ start=$(((frontier / 60000 + 1) * 60000))
 }
 
 phase_args=(--workers 2 --output "$work/out.ndjson" --checkpoint-dir "$work/checkpoints")
-rates=() cpus=()
+rates=() cpus=() cycle_rates=() cycle_cpus=()
 for phase in ${PHASES:-plain checkpointed plain}; do
   echo "== $phase"
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -90,16 +92,28 @@ for phase in ${PHASES:-plain checkpointed plain}; do
     # The slowest restore reads the longest chain: a minute of event time at a time, on until
     # the newest checkpoint is the last link before a full one.
     end_ms=$((start + LOAD_S * 1000))
+    # The phase and this loop together are one cycle of the chain: the full checkpoint a
+    # restart writes first, then links up to the longest chain. Its CPU a record is the
+    # checkpoints' steady cost, wherever the full ones fall.
+    cycle_records=$loaded cycle_s=$preload_s cycle_cpu=$preload_cpu_s
     links() {
       { grep 'checkpoint committed' "$agg_log" || echo links=-1; } | tail -1 |
         sed 's/\x1b\[[0-9;]*m//g; s/.*links=\(-*[0-9]*\).*/\1/'
     }
     while [ "$(links)" -lt "${FULL_EVERY:-30}" ]; do
+      before=$emitted
       preload "$end_ms" "$((end_ms + 60000))" --publishers "$PUBLISHERS"
+      cycle_records=$((cycle_records + emitted - before))
+      cycle_s=$(awk -v a="$cycle_s" -v b="$preload_s" 'BEGIN {print a + b}')
+      cycle_cpu=$(awk -v a="$cycle_cpu" -v b="$preload_cpu_s" 'BEGIN {print a + b}')
       end_ms=$((end_ms + 60000))
       sleep 3
     done
     echo "   $(grep -c 'checkpoint committed' "$agg_log") checkpoints committed; links of the newest: $(links)"
+    awk -v n="$cycle_records" -v s="$cycle_s" -v c="$cycle_cpu" 'BEGIN {
+      printf "   the whole cycle (restart to the longest chain): %d records in %.1f s: %.0f records/s, %.2f CPU µs a record\n", n, s, n / s, c * 1e6 / n}'
+    cycle_rates+=("$(awk -v n="$cycle_records" -v s="$cycle_s" 'BEGIN {printf "%.0f", n / s}')")
+    cycle_cpus+=("$(awk -v n="$cycle_records" -v c="$cycle_cpu" 'BEGIN {printf "%.2f", c * 1e6 / n}')")
     echo "== kill -9 and restart after $phase"
     kill -9 "$agg_pid"
     wait "$agg_pid" 2>/dev/null || true
@@ -116,4 +130,9 @@ if [ -n "$plain" ] && [ -n "$checkpointed" ]; then
   cc=$(printf '%s\n' "${cpus[@]}" | sed -n 's/^checkpointed://p' | median)
   awk -v c="$cc" -v p="$pc" \
     'BEGIN {printf "   CPU a record: plain %.2f µs against checkpointed %.2f µs (medians): %.3f\n", p, c, p / c}'
+  if [ ${#cycle_cpus[@]} -gt 0 ]; then
+    yc=$(printf '%s\n' "${cycle_rates[@]}" | median) yu=$(printf '%s\n' "${cycle_cpus[@]}" | median)
+    awk -v r="$yc" -v p="$plain" -v c="$yu" -v q="$pc" 'BEGIN {
+      printf "   whole cycles: %.0f records/s (%.3f of plain), %.2f CPU µs a record (plain over it: %.3f)\n", r, r / p, c, q / c}'
+  fi
 fi

@@ -21,8 +21,10 @@
 //! by ([`Judged`], 64 bytes a slot): a retraction must say which click it takes back, and a
 //! restore puts them back into the rules' state.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
@@ -425,6 +427,10 @@ type Update = (Deduped, u64, i64);
 pub struct DedupCheckpoints<'s> {
     pub requests: Stream<'s, u64, Vec<u64>>,
     pub save: SaveDedup,
+    /// Set by the dedup: every frontier it has still to save is at or after this one, those
+    /// asked already and those still to come (the requests' frontier as the dedup has drained
+    /// them). What a source keeps for checkpoints before it can go ([`crate::source::Cuts`]).
+    pub unsaved_from: Rc<Cell<u64>>,
 }
 
 /// Where a worker's dedup state goes at a checkpoint frontier.
@@ -440,11 +446,12 @@ pub fn checkpointed_dedup<'s>(
     checkpoints: Option<DedupCheckpoints<'s>>,
 ) -> VecCollection<'s, u64, Deduped, i64> {
     let scope = clicks.scope();
-    let (requests, mut save) = match checkpoints {
-        Some(c) => (c.requests, Some(c.save)),
+    let (requests, mut save, unsaved_from) = match checkpoints {
+        Some(c) => (c.requests, Some(c.save), c.unsaved_from),
         None => (
             timely::dataflow::operators::vec::ToStream::to_stream(Vec::<u64>::new(), scope),
             None,
+            Rc::default(),
         ),
     };
     let exchange = Exchange::new(|c: &Click| c.impression as u64);
@@ -515,7 +522,11 @@ pub fn checkpointed_dedup<'s>(
                     }
                     let done_before = frontier.frontier().first().copied().unwrap_or(u64::MAX);
                     let asked_before = asked_frontier.frontier().first().copied();
-                    state.sweep(done_before.min(asked_before.unwrap_or(u64::MAX)));
+                    let asked_before = asked_before.unwrap_or(u64::MAX);
+                    state.sweep(done_before.min(asked_before));
+                    // Every request before `asked_before` has been drained into `asked` above.
+                    let first_asked = asked.first_key_value().map_or(u64::MAX, |(f, _)| *f);
+                    unsaved_from.set(asked_before.min(first_asked));
                 }
             },
         )
@@ -554,6 +565,55 @@ mod tests {
             allowed_lateness_ms: 300_000,
             lookback_ms: 3_600_000,
         }
+    }
+
+    /// A checkpoint asked but not yet saved holds `unsaved_from` at itself, however far the
+    /// requests' frontier has gone; once saved, `unsaved_from` follows that frontier. A source
+    /// releases what checkpoints could need before it, so neither may run ahead of a frontier
+    /// still to save, and it must move on when none is pending (or a source keeps every click
+    /// between checkpoints).
+    #[test]
+    fn the_frontiers_still_to_save_bound_what_a_source_may_release() {
+        use std::cell::RefCell;
+        use timely::dataflow::operators::Input;
+        timely::execute_directly(|worker| {
+            let unsaved = Rc::new(Cell::new(0));
+            let saved = Rc::new(RefCell::new(Vec::new()));
+            let (mut clicks, mut requests) = worker.dataflow::<u64, _, _>(|scope| {
+                let (clicks, stream) = scope.new_input::<Vec<Click>>();
+                let (requests, asked) = scope.new_input::<Vec<u64>>();
+                let into = saved.clone();
+                let checkpoints = DedupCheckpoints {
+                    requests: asked,
+                    save: Box::new(move |f, _| into.borrow_mut().push(f)),
+                    unsaved_from: unsaved.clone(),
+                };
+                let state = Pending::ready(DedupState::new(cfg()));
+                checkpointed_dedup(stream, state, Some(checkpoints));
+                (clicks, requests)
+            });
+            clicks.advance_to(1_000);
+            clicks.send(click(1, 1, 1_000, "a"));
+            requests.advance_to(2_000);
+            requests.send(2_000);
+            requests.advance_to(5_000);
+            for _ in 0..20 {
+                worker.step();
+            }
+            assert!(saved.borrow().is_empty(), "the clicks are still at 1 000");
+            assert_eq!(unsaved.get(), 2_000);
+            clicks.advance_to(3_000);
+            for _ in 0..20 {
+                worker.step();
+            }
+            assert_eq!(*saved.borrow(), vec![2_000]);
+            assert_eq!(unsaved.get(), 5_000);
+            requests.advance_to(9_000);
+            for _ in 0..20 {
+                worker.step();
+            }
+            assert_eq!(unsaved.get(), 9_000, "no request pending");
+        })
     }
 
     fn net(clicks: Vec<Click>) -> BTreeMap<Row, Measures> {

@@ -147,12 +147,23 @@ impl Cuts {
         })
     }
 
-    /// Forgets what only checkpoints at frontiers below `f` could need.
+    /// Forgets what only checkpoints at frontiers below `f` could need. Called as often as the
+    /// worker steps: what it keeps is then bounded by how far the sources run ahead of the
+    /// checkpoints still to be saved, not by the interval between checkpoints.
     pub fn release_before(&mut self, f: u64) {
         while self.cuts.front().is_some_and(|c| c.to < f) {
             self.cuts.pop_front();
         }
-        self.ahead = self.ahead.split_off(&f);
+        while let Some(first) = self.ahead.first_entry()
+            && *first.key() < f
+        {
+            first.remove();
+        }
+    }
+
+    /// The events kept for checkpoints.
+    pub fn kept(&self) -> usize {
+        self.ahead.values().map(Vec::len).sum()
     }
 }
 

@@ -656,6 +656,7 @@ fn checkpoint(workers: usize, parts: Vec<Vec<Item>>, f: u64) -> Vec<Part> {
             let checkpoints = DedupCheckpoints {
                 requests: requests.broadcast(),
                 save,
+                unsaved_from: Rc::default(),
             };
             let resume = Resume::now(
                 &acfg,

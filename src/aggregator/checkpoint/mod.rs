@@ -182,6 +182,8 @@ pub struct Checkpointer {
     pub cuts: Rc<RefCell<Cuts>>,
     /// Dedup winners saved at each asked frontier whose part is not yet written.
     saved: Rc<RefCell<BTreeMap<u64, Saved>>>,
+    /// Set by the dedup: no frontier it has still to save is before this one.
+    unsaved_from: Rc<std::cell::Cell<u64>>,
     /// What the links after the newest committed checkpoint need.
     chain: Rc<RefCell<ChainState>>,
     /// Worker 0: the report writer's state at each asked frontier.
@@ -242,6 +244,7 @@ impl Checkpointer {
             publish: Arc::new(publish),
             cuts: Rc::default(),
             saved: Rc::default(),
+            unsaved_from: Rc::default(),
             chain: Rc::default(),
             written: Rc::default(),
             asked: Rc::default(),
@@ -295,6 +298,12 @@ impl Checkpointer {
                 },
             );
         })
+    }
+
+    /// Where the dedup tells which checkpoints it has still to save ([`Checkpointer::step`]
+    /// releases the source's cuts before them).
+    pub fn unsaved_from(&self) -> Rc<std::cell::Cell<u64>> {
+        self.unsaved_from.clone()
     }
 
     /// Worker 0 asks for checkpoints through `input` (the other workers close theirs); the
@@ -353,7 +362,7 @@ impl Checkpointer {
                 // Texts of clicks after `F` too, which is harmless: a text never changes.
                 rows.names = names.names();
             }
-            let mut cuts = self.cuts.borrow_mut();
+            let cuts = self.cuts.borrow();
             let source = cuts.at(f).unwrap_or_else(|| SourceSnapshot {
                 // A worker without partitions: its source finished at once.
                 clock: adclick_dataflows::watermark::ClockState {
@@ -362,7 +371,6 @@ impl Checkpointer {
                 },
                 ..SourceSnapshot::default()
             });
-            cuts.release_before(f);
             // The clicks the checkpoint's state has read, for the raw archive.
             let raw = self.raw.as_ref().map(|r| {
                 let positions = self
@@ -420,6 +428,11 @@ impl Checkpointer {
                 saved.asked_at,
             );
         }
+        // A checkpoint needs the source's cut and the events sent at or after its frontier:
+        // none still to be written or saved is before this.
+        let unwritten = self.saved.borrow().keys().next().copied();
+        let needed = unwritten.unwrap_or(u64::MAX).min(self.unsaved_from.get());
+        self.cuts.borrow_mut().release_before(needed);
     }
 
     /// Archives every click still buffered, in the epoch that ends the job (`u64::MAX`):
