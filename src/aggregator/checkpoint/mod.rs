@@ -121,8 +121,26 @@ pub fn restore(cfg: &CheckpointConfig, clear: bool) -> anyhow::Result<Option<Res
             skipped = skipped.len(),
             "restoring checkpoint"
         );
-        let restored = Restored::lazy(manifest.frontier, manifest.run, parts, winners)
-            .on_damage(Box::new(move |d| restart_past(f, d, &damaged)));
+        // The restart runs on a thread started here, at this thread's priority: the winners
+        // decode on threads that lowered theirs (`dataflow.rs`), and the nice value of the
+        // thread calling `exec` is the new process's (an unprivileged one cannot raise it back).
+        let (found, damage) = std::sync::mpsc::channel::<part::DamagedWinners>();
+        std::thread::Builder::new()
+            .name("restore-restarter".into())
+            .spawn(move || {
+                if let Ok(d) = damage.recv() {
+                    restart_past(f, &d, &damaged);
+                }
+            })?;
+        let restored = Restored::lazy(manifest.frontier, manifest.run, parts, winners).on_damage(
+            Box::new(move |d| {
+                if found.send(d.clone()).is_ok() {
+                    loop {
+                        std::thread::park();
+                    }
+                }
+            }),
+        );
         return Ok(Some(restored));
     }
     anyhow::ensure!(
@@ -146,8 +164,8 @@ fn damaged_before() -> Vec<u64> {
 }
 
 /// Starts this process over in place, the checkpoint at `d.frontier` (and so the one restored,
-/// `restored`, which holds it) to be skipped. Returns only if it cannot.
-fn restart_past(restored: u64, d: &part::DamagedWinners, before: &[u64]) {
+/// `restored`, which holds it) to be skipped; exits with an error if it cannot.
+fn restart_past(restored: u64, d: &part::DamagedWinners, before: &[u64]) -> ! {
     use std::os::unix::process::CommandExt;
     tracing::error!(
         frontier = restored,
@@ -166,6 +184,7 @@ fn restart_past(restored: u64, d: &part::DamagedWinners, before: &[u64]) {
             .exec()
     });
     tracing::error!("restarting the process past a damaged checkpoint: {e:?}");
+    std::process::exit(1);
 }
 
 /// One worker's side of checkpointing.

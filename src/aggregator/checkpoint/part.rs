@@ -262,7 +262,7 @@ pub enum LazyWinners {
 
 /// Winners found damaged as they were decoded, after the restore had begun with their
 /// checkpoint (`checkpoint::restore` restarts the process past it).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DamagedWinners {
     /// The checkpoint whose part is damaged: every checkpoint whose chain holds it is too.
     pub frontier: u64,
@@ -359,8 +359,8 @@ pub struct Restored {
     /// This process's workers yet to take their dedup state ([`Restored::take_dedup`]).
     takers: AtomicUsize,
     /// What to do when winners turn out damaged as they decode (never returns); a panic
-    /// without it.
-    on_damage: Option<DamageHandler>,
+    /// without it. Dropped once they have decoded.
+    on_damage: Mutex<Option<DamageHandler>>,
 }
 
 /// See [`Restored::on_damage`].
@@ -395,14 +395,15 @@ impl Restored {
             encoded: Mutex::new(winners),
             winners: Mutex::new(None),
             takers: AtomicUsize::new(usize::MAX),
-            on_damage: None,
+            on_damage: Mutex::new(None),
         }
     }
 
     /// What handles winners found damaged as they decode, after the rows were served from
-    /// this checkpoint: it must not return (it restarts the process past the checkpoint).
-    pub fn on_damage(mut self, handler: DamageHandler) -> Self {
-        self.on_damage = Some(handler);
+    /// this checkpoint: it is not to return (the restore restarts the process past the
+    /// checkpoint); if it does, the decoding panics.
+    pub fn on_damage(self, handler: DamageHandler) -> Self {
+        *self.on_damage.lock().unwrap_or_else(|e| e.into_inner()) = Some(handler);
         self
     }
 
@@ -427,8 +428,9 @@ impl Restored {
                 .map(|t| match t.join().expect("a winners decoder panicked") {
                     Ok(w) => w,
                     Err(e) => {
+                        let handler = self.on_damage.lock().unwrap_or_else(|e| e.into_inner());
                         if let (Some(d), Some(handle)) =
-                            (e.downcast_ref::<DamagedWinners>(), &self.on_damage)
+                            (e.downcast_ref::<DamagedWinners>(), handler.as_ref())
                         {
                             handle(d);
                         }
@@ -437,6 +439,13 @@ impl Restored {
                 })
                 .collect::<Vec<_>>()
         });
+        // Whole: nothing is left for the handler to restart past.
+        drop(
+            self.on_damage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         let decoded = Arc::new(decoded);
         *winners = Some(decoded.clone());
         decoded
