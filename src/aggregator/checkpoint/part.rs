@@ -529,8 +529,10 @@ impl Restored {
                 }
             }
         }
-        let events = self
-            .parts()
+        // Through the guard already held: a second read lock of the same `RwLock` waits behind
+        // a writer that is waiting for the first one (another worker's `take_rows`), and both
+        // wait forever. A 2 × 2 cluster's restart hung here in the stress test.
+        let events = parts
             .iter()
             .filter(|p| p.worker % peers == worker)
             .flat_map(|p| p.source.events.iter().cloned())
