@@ -160,11 +160,6 @@ impl Cuts {
             first.remove();
         }
     }
-
-    /// The events kept for checkpoints.
-    pub fn kept(&self) -> usize {
-        self.ahead.values().map(Vec::len).sum()
-    }
 }
 
 /// Everything a source emits, each at its timely time.
