@@ -173,10 +173,24 @@ pub struct DedupState {
     /// The minute before which no traits are kept any more (the sweeps' cut so far): a
     /// restore from an incremental chain drops older traits the chain still carries.
     judged_from: u64,
-    /// The impressions whose winner changed since the last [`DedupState::take_changed`], once
-    /// an incremental checkpoint has asked for them (none kept before: the first checkpoint
-    /// of a run is full).
-    changed: Option<Impressions>,
+    /// The impressions whose winner changed since the last [`DedupState::take_changed`], with
+    /// that winner and its traits as decided, once an incremental checkpoint has asked for
+    /// them (none kept before: the first checkpoint of a run is full). Recorded with their
+    /// values so that a link needs no lookup in the table of every winner: at 100 M clicks of
+    /// state those lookups, one cache miss each, were 4 % of a checkpointed load's samples.
+    /// Always the live winner of its impression: [`DedupState::win`] records every change, the
+    /// sweep removes and renumbers these as it does the table's.
+    changed: Option<Winners<(Winner, Judged)>>,
+}
+
+/// The winners changed since the previous [`DedupState::take_changed`] and the traits kept for
+/// them, as a link of a checkpoint chain stores them: (impression, event time, click
+/// fingerprint, index into `dims`) and (impression, event time, traits).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangedWinners {
+    pub dims: Vec<Dims>,
+    pub entries: Vec<(u128, u64, u64, u32)>,
+    pub judged: Vec<(u128, u64, Judged)>,
 }
 
 impl DedupState {
@@ -192,12 +206,37 @@ impl DedupState {
         }
     }
 
-    /// The impressions whose winner changed (won, replaced, or won again beyond the horizon)
-    /// since the previous call, and from now on records them: `None` at the first call, when
-    /// nothing was recorded. Swept impressions are not recorded: a restore drops them by
-    /// their event time.
-    pub fn take_changed(&mut self) -> Option<Impressions> {
-        self.changed.replace(Impressions::default())
+    /// The winners that changed (won, replaced, or won again beyond the horizon) since the
+    /// previous call, with the traits the state keeps for them, and from now on records them:
+    /// `None` at the first call, when nothing was recorded. Exactly what
+    /// [`DedupState::winners_of`] gives for those impressions, without a lookup: swept
+    /// impressions are gone, and traits before the cut ([`DedupState::judged_from`]) are left
+    /// out, as a restore drops them.
+    pub fn take_changed(&mut self) -> Option<ChangedWinners> {
+        let room = self.changed.as_ref().map_or(0, |c| c.len());
+        let mut next = Winners::default();
+        next.reserve(room);
+        let changed = self.changed.replace(next)?;
+        let cut = self.judged_from * MINUTE_MS;
+        let mut remap = vec![u32::MAX; self.dims.all.len()];
+        let mut out = ChangedWinners {
+            entries: Vec::with_capacity(changed.len()),
+            judged: Vec::with_capacity(changed.len()),
+            ..ChangedWinners::default()
+        };
+        for (imp, (w, j)) in changed {
+            let (t, click) = w.rank();
+            let slot = &mut remap[w.dims() as usize];
+            if *slot == u32::MAX {
+                out.dims.push(self.dims.all[w.dims() as usize]);
+                *slot = (out.dims.len() - 1) as u32;
+            }
+            out.entries.push((imp, t, click, *slot));
+            if t >= cut {
+                out.judged.push((imp, t, j));
+            }
+        }
+        Some(out)
     }
 
     /// The minute before which traits are no longer kept.
@@ -376,7 +415,7 @@ impl DedupState {
         let d = self.dims.intern(click.dims);
         let w = Winner::new(click.event_time, click.click, d);
         if let Some(changed) = self.changed.as_mut() {
-            changed.insert(click.impression);
+            changed.insert(click.impression, (w, Judged::of(click)));
         }
         if let Some(old) = self.winners.insert(click.impression, w)
             && let Some(m) = self.judged.get_mut(&judged_bucket(old.event_time()))
@@ -403,8 +442,11 @@ impl DedupState {
         if frontier < self.next_sweep {
             return;
         }
-        self.winners
-            .retain(|_, w| w.event_time().saturating_add(h + l) >= frontier);
+        let tracked = |w: &Winner| w.event_time().saturating_add(h + l) >= frontier;
+        self.winners.retain(|_, w| tracked(w));
+        if let Some(changed) = self.changed.as_mut() {
+            changed.retain(|_, (w, _)| tracked(w));
+        }
         // Rebuild the dimension table from the survivors.
         let old = std::mem::take(&mut self.dims);
         let mut remap = vec![u32::MAX; old.all.len()];
@@ -414,6 +456,10 @@ impl DedupState {
                 remap[i] = self.dims.intern(old.all[i]);
             }
             *w = w.with_dims(remap[i]);
+        }
+        // Each recorded change is a surviving winner, so its combination has its new index.
+        for (w, _) in self.changed.iter_mut().flat_map(|c| c.values_mut()) {
+            *w = w.with_dims(remap[w.dims() as usize]);
         }
         self.winners.shrink_to_fit();
         self.next_sweep = frontier.saturating_add((h / 16).max(MINUTE_MS));
@@ -632,6 +678,90 @@ mod tests {
         }
         out.retain(|_, m| *m != Measures::default());
         out
+    }
+
+    /// What the dedup records as it changes winners is what looking each changed impression up
+    /// afterwards gives (the winners, their dimensions, the traits kept), through sweeps that
+    /// drop winners and traits and renumber the dimension table.
+    #[test]
+    fn the_changed_winners_recorded_are_those_looked_up() {
+        // A horizon shorter than some saves' intervals: winners change and are swept between
+        // two saves.
+        let cfg = DedupConfig {
+            horizon_ms: 60_000,
+            allowed_lateness_ms: 5_000,
+            lookback_ms: 30_000,
+        };
+        let mut state = DedupState::new(cfg);
+        assert_eq!(
+            state.take_changed(),
+            None,
+            "nothing recorded before the first call"
+        );
+        let mut seed = 11u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut t, mut updates, mut swept) = (0u64, Vec::new(), 0);
+        let mut imps = Vec::new();
+        let ads = ["a", "b", "c", "d", "e", "f"];
+        for round in 0..40 {
+            for _ in 0..500 {
+                t += 97;
+                let imp = u128::from(rand() % 2_000);
+                // Ads fall out of use and come back, so sweeps renumber the table.
+                let ad = ads[((rand() % 3) + round / 8) as usize % ads.len()];
+                let c = click(imp, rand() % 1_000, t.saturating_sub(rand() % 4_000), ad);
+                state.decide(&c, &mut updates);
+            }
+            // Every impression that got a counted click changed its winner.
+            imps.extend(updates.drain(..).filter_map(|(u, d)| match u {
+                Deduped::Counted(c) if d > 0 => Some(c.impression),
+                _ => None,
+            }));
+            if round % 2 == 0 {
+                // A sweep between a change and its save.
+                state.sweep(t.saturating_sub(5_000));
+                swept += 1;
+            }
+            if round % 4 != 3 {
+                // Saves are farther apart than the horizon.
+                continue;
+            }
+            let looked_up: Vec<_> = state.winners_of(imps.drain(..)).collect();
+            let changed = state.take_changed().expect("recording");
+            let mut recorded: Vec<_> = changed
+                .entries
+                .iter()
+                .map(|(imp, t, click, d)| (*imp, *t, *click, changed.dims[*d as usize]))
+                .collect();
+            let mut want: Vec<_> = looked_up
+                .iter()
+                .map(|((imp, t, click, d), _)| (*imp, *t, *click, state.dims_table()[*d as usize]))
+                .collect();
+            want.sort();
+            want.dedup();
+            recorded.sort();
+            assert_eq!(recorded, want, "winners, round {round}");
+            let cut = state.judged_from() * MINUTE_MS;
+            let mut judged = changed.judged.clone();
+            let mut want: Vec<_> = looked_up
+                .iter()
+                .filter_map(|((imp, t, _, _), j)| Some((*imp, *t, (*j)?)))
+                .filter(|(_, t, _)| *t >= cut)
+                .collect();
+            want.sort_by_key(|j| j.0);
+            want.dedup();
+            judged.sort_by_key(|j| j.0);
+            assert_eq!(judged, want, "traits, round {round}");
+        }
+        assert!(
+            swept > 10 && state.judged_from() > 0,
+            "the sweeps cut traits"
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Incremental checkpoints (issue 16 item 4): a chain of a full checkpoint and links, each
 //! link holding only what changed since the chain's tip, the newest committed checkpoint.
 //!
-//! - Dedup winners: the dedup records the impressions whose winner changed
+//! - Dedup winners: the dedup records each winner that changes, with its traits
 //!   ([`DedupState::take_changed`]); a link holds the current winners, and their traits, of
-//!   the impressions changed since the tip (including those of checkpoints that failed in
-//!   between: a worker keeps each checkpoint's set until a newer one is committed).
+//!   the impressions changed since the tip: those recorded since the previous save, or, after
+//!   checkpoints that failed in between, those of every save since the tip, looked up (a
+//!   worker keeps each save's impressions until a newer checkpoint is committed).
 //! - Rows and reach sketches, by window: a worker keeps an order-free digest of its rows per
 //!   (granularity, window start) ([`Digests`]); a link holds the rows of the windows whose
 //!   digest changed since the tip, and names the windows that emptied (retired by retention,
@@ -30,6 +31,7 @@ use std::hash::Hash;
 
 use adclick_dataflows::RestoredRows;
 use adclick_dataflows::click::{Measures, Row};
+use adclick_dataflows::dedup::{DedupState, Impressions};
 use adclick_dataflows::reach::Group;
 use adclick_dataflows::sketch::{Growth, UserSketch};
 use serde::{Deserialize, Serialize};
@@ -487,7 +489,7 @@ pub fn fold(parts: Vec<Part>, frontiers: &[u64]) -> Result<WorkerPart, Corrupt> 
 /// each checkpoint from the newest committed one on, with the sketches of its open windows.
 #[derive(Default)]
 pub struct ChainState {
-    changed: BTreeMap<u64, adclick_dataflows::dedup::Impressions>,
+    changed: BTreeMap<u64, Vec<u128>>,
     digests: BTreeMap<u64, Digests>,
     sketches: BTreeMap<u64, HashMap<Group, UserSketch>>,
 }
@@ -505,14 +507,42 @@ pub enum PartRows {
 }
 
 impl ChainState {
-    /// The plan of the checkpoint at `f`, given the newest committed checkpoint, recording
-    /// `changed` (the impressions changed since the previous save; `None` before any) and
-    /// forgetting what the committed checkpoint covers.
-    pub fn plan(
+    /// The plan of the checkpoint at `f` and the dedup winners its part holds, given the
+    /// newest committed checkpoint (its frontier and the chain it builds on): all of `state`'s
+    /// for a full checkpoint, those changed since the tip for a link. Takes what the state
+    /// recorded as changed since the previous save (`full_every` 0: nothing is recorded, every
+    /// checkpoint is full) and forgets what the committed checkpoint covers.
+    pub fn dedup_part(
         &mut self,
         f: u64,
         committed: Option<(u64, &[u64])>,
-        changed: Option<adclick_dataflows::dedup::Impressions>,
+        state: &mut DedupState,
+        full_every: usize,
+    ) -> (Plan, Winners) {
+        let changed = (full_every > 0).then(|| state.take_changed()).flatten();
+        let impressions = changed
+            .as_ref()
+            .map(|c| c.entries.iter().map(|e| e.0).collect());
+        let plan = self.plan(f, committed, impressions, full_every);
+        let winners = match (&plan, changed) {
+            (Plan::Full, _) => Winners::of(state),
+            // The usual link: the tip is the previous save, whose changes are the recorded ones.
+            (Plan::Link { tip, .. }, Some(changed)) if self.saves_since(*tip) == 1 => {
+                Winners::from(changed)
+            }
+            (Plan::Link { tip, .. }, _) => Winners::changed(state, self.changed_since(*tip)),
+        };
+        (plan, winners)
+    }
+
+    /// The plan of the checkpoint at `f`, given the newest committed checkpoint, recording
+    /// `changed` (the impressions changed since the previous save; `None` before any) and
+    /// forgetting what the committed checkpoint covers.
+    fn plan(
+        &mut self,
+        f: u64,
+        committed: Option<(u64, &[u64])>,
+        changed: Option<Vec<u128>>,
         full_every: usize,
     ) -> Plan {
         if let Some((c, _)) = committed {
@@ -528,18 +558,19 @@ impl ChainState {
         plan(committed, |t| self.digests.contains_key(&t), full_every)
     }
 
-    /// The impressions changed since `tip`, up to the newest save, each once. Usually that is
-    /// one save's set; an impression in several is given by the oldest, and later sets are
-    /// only probed (a set built for the union cost 3.6 % of a checkpointed load's samples at
-    /// 100 M clicks of state, docs/benchmarks.md).
-    pub fn changed_since(&self, tip: u64) -> impl Iterator<Item = u128> + '_ {
-        let sets: Vec<_> = self.changed.range(tip + 1..).map(|(_, s)| s).collect();
-        (0..sets.len()).flat_map(move |i| {
-            let (older, this) = (sets[..i].to_vec(), sets[i]);
-            this.iter()
-                .copied()
-                .filter(move |imp| !older.iter().any(|o| o.contains(imp)))
-        })
+    /// How many saves recorded their changes after `tip`.
+    fn saves_since(&self, tip: u64) -> usize {
+        self.changed.range(tip + 1..).count()
+    }
+
+    /// The impressions changed since `tip`, up to the newest save, each once: the union of
+    /// several saves' only after a checkpoint failed (building it costs a hash set).
+    fn changed_since(&self, tip: u64) -> impl Iterator<Item = u128> + '_ {
+        let mut seen = Impressions::default();
+        self.changed
+            .range(tip + 1..)
+            .flat_map(|(_, imps)| imps.iter().copied())
+            .filter(move |imp| seen.insert(*imp))
     }
 
     /// What the part at `f` carries of `rows`, the worker's rows at `f`: all of them when
@@ -942,7 +973,7 @@ mod tests {
     #[test]
     fn the_impressions_changed_since_a_tip_come_once_each_across_saves() {
         let mut chain = ChainState::default();
-        let set = |imps: &[u128]| Some(imps.iter().copied().collect());
+        let set = |imps: &[u128]| Some(imps.to_vec());
         assert_eq!(chain.plan(10, None, None, 4), Plan::Full);
         chain.part_rows(10, RestoredRows::default(), None);
         chain.plan(20, Some((10, &[])), set(&[1, 2, 3]), 4);
@@ -1074,31 +1105,25 @@ mod tests {
                 .rev()
                 .find(|w| w.2)
                 .map(|w| (w.0, w.3.clone()));
-            let changed = state.take_changed();
-            let plan = chain.plan(
+            let (plan, winners) = chain.dedup_part(
                 f,
                 committed.as_ref().map(|(c, ch)| (*c, ch.as_slice())),
-                changed,
+                &mut state,
                 4,
             );
+            let part = WorkerPart {
+                winners,
+                ..WorkerPart::empty(0, 1)
+            };
             let part = match &plan {
-                Plan::Full => Part::Full(WorkerPart {
-                    winners: Winners::of(&state),
-                    ..WorkerPart::empty(0, 1)
+                Plan::Full => Part::Full(part),
+                Plan::Link { tip, .. } => Part::Link(LinkPart {
+                    tip: *tip,
+                    part,
+                    emptied: Emptied::default(),
+                    judged_from: state.judged_from(),
+                    grown: Vec::new(),
                 }),
-                Plan::Link { tip, .. } => {
-                    let imps: Vec<u128> = chain.changed_since(*tip).collect();
-                    Part::Link(LinkPart {
-                        tip: *tip,
-                        part: WorkerPart {
-                            winners: Winners::changed(&state, imps.into_iter()),
-                            ..WorkerPart::empty(0, 1)
-                        },
-                        emptied: Emptied::default(),
-                        judged_from: state.judged_from(),
-                        grown: Vec::new(),
-                    })
-                }
             };
             chain.part_rows(f, RestoredRows::default(), None);
             // The fifth checkpoint fails: its changes roll into the next one.

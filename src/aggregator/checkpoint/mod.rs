@@ -283,7 +283,6 @@ impl Checkpointer {
         let full_every = self.cfg.full_every;
         Box::new(move |f, state: &mut DedupState| {
             let asked_at = Instant::now();
-            let changed = (full_every > 0).then(|| state.take_changed()).flatten();
             let committed = if full_every > 0 {
                 match store.latest() {
                     Ok(m) => m,
@@ -296,17 +295,10 @@ impl Checkpointer {
             } else {
                 None
             };
-            let mut chain = chain.borrow_mut();
-            let plan = chain.plan(
-                f,
-                committed.as_ref().map(|m| (m.frontier, m.chain.as_slice())),
-                changed,
-                full_every,
-            );
-            let winners = match &plan {
-                Plan::Full => Winners::of(state),
-                Plan::Link { tip, .. } => Winners::changed(state, chain.changed_since(*tip)),
-            };
+            let committed = committed.as_ref().map(|m| (m.frontier, m.chain.as_slice()));
+            let (plan, winners) = chain
+                .borrow_mut()
+                .dedup_part(f, committed, state, full_every);
             saved.borrow_mut().insert(
                 f,
                 Saved {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use adclick_dataflows::RestoredRows;
 use adclick_dataflows::click::Dims;
-use adclick_dataflows::dedup::{DedupConfig, DedupState, Judged, PassThrough};
+use adclick_dataflows::dedup::{ChangedWinners, DedupConfig, DedupState, Judged, PassThrough};
 use adclick_dataflows::source::SourceSnapshot;
 use adclick_dataflows::time::MINUTE_MS;
 use adclick_dataflows::watermark::ClockState;
@@ -96,6 +96,16 @@ pub struct Winners {
     pub(super) judged: Vec<(u128, u64, Judged)>,
 }
 
+impl From<ChangedWinners> for Winners {
+    fn from(c: ChangedWinners) -> Self {
+        Winners {
+            dims: c.dims,
+            entries: c.entries,
+            judged: c.judged,
+        }
+    }
+}
+
 impl Winners {
     pub fn of(state: &DedupState) -> Self {
         let (dims, winners) = state.interned_winners();
@@ -106,8 +116,10 @@ impl Winners {
         }
     }
 
-    /// The current winners (and kept traits) of `impressions` only: what a link holds. Their
-    /// dimensions are stored once each, in a table of their own.
+    /// The current winners (and kept traits) of `impressions` only: what a link holds after a
+    /// checkpoint failed (the usual link takes the winners the dedup recorded as it changed
+    /// them, [`DedupState::take_changed`]). Their dimensions are stored once each, in a table
+    /// of their own.
     pub fn changed(state: &DedupState, impressions: impl Iterator<Item = u128>) -> Self {
         let table = state.dims_table();
         // The table's index to the link's, looked up per winner: an array, not a hash map.
