@@ -28,7 +28,10 @@ pub mod source;
 mod testing;
 pub mod time;
 pub mod topn;
+pub mod touched;
 pub mod watermark;
+
+use std::collections::BTreeMap;
 
 use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
@@ -51,6 +54,7 @@ use sketch::UserSketch;
 use source::{Gap, Rejected, SourceEvent};
 use time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use topn::{RankKey, Ranking, TopNConfig, top_n, top_n_by_advertiser};
+use touched::TouchedHandle;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AggregateConfig {
@@ -387,36 +391,75 @@ pub fn batches<Tr: TraceReader>(trace: &Tr) -> Vec<Tr::Batch> {
     found
 }
 
-fn rows_before(trace: &mut AdTrace, f: u64) -> Vec<(Row, Measures)> {
+/// The rows of `trace` as they stood at frontier `f`: each (key, value)'s updates before `f`,
+/// summed. All of them, or those of the windows `only` (sorted starts), each found by a seek.
+fn rows_before(trace: &mut AdTrace, f: u64, only: Option<&[u64]>) -> Vec<(Row, Measures)> {
+    use differential_dataflow::trace::cursor::Navigable;
     use differential_dataflow::trace::cursor::{Cursor, cursor_list};
-    let (mut cursor, storage) = cursor_list(batches(trace));
-    let mut rows = Vec::new();
-    while let Some(_ad) = cursor.get_key(&storage) {
-        while let Some(row) = cursor.get_val(&storage) {
-            let mut m = Measures::default();
-            cursor.map_times(&storage, |t, d| {
-                if *t < f {
-                    m += d;
+    let Some(windows) = only else {
+        let (mut cursor, storage) = cursor_list(batches(trace));
+        let mut rows = Vec::new();
+        while cursor.key_valid(&storage) {
+            while let Some(row) = cursor.get_val(&storage) {
+                let mut m = Measures::default();
+                cursor.map_times(&storage, |t, d| {
+                    if *t < f {
+                        m += d;
+                    }
+                });
+                if m != Measures::default() {
+                    rows.push((*row, m));
                 }
-            });
-            if m != Measures::default() {
-                rows.push((*row, m));
+                cursor.step_val(&storage);
             }
-            cursor.step_val(&storage);
+            cursor.step_key(&storage);
         }
-        cursor.step_key(&storage);
+        return rows;
+    };
+    // Batch by batch (a cursor list seeks a value in every batch, even those past the key),
+    // each window found by a seek to (its start, the least dimensions).
+    let mut sums: BTreeMap<Row, Measures> = BTreeMap::new();
+    for batch in batches(trace) {
+        let mut cursor = batch.cursor();
+        while cursor.key_valid(&batch) {
+            for &w in windows {
+                cursor.seek_val(&batch, &(w, click::Dims::default()));
+                while let Some(row) = cursor.get_val(&batch).filter(|r| r.0 == w) {
+                    let m = sums.entry(*row).or_default();
+                    cursor.map_times(&batch, |t, d| {
+                        if *t < f {
+                            *m += d;
+                        }
+                    });
+                    cursor.step_val(&batch);
+                }
+            }
+            cursor.step_key(&batch);
+        }
     }
-    rows
+    sums.into_iter()
+        .filter(|(_, m)| *m != Measures::default())
+        .collect()
 }
 
 /// The sketches of `trace` as they stood at frontier `f`: the values with a positive count over
-/// the updates before `f` (one per group: a change retracts the old value).
-fn reach_before(trace: &mut ReachTrace, f: u64) -> Vec<(Group, UserSketch)> {
+/// the updates before `f` (one per group: a change retracts the old value). All of them, or
+/// those of the windows `only` ((length, start), sorted).
+fn reach_before(
+    trace: &mut ReachTrace,
+    f: u64,
+    only: Option<&[(u64, u64)]>,
+) -> Vec<(Group, UserSketch)> {
     use differential_dataflow::trace::cursor::{Cursor, cursor_list};
     let (mut cursor, storage) = cursor_list(batches(trace));
     let mut out = Vec::new();
     while cursor.key_valid(&storage) {
         while let Some(v) = cursor.get_val(&storage) {
+            let window = (v.0.len_ms, v.0.start);
+            if only.is_some_and(|w| w.binary_search(&window).is_err()) {
+                cursor.step_val(&storage);
+                continue;
+            }
             let mut n = 0isize;
             cursor.map_times(&storage, |t, d| {
                 if *t < f {
@@ -448,6 +491,25 @@ pub struct Traces {
     pub day: AdTrace,
     pub reach: ReachTrace,
     pub top: RankTrace,
+    /// When each window of the rows and sketches last changed (recorded once asked to).
+    touched: TouchedWindows,
+}
+
+struct TouchedWindows {
+    minute: TouchedHandle<u64>,
+    hour: TouchedHandle<u64>,
+    day: TouchedHandle<u64>,
+    reach: TouchedHandle<(u64, u64)>,
+}
+
+/// The windows of each granularity that changed since a checkpoint, sorted (window starts;
+/// (length, start) for sketches): all that an incremental checkpoint's link reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Windows {
+    pub minute: Vec<u64>,
+    pub hour: Vec<u64>,
+    pub day: Vec<u64>,
+    pub reach: Vec<(u64, u64)>,
 }
 
 impl Traces {
@@ -455,13 +517,24 @@ impl Traces {
     pub fn arrange(a: &Aggregates<'_>) -> Self {
         let r = a.retention;
         let by_ad = |rows: &VecCollection<'_, u64, Row, Measures>, kept_ms: u64, name: &str| {
-            retire::arrange_rows(rows.clone(), kept_ms, name).trace
+            let (arranged, touched) = retire::arrange_rows(rows.clone(), kept_ms, name);
+            (arranged.trace, touched)
         };
+        let (minute, minute_touched) = by_ad(&a.minute, MINUTE_MS + r.minute_ms, "MinuteRowsByAd");
+        let (hour, hour_touched) = by_ad(&a.hour, HOUR_MS + r.hour_ms, "HourRowsByAd");
+        let (day, day_touched) = by_ad(&a.day, DAY_MS + r.day_ms, "DayRowsByAd");
+        let (reach, reach_touched) = reach::arrange(a.reach.clone(), r);
         Self {
-            minute: by_ad(&a.minute, MINUTE_MS + r.minute_ms, "MinuteRowsByAd"),
-            hour: by_ad(&a.hour, HOUR_MS + r.hour_ms, "HourRowsByAd"),
-            day: by_ad(&a.day, DAY_MS + r.day_ms, "DayRowsByAd"),
-            reach: reach::arrange(a.reach.clone(), r),
+            minute,
+            hour,
+            day,
+            reach,
+            touched: TouchedWindows {
+                minute: minute_touched,
+                hour: hour_touched,
+                day: day_touched,
+                reach: reach_touched,
+            },
             top: a
                 .top
                 .clone()
@@ -494,9 +567,41 @@ impl Traces {
         q
     }
 
+    /// Records from now on when each window changes, for [`Traces::changed_since`]: called
+    /// before the dataflow runs (incremental checkpoints).
+    pub fn record_changes(&self) {
+        let t = &self.touched;
+        t.minute.borrow_mut().record();
+        t.hour.borrow_mut().record();
+        t.day.borrow_mut().record();
+        t.reach.borrow_mut().record();
+    }
+
+    /// The windows with an update at or after `since` (recorded through at least the frontier
+    /// of [`Traces::sealed_through`]); those changed only before it are forgotten, so `since`
+    /// must not go back.
+    pub fn changed_since(&self, since: u64) -> Windows {
+        let t = &self.touched;
+        Windows {
+            minute: t.minute.borrow_mut().since(since),
+            hour: t.hour.borrow_mut().since(since),
+            day: t.day.borrow_mut().since(since),
+            reach: t.reach.borrow_mut().since(since),
+        }
+    }
+
     /// Whether every update before `f` is in all four arrangements (their batches sealed up
-    /// to `f`), so that [`Traces::rows_before`] sees all of them.
+    /// to `f`), so that [`Traces::rows_before`] sees all of them, and recorded as a change of
+    /// its window.
     pub fn sealed_through(&mut self, f: u64) -> bool {
+        let t = &self.touched;
+        let recorded = t.minute.borrow().complete_through(f)
+            && t.hour.borrow().complete_through(f)
+            && t.day.borrow().complete_through(f)
+            && t.reach.borrow().complete_through(f);
+        if !recorded {
+            return false;
+        }
         let mut upper = timely::progress::Antichain::new();
         let mut sealed = |t: &mut dyn FnMut(&mut timely::progress::Antichain<u64>)| {
             t(&mut upper);
@@ -509,16 +614,17 @@ impl Traces {
     }
 
     /// This worker's rows of each granularity as they stood at frontier `f`: the updates at
-    /// times before `f`, summed. The caller keeps logical compaction at or below `f − 1`
-    /// until it has read them, so those times are still told apart from later ones.
-    pub fn rows_before(&mut self, f: u64) -> RestoredRows {
+    /// times before `f`, summed; all of them, or those of the windows `only`. The caller keeps
+    /// logical compaction at or below `f − 1` until it has read them, so those times are
+    /// still told apart from later ones.
+    pub fn rows_before(&mut self, f: u64, only: Option<&Windows>) -> RestoredRows {
         RestoredRows {
             frontier: f,
-            minute: rows_before(&mut self.minute, f),
-            hour: rows_before(&mut self.hour, f),
-            day: rows_before(&mut self.day, f),
+            minute: rows_before(&mut self.minute, f, only.map(|w| &w.minute[..])),
+            hour: rows_before(&mut self.hour, f, only.map(|w| &w.hour[..])),
+            day: rows_before(&mut self.day, f, only.map(|w| &w.day[..])),
             names: Vec::new(),
-            reach: reach_before(&mut self.reach, f),
+            reach: reach_before(&mut self.reach, f, only.map(|w| &w.reach[..])),
         }
     }
 
@@ -599,6 +705,107 @@ mod tests {
                 assert!(n <= most, "{name}: {n} batches after {ticks} ticks");
             }
             drop(queries);
+        });
+    }
+
+    /// Rows arriving over time into windows, some late into older windows, windows retiring:
+    /// a window not changed since `s` holds at the end what it held at `s`, and reading only
+    /// the changed windows gives exactly their rows. The times are never compacted, so the
+    /// rows at any earlier frontier can be read at the end.
+    #[test]
+    fn windows_not_changed_since_a_frontier_hold_their_rows_from_then() {
+        timely::execute_directly(|worker| {
+            let (mut rows, probe, mut traces) = worker.dataflow::<u64, _, _>(|scope| {
+                let (rows, minute) = scope.new_collection::<Row, Measures>();
+                let a = Aggregates {
+                    hour: minute.clone(),
+                    day: minute.clone(),
+                    minute,
+                    retention: Retention {
+                        minute_ms: 0,
+                        hour_ms: 0,
+                        day_ms: 0,
+                    },
+                    reach: empty(scope).as_collection(),
+                    top_by_advertiser: empty(scope).as_collection(),
+                    top: empty(scope).as_collection(),
+                    late: empty(scope),
+                    rejected: empty(scope),
+                    names: empty(scope),
+                    received: empty(scope),
+                    lost: empty(scope),
+                };
+                let traces = Traces::arrange(&a);
+                traces.record_changes();
+                let probe = a.minute.inner.probe().0;
+                (rows, probe, traces)
+            });
+            let end = 200_000u64;
+            let mut t = 0;
+            while t < end {
+                t += 500;
+                let at = |start: u64, ad: u64| {
+                    let dims = click::Dims {
+                        ad_id: click::Sym(ad),
+                        ..Default::default()
+                    };
+                    ((start, dims), Measures::billable(1))
+                };
+                // This 10 s window, and now and then one up to 50 s back.
+                let (row, m) = at(t / 10_000 * 10_000, t % 3);
+                rows.update(row, m);
+                if t % 3_500 == 0 {
+                    let back = (t / 10_000).saturating_sub(t % 5) * 10_000;
+                    let (row, m) = at(back, t % 7);
+                    rows.update(row, m);
+                }
+                rows.advance_to(t);
+                rows.flush();
+                while probe.less_than(&t) {
+                    worker.step();
+                }
+            }
+            assert!(traces.sealed_through(end));
+            let of = |rows: &[(Row, Measures)], ws: &[u64], changed: bool| {
+                let mut v: Vec<_> = rows
+                    .iter()
+                    .filter(|r| ws.binary_search(&r.0.0).is_ok() == changed)
+                    .cloned()
+                    .collect();
+                v.sort();
+                v
+            };
+            let now = traces.rows_before(end, None);
+            let (mut unchanged, mut changed, mut retired) = (0, 0, 0);
+            for s in [40_000, 90_000, 150_000, 199_000] {
+                let windows = traces.changed_since(s);
+                let then = traces.rows_before(s, None);
+                let only = traces.rows_before(end, Some(&windows));
+                for (then, now, only, ws) in [
+                    (&then.minute, &now.minute, &only.minute, &windows.minute),
+                    (&then.day, &now.day, &only.day, &windows.day),
+                ] {
+                    assert_eq!(
+                        of(now, ws, false),
+                        of(then, ws, false),
+                        "unchanged since {s}"
+                    );
+                    assert_eq!(of(only, ws, true), of(now, ws, true), "changed since {s}");
+                    unchanged += of(now, ws, false).len();
+                    changed += of(now, ws, true).len();
+                    // Windows retired since `s`: changed, and empty now.
+                    retired += ws
+                        .iter()
+                        .filter(|w| {
+                            then.iter().any(|r| r.0.0 == **w) && !now.iter().any(|r| r.0.0 == **w)
+                        })
+                        .count();
+                }
+            }
+            assert!(
+                unchanged > 0 && changed > 0 && retired > 0,
+                "{unchanged} {changed} {retired}"
+            );
         });
     }
 }

@@ -185,8 +185,8 @@ pub fn reach<'s>(
 pub fn arrange(
     sketches: VecCollection<'_, u64, (Group, UserSketch), isize>,
     retention: Retention,
-) -> crate::ReachTrace {
-    crate::retire::arrange_retiring(
+) -> (crate::ReachTrace, crate::touched::TouchedHandle<(u64, u64)>) {
+    let (arranged, touched) = crate::retire::arrange_retiring(
         sketches.map(|(g, s)| ((g.by, g.by.primary(&g.dims)), (g, s))),
         |(g, _): &(Group, UserSketch)| (g.len_ms, g.start),
         move |&(len_ms, start): &(u64, u64)| {
@@ -199,8 +199,8 @@ pub fn arrange(
         },
         window_sketches,
         "ReachByGroup",
-    )
-    .trace
+    );
+    (arranged.trace, touched)
 }
 
 /// A sketch as its arrangement keeps it: by (what it groups by, the group's seek dimension).
@@ -615,7 +615,7 @@ mod tests {
             let (mut input, mut trace) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, sketches) = scope.new_collection::<(Group, UserSketch), isize>();
                 sketches.inner.clone().probe_with(&probe);
-                (input, arrange(sketches, retention))
+                (input, arrange(sketches, retention).0)
             });
             // Hour 0 (retires at 2 h), hour 1 (at 3 h), day 0 (at 2 days); hour 0's sketch
             // of ad 1 replaced by a larger one at 30 min.

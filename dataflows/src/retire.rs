@@ -37,6 +37,7 @@ use timely::progress::Antichain;
 
 use crate::AdTrace;
 use crate::click::{Measures, Row};
+use crate::touched::{TouchedHandle, touch_all};
 
 /// Whether `frontier` has passed every time before `at`.
 fn reached(frontier: &timely::progress::frontier::MutableAntichain<u64>, at: u64) -> bool {
@@ -44,12 +45,13 @@ fn reached(frontier: &timely::progress::frontier::MutableAntichain<u64>, at: u64
 }
 
 /// `rows` arranged by ad, each window's rows retracted once the frontier reaches
-/// `start + kept_ms` (its window's end plus the retention).
+/// `start + kept_ms` (its window's end plus the retention); and when each window (by its
+/// start) last changed.
 pub fn arrange_rows<'s>(
     rows: VecCollection<'s, u64, Row, Measures>,
     kept_ms: u64,
     name: &str,
-) -> Arranged<'s, AdTrace> {
+) -> (Arranged<'s, AdTrace>, TouchedHandle<u64>) {
     arrange_retiring(
         rows.map(|row| (row.1.ad_id, row)),
         |row: &Row| row.0,
@@ -64,6 +66,9 @@ pub fn arrange_rows<'s>(
     )
 }
 
+/// An arrangement of `(K, V)` updates with differences `R` at times `u64`.
+pub type Kept<K, V, R> = TraceAgent<ValSpine<K, V, u64, R>>;
+
 /// `updates` arranged by key, each value's window (`window_of`) retracted once the frontier
 /// reaches `retire_at(window)`. An update at or after its window's retirement is dropped: it
 /// would bring back a value that has already left, half counted.
@@ -73,19 +78,25 @@ pub fn arrange_rows<'s>(
 /// capability one tick before the earliest one due. When both the updates and the
 /// arrangement have passed that time, every update of the window is in the arrangement and
 /// none can come; their sums go back in negated, through the loop, at the retirement time.
+///
+/// Seeing every update and making every retraction, the operator also records when each
+/// window last changed, in the returned [`Touched`](crate::touched::Touched) (once recording
+/// is switched on).
 pub fn arrange_retiring<'s, K, V, R, W>(
     updates: VecCollection<'s, u64, (K, V), R>,
     window_of: impl Fn(&V) -> W + 'static,
     retire_at: impl Fn(&W) -> u64 + 'static,
     read: impl Fn(&mut TraceAgent<ValSpine<K, V, u64, R>>, &W) -> Vec<((K, V), R)> + 'static,
     name: &str,
-) -> Arranged<'s, TraceAgent<ValSpine<K, V, u64, R>>>
+) -> (Arranged<'s, Kept<K, V, R>>, TouchedHandle<W>)
 where
     K: ExchangeData + Hashable,
     V: ExchangeData,
     R: ExchangeData + Abelian,
-    W: Ord + Clone + 'static,
+    W: Ord + Hash + Clone + 'static,
 {
+    let touched: TouchedHandle<W> = Default::default();
+    let recorded = touched.clone();
     let retire_at = std::rc::Rc::new(retire_at);
     let (handle, looped) = updates.inner.scope().feedback::<Vec<((K, V), u64, R)>>(1);
     // Routed to the worker that keeps each key (as `arrange_by_key` would route it) before
@@ -128,6 +139,7 @@ where
         move |frontiers| {
             let (updates_frontier, arranged_frontier) = (&frontiers[0], &frontiers[1]);
             updates_in.for_each(|cap, data| {
+                touch_all(&recorded, data.iter().map(|((_, v), t, _)| (window(v), *t)));
                 for ((_, v), _, _) in data.iter() {
                     let w = window(v);
                     if last_seen.as_ref() == Some(&w) {
@@ -142,6 +154,10 @@ where
                 }
             });
             batches.for_each(|_, _| {});
+            let before = updates_frontier.frontier().first().copied();
+            recorded
+                .borrow_mut()
+                .complete_before(before.unwrap_or(u64::MAX));
             if updates_frontier.is_empty() {
                 // The input has ended, and nothing reads the arrangement after the end:
                 // retiring would only be a last pass over all of it.
@@ -157,6 +173,7 @@ where
                 h.downgrade(&(at - 1));
                 let mut session = output.session(&*h);
                 for w in due.remove(&at).expect("the first entry") {
+                    recorded.borrow_mut().touch(&w, at);
                     for (kv, mut r) in read(&mut trace, &w) {
                         r.negate();
                         session.give((kv, at, r));
@@ -170,7 +187,7 @@ where
         }
     });
     retractions.connect_loop(handle);
-    arranged
+    (arranged, touched)
 }
 
 /// The rows of the window starting at `start`, every update summed, sorted; none that
@@ -398,7 +415,7 @@ mod tests {
                 let probe = Handle::new();
                 let (mut input, mut trace) = worker.dataflow::<u64, _, _>(|scope| {
                     let (input, rows) = scope.new_collection::<Row, Measures>();
-                    let arranged = arrange_rows(rows, kept_ms, "Test");
+                    let (arranged, _) = arrange_rows(rows, kept_ms, "Test");
                     arranged.stream.probe_with(&probe);
                     (input, arranged.trace)
                 });

@@ -706,7 +706,7 @@ fn checkpoint(workers: usize, parts: Vec<Vec<Item>>, f: u64) -> Vec<Part> {
             .expect("the source crossed the checkpoint");
         part.rows = RestoredRows {
             names: names.borrow().clone(),
-            ..traces.rows_before(f)
+            ..traces.rows_before(f, None)
         };
         (part.late, part.rejected) = *counts.borrow();
     })

@@ -75,6 +75,9 @@ impl Aggregation {
             let resume = b.resume(scope, checkpointer.as_mut());
             let a = resumed_aggregate(events, &b.cluster.cfg.aggregate(), resume);
             let traces = Traces::arrange(&a);
+            if let Some(c) = &checkpointer {
+                c.watch(&traces);
+            }
             a.minute.clone().probe_with(&probe);
             // Worker 0's dictionary for query answers; the probe covers it, so texts of every
             // time before the frontier are in it when a query reads there.

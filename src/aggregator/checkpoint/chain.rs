@@ -29,11 +29,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 
-use adclick_dataflows::RestoredRows;
 use adclick_dataflows::click::{Measures, Row};
 use adclick_dataflows::dedup::{DedupState, Impressions};
 use adclick_dataflows::reach::Group;
 use adclick_dataflows::sketch::{Growth, UserSketch};
+use adclick_dataflows::{RestoredRows, Windows};
 use serde::{Deserialize, Serialize};
 
 use super::part::{LegacyWinners, Winners, WorkerPart};
@@ -253,6 +253,31 @@ impl Digests {
             hour: row_digests(&rows.hour),
             day: row_digests(&rows.day),
             reach,
+        }
+    }
+
+    /// These digests with the windows `read` digested again from `rows`, which holds the rows
+    /// of those windows only: the digests of a later checkpoint when no other window changed
+    /// since this one (a window of `read` without rows has emptied).
+    fn updated(&self, read: &Windows, rows: &RestoredRows) -> Self {
+        fn redo<K: Hash + Eq + Copy>(
+            digests: &HashMap<K, u128>,
+            read: &[K],
+            now: HashMap<K, u128>,
+        ) -> HashMap<K, u128> {
+            let mut out = digests.clone();
+            for w in read {
+                out.remove(w);
+            }
+            out.extend(now);
+            out
+        }
+        let now = Digests::of(rows);
+        Self {
+            minute: redo(&self.minute, &read.minute, now.minute),
+            hour: redo(&self.hour, &read.hour, now.hour),
+            day: redo(&self.day, &read.day, now.day),
+            reach: redo(&self.reach, &read.reach, now.reach),
         }
     }
 
@@ -579,8 +604,26 @@ impl ChainState {
     /// where that is smaller. Records what the links after `f` need: the rows' digests, and a
     /// copy of the sketches of the windows that changed since the previous checkpoint (the
     /// open windows, which the next link's growths are taken against).
-    pub fn part_rows(&mut self, f: u64, rows: RestoredRows, tip: Option<u64>) -> PartRows {
-        let digests = Digests::of(&rows);
+    ///
+    /// `read`: `rows` holds only these windows, every window that changed since `tip` (a
+    /// link's, [`adclick_dataflows::Traces::changed_since`]); the others' digests are the
+    /// previous checkpoint's.
+    pub fn part_rows(
+        &mut self,
+        f: u64,
+        rows: RestoredRows,
+        tip: Option<u64>,
+        read: Option<&Windows>,
+    ) -> PartRows {
+        let digests = match read {
+            None => Digests::of(&rows),
+            Some(read) => {
+                let (_, before) = self.digests.range(..f).next_back().unwrap_or_else(|| {
+                    unreachable!("a link's tip {tip:?} has its digests, kept until a newer commit")
+                });
+                before.updated(read, &rows)
+            }
+        };
         let open: HashSet<(u64, u64)> = match self.digests.range(..f).next_back() {
             Some((_, before)) => digests
                 .reach
@@ -762,6 +805,59 @@ mod tests {
         assert!(fold(parts[1..].to_vec(), &[1, 2, 3]).is_err());
     }
 
+    /// The windows whose rows or sketches differ between `a` and `b`, and window 0 of each
+    /// granularity (changed or not: reading a window more is harmless).
+    fn changed_windows(a: &RestoredRows, b: &RestoredRows) -> Windows {
+        fn differ<K: Ord + Copy, T: PartialEq + Clone + Ord>(
+            a: &[T],
+            b: &[T],
+            window: impl Fn(&T) -> K,
+            zero: K,
+        ) -> Vec<K> {
+            let of = |rows: &[T], w: K| {
+                let mut v: Vec<T> = rows.iter().filter(|r| window(r) == w).cloned().collect();
+                v.sort();
+                v
+            };
+            let mut ws: Vec<K> = a.iter().chain(b).map(&window).collect();
+            ws.push(zero);
+            ws.sort();
+            ws.dedup();
+            ws.retain(|w| *w == zero || of(a, *w) != of(b, *w));
+            ws
+        }
+        let start = |r: &(Row, Measures)| r.0.0;
+        Windows {
+            minute: differ(&a.minute, &b.minute, start, 0),
+            hour: differ(&a.hour, &b.hour, start, 0),
+            day: differ(&a.day, &b.day, start, 0),
+            reach: differ(&a.reach, &b.reach, |r| reach_window(&r.0), (3_600, 0)),
+        }
+    }
+
+    /// `rows` of the windows `read` only.
+    fn only(rows: &RestoredRows, read: &Windows) -> RestoredRows {
+        let keep = |rows: &[(Row, Measures)], ws: &[u64]| -> Vec<(Row, Measures)> {
+            rows.iter()
+                .filter(|r| ws.contains(&r.0.0))
+                .cloned()
+                .collect()
+        };
+        RestoredRows {
+            frontier: rows.frontier,
+            minute: keep(&rows.minute, &read.minute),
+            hour: keep(&rows.hour, &read.hour),
+            day: keep(&rows.day, &read.day),
+            names: rows.names.clone(),
+            reach: rows
+                .reach
+                .iter()
+                .filter(|r| read.reach.contains(&reach_window(&r.0)))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// A chain written by [`ChainState::part_rows`] and read part by part ([`push_part`])
     /// folds to the worker's state after every part: with full parts, emptied windows, a
     /// checkpoint that failed (the next link builds on the one before it), and open hour and
@@ -858,7 +954,15 @@ mod tests {
         for (i, now) in states.iter().enumerate() {
             let (full, commits) = kinds[i];
             let f = i as u64;
-            let part = match chain.part_rows(f, now.clone(), (!full).then_some(tip).flatten()) {
+            let tip_now = (!full).then_some(tip).flatten();
+            // A link reads only the windows changed since its tip (and one more that did not),
+            // as `Traces::changed_since` gives them.
+            let read = tip_now.map(|t| changed_windows(&states[t as usize], now));
+            let rows = match &read {
+                Some(read) => only(now, read),
+                None => now.clone(),
+            };
+            let part = match chain.part_rows(f, rows, tip_now, read.as_ref()) {
                 PartRows::Full(rows) => Part::Full(WorkerPart {
                     rows,
                     ..WorkerPart::empty(0, 1)
@@ -975,7 +1079,7 @@ mod tests {
         let mut chain = ChainState::default();
         let set = |imps: &[u128]| Some(imps.to_vec());
         assert_eq!(chain.plan(10, None, None, 4), Plan::Full);
-        chain.part_rows(10, RestoredRows::default(), None);
+        chain.part_rows(10, RestoredRows::default(), None, None);
         chain.plan(20, Some((10, &[])), set(&[1, 2, 3]), 4);
         // 20 fails: 30 builds on 10 and holds what changed in both intervals.
         chain.plan(30, Some((10, &[])), set(&[3, 4, 1, 5]), 4);
@@ -1125,7 +1229,7 @@ mod tests {
                     grown: Vec::new(),
                 }),
             };
-            chain.part_rows(f, RestoredRows::default(), None);
+            chain.part_rows(f, RestoredRows::default(), None, None);
             // The fifth checkpoint fails: its changes roll into the next one.
             let commits = round != 4;
             written.push((f, part, commits, plan.chain()));

@@ -311,6 +311,14 @@ impl Checkpointer {
         })
     }
 
+    /// Has `traces` record which windows change, before the dataflow runs, when checkpoints
+    /// are incremental: a link reads only the windows changed since its tip.
+    pub fn watch(&self, traces: &Traces) {
+        if self.cfg.full_every > 0 {
+            traces.record_changes();
+        }
+    }
+
     /// Where the dedup tells which checkpoints it has still to save ([`Checkpointer::step`]
     /// releases the source's cuts before them).
     pub fn unsaved_from(&self) -> Rc<std::cell::Cell<u64>> {
@@ -368,7 +376,13 @@ impl Checkpointer {
                 None
             };
             let saved = self.saved.borrow_mut().remove(&f).expect("saved");
-            let mut rows = traces.rows_before(f);
+            let tip = match &saved.plan {
+                Plan::Full => None,
+                Plan::Link { tip, .. } => Some(*tip),
+            };
+            // A link reads only the windows changed since its tip.
+            let read = tip.map(|tip| traces.changed_since(tip));
+            let mut rows = traces.rows_before(f, read.as_ref());
             if let Some(names) = names {
                 // Texts of clicks after `F` too, which is harmless: a text never changes.
                 rows.names = names.names();
@@ -405,11 +419,11 @@ impl Checkpointer {
                 part.rows = rows;
                 Part::Full(part)
             } else {
-                let tip = match &saved.plan {
-                    Plan::Full => None,
-                    Plan::Link { tip, .. } => Some(*tip),
-                };
-                match self.chain.borrow_mut().part_rows(f, rows, tip) {
+                match self
+                    .chain
+                    .borrow_mut()
+                    .part_rows(f, rows, tip, read.as_ref())
+                {
                     PartRows::Full(rows) => {
                         part.rows = rows;
                         Part::Full(part)
