@@ -56,26 +56,11 @@ const NONE: u32 = u32::MAX;
 
 impl Serialize for Winners {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Which trait goes beside which entry: the first of its impression, if its event
-        // time is the entry's.
-        let mut first: HashMap<u128, u32, BuildHasherDefault<PassThrough>> =
-            HashMap::with_capacity_and_hasher(self.judged.len(), Default::default());
-        for (i, (imp, ..)) in self.judged.iter().enumerate() {
-            first.entry(*imp).or_insert(i as u32);
-        }
+        let beside = beside(self);
         let mut used = vec![false; self.judged.len()];
-        let beside: Vec<u32> = self
-            .entries
-            .iter()
-            .map(|(imp, t, ..)| match first.get(imp) {
-                Some(&i) if self.judged[i as usize].1 == *t && !used[i as usize] => {
-                    used[i as usize] = true;
-                    i
-                }
-                _ => NONE,
-            })
-            .collect();
-        drop(first);
+        for b in beside.iter().filter(|b| **b != NONE) {
+            used[*b as usize] = true;
+        }
         let orphans: Vec<OrphanWire> = self
             .judged
             .iter()
@@ -92,6 +77,51 @@ impl Serialize for Winners {
         t.serialize_element(&orphans)?;
         t.end()
     }
+}
+
+/// Which trait goes beside each entry (an index into the traits, or [`NONE`]): one of its
+/// impression with the entry's event time, each trait beside one entry at most; the others
+/// follow the entries whole. Either way an impression's traits read back in their order.
+fn beside(w: &Winners) -> Vec<u32> {
+    // A link's traits follow its entries in their order (the dedup records both at once):
+    // matched in one pass, without a table.
+    let mut next = 0;
+    let aligned: Vec<u32> = w
+        .entries
+        .iter()
+        .map(|(imp, t, ..)| match w.judged.get(next) {
+            Some((i, jt, _)) if i == imp && jt == t => {
+                next += 1;
+                (next - 1) as u32
+            }
+            _ => NONE,
+        })
+        .collect();
+    if next == w.judged.len() {
+        return aligned;
+    }
+    drop(aligned);
+    let mut first: HashMap<u128, u32, BuildHasherDefault<PassThrough>> =
+        HashMap::with_capacity_and_hasher(w.judged.len(), Default::default());
+    for (i, (imp, ..)) in w.judged.iter().enumerate() {
+        first.entry(*imp).or_insert(i as u32);
+    }
+    // Otherwise the first trait of each impression, by a table. Only recent winners have
+    // traits: a full part's older entries (most of them) need no lookup.
+    let oldest = w.judged.iter().map(|j| j.1).min().unwrap_or(u64::MAX);
+    let mut used = vec![false; w.judged.len()];
+    w.entries
+        .iter()
+        .map(
+            |(imp, t, ..)| match first.get(imp).filter(|_| *t >= oldest) {
+                Some(&i) if w.judged[i as usize].1 == *t && !used[i as usize] => {
+                    used[i as usize] = true;
+                    i
+                }
+                _ => NONE,
+            },
+        )
+        .collect()
 }
 
 struct Entries<'a> {
@@ -263,6 +293,27 @@ mod tests {
             judged(5_000, None),
             "the later trait stays later"
         );
+        // Traits in their entries' order, as a link's are (matched without a table), an
+        // impression's two traits included.
+        let mut aligned = w.clone();
+        let mut seen = std::collections::HashSet::new();
+        aligned.judged.retain(|(imp, t, _)| {
+            w.entries.iter().any(|(i, et, ..)| i == imp && et == t) && seen.insert(*imp)
+        });
+        let (imp, t, ..) = aligned.entries[3];
+        aligned.entries.insert(4, (imp, t, 9, 0));
+        let k = aligned.judged.iter().position(|j| j.0 == imp).unwrap();
+        aligned.judged.insert(k + 1, (imp, t, judged(5_003, None)));
+        aligned.judged.sort_by_key(|(imp, t, _)| {
+            aligned
+                .entries
+                .iter()
+                .position(|(i, et, ..)| i == imp && et == t)
+        });
+        let bytes = postcard::to_stdvec(&aligned).unwrap();
+        let back: Winners = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.entries, aligned.entries);
+        assert_eq!(by_impression(back), by_impression(aligned));
         let empty = Winners::default();
         let bytes = postcard::to_stdvec(&empty).unwrap();
         assert_eq!(postcard::from_bytes::<Winners>(&bytes).unwrap(), empty);
