@@ -331,7 +331,8 @@ impl Store {
                 let mut b = postcard::to_io(&*part, buffered)?;
                 b.flush()?;
                 b.get_mut().end_head();
-                Ok(postcard::to_io(&winners, b)?)
+                super::wire::write_winners(&winners, &mut b)?;
+                Ok(b)
             })();
             part.worker_part_mut().winners = winners;
             let buffered = encoded.context("encoding a checkpoint part")?;
