@@ -17,7 +17,10 @@
 #    (the slowest restore), is killed with SIGKILL and restarted, timed as bench-recovery.sh's
 #    step 4 (serving again, counting again). The phase and that loop are one whole cycle of
 #    the chain (a full checkpoint, then FULL_EVERY links): its records/s and CPU µs a record
-#    are the steady cost, however LOAD_S falls against the full checkpoints.
+#    are the steady cost, however LOAD_S falls against the full checkpoints. Each plain phase
+#    then reads as many minutes the same way (a minute at a time, 3 s apart), so that the cycle
+#    is compared with plain runs of the same shape: checkpoints are asked by wall time, and a
+#    minute at a time reads fewer records per checkpoint than the phase at full speed.
 # The first checkpoint after a restore is full, so each checkpointed phase includes one.
 # QUERY and WANT are the ones bench-recovery.sh printed for the kept run (its range ends
 # before the loaded event time, so the answer stays).
@@ -51,7 +54,7 @@ start=$(((frontier / 60000 + 1) * 60000))
 }
 
 phase_args=(--workers 2 --output "$work/out.ndjson" --checkpoint-dir "$work/checkpoints")
-rates=() cpus=() cycle_rates=() cycle_cpus=()
+rates=() cpus=() cycle_rates=() cycle_cpus=() plain_shape_rates=() plain_shape_cpus=()
 for phase in ${PHASES:-plain checkpointed plain}; do
   echo "== $phase"
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -83,6 +86,25 @@ for phase in ${PHASES:-plain checkpointed plain}; do
   rates+=("$phase:$rate")
   cpus+=("$phase:$cpu_us")
   echo "   $loaded records in $preload_s s: $rate records/s, $cpu_us CPU µs a record; aggregator $(rss "$agg_pid")"
+  if [ "$phase" = plain ]; then
+    # The same shape as a checkpointed phase's whole cycle: the phase, then as many minutes
+    # read one at a time as the last checkpointed loop took (LOOP_CHUNKS before any), so that
+    # the two are compared over the same records read the same way.
+    cycle_records=$loaded cycle_s=$preload_s cycle_cpu=$preload_cpu_s end_ms=$((start + LOAD_S * 1000))
+    for ((i = 0; i < ${loop_chunks:-${LOOP_CHUNKS:-22}}; i++)); do
+      before=$emitted
+      preload "$end_ms" "$((end_ms + 60000))" --publishers "$PUBLISHERS"
+      cycle_records=$((cycle_records + emitted - before))
+      cycle_s=$(awk -v a="$cycle_s" -v b="$preload_s" 'BEGIN {print a + b}')
+      cycle_cpu=$(awk -v a="$cycle_cpu" -v b="$preload_cpu_s" 'BEGIN {print a + b}')
+      end_ms=$((end_ms + 60000))
+      sleep 3
+    done
+    awk -v n="$cycle_records" -v s="$cycle_s" -v c="$cycle_cpu" 'BEGIN {
+      printf "   the same shape as a whole cycle: %d records in %.1f s: %.0f records/s, %.2f CPU µs a record\n", n, s, n / s, c * 1e6 / n}'
+    plain_shape_rates+=("$(awk -v n="$cycle_records" -v s="$cycle_s" 'BEGIN {printf "%.0f", n / s}')")
+    plain_shape_cpus+=("$(awk -v n="$cycle_records" -v c="$cycle_cpu" 'BEGIN {printf "%.2f", c * 1e6 / n}')")
+  fi
   if [ "$phase" = checkpointed ]; then
     { grep "checkpoint committed" "$agg_log" || true; } | sed 's/\x1b\[[0-9;]*m//g' |
       awk '{for (i = 1; i <= NF; i++) if ($i ~ /^(bytes|duration_ms|links)=/) print $i}' |
@@ -100,7 +122,9 @@ for phase in ${PHASES:-plain checkpointed plain}; do
       { grep 'checkpoint committed' "$agg_log" || echo links=-1; } | tail -1 |
         sed 's/\x1b\[[0-9;]*m//g; s/.*links=\(-*[0-9]*\).*/\1/'
     }
+    loop_chunks=0
     while [ "$(links)" -lt "${FULL_EVERY:-30}" ]; do
+      loop_chunks=$((loop_chunks + 1))
       before=$emitted
       preload "$end_ms" "$((end_ms + 60000))" --publishers "$PUBLISHERS"
       cycle_records=$((cycle_records + emitted - before))
@@ -134,5 +158,10 @@ if [ -n "$plain" ] && [ -n "$checkpointed" ]; then
     yc=$(printf '%s\n' "${cycle_rates[@]}" | median) yu=$(printf '%s\n' "${cycle_cpus[@]}" | median)
     awk -v r="$yc" -v p="$plain" -v c="$yu" -v q="$pc" 'BEGIN {
       printf "   whole cycles: %.0f records/s (%.3f of plain), %.2f CPU µs a record (plain over it: %.3f)\n", r, r / p, c, q / c}'
+    if [ ${#plain_shape_cpus[@]} -gt 0 ]; then
+      sr=$(printf '%s\n' "${plain_shape_rates[@]}" | median) su=$(printf '%s\n' "${plain_shape_cpus[@]}" | median)
+      awk -v r="$yc" -v p="$sr" -v c="$yu" -v q="$su" 'BEGIN {
+        printf "   whole cycles against plain runs of the same shape (%.0f records/s, %.2f CPU µs a record): records/s %.3f, CPU %.3f\n", p, q, r / p, q / c}'
+    fi
   fi
 fi
