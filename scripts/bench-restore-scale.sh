@@ -53,6 +53,18 @@ start=$(((frontier / 60000 + 1) * 60000))
   exit 1
 }
 
+# After a phase: one more minute of event time from end_ms, added to the cycle's records, time
+# and CPU, then 3 s for the checkpoints to show in the log.
+read_a_minute() {
+  local before=$emitted
+  preload "$end_ms" "$((end_ms + 60000))" --publishers "$PUBLISHERS"
+  cycle_records=$((cycle_records + emitted - before))
+  cycle_s=$(awk -v a="$cycle_s" -v b="$preload_s" 'BEGIN {print a + b}')
+  cycle_cpu=$(awk -v a="$cycle_cpu" -v b="$preload_cpu_s" 'BEGIN {print a + b}')
+  end_ms=$((end_ms + 60000))
+  sleep 3
+}
+
 phase_args=(--workers 2 --output "$work/out.ndjson" --checkpoint-dir "$work/checkpoints")
 rates=() cpus=() cycle_rates=() cycle_cpus=() plain_shape_rates=() plain_shape_cpus=()
 for phase in ${PHASES:-plain checkpointed plain}; do
@@ -92,13 +104,7 @@ for phase in ${PHASES:-plain checkpointed plain}; do
     # the two are compared over the same records read the same way.
     cycle_records=$loaded cycle_s=$preload_s cycle_cpu=$preload_cpu_s end_ms=$((start + LOAD_S * 1000))
     for ((i = 0; i < ${loop_chunks:-${LOOP_CHUNKS:-22}}; i++)); do
-      before=$emitted
-      preload "$end_ms" "$((end_ms + 60000))" --publishers "$PUBLISHERS"
-      cycle_records=$((cycle_records + emitted - before))
-      cycle_s=$(awk -v a="$cycle_s" -v b="$preload_s" 'BEGIN {print a + b}')
-      cycle_cpu=$(awk -v a="$cycle_cpu" -v b="$preload_cpu_s" 'BEGIN {print a + b}')
-      end_ms=$((end_ms + 60000))
-      sleep 3
+      read_a_minute
     done
     awk -v n="$cycle_records" -v s="$cycle_s" -v c="$cycle_cpu" 'BEGIN {
       printf "   the same shape as a whole cycle: %d records in %.1f s: %.0f records/s, %.2f CPU µs a record\n", n, s, n / s, c * 1e6 / n}'
@@ -125,13 +131,7 @@ for phase in ${PHASES:-plain checkpointed plain}; do
     loop_chunks=0
     while [ "$(links)" -lt "${FULL_EVERY:-30}" ]; do
       loop_chunks=$((loop_chunks + 1))
-      before=$emitted
-      preload "$end_ms" "$((end_ms + 60000))" --publishers "$PUBLISHERS"
-      cycle_records=$((cycle_records + emitted - before))
-      cycle_s=$(awk -v a="$cycle_s" -v b="$preload_s" 'BEGIN {print a + b}')
-      cycle_cpu=$(awk -v a="$cycle_cpu" -v b="$preload_cpu_s" 'BEGIN {print a + b}')
-      end_ms=$((end_ms + 60000))
-      sleep 3
+      read_a_minute
     done
     echo "   $(grep -c 'checkpoint committed' "$agg_log") checkpoints committed; links of the newest: $(links)"
     awk -v n="$cycle_records" -v s="$cycle_s" -v c="$cycle_cpu" 'BEGIN {

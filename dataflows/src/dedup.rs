@@ -698,23 +698,17 @@ mod tests {
             None,
             "nothing recorded before the first call"
         );
-        let mut seed = 11u64;
-        let mut rand = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rand = crate::testing::numbers(11);
         let (mut t, mut updates, mut swept) = (0u64, Vec::new(), 0);
         let mut imps = Vec::new();
         let ads = ["a", "b", "c", "d", "e", "f"];
         for round in 0..40 {
             for _ in 0..500 {
                 t += 97;
-                let imp = u128::from(rand() % 2_000);
+                let imp = u128::from(rand(2_000));
                 // Ads fall out of use and come back, so sweeps renumber the table.
-                let ad = ads[((rand() % 3) + round / 8) as usize % ads.len()];
-                let c = click(imp, rand() % 1_000, t.saturating_sub(rand() % 4_000), ad);
+                let ad = ads[(rand(3) + round / 8) as usize % ads.len()];
+                let c = click(imp, rand(1_000), t.saturating_sub(rand(4_000)), ad);
                 state.decide(&c, &mut updates);
             }
             // Every impression that got a counted click changed its winner.

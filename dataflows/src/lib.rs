@@ -649,6 +649,30 @@ mod tests {
     use timely::dataflow::operators::Probe;
     use timely::dataflow::operators::generic::operator::empty;
 
+    /// Aggregates of `rows` only (as minute, hour and day rows alike) and `top` (global and
+    /// advertisers' rankings alike), nothing else.
+    fn rows_and_ranks<'s>(
+        rows: VecCollection<'s, u64, Row, Measures>,
+        top: VecCollection<'s, u64, (RankKey, Ranking), isize>,
+        retention: Retention,
+    ) -> Aggregates<'s> {
+        let scope = rows.inner.scope();
+        Aggregates {
+            hour: rows.clone(),
+            day: rows.clone(),
+            minute: rows,
+            retention,
+            reach: empty(scope).as_collection(),
+            top_by_advertiser: top.clone(),
+            top,
+            late: empty(scope),
+            rejected: empty(scope),
+            names: empty(scope),
+            received: empty(scope),
+            lost: empty(scope),
+        }
+    }
+
     fn spans(trace: &AdTrace) -> usize {
         let mut n = 0;
         trace.map_spans(|_| n += 1);
@@ -663,20 +687,7 @@ mod tests {
             let (mut rows, mut ranks, probe, mut traces) = worker.dataflow::<u64, _, _>(|scope| {
                 let (rows, minute) = scope.new_collection::<Row, Measures>();
                 let (ranks, top) = scope.new_collection::<(RankKey, Ranking), isize>();
-                let a = Aggregates {
-                    hour: minute.clone(),
-                    day: minute.clone(),
-                    minute,
-                    retention: Retention::default(),
-                    reach: empty(scope).as_collection(),
-                    top_by_advertiser: top.clone(),
-                    top,
-                    late: empty(scope),
-                    rejected: empty(scope),
-                    names: empty(scope),
-                    received: empty(scope),
-                    lost: empty(scope),
-                };
+                let a = rows_and_ranks(minute, top, Retention::default());
                 let traces = Traces::arrange(&a);
                 let probe = a.minute.inner.probe().0;
                 (rows, ranks, probe, traces)
@@ -717,24 +728,12 @@ mod tests {
         timely::execute_directly(|worker| {
             let (mut rows, probe, mut traces) = worker.dataflow::<u64, _, _>(|scope| {
                 let (rows, minute) = scope.new_collection::<Row, Measures>();
-                let a = Aggregates {
-                    hour: minute.clone(),
-                    day: minute.clone(),
-                    minute,
-                    retention: Retention {
-                        minute_ms: 0,
-                        hour_ms: 0,
-                        day_ms: 0,
-                    },
-                    reach: empty(scope).as_collection(),
-                    top_by_advertiser: empty(scope).as_collection(),
-                    top: empty(scope).as_collection(),
-                    late: empty(scope),
-                    rejected: empty(scope),
-                    names: empty(scope),
-                    received: empty(scope),
-                    lost: empty(scope),
+                let retention = Retention {
+                    minute_ms: 0,
+                    hour_ms: 0,
+                    day_ms: 0,
                 };
+                let a = rows_and_ranks(minute, empty(scope).as_collection(), retention);
                 let traces = Traces::arrange(&a);
                 traces.record_changes();
                 let probe = a.minute.inner.probe().0;

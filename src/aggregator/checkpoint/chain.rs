@@ -9,7 +9,8 @@
 //! - Rows and reach sketches, by window: a worker keeps an order-free digest of its rows per
 //!   (granularity, window start) ([`Digests`]); a link holds the rows of the windows whose
 //!   digest changed since the tip, and names the windows that emptied (retired by retention,
-//!   or cancelled out).
+//!   or cancelled out). It reads and digests only the windows with an update since the tip
+//!   (`Traces::changed_since`); the others keep the previous checkpoint's digests.
 //! - A changed window's reach sketch that the tip had goes into a link as what it gained
 //!   since ([`Growth`]: the users an exact set gained, the registers of a dense one that
 //!   rose) when that is smaller than the sketch, which it is for an open hour or day late in
