@@ -26,7 +26,7 @@
 # before the loaded event time, so the answer stays).
 # Usage: scripts/bench-restore-scale.sh KEPT_DIR QUERY WANT
 #   (env: CLICKS=100000000 RATE=8000 LOAD_S=1800 ADS=10 PUBLISHERS=2 PHASES= INTERVAL_MS=
-#         FULL_EVERY= CHUNK_EVENTS=80000 IDLE_MS=86400000 NO_BUILD=)
+#         FULL_EVERY= CHUNK_EVENTS=80000 IDLE_MS=86400000 NO_BUILD= PERF_DIR=)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kept=${1:?the kept work directory} query=${2:?the query} want=${3:?the answer}
@@ -65,6 +65,10 @@ read_a_minute() {
   sleep 3
 }
 
+stop_perf() {
+  if [ -n "${perf_pid:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; perf_pid=; fi
+}
+
 phase_args=(--workers 2 --output "$work/out.ndjson" --checkpoint-dir "$work/checkpoints")
 rates=() cpus=() cycle_rates=() cycle_cpus=() plain_shape_rates=() plain_shape_cpus=()
 for phase in ${PHASES:-plain checkpointed plain}; do
@@ -91,6 +95,13 @@ for phase in ${PHASES:-plain checkpointed plain}; do
   # The records already read (the kept run's, all before the checkpoint) count as produced.
   emitted=$(health | jq '[.partitions[].offset] | add') counted=0 chunks=1000
   before=$emitted
+  threads_cpu "$agg_pid" >"$work/threads-before"
+  # PERF_DIR: a flat profile of each phase's cycle, for `perf report --sort sym` side by side.
+  if [ -n "${PERF_DIR:-}" ]; then
+    perf_runs=$((${perf_runs:-0} + 1))
+    perf record -q -F 99 -p "$agg_pid" -o "$PERF_DIR/$phase-$perf_runs.data" 2>/dev/null &
+    perf_pid=$!
+  fi
   preload "$start" "$((start + LOAD_S * 1000))" --publishers "$PUBLISHERS"
   loaded=$((emitted - before))
   rate=$(awk -v n="$loaded" -v s="$preload_s" 'BEGIN {printf "%.0f", n / s}')
@@ -108,6 +119,9 @@ for phase in ${PHASES:-plain checkpointed plain}; do
     done
     awk -v n="$cycle_records" -v s="$cycle_s" -v c="$cycle_cpu" 'BEGIN {
       printf "   the same shape as a whole cycle: %d records in %.1f s: %.0f records/s, %.2f CPU µs a record\n", n, s, n / s, c * 1e6 / n}'
+    threads_cpu "$agg_pid" >"$work/threads-after"
+    stop_perf
+    threads_cpu_report "$work/threads-before" "$work/threads-after" "$cycle_records"
     plain_shape_rates+=("$(awk -v n="$cycle_records" -v s="$cycle_s" 'BEGIN {printf "%.0f", n / s}')")
     plain_shape_cpus+=("$(awk -v n="$cycle_records" -v c="$cycle_cpu" 'BEGIN {printf "%.2f", c * 1e6 / n}')")
   fi
@@ -136,6 +150,9 @@ for phase in ${PHASES:-plain checkpointed plain}; do
     echo "   $(grep -c 'checkpoint committed' "$agg_log") checkpoints committed; links of the newest: $(links)"
     awk -v n="$cycle_records" -v s="$cycle_s" -v c="$cycle_cpu" 'BEGIN {
       printf "   the whole cycle (restart to the longest chain): %d records in %.1f s: %.0f records/s, %.2f CPU µs a record\n", n, s, n / s, c * 1e6 / n}'
+    threads_cpu "$agg_pid" >"$work/threads-after"
+    stop_perf
+    threads_cpu_report "$work/threads-before" "$work/threads-after" "$cycle_records"
     cycle_rates+=("$(awk -v n="$cycle_records" -v s="$cycle_s" 'BEGIN {printf "%.0f", n / s}')")
     cycle_cpus+=("$(awk -v n="$cycle_records" -v c="$cycle_cpu" 'BEGIN {printf "%.2f", c * 1e6 / n}')")
     echo "== kill -9 and restart after $phase"

@@ -178,9 +178,48 @@ pub struct DedupState {
     /// them (none kept before: the first checkpoint of a run is full). Recorded with their
     /// values so that a link needs no lookup in the table of every winner: at 100 M clicks of
     /// state those lookups, one cache miss each, were 4 % of a checkpointed load's samples.
-    /// Always the live winner of its impression: [`DedupState::win`] records every change, the
-    /// sweep removes and renumbers these as it does the table's.
-    changed: Option<Winners<(Winner, Judged)>>,
+    /// An impression's last entry is always its live winner: [`DedupState::win`] records every
+    /// change, the sweep removes and renumbers entries as it does the table's.
+    changed: Option<ChangeLog>,
+}
+
+/// The winners decided since the last [`DedupState::take_changed`], in the order decided: an
+/// append per win (a map insert per win, one cache miss each in a map of a whole interval's
+/// impressions, cost the hot path more). An impression won more than once has several
+/// entries, and only its last is its winner; such impressions (a better-ranked duplicate, a
+/// click beyond its winner's horizon) are few, and only their entries are sorted out.
+#[derive(Default)]
+struct ChangeLog {
+    wins: Vec<(u128, Winner, Judged)>,
+    /// Impressions that had a winner when they won again (since the last take): their earlier
+    /// entries, if any, are stale.
+    again: Impressions,
+}
+
+impl ChangeLog {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            wins: Vec::with_capacity(n),
+            again: Impressions::default(),
+        }
+    }
+
+    /// The entries that hold their impression's winner: the last one of each impression.
+    fn latest(self) -> impl Iterator<Item = (u128, Winner, Judged)> {
+        let mut last: Winners<usize> = Winners::default();
+        if !self.again.is_empty() {
+            for (i, (imp, ..)) in self.wins.iter().enumerate() {
+                if self.again.contains(imp) {
+                    last.insert(*imp, i);
+                }
+            }
+        }
+        self.wins
+            .into_iter()
+            .enumerate()
+            .filter(move |(i, (imp, ..))| last.get(imp).is_none_or(|l| l == i))
+            .map(|(_, e)| e)
+    }
 }
 
 /// The winners changed since the previous [`DedupState::take_changed`] and the traits kept for
@@ -213,18 +252,16 @@ impl DedupState {
     /// impressions are gone, and traits before the cut ([`DedupState::judged_from`]) are left
     /// out, as a restore drops them.
     pub fn take_changed(&mut self) -> Option<ChangedWinners> {
-        let room = self.changed.as_ref().map_or(0, |c| c.len());
-        let mut next = Winners::default();
-        next.reserve(room);
-        let changed = self.changed.replace(next)?;
+        let room = self.changed.as_ref().map_or(0, |c| c.wins.len());
+        let changed = self.changed.replace(ChangeLog::with_capacity(room))?;
         let cut = self.judged_from * MINUTE_MS;
         let mut remap = vec![u32::MAX; self.dims.all.len()];
         let mut out = ChangedWinners {
-            entries: Vec::with_capacity(changed.len()),
-            judged: Vec::with_capacity(changed.len()),
+            entries: Vec::with_capacity(changed.wins.len()),
+            judged: Vec::with_capacity(changed.wins.len()),
             ..ChangedWinners::default()
         };
-        for (imp, (w, j)) in changed {
+        for (imp, w, j) in changed.latest() {
             let (t, click) = w.rank();
             let slot = &mut remap[w.dims() as usize];
             if *slot == u32::MAX {
@@ -414,10 +451,14 @@ impl DedupState {
     fn win(&mut self, click: &Click) {
         let d = self.dims.intern(click.dims);
         let w = Winner::new(click.event_time, click.click, d);
-        if let Some(changed) = self.changed.as_mut() {
-            changed.insert(click.impression, (w, Judged::of(click)));
+        let old = self.winners.insert(click.impression, w);
+        if let Some(log) = self.changed.as_mut() {
+            log.wins.push((click.impression, w, Judged::of(click)));
+            if old.is_some() {
+                log.again.insert(click.impression);
+            }
         }
-        if let Some(old) = self.winners.insert(click.impression, w)
+        if let Some(old) = old
             && let Some(m) = self.judged.get_mut(&judged_bucket(old.event_time()))
         {
             m.remove(&click.impression);
@@ -444,8 +485,13 @@ impl DedupState {
         }
         let tracked = |w: &Winner| w.event_time().saturating_add(h + l) >= frontier;
         self.winners.retain(|_, w| tracked(w));
-        if let Some(changed) = self.changed.as_mut() {
-            changed.retain(|_, (w, _)| tracked(w));
+        if let Some(log) = self.changed.as_mut() {
+            // Only entries of live winners stay: an impression won again may have its latest
+            // entry swept (a better-ranked click can be older) and an earlier one not.
+            let winners = &self.winners;
+            log.wins.retain(|(imp, w, _)| {
+                tracked(w) && (!log.again.contains(imp) || winners.get(imp) == Some(w))
+            });
         }
         // Rebuild the dimension table from the survivors.
         let old = std::mem::take(&mut self.dims);
@@ -458,7 +504,7 @@ impl DedupState {
             *w = w.with_dims(remap[i]);
         }
         // Each recorded change is a surviving winner, so its combination has its new index.
-        for (w, _) in self.changed.iter_mut().flat_map(|c| c.values_mut()) {
+        for (_, w, _) in self.changed.iter_mut().flat_map(|c| c.wins.iter_mut()) {
             *w = w.with_dims(remap[w.dims() as usize]);
         }
         self.winners.shrink_to_fit();
@@ -758,6 +804,33 @@ mod tests {
         );
     }
 
+    /// A winner replaced by an older, better-ranked click of its impression can be swept while
+    /// the click it replaced would still be tracked: neither is recorded as changed then, as
+    /// the table holds neither.
+    #[test]
+    fn a_replaced_winner_stays_unrecorded_when_its_replacement_is_swept() {
+        let cfg = DedupConfig {
+            horizon_ms: 60_000,
+            allowed_lateness_ms: 5_000,
+            lookback_ms: 30_000,
+        };
+        let mut state = DedupState::new(cfg);
+        assert_eq!(state.take_changed(), None);
+        let mut updates = Vec::new();
+        state.decide(&click(1, 5, 100_000, "a"), &mut updates);
+        state.decide(&click(1, 4, 90_000, "a"), &mut updates);
+        state.decide(&click(2, 7, 100_000, "a"), &mut updates);
+        // Tracked: event time + horizon + lateness at or after the frontier; 90 000 is not.
+        state.sweep(160_000);
+        assert_eq!(
+            state.winners().map(|w| (w.0, w.1)).collect::<Vec<_>>(),
+            vec![(2, 100_000)]
+        );
+        let changed = state.take_changed().expect("recording");
+        let recorded: Vec<_> = changed.entries.iter().map(|e| (e.0, e.1)).collect();
+        assert_eq!(recorded, vec![(2, 100_000)]);
+    }
+
     #[test]
     fn winners_pack_and_unpack() {
         let w = Winner::new((1 << 42) - 1, (1 << CLICK_BITS) - 2, 7);
@@ -765,6 +838,8 @@ mod tests {
         assert_eq!(w.dims(), 7);
         assert_eq!(w.with_dims(u32::MAX).rank(), w.rank());
         assert_eq!(std::mem::size_of::<(u128, Winner)>(), 32);
+        // A change recorded for a link (design.md gives the figure).
+        assert_eq!(std::mem::size_of::<(u128, Winner, Judged)>(), 96);
     }
 
     #[test]

@@ -168,3 +168,24 @@ restart_timed() {
     printf "   every dedup state built after %.2f s (counting again)\n", d-a}'
   echo "   aggregator after the restart: $(rss "$agg_pid")"
 }
+
+# threads_cpu PID: one "NAME TICKS" line per live thread of PID (digits dropped from NAME, so
+# that a pool's threads add up) and "(ended) TICKS" for what threads no longer alive used.
+threads_cpu() {
+  local pid=$1 total
+  total=$(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
+  for t in /proc/"$pid"/task/*/stat; do cat "$t" 2>/dev/null || true; done |
+    awk -v total="$total" '{
+      name = $0; sub(/^[0-9]+ \(/, "", name); sub(/\) .*/, "", name); gsub(/[0-9]+/, "#", name)
+      rest = $0; sub(/.*\) /, "", rest); split(rest, f, " ")
+      t[name] += f[12] + f[13]; live += f[12] + f[13]
+    } END {for (n in t) print n, t[n]; print "(ended)", total - live}'
+}
+
+# threads_cpu_report BEFORE AFTER RECORDS: the CPU µs a record of each thread name between
+# two threads_cpu snapshots (files), the largest first: where a phase's CPU went.
+threads_cpu_report() {
+  awk -v n="$3" -v hz="$(getconf CLK_TCK)" 'FNR == NR {b[$1] = $2; next} {d[$1] = $2 - b[$1]}
+    END {for (k in d) if (d[k] > 0) printf "%.2f %s\n", d[k] / hz * 1e6 / n, k}' "$1" "$2" |
+    sort -rn | head -12 | awk '{printf "%s %s µs;", $2, $1} END {print ""}' | sed 's/^/   CPU a record by thread: /'
+}

@@ -37,8 +37,8 @@ use adclick_dataflows::sketch::{Growth, UserSketch};
 use adclick_dataflows::{RestoredRows, Windows};
 use serde::{Deserialize, Serialize};
 
+use super::corrupt::Corrupt;
 use super::part::{LegacyWinners, Winners, WorkerPart};
-use super::store::Corrupt;
 
 /// What a part file holds (format 5): a whole part, or a link of a chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 //! disk. Between full checkpoints, each is a link holding only what changed (`chain.rs`).
 
 pub mod chain;
+mod corrupt;
 mod direct;
 pub mod part;
 pub mod store;
@@ -26,8 +27,9 @@ use adclick_dataflows::source::{Cuts, SourceSnapshot};
 use adclick_dataflows::{RestoredRows, Traces};
 use timely::dataflow::InputHandleVec;
 
+pub use corrupt::Corrupt;
 pub use part::{Restored, WorkerPart, WriterState};
-pub use store::{Corrupt, Manifest, PART_FORMAT, StateSettings, Store};
+pub use store::{Manifest, PART_FORMAT, StateSettings, Store};
 
 use chain::{ChainState, LinkPart, Part, PartRows, Plan};
 use part::Winners;

@@ -38,6 +38,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::chain::{Part, PartV4, fold, kept, push_part};
+use super::corrupt::Corrupt;
 use super::direct::DirectFile;
 use super::part::{ChainWinners, LazyWinners, LegacyWinners, WorkerPart};
 
@@ -71,20 +72,6 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<u64>,
 }
-
-/// A checkpoint that cannot be read as written: a manifest that does not parse, a part
-/// missing, torn or damaged (its checksum). A restore skips it for the previous one; any
-/// other error (settings, format, I/O) stops the restore.
-#[derive(Debug)]
-pub struct Corrupt(pub String);
-
-impl std::fmt::Display for Corrupt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Corrupt {}
 
 /// The end of a checksummed part of formats 5 and 6: CRC-32 (4 bytes), length (8 bytes), this
 /// magic.
