@@ -659,6 +659,15 @@ mod tests {
         }
     }
 
+    /// A horizon of a minute, so that winners change and are swept within a test's few rounds.
+    fn minute_horizon() -> DedupConfig {
+        DedupConfig {
+            horizon_ms: 60_000,
+            allowed_lateness_ms: 5_000,
+            lookback_ms: 30_000,
+        }
+    }
+
     /// A checkpoint asked but not yet saved holds `unsaved_from` at itself, however far the
     /// requests' frontier has gone; once saved, `unsaved_from` follows that frontier. A source
     /// releases what checkpoints could need before it, so neither may run ahead of a frontier
@@ -733,12 +742,7 @@ mod tests {
     fn the_changed_winners_recorded_are_those_looked_up() {
         // A horizon shorter than some saves' intervals: winners change and are swept between
         // two saves.
-        let cfg = DedupConfig {
-            horizon_ms: 60_000,
-            allowed_lateness_ms: 5_000,
-            lookback_ms: 30_000,
-        };
-        let mut state = DedupState::new(cfg);
+        let mut state = DedupState::new(minute_horizon());
         assert_eq!(
             state.take_changed(),
             None,
@@ -809,12 +813,7 @@ mod tests {
     /// the table holds neither.
     #[test]
     fn a_replaced_winner_stays_unrecorded_when_its_replacement_is_swept() {
-        let cfg = DedupConfig {
-            horizon_ms: 60_000,
-            allowed_lateness_ms: 5_000,
-            lookback_ms: 30_000,
-        };
-        let mut state = DedupState::new(cfg);
+        let mut state = DedupState::new(minute_horizon());
         assert_eq!(state.take_changed(), None);
         let mut updates = Vec::new();
         state.decide(&click(1, 5, 100_000, "a"), &mut updates);
