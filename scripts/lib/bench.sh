@@ -170,13 +170,14 @@ restart_timed() {
 }
 
 # threads_cpu PID: one "NAME TICKS" line per live thread of PID (digits dropped from NAME, so
-# that a pool's threads add up) and "(ended) TICKS" for what threads no longer alive used.
+# that a pool's threads add up; spaces made underscores) and "(ended) TICKS" for what threads
+# no longer alive used.
 threads_cpu() {
   local pid=$1 total
   total=$(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
   for t in /proc/"$pid"/task/*/stat; do cat "$t" 2>/dev/null || true; done |
     awk -v total="$total" '{
-      name = $0; sub(/^[0-9]+ \(/, "", name); sub(/\) .*/, "", name); gsub(/[0-9]+/, "#", name)
+      name = $0; sub(/^[0-9]+ \(/, "", name); sub(/\) .*/, "", name); gsub(/[0-9]+/, "#", name); gsub(/ /, "_", name)
       rest = $0; sub(/.*\) /, "", rest); split(rest, f, " ")
       t[name] += f[12] + f[13]; live += f[12] + f[13]
     } END {for (n in t) print n, t[n]; print "(ended)", total - live}'
