@@ -188,7 +188,6 @@ pub struct DedupState {
 /// impressions, cost the hot path more). An impression won more than once has several
 /// entries, and only its last is its winner; such impressions (a better-ranked duplicate, a
 /// click beyond its winner's horizon) are few, and only their entries are sorted out.
-#[derive(Default)]
 struct ChangeLog {
     wins: Vec<(u128, Winner, Judged)>,
     /// Impressions that had a winner when they won again (since the last take): their earlier
