@@ -130,6 +130,9 @@ impl ReportSink {
         health: Arc<Health>,
     ) -> Self {
         let alone = hook.is_none().then(|| (Instant::now(), interval));
+        // A restored run's tallies are the checkpoint's from the start: one with nothing left
+        // to write (every minute final before the kill) would otherwise report zeros.
+        *health.tallies.lock().unwrap() = writer.tallies;
         Self {
             writer: Some(writer),
             sinks,
@@ -325,6 +328,30 @@ mod tests {
         let health = Arc::new(Health::new(1, 1));
         let sink = ReportSink::new(writer, sinks, Some(hook), Duration::ZERO, "r", health);
         (sink, asked, written, begun)
+    }
+
+    /// A sink resumed from a checkpoint reports the checkpoint's tallies before it writes
+    /// anything: after a restore with nothing left to read, health showed zeros.
+    #[test]
+    fn a_resumed_sink_reports_the_restored_tallies_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ndjson");
+        std::fs::write(&path, "").unwrap();
+        let mut tallies = crate::health::Tallies::default();
+        tallies.received = 41;
+        tallies.counted = 40;
+        let from = WriterState {
+            output_len: 0,
+            tallies,
+        };
+        let writer = Writer::resume(path.to_str().unwrap(), Some(from)).unwrap();
+        let sinks = Sinks {
+            kafka: None,
+            windows: None,
+        };
+        let health = Arc::new(Health::new(1, 1));
+        let _sink = ReportSink::new(writer, sinks, None, Duration::ZERO, "r", health.clone());
+        assert_eq!(*health.tallies.lock().unwrap(), tallies);
     }
 
     fn frontier(at: u64) -> MutableAntichain<u64> {
