@@ -337,9 +337,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.ndjson");
         std::fs::write(&path, "").unwrap();
-        let mut tallies = crate::health::Tallies::default();
-        tallies.received = 41;
-        tallies.counted = 40;
+        let tallies = crate::health::Tallies {
+            received: 41,
+            counted: 40,
+            ..Default::default()
+        };
         let from = WriterState {
             output_len: 0,
             tallies,
