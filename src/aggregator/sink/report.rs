@@ -321,13 +321,18 @@ mod tests {
         let begun = Rc::new(Cell::new(0));
         let hook = WriterHook::new(asked.clone(), written.clone(), begun.clone());
         let writer = Writer::resume(path.to_str().unwrap(), None).unwrap();
+        let sink = sink_of(writer, Some(hook));
+        (sink, asked, written, begun)
+    }
+
+    /// A sink over `writer` with no Kafka or Parquet sink, and a health of its own.
+    fn sink_of(writer: Writer, hook: Option<WriterHook>) -> ReportSink {
         let sinks = Sinks {
             kafka: None,
             windows: None,
         };
         let health = Arc::new(Health::new(1, 1));
-        let sink = ReportSink::new(writer, sinks, Some(hook), Duration::ZERO, "r", health);
-        (sink, asked, written, begun)
+        ReportSink::new(writer, sinks, hook, Duration::ZERO, "r", health)
     }
 
     /// A sink resumed from a checkpoint reports the checkpoint's tallies before it writes
@@ -347,13 +352,8 @@ mod tests {
             tallies,
         };
         let writer = Writer::resume(path.to_str().unwrap(), Some(from)).unwrap();
-        let sinks = Sinks {
-            kafka: None,
-            windows: None,
-        };
-        let health = Arc::new(Health::new(1, 1));
-        let _sink = ReportSink::new(writer, sinks, None, Duration::ZERO, "r", health.clone());
-        assert_eq!(*health.tallies.lock().unwrap(), tallies);
+        let sink = sink_of(writer, None);
+        assert_eq!(*sink.health.tallies.lock().unwrap(), tallies);
     }
 
     fn frontier(at: u64) -> MutableAntichain<u64> {
